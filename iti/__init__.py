@@ -1,0 +1,1 @@
+"""Inference-Time Intervention: activations, probes, head shifts, evaluation, baking."""

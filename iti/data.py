@@ -1,0 +1,212 @@
+"""TruthfulQA (local copy or hub) and the prompt sets of the activation datasets (spec §1-2)."""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from iti.errors import UsageError
+from iti.models import REPO_ROOT
+
+TQA_HUB_ID = "truthfulqa/truthful_qa"
+DEFAULT_TQA_DIR = REPO_ROOT / "TruthfulQA"
+TRANSFER_SETS = {"nq_open": "OamPatel/iti_nq_open_val", "trivia_qa": "OamPatel/iti_trivia_qa_val"}
+DATASET_NAMES = ("tqa_mc2", "tqa_gen", "tqa_gen_end_q", *TRANSFER_SETS)
+
+
+@dataclass
+class GenerationQuestion:
+    question: str
+    category: str
+    best_answer: str
+    correct_answers: list[str]
+    incorrect_answers: list[str]
+
+
+@dataclass
+class MultipleChoiceQuestion:
+    question: str
+    mc1_choices: list[str]
+    mc1_labels: list[int]
+    mc2_choices: list[str]
+    mc2_labels: list[int]
+
+
+@dataclass
+class TruthfulQA:
+    generation: list[GenerationQuestion]
+    multiple_choice: list[MultipleChoiceQuestion]
+    source: str
+
+    def generation_in_mc_order(self) -> list[GenerationQuestion]:
+        """Generation-order records re-ordered to the MC order (folds are made in MC order)."""
+        by_text = {q.question.strip(): q for q in self.generation}
+        missing = [q.question for q in self.multiple_choice if q.question.strip() not in by_text]
+        if missing:
+            raise UsageError(f"{len(missing)} MC questions have no generation record (first: {missing[0]!r}) in {self.source}")
+        return [by_text[q.question.strip()] for q in self.multiple_choice]
+
+
+def _split_answers(joined: str) -> list[str]:
+    return [a.strip() for a in joined.split(";") if a.strip()]
+
+
+def _load_local(folder: Path) -> TruthfulQA:
+    with open(folder / "TruthfulQA.csv", encoding="utf-8-sig", newline="") as handle:
+        generation = [
+            GenerationQuestion(
+                question=row["Question"], category=row["Category"], best_answer=row["Best Answer"].strip(),
+                correct_answers=_split_answers(row["Correct Answers"]),
+                incorrect_answers=_split_answers(row["Incorrect Answers"]))
+            for row in csv.DictReader(handle)
+        ]
+    with open(folder / "data" / "mc_task.json", encoding="utf-8") as handle:
+        items = json.load(handle)
+    multiple_choice = [
+        MultipleChoiceQuestion(
+            question=item["question"],
+            mc1_choices=list(item["mc1_targets"]), mc1_labels=[int(v) for v in item["mc1_targets"].values()],
+            mc2_choices=list(item["mc2_targets"]), mc2_labels=[int(v) for v in item["mc2_targets"].values()])
+        for item in items
+    ]
+    return TruthfulQA(generation, multiple_choice, source=str(folder))
+
+
+def _load_hub() -> TruthfulQA:
+    from datasets import load_dataset
+
+    gen = load_dataset(TQA_HUB_ID, "generation")["validation"]
+    mc = load_dataset(TQA_HUB_ID, "multiple_choice")["validation"]
+    generation = [
+        GenerationQuestion(r["question"], r["category"], r["best_answer"].strip(),
+                           [a.strip() for a in r["correct_answers"]], [a.strip() for a in r["incorrect_answers"]])
+        for r in gen
+    ]
+    multiple_choice = [
+        MultipleChoiceQuestion(r["question"], list(r["mc1_targets"]["choices"]), list(r["mc1_targets"]["labels"]),
+                               list(r["mc2_targets"]["choices"]), list(r["mc2_targets"]["labels"]))
+        for r in mc
+    ]
+    return TruthfulQA(generation, multiple_choice, source=f"hub:{TQA_HUB_ID}")
+
+
+def _is_tqa_folder(folder: Path) -> bool:
+    return (folder / "TruthfulQA.csv").is_file() and (folder / "data" / "mc_task.json").is_file()
+
+
+def load_truthfulqa(tqa_path: str | Path | None = None) -> TruthfulQA:
+    """From `tqa_path`, else `TruthfulQA/` at the project root, else the hub."""
+    if tqa_path is not None:
+        folder = Path(tqa_path).expanduser()
+        if not _is_tqa_folder(folder):
+            raise UsageError(f"--tqa_path {folder} is not a TruthfulQA folder (needs TruthfulQA.csv and data/mc_task.json)")
+        return _load_local(folder)
+    if _is_tqa_folder(DEFAULT_TQA_DIR):
+        return _load_local(DEFAULT_TQA_DIR)
+    try:
+        return _load_hub()
+    except Exception as err:
+        raise UsageError(
+            f"TruthfulQA not found: looked in {DEFAULT_TQA_DIR} and on the hub ({TQA_HUB_ID}: "
+            f"{type(err).__name__}); link a local copy there (`ln -s /path/to/TruthfulQA TruthfulQA`) "
+            "or pass --tqa_path") from err
+
+
+@dataclass
+class PromptSet:
+    """Rows of (prompt, label) of one activation dataset, with each row's question index."""
+    name: str
+    prompts: list[str]
+    labels: np.ndarray
+    question_ids: np.ndarray
+    categories: list[str] | None = None
+    num_questions: int = 0
+    config: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def qa_prompt(question: str, answer: str) -> str:
+    return f"Q: {question} A: {answer}"
+
+
+def check_limit(limit: int | None, num_questions: int) -> int:
+    if limit is None:
+        return num_questions
+    if not 1 <= limit <= num_questions:
+        raise UsageError(f"--limit {limit} is out of range: this set has {num_questions} questions (use 1..{num_questions})")
+    return limit
+
+
+def _rows_to_set(name, rows, num_questions, categories=None, **config) -> PromptSet:
+    prompts, labels, question_ids = zip(*rows) if rows else ((), (), ())
+    return PromptSet(name, list(prompts), np.asarray(labels, dtype=np.int64), np.asarray(question_ids, dtype=np.int64),
+                     categories, num_questions, config)
+
+
+def tqa_mc2_set(tqa: TruthfulQA, limit: int | None = None) -> PromptSet:
+    n = check_limit(limit, len(tqa.multiple_choice))
+    rows = [(qa_prompt(q.question, choice), label, i)
+            for i, q in enumerate(tqa.multiple_choice[:n])
+            for choice, label in zip(q.mc2_choices, q.mc2_labels)]
+    return _rows_to_set("tqa_mc2", rows, n, order="multiple_choice")
+
+
+def end_q_partners(num_questions: int, seed: int) -> np.ndarray:
+    """For question i, the index of another question drawn uniformly from the rest (one draw each, in order)."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, num_questions - 1, size=num_questions)
+    return draws + (draws >= np.arange(num_questions))
+
+
+def tqa_gen_set(tqa: TruthfulQA, limit: int | None = None, end_q: bool = False, seed: int = 42) -> PromptSet:
+    n = check_limit(limit, len(tqa.generation))
+    partners = end_q_partners(len(tqa.generation), seed) if end_q else None
+    rows, categories = [], []
+    for i, q in enumerate(tqa.generation[:n]):
+        suffix = f" Q: {tqa.generation[partners[i]].question}" if end_q else ""
+        for answers, label in ((q.correct_answers, 1), (q.incorrect_answers, 0)):
+            for answer in answers:
+                rows.append((qa_prompt(q.question, answer) + suffix, label, i))
+                categories.append(q.category)
+    name = "tqa_gen_end_q" if end_q else "tqa_gen"
+    return _rows_to_set(name, rows, n, categories, order="generation", **({"seed": seed} if end_q else {}))
+
+
+def transfer_set(name: str, limit: int | None = None) -> PromptSet:
+    from datasets import load_dataset
+
+    try:
+        data = load_dataset(TRANSFER_SETS[name])["validation"]
+    except Exception as err:
+        raise UsageError(f"cannot load {name} from the hub ({TRANSFER_SETS[name]}): {type(err).__name__}") from err
+    n = check_limit(limit, len(data))
+    rows = []
+    for i, item in enumerate(data.select(range(n))):
+        answers = item["answer"] if isinstance(item["answer"], list) else [item["answer"]]
+        rows.append((qa_prompt(item["question"], answers[0]), 1, i))
+        rows.append((qa_prompt(item["question"], item["false_answer"]), 0, i))
+    return _rows_to_set(name, rows, n, source=TRANSFER_SETS[name])
+
+
+def check_dataset_name(name: str) -> None:
+    if name not in DATASET_NAMES:
+        raise UsageError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")
+
+
+def build_prompt_set(name: str, tqa_path: str | Path | None = None, limit: int | None = None,
+                     seed: int = 42) -> PromptSet:
+    check_dataset_name(name)
+    if name in TRANSFER_SETS:
+        return transfer_set(name, limit)
+    tqa = load_truthfulqa(tqa_path)
+    if name == "tqa_mc2":
+        prompt_set = tqa_mc2_set(tqa, limit)
+    else:
+        prompt_set = tqa_gen_set(tqa, limit, end_q=name == "tqa_gen_end_q", seed=seed)
+    prompt_set.config["tqa_source"] = tqa.source
+    return prompt_set

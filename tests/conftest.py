@@ -1,0 +1,88 @@
+"""Shared fixtures: the local TruthfulQA, tiny random models of three shapes, the bundled real model."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("PYVENE_SILENT", "1")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tqa_dir() -> Path:
+    for candidate in (REPO_ROOT / "TruthfulQA", REPO_ROOT.parent / "shared" / "truthfulqa"):
+        if (candidate / "TruthfulQA.csv").is_file():
+            return candidate
+    pytest.skip("no local TruthfulQA (link ../shared/truthfulqa to TruthfulQA/)")
+
+
+@pytest.fixture(scope="session")
+def tqa_path() -> Path:
+    return _tqa_dir()
+
+
+@pytest.fixture(scope="session")
+def tqa(tqa_path):
+    from iti.data import load_truthfulqa
+
+    return load_truthfulqa(tqa_path)
+
+
+@pytest.fixture(scope="session")
+def bundled_folder() -> Path:
+    """The bundled SmolLM2 GGUF converted (once, cached) to an ordinary model folder."""
+    from iti.models import bundled_gguf_path, gguf_to_folder
+
+    return gguf_to_folder(bundled_gguf_path())
+
+
+@pytest.fixture(scope="session")
+def bundled(bundled_folder):
+    from iti.models import load_model
+
+    return load_model(str(bundled_folder), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(bundled_folder):
+    from iti.models import load_tokenizer
+
+    return load_tokenizer(str(bundled_folder))
+
+
+def tiny_config(shape: str, vocab_size: int):
+    """Three shapes that break different assumptions: plain multi-head, grouped-query, heads·d ≠ hidden."""
+    from transformers import LlamaConfig, Qwen2Config
+
+    common = dict(vocab_size=vocab_size, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                  max_position_embeddings=512, tie_word_embeddings=False)
+    if shape == "llama":
+        return LlamaConfig(num_attention_heads=4, num_key_value_heads=4, **common)
+    if shape == "gqa":
+        return Qwen2Config(num_attention_heads=6, num_key_value_heads=2, **common)
+    if shape == "wide_heads":
+        return LlamaConfig(num_attention_heads=4, num_key_value_heads=2, head_dim=20, **common)
+    raise ValueError(shape)
+
+
+TINY_SHAPES = ("llama", "gqa", "wide_heads")
+
+
+def make_tiny_model(shape: str, vocab_size: int, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(shape, vocab_size), dtype=torch.float32)
+    # Random init makes attention nearly uniform; larger weights make heads differ and bugs visible.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2 and "embed" not in name:
+                param.mul_(3.0)
+    return model.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="session", params=TINY_SHAPES)
+def tiny(request, tokenizer):
+    return make_tiny_model(request.param, len(tokenizer)), tokenizer

@@ -1,0 +1,70 @@
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig, MistralConfig, Qwen2Config
+
+from iti.errors import UsageError
+from iti.models import (HF_NAMES, head_geometry, model_sites, resolve_dtype, resolve_model_source)
+
+
+def test_geometry_reads_head_dim_from_config():
+    geo = head_geometry(LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+                                    num_hidden_layers=5))
+    assert (geo.num_layers, geo.num_heads, geo.head_dim, geo.num_kv_heads, geo.width) == (5, 4, 24, 2, 96)
+    gemma = head_geometry(Gemma2Config(hidden_size=64, num_attention_heads=8, num_key_value_heads=4, head_dim=32,
+                                       num_hidden_layers=2))
+    assert gemma.width == 256 != gemma.hidden_size
+
+
+@pytest.mark.parametrize("config_class", [LlamaConfig, MistralConfig, Qwen2Config, Gemma2Config])
+def test_sites_found_for_current_families(config_class):
+    config = config_class(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=8)
+    model = AutoModelForCausalLM.from_config(config)
+    sites = model_sites(model)
+    assert isinstance(model.get_submodule(f"{sites.layers}.1.{sites.o_proj}"), torch.nn.Linear)
+
+
+def test_registry_knows_public_names_and_bundled_model():
+    for name in ("llama_7B", "alpaca_7B", "vicuna_7B", "llama2_chat_7B", "llama2_chat_13B", "llama2_chat_70B",
+                 "llama3_8B", "llama3_8B_instruct", "llama3_70B", "llama3_70B_instruct", "honest_llama2_chat_7B",
+                 "mistral_7B_instruct", "qwen2.5_7B_instruct", "gemma2_9B_it", "llama3.1_8B_instruct"):
+        assert name in HF_NAMES
+    assert resolve_model_source("llama2_chat_7B") == "meta-llama/Llama-2-7b-chat-hf"
+    assert resolve_model_source("smollm2_135M_instruct").endswith(".gguf")
+
+
+def test_unknown_name_lists_known_ones():
+    with pytest.raises(UsageError, match="known names: .*llama_7B"):
+        resolve_model_source("llama_8B")
+
+
+def test_model_path_overrides_and_missing_path_errors(tmp_path):
+    assert resolve_model_source("anything", model_path=str(tmp_path)) == str(tmp_path)
+    assert resolve_model_source("x", model_path="org/model") == "org/model"
+    with pytest.raises(UsageError, match="does not exist"):
+        resolve_model_source("x", model_path=str(tmp_path / "nope"))
+    with pytest.raises(UsageError, match="does not exist"):
+        resolve_model_source("x", model_path="missing.gguf")
+
+
+def test_local_prefix_points_at_edited_models_and_says_how_to_make_them():
+    with pytest.raises(UsageError, match="edit_weight.py --model_name llama_7B"):
+        resolve_model_source("llama_7B", model_prefix="local_")
+
+
+def test_dtype_auto():
+    config = LlamaConfig(dtype="bfloat16")
+    assert resolve_dtype("auto", "cpu", config) == torch.float32
+    assert resolve_dtype("auto", "cuda", config) == torch.bfloat16
+    assert resolve_dtype("auto", "cuda", LlamaConfig(dtype="float32")) == torch.float16
+    with pytest.raises(UsageError):
+        resolve_dtype("int8", "cpu", config)
+
+
+@pytest.mark.slow
+def test_gguf_converts_to_a_plain_reloadable_folder(bundled_folder):
+    assert (bundled_folder / "model.safetensors").exists() and (bundled_folder / "tokenizer.json").exists()
+    model = AutoModelForCausalLM.from_pretrained(bundled_folder)
+    assert getattr(model.config, "quantization_config", None) is None
+    geo = head_geometry(model.config)
+    assert (geo.num_layers, geo.num_heads, geo.num_kv_heads, geo.head_dim) == (30, 9, 3, 64)
