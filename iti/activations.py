@@ -8,12 +8,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import pyvene as pv
 import torch
 from tqdm.auto import tqdm
 
 from iti.errors import UsageError
-from iti.intervenable import IntervenableModel
+from iti.intervenable import IntervenableModel, pv
 from iti.models import head_geometry, input_device, model_sites
 
 FEATURE_KINDS = ("head_wise", "layer_wise", "mlp_wise")

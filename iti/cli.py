@@ -2,12 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-from pathlib import Path
-
-# Keep a user's terminal free of pyvene's note about an optional backend it does not need.
-os.environ.setdefault("PYVENE_SILENT", "1")
 
 
 def add_model_args(parser: argparse.ArgumentParser, default_model: str = "smollm2_135M_instruct") -> None:
@@ -29,13 +23,3 @@ def run_main(main) -> None:
 
     with exit_on_usage_error():
         main()
-
-
-def repo_root() -> Path:
-    return Path(__file__).resolve().parents[1]
-
-
-def ensure_importable() -> None:
-    root = str(repo_root())
-    if root not in sys.path:
-        sys.path.insert(0, root)

@@ -1,8 +1,14 @@
 """pyvene's IntervenableModel, made safe to share a model with transformers' own output hooks."""
 from __future__ import annotations
 
-import pyvene as pv
+import contextlib
+import io
+
 from transformers import PreTrainedModel
+
+# pyvene prints a note about an optional backend (nnsight) on import; keep users' output clean.
+with contextlib.redirect_stdout(io.StringIO()):
+    import pyvene as pv
 
 
 class IntervenableModel(pv.IntervenableModel):

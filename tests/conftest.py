@@ -1,13 +1,11 @@
 """Shared fixtures: the local TruthfulQA, tiny random models of three shapes, the bundled real model."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-os.environ.setdefault("PYVENE_SILENT", "1")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
