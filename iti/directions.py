@@ -1,0 +1,90 @@
+"""Shift directions per selected head and the spread σ along them (ITI_SPEC.md section 4)."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Sequence
+
+import numpy as np
+
+from iti.errors import UsageError
+from iti.probes import Head, ProbeResult, head_dim_of, layer_heads
+
+
+def _by_layer(heads: Sequence[Head]) -> dict[int, list[int]]:
+    """Positions in `heads` grouped by layer, so each layer of the activations is read once."""
+    groups: dict[int, list[int]] = defaultdict(list)
+    for position, (layer, _) in enumerate(heads):
+        groups[layer].append(position)
+    return groups
+
+
+def _check_heads(acts: np.ndarray, heads: Sequence[Head], num_heads: int) -> int:
+    d = head_dim_of(acts, num_heads)
+    for layer, head in heads:
+        if not (0 <= layer < acts.shape[1] and 0 <= head < num_heads):
+            raise UsageError(
+                f"head ({layer}, {head}) is outside the activations' {acts.shape[1]} layers x {num_heads} heads"
+            )
+    return d
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length; a zero row has no direction, so it is refused."""
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    if (norms == 0).any():
+        raise UsageError("a direction is the zero vector; check that both labels occur among the rows used")
+    return vectors / norms
+
+
+def mean_differences(
+    acts: np.ndarray, labels: np.ndarray, rows: np.ndarray, heads: Sequence[Head], num_heads: int
+) -> np.ndarray:
+    """[K, d]: mean of the true rows minus mean of the false rows, per head, not normalised."""
+    d = _check_heads(acts, heads, num_heads)
+    rows = np.asarray(rows, dtype=np.int64)
+    y = np.asarray(labels)[rows]
+    if not ((y == 1).any() and (y == 0).any()):
+        raise UsageError("center-of-mass directions need both true and false rows among the rows given")
+    out = np.empty((len(heads), d))
+    for layer, positions in _by_layer(heads).items():
+        block = layer_heads(acts, rows, layer, num_heads)[:, [heads[p][1] for p in positions]]
+        block = block.astype(np.float64)
+        out[positions] = block[y == 1].mean(axis=0) - block[y == 0].mean(axis=0)
+    return out
+
+
+def center_of_mass_directions(
+    acts: np.ndarray, labels: np.ndarray, rows: np.ndarray, heads: Sequence[Head], num_heads: int
+) -> np.ndarray:
+    """[K, d] unit vectors from the false rows' mean to the true rows' mean (train + val rows)."""
+    return unit(mean_differences(acts, labels, rows, heads, num_heads))
+
+
+def probe_directions(probe_result: ProbeResult, heads: Sequence[Head]) -> np.ndarray:
+    """[K, d] unit probe weight vectors of the given heads."""
+    num_layers, num_heads, _ = probe_result.coefs.shape
+    pairs = np.asarray(heads, dtype=np.int64).reshape(-1, 2)
+    if ((pairs < 0) | (pairs >= (num_layers, num_heads))).any():
+        raise UsageError(f"a head lies outside the probes' {num_layers} layers x {num_heads} heads")
+    return unit(probe_result.coefs[pairs[:, 0], pairs[:, 1]])
+
+
+def random_directions(k: int, d: int, seed: int) -> np.ndarray:
+    """[k, d] unit vectors, standard normal before normalising (the `--use_random_dir` direction)."""
+    return unit(np.random.default_rng(seed).standard_normal((k, d)))
+
+
+def projection_stds(
+    tuning_acts: np.ndarray, heads: Sequence[Head], directions: np.ndarray, num_heads: int
+) -> np.ndarray:
+    """[K]: population std (ddof=0, np.std) of all tuning rows projected on each head's direction."""
+    d = _check_heads(tuning_acts, heads, num_heads)
+    if directions.shape != (len(heads), d):
+        raise UsageError(f"directions have shape {directions.shape}; expected ({len(heads)}, {d}), one per head")
+    out = np.empty(len(heads))
+    for layer, positions in _by_layer(heads).items():
+        block = layer_heads(tuning_acts, slice(None), layer, num_heads)[:, [heads[p][1] for p in positions]]
+        projections = np.einsum("nkd,kd->nk", block.astype(np.float64), directions[positions])
+        out[positions] = projections.std(axis=0)
+    return out
+

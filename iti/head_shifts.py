@@ -1,0 +1,194 @@
+"""HeadShifts: the selected heads, their unit directions, spreads σ and strength α.
+
+Everything downstream (intervention hooks, baking, evaluation) consumes this one type. The
+shift of head (l, h) is α·σ·θ added to slice [h·d, (h+1)·d) of layer l's `o_proj` input
+(ITI_SPEC.md sections 4 and 7). On disk: `head_shifts.safetensors` (arrays) beside
+`head_shifts.json` (α, geometry, heads, provenance); no pickle.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from iti.errors import UsageError
+
+TENSORS_FILE = "head_shifts.safetensors"
+METADATA_FILE = "head_shifts.json"
+_FORMAT = "iti.head_shifts"
+_VERSION = 1
+_UNIT_TOLERANCE = 1e-4
+_ARRAY_FIELDS = ("layers", "heads", "directions", "sigmas", "probe_accuracies")
+
+
+@dataclass(eq=False)
+class HeadShifts:
+    """K selected heads (layers[i], heads[i]) with unit directions [K, d], spreads σ [K] and the
+    probe accuracy of each; alpha scales them all. Geometry: the model's L, H and head_dim d."""
+
+    layers: np.ndarray
+    heads: np.ndarray
+    directions: np.ndarray
+    sigmas: np.ndarray
+    probe_accuracies: np.ndarray
+    alpha: float
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    provenance: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.layers = np.asarray(self.layers, dtype=np.int64)
+        self.heads = np.asarray(self.heads, dtype=np.int64)
+        self.directions = np.asarray(self.directions, dtype=np.float32)
+        self.sigmas = np.asarray(self.sigmas, dtype=np.float64)
+        self.probe_accuracies = np.asarray(self.probe_accuracies, dtype=np.float64)
+        self.alpha = float(self.alpha)
+        self.num_layers, self.num_heads, self.head_dim = int(self.num_layers), int(self.num_heads), int(self.head_dim)
+        self._validate()
+
+    def _validate(self) -> None:
+        k = len(self.layers)
+        expected = {
+            "layers": (k,), "heads": (k,), "directions": (k, self.head_dim), "sigmas": (k,), "probe_accuracies": (k,),
+        }
+        for name, shape in expected.items():
+            if getattr(self, name).shape != shape:
+                raise UsageError(
+                    f"head shifts field {name} has shape {getattr(self, name).shape}, expected {shape} "
+                    f"for {k} heads of dimension {self.head_dim}"
+                )
+        if min(self.num_layers, self.num_heads, self.head_dim) <= 0:
+            raise UsageError("head shifts need positive num_layers, num_heads and head_dim")
+        in_range = (self.layers >= 0) & (self.layers < self.num_layers) & (self.heads >= 0) & (self.heads < self.num_heads)
+        if not in_range.all():
+            i = int(np.argmin(in_range))
+            raise UsageError(
+                f"head ({self.layers[i]}, {self.heads[i]}) lies outside the geometry "
+                f"{self.num_layers} layers x {self.num_heads} heads"
+            )
+        if len(set(zip(self.layers.tolist(), self.heads.tolist()))) != k:
+            raise UsageError("a head is listed twice in the head shifts; each (layer, head) may appear once")
+        norms = np.linalg.norm(self.directions.astype(np.float64), axis=1)
+        if not (np.abs(norms - 1) <= _UNIT_TOLERANCE).all():
+            raise UsageError("head shift directions must have unit length; normalise them before building HeadShifts")
+        if not (np.isfinite(self.sigmas).all() and (self.sigmas >= 0).all() and np.isfinite(self.alpha)):
+            raise UsageError("head shift sigmas must be finite and non-negative, and alpha finite")
+        if not isinstance(self.provenance, dict):
+            raise UsageError("head shift provenance must be a dict (model, datasets, seed, fold, ...)")
+        try:
+            json.dumps(self.provenance)
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"head shift provenance must be JSON-serialisable (plain str/int/float/list/dict): {err}")
+
+    @property
+    def k(self) -> int:
+        return len(self.layers)
+
+    def head_list(self) -> list[tuple[int, int]]:
+        return list(zip(self.layers.tolist(), self.heads.tolist()))
+
+    def scaled(self, alpha: float) -> HeadShifts:
+        """The same heads and directions at strength `alpha` (arrays copied, not shared)."""
+        copies = {name: getattr(self, name).copy() for name in _ARRAY_FIELDS}
+        return dataclasses.replace(self, alpha=alpha, provenance=json.loads(json.dumps(self.provenance)), **copies)
+
+    def layer_offsets(self) -> dict[int, np.ndarray]:
+        """δ_l per layer with selected heads: float32 [H·d] holding α·σ·θ in each selected head's slice."""
+        offsets: dict[int, np.ndarray] = {}
+        d = self.head_dim
+        shifts = self.alpha * self.sigmas[:, None] * self.directions.astype(np.float64)
+        for layer in sorted(set(self.layers.tolist())):
+            delta = np.zeros((self.num_heads, d))
+            mine = self.layers == layer
+            delta[self.heads[mine]] = shifts[mine]
+            offsets[layer] = delta.reshape(self.num_heads * d).astype(np.float32)
+        return offsets
+
+    def check_geometry(self, num_layers: int, num_heads: int, head_dim: int) -> None:
+        """UsageError unless these shifts were made for a model of this geometry."""
+        made = (self.num_layers, self.num_heads, self.head_dim)
+        if made != (num_layers, num_heads, head_dim):
+            raise UsageError(
+                "head shifts were made for {}×{}×{} (layers×heads×head_dim) but the model has {}×{}×{}; "
+                "make head shifts from this model's activations".format(*made, num_layers, num_heads, head_dim)
+            )
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write both files (each via a temporary name and os.replace); returns the directory.
+
+        A shared random save id in both files lets `load` detect a pair from different saves.
+        """
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        save_id = uuid.uuid4().hex
+        tensors = {name: np.ascontiguousarray(getattr(self, name)) for name in _ARRAY_FIELDS}
+        metadata = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "save_id": save_id,
+            "alpha": self.alpha,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "head_dim": self.head_dim,
+            "heads": [list(pair) for pair in self.head_list()],
+            "provenance": self.provenance,
+        }
+        # Temporary names beside the targets: same file system, so os.replace is atomic.
+        tensors_tmp = out / f".{TENSORS_FILE}.{save_id}.tmp"
+        metadata_tmp = out / f".{METADATA_FILE}.{save_id}.tmp"
+        try:
+            save_file(tensors, str(tensors_tmp), metadata={"format": _FORMAT, "save_id": save_id})
+            metadata_tmp.write_text(json.dumps(metadata, indent=2) + "\n")
+            os.replace(tensors_tmp, out / TENSORS_FILE)
+            os.replace(metadata_tmp, out / METADATA_FILE)
+        finally:
+            tensors_tmp.unlink(missing_ok=True)
+            metadata_tmp.unlink(missing_ok=True)
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> HeadShifts:
+        """Read head shifts from their directory, or from the path of either of its two files."""
+        location = Path(path)
+        directory = location.parent if location.name in (TENSORS_FILE, METADATA_FILE) else location
+        tensors_path, metadata_path = directory / TENSORS_FILE, directory / METADATA_FILE
+        if not (tensors_path.is_file() and metadata_path.is_file()):
+            raise UsageError(
+                f"no head shifts at {path}: expected {TENSORS_FILE} and {METADATA_FILE} there; "
+                "make them first (probe the activations and save the HeadShifts)"
+            )
+        try:
+            metadata = json.loads(metadata_path.read_text())
+        except json.JSONDecodeError as err:
+            raise UsageError(f"{metadata_path} is not valid JSON ({err}); save the head shifts again")
+        with safe_open(str(tensors_path), framework="np") as f:
+            tensor_metadata = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        if metadata.get("format") != _FORMAT or tensor_metadata.get("format") != _FORMAT:
+            raise UsageError(f"{directory} does not hold iti head shifts (format tag missing)")
+        if metadata.get("version") != _VERSION:
+            raise UsageError(f"head shifts version {metadata.get('version')} is not {_VERSION}; re-make them")
+        if metadata.get("save_id") != tensor_metadata.get("save_id"):
+            raise UsageError(f"{TENSORS_FILE} and {METADATA_FILE} in {directory} come from different saves; save again")
+        if set(tensors) != set(_ARRAY_FIELDS):
+            raise UsageError(f"{tensors_path} holds {sorted(tensors)}; expected {sorted(_ARRAY_FIELDS)}")
+        shifts = cls(
+            **tensors,
+            alpha=metadata["alpha"],
+            num_layers=metadata["num_layers"],
+            num_heads=metadata["num_heads"],
+            head_dim=metadata["head_dim"],
+            provenance=metadata["provenance"],
+        )
+        if [list(pair) for pair in shifts.head_list()] != metadata["heads"]:
+            raise UsageError(f"the heads listed in {metadata_path} differ from those in {tensors_path}; save again")
+        return shifts
+

@@ -1,0 +1,411 @@
+"""Folds, per-head logistic probes and head selection (ITI_SPEC.md section 4).
+
+Activations are head-wise `o_proj` inputs stored as [N, L, H*d]; head (l, h) is the slice
+[h*d, (h+1)*d) of layer l. Questions are indexed in TruthfulQA's multiple-choice order.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from tqdm import tqdm
+
+from iti.errors import UsageError
+
+Head = tuple[int, int]
+
+# Rows per pass of the NaN scan: bounds its temporary to a few hundred MB on real features.
+_FINITE_CHECK_ROWS = 256
+# Float64 working memory of one chunk of heads fitted together by the torch backend.
+_CPU_CHUNK_BYTES = 256 << 20
+_GPU_CHUNK_BYTES = 4 << 30
+
+
+# ----------------------------------------------------------------------------- folds
+
+def all_fold_splits(
+    num_questions: int, num_fold: int, val_ratio: float, seed: int
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(train, val, test) question indices for every fold, from one generator seeded once.
+
+    Fold i's draw depends on the draws of folds before it, as in the public workflow,
+    so a single fold is always taken from this list (see `fold_splits`).
+    """
+    _check_fold_arguments(num_questions, num_fold, val_ratio)
+    parts = np.array_split(np.arange(num_questions), num_fold)
+    rng = np.random.default_rng(seed)
+    splits = []
+    for fold in range(num_fold):
+        dev = np.sort(np.concatenate([parts[j] for j in range(num_fold) if j != fold]))
+        num_train = int(len(dev) * (1 - val_ratio))
+        if num_train == 0 or num_train == len(dev):
+            raise UsageError(
+                f"val_ratio={val_ratio} leaves an empty training or validation set for "
+                f"{len(dev)} development questions; pick a val_ratio such as 0.2"
+            )
+        train = np.sort(rng.choice(dev, size=num_train, replace=False))
+        val = np.setdiff1d(dev, train)
+        splits.append((train, val, parts[fold].copy()))
+    return splits
+
+
+def fold_splits(
+    num_questions: int, num_fold: int, fold: int, val_ratio: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) question indices of one fold, identical to `all_fold_splits(...)[fold]`."""
+    if not 0 <= fold < num_fold:
+        raise UsageError(f"fold {fold} is out of range for num_fold={num_fold}; pick 0..{num_fold - 1}")
+    return all_fold_splits(num_questions, num_fold, val_ratio, seed)[fold]
+
+
+def _check_fold_arguments(num_questions: int, num_fold: int, val_ratio: float) -> None:
+    if num_fold < 2:
+        raise UsageError(f"num_fold must be at least 2 (got {num_fold}); use the default 2")
+    if num_questions < num_fold:
+        raise UsageError(
+            f"{num_questions} questions cannot fill {num_fold} folds; use fewer folds or more questions"
+        )
+    if not 0 < val_ratio < 1:
+        raise UsageError(f"val_ratio must lie strictly between 0 and 1 (got {val_ratio}); the default is 0.2")
+
+
+def rows_of_questions(question_ids_per_row: np.ndarray, questions: np.ndarray | Sequence[int]) -> np.ndarray:
+    """Indices of the rows whose question is in `questions` (all answer choices go with their question)."""
+    return np.flatnonzero(np.isin(np.asarray(question_ids_per_row), np.asarray(questions)))
+
+
+def question_ids_from_counts(rows_per_question: Sequence[int]) -> np.ndarray:
+    """Per-row question index for rows laid out question by question (e.g. tqa_mc2's mc2 choices)."""
+    counts = np.asarray(rows_per_question, dtype=np.int64)
+    if counts.ndim != 1 or (counts < 0).any():
+        raise UsageError("rows per question must be a flat list of non-negative counts")
+    return np.repeat(np.arange(len(counts)), counts)
+
+
+# ----------------------------------------------------------------------------- heads
+
+def layer_head_to_flattened_idx(layer: int, head: int, num_heads: int) -> int:
+    return layer * num_heads + head
+
+
+def flattened_idx_to_layer_head(flattened_idx: int, num_heads: int) -> Head:
+    return flattened_idx // num_heads, flattened_idx % num_heads
+
+
+def top_heads(val_accuracies: np.ndarray, k: int) -> list[Head]:
+    """The k heads of highest accuracy, best first; equal accuracies keep flattened-index order.
+
+    Accuracies are multiples of 1/len(val) so ties are common; a stable sort makes the choice
+    reproducible (the public workflow's reversed, unstable argsort leaves their order arbitrary).
+    """
+    accs = np.asarray(val_accuracies)
+    if accs.ndim != 2:
+        raise UsageError(f"val_accuracies must be [layers, heads], got shape {accs.shape}")
+    _check_k(k, accs.size)
+    order = np.argsort(-accs.ravel(), kind="stable")[:k]
+    return [(int(i // accs.shape[1]), int(i % accs.shape[1])) for i in order]
+
+
+def random_heads(num_layers: int, num_heads: int, k: int, seed: int) -> list[Head]:
+    """k distinct heads drawn uniformly (the `--use_random_dir` head choice)."""
+    _check_k(k, num_layers * num_heads)
+    picks = np.random.default_rng(seed).choice(num_layers * num_heads, size=k, replace=False)
+    return [flattened_idx_to_layer_head(int(i), num_heads) for i in picks]
+
+
+def _check_k(k: int, total: int) -> None:
+    if not 0 <= k <= total:
+        raise UsageError(f"cannot select {k} heads out of {total}; pick between 0 and {total}")
+
+
+# ----------------------------------------------------------------------------- activations
+
+def head_dim_of(acts: np.ndarray, num_heads: int) -> int:
+    """d for activations [N, L, H*d]; rejects arrays that are not head-wise features."""
+    if acts.ndim != 3:
+        raise UsageError(
+            f"head-wise activations must be [rows, layers, heads*head_dim], got shape {acts.shape}; "
+            "load the *_head_wise.npy file"
+        )
+    if num_heads <= 0 or acts.shape[2] % num_heads:
+        raise UsageError(
+            f"activation width {acts.shape[2]} is not a multiple of num_heads={num_heads}; "
+            "pass the model's number of attention heads"
+        )
+    return acts.shape[2] // num_heads
+
+
+def layer_heads(acts: np.ndarray, rows: np.ndarray | slice, layer: int, num_heads: int) -> np.ndarray:
+    """Activations of layer `layer` for `rows`, as [n, H, d] (reads only that layer of a memmap)."""
+    d = head_dim_of(acts, num_heads)
+    block = np.asarray(acts[rows, layer, :])
+    return block.reshape(block.shape[0], num_heads, d)
+
+
+def check_finite_activations(acts: np.ndarray) -> None:
+    """UsageError on NaN/inf, scanning in row blocks so a memmap never loads whole."""
+    for start in range(0, acts.shape[0], _FINITE_CHECK_ROWS):
+        block = acts[start:start + _FINITE_CHECK_ROWS]
+        if not np.isfinite(block).all():
+            raise _not_finite(f" (rows {start}..{start + len(block) - 1})")
+
+
+def _not_finite(where: str = "") -> UsageError:
+    return UsageError(
+        f"activations contain NaN or inf{where}; re-run get_activations "
+        "(float16 overflow is the usual cause: use bfloat16 or float32)"
+    )
+
+
+# ----------------------------------------------------------------------------- probes
+
+@dataclass
+class ProbeResult:
+    """One logistic probe per head: validation accuracy [L, H], weights [L, H, d], bias [L, H]."""
+
+    val_accuracies: np.ndarray
+    coefs: np.ndarray
+    intercepts: np.ndarray
+
+
+def train_probes(
+    acts: np.ndarray,
+    labels: np.ndarray,
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+    num_heads: int,
+    backend: str = "torch",
+    device: str = "cpu",
+    seed: int = 42,
+) -> ProbeResult:
+    """Fit an L2 (C=1) logistic regression per head on train rows; score accuracy on val rows.
+
+    backend "sklearn" runs scikit-learn as the public workflow does (seed only feeds its
+    random_state); "torch" solves all heads together with batched Newton to the same optimum.
+    """
+    if backend == "sklearn":
+        return fit_sklearn_probes(acts, labels, train_rows, val_rows, num_heads, seed)[1]
+    if backend != "torch":
+        raise UsageError(f"unknown probe backend {backend!r}; use 'torch' or 'sklearn'")
+    y, train_rows, val_rows = _check_probe_inputs(acts, labels, train_rows, val_rows, num_heads)
+    return _train_probes_torch(acts, y, train_rows, val_rows, num_heads, _torch_device(device))
+
+
+def _torch_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UsageError(f"unknown device {name!r}; use 'cpu' or 'cuda'") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {name!r} asked for but no CUDA GPU is visible; use device 'cpu'")
+    return device
+
+
+def _check_probe_inputs(
+    acts: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray, num_heads: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    head_dim_of(acts, num_heads)
+    y = np.asarray(labels)
+    if y.shape != (acts.shape[0],):
+        raise UsageError(
+            f"labels have shape {y.shape} but activations have {acts.shape[0]} rows; "
+            "load the *_labels.npy file made with these activations"
+        )
+    if not np.isin(y, (0, 1)).all():
+        raise UsageError("labels must be 0 (false) or 1 (true)")
+    rows = []
+    for name, r in (("train", train_rows), ("val", val_rows)):
+        r = np.asarray(r, dtype=np.int64)
+        if r.ndim != 1 or r.size == 0 or r.min() < 0 or r.max() >= acts.shape[0]:
+            raise UsageError(f"{name} rows must be a non-empty list of row indices below {acts.shape[0]}")
+        rows.append(r)
+    if len(np.unique(y[rows[0]])) < 2:
+        raise UsageError("the training rows hold only one label; probes need true and false answers")
+    return y, rows[0], rows[1]
+
+
+def fit_sklearn_probes(
+    acts: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray, num_heads: int, seed: int
+) -> tuple[list[LogisticRegression], ProbeResult]:
+    """scikit-learn probes one head at a time, as the public workflow fits them; models in flattened order."""
+    labels, train_rows, val_rows = _check_probe_inputs(acts, labels, train_rows, val_rows, num_heads)
+    d = head_dim_of(acts, num_heads)
+    num_layers = acts.shape[1]
+    y_train, y_val = labels[train_rows], labels[val_rows]
+    models: list[LogisticRegression] = []
+    accs = np.empty((num_layers, num_heads))
+    coefs = np.empty((num_layers, num_heads, d))
+    intercepts = np.empty((num_layers, num_heads))
+    with tqdm(total=num_layers * num_heads, desc="train_probes (sklearn)") as bar:
+        for layer in range(num_layers):
+            x_train = layer_heads(acts, train_rows, layer, num_heads)
+            x_val = layer_heads(acts, val_rows, layer, num_heads)
+            _raise_if_not_finite(x_train, x_val)
+            for head in range(num_heads):
+                clf = LogisticRegression(random_state=seed, max_iter=1000).fit(x_train[:, head], y_train)
+                accs[layer, head] = np.mean(clf.predict(x_val[:, head]) == y_val)
+                coefs[layer, head] = clf.coef_[0]
+                intercepts[layer, head] = clf.intercept_[0]
+                models.append(clf)
+                bar.update()
+    return models, ProbeResult(accs, coefs, intercepts)
+
+
+def _raise_if_not_finite(*blocks: np.ndarray) -> None:
+    if not all(np.isfinite(b).all() for b in blocks):
+        raise _not_finite()
+
+
+def _train_probes_torch(
+    acts: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray, num_heads: int,
+    device: torch.device,
+) -> ProbeResult:
+    d = head_dim_of(acts, num_heads)
+    num_layers = acts.shape[1]
+    total = num_layers * num_heads
+    budget = _GPU_CHUNK_BYTES if device.type == "cuda" else _CPU_CHUNK_BYTES
+    # The design matrix, its weighted copy and the active-set copy: three [n, d+1] float64 arrays.
+    chunk = max(1, budget // (3 * 8 * len(train_rows) * (d + 1)))
+    y_train = torch.as_tensor(labels[train_rows], dtype=torch.float64, device=device)
+    y_val = torch.as_tensor(labels[val_rows], dtype=torch.float64, device=device)
+    theta = torch.empty(total, d + 1, dtype=torch.float64)
+    accs = torch.empty(total, dtype=torch.float64)
+    for start in tqdm(range(0, total, chunk), desc="train_probes (torch)"):
+        stop = min(start + chunk, total)
+        x_train = _with_bias_column(_gather_heads(acts, train_rows, start, stop, num_heads), device)
+        x_val = _with_bias_column(_gather_heads(acts, val_rows, start, stop, num_heads), device)
+        # One float64 sum per block finds any NaN/inf: float32 inputs cannot overflow it.
+        if not (torch.isfinite(x_train.sum()) and torch.isfinite(x_val.sum())):
+            raise _not_finite()
+        fitted = newton_logistic(x_train, y_train)
+        predictions = (x_val @ fitted.unsqueeze(-1)).squeeze(-1) > 0
+        accs[start:stop] = (predictions == y_val.bool()).double().mean(-1).cpu()
+        theta[start:stop] = fitted.cpu()
+    theta_np = theta.numpy().reshape(num_layers, num_heads, d + 1)
+    return ProbeResult(accs.numpy().reshape(num_layers, num_heads), theta_np[..., :d].copy(), theta_np[..., d].copy())
+
+
+def _gather_heads(acts: np.ndarray, rows: np.ndarray, start: int, stop: int, num_heads: int) -> np.ndarray:
+    """Heads with flattened indices [start, stop) as [stop-start, n, d], one layer read at a time."""
+    d = acts.shape[2] // num_heads
+    blocks = []
+    for layer in range(start // num_heads, (stop - 1) // num_heads + 1):
+        first = max(start, layer * num_heads) - layer * num_heads
+        last = min(stop, (layer + 1) * num_heads) - layer * num_heads
+        block = np.asarray(acts[rows, layer, first * d:last * d])
+        blocks.append(block.reshape(len(rows), last - first, d).transpose(1, 0, 2))
+    return np.concatenate(blocks, axis=0)
+
+
+def _with_bias_column(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    """[B, n, d] -> float64 [B, n, d+1] with a ones column for the intercept, on `device`."""
+    out = torch.ones(*x.shape[:-1], x.shape[-1] + 1, dtype=torch.float64, device=device)
+    out[..., :-1] = torch.as_tensor(x, device=device)
+    return out
+
+
+def newton_logistic(x: torch.Tensor, y: torch.Tensor, max_iter: int = 100, rel_tol: float = 1e-10) -> torch.Tensor:
+    """Minimise, for each of B problems, sum_i log-loss(y_i, x_i . theta) + 0.5*|theta[:-1]|^2.
+
+    x: [B, n, d+1] with a ones column last (its weight, the intercept, is not penalised, as in
+    scikit-learn); y: [n] in {0, 1}, shared by all problems. Returns theta [B, d+1].
+    Damped Newton: the objective is strictly convex, so backtracking makes every step a descent
+    and the full step is taken near the optimum (quadratic convergence, ~10 iterations).
+    """
+    num_problems, _, width = x.shape
+    penalty = torch.ones(width, dtype=x.dtype, device=x.device)
+    penalty[-1] = 0.0
+    theta = torch.zeros(num_problems, width, dtype=x.dtype, device=x.device)
+    active = torch.arange(num_problems, device=x.device)
+    for _ in range(max_iter):
+        xa = x if len(active) == num_problems else x[active]
+        th = theta[active]
+        z = (xa @ th.unsqueeze(-1)).squeeze(-1)
+        p = torch.sigmoid(z)
+        grad = (xa.mT @ (p - y).unsqueeze(-1)).squeeze(-1) + penalty * th
+        hess = (xa * (p * (1 - p)).unsqueeze(-1)).mT @ xa
+        # A tiny ridge on the intercept keeps the system positive definite when every
+        # prediction saturates (p(1-p) underflows); it is far below float64 noise otherwise.
+        hess.diagonal(dim1=-2, dim2=-1).add_(penalty + 1e-10 * (1 - penalty))
+        step = -torch.cholesky_solve(grad.unsqueeze(-1), _cholesky(hess)).squeeze(-1)
+        f0 = _objective(z, y, th, penalty)
+        slope = (grad * step).sum(-1)
+        size = _backtrack(xa, y, th, step, f0, slope, penalty)
+        theta[active] = th + size.unsqueeze(-1) * step
+        # -slope is the squared Newton decrement, about twice the gap to the optimum before this
+        # step; convergence is quadratic, so after the step the gap is near rel_tol squared.
+        still_moving = -slope > rel_tol * f0.clamp(min=1.0)
+        if not still_moving.any():
+            return theta
+        active = active[still_moving]
+    raise RuntimeError(f"batched Newton did not converge in {max_iter} iterations for {len(active)} probes")
+
+
+def _cholesky(hess: torch.Tensor) -> torch.Tensor:
+    """Batched Cholesky factor. On CPU one thread: MKL splits each small factorisation over
+    OpenMP threads, and on busy cores the barrier waits cost up to seconds per batch instead
+    of about a millisecond."""
+    if hess.device.type != "cpu":
+        return torch.linalg.cholesky(hess)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return torch.linalg.cholesky(hess)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _objective(z: torch.Tensor, y: torch.Tensor, theta: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    zero = torch.zeros((), dtype=z.dtype, device=z.device)
+    return (torch.logaddexp(zero, z) - y * z).sum(-1) + 0.5 * (penalty * theta * theta).sum(-1)
+
+
+def _backtrack(
+    x: torch.Tensor, y: torch.Tensor, theta: torch.Tensor, step: torch.Tensor,
+    f0: torch.Tensor, slope: torch.Tensor, penalty: torch.Tensor,
+) -> torch.Tensor:
+    """Armijo step sizes per problem, halving from 1. The slack of 1e-12*f0 absorbs rounding in
+    f so that the tiny steps near the optimum are not refused for noise."""
+    size = torch.ones_like(f0)
+    for _ in range(40):
+        candidate = theta + size.unsqueeze(-1) * step
+        f = _objective((x @ candidate.unsqueeze(-1)).squeeze(-1), y, candidate, penalty)
+        ok = f <= f0 + 1e-4 * size * slope + 1e-12 * f0.abs()
+        if ok.all():
+            break
+        size = torch.where(ok, size, size / 2)
+    return size
+
+
+# ----------------------------------------------------------------------------- comparison
+
+@dataclass
+class BackendComparison:
+    """How the batched torch probes agree with scikit-learn's on one split."""
+
+    k: int
+    top_k_overlap: int
+    mean_abs_acc_diff: float
+    max_abs_acc_diff: float
+    torch_seconds: float
+    sklearn_seconds: float
+
+
+def compare_backends(
+    acts: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray, num_heads: int,
+    k: int = 48, device: str = "cpu", seed: int = 42,
+) -> BackendComparison:
+    """Fit both backends on the same split; report top-k head overlap, accuracy gaps and timings."""
+    began = time.perf_counter()
+    fast = train_probes(acts, labels, train_rows, val_rows, num_heads, backend="torch", device=device, seed=seed)
+    torch_seconds = time.perf_counter() - began
+    began = time.perf_counter()
+    reference = train_probes(acts, labels, train_rows, val_rows, num_heads, backend="sklearn", seed=seed)
+    sklearn_seconds = time.perf_counter() - began
+    overlap = len(set(top_heads(fast.val_accuracies, k)) & set(top_heads(reference.val_accuracies, k)))
+    gap = np.abs(fast.val_accuracies - reference.val_accuracies)
+    return BackendComparison(k, overlap, float(gap.mean()), float(gap.max()), torch_seconds, sklearn_seconds)

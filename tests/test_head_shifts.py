@@ -1,0 +1,191 @@
+"""HeadShifts (offsets, files, validation) and build_head_shifts, against hand loops and scikit-learn."""
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from iti.errors import UsageError
+from iti.head_shifts import METADATA_FILE, TENSORS_FILE, HeadShifts
+from iti.probes import random_heads
+from iti.selection import build_head_shifts
+
+L, H, D = 4, 3, 8
+
+
+def make_shifts(k: int = 4, seed: int = 0, **overrides) -> HeadShifts:
+    rng = np.random.default_rng(seed)
+    pairs = [(2, 1), (0, 0), (2, 0), (3, 2), (1, 1)][:k]
+    directions = rng.standard_normal((k, D))
+    fields = dict(
+        layers=[p[0] for p in pairs], heads=[p[1] for p in pairs],
+        directions=directions / np.linalg.norm(directions, axis=1, keepdims=True),
+        sigmas=rng.uniform(0.5, 2.0, k), probe_accuracies=rng.uniform(0.5, 0.9, k),
+        alpha=15.0, num_layers=L, num_heads=H, head_dim=D,
+        provenance={"model": "tiny", "datasets": ["tqa_mc2", "tqa_gen_end_q"], "seed": 42, "fold": 0},
+    )
+    fields.update(overrides)
+    return HeadShifts(**fields)
+
+
+def test_layer_offsets_match_a_hand_loop():
+    shifts = make_shifts()
+    offsets = shifts.layer_offsets()
+    assert sorted(offsets) == [0, 2, 3]
+    for layer in range(L):
+        expected = np.zeros(H * D)
+        for i in range(shifts.k):
+            if shifts.layers[i] == layer:
+                h = shifts.heads[i]
+                expected[h * D:(h + 1) * D] += shifts.alpha * shifts.sigmas[i] * shifts.directions[i].astype(np.float64)
+        if layer in offsets:
+            assert offsets[layer].dtype == np.float32 and offsets[layer].shape == (H * D,)
+            np.testing.assert_allclose(offsets[layer], expected, rtol=1e-6, atol=1e-6)
+        else:
+            assert not expected.any()
+
+
+def test_scaled_copies_with_new_alpha():
+    shifts = make_shifts()
+    half = shifts.scaled(7.5)
+    assert half.alpha == 7.5 and shifts.alpha == 15.0
+    for layer, offset in shifts.layer_offsets().items():
+        np.testing.assert_allclose(half.layer_offsets()[layer], offset / 2, rtol=1e-6)
+    half.directions[0, 0] = 99.0
+    half.provenance["seed"] = 0
+    assert shifts.directions[0, 0] != 99.0 and shifts.provenance["seed"] == 42
+
+
+def assert_identical(a: HeadShifts, b: HeadShifts) -> None:
+    for name in ("layers", "heads", "directions", "sigmas", "probe_accuracies"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes(), name
+    assert (a.alpha, a.num_layers, a.num_heads, a.head_dim, a.provenance) == \
+           (b.alpha, b.num_layers, b.num_heads, b.head_dim, b.provenance)
+
+
+@pytest.mark.parametrize("k", [4, 0])
+def test_save_load_round_trip_is_bit_identical(tmp_path, k):
+    shifts = make_shifts(k=k, alpha=0.1 + 0.2)  # an alpha whose decimal form is long
+    shifts.save(tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [METADATA_FILE, TENSORS_FILE]
+    for where in ("out", f"out/{TENSORS_FILE}", f"out/{METADATA_FILE}"):
+        assert_identical(HeadShifts.load(tmp_path / where), shifts)
+
+
+def test_files_are_safetensors_and_json_without_pickle(tmp_path):
+    """The tensor file parses as safetensors (8-byte header length, JSON header, raw data): no pickle."""
+    make_shifts().save(tmp_path)
+    raw = (tmp_path / TENSORS_FILE).read_bytes()
+    header_length = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + header_length])
+    assert header["directions"]["dtype"] == "F32" and header["directions"]["shape"] == [4, D]
+    assert set(load_file(str(tmp_path / TENSORS_FILE))) == {"layers", "heads", "directions", "sigmas",
+                                                            "probe_accuracies"}
+    meta = json.loads((tmp_path / METADATA_FILE).read_text())
+    assert meta["alpha"] == 15.0 and meta["heads"] == [[2, 1], [0, 0], [2, 0], [3, 2]]
+    assert (meta["num_layers"], meta["num_heads"], meta["head_dim"]) == (L, H, D)
+
+
+def test_save_overwrites_and_mixed_saves_are_refused(tmp_path):
+    make_shifts(seed=0).save(tmp_path / "a")
+    make_shifts(seed=1).save(tmp_path / "a")
+    assert_identical(HeadShifts.load(tmp_path / "a"), make_shifts(seed=1))
+    make_shifts(seed=2).save(tmp_path / "b")
+    (tmp_path / "a" / METADATA_FILE).write_text((tmp_path / "b" / METADATA_FILE).read_text())
+    with pytest.raises(UsageError, match="different saves"):
+        HeadShifts.load(tmp_path / "a")
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(UsageError, match="no head shifts"):
+        HeadShifts.load(tmp_path / "missing")
+    make_shifts().save(tmp_path)
+    (tmp_path / METADATA_FILE).write_text("{not json")
+    with pytest.raises(UsageError, match="not valid JSON"):
+        HeadShifts.load(tmp_path)
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(directions=np.ones((4, D))),                       # not unit length
+    dict(directions=np.eye(D)[:4, :D - 1]),                 # wrong head_dim
+    dict(sigmas=[1.0, 1.0, 1.0]),                           # K mismatch
+    dict(sigmas=[1.0, -1.0, 1.0, 1.0]),                     # negative spread
+    dict(heads=[1, 0, 0, 3]),                               # head 3 >= num_heads
+    dict(layers=[2, 0, 2, 4]),                              # layer 4 >= num_layers
+    dict(heads=[1, 0, 1, 2]),                               # (2, 1) listed twice
+    dict(alpha=float("nan")),
+    dict(provenance={"when": object()}),                    # not JSON
+])
+def test_bad_head_shifts_raise_usage_error(overrides):
+    with pytest.raises(UsageError):
+        make_shifts(**overrides)
+
+
+def test_check_geometry_names_both_geometries():
+    shifts = make_shifts()
+    shifts.check_geometry(L, H, D)
+    with pytest.raises(UsageError, match=r"made for 4×3×8 .* model has 4×3×16"):
+        shifts.check_geometry(L, H, 16)
+
+
+# ----------------------------------------------------------------------------- build_head_shifts
+
+@pytest.fixture(scope="module")
+def probing():
+    rng = np.random.default_rng(3)
+    n = 400
+    labels = rng.integers(0, 2, n)
+    acts = rng.standard_normal((n, L, H * D)).astype(np.float32)
+    for layer, head, strength in ((1, 2, 3.0), (3, 0, 2.5)):
+        acts[:, layer, head * D:(head + 1) * D] += (strength * labels[:, None] * np.eye(D)[layer]).astype(np.float32)
+    tuning = (rng.standard_normal((120, L, H * D)) * 3).astype(np.float32)
+    return acts, labels, np.arange(300), np.arange(300, 400), tuning
+
+
+def build(probing, **overrides):
+    acts, labels, tr, va, tuning = probing
+    args = dict(num_heads=H, head_dim=D, k=2, alpha=15.0, method="center_of_mass", use_random_heads=False,
+                backend="torch", seed=42, provenance={"model": "synthetic"})
+    args.update(overrides)
+    return build_head_shifts(acts, labels, tr, va, tuning, **args)
+
+
+def test_build_center_of_mass(probing):
+    acts, labels, tr, va, tuning = probing
+    shifts = build(probing)
+    assert sorted(shifts.head_list()) == [(1, 2), (3, 0)]
+    rows = np.r_[tr, va]
+    for i, (layer, head) in enumerate(shifts.head_list()):
+        block = acts[rows, layer, head * D:(head + 1) * D].astype(np.float64)
+        diff = block[labels[rows] == 1].mean(0) - block[labels[rows] == 0].mean(0)
+        np.testing.assert_allclose(shifts.directions[i], diff / np.linalg.norm(diff), rtol=1e-5, atol=1e-6)
+        projections = tuning[:, layer, head * D:(head + 1) * D].astype(np.float64) @ shifts.directions[i]
+        assert shifts.sigmas[i] == pytest.approx(np.std(projections), rel=1e-5)
+    assert shifts.probe_accuracies.min() > 0.8
+    assert shifts.provenance == {"model": "synthetic", "K": 2, "method": "center_of_mass", "use_random_heads": False,
+                                 "probe_backend": "torch", "seed": 42}
+
+
+def test_build_probe_direction_is_sklearns_weight(probing):
+    acts, labels, tr, _, _ = probing
+    shifts = build(probing, method="probe", backend="sklearn")
+    from sklearn.linear_model import LogisticRegression
+
+    for i, (layer, head) in enumerate(shifts.head_list()):
+        clf = LogisticRegression(random_state=42, max_iter=1000).fit(acts[tr, layer, head * D:(head + 1) * D], labels[tr])
+        w = clf.coef_[0] / np.linalg.norm(clf.coef_[0])
+        np.testing.assert_allclose(shifts.directions[i], w, rtol=1e-5, atol=1e-6)
+
+
+def test_build_random_heads_and_directions(probing):
+    shifts = build(probing, method="random", use_random_heads=True, k=3, seed=9)
+    assert shifts.head_list() == random_heads(L, H, 3, seed=9)
+    np.testing.assert_allclose(np.linalg.norm(shifts.directions, axis=1), 1.0, rtol=1e-6)
+    with pytest.raises(UsageError):
+        build(probing, method="mean")
+    with pytest.raises(UsageError):
+        build(probing, head_dim=D // 2)
