@@ -1,0 +1,117 @@
+"""The intervention: head shifts added to the o_proj input of the selected heads, through pyvene.
+
+Each edited layer gets one pyvene intervention on `<layer>.<o_proj>.input` that adds the layer's
+offset δ_l (all its selected heads' α·σ·θ, laid out in [heads·head_dim]) at the positions of the
+current schedule (spec §5):
+
+- generation with a KV cache: the last position of every forward, i.e. the prompt's last token,
+  then each new token (prompts left-padded so that every row ends at the last position);
+- scoring answers, CE and KL: an explicit [batch, seq] mask of the positions to shift (answer
+  tokens; every real token), so each padded row has its own positions and padding gets nothing.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from iti.head_shifts import HeadShifts
+from iti.intervenable import IntervenableModel, pv
+from iti.models import head_geometry, input_device, model_sites
+
+
+class _PositionState:
+    """What the next forward shifts: a [batch, seq] mask, or None for its last position."""
+
+    def __init__(self):
+        self.mask: torch.Tensor | None = None
+
+
+class LayerShift(pv.SourcelessIntervention):
+    """Adds one layer's offset δ_l to the o_proj input at the positions the shared state selects."""
+
+    def __init__(self, offset: torch.Tensor, state: _PositionState):
+        super().__init__(keep_last_dim=True)
+        self.register_buffer("offset", offset)
+        self.state = state
+
+    def forward(self, base, source=None, subspaces=None):
+        offset = self.offset.to(base.dtype)
+        if self.state.mask is None:
+            base[:, -1] += offset
+            return base
+        return base + self.state.mask.to(base.device, base.dtype).unsqueeze(-1) * offset
+
+
+class ShiftedModel:
+    """A causal LM with a set of head shifts applied through pyvene.
+
+    `shifted(...)` runs a forward with the shift at the given positions; `generate(...)` decodes
+    with the generation schedule. Without shifts (None or no heads) both run the plain model.
+    """
+
+    def __init__(self, model, shifts: HeadShifts | None):
+        self.model = model
+        self.shifts = shifts
+        self._state = _PositionState()
+        self._intervenable = None
+        if shifts is not None and len(shifts.layers) > 0:
+            geo = head_geometry(model.config)
+            shifts.check_geometry(geo.num_layers, geo.num_heads, geo.head_dim)
+            sites = model_sites(model)
+            components = []
+            for layer, offset in sorted(shifts.layer_offsets().items()):
+                o_proj = model.get_submodule(f"{sites.layers}.{layer}.{sites.o_proj}")
+                tensor = torch.as_tensor(offset).to(o_proj.weight.device, o_proj.weight.dtype)
+                components.append({"component": f"{sites.o_proj_of(layer)}.input",
+                                   "intervention": LayerShift(tensor, self._state)})
+            self._intervenable = IntervenableModel(components, model)
+
+    @property
+    def active(self) -> bool:
+        return self._intervenable is not None
+
+    @contextmanager
+    def _positions(self, mask: torch.Tensor | None):
+        self._state.mask = mask
+        try:
+            yield
+        finally:
+            self._state.mask = None
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 shift_mask: torch.Tensor | None = None, **model_kwargs):
+        """One forward. `shift_mask` [batch, seq] marks the positions to shift; default: every real token."""
+        device = input_device(self.model)
+        inputs = {"input_ids": input_ids.to(device), **model_kwargs}
+        if attention_mask is not None:
+            inputs["attention_mask"] = attention_mask.to(device)
+        if not self.active:
+            return self.model(**inputs)
+        if shift_mask is None:
+            shift_mask = attention_mask[:, -input_ids.shape[1]:] if attention_mask is not None \
+                else torch.ones_like(input_ids)
+        with self._positions(shift_mask.to(device)):
+            _, outputs = self._intervenable(inputs)
+        return outputs
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **generate_kwargs) -> torch.Tensor:
+        """Decode from left-padded prompts; the shift goes on the last prompt token and each new token."""
+        device = input_device(self.model)
+        inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+        if not self.active:
+            return self.model.generate(**inputs, **generate_kwargs)
+        if not bool(attention_mask[:, -1].all()):
+            raise ValueError("generation needs left-padded prompts (every row's last token real)")
+        with self._positions(None):
+            _, sequences = self._intervenable.generate(inputs, intervene_on_prompt=True, **generate_kwargs)
+        return sequences
+
+
+def load_shifted_model(model, head_shifts: HeadShifts | str | Path, alpha: float | None = None) -> ShiftedModel:
+    """Put a saved set of head shifts (a folder from edit_weight/validate_2fold) on a model, optionally at another α."""
+    shifts = head_shifts if isinstance(head_shifts, HeadShifts) else HeadShifts.load(head_shifts)
+    if alpha is not None:
+        shifts = shifts.scaled(alpha)
+    return ShiftedModel(model, shifts)

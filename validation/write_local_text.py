@@ -1,0 +1,44 @@
+"""Write a local stand-in for OpenWebText when the hub is out of reach: real English prose that ships
+with Python itself (the language reference behind `help()`), one paragraph per blank-line block, the
+format `validate_2fold.py --owt_path` reads. CE and KL on it are comparable between runs of this
+project, not with published OpenWebText figures.
+
+python validation/write_local_text.py --output features/python_reference_text.txt
+"""
+import argparse
+import os
+import re
+from pathlib import Path
+
+import pydoc_data.topics
+
+
+def reference_paragraphs(min_chars: int) -> list[str]:
+    paragraphs = []
+    for text in pydoc_data.topics.topics.values():
+        for block in re.split(r"\n\s*\n", text):
+            # Indented blocks are grammar rules and code samples; keep the prose.
+            if block.startswith((" ", "\t")) or "*****" in block or "=====" in block:
+                continue
+            prose = " ".join(block.split())
+            if len(prose) >= min_chars:
+                paragraphs.append(prose)
+    return paragraphs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", default="features/python_reference_text.txt")
+    parser.add_argument("--min_chars", type=int, default=400, help="shortest paragraph kept (128 tokens need ~500)")
+    args = parser.parse_args()
+    paragraphs = reference_paragraphs(args.min_chars)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    tmp.write_text("\n\n".join(paragraphs) + "\n", encoding="utf-8")
+    os.replace(tmp, output)
+    print(f"{len(paragraphs)} paragraphs -> {output}")
+
+
+if __name__ == "__main__":
+    main()
