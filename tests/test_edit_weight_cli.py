@@ -1,0 +1,171 @@
+"""validation/edit_weight.py as a user runs it, on a tiny saved model and synthetic feature files.
+
+The synthetic probing features make three heads separable (true rows shifted one way along a
+hidden direction, false rows the other) and leave every other head pure noise, so the top-3
+heads are known without running probes; the baked biases are then computed here by hand.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import REPO_ROOT, make_tiny_model
+
+SCRIPT = REPO_ROOT / "validation" / "edit_weight.py"
+SEPARABLE = [(0, 2), (1, 1), (2, 3)]
+LAYERS, HEADS, D = 3, 4, 12  # the tiny "llama" shape
+ALPHA = 5.0
+
+
+def run_script(*args):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def write_features(folder, dataset, acts, labels, question_ids, name="tiny"):
+    """The files get_activations writes, under iti.activations.feature_path's names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / f"{name}_{dataset}_head_wise.npy", acts.astype(np.float32))
+    np.save(folder / f"{name}_{dataset}_labels.npy", labels.astype(np.int64))
+    np.save(folder / f"{name}_{dataset}_question_ids.npy", question_ids.astype(np.int64))
+    (folder / f"{name}_{dataset}_meta.json").write_text(json.dumps({
+        "model_name": name, "dataset": dataset, "rows": len(acts), "questions": int(question_ids.max()) + 1,
+        "num_layers": acts.shape[1], "num_heads": HEADS, "head_dim": acts.shape[2] // HEADS}))
+
+
+def synthetic_features(num_questions=30, rows_per_question=4, head_dim=D, seed=0):
+    rng = np.random.default_rng(seed)
+    question_ids = np.repeat(np.arange(num_questions), rows_per_question)
+    labels = np.tile(np.arange(rows_per_question) % 2 == 0, num_questions).astype(np.int64)
+    acts = rng.standard_normal((len(labels), LAYERS, HEADS * head_dim))
+    for layer, head in SEPARABLE:
+        u = rng.standard_normal(head_dim)
+        u /= np.linalg.norm(u)
+        acts[:, layer, head * head_dim:(head + 1) * head_dim] += np.where(labels[:, None] == 1, 4.0, -4.0) * u
+    return acts, labels, question_ids
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("edit_weight")
+    model_dir = root / "model"
+    model = make_tiny_model("llama", len(tokenizer))
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    make_tiny_model("gqa", len(tokenizer)).save_pretrained(root / "qwen2")
+    tokenizer.save_pretrained(root / "qwen2")
+    features = root / "features"
+    probing = synthetic_features()
+    write_features(features, "tqa_mc2", *probing)
+    tuning = synthetic_features(num_questions=30, rows_per_question=3, seed=1)
+    tuning = (3.0 * tuning[0], tuning[1], tuning[2])
+    write_features(features, "tqa_gen_end_q", *tuning)
+    return {"root": root, "model_dir": model_dir, "features": features, "model": model,
+            "probing": probing, "tuning": tuning}
+
+
+def base_args(setup, *extra):
+    return ["--model_name", "tiny", "--model_path", str(setup["model_dir"]), "--features_dir", str(setup["features"]),
+            "--device", "cpu", *extra]
+
+
+def test_end_to_end_biases_are_W_o_times_delta(setup, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from iti.head_shifts import HeadShifts
+
+    out = tmp_path / "baked"
+    limit = 25
+    result = run_script(*base_args(setup, "--num_heads", "3", "--alpha", str(ALPHA), "--use_center_of_mass",
+                                   "--limit", str(limit), "--output_dir", str(out)))
+    assert result.returncode == 0, result.stderr
+    assert "baked 3 heads" in result.stdout and str(out) in result.stdout
+
+    acts, labels, qids = setup["probing"]
+    tuning, _, tuning_qids = setup["tuning"]
+    acts, labels = acts[qids < limit], labels[qids < limit]
+    tuning = tuning[tuning_qids < limit]
+    original = setup["model"]
+    expected = {layer: np.zeros(48) for layer in range(LAYERS)}
+    for layer, head in SEPARABLE:
+        block = acts[:, layer, head * D:(head + 1) * D].astype(np.float32).astype(np.float64)
+        theta = block[labels == 1].mean(0) - block[labels == 0].mean(0)
+        theta /= np.linalg.norm(theta)
+        tuned = tuning[:, layer, head * D:(head + 1) * D].astype(np.float32).astype(np.float64)
+        sigma = np.std(tuned @ theta)
+        w = original.model.layers[layer].self_attn.o_proj.weight.double().numpy()
+        expected[layer] += w[:, head * D:(head + 1) * D] @ (ALPHA * sigma * theta)
+
+    baked, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True, dtype=torch.float32)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    for layer in range(LAYERS):
+        attn = baked.model.layers[layer].self_attn
+        np.testing.assert_allclose(attn.o_proj.bias.detach().numpy(), expected[layer], rtol=1e-4, atol=1e-5)
+        for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+            assert not proj.bias.any()
+    shifts = HeadShifts.load(out)
+    assert sorted(shifts.head_list()) == SEPARABLE and shifts.alpha == ALPHA
+    assert shifts.provenance["limit"] == limit and shifts.provenance["method"] == "center_of_mass"
+    assert (out / "tokenizer_config.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["baked"]
+
+
+def _nan_features(setup, folder):
+    acts, labels, qids = setup["probing"]
+    acts = acts.copy()
+    acts[5, 1, 3] = np.nan
+    write_features(folder, "tqa_mc2", acts, labels, qids)
+    write_features(folder, "tqa_gen_end_q", *setup["tuning"])
+
+
+def _other_geometry(setup, folder):
+    acts, labels, qids = synthetic_features(head_dim=10)
+    write_features(folder, "tqa_mc2", acts, labels, qids)
+    write_features(folder, "tqa_gen_end_q", *setup["tuning"])
+
+
+def _only_probing(setup, folder):
+    write_features(folder, "tqa_mc2", *setup["probing"])
+
+
+@pytest.mark.parametrize("make_features, extra, message", [
+    (_only_probing, [], "tiny_tqa_gen_end_q_head_wise.npy not found: make it with `python get_activations/"
+                        "get_activations.py --model_name tiny --dataset_name tqa_gen_end_q --model_path"),
+    (_other_geometry, [], "tqa_mc2 features have per-row shape (3, 40) but the model has 3 layers x 4 heads"),
+    (None, ["--num_heads", "13"], "--num_heads 13 exceeds the model's 3 layers x 4 heads = 12"),
+    (_nan_features, [], "activations contain NaN or inf"),
+    (None, ["--limit", "31"], "--limit 31 asks for more questions than the 30"),
+    (None, ["--model_path", "qwen2"], "model family qwen2 has no config switch for an o_proj bias"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(setup, tmp_path, monkeypatch, capsys, make_features, extra,
+                                                          message):
+    features = setup["features"]
+    if make_features is not None:
+        features = tmp_path / "features"
+        make_features(setup, features)
+    out = tmp_path / "out" / "baked"
+    args = ["--model_name", "tiny", "--model_path", str(setup["model_dir"]), "--features_dir", str(features),
+            "--device", "cpu", "--num_heads", "3", "--output_dir", str(out),
+            *[str(setup["root"] / a) if a == "qwen2" else a for a in extra]]
+    # In-process (a subprocess per case would mostly time imports); run_main is what the script's __main__ runs.
+    script = _load_script()
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *args])
+    with pytest.raises(SystemExit) as exit_info:
+        script.run_main(script.main)
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], errors
+    assert not (tmp_path / "out").exists()
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("edit_weight_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,106 @@
+"""validation/push_hf.py: --dry_run shows files and the model card without the network; clear one-line errors."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT, make_tiny_model
+from tests.test_intervention import make_shifts
+
+SCRIPT = REPO_ROOT / "validation" / "push_hf.py"
+BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+PROVENANCE = {"base_model": BASE, "dataset_name": "tqa_mc2", "activations_dataset": "tqa_gen_end_q",
+              "val_ratio": 0.2, "limit": 40, "method": "center_of_mass", "seed": 7, "use_random_heads": False}
+
+
+def run_script(*args, home, **env):
+    """Run with no token anywhere (HF_HOME is empty) and a hub endpoint that refuses connections."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH")}
+    clean.update(HF_HOME=str(home), HF_ENDPOINT="http://127.0.0.1:9", **env)
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=300, env=clean)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, tokenizer):
+    from iti.bake import bake_head_shifts, save_baked_model
+
+    root = tmp_path_factory.mktemp("push")
+    model = make_tiny_model("llama", len(tokenizer))
+    shifts = make_shifts(model, [(0, 1), (2, 0), (2, 3)], alpha=4.0)
+    shifts.provenance.update(PROVENANCE)
+    save_baked_model(bake_head_shifts(model, shifts), tokenizer, shifts, root / "baked")
+    shifts.save(root / "shifts")
+    (root / "empty").mkdir()
+    return root, shifts
+
+
+def _one_error(result) -> str:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def _card_heads(card: str) -> list[tuple[int, int]]:
+    return [(int(l), int(h)) for l, h in re.findall(r"^\| (\d+) \| (\d+) \| [^|]+ \| [^|]+ \|$", card, re.M)]
+
+
+def test_dry_run_of_a_baked_model(folders, tmp_path):
+    root, shifts = folders
+    result = run_script(str(root / "baked"), "--repo_id", "someone/honest_tiny", "--dry_run", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    listing, card = result.stdout.split("--- README.md ---\n")
+    files = sorted(p.name for p in (root / "baked").iterdir())
+    assert "model.safetensors" in files and "head_shifts.json" in files and "config.json" in files
+    listed = re.findall(r"^  (\S+)  ", listing, re.M)
+    assert sorted(listed) == sorted(files + ["README.md"])
+    assert "to public repo someone/honest_tiny" in listing
+    assert f"base_model: {BASE}" in card and "library_name: transformers" in card
+    assert _card_heads(card) == shifts.head_list()
+    assert "| alpha | 4 |" in card and "| seed | 7 |" in card and "tqa_mc2, first 40 questions" in card
+    assert 'AutoModelForCausalLM.from_pretrained("someone/honest_tiny")' in card
+    assert not list(tmp_path.iterdir()), "a dry run must not write a token or cache"
+
+
+def test_dry_run_of_head_shifts(folders, tmp_path):
+    root, shifts = folders
+    result = run_script(str(root / "shifts"), "--repo_id", "someone/tiny_shifts", "--private", "--dry_run",
+                        home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    listing, card = result.stdout.split("--- README.md ---\n")
+    assert sorted(re.findall(r"^  (\S+)  ", listing, re.M)) == ["README.md", "head_shifts.json",
+                                                                 "head_shifts.safetensors"]
+    assert "head shifts" in listing and "private repo" in listing
+    assert "library_name" not in card and _card_heads(card) == shifts.head_list()
+    assert f'AutoModelForCausalLM.from_pretrained("{BASE}")' in card
+    assert 'load_shifted_model(model, snapshot_download("someone/tiny_shifts"))' in card
+
+
+def test_no_token_is_one_line(folders, tmp_path):
+    root, _ = folders
+    message = _one_error(run_script(str(root / "baked"), "--repo_id", "someone/honest_tiny", home=tmp_path))
+    assert "no Hugging Face token: set HF_TOKEN or run `hf auth login`" in message
+
+
+def test_unreachable_hub_is_one_line(folders, tmp_path):
+    root, _ = folders
+    message = _one_error(run_script(str(root / "shifts"), "--repo_id", "someone/tiny_shifts", home=tmp_path,
+                                    HF_TOKEN="hf_not_a_real_token"))
+    assert "cannot reach the Hugging Face hub" in message
+
+
+@pytest.mark.parametrize("folder, repo_id, expected", [
+    ("empty", "someone/x", "holds neither a baked model"),
+    ("missing", "someone/x", "is not a folder"),
+    ("shifts", "not a/valid id", "--repo_id not a/valid id is not a valid repository id"),
+])
+def test_bad_input_is_one_line(folders, tmp_path, folder, repo_id, expected):
+    root, _ = folders
+    message = _one_error(run_script(str(root / folder), "--repo_id", repo_id, "--dry_run", home=tmp_path))
+    assert expected in message

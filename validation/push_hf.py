@@ -1,0 +1,193 @@
+"""Upload a baked model folder or a head-shift folder to the Hugging Face hub, with a model card.
+
+The kind is detected: a folder from validation/edit_weight.py (config.json, safetensors weights
+and head_shifts.*) is pushed as a model that loads with AutoModelForCausalLM; a folder holding
+only head_shifts.* is pushed as an artifact to apply to its base model at run time. A README.md
+model card (base model, heads, α, data, seed, how to load) is generated and replaces any README.
+
+python validation/push_hf.py validation/results_dump/edited_models_dump/llama2_chat_7B_seed_42_top_48_heads_alpha_15 \\
+    --repo_id you/honest_llama2_chat_7B --private
+python validation/push_hf.py FOLDER --repo_id you/name --dry_run     # show files and card, no network
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from iti.cli import run_main  # noqa: E402
+from iti.errors import UsageError  # noqa: E402
+
+MODEL, HEAD_SHIFTS = "model", "head_shifts"
+CARD = "README.md"
+
+
+def folder_kind(folder: Path) -> str:
+    from iti.head_shifts import METADATA_FILE, TENSORS_FILE
+
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder; give a folder made by validation/edit_weight.py")
+    has_shifts = (folder / METADATA_FILE).is_file() and (folder / TENSORS_FILE).is_file()
+    has_weights = (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
+    if (folder / "config.json").is_file() and has_weights:
+        if not has_shifts:
+            raise UsageError(f"{folder} holds a model but no {METADATA_FILE}, so no card can describe its shifts; "
+                             "push folders made by validation/edit_weight.py")
+        return MODEL
+    if has_shifts:
+        return HEAD_SHIFTS
+    raise UsageError(f"{folder} holds neither a baked model (config.json, model.safetensors, {METADATA_FILE}) nor "
+                     f"head shifts ({METADATA_FILE}, {TENSORS_FILE}); make one with `python validation/edit_weight.py`")
+
+
+def files_to_upload(folder: Path) -> list[Path]:
+    """Every file under the folder but hidden ones (temporaries) and the README the card replaces."""
+    files = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if path.is_file() and not any(part.startswith(".") for part in relative.parts) and relative.as_posix() != CARD:
+            files.append(path)
+    return files
+
+
+def model_card(kind: str, repo_id: str, shifts) -> str:
+    p = shifts.provenance
+    base = p.get("base_model")
+    heads = "K heads drawn at random" if p.get("use_random_heads") else "the K heads of highest probe validation accuracy"
+    limit = f", first {p['limit']} questions" if p.get("limit") else ""
+    header = ["---", "tags:", "- inference-time-intervention", "- truthfulqa"]
+    if kind == MODEL:
+        header.insert(1, "library_name: transformers")
+    if base:
+        header.insert(1, f"base_model: {base}")
+    header.append("---")
+    what = (
+        "a model with Inference-Time Intervention (ITI; Li et al., NeurIPS 2023) baked into its weights: each edited "
+        "layer's attention output projection carries the bias W_o·δ_l, which equals adding the head shifts α·σ·θ to its "
+        "input. The shift acts at every position, the prompt's included. The head shifts themselves are in "
+        "head_shifts.json / head_shifts.safetensors, to apply at run time at another α."
+        if kind == MODEL else
+        "Inference-Time Intervention (ITI; Li et al., NeurIPS 2023) head shifts: per selected attention head a unit "
+        "direction θ and spread σ; at run time α·σ·θ is added to that head's slice of the attention output projection's "
+        "input.")
+    rows = [
+        ("base model", base or p.get("model_source", "unknown")),
+        ("heads shifted (K)", str(shifts.k)),
+        ("alpha", f"{shifts.alpha:g}"),
+        ("head choice", heads),
+        ("directions", str(p.get("method", "unknown"))),
+        ("probing data", f"{p.get('dataset_name', 'unknown')}{limit}, validation ratio {p.get('val_ratio', '?')}"),
+        ("spread (σ) data", str(p.get("activations_dataset", "unknown"))),
+        ("seed", str(p.get("seed", "unknown"))),
+        ("geometry", f"{shifts.num_layers} layers x {shifts.num_heads} heads x head_dim {shifts.head_dim}"),
+    ]
+    lines = header + ["", f"# {repo_id.split('/')[-1]}", "", f"This is {what}", "", "| | |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in rows]
+    lines += ["", "## Heads", "", "| layer | head | σ | probe validation accuracy |", "|---|---|---|---|"]
+    lines += [f"| {l} | {h} | {s:.4g} | {a:.3f} |"
+              for l, h, s, a in zip(shifts.layers, shifts.heads, shifts.sigmas, shifts.probe_accuracies)]
+    lines += ["", "## How to load", "", "```python"]
+    if kind == MODEL:
+        lines += ["from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+                  f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")',
+                  f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")']
+    else:
+        lines += ["# with this project (iti) installed: pip install -e .",
+                  "from huggingface_hub import snapshot_download",
+                  "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                  "from iti.intervention import load_shifted_model", "",
+                  f'model = AutoModelForCausalLM.from_pretrained("{base or "BASE_MODEL"}")',
+                  f'tokenizer = AutoTokenizer.from_pretrained("{base or "BASE_MODEL"}")',
+                  f'shifted = load_shifted_model(model, snapshot_download("{repo_id}"))  # alpha=... to rescale',
+                  "tokens = shifted.generate(input_ids, attention_mask, max_new_tokens=50)  # left-padded prompts"]
+    lines += ["```", ""]
+    return "\n".join(lines)
+
+
+def upload(repo_id: str, private: bool, folder: Path, files: list[Path], card: str, kind: str) -> str:
+    from huggingface_hub import CommitOperationAdd, HfApi, get_token
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    token = get_token()
+    if not token:
+        raise UsageError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, then run this again "
+                         "(or add --dry_run to see what would be uploaded)")
+    api = HfApi(token=token)
+    operations = [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p))
+                  for p in files]
+    operations.append(CommitOperationAdd(path_in_repo=CARD, path_or_fileobj=card.encode()))
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.create_commit(repo_id, operations, commit_message=f"Upload ITI {kind.replace('_', ' ')}")
+    except HfHubHTTPError as err:
+        raise UsageError(f"the hub refused the upload to {repo_id}: {_first_line(err)}; check the token's write "
+                         "access and the repo id") from err
+    except OfflineModeIsEnabled as err:
+        raise UsageError("HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it and run this again") from err
+    except Exception as err:
+        if not _is_network_error(err):
+            raise
+        raise UsageError(f"cannot reach the Hugging Face hub ({_first_line(err)}); check the network "
+                         "(or HF_ENDPOINT) and run this again") from err
+    return commit.commit_url
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _is_network_error(err: Exception) -> bool:
+    # huggingface_hub's HTTP client has been requests, httpx and httpx2; match any of their transport errors.
+    return isinstance(err, OSError) or type(err).__module__.split(".")[0] in ("httpx", "httpx2", "requests", "urllib3")
+
+
+def _size(num_bytes: float) -> str:
+    for unit in ("B", "kB", "MB"):
+        if num_bytes < 1000:
+            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1000
+    return f"{num_bytes:.1f} GB"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", help="a baked model folder (edit_weight output) or a head-shift folder")
+    parser.add_argument("--repo_id", required=True, help="hub repository, e.g. your-name/honest_llama2_chat_7B")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--dry_run", action="store_true", help="print the files and the model card; no network")
+    args = parser.parse_args()
+
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from iti.head_shifts import HeadShifts
+
+    try:
+        validate_repo_id(args.repo_id)
+    except HFValidationError as err:
+        raise UsageError(f"--repo_id {args.repo_id} is not a valid repository id ({_first_line(err)}); "
+                         "use owner/name") from err
+    folder = Path(args.folder)
+    kind = folder_kind(folder)
+    shifts = HeadShifts.load(folder)
+    files = files_to_upload(folder)
+    card = model_card(kind, args.repo_id, shifts)
+    if args.dry_run:
+        total = sum(p.stat().st_size for p in files) + len(card.encode())
+        visibility = "private" if args.private else "public"
+        print(f"dry run: would upload {kind.replace('_', ' ')} {folder} to {visibility} repo {args.repo_id} "
+              f"({len(files) + 1} files, {_size(total)}):")
+        for path in files:
+            print(f"  {path.relative_to(folder).as_posix()}  {_size(path.stat().st_size)}")
+        print(f"  {CARD}  {_size(len(card.encode()))} (generated model card)")
+        print(f"--- {CARD} ---")
+        print(card)
+        return
+    url = upload(args.repo_id, args.private, folder, files, card, kind)
+    print(f"uploaded {len(files) + 1} files to {args.repo_id}: {url}")
+
+
+if __name__ == "__main__":
+    run_main(main)
