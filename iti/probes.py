@@ -41,16 +41,23 @@ def all_fold_splits(
     splits = []
     for fold in range(num_fold):
         dev = np.sort(np.concatenate([parts[j] for j in range(num_fold) if j != fold]))
-        num_train = int(len(dev) * (1 - val_ratio))
-        if num_train == 0 or num_train == len(dev):
-            raise UsageError(
-                f"val_ratio={val_ratio} leaves an empty training or validation set for "
-                f"{len(dev)} development questions; pick a val_ratio such as 0.2"
-            )
-        train = np.sort(rng.choice(dev, size=num_train, replace=False))
-        val = np.setdiff1d(dev, train)
+        train, val = train_val_split(dev, val_ratio, rng)
         splits.append((train, val, parts[fold].copy()))
     return splits
+
+
+def train_val_split(
+    questions: np.ndarray, val_ratio: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training questions drawn without replacement (a share 1 - val_ratio, rounded down); the rest validate."""
+    num_train = int(len(questions) * (1 - val_ratio))
+    if num_train == 0 or num_train == len(questions):
+        raise UsageError(
+            f"val_ratio={val_ratio} leaves an empty training or validation set for "
+            f"{len(questions)} development questions; use more questions or a val_ratio such as 0.2"
+        )
+    train = np.sort(rng.choice(questions, size=num_train, replace=False))
+    return train, np.setdiff1d(questions, train)
 
 
 def fold_splits(

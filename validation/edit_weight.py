@@ -114,16 +114,9 @@ def train_val_rows(question_ids, val_ratio: float, seed: int):
     """Seeded split of all questions into training (1 - val_ratio, rounded down) and validation; rows follow."""
     import numpy as np
 
-    from iti.errors import UsageError
-    from iti.probes import rows_of_questions
+    from iti.probes import rows_of_questions, train_val_split
 
-    questions = np.unique(question_ids)
-    num_train = int(len(questions) * (1 - val_ratio))
-    if num_train == 0 or num_train == len(questions):
-        raise UsageError(f"--val_ratio {val_ratio} leaves no training or no validation question among "
-                         f"{len(questions)}; use more questions or a val_ratio such as 0.2")
-    train = np.sort(np.random.default_rng(seed).choice(questions, size=num_train, replace=False))
-    val = np.setdiff1d(questions, train)
+    train, val = train_val_split(np.unique(question_ids), val_ratio, np.random.default_rng(seed))
     return rows_of_questions(question_ids, train), rows_of_questions(question_ids, val), len(train), len(val)
 
 

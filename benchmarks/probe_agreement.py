@@ -1,0 +1,49 @@
+"""Do the batched torch probes pick the same heads as scikit-learn's, on real features?
+
+Uses the seeded train/validation split over all questions (as edit_weight does) and prints the
+top-K overlap, the per-head validation-accuracy gaps and both wall times.
+
+python benchmarks/probe_agreement.py --model_name smollm2_135M_instruct
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from iti.cli import run_main  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_name", default="smollm2_135M_instruct")
+    parser.add_argument("--dataset_name", default="tqa_mc2")
+    parser.add_argument("--features_dir", default="features")
+    parser.add_argument("--num_heads", type=int, default=48, help="K, the number of top heads compared")
+    parser.add_argument("--val_ratio", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    import numpy as np
+
+    from iti.activations import feature_path, load_features
+    from iti.probes import compare_backends, rows_of_questions, train_val_split
+
+    acts, labels, question_ids = load_features(args.features_dir, args.model_name, args.dataset_name)
+    meta = json.loads(feature_path(args.features_dir, args.model_name, args.dataset_name, "meta").read_text())
+    questions = np.unique(question_ids)
+    train_q, val_q = train_val_split(questions, args.val_ratio, np.random.default_rng(args.seed))
+    result = compare_backends(acts, labels, rows_of_questions(question_ids, train_q), rows_of_questions(question_ids, val_q),
+                              meta["num_heads"], k=args.num_heads, device=args.device, seed=args.seed)
+    print(f"{args.model_name} {args.dataset_name}: {len(questions)} questions, {len(labels)} rows, "
+          f"{meta['num_layers']}x{meta['num_heads']} heads of {meta['head_dim']}")
+    print(f"top-{result.k} heads in common: {result.top_k_overlap}/{result.k}")
+    print(f"validation accuracy |torch - sklearn|: mean {result.mean_abs_acc_diff:.4f}, max {result.max_abs_acc_diff:.4f}")
+    print(f"wall time: torch {result.torch_seconds:.1f} s, sklearn {result.sklearn_seconds:.1f} s "
+          f"({result.sklearn_seconds / result.torch_seconds:.1f}x)")
+
+
+if __name__ == "__main__":
+    run_main(main)
