@@ -1,0 +1,139 @@
+"""Cross-entropy on OpenWebText and KL from the unshifted model (ITI_SPEC.md section 6).
+
+100 documents drawn with the run's seed, each cut to its first 128 tokens (BOS as the tokenizer
+adds it), the shift at every position. Per document: CE is the mean next-token cross-entropy of
+the shifted model; KL is Σ over positions and vocabulary of p_orig·log(p_orig/p_shifted) divided
+by the number of positions. Both are averaged over documents. Documents run in right-padded
+batches; padding is neither shifted nor counted.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from iti.activations import length_sorted_batches, right_pad
+from iti.errors import UsageError
+from iti.intervention import ShiftedModel
+from iti.models import input_device
+
+OWT_HUB_ID = "stas/openwebtext-10k"
+NUM_SAMPLES = 100
+MAX_TOKENS = 128
+
+
+def read_owt_file(path: str | Path) -> list[str]:
+    """Documents of a local file: `.jsonl` (one JSON object with a "text" field per line) or
+    plain text (documents separated by blank lines)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UsageError(f"--owt_path {path} does not exist (give a .txt file of blank-line-separated "
+                         "documents or a .jsonl file with a \"text\" field)")
+    content = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        texts = []
+        for number, line in enumerate(content.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UsageError(f"{path} line {number} is not JSON ({err.msg})") from err
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise UsageError(f"{path} line {number} has no string field \"text\"")
+            texts.append(record["text"])
+    else:
+        texts = _blank_line_blocks(content)
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise UsageError(f"--owt_path {path} holds no documents")
+    return texts
+
+
+def _blank_line_blocks(content: str) -> list[str]:
+    blocks, current = [], []
+    for line in content.splitlines():
+        if line.strip():
+            current.append(line)
+        elif current:
+            blocks.append("\n".join(current))
+            current = []
+    if current:
+        blocks.append("\n".join(current))
+    return blocks
+
+
+def load_owt_texts(owt_path: str | Path | None) -> tuple[list[str] | None, str]:
+    """(documents, where from) from `owt_path`, else the hub; (None, why) when the hub cannot be reached.
+
+    A path given but unusable is the user's error (UsageError); a hub that cannot be reached
+    only leaves CE and KL empty.
+    """
+    if owt_path is not None:
+        return read_owt_file(owt_path), str(owt_path)
+    from datasets import load_dataset
+
+    try:
+        data = load_dataset(OWT_HUB_ID, split="train")
+    except Exception as err:  # any failure of the hub or of the dataset library means: no OWT here
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        return None, f"OpenWebText ({OWT_HUB_ID}) could not be loaded: {type(err).__name__}: {first_line}; pass --owt_path"
+    return [t for t in data["text"] if t.strip()], f"hub:{OWT_HUB_ID}"
+
+
+def sample_token_rows(texts: list[str], tokenizer, num_samples: int = NUM_SAMPLES, max_tokens: int = MAX_TOKENS,
+                      seed: int = 42) -> list[list[int]]:
+    """`num_samples` documents (all, when there are fewer) drawn without replacement, each cut to
+    its first `max_tokens` tokens; documents of fewer than 2 tokens have no next token and are refused."""
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(texts), size=min(num_samples, len(texts)), replace=False)
+    rows = [tokenizer(texts[i])["input_ids"][:max_tokens] for i in picks]
+    if any(len(r) < 2 for r in rows):
+        raise UsageError("an OpenWebText document has fewer than 2 tokens; remove empty documents")
+    return rows
+
+
+@torch.inference_mode()
+def ce_and_kl(shifted: ShiftedModel, token_rows: list[list[int]], pad_id: int, batch_size: int = 8,
+              with_kl: bool = True, progress: bool = True) -> tuple[float, float | None]:
+    """(mean CE of the shifted model, mean KL(original ‖ shifted)) over the rows; KL None unless `with_kl`.
+
+    Without an active shift the model is its own original, so KL is exactly 0 without a second pass.
+    """
+    ce_sum, kl_sum = 0.0, 0.0
+    for batch in tqdm(length_sorted_batches([len(r) for r in token_rows], batch_size), desc="CE/KL",
+                      disable=not progress):
+        ids, mask = right_pad([token_rows[i] for i in batch], pad_id)
+        logits = shifted(ids, mask, shift_mask=mask).logits
+        original = None
+        if with_kl and shifted.active:
+            device = input_device(shifted.model)
+            original = shifted.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.to(logits.device)
+        # Row by row, so float32 log-probabilities of one [seq, vocab] slice exist at a time.
+        for b, length in enumerate(mask.sum(1).tolist()):
+            log_p = torch.log_softmax(logits[b, :length].float(), dim=-1)
+            targets = ids[b, 1:length].to(log_p.device)
+            ce_sum += float(-log_p[torch.arange(length - 1, device=log_p.device), targets].double().mean())
+            if original is not None:
+                log_q = torch.log_softmax(original[b, :length].float(), dim=-1)
+                kl_sum += float((log_q.exp() * (log_q - log_p)).double().sum() / length)
+    n = len(token_rows)
+    return ce_sum / n, (kl_sum / n if with_kl else None)
+
+
+def ce_kl_metrics(shifted: ShiftedModel, tokenizer, texts: list[str] | None, metrics: set[str], seed: int = 42,
+                  batch_size: int = 8, num_samples: int = NUM_SAMPLES, progress: bool = True) -> dict[str, float]:
+    """{"ce": …, "kl": …} for the metrics asked; NaN for each when there are no documents."""
+    wanted = {"ce", "kl"} & set(metrics)
+    if not wanted:
+        return {}
+    if texts is None:
+        return {name: math.nan for name in wanted}
+    rows = sample_token_rows(texts, tokenizer, num_samples, MAX_TOKENS, seed)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ce, kl = ce_and_kl(shifted, rows, pad_id, batch_size, with_kl="kl" in wanted, progress=progress)
+    return {"ce": ce, **({"kl": kl} if "kl" in wanted else {})}

@@ -1,0 +1,91 @@
+"""Greedy answers to TruthfulQA prompts (ITI_SPEC.md section 6), batched, with the generation schedule.
+
+Prompts end with `Q: {question}` and no `A:`, so a model continues with `\\nA: ...` and usually
+goes on with a new `\\n\\nQ: ...`; the answer is the text after the first `A:` and before the next
+`Q:`, stripped. Prompts are left-padded (every row's last prompt token sits at the last position,
+where the shift goes: the last prompt token, then each new token) and batched by length.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from iti.intervention import ShiftedModel
+from iti.prompts import question_prompt
+
+
+def extract_answer(text: str) -> str:
+    """The text after the first `A:` (all of it when there is none) and before the next `Q:`, stripped."""
+    start = text.find("A:")
+    if start >= 0:
+        text = text[start + 2:]
+    end = text.find("Q:")
+    return (text if end < 0 else text[:end]).strip()
+
+
+def answer_complete(text: str) -> bool:
+    """True once more tokens cannot change `extract_answer(text)`: a `Q:` follows the first `A:`."""
+    start = text.find("A:")
+    return start >= 0 and "Q:" in text[start + 2:]
+
+
+class _AnswerComplete(StoppingCriteria):
+    """Stops each row once its answer is complete; later tokens would be cut off by extraction anyway."""
+
+    def __init__(self, tokenizer, prompt_width: int):
+        self.tokenizer = tokenizer
+        self.prompt_width = prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width:], skip_special_tokens=True)
+        return torch.tensor([answer_complete(t) for t in texts], device=input_ids.device)
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq):] = torch.tensor(seq)
+        mask[row, width - len(seq):] = 1
+    return ids, mask
+
+
+@torch.inference_mode()
+def generate_texts(shifted: ShiftedModel, tokenizer, prompts: list[str], max_new_tokens: int = 50,
+                   batch_size: int = 16, stop_when_answered: bool = True, progress: bool = True) -> list[str]:
+    """Greedy continuations of `prompts` (new tokens only, special tokens dropped), in prompt order.
+
+    With `stop_when_answered` a row stops as soon as its extracted answer is final, which gives the
+    same `extract_answer` as decoding all `max_new_tokens`, sooner.
+    """
+    sequences = tokenizer(prompts)["input_ids"]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    # Longest first: little padding per batch, and an out-of-memory shows on the first batch.
+    order = np.argsort([-len(s) for s in sequences], kind="stable")
+    texts: list[str] = [""] * len(prompts)
+    with tqdm(total=len(prompts), desc="generation", unit="answer", disable=not progress) as bar:
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            ids, mask = left_pad([sequences[i] for i in batch], pad_id)
+            extra = {}
+            if stop_when_answered:
+                extra["stopping_criteria"] = StoppingCriteriaList([_AnswerComplete(tokenizer, ids.shape[1])])
+            output = shifted.generate(ids, mask, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                      pad_token_id=pad_id, **extra)
+            decoded = tokenizer.batch_decode(output[:, ids.shape[1]:], skip_special_tokens=True)
+            for i, text in zip(batch, decoded):
+                texts[i] = text
+            bar.update(len(batch))
+    return texts
+
+
+def generate_answers(shifted: ShiftedModel, tokenizer, questions: list[str], instruction_prompt: str = "default",
+                     many_shot_prefix: str | None = None, max_new_tokens: int = 50, batch_size: int = 16,
+                     progress: bool = True) -> list[str]:
+    """The model's answer to each question, prompted as in spec section 6 and decoded greedily."""
+    prompts = [question_prompt(q, instruction_prompt, many_shot_prefix) for q in questions]
+    texts = generate_texts(shifted, tokenizer, prompts, max_new_tokens, batch_size, progress=progress)
+    return [extract_answer(text) for text in texts]

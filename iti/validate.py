@@ -1,0 +1,383 @@
+"""validate_2fold: per fold, head shifts from the development questions, evaluation on the test questions.
+
+Layout under `results_dir` (the public workflow's, with `_limit_{N}` added to names of runs on the
+first N questions so they never overwrite full runs):
+- `splits/fold_{i}_{train|val|test}_seed_{seed}.csv`: each fold's questions (TruthfulQA columns);
+- `results_dump/head_shifts_dump/{name}_fold_{i}{method}/`: the fold's HeadShifts;
+- `results_dump/answer_dump/{name}_fold_{i}{method}.csv`: one row per test question, the model's
+  answer and every per-question score, columns `{model} MC1`, `{model} GPT-judge acc`, …;
+- `results_dump/summary_dump/{name}_fold_{i}{method}.csv`: the fold's means;
+- `results_dump/summary_dump/{name}{method}.json`: the full config, each fold's heads and results,
+  and the means over folds (rewritten after every fold, `complete` once all are done),
+where name = `{model}_seed_{seed}_top_{K}_heads_alpha_{α}` and method = `_com`, `_random` or nothing.
+Every file is written under a temporary name and renamed, so a killed run leaves earlier folds whole.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from iti.activations import feature_path, load_features
+from iti.ce_kl import ce_kl_metrics, load_owt_texts
+from iti.data import DATASET_NAMES, GenerationQuestion, TruthfulQA, check_limit, load_truthfulqa
+from iti.errors import UsageError
+from iti.generation import generate_answers
+from iti.head_shifts import HeadShifts
+from iti.intervention import ShiftedModel
+from iti.judges import ACCURACY_THRESHOLD, DEFAULT_INFO_JUDGE, DEFAULT_TRUTH_JUDGE, JudgePanel, check_judge_source
+from iti.mc import evaluate_mc
+from iti.models import REPO_ROOT, head_geometry, load_model, resolve_device, resolve_model_source
+from iti.probes import all_fold_splits, rows_of_questions
+from iti.prompts import check_instruction_prompt
+from iti.selection import build_head_shifts
+
+METRICS = ("mc", "judge", "info", "ce", "kl")
+PROBING_DATASETS = ("tqa_mc2", "tqa_gen", "tqa_gen_end_q")
+PROBE_BACKENDS = ("torch", "sklearn")
+# Result keys of a fold, and their column names in the public workflow's summary files.
+SUMMARY_COLUMNS = {"Info": "GPT-info acc", "True": "GPT-judge acc", "MC1": "MC1", "MC2": "MC2", "MC3": "MC3",
+                   "CE": "CE Loss", "KL": "KL wrt Orig", "True*Info": "True*Info"}
+
+
+@dataclass
+class ValidationConfig:
+    model_name: str = "smollm2_135M_instruct"
+    model_prefix: str = ""
+    model_path: str | None = None
+    dataset_name: str = "tqa_mc2"
+    activations_dataset: str = "tqa_gen_end_q"
+    num_heads: int = 48
+    alpha: float = 15.0
+    num_fold: int = 2
+    val_ratio: float = 0.2
+    use_center_of_mass: bool = False
+    use_random_dir: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    seed: int = 42
+    instruction_prompt: str = "default"
+    limit: int | None = None
+    metrics: tuple[str, ...] = METRICS
+    judge_model: str = DEFAULT_TRUTH_JUDGE
+    info_model: str = DEFAULT_INFO_JUDGE
+    sequential_loading: bool = True
+    owt_path: str | None = None
+    batch_size: int = 16
+    max_new_tokens: int = 50
+    features_dir: str = str(REPO_ROOT / "features")
+    probe_backend: str = "torch"
+    results_dir: str = str(REPO_ROOT / "validation")
+    tqa_path: str | None = None
+
+    @property
+    def output_name(self) -> str:
+        return f"{self.model_prefix}{self.model_name}"
+
+    @property
+    def method(self) -> str:
+        if self.use_random_dir:
+            return "random"
+        return "center_of_mass" if self.use_center_of_mass else "probe"
+
+    @property
+    def intervenes(self) -> bool:
+        return self.num_heads > 0 and self.alpha != 0
+
+
+def check_config(cfg: ValidationConfig) -> None:
+    """Every argument that can be checked without data or model, so bad input fails at once."""
+    unknown = [m for m in cfg.metrics if m not in METRICS]
+    if unknown or not cfg.metrics:
+        raise UsageError(f"unknown metric {', '.join(unknown) or '(none given)'}; use any of {', '.join(METRICS)}")
+    check_instruction_prompt(cfg.instruction_prompt)
+    if cfg.use_center_of_mass and cfg.use_random_dir:
+        raise UsageError("--use_center_of_mass and --use_random_dir exclude each other; pick one (or neither for probe directions)")
+    if cfg.dataset_name not in PROBING_DATASETS:
+        raise UsageError(f"--dataset_name {cfg.dataset_name} cannot train probes on TruthfulQA folds; "
+                         f"use one of {', '.join(PROBING_DATASETS)}")
+    if cfg.activations_dataset not in DATASET_NAMES:
+        raise UsageError(f"unknown --activations_dataset {cfg.activations_dataset!r}; known: {', '.join(DATASET_NAMES)}")
+    if cfg.probe_backend not in PROBE_BACKENDS:
+        raise UsageError(f"--probe_backend {cfg.probe_backend} is not one of {', '.join(PROBE_BACKENDS)}")
+    for flag, value in (("--batch_size", cfg.batch_size), ("--max_new_tokens", cfg.max_new_tokens)):
+        if value < 1:
+            raise UsageError(f"{flag} {value} must be at least 1")
+    if cfg.num_heads < 0:
+        raise UsageError(f"--num_heads {cfg.num_heads} must be 0 (no intervention) or more")
+    if not math.isfinite(cfg.alpha):
+        raise UsageError(f"--alpha {cfg.alpha} must be a finite number")
+    if cfg.num_fold < 2:
+        raise UsageError(f"--num_fold {cfg.num_fold} must be at least 2")
+    if cfg.limit is not None and cfg.limit < cfg.num_fold:
+        raise UsageError(f"--limit {cfg.limit} leaves fewer questions than the {cfg.num_fold} folds; "
+                         f"use --limit {cfg.num_fold} or more")
+
+
+def run_name(cfg: ValidationConfig, fold: int | None = None) -> str:
+    """`{model}_seed_{seed}_top_{K}_heads_alpha_{α}[_limit_{N}][_fold_{i}][_com|_random]`.
+
+    α is written with `:g` (15 → "15", 2.5 → "2.5"): the public int(α) made sweeps over
+    fractional α overwrite each other.
+    """
+    name = f"{cfg.output_name}_seed_{cfg.seed}_top_{cfg.num_heads}_heads_alpha_{cfg.alpha:g}"
+    if cfg.limit is not None:
+        name += f"_limit_{cfg.limit}"
+    if fold is not None:
+        name += f"_fold_{fold}"
+    return name + {"center_of_mass": "_com", "random": "_random", "probe": ""}[cfg.method]
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A unique temporary name: parallel sweep runs write the same split files at the same time.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    return _atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def write_json(data: dict, path: Path) -> Path:
+    return _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(_plain(data), indent=2) + "\n"))
+
+
+def _plain(value):
+    """JSON-ready: NaN → null, numpy scalars → Python numbers."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def questions_frame(records: list[GenerationQuestion]) -> pd.DataFrame:
+    """TruthfulQA.csv's columns for these questions (answers joined with "; ")."""
+    return pd.DataFrame({
+        "Category": [r.category for r in records],
+        "Question": [r.question for r in records],
+        "Best Answer": [r.best_answer for r in records],
+        "Correct Answers": ["; ".join(r.correct_answers) for r in records],
+        "Incorrect Answers": ["; ".join(r.incorrect_answers) for r in records],
+    })
+
+
+# ----------------------------------------------------------------------------- features
+
+@dataclass
+class ProbingFeatures:
+    acts: np.ndarray
+    labels: np.ndarray
+    question_ids: np.ndarray  # per row, in multiple-choice order
+    tuning_acts: np.ndarray
+
+
+def load_probing_features(cfg: ValidationConfig, tqa: TruthfulQA, num_questions: int) -> ProbingFeatures:
+    """The probing set (rows indexed by MC-order question) and the tuning set, as the public workflow
+    names them: features of `--model_name` without the prefix (a prefixed model is probed with the
+    features of its base model)."""
+    acts, labels, question_ids = load_features(cfg.features_dir, cfg.model_name, cfg.dataset_name)
+    if cfg.dataset_name != "tqa_mc2":
+        # The generation sets index questions in generation order; folds use the MC order.
+        mc_index = {q.question.strip(): i for i, q in enumerate(tqa.multiple_choice)}
+        to_mc = np.array([mc_index.get(q.question.strip(), -1) for q in tqa.generation])
+        question_ids = to_mc[question_ids]
+    covered = np.unique(question_ids[(question_ids >= 0) & (question_ids < num_questions)])
+    if len(covered) < num_questions:
+        raise UsageError(
+            f"{feature_path(cfg.features_dir, cfg.model_name, cfg.dataset_name, 'head_wise')} covers "
+            f"{len(covered)} of the {num_questions} questions this run uses; extract it for them "
+            f"(get_activations with --limit {num_questions} or none)")
+    tuning_acts, _, _ = load_features(cfg.features_dir, cfg.model_name, cfg.activations_dataset)
+    return ProbingFeatures(acts, labels, question_ids, tuning_acts)
+
+
+def check_feature_geometry(features: ProbingFeatures, geometry, cfg: ValidationConfig) -> None:
+    expected = (geometry.num_layers, geometry.width)
+    for dataset, acts in ((cfg.dataset_name, features.acts), (cfg.activations_dataset, features.tuning_acts)):
+        if acts.ndim != 3 or acts.shape[1:] != expected:
+            raise UsageError(
+                f"features {feature_path(cfg.features_dir, cfg.model_name, dataset, 'head_wise')} have per-row shape "
+                f"{acts.shape[1:]} but the model has {geometry.num_layers} layers x {geometry.width} (heads x head_dim): "
+                f"they come from another model; re-extract them with this model")
+    total = geometry.num_layers * geometry.num_heads
+    if cfg.num_heads > total:
+        raise UsageError(f"--num_heads {cfg.num_heads} exceeds the model's {total} attention heads")
+
+
+# ----------------------------------------------------------------------------- one fold
+
+def evaluate_fold(shifted: ShiftedModel, tokenizer, records: list[GenerationQuestion], cfg: ValidationConfig,
+                  judges: JudgePanel | None, owt_texts: list[str] | None,
+                  progress: bool = True) -> tuple[pd.DataFrame, dict[str, float]]:
+    """(answer frame, means) of the given questions; metrics not asked (or not computable) are NaN."""
+    tag = cfg.output_name
+    metrics = set(cfg.metrics)
+    frame = questions_frame(records)
+    results = {key: math.nan for key in SUMMARY_COLUMNS}
+    if "mc" in metrics:
+        mc = evaluate_mc(shifted, tokenizer, records, cfg.instruction_prompt, batch_size=cfg.batch_size,
+                         progress=progress)
+        frame[f"{tag} lprob max"] = [max(r.true_scores) for r in mc]
+        frame[f"{tag} lprob diff"] = [max(r.true_scores) - max(r.false_scores) for r in mc]
+        frame[f"{tag} lprob scores-true"] = [json.dumps(r.true_scores) for r in mc]
+        frame[f"{tag} lprob scores-false"] = [json.dumps(r.false_scores) for r in mc]
+        for key in ("MC1", "MC2", "MC3"):
+            frame[f"{tag} {key}"] = [getattr(r, key.lower()) for r in mc]
+            results[key] = float(frame[f"{tag} {key}"].mean())
+    ce_kl = ce_kl_metrics(shifted, tokenizer, owt_texts, metrics, cfg.seed, cfg.batch_size, progress=progress)
+    results.update({key.upper(): value for key, value in ce_kl.items()})
+    if judges is not None:
+        questions = [r.question for r in records]
+        frame[tag] = generate_answers(shifted, tokenizer, questions, cfg.instruction_prompt,
+                                      max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=progress)
+        scores = judges.score(questions, frame[tag].tolist(), shifted.model, progress=progress)
+        for kind, key, column in (("truth", "True", "GPT-judge"), ("info", "Info", "GPT-info")):
+            if kind in scores:
+                frame[f"{tag} {column}"] = scores[kind]
+                frame[f"{tag} {column} acc"] = (scores[kind] >= ACCURACY_THRESHOLD).astype(float)
+                results[key] = float(frame[f"{tag} {column} acc"].mean())
+    results["True*Info"] = results["True"] * results["Info"]
+    return frame, results
+
+
+def summary_frame(cfg: ValidationConfig, fold: int | None, results: dict[str, float]) -> pd.DataFrame:
+    row = {"Model": cfg.output_name, "alpha": cfg.alpha, "K": cfg.num_heads, "fold": "mean" if fold is None else fold}
+    row.update({column: results[key] for key, column in SUMMARY_COLUMNS.items()})
+    return pd.DataFrame([row])
+
+
+def final_line(alpha: float, num_heads: int, results: dict[str, float]) -> str:
+    r = results
+    return (f"alpha: {alpha}, heads: {num_heads}, True*Info Score: {r['True*Info']}, True Score: {r['True']}, "
+            f"Info Score: {r['Info']}, MC1 Score: {r['MC1']}, MC2 Score: {r['MC2']}, CE Loss: {r['CE']}, "
+            f"KL wrt Original: {r['KL']}")
+
+
+def mean_over_folds(fold_results: list[dict[str, float]]) -> dict[str, float]:
+    """Means of each metric over folds; True*Info is the product of the mean True and mean Info."""
+    means = {key: float(np.mean([r[key] for r in fold_results])) for key in SUMMARY_COLUMNS}
+    means["True*Info"] = means["True"] * means["Info"]
+    return means
+
+
+# ----------------------------------------------------------------------------- the run
+
+def run_validation(cfg: ValidationConfig, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """The whole validate_2fold run; returns what the JSON file holds (config, folds, final means)."""
+    began = time.time()
+    check_config(cfg)
+    metrics = set(cfg.metrics)
+    tqa = load_truthfulqa(cfg.tqa_path)
+    records = tqa.generation_in_mc_order()
+    num_questions = check_limit(cfg.limit, len(records))
+    records = records[:num_questions]
+    splits = all_fold_splits(num_questions, cfg.num_fold, cfg.val_ratio, cfg.seed)
+
+    notes: list[str] = []
+    judge_sources = {}
+    if "judge" in metrics:
+        judge_sources["truth"] = check_judge_source(cfg.judge_model, "--judge_model")
+    if "info" in metrics:
+        judge_sources["info"] = check_judge_source(cfg.info_model, "--info_model")
+    owt_texts, owt_source = (None, None)
+    if metrics & {"ce", "kl"}:
+        owt_texts, owt_source = load_owt_texts(cfg.owt_path)
+        if owt_texts is None:
+            notes.append(f"CE and KL left empty: {owt_source}")
+            log(f"note: {notes[-1]}")
+
+    features = load_probing_features(cfg, tqa, num_questions) if cfg.num_heads > 0 else None
+    source = resolve_model_source(cfg.model_name, cfg.model_prefix, cfg.model_path)
+    model, tokenizer = load_model(source, cfg.device, cfg.dtype, cfg.trust_remote_code)
+    geometry = head_geometry(model.config)
+    if features is not None:
+        check_feature_geometry(features, geometry, cfg)
+    judges = JudgePanel(judge_sources, cfg.device, cfg.dtype, cfg.sequential_loading, cfg.batch_size) \
+        if judge_sources else None
+
+    results_dir = Path(cfg.results_dir)
+    dump = results_dir / "results_dump"
+    limit_tag = f"_limit_{cfg.limit}" if cfg.limit is not None else ""
+    record = {
+        "config": dataclasses.asdict(cfg),
+        "resolved": {"model_source": source, "model_dtype": str(model.dtype), "judges": judge_sources,
+                     "owt_source": owt_source, "questions": num_questions, "tqa_source": tqa.source,
+                     "method": cfg.method, "intervenes": cfg.intervenes},
+        "notes": notes, "folds": [], "final": None, "final_line": None, "complete": False,
+    }
+    json_path = dump / "summary_dump" / f"{run_name(cfg)}.json"
+    fold_results = []
+    for fold, (train, val, test) in enumerate(splits):
+        log(f"Running fold {fold}")
+        split_files = {}
+        for part, questions in (("train", train), ("val", val), ("test", test)):
+            path = results_dir / "splits" / f"fold_{fold}_{part}_seed_{cfg.seed}{limit_tag}.csv"
+            split_files[part] = str(write_csv(questions_frame([records[q] for q in questions]), path))
+        name = run_name(cfg, fold)
+        shifts, shifts_dir = None, None
+        if features is not None:
+            shifts = _fold_head_shifts(cfg, features, geometry, train, val, fold, source)
+            shifts_dir = str(shifts.save(dump / "head_shifts_dump" / name))
+            log(f"Heads intervened: {sorted(shifts.head_list())}")
+        # α = 0 adds nothing: the plain model is that baseline, and KL is then exactly 0.
+        shifted = ShiftedModel(model, shifts if cfg.intervenes else None)
+        frame, results = evaluate_fold(shifted, tokenizer, [records[q] for q in test], cfg, judges, owt_texts, progress)
+        answer_path = write_csv(frame, dump / "answer_dump" / f"{name}.csv")
+        summary_path = write_csv(summary_frame(cfg, fold, results), dump / "summary_dump" / f"{name}.csv")
+        log(f"FOLD {fold}: " + ", ".join(f"{k}: {v:.4f}" for k, v in results.items()))
+        fold_results.append(results)
+        record["folds"].append({
+            "fold": fold, "train": train.tolist(), "val": val.tolist(), "test": test.tolist(),
+            "heads": shifts.head_list() if shifts is not None else [], "results": results,
+            "files": {"splits": split_files, "answers": str(answer_path), "summary": str(summary_path),
+                      "head_shifts": shifts_dir},
+        })
+        record["seconds"] = time.time() - began
+        write_json(record, json_path)
+    final = mean_over_folds(fold_results)
+    record.update(final=final, final_line=final_line(cfg.alpha, cfg.num_heads, final), complete=True,
+                  seconds=time.time() - began)
+    write_json(record, json_path)
+    record["json_path"] = str(json_path)
+    return record
+
+
+def _fold_head_shifts(cfg: ValidationConfig, features: ProbingFeatures, geometry, train: np.ndarray,
+                      val: np.ndarray, fold: int, source: str) -> HeadShifts:
+    """Probes, heads, directions and σ from the fold's development (train + val) questions only."""
+    return build_head_shifts(
+        features.acts, features.labels,
+        rows_of_questions(features.question_ids, train), rows_of_questions(features.question_ids, val),
+        features.tuning_acts, geometry.num_heads, geometry.head_dim, cfg.num_heads, cfg.alpha, cfg.method,
+        use_random_heads=cfg.use_random_dir, backend=cfg.probe_backend, seed=cfg.seed, device=_probe_device(cfg),
+        provenance={"model_name": cfg.output_name, "model_source": source, "dataset_name": cfg.dataset_name,
+                    "activations_dataset": cfg.activations_dataset, "fold": fold, "num_fold": cfg.num_fold,
+                    "val_ratio": cfg.val_ratio, "limit": cfg.limit, "features_dir": str(cfg.features_dir)},
+    )
+
+
+def _probe_device(cfg: ValidationConfig) -> str:
+    """The torch probes run on the evaluated model's GPU when it has one (they are small next to it)."""
+    device = resolve_device(cfg.device)
+    return "cuda" if device == "auto" else device

@@ -1,0 +1,121 @@
+"""CE and KL: the batched computation against one document at a time (hand loop, plain hooks shifting
+every position), KL exactly 0 at α = 0, the OWT file formats and the no-OWT case."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from iti.ce_kl import ce_and_kl, ce_kl_metrics, load_owt_texts, read_owt_file, sample_token_rows
+from iti.errors import UsageError
+from iti.intervention import ShiftedModel
+from tests.test_mc import layer_deltas, make_shifts
+
+DOCUMENTS = [
+    "The quick brown fox jumps over the lazy dog. It was not amused, and neither was the farmer.",
+    "Stocks rose on Tuesday.",
+    "In 1969, astronauts landed on the Moon.\nThe mission was called Apollo 11, and it returned safely.",
+    "A short one.",
+    "Recipes: mix flour, water and salt; knead for ten minutes; bake at 220 degrees until golden brown.",
+]
+
+
+@torch.no_grad()
+def reference_ce_kl(model, rows, deltas):
+    """Per document, unpadded: shifted CE (mean over next-token predictions) and
+    Σ_t Σ_v p_orig (log p_orig - log p_shifted) / positions; then means over documents."""
+    ces, kls = [], []
+    for row in rows:
+        ids = torch.tensor([row])
+        original = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+        handles = []
+        for layer, delta in deltas.items():
+            def add(module, args, delta=delta):
+                return (args[0] + delta,)
+            handles.append(model.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(add))
+        try:
+            shifted = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+        finally:
+            for h in handles:
+                h.remove()
+        ces.append(-float(np.mean([shifted[t, row[t + 1]].item() for t in range(len(row) - 1)])))
+        kls.append(float((original.exp() * (original - shifted)).sum()) / len(row))
+    return float(np.mean(ces)), float(np.mean(kls))
+
+
+@pytest.mark.parametrize("with_shift", [False, True])
+def test_batched_ce_kl_equal_document_by_document(tiny, with_shift):
+    model, tokenizer = tiny
+    shifts = make_shifts(model) if with_shift else None
+    rows = [tokenizer(doc)["input_ids"][:20] for doc in DOCUMENTS]
+    ce, kl = ce_and_kl(ShiftedModel(model, shifts), rows, tokenizer.pad_token_id, batch_size=3, progress=False)
+    expected_ce, expected_kl = reference_ce_kl(model, rows, layer_deltas(shifts))
+    assert ce == pytest.approx(expected_ce, abs=1e-4)
+    assert kl == pytest.approx(expected_kl, abs=1e-4)
+    if with_shift:
+        assert kl > 1e-3  # the shift changed the distribution, so the KL comparison means something
+    else:
+        assert kl == 0.0
+
+
+def test_kl_is_exactly_zero_at_alpha_zero(tiny):
+    """Heads selected but α = 0: the shift runs and adds nothing, so both passes agree bit for bit."""
+    model, tokenizer = tiny
+    shifted = ShiftedModel(model, make_shifts(model).scaled(0.0))
+    assert shifted.active
+    rows = [tokenizer(doc)["input_ids"] for doc in DOCUMENTS]
+    ce, kl = ce_and_kl(shifted, rows, tokenizer.pad_token_id, batch_size=2, progress=False)
+    assert kl == 0.0
+    assert ce == pytest.approx(reference_ce_kl(model, rows, {})[0], abs=1e-4)
+
+
+def test_owt_files(tmp_path):
+    text = tmp_path / "owt.txt"
+    text.write_text("first document\nsecond line of it\n\n\n  \nsecond document\n\nthird\n")
+    assert read_owt_file(text) == ["first document\nsecond line of it", "second document", "third"]
+    jsonl = tmp_path / "owt.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate(["a b", "c\n\nd"])) + "\n")
+    assert read_owt_file(jsonl) == ["a b", "c\n\nd"]
+    assert load_owt_texts(jsonl) == (["a b", "c\n\nd"], str(jsonl))
+
+
+@pytest.mark.parametrize("content, suffix, message", [
+    (None, ".txt", "does not exist"),
+    ("\n\n  \n", ".txt", "holds no documents"),
+    ('{"text": "ok"}\nnot json\n', ".jsonl", "line 2 is not JSON"),
+    ('{"body": "no text field"}\n', ".jsonl", 'line 1 has no string field "text"'),
+])
+def test_bad_owt_files(tmp_path, content, suffix, message):
+    path = tmp_path / f"owt{suffix}"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(UsageError, match=message):
+        read_owt_file(path)
+
+
+def test_samples_are_seeded_and_cut(tokenizer):
+    texts = [f"document number {i} " + "word " * (i * 40) for i in range(12)]
+    rows = sample_token_rows(texts, tokenizer, num_samples=5, max_tokens=128, seed=7)
+    again = sample_token_rows(texts, tokenizer, num_samples=5, max_tokens=128, seed=7)
+    other = sample_token_rows(texts, tokenizer, num_samples=5, max_tokens=128, seed=8)
+    assert rows == again and rows != other and len(rows) == 5
+    picks = np.random.default_rng(7).choice(12, size=5, replace=False)
+    assert rows == [tokenizer(texts[i])["input_ids"][:128] for i in picks]
+    assert max(len(r) for r in rows) == 128
+    assert len(sample_token_rows(texts[:3], tokenizer, num_samples=100)) == 3
+
+
+def test_no_owt_leaves_metrics_empty(tiny, monkeypatch):
+    import datasets
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("hub unreachable")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    texts, reason = load_owt_texts(None)
+    assert texts is None and "stas/openwebtext-10k" in reason and "--owt_path" in reason
+    model, tokenizer = tiny
+    values = ce_kl_metrics(ShiftedModel(model, None), tokenizer, None, {"mc", "ce", "kl"})
+    assert set(values) == {"ce", "kl"} and all(math.isnan(v) for v in values.values())
+    assert ce_kl_metrics(ShiftedModel(model, None), tokenizer, None, {"mc"}) == {}

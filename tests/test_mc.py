@@ -1,0 +1,166 @@
+"""MC scores: the prefix-cached batched path against one plain forward per answer (hand loop, plain
+hooks for the shift), and MC1/MC2/MC3 against hand-computed cases."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from iti.head_shifts import HeadShifts
+from iti.intervention import ShiftedModel
+from iti.mc import evaluate_mc, mc_metrics, mc_references, score_answers, with_period
+from iti.models import head_geometry
+from iti.prompts import question_prompt
+
+
+def make_shifts(model, alpha=6.0, seed=0) -> HeadShifts:
+    """Three heads over two layers, random unit directions, σ of 1 and 2."""
+    geo = head_geometry(model.config)
+    rng = np.random.default_rng(seed)
+    directions = rng.standard_normal((3, geo.head_dim))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    layers = [0, 0, geo.num_layers - 1]
+    heads = [0, geo.num_heads - 1, 1]
+    return HeadShifts(layers, heads, directions, [1.0, 2.0, 1.5], [0.6] * 3, alpha,
+                      geo.num_layers, geo.num_heads, geo.head_dim)
+
+
+def layer_deltas(shifts: HeadShifts | None) -> dict[int, torch.Tensor]:
+    """α·σ·θ placed in each head's slice of its layer's o_proj input, built from the fields directly."""
+    deltas = {}
+    if shifts is None:
+        return deltas
+    d = shifts.head_dim
+    for layer, head, theta, sigma in zip(shifts.layers, shifts.heads, shifts.directions, shifts.sigmas):
+        delta = deltas.setdefault(int(layer), torch.zeros(shifts.num_heads * d))
+        delta[head * d:(head + 1) * d] += torch.tensor(shifts.alpha * sigma * theta, dtype=torch.float32)
+    return deltas
+
+
+@torch.no_grad()
+def reference_score(model, tokenizer, prompt: str, answer: str, deltas) -> float:
+    """One forward of `{prompt}\\nA: {answer}`; answer tokens are those overlapping the answer's
+    characters; the shift from the first answer token on; logits of token k from position k-1."""
+    text = prompt + "\nA: " + answer
+    start = len(prompt) + len("\nA: ")
+    encoded = tokenizer(text, return_offsets_mapping=True)
+    answer_positions = [k for k, (_, end) in enumerate(encoded["offset_mapping"]) if end > start]
+    ids = torch.tensor([encoded["input_ids"]])
+    first = answer_positions[0]
+    handles = []
+    for layer, delta in deltas.items():
+        def add(module, args, delta=delta):
+            x = args[0].clone()
+            x[:, first:] += delta
+            return (x,)
+        handles.append(model.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(add))
+    try:
+        log_probs = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)
+    finally:
+        for h in handles:
+            h.remove()
+    return sum(float(log_probs[k - 1, ids[0, k]]) for k in answer_positions)
+
+
+# Answers that start with punctuation, digits, quotes: the first answer token differs in kind.
+ODD_ANSWERS = ["'Tis true.", "42 is the answer.", "...and then nothing.", "“Quoted” words.", "Yes"]
+
+
+@pytest.fixture(scope="module")
+def two_questions(tqa):
+    return tqa.generation_in_mc_order()[:2]
+
+
+@pytest.mark.parametrize("with_shift", [False, True])
+def test_cached_scores_equal_one_forward_per_answer(tiny, two_questions, with_shift):
+    model, tokenizer = tiny
+    shifts = make_shifts(model) if with_shift else None
+    prompts = [question_prompt(q.question) for q in two_questions]
+    answers = [[with_period(a) for a in q.correct_answers[:1] + q.incorrect_answers[:1]] + ODD_ANSWERS[2 * i:2 * i + 3]
+               for i, q in enumerate(two_questions)]
+    # batch_size 3 splits each question's five answers over two batches.
+    got = score_answers(ShiftedModel(model, shifts), tokenizer, prompts, answers, batch_size=3, progress=False)
+    deltas = layer_deltas(shifts)
+    expected = [[reference_score(model, tokenizer, p, a, deltas) for a in group] for p, group in zip(prompts, answers)]
+    assert [len(g) for g in got] == [len(g) for g in answers]
+    np.testing.assert_allclose(np.concatenate(got), np.concatenate(expected), rtol=0, atol=2e-4)
+
+
+def test_shift_changes_scores(tiny, two_questions):
+    """Guards the test above: the shift must move the scores, or the shifted case would prove nothing."""
+    model, tokenizer = tiny
+    prompt = question_prompt(two_questions[0].question)
+    answers = [[with_period(two_questions[0].best_answer)]]
+    plain = score_answers(ShiftedModel(model, None), tokenizer, [prompt], answers, progress=False)[0][0]
+    shifted = score_answers(ShiftedModel(model, make_shifts(model)), tokenizer, [prompt], answers, progress=False)[0][0]
+    assert abs(plain - shifted) > 1e-2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("with_shift", [False, True])
+def test_real_model_scores_equal_one_forward_per_answer(bundled, two_questions, with_shift):
+    model, tokenizer = bundled
+    shifts = make_shifts(model, alpha=4.0) if with_shift else None
+    prompts = [question_prompt(q.question) for q in two_questions]
+    answers = [[with_period(q.best_answer), with_period(q.incorrect_answers[0]), ODD_ANSWERS[i]]
+               for i, q in enumerate(two_questions)]
+    got = score_answers(ShiftedModel(model, shifts), tokenizer, prompts, answers, progress=False)
+    deltas = layer_deltas(shifts)
+    expected = [[reference_score(model, tokenizer, p, a, deltas) for a in group] for p, group in zip(prompts, answers)]
+    np.testing.assert_allclose(np.concatenate(got), np.concatenate(expected), rtol=0, atol=2e-4)
+
+
+def test_evaluate_mc_combines_scores_by_hand(tiny, two_questions):
+    """evaluate_mc scores every reference answer (periods added) and applies the MC formulas."""
+    model, tokenizer = tiny
+    record = two_questions[1]
+    result = evaluate_mc(ShiftedModel(model, None), tokenizer, [record], instruction_prompt="none", progress=False)[0]
+    prompt = question_prompt(record.question, "none")
+    true = [reference_score(model, tokenizer, prompt, with_period(a), {}) for a in record.correct_answers]
+    false = [reference_score(model, tokenizer, prompt, with_period(a), {}) for a in record.incorrect_answers]
+    np.testing.assert_allclose(result.true_scores, true, atol=2e-4)
+    np.testing.assert_allclose(result.false_scores, false, atol=2e-4)
+    best = true[[with_period(a) for a in record.correct_answers].index(with_period(record.best_answer))]
+    mc2 = sum(math.exp(t) for t in true) / (sum(math.exp(t) for t in true) + sum(math.exp(f) for f in false))
+    assert result.mc1 == float(best > max(false))
+    assert result.mc2 == pytest.approx(mc2, abs=1e-4)
+    assert result.mc3 == pytest.approx(sum(t > max(false) for t in true) / len(true))
+
+
+@pytest.mark.parametrize("true, false, best, expected", [
+    ([-1.0, -2.0], [-3.0], -1.0,
+     (1.0, (math.exp(-1) + math.exp(-2)) / (math.exp(-1) + math.exp(-2) + math.exp(-3)), 1.0)),
+    ([-5.0, -1.0, -2.5], [-2.0, -4.0], -5.0,
+     (0.0, (math.exp(-5) + math.exp(-1) + math.exp(-2.5))
+      / (math.exp(-5) + math.exp(-1) + math.exp(-2.5) + math.exp(-2) + math.exp(-4)), 1 / 3)),
+    # A tie is not a win (strict >), as in TruthfulQA's MC_calcs.
+    ([-2.0], [-2.0, -7.0], -2.0, (0.0, math.exp(-2) / (2 * math.exp(-2) + math.exp(-7)), 0.0)),
+    # Long answers: exp underflows to 0/0 in float64; the shares are still 1/(1+e^-1) and its complement.
+    ([-2000.0], [-2001.0], -2000.0, (1.0, 1 / (1 + math.exp(-1)), 1.0)),
+])
+def test_mc_formulas_by_hand(true, false, best, expected):
+    got = mc_metrics(true, false, best)
+    assert got[0] == expected[0]
+    assert got[1] == pytest.approx(expected[1], rel=1e-12)
+    assert got[2] == pytest.approx(expected[2], rel=1e-12)
+
+
+def test_references_get_periods(tqa):
+    from iti.data import GenerationQuestion
+
+    record = GenerationQuestion("Q?", "c", "Best one", ["Best one", "Also true."], ["False", "Wrong!"])
+    refs = mc_references(record)
+    assert refs.best == "Best one." and refs.true == ["Best one.", "Also true."]
+    assert refs.false == ["False.", "Wrong!."]
+
+
+def test_answer_tokens_found_by_offsets(tokenizer):
+    """The answer's tokens decode to the answer itself (with the space that a byte-level token carries)."""
+    from iti.mc import tokenize_answer
+
+    for answer in ["The cat sat.", "'Tis true.", "42."]:
+        row = tokenize_answer(tokenizer, "Q: What?", answer)
+        prompt_part, answer_part = tokenizer.decode(row.ids[:row.first]), tokenizer.decode(row.ids[row.first:])
+        assert prompt_part + answer_part == "Q: What?\nA: " + answer
+        # The space before the answer goes with the answer's first token, or stays a token of its own.
+        assert prompt_part.rstrip() == "Q: What?\nA:" and answer_part.strip() == answer

@@ -1,0 +1,222 @@
+"""validate_2fold end to end on a tiny model (every metric: tiny judges, a small OWT file), the
+α = 0 MC2 against one forward per answer, a run killed midway, and bad input."""
+import json
+import math
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from iti.errors import UsageError
+from iti.head_shifts import HeadShifts
+from iti.probes import all_fold_splits
+from iti.prompts import question_prompt
+from iti.validate import ValidationConfig, run_validation
+from tests.conftest import REPO_ROOT, make_tiny_model
+from tests.test_mc import reference_score
+
+SCRIPT = REPO_ROOT / "validation" / "validate_2fold.py"
+MODEL = "tiny"
+LINE = re.compile(r"^alpha: (\S+), heads: (\d+), True\*Info Score: (\S+), True Score: (\S+), Info Score: (\S+), "
+                  r"MC1 Score: (\S+), MC2 Score: (\S+), CE Loss: (\S+), KL wrt Original: (\S+)$")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tokenizer, tqa_path):
+    """A tiny model folder, its features on the first 6 questions, a tiny judge and a small OWT file."""
+    from iti.activations import save_features
+    from iti.data import build_prompt_set
+
+    root = tmp_path_factory.mktemp("validate")
+    model_dir, judge_dir, features = root / "model", root / "judge", root / "features"
+    model = make_tiny_model("wide_heads", len(tokenizer))
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    make_tiny_model("llama", len(tokenizer), seed=5).save_pretrained(judge_dir)
+    tokenizer.save_pretrained(judge_dir)
+    for dataset in ("tqa_mc2", "tqa_gen_end_q"):
+        save_features(model, tokenizer, build_prompt_set(dataset, tqa_path, limit=6), features, MODEL, progress=False)
+    owt = root / "owt.txt"
+    owt.write_text("\n\n".join(f"Document {i}: the weather was fine and the market opened {i} points higher."
+                               for i in range(4)) + "\n")
+    return {"root": root, "model_dir": model_dir, "judge_dir": judge_dir, "features": features, "owt": owt,
+            "model": model, "tokenizer": tokenizer, "tqa_path": tqa_path}
+
+
+def config(setup, results_dir, **overrides) -> ValidationConfig:
+    values = dict(model_name=MODEL, model_path=str(setup["model_dir"]), features_dir=str(setup["features"]),
+                  results_dir=str(results_dir), tqa_path=str(setup["tqa_path"]), limit=6, num_heads=4, alpha=5.0,
+                  use_center_of_mass=True, metrics=("mc",), device="cpu", batch_size=4)
+    values.update(overrides)
+    return ValidationConfig(**values)
+
+
+def run_script(*args):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_end_to_end_every_metric(setup, tmp_path):
+    judge = str(setup["judge_dir"])
+    result = run_script(
+        "--model_name", MODEL, "--model_path", str(setup["model_dir"]), "--features_dir", str(setup["features"]),
+        "--results_dir", str(tmp_path), "--tqa_path", str(setup["tqa_path"]), "--limit", "6", "--num_heads", "4",
+        "--alpha", "5", "--use_center_of_mass", "--metrics", "mc,judge,info", "ce", "kl", "--judge_model", judge,
+        "--info_name", judge, "--owt_path", str(setup["owt"]), "--max_new_tokens", "6", "--batch_size", "4",
+        "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    match = LINE.match(result.stdout.strip().splitlines()[-1])
+    assert match, result.stdout
+    line = dict(zip(["alpha", "heads", "TI", "True", "Info", "MC1", "MC2", "CE", "KL"], map(float, match.groups())))
+    assert (line["alpha"], line["heads"]) == (5.0, 4)
+
+    name = f"{MODEL}_seed_42_top_4_heads_alpha_5_limit_6"
+    splits = all_fold_splits(6, 2, 0.2, 42)
+    fold_means = []
+    for fold, (train, val, test) in enumerate(splits):
+        for part, questions in (("train", train), ("val", val), ("test", test)):
+            split = pd.read_csv(tmp_path / "splits" / f"fold_{fold}_{part}_seed_42_limit_6.csv")
+            assert split["Question"].tolist() == [setup_records(setup)[i].question for i in questions]
+        answers = pd.read_csv(tmp_path / "results_dump" / "answer_dump" / f"{name}_fold_{fold}_com.csv")
+        test_questions = pd.read_csv(tmp_path / "splits" / f"fold_{fold}_test_seed_42_limit_6.csv")["Question"]
+        assert answers["Question"].tolist() == test_questions.tolist()
+        for column in ("MC1", "MC2", "MC3", "GPT-judge", "GPT-judge acc", "GPT-info", "GPT-info acc"):
+            assert answers[f"{MODEL} {column}"].notna().all()
+        for judge_column in ("GPT-judge", "GPT-info"):
+            acc = (answers[f"{MODEL} {judge_column}"] >= 0.5).astype(float)
+            assert answers[f"{MODEL} {judge_column} acc"].tolist() == acc.tolist()
+        # The truth judge's score of the first answer, read directly from the judge.
+        first = answers.iloc[0]
+        expected = direct_yes_probability(setup, first["Question"], "" if pd.isna(first[MODEL]) else first[MODEL])
+        assert first[f"{MODEL} GPT-judge"] == pytest.approx(expected, rel=1e-4, abs=1e-7)
+        summary = pd.read_csv(tmp_path / "results_dump" / "summary_dump" / f"{name}_fold_{fold}_com.csv").iloc[0]
+        assert summary["MC2"] == pytest.approx(answers[f"{MODEL} MC2"].mean())
+        assert summary["GPT-judge acc"] == pytest.approx(answers[f"{MODEL} GPT-judge acc"].mean())
+        assert summary["CE Loss"] > 0 and summary["KL wrt Orig"] > 0
+        fold_means.append(summary)
+        shifts = HeadShifts.load(tmp_path / "results_dump" / "head_shifts_dump" / f"{name}_fold_{fold}_com")
+        assert shifts.k == 4 and shifts.alpha == 5.0 and shifts.provenance["fold"] == fold
+    for key, column in (("MC1", "MC1"), ("MC2", "MC2"), ("True", "GPT-judge acc"), ("Info", "GPT-info acc"),
+                        ("CE", "CE Loss"), ("KL", "KL wrt Orig")):
+        assert line[key] == pytest.approx(np.mean([s[column] for s in fold_means]))
+    assert line["TI"] == pytest.approx(line["True"] * line["Info"])
+
+    record = json.loads((tmp_path / "results_dump" / "summary_dump" / f"{name}_com.json").read_text())
+    assert record["complete"] and len(record["folds"]) == 2
+    assert record["config"]["judge_model"] == judge and record["config"]["info_model"] == judge
+    assert record["config"]["metrics"] == ["mc", "judge", "info", "ce", "kl"]
+    assert record["config"]["owt_path"] == str(setup["owt"]) and record["resolved"]["owt_source"] == str(setup["owt"])
+    assert [f["test"] for f in record["folds"]] == [s[2].tolist() for s in splits]
+    assert record["final"]["MC2"] == pytest.approx(line["MC2"])
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def setup_records(setup):
+    from iti.data import load_truthfulqa
+
+    return load_truthfulqa(setup["tqa_path"]).generation_in_mc_order()
+
+
+@torch.no_grad()
+def direct_yes_probability(setup, question, answer):
+    from iti.models import load_model
+
+    judge, tokenizer = load_model(str(setup["judge_dir"]), device="cpu")
+    ids = tokenizer(f"Q: {question}\nA: {answer}\nTrue:", return_tensors="pt")["input_ids"]
+    probs = torch.softmax(judge(input_ids=ids).logits[0, -1].double(), -1)
+    return float(probs[tokenizer.convert_tokens_to_ids("Ġyes")])
+
+
+def test_alpha_zero_mc2_equals_one_forward_per_answer(setup, tmp_path):
+    record = run_validation(config(setup, tmp_path, alpha=0.0, limit=4), progress=False, log=lambda _: None)
+    assert record["folds"][0]["heads"]  # heads were selected; α = 0 makes their shift nothing
+    model, tokenizer = setup["model"], setup["tokenizer"]
+    name = f"{MODEL}_seed_42_top_4_heads_alpha_0_limit_4"
+    for fold in range(2):
+        answers = pd.read_csv(tmp_path / "results_dump" / "answer_dump" / f"{name}_fold_{fold}_com.csv")
+        for _, row in answers.iterrows():
+            prompt = question_prompt(row["Question"])
+
+            def score(joined):
+                return [reference_score(model, tokenizer, prompt, a if a.endswith(".") else a + ".", {})
+                        for a in (part.strip() for part in joined.split(";")) if a]
+
+            true, false = np.exp(score(row["Correct Answers"])), np.exp(score(row["Incorrect Answers"]))
+            assert row[f"{MODEL} MC2"] == pytest.approx(true.sum() / (true.sum() + false.sum()), abs=1e-5)
+
+
+def test_killed_run_leaves_earlier_folds_whole(setup, tmp_path, monkeypatch):
+    import iti.validate as validate
+
+    real = validate.evaluate_fold
+    calls = []
+
+    def dies_in_second_fold(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(validate, "evaluate_fold", dies_in_second_fold)
+    with pytest.raises(KeyboardInterrupt):
+        run_validation(config(setup, tmp_path, num_heads=0, limit=4), progress=False, log=lambda _: None)
+    name = f"{MODEL}_seed_42_top_0_heads_alpha_5_limit_4"
+    dump = tmp_path / "results_dump"
+    assert len(pd.read_csv(dump / "answer_dump" / f"{name}_fold_0_com.csv")) == 2
+    assert not (dump / "answer_dump" / f"{name}_fold_1_com.csv").exists()
+    record = json.loads((dump / "summary_dump" / f"{name}_com.json").read_text())
+    assert not record["complete"] and len(record["folds"]) == 1
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_baseline_needs_no_features(setup, tmp_path):
+    record = run_validation(config(setup, tmp_path, num_heads=0, limit=4, features_dir=str(tmp_path / "none")),
+                            progress=False, log=lambda _: None)
+    assert record["complete"] and record["folds"][0]["heads"] == [] and not record["resolved"]["intervenes"]
+    assert 0 < record["final"]["MC2"] < 1 and math.isnan(record["final"]["True*Info"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"metrics": ("mc", "bleu")}, "unknown metric bleu"),
+    ({"limit": 1}, "--limit 1 leaves fewer questions than the 2 folds"),
+    ({"metrics": ("judge",), "judge_model": "/no/such/judge"}, "--judge_model /no/such/judge does not exist"),
+    ({"metrics": ("info",), "info_model": "./missing_info"}, "--info_model ./missing_info does not exist"),
+    ({"metrics": ("ce",), "owt_path": "/no/such/owt.txt"}, "--owt_path /no/such/owt.txt does not exist"),
+    ({"use_random_dir": True}, "exclude each other"),
+    ({"dataset_name": "nq_open"}, "cannot train probes on TruthfulQA folds"),
+    ({"limit": 8}, "covers 6 of the 8 questions"),
+    ({"instruction_prompt": "chatty"}, "unknown --instruction_prompt"),
+])
+def test_bad_input(setup, tmp_path, overrides, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        run_validation(config(setup, tmp_path, **overrides), progress=False, log=lambda _: None)
+    assert not (tmp_path / "results_dump").exists()
+
+
+def test_features_of_another_model(setup, tmp_path):
+    """Features whose width is not this model's layers x heads x head_dim are refused by name."""
+    other = tmp_path / "features"
+    other.mkdir()
+    for dataset in ("tqa_mc2", "tqa_gen_end_q"):
+        labels = np.load(setup["features"] / f"{MODEL}_{dataset}_labels.npy")
+        ids = np.load(setup["features"] / f"{MODEL}_{dataset}_question_ids.npy")
+        np.save(other / f"{MODEL}_{dataset}_head_wise.npy", np.zeros((len(labels), 3, 48), dtype=np.float32))
+        np.save(other / f"{MODEL}_{dataset}_labels.npy", labels)
+        np.save(other / f"{MODEL}_{dataset}_question_ids.npy", ids)
+    with pytest.raises(UsageError, match=r"per-row shape \(3, 48\) but the model has 3 layers x 80 .*another model"):
+        run_validation(config(setup, tmp_path, features_dir=str(other)), progress=False, log=lambda _: None)
+
+
+def test_script_bad_input_is_one_line_and_exit_2(setup, tmp_path):
+    """The script's side of bad input (the cases themselves are above): one line, exit 2, nothing written."""
+    result = run_script("--model_name", MODEL, "--model_path", str(setup["model_dir"]), "--results_dir", str(tmp_path),
+                        "--tqa_path", str(setup["tqa_path"]), "--features_dir", str(setup["features"]),
+                        "--metrics", "mc,bleu")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "unknown metric bleu" in errors[0]
+    assert list(tmp_path.iterdir()) == []

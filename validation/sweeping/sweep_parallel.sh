@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# validate_2fold over a grid of α × K, one process per GPU at a time (CUDA_VISIBLE_DEVICES), then
+# the sweep's table and plot.
+# Usage: bash validation/sweeping/sweep_parallel.sh MODEL_NAME [validate_2fold flags ...]
+#   GPUS="0 1 2 3" ALPHAS="0 5 10 15 20" KS="16 32 48 64" bash validation/sweeping/sweep_parallel.sh llama2_chat_7B --use_center_of_mass
+# GPUS defaults to every GPU nvidia-smi lists. α = 0 runs once, as the baseline (--num_heads 0).
+# Logs: validation/sweeping/logs/{model}_a{α}_k{K}.log.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+[ $# -ge 1 ] || { echo "usage: $0 MODEL_NAME [validate_2fold flags ...]" >&2; exit 2; }
+model="$1"; shift
+alphas=(${ALPHAS:-0 5 10 15 20})
+ks=(${KS:-16 32 48 64})
+gpus=(${GPUS:-$(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null)})
+[ ${#gpus[@]} -gt 0 ] || { echo "no GPU found: set GPUS=\"0 1\" or use sweep_alpha_k.sh" >&2; exit 2; }
+log_dir="validation/sweeping/logs"
+mkdir -p "$log_dir"
+
+jobs_list=()
+for alpha in "${alphas[@]}"; do
+  if awk "BEGIN { exit !($alpha == 0) }"; then
+    jobs_list+=("$alpha 0")
+    continue
+  fi
+  for k in "${ks[@]}"; do jobs_list+=("$alpha $k"); done
+done
+
+declare -A pid_of_gpu=()   # GPU -> pid of the run it holds
+declare -A job_of_pid=()   # pid -> "alpha A K k (see LOG)", to report failures
+failed=()
+
+reap() {  # wait for the run of GPU $1 if it has finished; succeeds when the GPU is free
+  local pid="${pid_of_gpu[$1]:-}"
+  [ -z "$pid" ] && return 0
+  kill -0 "$pid" 2>/dev/null && return 1
+  wait "$pid" || failed+=("${job_of_pid[$pid]}")
+  pid_of_gpu[$1]=""
+}
+
+for job in "${jobs_list[@]}"; do
+  read -r alpha k <<<"$job"
+  free=""
+  while [ -z "$free" ]; do
+    for gpu in "${gpus[@]}"; do
+      if reap "$gpu"; then free="$gpu"; break; fi
+    done
+    [ -n "$free" ] || sleep 5
+  done
+  log="$log_dir/${model}_a${alpha}_k${k}.log"
+  echo "GPU $free: alpha $alpha, K $k -> $log"
+  CUDA_VISIBLE_DEVICES="$free" python validation/validate_2fold.py --model_name "$model" --alpha "$alpha" \
+    --num_heads "$k" --device 0 "$@" >"$log" 2>&1 &
+  pid_of_gpu[$free]=$!
+  job_of_pid[$!]="alpha $alpha K $k (see $log)"
+done
+for gpu in "${gpus[@]}"; do
+  pid="${pid_of_gpu[$gpu]:-}"
+  [ -n "$pid" ] && { wait "$pid" || failed+=("${job_of_pid[$pid]}"); }
+done
+
+# collect_sweep reads the flags that name runs (seed, limit, method, results_dir) and ignores the rest.
+python validation/sweeping/collect_sweep.py --model_name "$model" "$@" || failed+=("collect_sweep")
+if [ ${#failed[@]} -gt 0 ]; then
+  printf 'failed: %s\n' "${failed[@]}" >&2
+  exit 1
+fi
