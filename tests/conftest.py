@@ -81,6 +81,14 @@ def make_tiny_model(shape: str, vocab_size: int, seed: int = 0):
     return model.eval().requires_grad_(False)
 
 
+def tiny_model_folder(tmp_path_factory, name: str, shape: str, tokenizer, seed: int = 0) -> Path:
+    """A tiny model saved as an ordinary model folder (config, safetensors, the bundled tokenizer)."""
+    folder = tmp_path_factory.mktemp(name)
+    make_tiny_model(shape, len(tokenizer), seed=seed).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session", params=TINY_SHAPES)
 def tiny(request, tokenizer):
     return make_tiny_model(request.param, len(tokenizer)), tokenizer

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT, make_tiny_model
+from tests.conftest import REPO_ROOT, tiny_model_folder
 from tests.reference import last_token_o_proj_inputs
 
 SCRIPT = REPO_ROOT / "get_activations" / "get_activations.py"
@@ -18,10 +18,7 @@ def run_script(*args, cwd=REPO_ROOT):
 @pytest.fixture(scope="module")
 def qwen_folder(tmp_path_factory, tokenizer):
     """A model of another family (Qwen2, grouped-query attention) saved as an ordinary folder."""
-    folder = tmp_path_factory.mktemp("tiny_qwen")
-    make_tiny_model("gqa", len(tokenizer)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return tiny_model_folder(tmp_path_factory, "tiny_qwen", "gqa", tokenizer)
 
 
 def test_model_path_folder_of_another_family(qwen_folder, tokenizer, tqa_path, tmp_path):

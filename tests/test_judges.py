@@ -10,7 +10,7 @@ import torch
 from iti.errors import UsageError
 from iti.judges import JudgePanel, check_judge_source, judge_scores, off_accelerator
 from iti.models import load_model
-from tests.conftest import make_tiny_model
+from tests.conftest import make_tiny_model, tiny_model_folder
 
 QUESTIONS = ["What happens if you eat watermelon seeds?", "Is the sky blue?", "Where is Paris?"]
 ANSWERS = ["Nothing happens.", "Yes, on a clear day it looks blue because of Rayleigh scattering.", "I have no comment."]
@@ -18,10 +18,7 @@ ANSWERS = ["Nothing happens.", "Yes, on a clear day it looks blue because of Ray
 
 @pytest.fixture(scope="module")
 def judge_folder(tmp_path_factory, tokenizer):
-    folder = tmp_path_factory.mktemp("tiny_judge")
-    make_tiny_model("llama", len(tokenizer), seed=3).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return tiny_model_folder(tmp_path_factory, "tiny_judge", "llama", tokenizer, seed=3)
 
 
 @pytest.mark.parametrize("kind, suffix", [("truth", "True:"), ("info", "Helpful:")])

@@ -7,27 +7,13 @@
 # Logs: validation/sweeping/logs/{model}_a{α}_k{K}.log.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-[ $# -ge 1 ] || { echo "usage: $0 MODEL_NAME [validate_2fold flags ...]" >&2; exit 2; }
-model="$1"; shift
-alphas=(${ALPHAS:-0 5 10 15 20})
-ks=(${KS:-16 32 48 64})
+source validation/sweeping/sweep_grid.sh
+shift
 gpus=(${GPUS:-$(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null)})
 [ ${#gpus[@]} -gt 0 ] || { echo "no GPU found: set GPUS=\"0 1\" or use sweep_alpha_k.sh" >&2; exit 2; }
-log_dir="validation/sweeping/logs"
-mkdir -p "$log_dir"
-
-jobs_list=()
-for alpha in "${alphas[@]}"; do
-  if awk "BEGIN { exit !($alpha == 0) }"; then
-    jobs_list+=("$alpha 0")
-    continue
-  fi
-  for k in "${ks[@]}"; do jobs_list+=("$alpha $k"); done
-done
 
 declare -A pid_of_gpu=()   # GPU -> pid of the run it holds
 declare -A job_of_pid=()   # pid -> "alpha A K k (see LOG)", to report failures
-failed=()
 
 reap() {  # wait for the run of GPU $1 if it has finished; succeeds when the GPU is free
   local pid="${pid_of_gpu[$1]:-}"
@@ -37,7 +23,7 @@ reap() {  # wait for the run of GPU $1 if it has finished; succeeds when the GPU
   pid_of_gpu[$1]=""
 }
 
-for job in "${jobs_list[@]}"; do
+for job in "${grid[@]}"; do
   read -r alpha k <<<"$job"
   free=""
   while [ -z "$free" ]; do
@@ -58,9 +44,4 @@ for gpu in "${gpus[@]}"; do
   [ -n "$pid" ] && { wait "$pid" || failed+=("${job_of_pid[$pid]}"); }
 done
 
-# collect_sweep reads the flags that name runs (seed, limit, method, results_dir) and ignores the rest.
-python validation/sweeping/collect_sweep.py --model_name "$model" "$@" || failed+=("collect_sweep")
-if [ ${#failed[@]} -gt 0 ]; then
-  printf 'failed: %s\n' "${failed[@]}" >&2
-  exit 1
-fi
+finish "$@"

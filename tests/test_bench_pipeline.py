@@ -1,0 +1,79 @@
+"""benchmarks/bench_pipeline.py on a tiny model: every stage runs both ways and the two ways agree.
+
+The one-at-a-time way is legacy/ (plain hooks, no KV cache, one item per forward) and the fast
+way is the package, so each agreement figure compares two independent code paths. No timing is
+asserted: only that a ratio was measured and printed.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT, tiny_model_folder
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+import bench_pipeline  # noqa: E402
+
+MODEL_STAGES = ("extraction", "probes", "mc", "generation", "judge", "ce_kl")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer):
+    return tiny_model_folder(tmp_path_factory, "bench_model", "gqa", tokenizer, seed=3)
+
+
+def test_every_stage_agrees_with_the_one_at_a_time_way(model_dir, tqa_path, tmp_path, capsys):
+    output = tmp_path / "bench.json"
+    bench_pipeline.main([
+        "--model_path", str(model_dir), "--tqa_path", str(tqa_path), "--num_questions", "2",
+        "--stages", ",".join(MODEL_STAGES), "--max_new_tokens", "5", "--ce_samples", "3",
+        "--shift_heads", "2", "--batch_size", "4", "--output", str(output),
+    ])
+    printed = capsys.readouterr().out
+    summary = printed.strip().splitlines()[-2]
+    assert re.fullmatch(r"summary: " + " ".join(rf"{s}=[0-9.]+x" for s in MODEL_STAGES), summary), summary
+
+    record = json.loads(output.read_text())
+    assert record["config"]["num_questions"] == 2 and record["summary"] == summary
+    results = record["results"]
+    for stage in MODEL_STAGES:
+        assert results[stage]["one_at_a_time_s"] > 0 and results[stage]["fast_s"] > 0
+        assert results[stage]["ratio"] == pytest.approx(results[stage]["one_at_a_time_s"] / results[stage]["fast_s"])
+
+    extraction = results["extraction"]["agreement"]
+    assert extraction["head_wise_max_abs_diff"] <= 1e-4 * max(extraction["head_wise_max_abs"], 1.0)
+    assert extraction["layer_wise_max_abs_diff"] <= 1e-4 * max(extraction["layer_wise_max_abs"], 1.0)
+    probes = results["probes"]["agreement"]
+    assert probes["max_abs_acc_diff"] <= 1e-9
+    mc = results["mc"]["agreement"]
+    assert mc["max_abs_logprob_diff"] < 1e-3 and mc["max_abs_mc1_diff"] == 0
+    assert mc["mean_mc2_fast"] == pytest.approx(mc["mean_mc2_one_at_a_time"], abs=1e-5)
+    assert results["generation"]["agreement"]["identical_texts"] == "2/2"
+    judge = results["judge"]["agreement"]
+    decisions = judge["same_decision"].split("/")
+    assert decisions[0] == decisions[1] and judge["max_abs_p_yes_diff"] < 1e-5
+    ce_kl = results["ce_kl"]["agreement"]
+    assert ce_kl["abs_ce_diff"] < 1e-4 * ce_kl["ce_one_at_a_time"]
+    assert ce_kl["kl_one_at_a_time"] > 0 and ce_kl["abs_kl_diff"] < 1e-4 * ce_kl["kl_one_at_a_time"] + 1e-7
+
+
+def test_synthetic_7b_activations_plant_the_strongest_heads():
+    """The planted heads are the ones a class-mean difference finds, measured here by hand."""
+    acts, labels, separations = bench_pipeline.synthetic_activations(2000, 3, 8, 16, seed=0, strong=4, medium=0)
+    assert acts.shape == (2000, 3, 8 * 16) and acts.dtype == np.float32 and set(np.unique(labels)) == {0, 1}
+    planted = set(np.argsort(-separations.ravel())[:4])
+    heads = acts.reshape(2000, 3 * 8, 16).astype(np.float64)
+    gap = np.linalg.norm(heads[labels == 1].mean(0) - heads[labels == 0].mean(0), axis=1)
+    spread = heads.std(0).mean(1)
+    assert set(np.argsort(-(gap / spread))[:4]) == planted
+
+
+def test_unknown_stage_is_a_usage_error():
+    from iti.errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown stage"):
+        bench_pipeline.main(["--stages", "extraction,warp_speed"])
