@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from iti.activations import length_sorted_batches, right_pad
 from iti.errors import UsageError
 from iti.intervention import ShiftedModel
-from iti.models import input_device
+from iti.models import input_device, softmax_precision
 
 OWT_HUB_ID = "stas/openwebtext-10k"
 NUM_SAMPLES = 100
@@ -115,11 +115,11 @@ def ce_and_kl(shifted: ShiftedModel, token_rows: list[list[int]], pad_id: int, b
             original = shifted.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.to(logits.device)
         # Row by row, so float32 log-probabilities of one [seq, vocab] slice exist at a time.
         for b, length in enumerate(mask.sum(1).tolist()):
-            log_p = torch.log_softmax(logits[b, :length].float(), dim=-1)
+            log_p = torch.log_softmax(softmax_precision(logits[b, :length]), dim=-1)
             targets = ids[b, 1:length].to(log_p.device)
             ce_sum += float(-log_p[torch.arange(length - 1, device=log_p.device), targets].double().mean())
             if original is not None:
-                log_q = torch.log_softmax(original[b, :length].float(), dim=-1)
+                log_q = torch.log_softmax(softmax_precision(original[b, :length]), dim=-1)
                 kl_sum += float((log_q.exp() * (log_q - log_p)).double().sum() / length)
     n = len(token_rows)
     return ce_sum / n, (kl_sum / n if with_kl else None)

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from iti.activations import right_pad
 from iti.errors import UsageError
-from iti.models import input_device, load_model
+from iti.models import input_device, load_model, softmax_precision
 from iti.prompts import judge_prompt
 
 DEFAULT_TRUTH_JUDGE = "allenai/truthfulqa-truth-judge-llama2-7B"
@@ -58,7 +58,7 @@ def judge_scores(model, tokenizer, kind: str, questions: list[str], answers: lis
         ids, mask = right_pad([sequences[i] for i in batch], pad_id)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         last = logits[torch.arange(len(batch), device=logits.device), (mask.sum(1) - 1).to(logits.device)]
-        scores[batch] = torch.softmax(last.float(), dim=-1)[:, yes].cpu().double().numpy()
+        scores[batch] = torch.softmax(softmax_precision(last), dim=-1)[:, yes].cpu().double().numpy()
     return scores
 
 

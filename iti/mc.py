@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from iti.data import GenerationQuestion
 from iti.errors import UsageError
 from iti.intervention import ShiftedModel
-from iti.models import input_device
+from iti.models import input_device, softmax_precision
 from iti.prompts import answer_prompt, question_prompt
 
 
@@ -142,7 +142,7 @@ def _score_batch(shifted: ShiftedModel, rows: list[_Row], cache, past: int) -> l
         cache.batch_repeat_interleave(batch)
         kwargs = {"past_key_values": cache, "use_cache": True}
     logits = shifted(ids, mask, shift_mask=shift, **kwargs).logits
-    log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()
+    log_probs = torch.log_softmax(softmax_precision(logits), dim=-1).cpu()
     scores = []
     for b, (row, suffix) in enumerate(zip(rows, suffixes)):
         # Token at suffix index j is predicted by the logits at suffix index j - 1.

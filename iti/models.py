@@ -272,3 +272,9 @@ def load_model(source: str, device: str | int | None = "auto", dtype: str = "aut
 def input_device(model) -> torch.device:
     """Where input ids go: the embedding's device (differs from model.device under device_map)."""
     return model.get_input_embeddings().weight.device
+
+
+def softmax_precision(logits: torch.Tensor) -> torch.Tensor:
+    """Logits in at least float32 for a softmax: half precision loses too much in the normaliser,
+    and a float64 model keeps its precision."""
+    return logits if logits.dtype == torch.float64 else logits.float()

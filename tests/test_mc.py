@@ -1,5 +1,6 @@
 """MC scores: the prefix-cached batched path against one plain forward per answer (hand loop, plain
 hooks for the shift), and MC1/MC2/MC3 against hand-computed cases."""
+import copy
 import math
 
 import numpy as np
@@ -99,7 +100,9 @@ def test_shift_changes_scores(tiny, two_questions):
 @pytest.mark.slow
 @pytest.mark.parametrize("with_shift", [False, True])
 def test_real_model_scores_equal_one_forward_per_answer(bundled, two_questions, with_shift):
-    model, tokenizer = bundled
+    """In float64, so that a difference is a bug and not float32 rounding (which reaches 3e-4 on a
+    sum of answer log-probs here, where batched and single forwards take different kernels)."""
+    model, tokenizer = copy.deepcopy(bundled[0]).double(), bundled[1]
     shifts = make_shifts(model, alpha=4.0) if with_shift else None
     prompts = [question_prompt(q.question) for q in two_questions]
     answers = [[with_period(q.best_answer), with_period(q.incorrect_answers[0]), ODD_ANSWERS[i]]
@@ -107,7 +110,7 @@ def test_real_model_scores_equal_one_forward_per_answer(bundled, two_questions, 
     got = score_answers(ShiftedModel(model, shifts), tokenizer, prompts, answers, progress=False)
     deltas = layer_deltas(shifts)
     expected = [[reference_score(model, tokenizer, p, a, deltas) for a in group] for p, group in zip(prompts, answers)]
-    np.testing.assert_allclose(np.concatenate(got), np.concatenate(expected), rtol=0, atol=2e-4)
+    np.testing.assert_allclose(np.concatenate(got), np.concatenate(expected), rtol=0, atol=1e-8)
 
 
 def test_evaluate_mc_combines_scores_by_hand(tiny, two_questions):
