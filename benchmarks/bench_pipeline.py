@@ -25,7 +25,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -164,25 +163,21 @@ def load(args):
 
 
 def random_shifts(model, features, alpha: float, num_heads: int, seed: int):
-    """HeadShifts on `num_heads` random heads with random unit directions; σ is the spread of the
-    given head-wise activations along each direction (1.0 without them)."""
+    """HeadShifts on `num_heads` random heads with random unit directions (the package's
+    `--use_random_heads --use_random_dir` draws); σ is the spread of `features` along each."""
     import numpy as np
 
+    from iti.directions import projection_stds, random_directions
     from iti.head_shifts import HeadShifts
     from iti.models import head_geometry
+    from iti.probes import random_heads
 
     geo = head_geometry(model.config)
-    rng = np.random.default_rng(seed)
-    picks = rng.choice(geo.num_layers * geo.num_heads, size=num_heads, replace=False)
-    layers, heads = picks // geo.num_heads, picks % geo.num_heads
-    directions = rng.standard_normal((num_heads, geo.head_dim))
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    sigmas = np.ones(num_heads)
-    if features is not None:
-        for i, (layer, head) in enumerate(zip(layers, heads)):
-            block = np.asarray(features[:, layer, head * geo.head_dim:(head + 1) * geo.head_dim], dtype=np.float64)
-            sigmas[i] = float(np.std(block @ directions[i])) or 1.0
-    return HeadShifts(layers, heads, directions, sigmas, np.full(num_heads, 0.5), alpha,
+    heads = random_heads(geo.num_layers, geo.num_heads, num_heads, seed)
+    directions = random_directions(num_heads, geo.head_dim, seed)
+    sigmas = projection_stds(features, heads, directions, geo.num_heads)
+    layers, head_ids = (np.array(column) for column in zip(*heads))
+    return HeadShifts(layers, head_ids, directions, sigmas, np.full(num_heads, 0.5), alpha,
                       geo.num_layers, geo.num_heads, geo.head_dim, {"source": "bench_pipeline random heads"})
 
 
@@ -191,18 +186,12 @@ def random_shifts(model, features, alpha: float, num_heads: int, seed: int):
 def stage_extraction(ctx):
     import numpy as np
 
-    from iti.activations import ActivationRecorder, extract_activations
-    from iti.models import head_geometry
     from legacy.extraction import get_activations
 
     model, tokenizer, prompts = ctx["model"], ctx["tokenizer"], ctx["mc2"].prompts
-    geo = head_geometry(model.config)
-    recorder = ActivationRecorder(model)
 
     def fast(items):
-        out = {"head_wise": np.empty((len(items), geo.num_layers, geo.width), np.float32),
-               "layer_wise": np.empty((len(items), geo.num_layers + 1, geo.hidden_size), np.float32)}
-        extract_activations(recorder, tokenizer, items, out, ctx["batch_size"], progress=False)
+        out = extract_fast(ctx, items, with_layer_wise=True)
         return out["head_wise"], out["layer_wise"]
 
     get_activations(model, tokenizer, prompts[:2], progress=False)
@@ -222,20 +211,26 @@ def stage_extraction(ctx):
                   f"batched length-sorted pyvene collectors, batch {ctx['batch_size']}")
 
 
-def ensure_features(ctx):
-    """Head-wise features of the benchmark's tqa_mc2 rows (the extraction stage's, else extracted now, untimed)."""
+def extract_fast(ctx, prompts, with_layer_wise: bool = False) -> dict:
+    """The package's batched extraction of `prompts` into in-memory arrays (head-wise, optionally layer-wise)."""
     import numpy as np
 
     from iti.activations import ActivationRecorder, extract_activations
     from iti.models import head_geometry
 
+    geo = head_geometry(ctx["model"].config)
+    out = {"head_wise": np.empty((len(prompts), geo.num_layers, geo.width), np.float32)}
+    if with_layer_wise:
+        out["layer_wise"] = np.empty((len(prompts), geo.num_layers + 1, geo.hidden_size), np.float32)
+    extract_activations(ActivationRecorder(ctx["model"]), ctx["tokenizer"], prompts, out, ctx["batch_size"],
+                        progress=False)
+    return out
+
+
+def ensure_features(ctx):
+    """Head-wise features of the benchmark's tqa_mc2 rows (the extraction stage's, else extracted now, untimed)."""
     if ctx.get("features") is None:
-        geo = head_geometry(ctx["model"].config)
-        prompts = ctx["mc2"].prompts
-        out = {"head_wise": np.empty((len(prompts), geo.num_layers, geo.width), np.float32)}
-        extract_activations(ActivationRecorder(ctx["model"]), ctx["tokenizer"], prompts, out, ctx["batch_size"],
-                            progress=False)
-        ctx["features"] = out["head_wise"]
+        ctx["features"] = extract_fast(ctx, ctx["mc2"].prompts)["head_wise"]
     return ctx["features"]
 
 
@@ -248,9 +243,8 @@ def sklearn_threads(limit: int):
     return threadpool_limits(limits=limit)
 
 
-def probe_comparison(acts, labels, train_rows, val_rows, num_heads, k, ctx, sklearn_layers=None):
-    """Time torch (batched Newton) and sklearn (one probe per head) on the same split; agreement on all heads
-    that sklearn fitted (all unless `sklearn_layers` is given, then its time is extrapolated)."""
+def probe_comparison(acts, labels, train_rows, val_rows, num_heads, k, ctx):
+    """Time torch (batched Newton) and sklearn (one probe per head) on the same split, and their agreement."""
     import numpy as np
 
     from iti.probes import top_heads, train_probes
@@ -262,45 +256,32 @@ def probe_comparison(acts, labels, train_rows, val_rows, num_heads, k, ctx, skle
         train_probes(small[:, :, :acts.shape[2] // num_heads], labels, train_rows, val_rows, 1, backend="sklearn")
     fast, fast_s = timed(lambda: train_probes(acts, labels, train_rows, val_rows, num_heads, backend="torch",
                                               device=device), ctx["device"])
-    subset = acts if sklearn_layers is None else acts[:, sklearn_layers]
     with sklearn_threads(ctx["sklearn_threads"]):
-        slow, slow_s = timed(lambda: train_probes(subset, labels, train_rows, val_rows, num_heads, backend="sklearn"),
+        slow, slow_s = timed(lambda: train_probes(acts, labels, train_rows, val_rows, num_heads, backend="sklearn"),
                              "cpu")
-    extra = {}
-    fast_acc = fast.val_accuracies if sklearn_layers is None else fast.val_accuracies[sklearn_layers]
-    if sklearn_layers is not None:
-        fitted = len(sklearn_layers) * num_heads
-        extra["sklearn_extrapolated"] = (f"EXTRAPOLATED: sklearn fitted {fitted} of {acts.shape[1] * num_heads} heads "
-                                         f"in {slow_s:.1f} s; time scaled by {acts.shape[1] / len(sklearn_layers):.2f}")
-        slow_s *= acts.shape[1] / len(sklearn_layers)
-    total = fast_acc.size
-    k = min(k, total)
-    gap = np.abs(fast_acc - slow.val_accuracies)
+    k = min(k, fast.val_accuracies.size)
+    overlap = len(set(top_heads(fast.val_accuracies, k)) & set(top_heads(slow.val_accuracies, k)))
+    gap = np.abs(fast.val_accuracies - slow.val_accuracies)
     agreement = {
-        "heads": total, "train_rows": len(train_rows), "val_rows": len(val_rows),
-        f"top{k}_in_common": f"{len(set(top_heads(fast_acc, k)) & set(top_heads(slow.val_accuracies, k)))}/{k}",
-        "mean_abs_acc_diff": float(gap.mean()), "max_abs_acc_diff": float(gap.max()),
+        "heads": fast.val_accuracies.size, "train_rows": len(train_rows), "val_rows": len(val_rows),
+        f"top{k}_in_common": f"{overlap}/{k}", "mean_abs_acc_diff": float(gap.mean()), "max_abs_acc_diff": float(gap.max()),
     }
-    overlap = len(set(top_heads(fast_acc, k)) & set(top_heads(slow.val_accuracies, k)))
-    return fast, slow_s, fast_s, agreement, extra, overlap
+    return slow_s, fast_s, agreement, overlap
 
 
 def stage_probes(ctx):
     import numpy as np
 
     from iti.models import head_geometry
+    from iti.probes import rows_of_questions, train_val_split
 
     acts = ensure_features(ctx)
     labels, question_ids = ctx["mc2"].labels, ctx["mc2"].question_ids
-    questions = np.unique(question_ids)
-    rng = np.random.default_rng(ctx["seed"])
-    train_q = rng.choice(questions, size=max(1, int(len(questions) * 0.8)), replace=False)
-    train_rows = np.flatnonzero(np.isin(question_ids, train_q))
-    val_rows = np.flatnonzero(~np.isin(question_ids, train_q))
+    train_q, val_q = train_val_split(np.unique(question_ids), 0.2, np.random.default_rng(ctx["seed"]))
+    train_rows, val_rows = rows_of_questions(question_ids, train_q), rows_of_questions(question_ids, val_q)
     num_heads = head_geometry(ctx["model"].config).num_heads
-    _, slow_s, fast_s, agreement, extra, _ = probe_comparison(acts, labels, train_rows, val_rows, num_heads, 48, ctx)
-    return report("probes", slow_s, fast_s, agreement, sklearn_label(ctx), "torch batched Newton, all heads",
-                  extra)
+    slow_s, fast_s, agreement, _ = probe_comparison(acts, labels, train_rows, val_rows, num_heads, 48, ctx)
+    return report("probes", slow_s, fast_s, agreement, sklearn_label(ctx), "torch batched Newton, all heads")
 
 
 def sklearn_label(ctx) -> str:
@@ -359,18 +340,12 @@ def stage_probes_7b(ctx):
     perm = rng.permutation(len(labels))
     num_train = int(round(len(labels) * 0.8))
     train_rows, val_rows = np.sort(perm[:num_train]), np.sort(perm[num_train:])
-    layers = None
-    if args.probes_7b_sklearn_layers:
-        layers = np.linspace(0, 31, args.probes_7b_sklearn_layers).round().astype(int)
-        layers = np.unique(layers)
-    _, slow_s, fast_s, agreement, extra, overlap = probe_comparison(acts, labels, train_rows, val_rows, 32, 48, ctx,
-                                                                    layers)
-    extra["target_top48_at_least_45"] = ("not checked: sklearn fitted a subset of the heads" if layers is not None
-                                         else "met" if overlap >= 45 else "MISSED")
+    slow_s, fast_s, agreement, overlap = probe_comparison(acts, labels, train_rows, val_rows, 32, 48, ctx)
     del acts
     gc.collect()
     return report("probes_7b", slow_s, fast_s, agreement, sklearn_label(ctx),
-                  "torch batched Newton, 32x32 heads of 128 dims", extra)
+                  "torch batched Newton, 32x32 heads of 128 dims",
+                  {"target_top48_at_least_45": "met" if overlap >= 45 else "MISSED"})
 
 
 def mc_inputs(ctx):
@@ -525,14 +500,11 @@ def stage_judge(ctx):
 
 
 def local_text_rows(ctx):
-    from iti.ce_kl import read_owt_file, sample_token_rows
+    """Token rows of the prose validation/write_local_text.py writes (the stand-in for OpenWebText)."""
+    from iti.ce_kl import sample_token_rows
+    from validation.write_local_text import MIN_CHARS, reference_paragraphs
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "local_text.txt"
-        subprocess.run([sys.executable, str(REPO_ROOT / "validation" / "write_local_text.py"), "--output", str(path)],
-                       check=True, stdout=subprocess.DEVNULL)
-        texts = read_owt_file(path)
-    return sample_token_rows(texts, ctx["tokenizer"], ctx["args"].ce_samples, 128, ctx["seed"])
+    return sample_token_rows(reference_paragraphs(MIN_CHARS), ctx["tokenizer"], ctx["args"].ce_samples, 128, ctx["seed"])
 
 
 def stage_ce_kl(ctx):
@@ -688,8 +660,6 @@ def parse_args(argv=None):
     parser.add_argument("--ce_samples", type=int, default=16, help="text samples of 128 tokens for CE/KL")
     parser.add_argument("--ce_batch_size", type=int, default=None, help="CE/KL batch (default min(batch_size, 8))")
     parser.add_argument("--probes_7b_rows", type=int, default=5882, help="synthetic rows (80%% train, 20%% validation)")
-    parser.add_argument("--probes_7b_sklearn_layers", type=int, default=0,
-                        help="fit sklearn on only this many of the 32 layers and EXTRAPOLATE its time (0: all)")
     parser.add_argument("--sklearn_threads", type=int, default=1,
                         help="BLAS/OpenMP threads for the scikit-learn probes (0: the libraries' default; 1, the "
                              "default, is its fastest on small fits and on a busy machine)")
@@ -700,7 +670,6 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    import numpy as np
     import torch
 
     from iti.data import load_truthfulqa, tqa_mc2_set

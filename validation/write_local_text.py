@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pydoc_data.topics
 
+# The shortest paragraph kept; 128 tokens of prose need about 500 characters.
+MIN_CHARS = 400
+
 
 def reference_paragraphs(min_chars: int) -> list[str]:
     paragraphs = []
@@ -29,7 +32,7 @@ def reference_paragraphs(min_chars: int) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="features/python_reference_text.txt")
-    parser.add_argument("--min_chars", type=int, default=400, help="shortest paragraph kept (128 tokens need ~500)")
+    parser.add_argument("--min_chars", type=int, default=MIN_CHARS, help="shortest paragraph kept")
     args = parser.parse_args()
     paragraphs = reference_paragraphs(args.min_chars)
     output = Path(args.output)
