@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO_ROOT))
 # tqdm bars of the package and of legacy/ would interleave with the report (read when tqdm is imported).
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from iti.cli import run_main  # noqa: E402
+from iti.cli import ArgumentParser, run_main  # noqa: E402
 from iti.errors import UsageError  # noqa: E402
 
 STAGES = ("extraction", "probes", "probes_7b", "mc", "generation", "judge", "ce_kl")
@@ -634,7 +634,7 @@ def memory_measurement(args, source: str) -> dict:
 # ----------------------------------------------------------------------------- main
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--model_name", default="smollm2_135M_instruct", help="registry name (default: the bundled model)")
     parser.add_argument("--model_path", default=None, help="hub id, local folder or .gguf file (overrides --model_name)")
     parser.add_argument("--random_llama2_7b", action="store_true",

@@ -5,18 +5,17 @@ top-K overlap, the per-head validation-accuracy gaps and both wall times.
 
 python benchmarks/probe_agreement.py --model_name smollm2_135M_instruct
 """
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from iti.cli import run_main  # noqa: E402
+from iti.cli import ArgumentParser, run_main  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--model_name", default="smollm2_135M_instruct")
     parser.add_argument("--dataset_name", default="tqa_mc2")
     parser.add_argument("--features_dir", default="features")

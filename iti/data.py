@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from iti.errors import UsageError
-from iti.models import REPO_ROOT
+from iti.config import REPO_ROOT
 
 TQA_HUB_ID = "truthfulqa/truthful_qa"
 DEFAULT_TQA_DIR = REPO_ROOT / "TruthfulQA"

@@ -23,8 +23,6 @@ from iti.errors import UsageError
 from iti.models import input_device, load_model, softmax_precision
 from iti.prompts import judge_prompt
 
-DEFAULT_TRUTH_JUDGE = "allenai/truthfulqa-truth-judge-llama2-7B"
-DEFAULT_INFO_JUDGE = "allenai/truthfulqa-info-judge-llama2-7B"
 JUDGE_KINDS = ("truth", "info")
 ACCURACY_THRESHOLD = 0.5
 

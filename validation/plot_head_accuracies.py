@@ -5,7 +5,7 @@ then saves the accuracies (.npy + .json with the config) and the heatmap (.png).
 
 python validation/plot_head_accuracies.py --model_name smollm2_135M_instruct
 """
-import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -13,19 +13,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from iti.cli import run_main  # noqa: E402
+from iti.cli import parse_config, run_main  # noqa: E402
+from iti.config import HeadAccuracyConfig  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_name", default="smollm2_135M_instruct", help="names the features to read")
-    parser.add_argument("--dataset_name", default="tqa_mc2")
-    parser.add_argument("--features_dir", default="features")
-    parser.add_argument("--val_ratio", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--probe_backend", default="torch", choices=["torch", "sklearn"])
-    parser.add_argument("--output_dir", default="validation/results_dump/plots")
-    args = parser.parse_args()
+    cfg = parse_config(HeadAccuracyConfig, description=__doc__)
 
     import matplotlib
 
@@ -36,19 +29,19 @@ def main() -> None:
     from iti.activations import feature_path, load_features
     from iti.probes import rows_of_questions, train_probes, train_val_split
 
-    acts, labels, question_ids = load_features(args.features_dir, args.model_name, args.dataset_name)
-    meta = json.loads(feature_path(args.features_dir, args.model_name, args.dataset_name, "meta").read_text())
-    train, val = train_val_split(np.unique(question_ids), args.val_ratio, np.random.default_rng(args.seed))
+    acts, labels, question_ids = load_features(cfg.features_dir, cfg.model_name, cfg.dataset_name)
+    meta = json.loads(feature_path(cfg.features_dir, cfg.model_name, cfg.dataset_name, "meta").read_text())
+    train, val = train_val_split(np.unique(question_ids), cfg.val_ratio, np.random.default_rng(cfg.seed))
     result = train_probes(acts, labels, rows_of_questions(question_ids, train), rows_of_questions(question_ids, val),
-                          meta["num_heads"], backend=args.probe_backend, seed=args.seed)
+                          meta["num_heads"], backend=cfg.probe_backend, seed=cfg.seed)
     accuracies = result.val_accuracies
 
-    output = Path(args.output_dir)
+    output = Path(cfg.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    stem = output / f"{args.model_name}_{args.dataset_name}_head_accuracies"
+    stem = output / f"{cfg.model_name}_{cfg.dataset_name}_head_accuracies"
     np.save(f"{stem}.tmp.npy", accuracies)
     os.replace(f"{stem}.tmp.npy", f"{stem}.npy")
-    config = {**vars(args), "train_questions": len(train), "val_questions": len(val),
+    config = {**dataclasses.asdict(cfg), "train_questions": len(train), "val_questions": len(val),
               "best_head": [int(i) for i in np.unravel_index(accuracies.argmax(), accuracies.shape)],
               "best_accuracy": float(accuracies.max()), "mean_accuracy": float(accuracies.mean())}
     Path(f"{stem}.json.tmp").write_text(json.dumps(config, indent=2))
@@ -60,7 +53,7 @@ def main() -> None:
     image = ax.imshow(ordered, aspect="auto", origin="lower", cmap="viridis")
     ax.set_xlabel("head (sorted by accuracy within layer)")
     ax.set_ylabel("layer")
-    ax.set_title(f"{args.model_name}: probe validation accuracy ({args.dataset_name})")
+    ax.set_title(f"{cfg.model_name}: probe validation accuracy ({cfg.dataset_name})")
     fig.colorbar(image, ax=ax, label="validation accuracy")
     fig.tight_layout()
     fig.savefig(f"{stem}.tmp.png", dpi=120)

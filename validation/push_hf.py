@@ -11,13 +11,12 @@ python validation/push_hf.py FOLDER --repo_id you/name --dry_run     # show file
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from iti.cli import run_main  # noqa: E402
+from iti.cli import ArgumentParser, run_main  # noqa: E402
 from iti.errors import UsageError  # noqa: E402
 
 MODEL, HEAD_SHIFTS = "model", "head_shifts"
@@ -153,7 +152,7 @@ def _size(num_bytes: float) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("folder", help="a baked model folder (edit_weight output) or a head-shift folder")
     parser.add_argument("--repo_id", required=True, help="hub repository, e.g. your-name/honest_llama2_chat_7B")
     parser.add_argument("--private", action="store_true", help="create the repository as private")

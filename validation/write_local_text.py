@@ -5,12 +5,16 @@ project, not with published OpenWebText figures.
 
 python validation/write_local_text.py --output features/python_reference_text.txt
 """
-import argparse
-import os
 import re
+import sys
 from pathlib import Path
 
 import pydoc_data.topics
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from iti.cli import ArgumentParser, run_main  # noqa: E402
+from iti.files import write_text  # noqa: E402
 
 # The shortest paragraph kept; 128 tokens of prose need about 500 characters.
 MIN_CHARS = 400
@@ -30,18 +34,14 @@ def reference_paragraphs(min_chars: int) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--output", default="features/python_reference_text.txt")
     parser.add_argument("--min_chars", type=int, default=MIN_CHARS, help="shortest paragraph kept")
     args = parser.parse_args()
     paragraphs = reference_paragraphs(args.min_chars)
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_text("\n\n".join(paragraphs) + "\n", encoding="utf-8")
-    os.replace(tmp, output)
+    output = write_text(args.output, "\n\n".join(paragraphs) + "\n")
     print(f"{len(paragraphs)} paragraphs -> {output}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -8,7 +8,6 @@ seed, limit, method) select them, so the flags of the sweep itself can be passed
 (the others are ignored). Runs of several seeds are averaged in the plot, listed one by one in
 the table. Writes `{results_dir}/results_dump/sweep_dump/{model}_{method}[_limit_{N}].{csv,md,png}`.
 """
-import argparse
 import json
 import math
 import os
@@ -18,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from iti.cli import run_main  # noqa: E402
+from iti.cli import ArgumentParser, run_main  # noqa: E402
 
 COLUMNS = ["model", "method", "seed", "limit", "K", "alpha", "True*Info", "True", "Info", "MC1", "MC2", "MC3",
            "CE", "KL", "folds", "json"]
@@ -113,9 +112,9 @@ def write_text(path: Path, text: str) -> None:
 
 def main() -> None:
     from iti.errors import UsageError
-    from iti.validate import ValidationConfig
+    from iti.config import ValidationConfig
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--model_name", required=True)
     parser.add_argument("--model_prefix", default="")
     parser.add_argument("--seed", type=int, default=None, help="only runs of this seed (default: every seed)")

@@ -1,0 +1,186 @@
+"""Every script's options, defaults and help, written once: the command lines are generated from these
+dataclasses (iti.cli.parse_config) and the code reads the same objects.
+
+Standard library only, so that `--help` and a bad flag are answered before torch is imported.
+A path option's default is the project's own folder (absolute); a path the user gives means what it
+means to the shell (relative to the current directory).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from iti.errors import UsageError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FEATURES_DIR = REPO_ROOT / "features"
+RESULTS_DIR = REPO_ROOT / "validation"
+PLOTS_DIR = RESULTS_DIR / "results_dump" / "plots"
+
+BUNDLED_MODEL = "smollm2_135M_instruct"
+DEFAULT_TRUTH_JUDGE = "allenai/truthfulqa-truth-judge-llama2-7B"
+DEFAULT_INFO_JUDGE = "allenai/truthfulqa-info-judge-llama2-7B"
+METRICS = ("mc", "judge", "info", "ce", "kl")
+PROBING_DATASETS = ("tqa_mc2", "tqa_gen", "tqa_gen_end_q")
+PROBE_BACKENDS = ("torch", "sklearn")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def option(default, help: str, **cli):
+    """A dataclass field with its command-line help; `cli` may hold `aliases` and `choices`."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
+@dataclass
+class ModelOptions:
+    model_name: str = option(BUNDLED_MODEL, "registry name; with --model_path it only names outputs")
+    model_prefix: str = option("", "prefix added to --model_name, e.g. local_ or honest_")
+    model_path: str | None = option(None, "hub id, local model folder or .gguf file (overrides the registry)")
+    device: str = option("auto", "auto (all GPUs, else CPU), cpu, cuda, cuda:N or a GPU index")
+    dtype: str = option("auto", "auto: float32 on CPU, the checkpoint's half precision on GPU", choices=DTYPES)
+    trust_remote_code: bool = option(False, "allow the model's own code from the hub")
+
+    @property
+    def output_name(self) -> str:
+        """The name outputs carry: `{model_prefix}{model_name}`."""
+        return f"{self.model_prefix}{self.model_name}"
+
+    def check(self) -> None:
+        """Checks that need neither data nor model; the scripts run them before any heavy import."""
+
+
+@dataclass
+class ActivationsConfig(ModelOptions):
+    dataset_name: str = option("tqa_mc2", "tqa_mc2, tqa_gen, tqa_gen_end_q, nq_open or trivia_qa")
+    batch_size: int = option(16, "prompts per forward pass")
+    limit: int | None = option(None, "only the first N questions of the set's order")
+    seed: int = option(42, "draws the extra question of tqa_gen_end_q")
+    features_dir: str = option(str(FEATURES_DIR), "where the features go")
+    tqa_path: str | None = option(None, "local TruthfulQA folder (default: ./TruthfulQA, else the hub)")
+    mlp: bool = option(False, "also save each MLP's output (_mlp_wise.npy)")
+
+    def check(self) -> None:
+        from iti.data import check_dataset_name
+
+        check_dataset_name(self.dataset_name)
+        _at_least(1, batch_size=self.batch_size)
+        if self.limit is not None:
+            _at_least(1, limit=self.limit)
+
+
+@dataclass
+class HeadShiftOptions(ModelOptions):
+    """How head shifts are made from features: shared by validate_2fold and edit_weight."""
+    dataset_name: str = option("tqa_mc2", "features that train the probes (tqa_mc2, tqa_gen, tqa_gen_end_q)")
+    activations_dataset: str = option("tqa_gen_end_q", "features that set the spread σ along each direction")
+    num_heads: int = option(48, "K, the number of heads to shift")
+    alpha: float = option(15.0, "α, the shift strength: each head is shifted by α·σ·θ")
+    val_ratio: float = option(0.2, "share of the development questions held out to rank the probes")
+    use_center_of_mass: bool = option(False, "direction = mean of true rows minus mean of false rows (the paper's best)")
+    use_random_dir: bool = option(False, "K heads drawn at random and random directions (a control)")
+    seed: int = option(42, "seeds the train/validation split and every random choice")
+    limit: int | None = option(None, "only the first N questions")
+    features_dir: str = option(str(FEATURES_DIR), "where get_activations put the features")
+    probe_backend: str = option("torch", "torch (all probes at once, same optimum) or sklearn (one per head, as "
+                                         "the public workflow)", choices=PROBE_BACKENDS)
+
+    @property
+    def method(self) -> str:
+        if self.use_random_dir:
+            return "random"
+        return "center_of_mass" if self.use_center_of_mass else "probe"
+
+    def check(self) -> None:
+        super().check()
+        if self.use_center_of_mass and self.use_random_dir:
+            raise UsageError("--use_center_of_mass and --use_random_dir exclude each other; pick one "
+                             "(or neither for probe directions)")
+        if self.dataset_name not in PROBING_DATASETS:
+            raise UsageError(f"--dataset_name {self.dataset_name} cannot train probes on TruthfulQA folds; "
+                             f"use one of {', '.join(PROBING_DATASETS)}")
+        if not math.isfinite(self.alpha):
+            raise UsageError(f"--alpha {self.alpha} must be a finite number, e.g. 15")
+        _check_fraction(self.val_ratio)
+
+
+@dataclass
+class ValidationConfig(HeadShiftOptions):
+    num_heads: int = option(48, "K, heads to shift; 0 evaluates the model as it is")
+    alpha: float = option(15.0, "α, the shift strength; 0 evaluates the model as it is")
+    num_fold: int = option(2, "folds of the questions; each is the test set once")
+    instruction_prompt: str = option("default", "default, informative or none")
+    metrics: tuple[str, ...] = option(METRICS, f"any of {', '.join(METRICS)} (default: all; `mc ce` or `mc,ce`)")
+    judge_model: str = option(DEFAULT_TRUTH_JUDGE, "truth judge: hub id or local folder", aliases=["--judge_name"])
+    info_model: str = option(DEFAULT_INFO_JUDGE, "informativeness judge: hub id or local folder",
+                             aliases=["--info_name"])
+    sequential_loading: bool = option(True, "move the model off the GPU and load one judge at a time (default); "
+                                            "--no-sequential_loading keeps everything loaded")
+    owt_path: str | None = option(None, "OpenWebText for CE/KL: .txt (blank-line-separated documents) or .jsonl "
+                                        "with a \"text\" field; default: the hub")
+    batch_size: int = option(16, "sequences per forward pass")
+    max_new_tokens: int = option(50, "longest generated answer, in tokens")
+    results_dir: str = option(str(RESULTS_DIR), "where splits/ and results_dump/ go")
+    tqa_path: str | None = option(None, "local TruthfulQA folder (default: ./TruthfulQA, else the hub)")
+
+    @property
+    def intervenes(self) -> bool:
+        return self.num_heads > 0 and self.alpha != 0
+
+    def check(self) -> None:
+        from iti.prompts import check_instruction_prompt
+
+        super().check()
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown or not self.metrics:
+            raise UsageError(f"unknown metric {', '.join(unknown) or '(none given)'}; use any of {', '.join(METRICS)}")
+        check_instruction_prompt(self.instruction_prompt)
+        from iti.data import DATASET_NAMES
+
+        if self.activations_dataset not in DATASET_NAMES:
+            raise UsageError(f"unknown --activations_dataset {self.activations_dataset!r}; "
+                             f"known: {', '.join(DATASET_NAMES)}")
+        _at_least(1, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens)
+        _at_least(0, num_heads=self.num_heads)
+        _at_least(2, num_fold=self.num_fold)
+        if self.limit is not None and self.limit < self.num_fold:
+            raise UsageError(f"--limit {self.limit} leaves fewer questions than the {self.num_fold} folds; "
+                             f"use --limit {self.num_fold} or more")
+
+
+@dataclass
+class EditConfig(HeadShiftOptions):
+    output_dir: str | None = option(None, "default: validation/results_dump/edited_models_dump/"
+                                          "{model}_seed_{seed}_top_{K}_heads_alpha_{alpha}")
+
+    def check(self) -> None:
+        super().check()
+        _at_least(1, num_heads=self.num_heads)
+        if self.limit is not None:
+            _at_least(2, limit=self.limit)
+
+
+@dataclass
+class HeadAccuracyConfig:
+    model_name: str = option(BUNDLED_MODEL, "names the features to read")
+    dataset_name: str = option("tqa_mc2", "features that train the probes")
+    features_dir: str = option(str(FEATURES_DIR), "where get_activations put the features")
+    val_ratio: float = option(0.2, "share of the questions held out to score the probes")
+    seed: int = option(42, "seeds the train/validation split")
+    probe_backend: str = option("torch", "torch (all probes at once) or sklearn (one per head)",
+                                choices=PROBE_BACKENDS)
+    output_dir: str = option(str(PLOTS_DIR), "where the accuracies and the heatmap go")
+
+    def check(self) -> None:
+        _check_fraction(self.val_ratio)
+
+
+def _at_least(minimum: int, **values: int) -> None:
+    for flag, value in values.items():
+        if value < minimum:
+            raise UsageError(f"--{flag} {value} must be at least {minimum}")
+
+
+def _check_fraction(val_ratio: float) -> None:
+    if not 0 < val_ratio < 1:
+        raise UsageError(f"--val_ratio {val_ratio} must lie strictly between 0 and 1, e.g. 0.2")
