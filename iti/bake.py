@@ -124,13 +124,14 @@ def save_baked_model(model, tokenizer, shifts: HeadShifts, output_dir: str | os.
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         shifts.save(staging)
-        _replace_folder(staging, out)
+        replace_folder(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
-def _replace_folder(new: Path, target: Path) -> None:
+def replace_folder(new: Path, target: Path) -> None:
+    """Rename a finished folder into place; an existing target is moved aside first, then removed."""
     if not target.exists():
         os.replace(new, target)
         return

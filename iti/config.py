@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from iti.errors import UsageError
+from iti.metrics import METRIC_OPTIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FEATURES_DIR = REPO_ROOT / "features"
@@ -21,7 +22,7 @@ PLOTS_DIR = RESULTS_DIR / "results_dump" / "plots"
 BUNDLED_MODEL = "smollm2_135M_instruct"
 DEFAULT_TRUTH_JUDGE = "allenai/truthfulqa-truth-judge-llama2-7B"
 DEFAULT_INFO_JUDGE = "allenai/truthfulqa-info-judge-llama2-7B"
-METRICS = ("mc", "judge", "info", "ce", "kl")
+METRICS = METRIC_OPTIONS
 PROBING_DATASETS = ("tqa_mc2", "tqa_gen", "tqa_gen_end_q")
 PROBE_BACKENDS = ("torch", "sklearn")
 DTYPES = ("auto", "float32", "float16", "bfloat16")

@@ -5,16 +5,19 @@ import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from iti.errors import UsageError
 from iti.config import REPO_ROOT
+from iti.prompts import qa_prompt
 
 TQA_HUB_ID = "truthfulqa/truthful_qa"
 DEFAULT_TQA_DIR = REPO_ROOT / "TruthfulQA"
 TRANSFER_SETS = {"nq_open": "OamPatel/iti_nq_open_val", "trivia_qa": "OamPatel/iti_trivia_qa_val"}
 DATASET_NAMES = ("tqa_mc2", "tqa_gen", "tqa_gen_end_q", *TRANSFER_SETS)
+ProbeText = Callable[[str, str], str]
 
 
 @dataclass
@@ -130,10 +133,6 @@ class PromptSet:
         return len(self.prompts)
 
 
-def qa_prompt(question: str, answer: str) -> str:
-    return f"Q: {question} A: {answer}"
-
-
 def check_limit(limit: int | None, num_questions: int) -> int:
     if limit is None:
         return num_questions
@@ -148,9 +147,9 @@ def _rows_to_set(name, rows, num_questions, categories=None, **config) -> Prompt
                      categories, num_questions, config)
 
 
-def tqa_mc2_set(tqa: TruthfulQA, limit: int | None = None) -> PromptSet:
+def tqa_mc2_set(tqa: TruthfulQA, limit: int | None = None, probe_text: ProbeText = qa_prompt) -> PromptSet:
     n = check_limit(limit, len(tqa.multiple_choice))
-    rows = [(qa_prompt(q.question, choice), label, i)
+    rows = [(probe_text(q.question, choice), label, i)
             for i, q in enumerate(tqa.multiple_choice[:n])
             for choice, label in zip(q.mc2_choices, q.mc2_labels)]
     return _rows_to_set("tqa_mc2", rows, n, order="multiple_choice")
@@ -163,34 +162,27 @@ def end_q_partners(num_questions: int, seed: int) -> np.ndarray:
     return draws + (draws >= np.arange(num_questions))
 
 
-def tqa_gen_set(tqa: TruthfulQA, limit: int | None = None, end_q: bool = False, seed: int = 42) -> PromptSet:
+def items_prompt_set(name: str, items: list[GenerationQuestion], probe_text: ProbeText = qa_prompt,
+                     suffixes: list[str] | None = None, **config) -> PromptSet:
+    """Probe rows of §9 items (as tqa_gen): per item each correct answer (label 1), then each incorrect one (0)."""
+    rows, categories = [], []
+    for i, item in enumerate(items):
+        suffix = suffixes[i] if suffixes else ""
+        for answers, label in ((item.correct_answers, 1), (item.incorrect_answers, 0)):
+            for answer in answers:
+                rows.append((probe_text(item.question, answer) + suffix, label, i))
+                categories.append(item.category)
+    return _rows_to_set(name, rows, len(items), categories if any(categories) else None, **config)
+
+
+def tqa_gen_set(tqa: TruthfulQA, limit: int | None = None, end_q: bool = False, seed: int = 42,
+                probe_text: ProbeText = qa_prompt) -> PromptSet:
     n = check_limit(limit, len(tqa.generation))
     partners = end_q_partners(len(tqa.generation), seed) if end_q else None
-    rows, categories = [], []
-    for i, q in enumerate(tqa.generation[:n]):
-        suffix = f" Q: {tqa.generation[partners[i]].question}" if end_q else ""
-        for answers, label in ((q.correct_answers, 1), (q.incorrect_answers, 0)):
-            for answer in answers:
-                rows.append((qa_prompt(q.question, answer) + suffix, label, i))
-                categories.append(q.category)
+    suffixes = [f" Q: {tqa.generation[partners[i]].question}" for i in range(n)] if end_q else None
     name = "tqa_gen_end_q" if end_q else "tqa_gen"
-    return _rows_to_set(name, rows, n, categories, order="generation", **({"seed": seed} if end_q else {}))
-
-
-def transfer_set(name: str, limit: int | None = None) -> PromptSet:
-    from datasets import load_dataset
-
-    try:
-        data = load_dataset(TRANSFER_SETS[name])["validation"]
-    except Exception as err:
-        raise UsageError(f"cannot load {name} from the hub ({TRANSFER_SETS[name]}): {type(err).__name__}") from err
-    n = check_limit(limit, len(data))
-    rows = []
-    for i, item in enumerate(data.select(range(n))):
-        answers = item["answer"] if isinstance(item["answer"], list) else [item["answer"]]
-        rows.append((qa_prompt(item["question"], answers[0]), 1, i))
-        rows.append((qa_prompt(item["question"], item["false_answer"]), 0, i))
-    return _rows_to_set(name, rows, n, source=TRANSFER_SETS[name])
+    return items_prompt_set(name, tqa.generation[:n], probe_text, suffixes, order="generation",
+                            **({"seed": seed} if end_q else {}))
 
 
 def check_dataset_name(name: str) -> None:
@@ -199,14 +191,22 @@ def check_dataset_name(name: str) -> None:
 
 
 def build_prompt_set(name: str, tqa_path: str | Path | None = None, limit: int | None = None,
-                     seed: int = 42) -> PromptSet:
+                     seed: int = 42, dataset_path: str | Path | None = None,
+                     probe_text: ProbeText = qa_prompt) -> PromptSet:
+    """The probe rows of a built-in set, or of the §9 dataset at `dataset_path` (named `name`)."""
+    from iti.contrastive import load_dataset_file, transfer_dataset
+
+    if dataset_path is not None:
+        dataset = load_dataset_file(dataset_path, name).first(limit)
+        return items_prompt_set(name, dataset.items, probe_text, source=dataset.source)
     check_dataset_name(name)
     if name in TRANSFER_SETS:
-        return transfer_set(name, limit)
+        dataset = transfer_dataset(name).first(limit)
+        return items_prompt_set(name, dataset.items, probe_text, source=dataset.source)
     tqa = load_truthfulqa(tqa_path)
     if name == "tqa_mc2":
-        prompt_set = tqa_mc2_set(tqa, limit)
+        prompt_set = tqa_mc2_set(tqa, limit, probe_text)
     else:
-        prompt_set = tqa_gen_set(tqa, limit, end_q=name == "tqa_gen_end_q", seed=seed)
+        prompt_set = tqa_gen_set(tqa, limit, end_q=name == "tqa_gen_end_q", seed=seed, probe_text=probe_text)
     prompt_set.config["tqa_source"] = tqa.source
     return prompt_set

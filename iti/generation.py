@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from iti.intervention import ShiftedModel
-from iti.prompts import question_prompt
+from iti.prompts import Prompting
 
 
 def extract_answer(text: str) -> str:
@@ -82,10 +82,14 @@ def generate_texts(shifted: ShiftedModel, tokenizer, prompts: list[str], max_new
     return texts
 
 
-def generate_answers(shifted: ShiftedModel, tokenizer, questions: list[str], instruction_prompt: str = "default",
-                     many_shot_prefix: str | None = None, max_new_tokens: int = 50, batch_size: int = 16,
-                     progress: bool = True) -> list[str]:
-    """The model's answer to each question, prompted as in spec section 6 and decoded greedily."""
-    prompts = [question_prompt(q, instruction_prompt, many_shot_prefix) for q in questions]
-    texts = generate_texts(shifted, tokenizer, prompts, max_new_tokens, batch_size, progress=progress)
-    return [extract_answer(text) for text in texts]
+def generate_answers(shifted: ShiftedModel, tokenizer, questions: list[str], prompting: Prompting = Prompting(),
+                     max_new_tokens: int = 50, batch_size: int = 16, progress: bool = True) -> list[str]:
+    """The model's answer to each question, prompted as in spec section 6 (or §9) and decoded greedily.
+
+    Raw prompts end with `Q: {question}`: the answer is cut from the continuation. A chat prompt ends
+    with the template's generation prompt: the answer is the assistant turn, ended by the model's EOS.
+    """
+    prompts = [prompting.prompt(q) for q in questions]
+    texts = generate_texts(shifted, tokenizer, prompts, max_new_tokens, batch_size,
+                           stop_when_answered=not prompting.chat, progress=progress)
+    return [text.strip() if prompting.chat else extract_answer(text) for text in texts]

@@ -121,6 +121,23 @@ class HeadShifts:
                 "make head shifts from this model's activations".format(*made, num_layers, num_heads, head_dim)
             )
 
+    @property
+    def model_source(self) -> str | None:
+        """The model these shifts were made from (hub id or path), as recorded when they were made."""
+        return self.provenance.get("model_source")
+
+    def check_model(self, model_source: str, allow_other_model: bool = False) -> None:
+        """UsageError when these shifts record a model other than `model_source`, unless allowed.
+
+        Geometry alone cannot tell two models of one family apart, and another model's heads and
+        directions mean nothing; `allow_other_model` is for deliberate transfer experiments.
+        """
+        made_for = self.model_source
+        if allow_other_model or made_for is None or same_model_source(made_for, model_source):
+            return
+        raise UsageError(f"these head shifts were made for {made_for}, not {model_source}; apply them to the model "
+                         "they were made from, or pass --allow_other_model to use them anyway")
+
     def save(self, directory: str | os.PathLike) -> Path:
         """Write both files (each via a temporary name and os.replace); returns the directory.
 
@@ -192,3 +209,11 @@ class HeadShifts:
             raise UsageError(f"the heads listed in {metadata_path} differ from those in {tensors_path}; save again")
         return shifts
 
+
+
+def same_model_source(first: str, second: str) -> bool:
+    """Hub ids compare as written; local paths compare by the file or folder they point to."""
+    paths = [Path(s).expanduser() for s in (first, second)]
+    if all(p.exists() for p in paths):
+        return paths[0].resolve() == paths[1].resolve()
+    return first.rstrip("/") == second.rstrip("/")

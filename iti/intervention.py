@@ -109,9 +109,15 @@ class ShiftedModel:
         return sequences
 
 
-def load_shifted_model(model, head_shifts: HeadShifts | str | Path, alpha: float | None = None) -> ShiftedModel:
-    """Put a saved set of head shifts (a folder from edit_weight/validate_2fold) on a model, optionally at another α."""
+def load_shifted_model(model, head_shifts: HeadShifts | str | Path, alpha: float | None = None,
+                       model_source: str | None = None, allow_other_model: bool = False) -> ShiftedModel:
+    """Put a saved set of head shifts (a folder from edit_weight/validate_2fold) on a model, optionally at another α.
+
+    Given `model_source` (the hub id or path the model was loaded from), shifts made for another model are refused.
+    """
     shifts = head_shifts if isinstance(head_shifts, HeadShifts) else HeadShifts.load(head_shifts)
+    if model_source is not None:
+        shifts.check_model(model_source, allow_other_model)
     if alpha is not None:
         shifts = shifts.scaled(alpha)
     return ShiftedModel(model, shifts)

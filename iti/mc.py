@@ -27,7 +27,7 @@ from iti.data import GenerationQuestion
 from iti.errors import UsageError
 from iti.intervention import ShiftedModel
 from iti.models import input_device, softmax_precision
-from iti.prompts import answer_prompt, question_prompt
+from iti.prompts import ANSWER_SEPARATOR, Prompting, answer_prompt
 
 
 def with_period(answer: str) -> str:
@@ -44,12 +44,14 @@ class MCReferences:
     false: list[str]
 
 
-def mc_references(record: GenerationQuestion) -> MCReferences:
-    true = [with_period(a) for a in record.correct_answers]
-    false = [with_period(a) for a in record.incorrect_answers]
+def mc_references(record: GenerationQuestion, add_period: bool = True) -> MCReferences:
+    """The answers as scored: TruthfulQA's with a period added (its own convention), others as written (spec §9)."""
+    form = with_period if add_period else str.strip
+    true = [form(a) for a in record.correct_answers]
+    false = [form(a) for a in record.incorrect_answers]
     if not true or not false:
         raise UsageError(f"question {record.question!r} needs at least one correct and one incorrect answer for MC")
-    return MCReferences(record.question, with_period(record.best_answer), true, false)
+    return MCReferences(record.question, form(record.best_answer), true, false)
 
 
 @dataclass
@@ -83,9 +85,9 @@ class _Row:
     first: int  # index of the first answer token; the row ends with the last answer token
 
 
-def tokenize_answer(tokenizer, prompt: str, answer: str) -> _Row:
-    """Tokens of `{prompt}\\nA: {answer}` up to the answer's last token, and where the answer's tokens begin."""
-    text, start = answer_prompt(prompt, answer)
+def tokenize_answer(tokenizer, prompt: str, answer: str, separator: str = ANSWER_SEPARATOR) -> _Row:
+    """Tokens of `{prompt}{separator}{answer}` up to the answer's last token, and where the answer's tokens begin."""
+    text, start = answer_prompt(prompt, answer, separator)
     encoded = tokenizer(text, return_offsets_mapping=True)
     covering = [k for k, (_, end) in enumerate(encoded["offset_mapping"]) if end > start]
     if not covering:
@@ -153,14 +155,15 @@ def _score_batch(shifted: ShiftedModel, rows: list[_Row], cache, past: int) -> l
 
 
 def score_answers(shifted: ShiftedModel, tokenizer, prompts: list[str], answers: list[list[str]],
-                  batch_size: int = 32, progress: bool = True) -> list[list[float]]:
-    """Summed log-probability of each answer after `{prompt}\\nA: `, the shift on answer tokens only.
+                  batch_size: int = 32, progress: bool = True, separator: str = ANSWER_SEPARATOR) -> list[list[float]]:
+    """Summed log-probability of each answer after `{prompt}{separator}`, the shift on answer tokens only.
 
     `answers[i]` are the candidate answers of `prompts[i]`. Equal, up to float noise, to one
     forward of the full text per answer.
     """
     model = shifted.model
-    rows = [[tokenize_answer(tokenizer, prompt, answer) for answer in group] for prompt, group in zip(prompts, answers)]
+    rows = [[tokenize_answer(tokenizer, prompt, answer, separator) for answer in group]
+            for prompt, group in zip(prompts, answers)]
     every_row = [row for group in rows for row in group]
     if not every_row:
         return [[] for _ in prompts]
@@ -181,14 +184,14 @@ def score_answers(shifted: ShiftedModel, tokenizer, prompts: list[str], answers:
     return scores
 
 
-def evaluate_mc(shifted: ShiftedModel, tokenizer, records: list[GenerationQuestion], instruction_prompt: str = "default",
-                many_shot_prefix: str | None = None, batch_size: int = 32, progress: bool = True) -> list[MCResult]:
-    """MC1/MC2/MC3 of each question from its generation-order reference answers."""
-    references = [mc_references(record) for record in records]
-    prompts = [question_prompt(ref.question, instruction_prompt, many_shot_prefix) for ref in references]
+def evaluate_mc(shifted: ShiftedModel, tokenizer, records: list[GenerationQuestion], prompting: Prompting = Prompting(),
+                batch_size: int = 32, progress: bool = True, add_period: bool = True) -> list[MCResult]:
+    """MC1/MC2/MC3 of each question from its reference answers (generation-order fields, or any §9 item)."""
+    references = [mc_references(record, add_period) for record in records]
+    prompts = [prompting.prompt(ref.question) for ref in references]
     # The best answer is one of the true answers in TruthfulQA; scored on its own only if it is not.
     candidates = [ref.true + ref.false + ([] if ref.best in ref.true else [ref.best]) for ref in references]
-    all_scores = score_answers(shifted, tokenizer, prompts, candidates, batch_size, progress)
+    all_scores = score_answers(shifted, tokenizer, prompts, candidates, batch_size, progress, prompting.answer_separator)
     results = []
     for ref, scores in zip(references, all_scores):
         true_scores = scores[:len(ref.true)]

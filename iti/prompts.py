@@ -6,6 +6,8 @@ each optional part dropped with its blank line. Answers are scored after `\\nA: 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from iti.errors import UsageError
 
 # Ouyang et al. (2022), Figure 17, as the LLaMA evaluation and the ITI paper use it.
@@ -41,22 +43,102 @@ A: The 1992 Olympics were held in Barcelona, Spain."""
 ANSWER_SEPARATOR = "\nA: "
 
 
+def qa_prompt(question: str, answer: str) -> str:
+    """A probe row of the raw format (spec §2): `Q: {question} A: {answer}`."""
+    return f"Q: {question} A: {answer}"
+
+
 def check_instruction_prompt(name: str) -> None:
     if name not in INSTRUCTIONS:
         raise UsageError(f"unknown --instruction_prompt {name!r}; use one of {', '.join(INSTRUCTIONS)}")
 
 
-def question_prompt(question: str, instruction_prompt: str = "default", many_shot_prefix: str | None = None) -> str:
+def question_prompt(question: str, instruction_prompt: str = "default", many_shot_prefix: str | None = None,
+                    primer: bool = True) -> str:
     """The prompt a model answers: instruction, optional many-shot prefix, primer, `Q: {question}` (no `A:`)."""
     check_instruction_prompt(instruction_prompt)
-    parts = [INSTRUCTIONS[instruction_prompt], many_shot_prefix or "", QA_PRIMER, f"Q: {question}"]
+    parts = [INSTRUCTIONS[instruction_prompt], many_shot_prefix or "", QA_PRIMER if primer else "", f"Q: {question}"]
     return "\n\n".join(part for part in parts if part)
 
 
-def answer_prompt(prompt: str, answer: str) -> tuple[str, int]:
-    """`{prompt}\\nA: {answer}` and the character offset where the answer starts in it."""
-    head = prompt + ANSWER_SEPARATOR
+def answer_prompt(prompt: str, answer: str, separator: str = ANSWER_SEPARATOR) -> tuple[str, int]:
+    """`{prompt}{separator}{answer}` and the character offset where the answer starts in it."""
+    head = prompt + separator
     return head + answer, len(head)
+
+
+# --------------------------------------------------------------------------- prompt formats (spec §9)
+
+PROMPT_FORMATS = ("raw", "chat")
+
+
+def check_prompt_format(name: str) -> None:
+    if name not in PROMPT_FORMATS:
+        raise UsageError(f"unknown --prompt_format {name!r}; use one of {', '.join(PROMPT_FORMATS)}")
+
+
+def check_chat_template(tokenizer, model_label: str) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise UsageError(f"{model_label} has no chat template, so --prompt_format chat cannot be used with it; "
+                         "use --prompt_format raw (the default) or an instruct model")
+
+
+def chat_prefix(tokenizer, user_turn: str) -> str:
+    """The chat template up to where the assistant's answer begins (user turn + generation prompt).
+
+    A BOS the template writes is dropped when the tokenizer adds its own, so tokenizing the text as
+    every other prompt is tokenized gives exactly one.
+    """
+    text = tokenizer.apply_chat_template([{"role": "user", "content": user_turn}], tokenize=False,
+                                         add_generation_prompt=True)
+    bos = tokenizer.bos_token
+    if bos and text.startswith(bos) and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        text = text[len(bos):]
+    return text
+
+
+@dataclass(frozen=True)
+class Prompting:
+    """How items become text: the probe rows, the prompt MC scoring and generation continue, and the answer.
+
+    raw (the public workflow's): probe rows `Q: {question} A: {answer}`; the prompt is instruction,
+    primer and `Q: {question}`, answers follow `\\nA: `. chat (`chat_tokenizer` set): the question
+    (after the instruction, if any) is the user turn of the model's chat template and the answer
+    its assistant turn; the primer is a raw-format transcript and is not used.
+    """
+
+    instruction_prompt: str = "default"
+    primer: bool = True
+    many_shot_prefix: str | None = None
+    chat_tokenizer: object | None = None
+
+    @property
+    def chat(self) -> bool:
+        return self.chat_tokenizer is not None
+
+    @property
+    def answer_separator(self) -> str:
+        return "" if self.chat else ANSWER_SEPARATOR
+
+    def prompt(self, question: str) -> str:
+        if not self.chat:
+            return question_prompt(question, self.instruction_prompt, self.many_shot_prefix, self.primer)
+        check_instruction_prompt(self.instruction_prompt)
+        parts = [INSTRUCTIONS[self.instruction_prompt], self.many_shot_prefix or "", question]
+        return chat_prefix(self.chat_tokenizer, "\n\n".join(part for part in parts if part))
+
+    def probe_text(self, question: str, answer: str) -> str:
+        """The text whose last token gives a probe row's activations (spec §2, §9)."""
+        return chat_prefix(self.chat_tokenizer, question) + answer if self.chat else qa_prompt(question, answer)
+
+
+def prompting_for(prompt_format: str, tokenizer, model_label: str, **options) -> Prompting:
+    """The Prompting of a `--prompt_format`, checking that chat has a template to use."""
+    check_prompt_format(prompt_format)
+    if prompt_format == "chat":
+        check_chat_template(tokenizer, model_label)
+        return Prompting(chat_tokenizer=tokenizer, **options)
+    return Prompting(**options)
 
 
 def judge_prompt(question: str, answer: str, kind: str) -> str:

@@ -36,13 +36,15 @@ from iti.intervention import ShiftedModel
 from iti.files import write_csv, write_json
 from iti.judges import ACCURACY_THRESHOLD, JudgePanel, check_judge_source
 from iti.mc import evaluate_mc
+from iti.metrics import METRICS as METRIC_TABLE
+from iti.metrics import mean_over_folds, with_products
 from iti.models import head_geometry, load_model, resolve_device, resolve_model_source
 from iti.probes import all_fold_splits, rows_of_questions
+from iti.prompts import Prompting
 from iti.selection import build_head_shifts
 
 # Result keys of a fold, and their column names in the public workflow's summary files.
-SUMMARY_COLUMNS = {"Info": "GPT-info acc", "True": "GPT-judge acc", "MC1": "MC1", "MC2": "MC2", "MC3": "MC3",
-                   "CE": "CE Loss", "KL": "KL wrt Orig", "True*Info": "True*Info"}
+SUMMARY_COLUMNS = {metric.name: metric.column for metric in METRIC_TABLE}
 
 
 def run_name(cfg: ValidationConfig, fold: int | None = None) -> str:
@@ -124,7 +126,7 @@ def evaluate_fold(shifted: ShiftedModel, tokenizer, records: list[GenerationQues
     frame = questions_frame(records)
     results = {key: math.nan for key in SUMMARY_COLUMNS}
     if "mc" in metrics:
-        mc = evaluate_mc(shifted, tokenizer, records, cfg.instruction_prompt, batch_size=cfg.batch_size,
+        mc = evaluate_mc(shifted, tokenizer, records, Prompting(cfg.instruction_prompt), batch_size=cfg.batch_size,
                          progress=progress)
         frame[f"{tag} lprob max"] = [max(r.true_scores) for r in mc]
         frame[f"{tag} lprob diff"] = [max(r.true_scores) - max(r.false_scores) for r in mc]
@@ -137,7 +139,7 @@ def evaluate_fold(shifted: ShiftedModel, tokenizer, records: list[GenerationQues
     results.update({key.upper(): value for key, value in ce_kl.items()})
     if judges is not None:
         questions = [r.question for r in records]
-        frame[tag] = generate_answers(shifted, tokenizer, questions, cfg.instruction_prompt,
+        frame[tag] = generate_answers(shifted, tokenizer, questions, Prompting(cfg.instruction_prompt),
                                       max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=progress)
         scores = judges.score(questions, frame[tag].tolist(), shifted.model, progress=progress)
         for kind, key, column in (("truth", "True", "GPT-judge"), ("info", "Info", "GPT-info")):
@@ -145,8 +147,7 @@ def evaluate_fold(shifted: ShiftedModel, tokenizer, records: list[GenerationQues
                 frame[f"{tag} {column}"] = scores[kind]
                 frame[f"{tag} {column} acc"] = (scores[kind] >= ACCURACY_THRESHOLD).astype(float)
                 results[key] = float(frame[f"{tag} {column} acc"].mean())
-    results["True*Info"] = results["True"] * results["Info"]
-    return frame, results
+    return frame, with_products(results)
 
 
 def summary_frame(cfg: ValidationConfig, fold: int | None, results: dict[str, float]) -> pd.DataFrame:
@@ -160,13 +161,6 @@ def final_line(alpha: float, num_heads: int, results: dict[str, float]) -> str:
     return (f"alpha: {alpha}, heads: {num_heads}, True*Info Score: {r['True*Info']}, True Score: {r['True']}, "
             f"Info Score: {r['Info']}, MC1 Score: {r['MC1']}, MC2 Score: {r['MC2']}, CE Loss: {r['CE']}, "
             f"KL wrt Original: {r['KL']}")
-
-
-def mean_over_folds(fold_results: list[dict[str, float]]) -> dict[str, float]:
-    """Means of each metric over folds; True*Info is the product of the mean True and mean Info."""
-    means = {key: float(np.mean([r[key] for r in fold_results])) for key in SUMMARY_COLUMNS}
-    means["True*Info"] = means["True"] * means["Info"]
-    return means
 
 
 # ----------------------------------------------------------------------------- the run

@@ -189,3 +189,16 @@ def test_build_random_heads_and_directions(probing):
         build(probing, method="mean")
     with pytest.raises(UsageError):
         build(probing, head_dim=D // 2)
+
+
+def test_shifts_refuse_another_model_unless_told(tmp_path):
+    shifts = make_shifts(provenance={"model_source": "org/model-a"})
+    shifts.check_model("org/model-a/")
+    with pytest.raises(UsageError, match="made for org/model-a, not org/model-b"):
+        shifts.check_model("org/model-b")
+    shifts.check_model("org/model-b", allow_other_model=True)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    local = make_shifts(provenance={"model_source": str(folder)})
+    local.check_model(str(tmp_path / "." / "model"))
+    assert HeadShifts.load(local.save(tmp_path / "shifts")).model_source == str(folder)

@@ -11,7 +11,7 @@ from iti.head_shifts import HeadShifts
 from iti.intervention import ShiftedModel
 from iti.mc import evaluate_mc, mc_metrics, mc_references, score_answers, with_period
 from iti.models import head_geometry
-from iti.prompts import question_prompt
+from iti.prompts import Prompting, question_prompt
 
 
 def make_shifts(model, alpha=6.0, seed=0) -> HeadShifts:
@@ -39,11 +39,11 @@ def layer_deltas(shifts: HeadShifts | None) -> dict[int, torch.Tensor]:
 
 
 @torch.no_grad()
-def reference_score(model, tokenizer, prompt: str, answer: str, deltas) -> float:
-    """One forward of `{prompt}\\nA: {answer}`; answer tokens are those overlapping the answer's
+def reference_score(model, tokenizer, prompt: str, answer: str, deltas, separator: str = "\nA: ") -> float:
+    """One forward of `{prompt}{separator}{answer}`; answer tokens are those overlapping the answer's
     characters; the shift from the first answer token on; logits of token k from position k-1."""
-    text = prompt + "\nA: " + answer
-    start = len(prompt) + len("\nA: ")
+    text = prompt + separator + answer
+    start = len(prompt) + len(separator)
     encoded = tokenizer(text, return_offsets_mapping=True)
     answer_positions = [k for k, (_, end) in enumerate(encoded["offset_mapping"]) if end > start]
     ids = torch.tensor([encoded["input_ids"]])
@@ -117,7 +117,7 @@ def test_evaluate_mc_combines_scores_by_hand(tiny, two_questions):
     """evaluate_mc scores every reference answer (periods added) and applies the MC formulas."""
     model, tokenizer = tiny
     record = two_questions[1]
-    result = evaluate_mc(ShiftedModel(model, None), tokenizer, [record], instruction_prompt="none", progress=False)[0]
+    result = evaluate_mc(ShiftedModel(model, None), tokenizer, [record], Prompting("none"), progress=False)[0]
     prompt = question_prompt(record.question, "none")
     true = [reference_score(model, tokenizer, prompt, with_period(a), {}) for a in record.correct_answers]
     false = [reference_score(model, tokenizer, prompt, with_period(a), {}) for a in record.incorrect_answers]

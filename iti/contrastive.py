@@ -1,0 +1,217 @@
+"""Any contrastive dataset (ITI_SPEC.md §9): items of a question with correct and incorrect answers.
+
+An item is a `GenerationQuestion` (question, category, best answer, correct and incorrect answers),
+the same record TruthfulQA's generation order is made of, so every stage that takes TruthfulQA takes
+any such dataset. Files: JSONL (one item per line, the §9 keys), CSV in TruthfulQA.csv's columns, a
+hub dataset (`hub:owner/name` or `hub:owner/name:split`) with the JSONL keys. Records laid out as
+pairs (`question` + `answer_matching_behavior` / `answer_not_matching_behavior`, or `prompt` +
+`positive` / `negative`) and nq_open / trivia_qa records (`question`, `answer` list, `false_answer`)
+map to one correct and one incorrect answer. Items keep file order; questions are unique.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from iti.data import TRANSFER_SETS, GenerationQuestion, TruthfulQA, check_limit
+
+HUB_PREFIX = "hub:"
+FILE_SUFFIXES = (".jsonl", ".csv")
+TQA_CSV_COLUMNS = ("Question", "Best Answer", "Correct Answers", "Incorrect Answers")
+UNKNOWN_CATEGORY = ""
+
+
+class DatasetError(ValueError):
+    """A record that is not a §9 item; the loader adds where it was and raises UsageError."""
+
+
+@dataclass
+class ContrastiveDataset:
+    """Items in file order; `source` says where they came from (a path, `hub:...` or TruthfulQA's folder)."""
+
+    name: str
+    items: list[GenerationQuestion]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def first(self, limit: int | None) -> ContrastiveDataset:
+        """The first `limit` items (all when None); folds and features of a `--limit` run use these."""
+        n = check_limit(limit, len(self.items))
+        return ContrastiveDataset(self.name, self.items[:n], self.source)
+
+
+# ----------------------------------------------------------------------------- records → items
+
+def _answers(value, key: str) -> list[str]:
+    """A list of answers, or one answer string (pair-style records, nq_open's single answer)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(a, str) for a in value):
+        raise DatasetError(f"`{key}` must be a string or a list of strings")
+    return [a.strip() for a in value if a.strip()]
+
+
+def _question(record: dict, key: str) -> str:
+    value = record.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise DatasetError(f"`{key}` is missing or empty")
+    return value.strip()
+
+
+def item_from_record(record: dict) -> GenerationQuestion:
+    """One §9 item from any of the accepted record layouts (see the module docstring)."""
+    if not isinstance(record, dict):
+        raise DatasetError("a record must be a JSON object")
+    if "correct_answers" in record or "incorrect_answers" in record:
+        question = _question(record, "question")
+        correct = _answers(record.get("correct_answers"), "correct_answers")
+        incorrect = _answers(record.get("incorrect_answers"), "incorrect_answers")
+    elif "answer_matching_behavior" in record or "answer_not_matching_behavior" in record:
+        question = _question(record, "question")
+        correct = _answers(record.get("answer_matching_behavior"), "answer_matching_behavior")
+        incorrect = _answers(record.get("answer_not_matching_behavior"), "answer_not_matching_behavior")
+    elif "positive" in record or "negative" in record:
+        question = _question(record, "prompt")
+        correct = _answers(record.get("positive"), "positive")
+        incorrect = _answers(record.get("negative"), "negative")
+    elif "false_answer" in record:
+        question = _question(record, "question")
+        correct = _answers(record.get("answer"), "answer")[:1]
+        incorrect = _answers(record.get("false_answer"), "false_answer")
+    else:
+        raise DatasetError("no answers: expected `correct_answers` + `incorrect_answers`, "
+                           "`answer_matching_behavior` + `answer_not_matching_behavior`, `positive` + `negative`, "
+                           "or `answer` + `false_answer`")
+    if not correct:
+        raise DatasetError("no correct answer")
+    if not incorrect:
+        raise DatasetError("no incorrect answer")
+    best = record.get("best_answer")
+    best = best.strip() if isinstance(best, str) and best.strip() else correct[0]
+    if best not in correct:
+        correct = [best, *correct]
+    category = record.get("category")
+    return GenerationQuestion(question, category if isinstance(category, str) else UNKNOWN_CATEGORY,
+                              best, correct, incorrect)
+
+
+def dataset_from_records(name: str, records: Iterable[dict], source: str,
+                         where: Callable[[int], str] = lambda i: f"record {i + 1}") -> ContrastiveDataset:
+    """Items from records in order; any bad record or a repeated question is a UsageError naming it."""
+    from iti.errors import UsageError
+
+    items: list[GenerationQuestion] = []
+    seen: dict[str, int] = {}
+    for index, record in enumerate(records):
+        try:
+            item = item_from_record(record)
+        except DatasetError as err:
+            raise UsageError(f"{source}, {where(index)}: {err}; every item needs a question, at least one correct "
+                             "and one incorrect answer (see ITI_SPEC.md §9)") from None
+        if item.question in seen:
+            raise UsageError(f"{source}, {where(index)}: question {item.question!r} repeats {where(seen[item.question])}; "
+                             "questions must be unique (merge their answers into one item)")
+        seen[item.question] = index
+        items.append(item)
+    if not items:
+        raise UsageError(f"{source} holds no items; give a JSONL or CSV file with at least one item per fold")
+    return ContrastiveDataset(name, items, source)
+
+
+# ----------------------------------------------------------------------------- files
+
+def _jsonl_records(path: Path) -> tuple[list[dict], list[int]]:
+    from iti.errors import UsageError
+
+    records, lines = [], []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise UsageError(f"{path}, line {number} is not JSON ({err.msg}); write one JSON object per line") from None
+            lines.append(number)
+    return records, lines
+
+
+def _tqa_csv_records(path: Path) -> list[dict]:
+    """TruthfulQA.csv's columns, answers joined with "; ", mapped to the JSONL keys."""
+    from iti.errors import UsageError
+
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in TQA_CSV_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise UsageError(f"{path} lacks the column(s) {', '.join(missing)}; a CSV needs TruthfulQA.csv's columns "
+                             f"({', '.join(TQA_CSV_COLUMNS)}, optionally Category), or write JSONL")
+        return [{"question": row["Question"], "best_answer": row["Best Answer"],
+                 "correct_answers": [a for a in row["Correct Answers"].split(";")],
+                 "incorrect_answers": [a for a in row["Incorrect Answers"].split(";")],
+                 "category": row.get("Category") or UNKNOWN_CATEGORY} for row in reader]
+
+
+def load_hub_records(hub_id: str, split: str):
+    """The rows of a hub dataset split (tests replace this with a local stand-in)."""
+    from datasets import load_dataset
+
+    return load_dataset(hub_id, split=split)
+
+
+def _hub_dataset(name: str, spec: str) -> ContrastiveDataset:
+    from iti.errors import UsageError
+
+    hub_id, _, split = spec.partition(":")
+    split = split or "train"
+    try:
+        rows = load_hub_records(hub_id, split)
+    except Exception as err:
+        raise UsageError(f"cannot load the hub dataset {hub_id} (split {split}): {type(err).__name__}; check the id "
+                         "and split (hub:owner/name:split) or download it and give the JSONL file") from err
+    return dataset_from_records(name, (dict(row) for row in rows), f"{HUB_PREFIX}{hub_id}:{split}",
+                                lambda i: f"row {i}")
+
+
+def load_dataset_file(path: str | Path, name: str) -> ContrastiveDataset:
+    """A §9 dataset from a JSONL or CSV file, or from the hub with `hub:owner/name[:split]`."""
+    from iti.errors import UsageError
+
+    text = str(path)
+    if text.startswith(HUB_PREFIX):
+        return _hub_dataset(name, text[len(HUB_PREFIX):])
+    file = Path(text).expanduser()
+    if not file.is_file():
+        raise UsageError(f"--dataset_path {text} does not exist; give a .jsonl or .csv file (or hub:owner/name)")
+    if file.suffix.lower() not in FILE_SUFFIXES:
+        raise UsageError(f"--dataset_path {text} is neither JSONL nor CSV; give a .jsonl file (one item per line) or "
+                         "a .csv with TruthfulQA.csv's columns")
+    if file.suffix.lower() == ".csv":
+        return dataset_from_records(name, _tqa_csv_records(file), str(file), lambda i: f"row {i + 2}")
+    records, lines = _jsonl_records(file)
+    return dataset_from_records(name, records, str(file), lambda i: f"line {lines[i]}")
+
+
+def truthfulqa_dataset(tqa: TruthfulQA) -> ContrastiveDataset:
+    """TruthfulQA as a §9 dataset in multiple-choice order (the order its folds use)."""
+    return ContrastiveDataset("truthfulqa", tqa.generation_in_mc_order(), tqa.source)
+
+
+def transfer_dataset(name: str) -> ContrastiveDataset:
+    """nq_open / trivia_qa with a false answer per question (the paper's transfer sets)."""
+    from iti.errors import UsageError
+
+    try:
+        rows = load_hub_records(TRANSFER_SETS[name], "validation")
+    except Exception as err:
+        raise UsageError(f"cannot load {name} from the hub ({TRANSFER_SETS[name]}): {type(err).__name__}") from err
+    return dataset_from_records(name, (dict(row) for row in rows), f"{HUB_PREFIX}{TRANSFER_SETS[name]}",
+                                lambda i: f"row {i}")
+

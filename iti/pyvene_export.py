@@ -1,0 +1,147 @@
+"""HeadShifts to and from the folder format of pyvene's `IntervenableModel.save` / `.load`.
+
+An export holds, per edited layer, one pyvene `AdditionIntervention` on `<layer>.<o_proj>.input`
+whose constant source is the layer's offset δ_l (every selected head's α·σ·θ in its slice), written
+by pyvene's own `save` (`config.json` + one `intkey_*.bin` state file per layer: a dict of tensors,
+which loads with `torch.load(weights_only=True)`). So `pyvene.IntervenableModel.load(folder, model)`
+alone applies the shifts: at every position when called without `unit_locations` (as a baked model
+does, spec §7), or at the positions `unit_locations` names. The HeadShifts files (head_shifts.json /
+.safetensors) go beside them so that an import gives back α, σ, directions and provenance exactly;
+a folder written by pyvene alone imports by splitting each offset into its heads (α = 1, σ = |shift|).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from iti.bake import replace_folder
+from iti.errors import UsageError
+from iti.head_shifts import METADATA_FILE, HeadShifts
+from iti.models import HeadGeometry, model_sites
+
+PYVENE_CONFIG = "config.json"
+_ADDITION = "AdditionIntervention"
+_UNIT_TOLERANCE = 1e-5
+
+
+def _skeleton(config):
+    """The model's module tree without weights: pyvene needs the modules to name, not their values."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def is_export(folder: Path) -> bool:
+    config = folder / PYVENE_CONFIG
+    return config.is_file() and "intervention_types" in json.loads(config.read_text())
+
+
+def export_pyvene(shifts: HeadShifts, model_config, folder: str | os.PathLike) -> Path:
+    """Write the pyvene folder for `shifts` on a model with `model_config`; the folder appears whole or not at all.
+
+    An existing folder is replaced only when it is an earlier export (never other files).
+    """
+    from iti.intervenable import pv
+
+    target = Path(folder)
+    if target.exists() and any(target.iterdir()) and not is_export(target):
+        raise UsageError(f"{target} exists and is not a pyvene export; give a new or empty folder")
+    skeleton = _skeleton(model_config)
+    sites = model_sites(skeleton)
+    width = shifts.num_heads * shifts.head_dim
+    components = [{"component": f"{sites.o_proj_of(layer)}.input",
+                   "intervention": pv.AdditionIntervention(source_representation=torch.as_tensor(offset),
+                                                           embed_dim=width)}
+                  for layer, offset in sorted(shifts.layer_offsets().items())]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    staging.mkdir()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # pyvene prints where it saves
+            pv.IntervenableModel(components, skeleton).save(str(staging))
+        shifts.save(staging)
+        replace_folder(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _read_state(folder: Path, key: str) -> dict[str, torch.Tensor]:
+    """One intervention's state: safetensors if present, else pyvene's .bin through the weights-only loader."""
+    stem = folder / f"intkey_{key}"
+    if stem.with_suffix(".safetensors").is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(stem.with_suffix(".safetensors")))
+    path = Path(f"{stem}.bin")
+    if not path.is_file():
+        raise UsageError(f"{folder} lacks the state file {path.name} that its {PYVENE_CONFIG} lists; export again")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UsageError(f"{path} is not a plain tensor file ({type(err).__name__}); only tensor state files are "
+                         "read (no pickled objects): export it again") from err
+
+
+def read_pyvene_offsets(folder: str | os.PathLike) -> dict[int, np.ndarray]:
+    """Per layer, the constant vector a pyvene export adds to that layer's o_proj input."""
+    folder = Path(folder)
+    if not is_export(folder):
+        raise UsageError(f"{folder} holds no pyvene export ({PYVENE_CONFIG} with intervention_types); "
+                         "make one with validation/export_head_shifts.py")
+    config = json.loads((folder / PYVENE_CONFIG).read_text())
+    offsets: dict[int, np.ndarray] = {}
+    for key, kind, representation, constant in zip(config["sorted_keys"], config["intervention_types"],
+                                                   config["representations"], config["intervention_constant_sources"]):
+        component = representation[1]
+        match = re.search(r"\[(\d+)\]\.[\w.]+\.input$", component)
+        if _ADDITION not in kind or not constant or match is None:
+            raise UsageError(f"{folder}: intervention {kind} on {component} is not a constant addition to a layer's "
+                             "attention output input, so it is not a set of head shifts")
+        layer = int(match.group(1))
+        if layer in offsets:
+            raise UsageError(f"{folder}: layer {layer} has two interventions; head shifts have one per layer")
+        offsets[layer] = _read_state(folder, key)["source_representation"].float().numpy()
+    return offsets
+
+
+def heads_from_offsets(offsets: dict[int, np.ndarray], geometry: HeadGeometry, provenance: dict) -> HeadShifts:
+    """Split each layer offset into its heads' shifts: α = 1, σ = |shift|, direction = shift / |shift|."""
+    layers, heads, directions, sigmas = [], [], [], []
+    for layer, offset in sorted(offsets.items()):
+        if offset.shape != (geometry.width,):
+            raise UsageError(f"the offset of layer {layer} has {offset.shape[0]} values but the model's o_proj input "
+                             f"has {geometry.width}: the export was made for another model")
+        for head, shift in enumerate(offset.reshape(geometry.num_heads, geometry.head_dim).astype(np.float64)):
+            norm = float(np.linalg.norm(shift))
+            if norm > 0:
+                layers.append(layer), heads.append(head), directions.append(shift / norm), sigmas.append(norm)
+    return HeadShifts(np.array(layers, dtype=np.int64), np.array(heads, dtype=np.int64),
+                      np.array(directions).reshape(len(layers), geometry.head_dim), np.array(sigmas),
+                      np.full(len(layers), np.nan), alpha=1.0, num_layers=geometry.num_layers,
+                      num_heads=geometry.num_heads, head_dim=geometry.head_dim, provenance=provenance)
+
+
+def import_pyvene(folder: str | os.PathLike, geometry: HeadGeometry) -> HeadShifts:
+    """HeadShifts from a pyvene export: our own files when they agree with the interventions, else split."""
+    folder = Path(folder)
+    offsets = read_pyvene_offsets(folder)
+    if (folder / METADATA_FILE).is_file():
+        shifts = HeadShifts.load(folder)
+        shifts.check_geometry(geometry.num_layers, geometry.num_heads, geometry.head_dim)
+        ours = shifts.layer_offsets()
+        if set(ours) == set(offsets) and all(np.allclose(ours[l], offsets[l], atol=_UNIT_TOLERANCE) for l in ours):
+            return shifts
+        raise UsageError(f"{folder}: the interventions in {PYVENE_CONFIG} differ from {METADATA_FILE}; one of them "
+                         "was edited: export again")
+    return heads_from_offsets(offsets, geometry, {"imported_from": str(folder)})

@@ -1,0 +1,85 @@
+"""Export to pyvene's saved format, `pyvene.IntervenableModel.load` on its own, and import back."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from iti.errors import UsageError
+from iti.head_shifts import METADATA_FILE, TENSORS_FILE
+from iti.intervenable import pv
+from iti.intervention import ShiftedModel
+from iti.models import head_geometry
+from iti.pyvene_export import export_pyvene, import_pyvene
+from tests.test_intervention import make_shifts, spread_heads
+
+
+@pytest.fixture
+def exported(tiny, tmp_path):
+    model, tokenizer = tiny
+    shifts = make_shifts(model, spread_heads(model), alpha=4.0)
+    folder = export_pyvene(shifts, model.config, tmp_path / "export")
+    return model, tokenizer, shifts, folder
+
+
+def test_pyvene_load_alone_applies_our_shifts(exported):
+    model, tokenizer, shifts, folder = exported
+    batch = tokenizer(["Q: Is the sky green? A: No.", "Q: Why? A: Light."], return_tensors="pt", padding=True)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    loaded = pv.IntervenableModel.load(str(folder), model)
+    ours = ShiftedModel(model, shifts)
+    # Every position (a full-sequence call, as a baked model shifts), on an unpadded row.
+    _, theirs = loaded({"input_ids": ids[:1, :int(mask[0].sum())]})
+    mine = ours(ids[:1, :int(mask[0].sum())])
+    torch.testing.assert_close(theirs.logits, mine.logits, rtol=0, atol=1e-5)
+    plain = model(input_ids=ids[:1, :int(mask[0].sum())]).logits
+    assert (theirs.logits - plain).abs().max() > 1e-2  # the shift does something
+    # One chosen position per row (here each row's last real token).
+    last = mask.sum(1) - 1
+    positions = [[[int(p)] for p in last]] * len(loaded.interventions)
+    _, theirs = loaded({"input_ids": ids, "attention_mask": mask}, unit_locations={"base": positions})
+    shift_mask = torch.zeros_like(mask)
+    shift_mask[torch.arange(len(last)), last] = 1
+    mine = ours(ids, mask, shift_mask=shift_mask)
+    torch.testing.assert_close(theirs.logits[mask.bool()], mine.logits[mask.bool()], rtol=0, atol=1e-5)
+
+
+def test_state_files_are_plain_tensors(exported):
+    _, _, shifts, folder = exported
+    config = json.loads((folder / "config.json").read_text())
+    assert len(config["sorted_keys"]) == len(set(shifts.layers.tolist()))
+    for key in config["sorted_keys"]:
+        state = torch.load(folder / f"intkey_{key}.bin", weights_only=True)
+        assert set(state) >= {"source_representation"}
+
+
+def test_import_gives_the_shifts_back(exported):
+    model, _, shifts, folder = exported
+    geometry = head_geometry(model.config)
+    back = import_pyvene(folder, geometry)
+    assert back.head_list() == shifts.head_list() and back.alpha == shifts.alpha
+    np.testing.assert_array_equal(back.directions, shifts.directions)
+    np.testing.assert_array_equal(back.sigmas, shifts.sigmas)
+    # A folder pyvene wrote alone (no HeadShifts files): the same per-layer shifts, split into heads.
+    (folder / METADATA_FILE).unlink()
+    (folder / TENSORS_FILE).unlink()
+    split = import_pyvene(folder, geometry)
+    assert sorted(split.head_list()) == sorted(shifts.head_list())
+    for layer, offset in shifts.layer_offsets().items():
+        np.testing.assert_allclose(split.layer_offsets()[layer], offset, rtol=1e-5, atol=1e-6)
+
+
+def test_import_refuses_another_geometry_and_foreign_folders(exported, tmp_path):
+    model, _, shifts, folder = exported
+    geometry = head_geometry(model.config)
+    other = type(geometry)(geometry.num_layers, geometry.num_heads * 2, geometry.head_dim // 2,
+                           geometry.num_kv_heads, geometry.hidden_size)
+    with pytest.raises(UsageError, match="made for"):
+        import_pyvene(folder, other)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("mine")
+    with pytest.raises(UsageError, match="not a pyvene export"):
+        export_pyvene(shifts, model.config, tmp_path / "notes")
+    assert (tmp_path / "notes" / "a.txt").read_text() == "mine"
+    with pytest.raises(UsageError, match="no pyvene export"):
+        import_pyvene(tmp_path / "notes", geometry)
