@@ -28,10 +28,15 @@ def get_activations_command(model_name: str, dataset: str) -> str:
     return f"python get_activations/get_activations.py --model_name {model_name} --dataset_name {dataset}"
 
 
+def feature_files(features_dir: str | Path, model_name: str, dataset: str, kind: str = "head_wise") -> list[Path]:
+    """What load_features reads: the activations, their labels and their question ids."""
+    return [feature_path(features_dir, model_name, dataset, k) for k in (kind, "labels", "question_ids")]
+
+
 def load_features(features_dir: str | Path, model_name: str, dataset: str, kind: str = "head_wise",
                   mmap: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(activations, labels, question_ids), memory-mapped; a clear error names the command that makes them."""
-    paths = [feature_path(features_dir, model_name, dataset, k) for k in (kind, "labels", "question_ids")]
+    paths = feature_files(features_dir, model_name, dataset, kind)
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise UsageError(f"features file {missing[0]} not found: make it with `{get_activations_command(model_name, dataset)}`")

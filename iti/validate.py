@@ -61,6 +61,11 @@ def run_name(cfg: ValidationConfig, fold: int | None = None) -> str:
     return name + {"center_of_mass": "_com", "random": "_random", "probe": ""}[cfg.method]
 
 
+def summary_path(cfg: ValidationConfig) -> Path:
+    """The run's summary JSON; `complete: true` in it marks a finished run (sweeps skip those)."""
+    return Path(cfg.results_dir) / "results_dump" / "summary_dump" / f"{run_name(cfg)}.json"
+
+
 def questions_frame(records: list[GenerationQuestion]) -> pd.DataFrame:
     """TruthfulQA.csv's columns for these questions (answers joined with "; ")."""
     return pd.DataFrame({
@@ -208,7 +213,7 @@ def run_validation(cfg: ValidationConfig, progress: bool = True, log: Callable[[
                      "method": cfg.method, "intervenes": cfg.intervenes},
         "notes": notes, "folds": [], "final": None, "final_line": None, "complete": False,
     }
-    json_path = dump / "summary_dump" / f"{run_name(cfg)}.json"
+    json_path = summary_path(cfg)
     fold_results = []
     for fold, (train, val, test) in enumerate(splits):
         log(f"Running fold {fold}")
@@ -226,13 +231,13 @@ def run_validation(cfg: ValidationConfig, progress: bool = True, log: Callable[[
         shifted = ShiftedModel(model, shifts if cfg.intervenes else None)
         frame, results = evaluate_fold(shifted, tokenizer, [records[q] for q in test], cfg, judges, owt_texts, progress)
         answer_path = write_csv(dump / "answer_dump" / f"{name}.csv", frame)
-        summary_path = write_csv(dump / "summary_dump" / f"{name}.csv", summary_frame(cfg, fold, results))
+        fold_summary = write_csv(dump / "summary_dump" / f"{name}.csv", summary_frame(cfg, fold, results))
         log(f"FOLD {fold}: " + ", ".join(f"{k}: {v:.4f}" for k, v in results.items()))
         fold_results.append(results)
         record["folds"].append({
             "fold": fold, "train": train.tolist(), "val": val.tolist(), "test": test.tolist(),
             "heads": shifts.head_list() if shifts is not None else [], "results": results,
-            "files": {"splits": split_files, "answers": str(answer_path), "summary": str(summary_path),
+            "files": {"splits": split_files, "answers": str(answer_path), "summary": str(fold_summary),
                       "head_shifts": shifts_dir},
         })
         record["seconds"] = time.time() - began

@@ -1,15 +1,23 @@
-"""collect_sweep: the table holds each completed run's final means, and the plot skips empty metrics."""
+"""Sweeps: the grid, which runs are done, the SLURM arrays (a stub sbatch, then a real local SLURM),
+and collect_sweep (the table holds each completed run's final means, the plot skips empty metrics)."""
 import json
+import os
 import runpy
+import shutil
+import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
 
-from iti.validate import ValidationConfig, run_validation
+from iti import sweep as sweeps
+from iti.errors import UsageError
+from iti.validate import ValidationConfig, run_validation, summary_path
 from tests.conftest import REPO_ROOT, make_tiny_model
 
 SCRIPT = REPO_ROOT / "validation" / "sweeping" / "collect_sweep.py"
+SLURM_SWEEP = REPO_ROOT / "validation" / "sweeping" / "sweep_slurm.sh"
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +68,247 @@ def test_no_runs_is_an_error(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as stop:
         runpy.run_path(str(SCRIPT), run_name="__main__")
     assert stop.value.code == 2 and "no completed runs of nothing" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the grid and what is done
+
+def names(tasks) -> list[str]:
+    return [task.name for task in tasks]
+
+
+def test_grid_is_the_product_or_one_baseline():
+    env = {"ALPHAS": "0 5", "KS": "4 8"}
+    assert names(sweeps.grid(["m"], env, baseline_once=False)) == ["m_a0_k4", "m_a0_k8", "m_a5_k4", "m_a5_k8"]
+    assert names(sweeps.grid(["m"], env, baseline_once=True)) == ["m_a0_k0", "m_a5_k4", "m_a5_k8"]
+    seeded = sweeps.grid(["m", "n"], {"ALPHAS": "0.0 0 2.5", "KS": "4", "SEEDS": "1 2", "BASELINE_ONCE": "1"}, False)
+    assert names(seeded) == ["m_a0.0_k0_seed_1", "m_a2.5_k4_seed_1", "m_a0.0_k0_seed_2", "m_a2.5_k4_seed_2",
+                             "n_a0.0_k0_seed_1", "n_a2.5_k4_seed_1", "n_a0.0_k0_seed_2", "n_a2.5_k4_seed_2"]
+    assert seeded[1].argv == ("--model_name", "m", "--alpha", "2.5", "--num_heads", "4", "--seed", "1")
+
+
+@pytest.mark.parametrize("env, message", [({"ALPHAS": ""}, "the grid has no cells"),
+                                          ({"KS": "4 x"}, "'x' is not an integer"),
+                                          ({"BASELINE_ONCE": "yes"}, "BASELINE_ONCE")])
+def test_grid_bad_input(env, message):
+    with pytest.raises(UsageError, match=message):
+        sweeps.grid(["m"], env, baseline_once=False)
+
+
+def test_sequential_scripts_read_the_same_grid():
+    out = subprocess.run([sys.executable, "-m", "iti.sweep", "cells", "m"], cwd=REPO_ROOT, capture_output=True,
+                         text=True, env={**os.environ, "ALPHAS": "0 5", "KS": "4 8"}, check=True).stdout
+    assert out.splitlines() == [f"{t.name} {' '.join(t.argv)}" for t in sweeps.grid(["m"], {"ALPHAS": "0 5", "KS": "4 8"}, True)]
+
+
+def sweep_flags(root, tqa_path, features_dir=None) -> list[str]:
+    """The validate_2fold flags that made the `sweep` fixture's runs (its model is named tq)."""
+    return ["--model_path", str(root / "model"), "--features_dir", str(features_dir or root / "features"),
+            "--results_dir", str(root / "results"), "--tqa_path", str(tqa_path), "--limit", "4",
+            "--use_center_of_mass", "--metrics", "mc", "--device", "cpu"]
+
+
+def test_pending_runs_are_those_without_a_complete_summary(sweep, tqa_path, capsys):
+    root, records = sweep
+    flags = sweep_flags(root, tqa_path)
+    # α = 12 has a summary cut short (complete: false); α = 16 none at all.
+    cut = ValidationConfig(model_name="tq", alpha=12.0, num_heads=2, results_dir=str(root / "results"), limit=4,
+                           use_center_of_mass=True)
+    summary_path(cut).write_text(json.dumps({"complete": False}))
+    env = {"ALPHAS": "0 4 8 12 16", "KS": "2", "BASELINE_ONCE": "1"}
+    cells, missing, configs = sweeps.pending_runs(["tq"], flags, env, baseline_once=True)
+    assert names(cells) == ["tq_a0_k0", "tq_a4_k2", "tq_a8_k2", "tq_a12_k2", "tq_a16_k2"]
+    assert names(missing) == ["tq_a12_k2", "tq_a16_k2"]
+    assert [str(summary_path(configs[cell])) for cell in cells[:3]] == [r["json_path"] for r in records]
+    assert sweeps.main(["status", "tq", *flags], env) == 1
+    assert capsys.readouterr().out.splitlines() == ["3 of 5 runs complete", "missing: tq_a12_k2", "missing: tq_a16_k2"]
+
+
+def test_array_task_runs_its_own_cell(tmp_path):
+    """Each task of the batch script runs the script with its cell's flags, then the common ones, quoting intact."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("import json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+    tasks = [sweeps.Task("a", ("--alpha", "5")), sweeps.Task("b c", ("--model_path", "it's \"here\" $HOME; *"))]
+    flags = ["--metrics", "mc", "--owt_path", "a b.txt", "--empty", ""]
+    submission = sweeps.array_submission("job", probe, tasks, flags, {"MAX_PARALLEL": "3", "MEM": "8G"}, tmp_path)
+    for i, task in enumerate(tasks):
+        run = subprocess.run(["bash", "-c", submission.script], env={**os.environ, "SLURM_ARRAY_TASK_ID": str(i)},
+                             capture_output=True, text=True, check=True)
+        assert json.loads(run.stdout.splitlines()[-1]) == [*task.argv, *flags]
+    outside = subprocess.run(["bash", "-c", submission.script], env={**os.environ, "SLURM_ARRAY_TASK_ID": "2"},
+                             capture_output=True, text=True)
+    assert outside.returncode == 1
+    assert {"--array=0-1%3", "--mem=8G", f"--output={tmp_path}/%x_%A_%a.log"} <= set(submission.options)
+
+
+# ----------------------------------------------------------------------------- submission, with a stub sbatch
+
+STUB_SBATCH = """#!{python}
+# Records each call (options, script) and answers as sbatch does: a job id, or a refused partition.
+import json, os, sys
+log = os.environ["SBATCH_STUB_LOG"]
+calls = open(log).read().splitlines() if os.path.exists(log) else []
+with open(log, "a") as f:
+    f.write(json.dumps({{"argv": sys.argv[1:], "script": sys.stdin.read()}}) + "\\n")
+if "--partition=nope" in sys.argv:
+    print("sbatch: error: invalid partition specified: nope", file=sys.stderr)
+    sys.exit(1)
+print(100 + len(calls))
+"""
+
+
+@pytest.fixture
+def stub_sbatch(tmp_path, monkeypatch):
+    """A sbatch on PATH that records its calls; returns a function that reads them."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(STUB_SBATCH.format(python=sys.executable))
+    (bin_dir / "sbatch").chmod(0o755)
+    log = tmp_path / "sbatch_calls.jsonl"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SBATCH_STUB_LOG", str(log))
+    return lambda: [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_submits_extraction_then_array_then_collect(sweep, tqa_path, stub_sbatch, tmp_path, capsys):
+    root, _ = sweep
+    flags = sweep_flags(root, tqa_path, features_dir=tmp_path / "no_features")
+    env = {"ALPHAS": "4 8 20", "KS": "2", "PARTITION": "cpu", "LOG_DIR": str(tmp_path / "logs")}
+    sweeps.main(["slurm", "tq", *flags], env)
+    calls = stub_sbatch()
+    checks, submits = calls[:3], calls[3:]
+    assert [c["argv"][-1] for c in checks] == ["--test-only"] * 3 and len(submits) == 3
+    assert [c["script"] for c in checks] == [c["script"] for c in submits]
+    extraction, validation, collect = (c["argv"] for c in submits)
+    # Only α = 20 lacks a summary; its probes need both feature sets, which the empty features folder lacks.
+    assert "--array=0-1" in extraction and "--array=0-0" in validation and "--partition=cpu" in collect
+    assert not any(a.startswith("--dependency") for a in extraction)
+    assert "--dependency=afterok:103" in validation and "--dependency=afterany:104" in collect
+    assert "tq_tqa_mc2" in submits[0]["script"] and "tq_tqa_gen_end_q" in submits[0]["script"]
+    assert "tq_a20_k2" in submits[1]["script"] and "tq_a4_k2" not in submits[1]["script"]
+    assert "missing runs by name" in capsys.readouterr().out
+
+
+def test_waits_for_given_jobs_and_resubmits_nothing_done(sweep, tqa_path, stub_sbatch, tmp_path, capsys):
+    root, _ = sweep
+    flags = sweep_flags(root, tqa_path, features_dir=tmp_path / "no_features")
+    sweeps.main(["slurm", "tq", *flags], {"ALPHAS": "4 8", "KS": "2", "LOG_DIR": str(tmp_path / "logs")})
+    assert stub_sbatch() == [] and "nothing to submit" in capsys.readouterr().out
+    sweeps.main(["slurm", "tq", *flags], {"ALPHAS": "20", "KS": "2", "AFTER": "7:8", "LOG_DIR": str(tmp_path / "logs")})
+    validation, collect = (c["argv"] for c in stub_sbatch()[2:])  # AFTER given: no extraction of its own
+    assert "--dependency=afterok:7:8" in validation and "--dependency=afterany:102" in collect
+
+
+def test_extraction_array_for_missing_features_only(tqa_path, stub_sbatch, tmp_path, capsys):
+    from iti.activations import feature_files
+
+    features = tmp_path / "features"
+    features.mkdir()
+    for path in feature_files(features, "tq", "tqa_mc2"):
+        path.touch()
+    flags = ["--features_dir", str(features), "--limit", "4", "--tqa_path", str(tqa_path), "--device", "cpu"]
+    sweeps.main(["slurm_activations", "tq", *flags], {"MAX_PARALLEL": "1", "LOG_DIR": str(tmp_path / "logs")})
+    check, submit = stub_sbatch()
+    assert check["argv"][-1] == "--test-only" and "--array=0-0%1" in submit["argv"]
+    assert "tq_tqa_gen_end_q" in submit["script"] and "tq_tqa_mc2" not in submit["script"]
+    assert "AFTER=101 bash validation/sweeping/sweep_slurm.sh" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--bogus", "1"], {}, "validate_2fold.py refuses the sweep's flags: unrecognized arguments: --bogus 1"),
+    ([], {"ALPHAS": ""}, "the grid has no cells"),
+    ([], {"PARTITION": "nope"}, "sbatch refused the job: sbatch: error: invalid partition specified: nope"),
+    ([], {"AFTER": "12x"}, "AFTER='12x'"),
+])
+def test_bad_input_submits_nothing(sweep, tqa_path, stub_sbatch, args, env, message):
+    root, _ = sweep
+    with pytest.raises(UsageError, match=message.replace("(", r"\(")):
+        sweeps.main(["slurm", "tq", *sweep_flags(root, tqa_path), *args], {"ALPHAS": "20", "KS": "2", **env})
+    assert not [c for c in stub_sbatch() if "--test-only" not in c["argv"]]
+
+
+def test_no_sbatch_on_path(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "dirname").symlink_to(shutil.which("dirname"))
+    run = subprocess.run([shutil.which("bash"), str(SLURM_SWEEP), "m"], capture_output=True, text=True,
+                         env={**os.environ, "PATH": str(bin_dir), "PYTHON": sys.executable})
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.splitlines() == [run.stderr.strip()] and "sbatch is not on PATH" in run.stderr
+
+
+# ----------------------------------------------------------------------------- a real SLURM
+
+def slurm_unusable() -> str | None:
+    """Why SLURM cannot run jobs here, or None."""
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        return "sbatch is not on PATH"
+    info = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+    if info.returncode != 0:
+        return f"sinfo: {(info.stderr.strip().splitlines() or ['failed'])[-1]}"
+    if not {"idle", "mixed", "allocated"} & set(info.stdout.split()):
+        return f"no node ready (states: {' '.join(info.stdout.split()) or 'none'})"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    reason = slurm_unusable()
+    if reason:
+        message = f"no usable SLURM ({reason}); start one with `bash tests/slurm/start_local_slurm.sh` (root)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message}: .ci/run starts it, so CI must run this test")  # a skip would hide it
+        pytest.skip(message)
+
+
+def wait_for_jobs(job_ids: list[str], timeout_s: float) -> None:
+    """Until none of the jobs (arrays included) is pending or running; cancels them past the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        queue = subprocess.run(["squeue", "-h", "-o", "%F"], capture_output=True, text=True, check=True).stdout
+        if not set(queue.split()) & set(job_ids):
+            return
+        if time.monotonic() > deadline:
+            subprocess.run(["scancel", *job_ids])
+            pytest.fail(f"jobs {', '.join(job_ids)} still queued after {timeout_s:.0f} s (cancelled)")
+        time.sleep(2)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_slurm_sweep_equals_sequential_runs(slurm, tqa_path, tmp_path):
+    """ALPHAS="0 5" KS="4 8" on the bundled model through the real scheduler: the extraction array, the
+    4-task validation array after it and the collect job; the table equals the same runs made one by one."""
+    flags = ["--use_center_of_mass", "--limit", "8", "--metrics", "mc", "--device", "cpu", "--tqa_path", str(tqa_path),
+             "--features_dir", str(tmp_path / "features"), "--results_dir", str(tmp_path / "slurm")]
+    env = {**os.environ, "ALPHAS": "0 5", "KS": "4 8", "MAX_PARALLEL": "2", "LOG_DIR": str(tmp_path / "logs"),
+           "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    command = ["bash", str(SLURM_SWEEP), "smollm2_135M_instruct", *flags]
+
+    refused = subprocess.run(command, capture_output=True, text=True, env={**env, "PARTITION": "no_such_partition"})
+    assert refused.returncode == 2 and "invalid partition specified: no_such_partition" in refused.stderr
+    assert "submitted" not in refused.stdout
+
+    submitted = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert submitted.returncode == 0, submitted.stderr
+    jobs = [line.split()[2].rstrip(":") for line in submitted.stdout.splitlines() if line.startswith("submitted job")]
+    assert len(jobs) == 3 and "validate_2fold, 4 tasks" in submitted.stdout
+    wait_for_jobs(jobs, timeout_s=900)
+    logs = sorted(p.name for p in (tmp_path / "logs").iterdir())
+    assert logs == sorted([f"iti_activations_{jobs[0]}_{i}.log" for i in range(2)]
+                          + [f"iti_validate_{jobs[1]}_{i}.log" for i in range(4)] + [f"iti_collect_{jobs[2]}.log"])
+    assert "4 of 4 runs complete" in (tmp_path / "logs" / f"iti_collect_{jobs[2]}.log").read_text()
+
+    again = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    assert "4 of 4 runs already complete" in again.stdout and "nothing to submit" in again.stdout
+
+    collect = runpy.run_path(str(SCRIPT))["collect"]
+    from_slurm = collect(tmp_path / "slurm", "smollm2_135M_instruct", "center_of_mass", None, 8)
+    assert sorted(zip(from_slurm["alpha"], from_slurm["K"])) == [(0, 4), (0, 8), (5, 4), (5, 8)]
+    for alpha in (0.0, 5.0):
+        for k in (4, 8):
+            run_validation(ValidationConfig(model_name="smollm2_135M_instruct", alpha=alpha, num_heads=k, limit=8,
+                                            use_center_of_mass=True, metrics=("mc",), device="cpu",
+                                            tqa_path=str(tqa_path), features_dir=str(tmp_path / "features"),
+                                            results_dir=str(tmp_path / "sequential")), progress=False, log=lambda _: None)
+    sequential = collect(tmp_path / "sequential", "smollm2_135M_instruct", "center_of_mass", None, 8)
+    pd.testing.assert_frame_equal(from_slurm.drop(columns="json"), sequential.drop(columns="json"))

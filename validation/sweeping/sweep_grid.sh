@@ -1,18 +1,14 @@
 # Sourced by sweep_alpha_k.sh and sweep_parallel.sh from the repo root, with their arguments:
-# sets model, log_dir, grid (one "alpha K" per run, from ALPHAS and KS) and failed; defines finish.
+# sets model, log_dir (LOG_DIR, default validation/sweeping/logs), grid and failed; defines finish.
+# grid holds one "name flags" line per run, e.g. "llama2_chat_7B_a5_k16 --model_name llama2_chat_7B
+# --alpha 5 --num_heads 16", from ALPHAS, KS and SEEDS; the grid itself is iti/sweep.py's (the SLURM
+# array uses it too). α = 0 is the unshifted model whatever K is, so it runs once, with K = 0.
 [ $# -ge 1 ] || { echo "usage: $0 MODEL_NAME [validate_2fold flags ...]" >&2; exit 2; }
 model="$1"
-log_dir="validation/sweeping/logs"
+log_dir="${LOG_DIR:-validation/sweeping/logs}"
 mkdir -p "$log_dir"
-grid=()
-for alpha in ${ALPHAS:-0 5 10 15 20}; do
-  # α = 0 is the unshifted model whatever K is, so it runs once, as the baseline (--num_heads 0).
-  if awk "BEGIN { exit !($alpha == 0) }"; then
-    grid+=("$alpha 0")
-    continue
-  fi
-  for k in ${KS:-16 32 48 64}; do grid+=("$alpha $k"); done
-done
+cells=$(python -m iti.sweep cells "$model") || exit 2
+mapfile -t grid <<<"$cells"
 failed=()
 
 finish() {  # finish [validate_2fold flags ...]: the sweep's table and plot; exit 1 if any run failed

@@ -3,8 +3,8 @@
 # the sweep's table and plot.
 # Usage: bash validation/sweeping/sweep_parallel.sh MODEL_NAME [validate_2fold flags ...]
 #   GPUS="0 1 2 3" ALPHAS="0 5 10 15 20" KS="16 32 48 64" bash validation/sweeping/sweep_parallel.sh llama2_chat_7B --use_center_of_mass
-# GPUS defaults to every GPU nvidia-smi lists. α = 0 runs once, as the baseline (--num_heads 0).
-# Logs: validation/sweeping/logs/{model}_a{α}_k{K}.log.
+# GPUS defaults to every GPU nvidia-smi lists. α = 0 runs once, as the baseline (--num_heads 0);
+# SEEDS="1 2 3" repeats the grid per seed. Logs: validation/sweeping/logs/{model}_a{α}_k{K}[_seed_{s}].log.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source validation/sweeping/sweep_grid.sh
@@ -13,7 +13,7 @@ gpus=(${GPUS:-$(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null)}
 [ ${#gpus[@]} -gt 0 ] || { echo "no GPU found: set GPUS=\"0 1\" or use sweep_alpha_k.sh" >&2; exit 2; }
 
 declare -A pid_of_gpu=()   # GPU -> pid of the run it holds
-declare -A job_of_pid=()   # pid -> "alpha A K k (see LOG)", to report failures
+declare -A job_of_pid=()   # pid -> "NAME (see LOG)", to report failures
 
 reap() {  # wait for the run of GPU $1 if it has finished; succeeds when the GPU is free
   local pid="${pid_of_gpu[$1]:-}"
@@ -24,7 +24,8 @@ reap() {  # wait for the run of GPU $1 if it has finished; succeeds when the GPU
 }
 
 for job in "${grid[@]}"; do
-  read -r alpha k <<<"$job"
+  read -r name cell <<<"$job"
+  read -ra cell <<<"$cell"
   free=""
   while [ -z "$free" ]; do
     for gpu in "${gpus[@]}"; do
@@ -32,12 +33,11 @@ for job in "${grid[@]}"; do
     done
     [ -n "$free" ] || sleep 5
   done
-  log="$log_dir/${model}_a${alpha}_k${k}.log"
-  echo "GPU $free: alpha $alpha, K $k -> $log"
-  CUDA_VISIBLE_DEVICES="$free" python validation/validate_2fold.py --model_name "$model" --alpha "$alpha" \
-    --num_heads "$k" --device 0 "$@" >"$log" 2>&1 &
+  log="$log_dir/$name.log"
+  echo "GPU $free: $name -> $log"
+  CUDA_VISIBLE_DEVICES="$free" python validation/validate_2fold.py "${cell[@]}" --device 0 "$@" >"$log" 2>&1 &
   pid_of_gpu[$free]=$!
-  job_of_pid[$!]="alpha $alpha K $k (see $log)"
+  job_of_pid[$!]="$name (see $log)"
 done
 for gpu in "${gpus[@]}"; do
   pid="${pid_of_gpu[$gpu]:-}"

@@ -1,0 +1,353 @@
+"""Sweeps of validate_2fold over models × α × K × seeds: the grid, which of its runs still lack a
+complete summary, and one SLURM job array for those (plus one for the features they need).
+
+    python -m iti.sweep cells MODEL                                     the grid, one "name flags" line per run
+    python -m iti.sweep status MODEL [MODEL ...] [validate_2fold flags]   done and missing runs, by name
+    python -m iti.sweep slurm MODEL [MODEL ...] [validate_2fold flags]    submit the missing runs (sweep_slurm.sh)
+    python -m iti.sweep slurm_activations MODEL [MODEL ...] [get_activations flags]   the same for features
+
+The grid comes from the environment, as in the sweep scripts: ALPHAS and KS (space-separated), SEEDS
+(unset: validate_2fold's default seed), BASELINE_ONCE (1: α = 0 runs once, with K = 0, as the
+sequential scripts do; 0: the plain product, as the SLURM array does). Whether a run is done is
+asked of the package: the summary JSON that validate_2fold writes for the run's configuration says
+`complete: true`. Only the standard library is imported until a run's configuration is built.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from iti.config import REPO_ROOT
+from iti.errors import UsageError, exit_on_usage_error
+
+VALIDATE_SCRIPT = REPO_ROOT / "validation" / "validate_2fold.py"
+EXTRACT_SCRIPT = REPO_ROOT / "get_activations" / "get_activations.py"
+COLLECT_SCRIPT = REPO_ROOT / "validation" / "sweeping" / "collect_sweep.py"
+LOG_DIR = REPO_ROOT / "validation" / "sweeping" / "logs"
+DEFAULT_ALPHAS = "0 5 10 15 20"
+DEFAULT_KS = "16 32 48 64"
+# Environment variable -> sbatch option; each is left to the cluster's default when unset.
+RESOURCE_OPTIONS = {"PARTITION": "--partition", "ACCOUNT": "--account", "QOS": "--qos",
+                    "CPUS_PER_TASK": "--cpus-per-task", "MEM": "--mem", "TIME": "--time"}
+
+
+@dataclass(frozen=True)
+class Task:
+    """One run of a script: `name` identifies it in messages, `argv` are its flags."""
+    name: str
+    argv: tuple[str, ...]
+
+
+# ----------------------------------------------------------------------------- the grid
+
+def grid(models: Sequence[str], env: Mapping[str, str], baseline_once: bool) -> list[Task]:
+    """models × seeds × α × K, named `{model}_a{α}_k{K}[_seed_{s}]` as the sweep logs are. With
+    `baseline_once`, α = 0 (the unshifted model, whatever K is) is one run with K = 0."""
+    alphas = _numbers(env, "ALPHAS", DEFAULT_ALPHAS, float)
+    ks = _numbers(env, "KS", DEFAULT_KS, int)
+    seeds: list[str | None] = list(_numbers(env, "SEEDS", "", int)) or [None]
+    once = env.get("BASELINE_ONCE", "1" if baseline_once else "0")
+    if once not in ("0", "1"):
+        raise UsageError(f"BASELINE_ONCE={once!r}: use 1 (α = 0 runs once, with K = 0) or 0 (every α × K)")
+    spaced = [model for model in models if not model or len(model.split()) != 1]
+    if spaced:
+        raise UsageError(f"model name {spaced[0]!r} holds spaces; give registry names or --model_path")
+    cells: dict[tuple, Task] = {}
+    for model in models:
+        for seed in seeds:
+            for alpha in alphas:
+                for k in (["0"] if once == "1" and float(alpha) == 0 else ks):
+                    name = f"{model}_a{alpha}_k{k}" + ("" if seed is None else f"_seed_{seed}")
+                    argv = ["--model_name", model, "--alpha", alpha, "--num_heads", k]
+                    cells.setdefault((model, seed, float(alpha), int(k)),
+                                     Task(name, tuple(argv + ([] if seed is None else ["--seed", seed]))))
+    if not cells:
+        raise UsageError(f"the grid has no cells (models: {' '.join(models) or 'none'}; ALPHAS={' '.join(alphas)!r}, "
+                         f"KS={' '.join(ks)!r}): give at least one model, α and K, e.g. ALPHAS=\"0 5\" KS=\"16 32\"")
+    return list(cells.values())
+
+
+def _numbers(env: Mapping[str, str], key: str, default: str, kind: type) -> list[str]:
+    values = env.get(key, default).split()
+    for value in values:
+        try:
+            kind(value)
+        except ValueError:
+            raise UsageError(f"{key}: {value!r} is not {'an integer' if kind is int else 'a number'}; "
+                             f"give space-separated values, e.g. {key}=\"{default or '1 2 3'}\"") from None
+    return values
+
+
+def split_models(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """`MODEL [MODEL ...] [flags ...]`: the leading words before the first flag are models."""
+    models = []
+    for arg in args:
+        if arg.startswith("-"):
+            break
+        models.append(arg)
+    return models, list(args[len(models):])
+
+
+# ----------------------------------------------------------------------------- what is done
+
+def validation_config(argv: Sequence[str]):
+    """The ValidationConfig validate_2fold builds from these flags, checked as it checks them."""
+    from iti.cli import parse_config
+    from iti.config import ValidationConfig
+
+    return parse_config(ValidationConfig, list(argv))
+
+
+def run_done(cfg) -> bool:
+    """The run's summary JSON (validate_2fold's own name for it) exists and says it is complete."""
+    from iti.validate import summary_path
+
+    try:
+        return json.loads(summary_path(cfg).read_text()).get("complete") is True
+    except (OSError, ValueError):  # absent, unreadable or cut short: the run is to be made (again)
+        return False
+
+
+def check_script_flags(script: Path, task: Task, flags: Sequence[str]) -> None:
+    """Ask the script itself whether it accepts the flags (`--check_args` parses them and exits)."""
+    result = subprocess.run([sys.executable, str(script), *task.argv, *flags, "--check_args"],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
+        message = lines[-1].removeprefix("error: ") if lines else f"exit code {result.returncode}"
+        raise UsageError(f"{script.name} refuses the sweep's flags: {message}")
+
+
+def pending_runs(models: Sequence[str], flags: Sequence[str], env: Mapping[str, str],
+                 baseline_once: bool) -> tuple[list[Task], list[Task], dict[Task, object]]:
+    """(all cells, cells without a complete summary, each cell's ValidationConfig)."""
+    cells = grid(models, env, baseline_once)
+    check_script_flags(VALIDATE_SCRIPT, cells[0], flags)
+    configs = {cell: validation_config([*cell.argv, *flags]) for cell in cells}
+    return cells, [cell for cell in cells if not run_done(configs[cell])], configs
+
+
+def extraction_tasks(configs: Sequence) -> list[Task]:
+    """get_activations runs for the features these validation runs read and do not find: the probing
+    set and the σ set of each model (K = 0 runs read none), with the flags both scripts share."""
+    from iti.activations import feature_files
+
+    tasks: dict[str, Task] = {}
+    for cfg in configs:
+        if cfg.num_heads == 0:
+            continue
+        for dataset in (cfg.dataset_name, cfg.activations_dataset):
+            argv = ["--model_name", cfg.model_name, "--dataset_name", dataset, *shared_extraction_flags(cfg)]
+            if not all(path.exists() for path in feature_files(cfg.features_dir, cfg.model_name, dataset)):
+                tasks.setdefault(shlex.join(argv), Task(f"{cfg.model_name}_{dataset}", tuple(argv)))
+    return list(tasks.values())
+
+
+def shared_extraction_flags(cfg) -> list[str]:
+    """The validate_2fold settings that get_activations takes with the same meaning."""
+    flags = ["--features_dir", str(cfg.features_dir), "--device", cfg.device, "--dtype", cfg.dtype]
+    for flag, value in (("--limit", cfg.limit), ("--model_path", cfg.model_path), ("--tqa_path", cfg.tqa_path)):
+        if value is not None:
+            flags += [flag, str(value)]
+    return flags + (["--trust_remote_code"] if cfg.trust_remote_code else [])
+
+
+# ----------------------------------------------------------------------------- SLURM
+
+@dataclass(frozen=True)
+class Submission:
+    """One sbatch call: the batch script, its options, and how it waits for the submission before it."""
+    script: str
+    options: tuple[str, ...]
+    waits: str = "afterok"
+
+
+def array_submission(job_name: str, script: Path, tasks: Sequence[Task], flags: Sequence[str],
+                     env: Mapping[str, str], log_dir: Path) -> Submission:
+    """An array whose task i runs `script` with tasks[i]'s flags and then `flags`; one log per task.
+    sbatch keeps a copy of the batch script, so each task reads its flags from the script itself:
+    no task file to keep, nothing to go stale if the sweep is submitted again."""
+    lines = ["#!/bin/bash", f"# {job_name}: {len(tasks)} runs of {script.name}", 'case "$SLURM_ARRAY_TASK_ID" in']
+    lines += [f"  {i}) name={shlex.quote(task.name)}; argv=({shlex.join(task.argv)}) ;;" for i, task in enumerate(tasks)]
+    lines += ['  *) echo "task $SLURM_ARRAY_TASK_ID is not in this array" >&2; exit 1 ;;', "esac",
+              f"flags=({shlex.join(flags)})",
+              'echo "task $SLURM_ARRAY_TASK_ID ($name) on $(hostname): ${argv[*]} ${flags[*]}"',
+              f'exec {shlex.quote(sys.executable)} {shlex.quote(str(script))} "${{argv[@]}}" "${{flags[@]}}"']
+    max_parallel = env.get("MAX_PARALLEL", "")
+    if max_parallel and not (max_parallel.isdigit() and int(max_parallel) > 0):
+        raise UsageError(f"MAX_PARALLEL={max_parallel!r}: give the most tasks to run at once, e.g. MAX_PARALLEL=8")
+    array = f"0-{len(tasks) - 1}" + (f"%{max_parallel}" if max_parallel else "")
+    options = [f"--job-name={job_name}", f"--array={array}", f"--output={log_dir}/%x_%A_%a.log", *resource_options(env)]
+    return Submission("\n".join(lines) + "\n", tuple(options))
+
+
+def collect_submission(models: Sequence[str], flags: Sequence[str], env: Mapping[str, str],
+                       log_dir: Path) -> Submission:
+    """A small job after the array (however it ended): the missing runs by name, then each model's table."""
+    python = shlex.quote(sys.executable)
+    lines = ["#!/bin/bash", "rc=0",
+             f"PYTHONPATH={shlex.quote(str(REPO_ROOT))} {python} -m iti.sweep status {shlex.join([*models, *flags])} || rc=1"]
+    lines += [f"{python} {shlex.quote(str(COLLECT_SCRIPT))} --model_name {shlex.quote(model)} {shlex.join(flags)} || rc=1"
+              for model in models]
+    # Where to run and who pays, but not the runs' resources: collecting needs one CPU for seconds.
+    placement = [f"{option}={env[key]}" for key, option in RESOURCE_OPTIONS.items()
+                 if key in ("PARTITION", "ACCOUNT", "QOS") and env.get(key)]
+    options = ["--job-name=iti_collect", f"--output={log_dir}/%x_%j.log", *placement]
+    return Submission("\n".join([*lines, "exit $rc"]) + "\n", tuple(options), waits="afterany")
+
+
+def resource_options(env: Mapping[str, str]) -> list[str]:
+    """sbatch options from PARTITION, ACCOUNT, QOS, CPUS_PER_TASK, MEM, TIME, GPUS_PER_TASK and
+    SBATCH_ARGS (anything else, e.g. "--constraint=a100"); unset ones are left to the cluster."""
+    options = [f"{option}={env[key]}" for key, option in RESOURCE_OPTIONS.items() if env.get(key)]
+    if env.get("GPUS_PER_TASK"):
+        options.append(f"--gres=gpu:{env['GPUS_PER_TASK']}")
+    return options + shlex.split(env.get("SBATCH_ARGS", ""))
+
+
+def job_ids(text: str) -> list[str]:
+    """AFTER="123 456" (or 123:456, 123,456): the jobs the first submission waits for."""
+    ids = text.replace(",", " ").replace(":", " ").split()
+    bad = [job for job in ids if not job.replace("_", "").isdigit()]
+    if bad:
+        raise UsageError(f"AFTER={text!r}: {bad[0]!r} is not a job id; give the ids sbatch printed, e.g. AFTER=1234")
+    return ids
+
+
+def sbatch(script: str, options: Sequence[str], test_only: bool = False) -> str:
+    """Submit (with `test_only`: only check) a batch script; returns the job id. A refusal is bad
+    input, reported with the scheduler's own message on one line."""
+    command = ["sbatch", "--parsable", *options, *(["--test-only"] if test_only else [])]
+    result = subprocess.run(command, input=script, capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = [line.strip() for line in (result.stderr + result.stdout).splitlines() if line.strip()]
+        raise UsageError(f"sbatch refused the job: {'; '.join(lines) or f'exit code {result.returncode}'}")
+    return result.stdout.strip().split(";")[0]
+
+
+def require_sbatch() -> None:
+    if shutil.which("sbatch") is None:
+        raise UsageError("sbatch is not on PATH: submit from a SLURM login node, or sweep on this machine "
+                         "with validation/sweeping/sweep_alpha_k.sh or sweep_parallel.sh")
+
+
+def submit_chain(submissions: Sequence[Submission], after: Sequence[str]) -> list[str]:
+    """Submit in order, each waiting for the one before it (the first for `after`). All are checked
+    with `sbatch --test-only` first, so a refused one (an unknown partition, say) leaves nothing submitted."""
+    for submission in submissions:
+        sbatch(submission.script, submission.options, test_only=True)
+    ids: list[str] = []
+    for submission in submissions:
+        on = ids[-1:] or list(after)
+        waits = [f"--dependency={submission.waits}:{':'.join(on)}", "--kill-on-invalid-dep=yes"] if on else []
+        ids.append(sbatch(submission.script, [*submission.options, *waits]))
+    return ids
+
+
+def log_dir(env: Mapping[str, str]) -> Path:
+    """LOG_DIR or validation/sweeping/logs, made now: a task whose log folder is missing dies unheard."""
+    path = Path(env.get("LOG_DIR") or LOG_DIR).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ----------------------------------------------------------------------------- commands
+
+def print_cells(args: Sequence[str], env: Mapping[str, str]) -> None:
+    """The sequential scripts' grid: one `name flags` line per run (model names hold no spaces)."""
+    models, flags = split_models(args)
+    if len(models) != 1 or flags:
+        raise UsageError("usage: python -m iti.sweep cells MODEL_NAME (the grid from ALPHAS, KS, SEEDS)")
+    for cell in grid(models, env, baseline_once=True):
+        print(cell.name, *cell.argv)
+
+
+def print_status(args: Sequence[str], env: Mapping[str, str]) -> int:
+    models, flags = split_models(args)
+    cells, missing, _ = pending_runs(models, flags, env, baseline_once=False)
+    print(f"{len(cells) - len(missing)} of {len(cells)} runs complete")
+    for cell in missing:
+        print(f"missing: {cell.name}")
+    return 1 if missing else 0
+
+
+def submit_validation(args: Sequence[str], env: Mapping[str, str]) -> None:
+    """validate_2fold's missing runs as one array, then the collect job. The array waits for the jobs
+    in AFTER if given, else for an extraction array of the features it needs and does not find."""
+    require_sbatch()
+    models, flags = split_models(args)
+    after = job_ids(env.get("AFTER", ""))
+    cells, missing, configs = pending_runs(models, flags, env, baseline_once=False)
+    print(f"{len(cells) - len(missing)} of {len(cells)} runs already complete")
+    if not missing:
+        print("nothing to submit")
+        return
+    logs = log_dir(env)
+    submissions, described = [], []
+    extraction = [] if after else extraction_tasks([configs[cell] for cell in missing])
+    if extraction:
+        submissions.append(array_submission("iti_activations", EXTRACT_SCRIPT, extraction, [], env, logs))
+        described.append(f"get_activations, {len(extraction)} tasks: {', '.join(t.name for t in extraction)}")
+    submissions.append(array_submission("iti_validate", VALIDATE_SCRIPT, missing, flags, env, logs))
+    described.append(f"validate_2fold, {len(missing)} tasks: {', '.join(cell.name for cell in missing)}")
+    submissions.append(collect_submission(models, flags, env, logs))
+    described.append("collect (missing runs by name, then collect_sweep.py)")
+    for job, what in zip(submit_chain(submissions, after), described):
+        print(f"submitted job {job}: {what}")
+    print(f"logs: {logs}/<job name>_<job>_<task>.log")
+
+
+def submit_activations(args: Sequence[str], env: Mapping[str, str]) -> None:
+    """get_activations over models × DATASETS, for the features not extracted yet."""
+    from iti.activations import feature_files
+    from iti.cli import parse_config
+    from iti.config import ActivationsConfig, ValidationConfig
+
+    require_sbatch()
+    models, flags = split_models(args)
+    defaults = ValidationConfig()
+    datasets = env.get("DATASETS", f"{defaults.dataset_name} {defaults.activations_dataset}").split()
+    tasks = [Task(f"{model}_{dataset}", ("--model_name", model, "--dataset_name", dataset))
+             for model in models for dataset in datasets]
+    if not tasks:
+        raise UsageError(f"no extraction to run (models: {' '.join(models) or 'none'}; DATASETS={' '.join(datasets)!r}): "
+                         "give at least one model and dataset")
+    check_script_flags(EXTRACT_SCRIPT, tasks[0], flags)
+    missing = []
+    for task in tasks:
+        cfg = parse_config(ActivationsConfig, [*task.argv, *flags])
+        if not all(path.exists() for path in feature_files(cfg.features_dir, cfg.output_name, cfg.dataset_name)):
+            missing.append(task)
+    print(f"{len(tasks) - len(missing)} of {len(tasks)} feature sets already extracted")
+    if not missing:
+        print("nothing to submit")
+        return
+    logs = log_dir(env)
+    [job] = submit_chain([array_submission("iti_activations", EXTRACT_SCRIPT, missing, flags, env, logs)],
+                         job_ids(env.get("AFTER", "")))
+    print(f"submitted job {job}, get_activations: {len(missing)} tasks ({', '.join(t.name for t in missing)})")
+    print(f"logs: {logs}/iti_activations_{job}_<task>.log")
+    print(f"validation can wait for it: AFTER={job} bash validation/sweeping/sweep_slurm.sh ...")
+
+
+COMMANDS = {"cells": print_cells, "status": print_status, "slurm": submit_validation,
+            "slurm_activations": submit_activations}
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in COMMANDS:
+        raise UsageError(f"usage: python -m iti.sweep {{{','.join(COMMANDS)}}} MODEL [MODEL ...] [flags ...]")
+    return COMMANDS[argv[0]](argv[1:], os.environ if env is None else env) or 0
+
+
+if __name__ == "__main__":
+    with exit_on_usage_error():
+        sys.exit(main())
