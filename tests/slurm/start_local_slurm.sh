@@ -2,7 +2,7 @@
 # A one-node SLURM on this machine, for the SLURM tests (root on a Debian-like system; containers are
 # fine: no cgroups, no systemd). Installs slurm-wlm and munge when absent, writes /etc/slurm/slurm.conf
 # for this host (its CPUs and memory as `slurmd -C` reports them), starts munged, slurmctld and slurmd,
-# and waits until sinfo shows the node idle. Running it again while the cluster is up does nothing.
+# and waits until sinfo shows the node ready (idle). Running it again while the cluster is up does nothing.
 # Usage: bash tests/slurm/start_local_slurm.sh    (stop: bash tests/slurm/stop_local_slurm.sh)
 # State and logs: $SLURM_STATE_DIR (default /var/lib/iti-local-slurm). Exit 1 if SLURM did not come up.
 set -euo pipefail
@@ -25,7 +25,8 @@ if [ -e "$conf" ] && ! grep -qxF "$mark" "$conf"; then
 fi
 
 host=$(hostname -s)
-if [ -e "$conf" ] && sinfo -h -n "$host" -o %T 2>/dev/null | grep -qx idle; then
+node_ready() { sinfo -h -n "$host" -o %T 2>/dev/null | grep -qxE 'idle|mixed|allocated'; }
+if [ -e "$conf" ] && node_ready; then
   echo "local SLURM already up: $(sinfo -h -o '%P %D %T %c CPUs %m MB')"
   exit 0
 fi
@@ -52,9 +53,10 @@ memory=$(sed -n 's/.* RealMemory=\([0-9]*\).*/\1/p' <<<"$node")
 tmp="$conf.$$.tmp"
 cat >"$tmp" <<EOF
 $mark
-# A one-node test cluster: root daemons, no cgroups (containers), no accounting.
+# A one-node test cluster: root daemons, no cgroups (containers), no accounting, loopback addresses
+# (the host name need not resolve).
 ClusterName=iti-local
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -75,17 +77,17 @@ SlurmctldPidFile=$state/slurmctld.pid
 SlurmdPidFile=$state/slurmd.pid
 SlurmctldLogFile=$state/slurmctld.log
 SlurmdLogFile=$state/slurmd.log
-$node State=UNKNOWN
+$node NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
 mv "$tmp" "$conf"
 
 pid_alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-pid_alive "$state/slurmctld.pid" || slurmctld
-pid_alive "$state/slurmd.pid" || slurmd
+pid_alive "$state/slurmctld.pid" || slurmctld || fail "slurmctld did not start; see $state/slurmctld.log"
+pid_alive "$state/slurmd.pid" || slurmd || fail "slurmd did not start; see $state/slurmd.log"
 
 waited=0
-until sinfo -h -n "$host" -o %T 2>/dev/null | grep -qx idle; do
+until node_ready; do
   if [ "$waited" -ge "$wait_s" ]; then
     echo "node state: $(sinfo -h -n "$host" -o '%T %E' 2>&1 | head -n 1)" >&2
     tail -n 5 "$state/slurmctld.log" "$state/slurmd.log" >&2 2>/dev/null || true
