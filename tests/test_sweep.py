@@ -63,6 +63,29 @@ def test_table_and_plot(sweep, monkeypatch, capsys):
     assert "(MC2)" in capsys.readouterr().out  # only MC2 has values to plot
 
 
+def run_collect(monkeypatch, *args: str) -> None:
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *args])
+    runpy.run_path(str(SCRIPT), run_name="__main__")
+
+
+def test_without_limit_the_one_subset_is_collected(sweep, tmp_path, monkeypatch, capsys):
+    """No full runs: collect_sweep without --limit takes the runs of the one --limit they share, and
+    asks for a choice when there are several."""
+    root, records = sweep
+    results = tmp_path / "results"
+    shutil.copytree(root / "results" / "results_dump" / "summary_dump", results / "results_dump" / "summary_dump")
+    run_collect(monkeypatch, "--model_name", "tq", "--use_center_of_mass", "--results_dir", str(results))
+    assert "no full runs of tq: the runs made with --limit 4" in capsys.readouterr().out
+    table = pd.read_csv(results / "results_dump" / "sweep_dump" / "tq_center_of_mass_limit_4.csv")
+    assert sorted(table["json"]) == sorted(r["json_path"].replace(str(root / "results"), str(results)) for r in records)
+    other = json.loads(open(records[0]["json_path"]).read())
+    other["config"]["limit"] = 6
+    (results / "results_dump" / "summary_dump" / "limit_6.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit) as stop:
+        run_collect(monkeypatch, "--model_name", "tq", "--use_center_of_mass", "--results_dir", str(results))
+    assert stop.value.code == 2 and "runs with --limit 4, 6: pass one of those" in capsys.readouterr().err
+
+
 def test_no_runs_is_an_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--model_name", "nothing", "--results_dir", str(tmp_path)])
     with pytest.raises(SystemExit) as stop:

@@ -5,7 +5,8 @@ python validation/sweeping/collect_sweep.py --model_name llama2_chat_7B --use_ce
 
 Reads `{results_dir}/results_dump/summary_dump/*.json`; the flags that name runs (model, prefix,
 seed, limit, method) select them, so the flags of the sweep itself can be passed unchanged
-(the others are ignored). Runs of several seeds are averaged in the plot, listed one by one in
+(the others are ignored). Without --limit: the full runs, or if there are none, the runs of the one
+--limit they all used. Runs of several seeds are averaged in the plot, listed one by one in
 the table. Writes `{results_dir}/results_dump/sweep_dump/{model}_{method}[_limit_{N}].{csv,md,png}`.
 """
 import json
@@ -24,24 +25,42 @@ COLUMNS = ["model", "method", "seed", "limit", "K", "alpha", "True*Info", "True"
 PLOTTED = [("True*Info", "True*Info"), ("MC2", "MC2"), ("CE", "CE loss"), ("KL", "KL wrt original")]
 
 
+def complete_runs(results_dir: Path, model: str, method: str):
+    """(path, record) of each complete summary of this model and method."""
+    for path in sorted((results_dir / "results_dump" / "summary_dump").glob("*.json")):
+        record = json.loads(path.read_text())
+        config = record.get("config", {})
+        if record.get("complete") and f"{config.get('model_prefix', '')}{config.get('model_name')}" == model \
+                and record["resolved"]["method"] == method:
+            yield path, record
+
+
 def collect(results_dir: Path, model: str, method: str, seed: int | None, limit: int | None):
     import pandas as pd
 
     rows = []
-    for path in sorted((results_dir / "results_dump" / "summary_dump").glob("*.json")):
-        record = json.loads(path.read_text())
-        config = record.get("config", {})
-        if not record.get("complete") or f"{config.get('model_prefix', '')}{config.get('model_name')}" != model:
-            continue
-        if record["resolved"]["method"] != method or config.get("limit") != limit:
-            continue
-        if seed is not None and config.get("seed") != seed:
+    for path, record in complete_runs(results_dir, model, method):
+        config = record["config"]
+        if config.get("limit") != limit or (seed is not None and config.get("seed") != seed):
             continue
         final = {key: math.nan if value is None else value for key, value in record["final"].items()}
         rows.append({"model": model, "method": method, "seed": config["seed"], "limit": limit,
                      "K": config["num_heads"], "alpha": config["alpha"], **{k: final[k] for k in COLUMNS[6:14]},
                      "folds": len(record["folds"]), "json": str(path)})
     return pd.DataFrame(rows, columns=COLUMNS).sort_values(["K", "alpha", "seed"], ignore_index=True)
+
+
+def default_limit(results_dir: Path, model: str, method: str) -> int | None:
+    """Without --limit: the full runs if there are any, else the one --limit that all runs used."""
+    from iti.errors import UsageError
+
+    limits = {record["config"].get("limit") for _, record in complete_runs(results_dir, model, method)}
+    if not limits or None in limits:
+        return None
+    if len(limits) > 1:
+        raise UsageError(f"no full runs of {model} ({method} directions), but runs with --limit "
+                         f"{', '.join(map(str, sorted(limits)))}: pass one of those")
+    return limits.pop()
 
 
 def markdown(table) -> str:
@@ -118,7 +137,8 @@ def main() -> None:
     parser.add_argument("--model_name", required=True)
     parser.add_argument("--model_prefix", default="")
     parser.add_argument("--seed", type=int, default=None, help="only runs of this seed (default: every seed)")
-    parser.add_argument("--limit", type=int, default=None, help="runs made with this --limit (default: full runs)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="runs made with this --limit (default: full runs, else the one --limit all runs used)")
     parser.add_argument("--use_center_of_mass", action="store_true")
     parser.add_argument("--use_random_dir", action="store_true")
     parser.add_argument("--results_dir", default=ValidationConfig().results_dir)
@@ -127,13 +147,16 @@ def main() -> None:
     method = ValidationConfig(use_center_of_mass=args.use_center_of_mass, use_random_dir=args.use_random_dir).method
     model = f"{args.model_prefix}{args.model_name}"
     results_dir = Path(args.results_dir)
-    table = collect(results_dir, model, method, args.seed, args.limit)
+    limit = args.limit if args.limit is not None else default_limit(results_dir, model, method)
+    if limit != args.limit:
+        print(f"no full runs of {model}: the runs made with --limit {limit}")
+    table = collect(results_dir, model, method, args.seed, limit)
     if table.empty:
-        raise UsageError(f"no completed runs of {model} ({method} directions, limit {args.limit}) under "
+        raise UsageError(f"no completed runs of {model} ({method} directions, limit {limit}) under "
                          f"{results_dir / 'results_dump' / 'summary_dump'}")
     out_dir = results_dir / "results_dump" / "sweep_dump"
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{model}_{method}" + (f"_limit_{args.limit}" if args.limit is not None else "")
+    stem = f"{model}_{method}" + (f"_limit_{limit}" if limit is not None else "")
     write_text(out_dir / f"{stem}.csv", table.to_csv(index=False))
     write_text(out_dir / f"{stem}.md", markdown(table))
     plotted = plot(table, out_dir / f"{stem}.png")
