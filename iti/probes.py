@@ -27,8 +27,16 @@ _GPU_CHUNK_BYTES = 4 << 30
 
 # ----------------------------------------------------------------------------- folds
 
+# Generators of the folds' train/validation draws: this project's (one numpy Generator seeded
+# per run) or the public validate_2fold's global NumPy stream (see `_public_fold_splits`).
+SPLIT_RNGS = ("default", "public")
+# The public script's CE and KL evaluations each keep this many OpenWebText samples and draw
+# them all in random order from its global stream, between one fold's split and the next.
+PUBLIC_OWT_SAMPLES = 100
+
+
 def all_fold_splits(
-    num_questions: int, num_fold: int, val_ratio: float, seed: int
+    num_questions: int, num_fold: int, val_ratio: float, seed: int, split_rng: str = "default"
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(train, val, test) question indices for every fold, from one generator seeded once.
 
@@ -36,13 +44,41 @@ def all_fold_splits(
     so a single fold is always taken from this list (see `fold_splits`).
     """
     _check_fold_arguments(num_questions, num_fold, val_ratio)
+    if split_rng not in SPLIT_RNGS:
+        raise UsageError(f"unknown split generator {split_rng!r}; use one of {', '.join(SPLIT_RNGS)}")
     parts = np.array_split(np.arange(num_questions), num_fold)
+    if split_rng == "public":
+        return _public_fold_splits(parts, val_ratio, seed)
     rng = np.random.default_rng(seed)
     splits = []
     for fold in range(num_fold):
-        dev = np.sort(np.concatenate([parts[j] for j in range(num_fold) if j != fold]))
-        train, val = train_val_split(dev, val_ratio, rng)
+        train, val = train_val_split(_development(parts, fold), val_ratio, rng)
         splits.append((train, val, parts[fold].copy()))
+    return splits
+
+
+def _development(parts: list[np.ndarray], fold: int) -> np.ndarray:
+    return np.concatenate([part for j, part in enumerate(parts) if j != fold])
+
+
+def _public_fold_splits(parts: list[np.ndarray], val_ratio: float, seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The splits of the public validate_2fold.py, which seeds NumPy's global legacy generator once
+    (np.random.seed) and draws from it, per fold: the training questions (a draw without
+    replacement, i.e. the first entries of a permutation of the development questions; kept in
+    drawn order, as its split files list them), then, evaluating the fold, twice (CE, then KL):
+    one uniform number (the `datasets` shuffle without a seed takes one to make its own seed) and
+    a permutation of the 100 OpenWebText samples. The public script always measures CE and KL,
+    so these draws happen whatever this run measures."""
+    rng = np.random.RandomState(seed)
+    splits = []
+    for fold in range(len(parts)):
+        development = _development(parts, fold)
+        train = development[rng.permutation(len(development))[:_num_train(len(development), val_ratio)]]
+        val = development[~np.isin(development, train)]
+        splits.append((train, val, parts[fold].copy()))
+        for _ in ("ce", "kl"):
+            rng.random_sample()
+            rng.permutation(PUBLIC_OWT_SAMPLES)
     return splits
 
 
@@ -50,23 +86,27 @@ def train_val_split(
     questions: np.ndarray, val_ratio: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Training questions drawn without replacement (a share 1 - val_ratio, rounded down); the rest validate."""
-    num_train = int(len(questions) * (1 - val_ratio))
-    if num_train == 0 or num_train == len(questions):
-        raise UsageError(
-            f"val_ratio={val_ratio} leaves an empty training or validation set for "
-            f"{len(questions)} development questions; use more questions or a val_ratio such as 0.2"
-        )
-    train = np.sort(rng.choice(questions, size=num_train, replace=False))
+    train = np.sort(rng.choice(questions, size=_num_train(len(questions), val_ratio), replace=False))
     return train, np.setdiff1d(questions, train)
 
 
+def _num_train(num_questions: int, val_ratio: float) -> int:
+    num_train = int(num_questions * (1 - val_ratio))
+    if num_train == 0 or num_train == num_questions:
+        raise UsageError(
+            f"val_ratio={val_ratio} leaves an empty training or validation set for "
+            f"{num_questions} development questions; use more questions or a val_ratio such as 0.2"
+        )
+    return num_train
+
+
 def fold_splits(
-    num_questions: int, num_fold: int, fold: int, val_ratio: float, seed: int
+    num_questions: int, num_fold: int, fold: int, val_ratio: float, seed: int, split_rng: str = "default"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(train, val, test) question indices of one fold, identical to `all_fold_splits(...)[fold]`."""
     if not 0 <= fold < num_fold:
         raise UsageError(f"fold {fold} is out of range for num_fold={num_fold}; pick 0..{num_fold - 1}")
-    return all_fold_splits(num_questions, num_fold, val_ratio, seed)[fold]
+    return all_fold_splits(num_questions, num_fold, val_ratio, seed, split_rng)[fold]
 
 
 def _check_fold_arguments(num_questions: int, num_fold: int, val_ratio: float) -> None:
@@ -104,16 +144,19 @@ def flattened_idx_to_layer_head(flattened_idx: int, num_heads: int) -> Head:
 
 
 def top_heads(val_accuracies: np.ndarray, k: int) -> list[Head]:
-    """The k heads of highest accuracy, best first; equal accuracies keep flattened-index order.
+    """The k heads of highest accuracy, best first, ranked as the public workflow ranks them.
 
-    Accuracies are multiples of 1/len(val) so ties are common; a stable sort makes the choice
-    reproducible (the public workflow's reversed, unstable argsort leaves their order arbitrary).
+    Accuracies are multiples of 1/len(val) so ties are common, and which of the tied heads make
+    the top k changes the intervention. The public code reverses NumPy's default argsort of the
+    flattened accuracies; doing the same picks the same heads from the same accuracies. That sort
+    is not stable and its order of equal values depends on the NumPy build and the CPU (SIMD
+    sorts on AVX-512 machines), so ties match the public run on the same NumPy and hardware.
     """
     accs = np.asarray(val_accuracies)
     if accs.ndim != 2:
         raise UsageError(f"val_accuracies must be [layers, heads], got shape {accs.shape}")
     _check_k(k, accs.size)
-    order = np.argsort(-accs.ravel(), kind="stable")[:k]
+    order = np.argsort(accs.ravel())[::-1][:k]
     return [(int(i // accs.shape[1]), int(i % accs.shape[1])) for i in order]
 
 

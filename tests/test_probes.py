@@ -22,6 +22,7 @@ from iti.probes import (
     top_heads,
     train_probes,
 )
+from tests.reference import public_split_draws, public_top_heads
 
 L, H, D = 4, 6, 16
 # Heads with a planted signal (validation accuracy about 0.7-0.85, noise heads about 0.5).
@@ -95,6 +96,32 @@ def test_folds_partition_the_questions(num_questions, num_fold):
     assert all(np.array_equal(a, b) for s, t in zip(splits, again) for a, b in zip(s, t))
 
 
+@pytest.mark.parametrize("num_questions,num_fold,seed", [(817, 2, 42), (60, 2, 1), (817, 3, 2)])
+def test_public_split_stream_follows_the_public_draw_order(num_questions, num_fold, seed):
+    ours = all_fold_splits(num_questions, num_fold, 0.2, seed, split_rng="public")
+    theirs = public_split_draws(num_questions, num_fold, 0.2, seed)
+    for (train, val, test), (p_train, p_val, p_test) in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(train, p_train)  # drawn order too: the split files list it
+        np.testing.assert_array_equal(val, p_val)
+        np.testing.assert_array_equal(test, p_test)
+    # The evaluation draws between folds matter: without them fold 1 would train on other questions.
+    rng = np.random.RandomState(seed)
+    rng.choice(np.concatenate(np.array_split(np.arange(num_questions), num_fold)[1:]),
+               size=len(ours[0][0]), replace=False)
+    development = np.concatenate([p for j, p in enumerate(np.array_split(np.arange(num_questions), num_fold)) if j != 1])
+    assert not np.array_equal(rng.choice(development, size=len(ours[1][0]), replace=False), ours[1][0])
+
+
+def test_public_split_stream_leaves_the_global_generator_alone():
+    np.random.seed(7)
+    expected = np.random.random()
+    np.random.seed(7)
+    all_fold_splits(50, 2, 0.2, 3, split_rng="public")
+    assert np.random.random() == expected
+    with pytest.raises(UsageError, match="split generator"):
+        all_fold_splits(50, 2, 0.2, 3, split_rng="mt")
+
+
 @pytest.mark.parametrize("args", [(10, 1, 0, 0.2), (3, 4, 0, 0.2), (10, 2, 2, 0.2), (10, 2, 0, 0.0),
                                   (10, 2, 0, 1.0), (3, 2, 0, 0.2)])
 def test_bad_fold_arguments_raise_usage_error(args):
@@ -120,10 +147,20 @@ def test_flattened_index_round_trip():
             assert flattened_idx_to_layer_head(idx, 5) == (layer, head)
 
 
-def test_top_heads_best_first_ties_by_flattened_index():
+def test_top_heads_best_first_ties_as_the_public_ranking():
     accs = np.array([[0.5, 0.9, 0.7], [0.9, 0.7, 0.1]])
-    assert top_heads(accs, 4) == [(0, 1), (1, 0), (0, 2), (1, 1)]
+    top = top_heads(accs, 4)
+    assert set(top[:2]) == {(0, 1), (1, 0)} and set(top[2:]) == {(0, 2), (1, 1)}
+    assert top == public_top_heads(accs, 4)
     assert top_heads(accs, 0) == []
+    # The bundled model's geometry with 40 validation rows: 270 heads on 41 possible accuracies.
+    tied = np.random.default_rng(0).integers(20, 30, size=(30, 9)) / 40
+    top = top_heads(tied, 8)
+    assert top == public_top_heads(tied, 8)
+    chosen = sorted((tied[head] for head in top), reverse=True)
+    assert [tied[head] for head in top] == chosen  # best first
+    threshold = chosen[-1]
+    assert {h for h in np.ndindex(tied.shape) if tied[h] > threshold} <= set(top)
     for k in (-1, 7):
         with pytest.raises(UsageError):
             top_heads(accs, k)

@@ -1,0 +1,68 @@
+"""What made a number: code version, library versions, device, the exact feature files, model and options.
+
+Recorded in every validate_2fold summary (in the manner of lm-evaluation-harness), so a result
+can be traced to the commit, the data and the settings that produced it.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import platform
+import subprocess
+from pathlib import Path
+from typing import Iterable
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RECORDED_PACKAGES = ("torch", "transformers", "pyvene", "numpy")
+
+
+def git_state(repo: Path = REPO_ROOT) -> dict[str, str | bool | None]:
+    """The checked-out commit and whether tracked files differ from it (None for both outside a git checkout)."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    changes = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": None if changes is None else bool(changes)}
+
+
+def package_versions(names: Iterable[str] = RECORDED_PACKAGES) -> dict[str, str | None]:
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def describe_device(device: str) -> str:
+    """The device and, for a GPU, its name (the same code gives other float noise on other cards)."""
+    if device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return f"{device} ({platform.processor() or platform.machine()})"
+
+
+def run_provenance(config: dict, feature_files: Iterable[Path], model_source: str, device: str) -> dict:
+    """The record for a run's summary: git commit and dirty flag, library versions, device, a
+    content hash of each features file read, the model source and the full configuration."""
+    return {
+        "git": git_state(),
+        "versions": {"python": platform.python_version(), **package_versions()},
+        "device": describe_device(device),
+        "features_sha256": {str(path): file_sha256(Path(path)) for path in feature_files},
+        "model_source": model_source,
+        "config": config,
+    }

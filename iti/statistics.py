@@ -1,0 +1,100 @@
+"""Uncertainty of per-question means: a seeded percentile bootstrap over questions, and paired
+differences between two runs scored on the same questions.
+
+Every metric of a run is a mean over test questions (folds pooled: each question is in exactly
+one test fold), except True*Info, the product of the mean True and the mean Info. A bootstrap
+resample draws the questions with replacement and recomputes every metric from the same draw,
+so True*Info and paired differences keep their correlations. Paired differences resample the
+questions jointly: run and baseline are scored on one draw, so the question-to-question spread
+that both runs share cancels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from iti.errors import UsageError
+
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_LEVEL = 0.95
+BOOTSTRAP_SEED = 0
+# A metric that is not a per-question mean: (name, factors); its value is the product of the factors' means.
+PRODUCT_METRICS = {"True*Info": ("True", "Info")}
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate and its bootstrap percentile interval."""
+
+    value: float
+    low: float
+    high: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"value": self.value, "low": self.low, "high": self.high}
+
+
+def metric_values(means: Mapping[str, np.ndarray | float]) -> dict[str, np.ndarray | float]:
+    """`means` plus each product metric whose factors are present (works on scalars and on arrays of resamples)."""
+    values = dict(means)
+    for name, factors in PRODUCT_METRICS.items():
+        if all(f in values for f in factors):
+            values[name] = np.prod([values[f] for f in factors], axis=0)
+    return values
+
+
+def resampled_means(scores: Mapping[str, np.ndarray], resamples: int = BOOTSTRAP_RESAMPLES,
+                    seed: int = BOOTSTRAP_SEED) -> dict[str, np.ndarray]:
+    """Per metric, its mean in each of `resamples` draws of the questions with replacement ([resamples]).
+
+    Every metric uses the same draws (row b of one [resamples, questions] index array), and two
+    calls with the same seed and number of questions draw the same questions: that is what pairs
+    a run with its baseline.
+    """
+    num_questions = _num_questions(scores)
+    draws = np.random.default_rng(seed).integers(0, num_questions, size=(resamples, num_questions))
+    return {name: np.asarray(values, dtype=np.float64)[draws].mean(axis=1) for name, values in scores.items()}
+
+
+def intervals(scores: Mapping[str, np.ndarray], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+              level: float = BOOTSTRAP_LEVEL) -> dict[str, Interval]:
+    """Per metric (per-question scores, and the products of PRODUCT_METRICS), its value and bootstrap interval."""
+    point = metric_values({name: float(np.mean(values)) for name, values in scores.items()})
+    samples = metric_values(resampled_means(scores, resamples, seed))
+    return {name: _interval(point[name], samples[name], level) for name in point}
+
+
+def paired_differences(treated: Mapping[str, np.ndarray], baseline: Mapping[str, np.ndarray],
+                       resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                       level: float = BOOTSTRAP_LEVEL) -> dict[str, Interval]:
+    """Per metric both runs have, treated minus baseline and its paired bootstrap interval.
+
+    Row i of every array is the same question in both runs (align them before calling).
+    """
+    shared = [name for name in treated if name in baseline]
+    if _num_questions(treated) != _num_questions(baseline):
+        raise UsageError(f"paired runs must score the same questions: {_num_questions(treated)} against "
+                         f"{_num_questions(baseline)}; compare runs with the same seed, folds and --limit")
+    treated = {name: treated[name] for name in shared}
+    baseline = {name: baseline[name] for name in shared}
+    point_t = metric_values({name: float(np.mean(v)) for name, v in treated.items()})
+    point_b = metric_values({name: float(np.mean(v)) for name, v in baseline.items()})
+    samples_t = metric_values(resampled_means(treated, resamples, seed))
+    samples_b = metric_values(resampled_means(baseline, resamples, seed))
+    return {name: _interval(point_t[name] - point_b[name], samples_t[name] - samples_b[name], level)
+            for name in point_t}
+
+
+def _interval(value: float, samples: np.ndarray, level: float) -> Interval:
+    tail = (1 - level) / 2
+    low, high = np.quantile(samples, [tail, 1 - tail])
+    return Interval(float(value), float(low), float(high))
+
+
+def _num_questions(scores: Mapping[str, np.ndarray]) -> int:
+    lengths = {len(values) for values in scores.values()}
+    if len(lengths) != 1 or 0 in lengths:
+        raise UsageError(f"per-question scores must be non-empty and of one length, got lengths {sorted(lengths)}")
+    return lengths.pop()
