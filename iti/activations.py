@@ -44,6 +44,16 @@ def load_features(features_dir: str | Path, model_name: str, dataset: str, kind:
     return acts, np.load(paths[1]), np.load(paths[2])
 
 
+def first_question_rows(question_ids: np.ndarray, limit: int, remedy: str) -> np.ndarray:
+    """Rows of the set's first `limit` questions, in the set's own order (what get_activations --limit
+    extracts), so `--limit N` reads the same rows from full features and from features of N questions.
+    Every script trims every feature set it reads this way; `remedy` says how to make larger features."""
+    available = int(question_ids.max()) + 1 if len(question_ids) else 0
+    if limit > available:
+        raise UsageError(f"--limit {limit} asks for more questions than the {available} in these features; {remedy}")
+    return np.flatnonzero(question_ids < limit)
+
+
 def tokenize_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
     return tokenizer(prompts, add_special_tokens=True)["input_ids"]
 

@@ -1,5 +1,9 @@
 """validate_2fold: per fold, head shifts from the development questions, evaluation on the test questions.
 
+Features are read under the name of the model being run (`{model_prefix}{model_name}`, as
+get_activations writes them). `--limit N` keeps the first N questions (MC order) for the folds and
+the first N questions of the tuning set (its own order, as get_activations --limit N extracts them).
+
 Layout under `results_dir` (the public workflow's, with `_limit_{N}` added to names of runs on the
 first N questions so they never overwrite full runs):
 - `splits/fold_{i}_{train|val|test}_seed_{seed}.csv`: each fold's questions (TruthfulQA columns);
@@ -25,7 +29,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from iti.activations import feature_path, load_features
+from iti.activations import feature_path, first_question_rows, get_activations_command, load_features
 from iti.config import ValidationConfig
 from iti.ce_kl import ce_kl_metrics, load_owt_texts
 from iti.data import GenerationQuestion, TruthfulQA, check_limit, load_truthfulqa
@@ -88,10 +92,9 @@ class ProbingFeatures:
 
 
 def load_probing_features(cfg: ValidationConfig, tqa: TruthfulQA, num_questions: int) -> ProbingFeatures:
-    """The probing set (rows indexed by MC-order question) and the tuning set, as the public workflow
-    names them: features of `--model_name` without the prefix (a prefixed model is probed with the
-    features of its base model)."""
-    acts, labels, question_ids = load_features(cfg.features_dir, cfg.model_name, cfg.dataset_name)
+    """The probing set (rows indexed by MC-order question) and the tuning set (its first --limit
+    questions), both extracted from the model being run."""
+    acts, labels, question_ids = load_features(cfg.features_dir, cfg.output_name, cfg.dataset_name)
     if cfg.dataset_name != "tqa_mc2":
         # The generation sets index questions in generation order; folds use the MC order.
         mc_index = {q.question.strip(): i for i, q in enumerate(tqa.multiple_choice)}
@@ -100,10 +103,13 @@ def load_probing_features(cfg: ValidationConfig, tqa: TruthfulQA, num_questions:
     covered = np.unique(question_ids[(question_ids >= 0) & (question_ids < num_questions)])
     if len(covered) < num_questions:
         raise UsageError(
-            f"{feature_path(cfg.features_dir, cfg.model_name, cfg.dataset_name, 'head_wise')} covers "
+            f"{feature_path(cfg.features_dir, cfg.output_name, cfg.dataset_name, 'head_wise')} covers "
             f"{len(covered)} of the {num_questions} questions this run uses; extract it for them "
             f"(get_activations with --limit {num_questions} or none)")
-    tuning_acts, _, _ = load_features(cfg.features_dir, cfg.model_name, cfg.activations_dataset)
+    tuning_acts, _, tuning_question_ids = load_features(cfg.features_dir, cfg.output_name, cfg.activations_dataset)
+    if cfg.limit is not None:
+        remedy = f"extract them for more questions (`{get_activations_command(cfg.output_name, cfg.activations_dataset)}`)"
+        tuning_acts = np.asarray(tuning_acts[first_question_rows(tuning_question_ids, cfg.limit, remedy)])
     return ProbingFeatures(acts, labels, question_ids, tuning_acts)
 
 
@@ -112,7 +118,7 @@ def check_feature_geometry(features: ProbingFeatures, geometry, cfg: ValidationC
     for dataset, acts in ((cfg.dataset_name, features.acts), (cfg.activations_dataset, features.tuning_acts)):
         if acts.ndim != 3 or acts.shape[1:] != expected:
             raise UsageError(
-                f"features {feature_path(cfg.features_dir, cfg.model_name, dataset, 'head_wise')} have per-row shape "
+                f"features {feature_path(cfg.features_dir, cfg.output_name, dataset, 'head_wise')} have per-row shape "
                 f"{acts.shape[1:]} but the model has {geometry.num_layers} layers x {geometry.width} (heads x head_dim): "
                 f"they come from another model; re-extract them with this model")
     total = geometry.num_layers * geometry.num_heads
@@ -252,7 +258,8 @@ def run_validation(cfg: ValidationConfig, progress: bool = True, log: Callable[[
 
 def _fold_head_shifts(cfg: ValidationConfig, features: ProbingFeatures, geometry, train: np.ndarray,
                       val: np.ndarray, fold: int, source: str) -> HeadShifts:
-    """Probes, heads, directions and σ from the fold's development (train + val) questions only."""
+    """Probes, heads and directions from the fold's development (train + val) questions only; σ from
+    every row of the tuning set (--activations_dataset), as the public workflow takes it."""
     return build_head_shifts(
         features.acts, features.labels,
         rows_of_questions(features.question_ids, train), rows_of_questions(features.question_ids, val),

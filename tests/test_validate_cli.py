@@ -220,3 +220,22 @@ def test_script_bad_input_is_one_line_and_exit_2(setup, tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "unknown metric bleu" in errors[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_features_are_read_under_the_prefixed_name(setup, tmp_path):
+    """One rule in every script: features carry the name of the model they come from, prefix included."""
+    with pytest.raises(UsageError, match=re.escape(f"x_{MODEL}_tqa_mc2_head_wise.npy not found")):
+        run_validation(config(setup, tmp_path, model_prefix="x_"), progress=False, log=lambda _: None)
+
+
+def test_limit_trims_the_tuning_rows(setup, tmp_path):
+    """σ with --limit 4 comes from the tuning set's first 4 questions, as edit_weight takes it."""
+    record = run_validation(config(setup, tmp_path, limit=4), progress=False, log=lambda _: None)
+    tuning = np.load(setup["features"] / f"{MODEL}_tqa_gen_end_q_head_wise.npy")
+    question_ids = np.load(setup["features"] / f"{MODEL}_tqa_gen_end_q_question_ids.npy")
+    assert question_ids.max() == 5  # extracted for 6 questions: trimming has rows to drop
+    shifts = HeadShifts.load(record["folds"][0]["files"]["head_shifts"])
+    d = shifts.head_dim
+    for layer, head, direction, sigma in zip(shifts.layers, shifts.heads, shifts.directions, shifts.sigmas):
+        block = tuning[:, layer, head * d:(head + 1) * d].astype(np.float64)
+        assert sigma == pytest.approx(np.std(block[question_ids < 4] @ direction), rel=1e-6)

@@ -46,7 +46,7 @@ def load_feature_set(cfg: EditConfig, dataset: str, geometry):
     """(head-wise activations, labels, question ids) of the first --limit questions, checked against the model."""
     import numpy as np
 
-    from iti.activations import load_features
+    from iti.activations import first_question_rows, load_features
     from iti.errors import UsageError
     from iti.probes import check_finite_activations
 
@@ -61,11 +61,7 @@ def load_feature_set(cfg: EditConfig, dataset: str, geometry):
         raise UsageError(f"{dataset} features, labels and question ids differ in length; re-run "
                          f"`{extraction_command(cfg, dataset)}`")
     if cfg.limit is not None:
-        available = int(question_ids.max()) + 1 if len(question_ids) else 0
-        if cfg.limit > available:
-            raise UsageError(f"--limit {cfg.limit} asks for more questions than the {available} in the {dataset} "
-                             f"features; re-run `{extraction_command(cfg, dataset)}`")
-        rows = np.flatnonzero(question_ids < cfg.limit)
+        rows = first_question_rows(question_ids, cfg.limit, f"re-run `{extraction_command(cfg, dataset)}`")
         acts, labels, question_ids = np.asarray(acts[rows]), labels[rows], question_ids[rows]
     check_finite_activations(acts)
     return acts, labels, question_ids
