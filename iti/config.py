@@ -149,6 +149,13 @@ class ValidationConfig(HeadShiftOptions):
                              f"use --limit {self.num_fold} or more")
 
 
+# The settings that change a run's numbers; runs that agree on all of them but the seed are repeats.
+NUMBER_SETTINGS = ("model_name", "model_prefix", "model_path", "dtype", "dataset_name", "activations_dataset",
+                   "probe_backend", "instruction_prompt", "num_fold", "val_ratio", "use_center_of_mass",
+                   "use_random_dir", "seed", "num_heads", "alpha", "limit", "max_new_tokens", "judge_model",
+                   "info_model")
+
+
 @dataclass
 class EditConfig(HeadShiftOptions):
     output_dir: str | None = option(None, "default: validation/results_dump/edited_models_dump/"

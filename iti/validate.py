@@ -161,6 +161,16 @@ def evaluate_fold(shifted: ShiftedModel, tokenizer, records: list[GenerationQues
     return frame, with_products(results)
 
 
+# Metrics scored per question (each a column of the answer files); the rest are run-level.
+PER_QUESTION_METRICS = ("MC1", "MC2", "MC3", "True", "Info")
+
+
+def answer_scores(frame: pd.DataFrame, tag: str) -> dict[str, np.ndarray]:
+    """Per-question scores of an answer file (one array per metric it has), in the frame's row order."""
+    columns = {key: f"{tag} {SUMMARY_COLUMNS[key]}" for key in PER_QUESTION_METRICS}
+    return {key: frame[column].to_numpy(dtype=np.float64) for key, column in columns.items() if column in frame}
+
+
 def summary_frame(cfg: ValidationConfig, fold: int | None, results: dict[str, float]) -> pd.DataFrame:
     row = {"Model": cfg.output_name, "alpha": cfg.alpha, "K": cfg.num_heads, "fold": "mean" if fold is None else fold}
     row.update({column: results[key] for key, column in SUMMARY_COLUMNS.items()})

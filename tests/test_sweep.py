@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -21,7 +22,8 @@ SLURM_SWEEP = REPO_ROOT / "validation" / "sweeping" / "sweep_slurm.sh"
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, tokenizer, tqa_path):
+def tiny_run(tmp_path_factory, tokenizer, tqa_path):
+    """run(results_dir, alpha, K, seed, limit): a validate_2fold run of a tiny model on a few questions."""
     from iti.activations import save_features
     from iti.data import build_prompt_set
 
@@ -30,19 +32,36 @@ def sweep(tmp_path_factory, tokenizer, tqa_path):
     model.save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
     for dataset in ("tqa_mc2", "tqa_gen_end_q"):
-        save_features(model, tokenizer, build_prompt_set(dataset, tqa_path, limit=4), root / "features", "tq",
+        save_features(model, tokenizer, build_prompt_set(dataset, tqa_path, limit=6), root / "features", "tq",
                       progress=False)
-    records = []
-    for alpha, k in ((0.0, 0), (4.0, 2), (8.0, 2)):
+
+    def run(results_dir, alpha, k, seed=42, limit=4):
         cfg = ValidationConfig(model_name="tq", model_path=str(root / "model"), features_dir=str(root / "features"),
-                               results_dir=str(root / "results"), tqa_path=str(tqa_path), limit=4, num_heads=k,
-                               alpha=alpha, use_center_of_mass=True, metrics=("mc",), device="cpu")
-        records.append(run_validation(cfg, progress=False, log=lambda _: None))
+                               results_dir=str(results_dir), tqa_path=str(tqa_path), limit=limit, num_heads=k,
+                               alpha=alpha, use_center_of_mass=True, metrics=("mc",), device="cpu", seed=seed)
+        return run_validation(cfg, progress=False, log=lambda _: None)
+
+    return root, run
+
+
+@pytest.fixture(scope="module")
+def sweep(tiny_run):
+    root, run = tiny_run
+    records = [run(root / "results", alpha, k) for alpha, k in ((0.0, 0), (4.0, 2), (8.0, 2))]
     # An interrupted run (complete: false) must not enter the table.
     partial = json.loads(open(records[-1]["json_path"]).read())
     partial.update(complete=False, config={**partial["config"], "alpha": 12.0})
     (root / "results" / "results_dump" / "summary_dump" / "partial.json").write_text(json.dumps(partial))
     return root, records
+
+
+@pytest.fixture(scope="module")
+def seeds(tiny_run):
+    """Seeds 1-3 of one ITI setting and of its baseline, on 6 questions (the tiny model's MC2 moves on one)."""
+    root, run = tiny_run
+    results = root / "seeds"
+    return results, {(alpha, k): [run(results, alpha, k, seed, limit=6) for seed in (1, 2, 3)]
+                     for alpha, k in ((0.0, 0), (20.0, 3))}
 
 
 def test_table_and_plot(sweep, monkeypatch, capsys):
@@ -53,6 +72,7 @@ def test_table_and_plot(sweep, monkeypatch, capsys):
     out_dir = root / "results" / "results_dump" / "sweep_dump"
     table = pd.read_csv(out_dir / "tq_center_of_mass_limit_4.csv")
     assert table[["K", "alpha"]].values.tolist() == [[0, 0.0], [2, 4.0], [2, 8.0]]
+    assert table["seeds"].astype(str).tolist() == ["42"] * 3 and table["MC2 std"].isna().all()
     for (_, row), record in zip(table.iterrows(), records):
         assert row["MC2"] == pytest.approx(record["final"]["MC2"])
         assert row["MC1"] == pytest.approx(record["final"]["MC1"])
@@ -335,3 +355,48 @@ def test_slurm_sweep_equals_sequential_runs(slurm, tqa_path, tmp_path):
                                             results_dir=str(tmp_path / "sequential")), progress=False, log=lambda _: None)
     sequential = collect(tmp_path / "sequential", "smollm2_135M_instruct", "center_of_mass", None, 8)
     pd.testing.assert_frame_equal(from_slurm.drop(columns="json"), sequential.drop(columns="json"))
+def per_question(records, column):
+    """({question: score averaged over the records (seeds)}, {question: category}), every fold's answer file
+    read directly; questions in test-fold order (the bootstrap's draws index questions in that order)."""
+    answers = pd.concat([pd.read_csv(fold["files"]["answers"]) for record in records for fold in record["folds"]])
+    by_question = answers.groupby("Question", sort=False)
+    return by_question[column].mean(), by_question["Category"].first()
+
+
+def test_seeds_grouped_and_paired_with_the_baseline(seeds, monkeypatch, capsys):
+    from iti.statistics import paired_differences
+
+    results, runs = seeds
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--model_name", "tq", "--use_center_of_mass", "--limit", "6",
+                                      "--results_dir", str(results), "--by_category"])
+    runpy.run_path(str(SCRIPT), run_name="__main__")
+    out_dir = results / "results_dump" / "sweep_dump"
+    table = pd.read_csv(out_dir / "tq_center_of_mass_limit_6.csv").set_index("K")
+    treated, baseline = runs[(20.0, 3)], runs[(0.0, 0)]
+    mc2 = [r["final"]["MC2"] for r in treated]
+    assert (table.at[3, "seeds"], table.at[3, "paired seeds"]) == ("1 2 3", "1 2 3")
+    assert table.at[3, "MC2"] == pytest.approx(np.mean(mc2))
+    assert table.at[3, "MC2 std"] == pytest.approx(np.std(mc2, ddof=1))
+    assert np.isnan(table.at[0, "ΔMC2"])  # the baseline has nothing to differ from
+
+    # Δ by hand: each question's MC2 averaged over seeds, then ITI minus baseline, averaged over questions.
+    ours, categories = per_question(treated, "tq MC2")
+    base, _ = per_question(baseline, "tq MC2")
+    assert len(ours) == 6
+    assert table.at[3, "ΔMC2"] == pytest.approx((ours - base.reindex(ours.index)).mean())
+    assert table.at[3, "ΔMC2"] != 0
+    ours1, _ = per_question(treated, "tq MC1")
+    base1, _ = per_question(baseline, "tq MC1")
+    expected = paired_differences({"MC2": ours.to_numpy(), "MC1": ours1.reindex(ours.index).to_numpy()},
+                                  {"MC2": base.reindex(ours.index).to_numpy(),
+                                   "MC1": base1.reindex(ours.index).to_numpy()})
+    assert (table.at[3, "ΔMC2 low"], table.at[3, "ΔMC2 high"]) == pytest.approx((expected["MC2"].low,
+                                                                                 expected["MC2"].high))
+    shown = capsys.readouterr().out
+    assert f"{np.mean(mc2):.4f} ± {np.std(mc2, ddof=1):.4f}" in shown
+
+    by_category = pd.read_csv(out_dir / "tq_center_of_mass_limit_6_by_category.csv")
+    difference = (ours - base.reindex(ours.index)).groupby(categories).mean()
+    assert dict(zip(by_category["category"], by_category["ΔMC2"])) == pytest.approx(difference.to_dict())
+    assert by_category["ΔMC2"].tolist() == sorted(by_category["ΔMC2"], reverse=True)
+    assert (out_dir / "tq_center_of_mass_limit_6_K3_alpha20_by_category.png").stat().st_size > 0
