@@ -26,6 +26,8 @@ METRICS = METRIC_OPTIONS
 PROBING_DATASETS = ("tqa_mc2", "tqa_gen", "tqa_gen_end_q")
 PROBE_BACKENDS = ("torch", "sklearn")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+# Generators of the folds' train/validation draws (iti.probes.all_fold_splits).
+SPLIT_RNGS = ("default", "public")
 
 
 def option(default, help: str, **cli):
@@ -123,6 +125,9 @@ class ValidationConfig(HeadShiftOptions):
     max_new_tokens: int = option(50, "longest generated answer, in tokens")
     results_dir: str = option(str(RESULTS_DIR), "where splits/ and results_dump/ go")
     tqa_path: str | None = option(None, "local TruthfulQA folder (default: ./TruthfulQA, else the hub)")
+    split_rng: str = option("default", "generator of the folds' train/validation draws: default (one seeded numpy "
+                                       "Generator) or public (the public validate_2fold's global NumPy stream, to "
+                                       "compare with a published seed question for question)", choices=SPLIT_RNGS)
 
     @property
     def intervenes(self) -> bool:
@@ -147,13 +152,34 @@ class ValidationConfig(HeadShiftOptions):
         if self.limit is not None and self.limit < self.num_fold:
             raise UsageError(f"--limit {self.limit} leaves fewer questions than the {self.num_fold} folds; "
                              f"use --limit {self.num_fold} or more")
+        if self.split_rng == "public" and self.use_random_dir:
+            raise UsageError("--split_rng public cannot follow the public stream with --use_random_dir (the public "
+                             "script draws its random heads and directions from the same stream); drop one of them")
 
 
+# Settings that change the numbers but are not spelled out in run names: a short hash of those that
+# differ from their defaults goes beside the readable name, so no two different runs share a file.
+HASHED_SETTINGS = ("dataset_name", "activations_dataset", "probe_backend", "instruction_prompt", "num_fold",
+                   "val_ratio", "split_rng")
+# The settings that fix each fold's questions: split files carry a hash of those not at their defaults.
+SPLIT_SETTINGS = ("num_fold", "val_ratio", "split_rng")
 # The settings that change a run's numbers; runs that agree on all of them but the seed are repeats.
 NUMBER_SETTINGS = ("model_name", "model_prefix", "model_path", "dtype", "dataset_name", "activations_dataset",
                    "probe_backend", "instruction_prompt", "num_fold", "val_ratio", "use_center_of_mass",
                    "use_random_dir", "seed", "num_heads", "alpha", "limit", "max_new_tokens", "judge_model",
-                   "info_model")
+                   "info_model", "split_rng")
+
+
+def settings_hash(cfg, names: tuple[str, ...]) -> str:
+    """`_` and 8 hex digits naming the values of `names` that differ from the defaults; "" if none does."""
+    import hashlib
+    import json
+
+    defaults = type(cfg)()
+    changed = {name: getattr(cfg, name) for name in names if getattr(cfg, name) != getattr(defaults, name)}
+    if not changed:
+        return ""
+    return "_" + hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:8]
 
 
 @dataclass

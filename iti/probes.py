@@ -14,6 +14,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from tqdm import tqdm
 
+from iti.config import SPLIT_RNGS
 from iti.errors import UsageError
 
 Head = tuple[int, int]
@@ -27,9 +28,6 @@ _GPU_CHUNK_BYTES = 4 << 30
 
 # ----------------------------------------------------------------------------- folds
 
-# Generators of the folds' train/validation draws: this project's (one numpy Generator seeded
-# per run) or the public validate_2fold's global NumPy stream (see `_public_fold_splits`).
-SPLIT_RNGS = ("default", "public")
 # The public script's CE and KL evaluations each keep this many OpenWebText samples and draw
 # them all in random order from its global stream, between one fold's split and the next.
 PUBLIC_OWT_SAMPLES = 100

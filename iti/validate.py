@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from iti.activations import feature_path, first_question_rows, get_activations_command, load_features
-from iti.config import ValidationConfig
+from iti.config import HASHED_SETTINGS, SPLIT_SETTINGS, ValidationConfig, settings_hash
 from iti.ce_kl import ce_kl_metrics, load_owt_texts
 from iti.data import GenerationQuestion, TruthfulQA, check_limit, load_truthfulqa
 from iti.errors import UsageError
@@ -52,14 +52,16 @@ SUMMARY_COLUMNS = {metric.name: metric.column for metric in METRIC_TABLE}
 
 
 def run_name(cfg: ValidationConfig, fold: int | None = None) -> str:
-    """`{model}_seed_{seed}_top_{K}_heads_alpha_{α}[_limit_{N}][_fold_{i}][_com|_random]`.
+    """`{model}_seed_{seed}_top_{K}_heads_alpha_{α}[_limit_{N}][_{hash}][_fold_{i}][_com|_random]`.
 
     α is written with `:g` (15 → "15", 2.5 → "2.5"): the public int(α) made sweeps over
-    fractional α overwrite each other.
+    fractional α overwrite each other. The hash stands for the other settings that change the
+    numbers (HASHED_SETTINGS) where they differ from the defaults; the JSON summary spells them out.
     """
     name = f"{cfg.output_name}_seed_{cfg.seed}_top_{cfg.num_heads}_heads_alpha_{cfg.alpha:g}"
     if cfg.limit is not None:
         name += f"_limit_{cfg.limit}"
+    name += settings_hash(cfg, HASHED_SETTINGS)
     if fold is not None:
         name += f"_fold_{fold}"
     return name + {"center_of_mass": "_com", "random": "_random", "probe": ""}[cfg.method]
@@ -195,7 +197,7 @@ def run_validation(cfg: ValidationConfig, progress: bool = True, log: Callable[[
     records = tqa.generation_in_mc_order()
     num_questions = check_limit(cfg.limit, len(records))
     records = records[:num_questions]
-    splits = all_fold_splits(num_questions, cfg.num_fold, cfg.val_ratio, cfg.seed)
+    splits = all_fold_splits(num_questions, cfg.num_fold, cfg.val_ratio, cfg.seed, cfg.split_rng)
 
     notes: list[str] = []
     judge_sources = {}
@@ -221,7 +223,7 @@ def run_validation(cfg: ValidationConfig, progress: bool = True, log: Callable[[
 
     results_dir = Path(cfg.results_dir)
     dump = results_dir / "results_dump"
-    limit_tag = f"_limit_{cfg.limit}" if cfg.limit is not None else ""
+    limit_tag = (f"_limit_{cfg.limit}" if cfg.limit is not None else "") + settings_hash(cfg, SPLIT_SETTINGS)
     record = {
         "config": dataclasses.asdict(cfg),
         "resolved": {"model_source": source, "model_dtype": str(model.dtype), "judges": judge_sources,

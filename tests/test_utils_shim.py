@@ -9,6 +9,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from iti.errors import UsageError
+from tests.reference import public_top_heads
 
 # Loaded by path: utils.py lives at the repository root, which pytest does not always put on sys.path.
 _spec = importlib.util.spec_from_file_location("iti_root_utils", Path(__file__).resolve().parents[1] / "utils.py")
@@ -92,8 +93,7 @@ def test_get_top_heads(separated):
     _, _, parts, sep_labels, _ = separated
     _, accs = public_train_probes(7, TRAIN, VAL, parts, sep_labels)
     top, models = utils.get_top_heads(TRAIN, VAL, parts, sep_labels, L, H, 7, 5)
-    expected = sorted(range(L * H), key=lambda i: (-accs[i], i))[:5]
-    assert top == [(i // H, i % H) for i in expected] and top[0] == (2, 1)
+    assert top == public_top_heads(accs.reshape(L, H), 5) and top[0] == (2, 1)
     assert len(models) == L * H
     random_top, _ = utils.get_top_heads(TRAIN, VAL, parts, sep_labels, L, H, 7, 5, use_random_dir=True)
     assert len(set(random_top)) == 5 and all(0 <= l < L and 0 <= h < H for l, h in random_top)

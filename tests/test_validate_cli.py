@@ -190,6 +190,7 @@ def test_baseline_needs_no_features(setup, tmp_path):
     ({"dataset_name": "nq_open"}, "cannot train probes on TruthfulQA folds"),
     ({"limit": 8}, "covers 6 of the 8 questions"),
     ({"instruction_prompt": "chatty"}, "unknown --instruction_prompt"),
+    ({"split_rng": "public", "use_random_dir": True}, "--split_rng public cannot follow the public stream"),
 ])
 def test_bad_input(setup, tmp_path, overrides, message):
     with pytest.raises(UsageError, match=re.escape(message)):
@@ -239,3 +240,27 @@ def test_limit_trims_the_tuning_rows(setup, tmp_path):
     for layer, head, direction, sigma in zip(shifts.layers, shifts.heads, shifts.directions, shifts.sigmas):
         block = tuning[:, layer, head * d:(head + 1) * d].astype(np.float64)
         assert sigma == pytest.approx(np.std(block[question_ids < 4] @ direction), rel=1e-6)
+
+
+def test_run_names_differ_whenever_the_numbers_can():
+    from iti.validate import run_name
+
+    plain = ValidationConfig(model_name=MODEL, limit=6)
+    assert run_name(plain) == f"{MODEL}_seed_42_top_48_heads_alpha_15_limit_6"  # the public layout
+    variants = [ValidationConfig(model_name=MODEL, limit=6, **change) for change in (
+        {"val_ratio": 0.3}, {"num_fold": 3}, {"split_rng": "public"}, {"probe_backend": "sklearn"},
+        {"instruction_prompt": "none"}, {"dataset_name": "tqa_gen"}, {"activations_dataset": "tqa_gen"},
+        {"val_ratio": 0.3, "num_fold": 3})]
+    names = [run_name(cfg) for cfg in [plain, *variants]]
+    assert len(set(names)) == len(names)
+    assert all(name.startswith(f"{MODEL}_seed_42_top_48_heads_alpha_15_limit_6_") for name in names[1:])
+
+
+def test_public_split_stream_run(setup, tmp_path):
+    record = run_validation(config(setup, tmp_path, split_rng="public", num_heads=0), progress=False,
+                            log=lambda _: None)
+    public = all_fold_splits(6, 2, 0.2, 42, split_rng="public")
+    assert [f["train"] for f in record["folds"]] == [s[0].tolist() for s in public]
+    split_file = record["folds"][1]["files"]["splits"]["train"]
+    assert split_file.endswith(".csv") and "_limit_6_" in split_file  # beside, not over, the default run's files
+    assert pd.read_csv(split_file)["Question"].tolist() == [setup_records(setup)[q].question for q in public[1][0]]
