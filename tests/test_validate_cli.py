@@ -190,7 +190,8 @@ def test_baseline_needs_no_features(setup, tmp_path):
     ({"dataset_name": "nq_open"}, "cannot train probes on TruthfulQA folds"),
     ({"limit": 8}, "covers 6 of the 8 questions"),
     ({"instruction_prompt": "chatty"}, "unknown --instruction_prompt"),
-    ({"split_rng": "public", "use_random_dir": True}, "--split_rng public cannot follow the public stream"),
+    ({"split_rng": "public", "use_random_dir": True, "use_center_of_mass": False},
+     "--split_rng public cannot follow the public stream"),
 ])
 def test_bad_input(setup, tmp_path, overrides, message):
     with pytest.raises(UsageError, match=re.escape(message)):
