@@ -10,18 +10,18 @@ that both runs share cancels.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
 
 from iti.errors import UsageError
+from iti.metrics import METRICS
 
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_LEVEL = 0.95
 BOOTSTRAP_SEED = 0
-# A metric that is not a per-question mean: (name, factors); its value is the product of the factors' means.
-PRODUCT_METRICS = {"True*Info": ("True", "Info")}
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,12 @@ class Interval:
 
 
 def metric_values(means: Mapping[str, np.ndarray | float]) -> dict[str, np.ndarray | float]:
-    """`means` plus each product metric whose factors are present (works on scalars and on arrays of resamples)."""
+    """`means` plus each derived metric (iti.metrics) whose factors are present; works on scalars and
+    on arrays of resampled means alike."""
     values = dict(means)
-    for name, factors in PRODUCT_METRICS.items():
-        if all(f in values for f in factors):
-            values[name] = np.prod([values[f] for f in factors], axis=0)
+    for metric in METRICS:
+        if metric.product_of and all(name in values for name in metric.product_of):
+            values[metric.name] = math.prod(values[name] for name in metric.product_of)
     return values
 
 
@@ -60,7 +61,7 @@ def resampled_means(scores: Mapping[str, np.ndarray], resamples: int = BOOTSTRAP
 
 def intervals(scores: Mapping[str, np.ndarray], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
               level: float = BOOTSTRAP_LEVEL) -> dict[str, Interval]:
-    """Per metric (per-question scores, and the products of PRODUCT_METRICS), its value and bootstrap interval."""
+    """Per metric (per-question scores, and the derived products), its value and bootstrap interval."""
     point = metric_values({name: float(np.mean(values)) for name, values in scores.items()})
     samples = metric_values(resampled_means(scores, resamples, seed))
     return {name: _interval(point[name], samples[name], level) for name in point}

@@ -12,7 +12,11 @@ CI_SCRIPT = conftest.REPO_ROOT / ".ci" / "run"
 def test_ci_fails_when_pytest_collects_nothing(tmp_path):
     (tmp_path / ".ci").mkdir()
     shutil.copy(CI_SCRIPT, tmp_path / ".ci" / "run")
-    (tmp_path / "setup.sh").write_text("true\n")  # installation is not what this checks
+    # Installation and the local SLURM are not what this checks: stand-ins that succeed.
+    (tmp_path / "setup.sh").write_text("true\n")
+    (tmp_path / "tests" / "slurm").mkdir(parents=True)
+    for script in ("start_local_slurm.sh", "stop_local_slurm.sh"):
+        (tmp_path / "tests" / "slurm" / script).write_text("true\n")
     done = subprocess.run(["bash", str(tmp_path / ".ci" / "run")], capture_output=True, text=True, timeout=300)
     assert "no tests ran" in done.stdout
     assert done.returncode == 5
