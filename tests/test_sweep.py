@@ -355,6 +355,8 @@ def test_slurm_sweep_equals_sequential_runs(slurm, tqa_path, tmp_path):
                                             results_dir=str(tmp_path / "sequential")), progress=False, log=lambda _: None)
     sequential = collect(tmp_path / "sequential", "smollm2_135M_instruct", "center_of_mass", None, 8)
     pd.testing.assert_frame_equal(from_slurm.drop(columns="json"), sequential.drop(columns="json"))
+
+
 def per_question(records, column):
     """({question: score averaged over the records (seeds)}, {question: category}), every fold's answer file
     read directly; questions in test-fold order (the bootstrap's draws index questions in that order)."""

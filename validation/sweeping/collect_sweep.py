@@ -101,8 +101,13 @@ def seed_averaged_answers(runs: list[dict], tag: str):
 
 
 def collect(results_dir: Path, model: str, method: str, seed: int | None, limit: int | None):
-    """(table, pairs): one row per setting (seeds averaged) and, per setting with a baseline,
-    (row index, the setting's and the baseline's seed-averaged answers) for the per-category table."""
+    """The table: one row per setting (seeds averaged), with its paired difference from its baseline."""
+    return collect_with_pairs(results_dir, model, method, seed, limit)[0]
+
+
+def collect_with_pairs(results_dir: Path, model: str, method: str, seed: int | None, limit: int | None):
+    """(table, pairs): the table and, per setting with a baseline, (row index, the setting's and the
+    baseline's seed-averaged answers) for the per-category table."""
     import numpy as np
     import pandas as pd
 
@@ -308,7 +313,7 @@ def main() -> None:
     limit = args.limit if args.limit is not None else default_limit(results_dir, model, method)
     if limit != args.limit:
         print(f"no full runs of {model}: the runs made with --limit {limit}")
-    table, pairs = collect(results_dir, model, method, args.seed, limit)
+    table, pairs = collect_with_pairs(results_dir, model, method, args.seed, limit)
     if table.empty:
         raise UsageError(f"no completed runs of {model} ({method} directions, limit {limit}) under "
                          f"{results_dir / 'results_dump' / 'summary_dump'}")
