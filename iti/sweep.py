@@ -294,9 +294,9 @@ def submit_validation(args: Sequence[str], env: Mapping[str, str]) -> None:
     extraction = [] if after else extraction_tasks([configs[cell] for cell in missing])
     if extraction:
         submissions.append(array_submission("iti_activations", EXTRACT_SCRIPT, extraction, [], env, logs))
-        described.append(f"get_activations, {len(extraction)} tasks: {', '.join(t.name for t in extraction)}")
+        described.append(f"get_activations, {tasks_of(extraction)}")
     submissions.append(array_submission("iti_validate", VALIDATE_SCRIPT, missing, flags, env, logs))
-    described.append(f"validate_2fold, {len(missing)} tasks: {', '.join(cell.name for cell in missing)}")
+    described.append(f"validate_2fold, {tasks_of(missing)}")
     submissions.append(collect_submission(models, flags, env, logs))
     described.append("collect (missing runs by name, then collect_sweep.py)")
     for job, what in zip(submit_chain(submissions, after), described):
@@ -332,9 +332,14 @@ def submit_activations(args: Sequence[str], env: Mapping[str, str]) -> None:
     logs = log_dir(env)
     [job] = submit_chain([array_submission("iti_activations", EXTRACT_SCRIPT, missing, flags, env, logs)],
                          job_ids(env.get("AFTER", "")))
-    print(f"submitted job {job}, get_activations: {len(missing)} tasks ({', '.join(t.name for t in missing)})")
+    print(f"submitted job {job}: get_activations, {tasks_of(missing)}")
     print(f"logs: {logs}/iti_activations_{job}_<task>.log")
     print(f"validation can wait for it: AFTER={job} bash validation/sweeping/sweep_slurm.sh ...")
+
+
+def tasks_of(tasks: Sequence[Task]) -> str:
+    """"2 tasks: a, b" in the order of their array indices."""
+    return f"{len(tasks)} task{'' if len(tasks) == 1 else 's'}: {', '.join(task.name for task in tasks)}"
 
 
 COMMANDS = {"cells": print_cells, "status": print_status, "slurm": submit_validation,
