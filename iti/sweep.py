@@ -145,15 +145,17 @@ def extraction_tasks(configs: Sequence) -> list[Task]:
             continue
         for dataset in (cfg.dataset_name, cfg.activations_dataset):
             argv = ["--model_name", cfg.model_name, "--dataset_name", dataset, *shared_extraction_flags(cfg)]
-            if not all(path.exists() for path in feature_files(cfg.features_dir, cfg.model_name, dataset)):
-                tasks.setdefault(shlex.join(argv), Task(f"{cfg.model_name}_{dataset}", tuple(argv)))
+            if not all(path.exists() for path in feature_files(cfg.features_dir, cfg.output_name, dataset)):
+                tasks.setdefault(shlex.join(argv), Task(f"{cfg.output_name}_{dataset}", tuple(argv)))
     return list(tasks.values())
 
 
 def shared_extraction_flags(cfg) -> list[str]:
-    """The validate_2fold settings that get_activations takes with the same meaning."""
+    """The validate_2fold settings that get_activations takes with the same meaning (both name features
+    `{model_prefix}{model_name}`)."""
     flags = ["--features_dir", str(cfg.features_dir), "--device", cfg.device, "--dtype", cfg.dtype]
-    for flag, value in (("--limit", cfg.limit), ("--model_path", cfg.model_path), ("--tqa_path", cfg.tqa_path)):
+    for flag, value in (("--model_prefix", cfg.model_prefix or None), ("--limit", cfg.limit),
+                        ("--model_path", cfg.model_path), ("--tqa_path", cfg.tqa_path)):
         if value is not None:
             flags += [flag, str(value)]
     return flags + (["--trust_remote_code"] if cfg.trust_remote_code else [])
