@@ -119,10 +119,9 @@ def random_llama(tokenizer, device: str, dtype, num_layers: int | None = None):
 def save_random_llama(folder: str, num_layers: int | None) -> None:
     """A random LLaMA-2-7B-shaped model in float16 with the bundled tokenizer, saved as an ordinary
     model folder (written under a temporary name, then renamed), for the scripts' --model_path."""
-    import shutil
-
     import torch
 
+    from iti.files import staged_folder
     from iti.models import bundled_gguf_path, gguf_to_folder, load_tokenizer
 
     target = Path(folder)
@@ -130,11 +129,9 @@ def save_random_llama(folder: str, num_layers: int | None) -> None:
         raise UsageError(f"{target} already exists; remove it or pick another folder")
     tokenizer = load_tokenizer(str(gguf_to_folder(bundled_gguf_path())))
     model = random_llama(tokenizer, "cuda" if torch.cuda.is_available() else "cpu", torch.float16, num_layers)
-    staging = target.with_name(target.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    staging.rename(target)
+    with staged_folder(target) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
     log(f"random LLaMA-2-7B geometry ({model.config.num_hidden_layers} layers, float16) -> {target}")
 
 
@@ -409,6 +406,7 @@ def token_agreement(tokenizer, slow_texts, fast_texts) -> tuple[int, int, int]:
 
 
 def stage_generation(ctx):
+    from iti.batching import pad_token_id
     from iti.generation import extract_answer, generate_texts
     from legacy.generation import greedy_generate
 
@@ -416,7 +414,7 @@ def stage_generation(ctx):
     _, _, prompts = mc_inputs(ctx)
     max_new = ctx["args"].max_new_tokens
     prompt_ids = tokenizer(prompts)["input_ids"]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
 
     def slow(count):
         return [tokenizer.decode(greedy_generate(model, ids, shifts, max_new_tokens=max_new), skip_special_tokens=True)
@@ -508,12 +506,13 @@ def local_text_rows(ctx):
 
 
 def stage_ce_kl(ctx):
+    from iti.batching import pad_token_id
     from iti.ce_kl import ce_and_kl
     from legacy.ce_kl import ce_kl
 
     model, tokenizer, shifts, shifted = ctx["model"], ctx["tokenizer"], ctx["shifts"], ctx["shifted"]
     rows = local_text_rows(ctx)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     batch = min(ctx["batch_size"], 8) if ctx["args"].ce_batch_size is None else ctx["args"].ce_batch_size
 
     ce_kl(model, rows[:1], shifts, progress=False)

@@ -23,7 +23,7 @@ def main() -> None:
     config = {"model_source": source, "dtype": str(model.dtype), "limit": cfg.limit, "seed": cfg.seed,
               "batch_size": cfg.batch_size}
     paths = save_features(model, tokenizer, prompt_set, cfg.features_dir, cfg.output_name, cfg.batch_size, cfg.mlp,
-                          config)
+                          config, limit=cfg.limit)
     print(f"{len(prompt_set)} rows of {prompt_set.num_questions} questions -> {paths['head_wise']} "
           f"(and {', '.join(p.name for k, p in paths.items() if k != 'head_wise')})")
 

@@ -1,78 +1,130 @@
 """Batched activation extraction through pyvene collectors, streamed to memory-mapped .npy files."""
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
-import os
-from contextlib import contextmanager
+import shlex
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from iti.batching import length_sorted_batches, pad_batch, pad_token_id
 from iti.errors import UsageError
+from iti.files import remove, staged_files, temporaries_of, write_npy, writer_running
 from iti.intervenable import IntervenableModel, pv
 from iti.models import head_geometry, input_device, model_sites
 
 FEATURE_KINDS = ("head_wise", "layer_wise", "mlp_wise")
 
 
-def feature_path(features_dir: str | Path, model_name: str, dataset: str, kind: str) -> Path:
-    """The public workflow's names: {model}_{dataset}_{head_wise|layer_wise|mlp_wise|labels}.npy."""
+def feature_stem(model_name: str, dataset: str, limit: int | None = None) -> str:
+    """`{model}_{dataset}`, plus `_limit_{N}` for a run on the first N questions: a subset is named
+    apart from the full set, so it never replaces it."""
+    return f"{model_name}_{dataset}" + (f"_limit_{limit}" if limit is not None else "")
+
+
+def feature_path(features_dir: str | Path, model_name: str, dataset: str, kind: str, limit: int | None = None) -> Path:
+    """The public workflow's names: {model}_{dataset}[_limit_{N}]_{head_wise|layer_wise|mlp_wise|labels}.npy."""
     suffix = "json" if kind in ("categories", "meta") else "npy"
-    return Path(features_dir) / f"{model_name}_{dataset}_{kind}.{suffix}"
+    return Path(features_dir) / f"{feature_stem(model_name, dataset, limit)}_{kind}.{suffix}"
 
 
-def get_activations_command(model_name: str, dataset: str) -> str:
-    return f"python get_activations/get_activations.py --model_name {model_name} --dataset_name {dataset}"
+@dataclass(frozen=True)
+class FeatureSet:
+    """One extraction's files: a model's activations of a dataset, all questions or the first `limit`."""
+    features_dir: Path
+    model_name: str
+    dataset: str
+    limit: int | None = None
+    model_path: str | None = None  # only for the command that makes the set
+
+    def path(self, kind: str) -> Path:
+        return feature_path(self.features_dir, self.model_name, self.dataset, kind, self.limit)
+
+    def exists(self, kind: str = "head_wise") -> bool:
+        return all(self.path(k).is_file() for k in (kind, "labels", "question_ids"))
+
+    def command(self) -> str:
+        """The get_activations call that writes exactly this set."""
+        parts = ["python get_activations/get_activations.py", f"--model_name {self.model_name}",
+                 f"--dataset_name {self.dataset}"]
+        if self.model_path:
+            parts.append(f"--model_path {shlex.quote(str(self.model_path))}")
+        if self.limit is not None:
+            parts.append(f"--limit {self.limit}")
+        parts.append(f"--features_dir {shlex.quote(str(self.features_dir))}")
+        return " ".join(parts)
 
 
-def feature_files(features_dir: str | Path, model_name: str, dataset: str, kind: str = "head_wise") -> list[Path]:
-    """What load_features reads: the activations, their labels and their question ids."""
-    return [feature_path(features_dir, model_name, dataset, k) for k in (kind, "labels", "question_ids")]
+def find_feature_set(wanted: FeatureSet, kind: str = "head_wise") -> FeatureSet | None:
+    """The set to read for `wanted`: itself when extracted; for a subset, else the full set (its
+    first `limit` questions are the subset); None when neither exists."""
+    candidates = [wanted] + ([dataclasses.replace(wanted, limit=None)] if wanted.limit is not None else [])
+    return next((c for c in candidates if c.exists(kind)), None)
+
+
+def require_feature_sets(wanted: list[FeatureSet], kind: str = "head_wise") -> None:
+    """Before any model loads: one UsageError listing the command for every missing set, or naming a
+    damaged file (its header and size are read, not its data)."""
+    missing = [w for w in wanted if find_feature_set(w, kind) is None]
+    if missing:
+        names = ", ".join(str(w.path(kind)) for w in missing)
+        commands = " && ".join(w.command() for w in missing)
+        raise UsageError(f"missing features {names}: make them with `{commands}`")
+    for found in (find_feature_set(w, kind) for w in wanted):
+        for k in (kind, "labels", "question_ids"):
+            _load_npy(found.path(k), found, mmap=True)
+
+
+def _load_npy(path: Path, remake: FeatureSet, mmap: bool = False) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UsageError(f"features file {path} is truncated or corrupt ({reason}); "
+                         f"remake it with `{remake.command()}`") from err
+
+
+def feature_files(features_dir: str | Path, model_name: str, dataset: str, kind: str = "head_wise",
+                  limit: int | None = None) -> list[Path]:
+    """What load_features reads: the activations, their labels and their question ids (of the set
+    find_feature_set picks; of the wanted one when none exists)."""
+    wanted = FeatureSet(Path(features_dir), model_name, dataset, limit)
+    found = find_feature_set(wanted, kind) or wanted
+    return [found.path(k) for k in (kind, "labels", "question_ids")]
 
 
 def load_features(features_dir: str | Path, model_name: str, dataset: str, kind: str = "head_wise",
-                  mmap: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(activations, labels, question_ids), memory-mapped; a clear error names the command that makes them."""
-    paths = feature_files(features_dir, model_name, dataset, kind)
-    missing = [p for p in paths if not p.exists()]
-    if missing:
-        raise UsageError(f"features file {missing[0]} not found: make it with `{get_activations_command(model_name, dataset)}`")
-    acts = np.load(paths[0], mmap_mode="r" if mmap else None)
-    return acts, np.load(paths[1]), np.load(paths[2])
-
-
-def first_question_rows(question_ids: np.ndarray, limit: int, remedy: str) -> np.ndarray:
-    """Rows of the set's first `limit` questions, in the set's own order (what get_activations --limit
-    extracts), so `--limit N` reads the same rows from full features and from features of N questions.
-    Every script trims every feature set it reads this way; `remedy` says how to make larger features."""
+                  mmap: bool = True, limit: int | None = None,
+                  model_path: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(activations, labels, question_ids) of all questions, or of the first `limit` (the `_limit_{N}`
+    set, else the full set's first N questions); a missing or damaged file names the command that makes it."""
+    wanted = FeatureSet(Path(features_dir), model_name, dataset, limit, model_path)
+    found = find_feature_set(wanted, kind)
+    if found is None:
+        require_feature_sets([wanted], kind)
+    acts = _load_npy(found.path(kind), found, mmap)
+    labels, question_ids = _load_npy(found.path("labels"), found), _load_npy(found.path("question_ids"), found)
+    if not len(acts) == len(labels) == len(question_ids):
+        raise UsageError(f"features {found.path(kind)} hold {len(acts)} rows but their labels {len(labels)} and question "
+                         f"ids {len(question_ids)}; remake them with `{found.command()}`")
+    if limit is None or found.limit == limit:
+        return acts, labels, question_ids
     available = int(question_ids.max()) + 1 if len(question_ids) else 0
-    if limit > available:
-        raise UsageError(f"--limit {limit} asks for more questions than the {available} in these features; {remedy}")
-    return np.flatnonzero(question_ids < limit)
+    if available < limit:
+        raise UsageError(f"features {found.path(kind)} cover {available} questions, fewer than --limit {limit}; "
+                         f"make the subset with `{wanted.command()}`")
+    rows = np.flatnonzero(question_ids < limit)
+    return np.asarray(acts[rows]), labels[rows], question_ids[rows]
 
 
 def tokenize_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
     return tokenizer(prompts, add_special_tokens=True)["input_ids"]
-
-
-def length_sorted_batches(lengths: list[int], batch_size: int) -> list[np.ndarray]:
-    """Longest first, so padding is small and an out-of-memory shows on the first batch."""
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def right_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right padding keeps every real token's position id, so a padded row equals the row alone."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, :len(seq)] = torch.tensor(seq)
-        mask[row, :len(seq)] = 1
-    return ids, mask
 
 
 class ActivationRecorder:
@@ -116,27 +168,28 @@ class ActivationRecorder:
         return result
 
 
-@contextmanager
-def staged_outputs(final_paths: list[Path]):
-    """Yield temporary paths; rename them to the final ones only if the block finishes."""
-    temporary = [p.with_name(p.name + ".tmp") for p in final_paths]
-    try:
-        yield temporary
-        for tmp, final in zip(temporary, final_paths):
-            os.replace(tmp, final)
-    finally:
-        for tmp in temporary:
-            tmp.unlink(missing_ok=True)
+def clear_leftovers(finals: list[Path], log: Callable[[str], None]) -> None:
+    """Remove what a killed run of this same set left beside `finals`; name other runs' leftovers in one line."""
+    own = {t for f in finals for t in temporaries_of(f)}
+    for leftover in sorted(own):
+        if not writer_running(leftover):
+            remove(leftover)
+    folder = finals[0].parent
+    others = sorted(set(folder.glob(".*.tmp")) - own)
+    if others:
+        size = sum(t.stat().st_size for t in others if t.is_file()) / 2**20
+        log(f"note: {len(others)} unfinished file(s) of other runs ({size:.1f} MiB) in {folder}, e.g. {others[0].name}: "
+            "a killed get_activations of that set removes them when it runs again; delete them if none is running")
 
 
 def extract_activations(recorder: ActivationRecorder, tokenizer, prompts: list[str], outputs: dict[str, np.ndarray],
                         batch_size: int = 16, progress: bool = True) -> None:
     """Fill `outputs[kind][row]` (arrays or memmaps preallocated by the caller) batch by batch."""
     sequences = tokenize_prompts(tokenizer, prompts)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
     with tqdm(total=len(prompts), desc="activations", unit="prompt", disable=not progress) as bar:
         for batch in length_sorted_batches([len(s) for s in sequences], batch_size):
-            ids, mask = right_pad([sequences[i] for i in batch], pad_id)
+            ids, mask = pad_batch([sequences[i] for i in batch], pad_id)
             recorded = recorder(ids, mask, mask.sum(1) - 1)
             for kind, array in outputs.items():
                 array[batch] = recorded[kind].numpy()
@@ -144,8 +197,10 @@ def extract_activations(recorder: ActivationRecorder, tokenizer, prompts: list[s
 
 
 def save_features(model, tokenizer, prompt_set, features_dir: str | Path, model_name: str, batch_size: int = 16,
-                  mlp: bool = False, config: dict | None = None, progress: bool = True) -> dict[str, Path]:
-    """Extract a prompt set's activations into features/; files appear under their names only when complete."""
+                  mlp: bool = False, config: dict | None = None, progress: bool = True, limit: int | None = None,
+                  log: Callable[[str], None] = print) -> dict[str, Path]:
+    """Extract a prompt set's activations into features/ (named with `_limit_{N}` for a run on the first
+    N questions); files appear under their names only when complete."""
     features_dir = Path(features_dir)
     features_dir.mkdir(parents=True, exist_ok=True)
     recorder = ActivationRecorder(model, mlp=mlp)
@@ -155,8 +210,10 @@ def save_features(model, tokenizer, prompt_set, features_dir: str | Path, model_
     if mlp:
         shapes["mlp_wise"] = (n, geo.num_layers, geo.hidden_size)
     kinds = list(shapes) + ["labels", "question_ids", "meta"] + (["categories"] if prompt_set.categories else [])
-    finals = {kind: feature_path(features_dir, model_name, prompt_set.name, kind) for kind in kinds}
-    with staged_outputs(list(finals.values())) as temporary:
+    finals = {kind: feature_path(features_dir, model_name, prompt_set.name, kind, limit) for kind in kinds}
+    clear_leftovers(list(finals.values()) + [feature_path(features_dir, model_name, prompt_set.name, k, limit)
+                                            for k in FEATURE_KINDS if k not in finals], log)
+    with staged_files(list(finals.values())) as temporary:
         tmp = dict(zip(finals, temporary))
         arrays = {kind: np.lib.format.open_memmap(tmp[kind], mode="w+", dtype=np.float32, shape=shape)
                   for kind, shape in shapes.items()}
@@ -164,8 +221,8 @@ def save_features(model, tokenizer, prompt_set, features_dir: str | Path, model_
         for array in arrays.values():
             array.flush()
         del arrays
-        _save_npy(tmp["labels"], prompt_set.labels)
-        _save_npy(tmp["question_ids"], prompt_set.question_ids)
+        write_npy(tmp["labels"], prompt_set.labels)
+        write_npy(tmp["question_ids"], prompt_set.question_ids)
         if prompt_set.categories:
             tmp["categories"].write_text(json.dumps(prompt_set.categories))
         meta = {
@@ -176,8 +233,3 @@ def save_features(model, tokenizer, prompt_set, features_dir: str | Path, model_
         }
         tmp["meta"].write_text(json.dumps(meta, indent=2))
     return finals
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as handle:
-        np.lib.format.write_array(handle, np.asarray(array), allow_pickle=False)

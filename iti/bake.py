@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
-import uuid
 from pathlib import Path
 
 import torch
 
 from iti.errors import UsageError
-from iti.head_shifts import HeadShifts
+from iti.files import staged_folder
+from iti.head_shifts import METADATA_FILE, TENSORS_FILE, HeadShifts
 from iti.models import get_o_proj, head_geometry, model_sites
 
 # Config flags that, in transformers' modeling code, give o_proj a bias (checked on a meta-device
@@ -106,41 +105,41 @@ def bake_head_shifts(model, shifts: HeadShifts):
     return model
 
 
-def save_baked_model(model, tokenizer, shifts: HeadShifts, output_dir: str | os.PathLike) -> Path:
+def is_bake(folder: Path) -> bool:
+    """A folder that save_baked_model wrote: its head-shift files are there."""
+    return (folder / TENSORS_FILE).is_file() and (folder / METADATA_FILE).is_file()
+
+
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> None:
+    """UsageError unless a bake may go to `output_dir`: a new path, or an earlier bake with `overwrite`.
+
+    A folder that is not a bake is never replaced, whatever the flags: it may hold anything.
+    """
+    out = Path(output_dir)
+    if not out.exists():
+        return
+    if not out.is_dir() or not is_bake(out):
+        raise UsageError(f"--output_dir {out} exists and is not a baked model (no {TENSORS_FILE} and {METADATA_FILE}); "
+                         "it is left as it is: give a new folder")
+    if not overwrite:
+        raise UsageError(f"--output_dir {out} holds an earlier bake; add --overwrite to replace it, or give a new folder")
+
+
+def save_baked_model(model, tokenizer, shifts: HeadShifts, output_dir: str | os.PathLike,
+                     overwrite: bool = False) -> Path:
     """Save a baked model (safetensors), its tokenizer and its head shifts in one folder, atomically.
 
-    Everything is written to a temporary folder beside `output_dir` and renamed into place, so
-    the folder is either the previous one or the complete new one; an existing one is replaced.
+    Everything is written to a temporary folder beside `output_dir` and renamed into place, so the
+    folder is either the previous one or the complete new one; an earlier bake is replaced only
+    with `overwrite`, anything else never (check_output_dir).
     """
     for layer in sorted(set(shifts.layers.tolist())):
         if get_o_proj(model, layer).bias is None:
             raise UsageError(f"layer {layer}'s o_proj has no bias: bake the head shifts (bake_head_shifts) before saving")
     out = Path(output_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkdtemp: its folders are private (0700) and the saved model should follow the umask.
-    staging = out.parent / f".{out.name}.{uuid.uuid4().hex}.tmp"
-    staging.mkdir()
-    try:
+    check_output_dir(out, overwrite)
+    with staged_folder(out, replace=overwrite) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         shifts.save(staging)
-        replace_folder(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out
-
-
-def replace_folder(new: Path, target: Path) -> None:
-    """Rename a finished folder into place; an existing target is moved aside first, then removed."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    # A folder cannot be renamed over a non-empty one: move the old aside, then drop it.
-    old = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
-    os.replace(target, old)
-    try:
-        os.replace(new, target)
-    except OSError:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

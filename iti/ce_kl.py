@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from iti.activations import length_sorted_batches, right_pad
+from iti.batching import length_sorted_batches, pad_batch, pad_token_id
+from iti.config import OWT_SAMPLES
 from iti.errors import UsageError
 from iti.intervention import ShiftedModel
 from iti.models import input_device, softmax_precision
 
 OWT_HUB_ID = "stas/openwebtext-10k"
-NUM_SAMPLES = 100
 MAX_TOKENS = 128
 
 
@@ -85,7 +85,7 @@ def load_owt_texts(owt_path: str | Path | None) -> tuple[list[str] | None, str]:
     return [t for t in data["text"] if t.strip()], f"hub:{OWT_HUB_ID}"
 
 
-def sample_token_rows(texts: list[str], tokenizer, num_samples: int = NUM_SAMPLES, max_tokens: int = MAX_TOKENS,
+def sample_token_rows(texts: list[str], tokenizer, num_samples: int = OWT_SAMPLES, max_tokens: int = MAX_TOKENS,
                       seed: int = 42) -> list[list[int]]:
     """`num_samples` documents (all, when there are fewer) drawn without replacement, each cut to
     its first `max_tokens` tokens; documents of fewer than 2 tokens have no next token and are refused."""
@@ -98,21 +98,47 @@ def sample_token_rows(texts: list[str], tokenizer, num_samples: int = NUM_SAMPLE
 
 
 @torch.inference_mode()
+def reference_logits(model, token_rows: list[list[int]], pad_id: int, batch_size: int = 8,
+                     progress: bool = True) -> list[torch.Tensor]:
+    """The unshifted model's logits per length-sorted batch of `token_rows`, in the model's dtype on CPU.
+
+    What KL compares every shifted model with; they depend on neither fold nor α/K, so a run
+    computes them once (CeKl) instead of once per evaluation.
+    """
+    device = input_device(model)
+    logits = []
+    for batch in tqdm(length_sorted_batches([len(r) for r in token_rows], batch_size), desc="CE/KL reference",
+                      disable=not progress):
+        ids, mask = pad_batch([token_rows[i] for i in batch], pad_id)
+        logits.append(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.cpu())
+    return logits
+
+
+@torch.inference_mode()
 def ce_and_kl(shifted: ShiftedModel, token_rows: list[list[int]], pad_id: int, batch_size: int = 8,
-              with_kl: bool = True, progress: bool = True) -> tuple[float, float | None]:
+              with_kl: bool = True, progress: bool = True,
+              reference: list[torch.Tensor] | None = None) -> tuple[float, float | None]:
     """(mean CE of the shifted model, mean KL(original ‖ shifted)) over the rows; KL None unless `with_kl`.
 
-    Without an active shift the model is its own original, so KL is exactly 0 without a second pass.
+    `reference`: the unshifted logits of these rows and batch size (reference_logits), else computed here.
+    Without an active shift the model is its own original: KL is exactly 0, and CE comes from `reference`.
     """
     ce_sum, kl_sum = 0.0, 0.0
-    for batch in tqdm(length_sorted_batches([len(r) for r in token_rows], batch_size), desc="CE/KL",
-                      disable=not progress):
-        ids, mask = right_pad([token_rows[i] for i in batch], pad_id)
-        logits = shifted(ids, mask, shift_mask=mask).logits
+    batches = length_sorted_batches([len(r) for r in token_rows], batch_size)
+    if reference is not None and len(reference) != len(batches):
+        raise ValueError(f"reference logits hold {len(reference)} batches, these rows make {len(batches)}")
+    for number, batch in enumerate(tqdm(batches, desc="CE/KL", disable=not progress)):
+        ids, mask = pad_batch([token_rows[i] for i in batch], pad_id)
+        # An inactive shift leaves the model its own original: the reference logits are its logits.
+        logits = reference[number] if reference is not None and not shifted.active \
+            else shifted(ids, mask, shift_mask=mask).logits
         original = None
         if with_kl and shifted.active:
-            device = input_device(shifted.model)
-            original = shifted.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.to(logits.device)
+            if reference is not None:
+                original = reference[number].to(logits.device)
+            else:
+                device = input_device(shifted.model)
+                original = shifted.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.to(logits.device)
         # Row by row, so float32 log-probabilities of one [seq, vocab] slice exist at a time.
         for b, length in enumerate(mask.sum(1).tolist()):
             log_p = torch.log_softmax(softmax_precision(logits[b, :length]), dim=-1)
@@ -125,15 +151,35 @@ def ce_and_kl(shifted: ShiftedModel, token_rows: list[list[int]], pad_id: int, b
     return ce_sum / n, (kl_sum / n if with_kl else None)
 
 
-def ce_kl_metrics(shifted: ShiftedModel, tokenizer, texts: list[str] | None, metrics: set[str], seed: int = 42,
-                  batch_size: int = 8, num_samples: int = NUM_SAMPLES, progress: bool = True) -> dict[str, float]:
-    """{"ce": …, "kl": …} for the metrics asked; NaN for each when there are no documents."""
-    wanted = {"ce", "kl"} & set(metrics)
-    if not wanted:
-        return {}
-    if texts is None:
-        return {name: math.nan for name in wanted}
-    rows = sample_token_rows(texts, tokenizer, num_samples, MAX_TOKENS, seed)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ce, kl = ce_and_kl(shifted, rows, pad_id, batch_size, with_kl="kl" in wanted, progress=progress)
-    return {"ce": ce, **({"kl": kl} if "kl" in wanted else {})}
+class CeKl:
+    """CE and KL of shifted versions of one model on one seeded sample of documents (spec §6).
+
+    One per run: the unshifted reference logits are computed on first use and reused for every fold
+    and every α/K setting of that model, and give the unshifted model's CE. They stay in CPU memory:
+    documents × tokens × vocabulary values in the model's dtype (0.5 GB for 20 documents of the
+    bundled model, 2.5 GB for the spec's 100).
+    """
+
+    def __init__(self, texts: list[str] | None, tokenizer, seed: int = 42, batch_size: int = 8,
+                 num_samples: int = OWT_SAMPLES):
+        self.rows = sample_token_rows(texts, tokenizer, num_samples, MAX_TOKENS, seed) if texts is not None else None
+        self.pad_id = pad_token_id(tokenizer)
+        self.batch_size = batch_size
+        self._reference: tuple[object, list[torch.Tensor]] | None = None
+
+    def reference(self, model, progress: bool = True) -> list[torch.Tensor]:
+        if self._reference is None or self._reference[0] is not model:
+            self._reference = (model, reference_logits(model, self.rows, self.pad_id, self.batch_size, progress))
+        return self._reference[1]
+
+    def metrics(self, shifted: ShiftedModel, metrics: set[str], progress: bool = True) -> dict[str, float]:
+        """{"ce": …, "kl": …} for the metrics asked; NaN for each when there are no documents."""
+        wanted = {"ce", "kl"} & set(metrics)
+        if not wanted:
+            return {}
+        if self.rows is None:
+            return {name: math.nan for name in wanted}
+        with_kl = "kl" in wanted
+        reference = None if shifted.active and not with_kl else self.reference(shifted.model, progress)
+        ce, kl = ce_and_kl(shifted, self.rows, self.pad_id, self.batch_size, with_kl, progress, reference)
+        return {"ce": ce, **({"kl": kl} if with_kl else {})}

@@ -28,6 +28,7 @@ PROBE_BACKENDS = ("torch", "sklearn")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 # Generators of the folds' train/validation draws (iti.probes.all_fold_splits).
 SPLIT_RNGS = ("default", "public")
+OWT_SAMPLES = 100  # documents for CE and KL (spec §6)
 
 
 def option(default, help: str, **cli):
@@ -128,6 +129,11 @@ class ValidationConfig(HeadShiftOptions):
     split_rng: str = option("default", "generator of the folds' train/validation draws: default (one seeded numpy "
                                        "Generator) or public (the public validate_2fold's global NumPy stream, to "
                                        "compare with a published seed question for question)", choices=SPLIT_RNGS)
+    owt_samples: int = option(OWT_SAMPLES, f"documents drawn for CE and KL (spec: {OWT_SAMPLES}); fewer is faster "
+                                           "and noisier")
+    resume: bool = option(False, "keep the folds an earlier run of these settings finished even if batch size, "
+                                 "device or loading differ, and fail if there is none (without it, finished folds "
+                                 "are kept only when every setting is the same)")
 
     @property
     def intervenes(self) -> bool:
@@ -146,7 +152,7 @@ class ValidationConfig(HeadShiftOptions):
         if self.activations_dataset not in DATASET_NAMES:
             raise UsageError(f"unknown --activations_dataset {self.activations_dataset!r}; "
                              f"known: {', '.join(DATASET_NAMES)}")
-        _at_least(1, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens)
+        _at_least(1, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, owt_samples=self.owt_samples)
         _at_least(0, num_heads=self.num_heads)
         _at_least(2, num_fold=self.num_fold)
         if self.limit is not None and self.limit < self.num_fold:
@@ -160,14 +166,14 @@ class ValidationConfig(HeadShiftOptions):
 # Settings that change the numbers but are not spelled out in run names: a short hash of those that
 # differ from their defaults goes beside the readable name, so no two different runs share a file.
 HASHED_SETTINGS = ("dataset_name", "activations_dataset", "probe_backend", "instruction_prompt", "num_fold",
-                   "val_ratio", "split_rng")
+                   "val_ratio", "split_rng", "owt_samples")
 # The settings that fix each fold's questions: split files carry a hash of those not at their defaults.
 SPLIT_SETTINGS = ("num_fold", "val_ratio", "split_rng")
 # The settings that change a run's numbers; runs that agree on all of them but the seed are repeats.
 NUMBER_SETTINGS = ("model_name", "model_prefix", "model_path", "dtype", "dataset_name", "activations_dataset",
                    "probe_backend", "instruction_prompt", "num_fold", "val_ratio", "use_center_of_mass",
                    "use_random_dir", "seed", "num_heads", "alpha", "limit", "max_new_tokens", "judge_model",
-                   "info_model", "split_rng")
+                   "info_model", "split_rng", "owt_samples")
 
 
 def settings_hash(cfg, names: tuple[str, ...]) -> str:
@@ -186,6 +192,8 @@ def settings_hash(cfg, names: tuple[str, ...]) -> str:
 class EditConfig(HeadShiftOptions):
     output_dir: str | None = option(None, "default: validation/results_dump/edited_models_dump/"
                                           "{model}_seed_{seed}_top_{K}_heads_alpha_{alpha}")
+    overwrite: bool = option(False, "replace --output_dir when it holds an earlier bake (a folder of anything "
+                                    "else is never touched)")
 
     def check(self) -> None:
         super().check()
@@ -199,6 +207,8 @@ class HeadAccuracyConfig:
     model_name: str = option(BUNDLED_MODEL, "names the features to read")
     dataset_name: str = option("tqa_mc2", "features that train the probes")
     features_dir: str = option(str(FEATURES_DIR), "where get_activations put the features")
+    limit: int | None = option(None, "only the first N questions (the `_limit_N` features, else the first N of "
+                                     "the full set)")
     val_ratio: float = option(0.2, "share of the questions held out to score the probes")
     seed: int = option(42, "seeds the train/validation split")
     probe_backend: str = option("torch", "torch (all probes at once) or sklearn (one per head)",

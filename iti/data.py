@@ -57,17 +57,47 @@ def _split_answers(joined: str) -> list[str]:
     return [a.strip() for a in joined.split(";") if a.strip()]
 
 
+TQA_COLUMNS = ("Category", "Question", "Best Answer", "Correct Answers", "Incorrect Answers")
+
+
+def read_tqa_csv(path: Path) -> list[dict[str, str]]:
+    """TruthfulQA.csv's rows as dicts; a malformed row (short, long, a quote left open) is a UsageError
+    naming the file and the line where that row starts."""
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle, strict=True)
+        rows, last_line = [], 0
+        try:
+            header = next(reader, [])
+            missing = [c for c in TQA_COLUMNS if c not in header]
+            if missing:
+                raise UsageError(f"{path} line 1 lacks the column(s) {', '.join(missing)}; use TruthfulQA's own TruthfulQA.csv")
+            last_line = reader.line_num
+            for fields in reader:
+                line, last_line = last_line + 1, reader.line_num
+                if len(fields) != len(header):
+                    raise UsageError(f"{path} line {line} has {len(fields)} fields, the header {len(header)}; "
+                                     "fix that row or use TruthfulQA's own TruthfulQA.csv")
+                rows.append(dict(zip(header, fields)))
+        except csv.Error as err:
+            raise UsageError(f"{path} line {last_line + 1}: {err} (a quote left open?); fix that row or use "
+                             "TruthfulQA's own TruthfulQA.csv") from err
+    return rows
+
+
 def _load_local(folder: Path) -> TruthfulQA:
-    with open(folder / "TruthfulQA.csv", encoding="utf-8-sig", newline="") as handle:
-        generation = [
-            GenerationQuestion(
-                question=row["Question"], category=row["Category"], best_answer=row["Best Answer"].strip(),
-                correct_answers=_split_answers(row["Correct Answers"]),
-                incorrect_answers=_split_answers(row["Incorrect Answers"]))
-            for row in csv.DictReader(handle)
-        ]
-    with open(folder / "data" / "mc_task.json", encoding="utf-8") as handle:
-        items = json.load(handle)
+    generation = [
+        GenerationQuestion(
+            question=row["Question"], category=row["Category"], best_answer=row["Best Answer"].strip(),
+            correct_answers=_split_answers(row["Correct Answers"]),
+            incorrect_answers=_split_answers(row["Incorrect Answers"]))
+        for row in read_tqa_csv(folder / "TruthfulQA.csv")
+    ]
+    mc_path = folder / "data" / "mc_task.json"
+    try:
+        items = json.loads(mc_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{mc_path} line {err.lineno} is not valid JSON ({err.msg}); use TruthfulQA's own "
+                         "data/mc_task.json") from err
     multiple_choice = [
         MultipleChoiceQuestion(
             question=item["question"],

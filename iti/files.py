@@ -1,21 +1,60 @@
-"""Writing outputs safely: every file goes to a unique temporary name beside its target and is renamed
-into place, so a killed run never leaves a half-written file under a real name, and parallel runs
-writing the same file never see each other's partial output."""
+"""Writing outputs safely: every file (or folder) goes to a unique temporary name beside its target and
+is renamed into place, so a killed run never leaves a half-written file under a real name, and parallel
+runs writing the same file never see each other's partial output. Temporary names carry their writer
+(host and process id), so a later run can tell a killed writer's leftovers from a running one's."""
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
+import shutil
+import socket
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
 
 def temporary_path(path: Path) -> Path:
-    """A hidden, unique name in the target's folder (same file system, so os.replace is atomic)."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    """A hidden, unique name in the target's folder (same file system, so os.replace is atomic):
+    `.{name}.{host}-{pid}.{random}.tmp`."""
+    return path.with_name(f".{path.name}.{_host()}-{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "_").replace("-", "_")
+
+
+def temporaries_of(path: Path) -> list[Path]:
+    """The temporary files and folders of `path` that exist now (any writer's)."""
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+
+
+def writer_running(temporary: Path) -> bool:
+    """False only when the temporary's writer ran on this host and has exited; another host's cannot be told."""
+    owner = temporary.name[:-len(".tmp")].split(".")[-2]
+    host, _, pid = owner.rpartition("-")
+    if host != _host() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -29,6 +68,55 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+@contextmanager
+def staged_files(paths: list[Path]) -> Iterator[list[Path]]:
+    """Temporary paths for several files, renamed onto `paths` together once the block finishes; a block
+    that fails or is killed leaves none of the final names changed (and, failing, no temporary)."""
+    paths = [Path(p) for p in paths]
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = [temporary_path(p) for p in paths]
+    try:
+        yield temporary
+        for tmp, path in zip(temporary, paths):
+            os.replace(tmp, path)
+    finally:
+        for tmp in temporary:
+            tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def staged_folder(target: str | Path, replace: bool = False) -> Iterator[Path]:
+    """A new folder beside `target`, renamed to `target` once the block finishes.
+
+    An existing target is a FileExistsError unless `replace`: then the old folder is swapped out and
+    deleted only after the new one is in place (callers decide what they may replace).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Not tempfile.mkdtemp: its folders are private (0700) and outputs should follow the umask.
+    staging = temporary_path(target)
+    staging.mkdir()
+    try:
+        yield staging
+        if not target.exists():
+            os.replace(staging, target)
+        elif not replace:
+            raise FileExistsError(f"{target} exists")
+        else:
+            # A folder cannot be renamed over a non-empty one: move the old aside, then drop it.
+            old = temporary_path(target)
+            os.replace(target, old)
+            try:
+                os.replace(staging, target)
+            except OSError:
+                os.replace(old, target)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -46,10 +134,13 @@ def write_csv(path: str | Path, frame) -> Path:
 
 def save_npy(path: str | Path, array) -> Path:
     """An .npy file that loads without pickle."""
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
-            np.lib.format.write_array(handle, np.asarray(array), allow_pickle=False)
-    return atomic_write(path, write)
+    return atomic_write(path, lambda tmp: write_npy(tmp, array))
+
+
+def write_npy(path: Path, array) -> None:
+    """Write an .npy file in place (for a path that is itself temporary, e.g. from staged_files)."""
+    with open(path, "wb") as handle:
+        np.lib.format.write_array(handle, np.asarray(array), allow_pickle=False)
 
 
 def plain(value):

@@ -7,11 +7,11 @@ where the shift goes: the last prompt token, then each new token) and batched by
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from iti.batching import length_sorted_batches, pad_batch, pad_token_id
 from iti.intervention import ShiftedModel
 from iti.prompts import Prompting
 
@@ -43,16 +43,6 @@ class _AnswerComplete(StoppingCriteria):
         return torch.tensor([answer_complete(t) for t in texts], device=input_ids.device)
 
 
-def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, width - len(seq):] = torch.tensor(seq)
-        mask[row, width - len(seq):] = 1
-    return ids, mask
-
-
 @torch.inference_mode()
 def generate_texts(shifted: ShiftedModel, tokenizer, prompts: list[str], max_new_tokens: int = 50,
                    batch_size: int = 16, stop_when_answered: bool = True, progress: bool = True) -> list[str]:
@@ -62,14 +52,11 @@ def generate_texts(shifted: ShiftedModel, tokenizer, prompts: list[str], max_new
     same `extract_answer` as decoding all `max_new_tokens`, sooner.
     """
     sequences = tokenizer(prompts)["input_ids"]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    # Longest first: little padding per batch, and an out-of-memory shows on the first batch.
-    order = np.argsort([-len(s) for s in sequences], kind="stable")
+    pad_id = pad_token_id(tokenizer)
     texts: list[str] = [""] * len(prompts)
     with tqdm(total=len(prompts), desc="generation", unit="answer", disable=not progress) as bar:
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
-            ids, mask = left_pad([sequences[i] for i in batch], pad_id)
+        for batch in length_sorted_batches([len(s) for s in sequences], batch_size):
+            ids, mask = pad_batch([sequences[i] for i in batch], pad_id, side="left")
             extra = {}
             if stop_when_answered:
                 extra["stopping_criteria"] = StoppingCriteriaList([_AnswerComplete(tokenizer, ids.shape[1])])

@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from iti.errors import UsageError
+from iti.files import staged_files
 
 TENSORS_FILE = "head_shifts.safetensors"
 METADATA_FILE = "head_shifts.json"
@@ -139,7 +140,7 @@ class HeadShifts:
                          "they were made from, or pass --allow_other_model to use them anyway")
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write both files (each via a temporary name and os.replace); returns the directory.
+        """Write both files (under temporary names, renamed together); returns the directory.
 
         A shared random save id in both files lets `load` detect a pair from different saves.
         """
@@ -158,17 +159,9 @@ class HeadShifts:
             "heads": [list(pair) for pair in self.head_list()],
             "provenance": self.provenance,
         }
-        # Temporary names beside the targets: same file system, so os.replace is atomic.
-        tensors_tmp = out / f".{TENSORS_FILE}.{save_id}.tmp"
-        metadata_tmp = out / f".{METADATA_FILE}.{save_id}.tmp"
-        try:
+        with staged_files([out / TENSORS_FILE, out / METADATA_FILE]) as (tensors_tmp, metadata_tmp):
             save_file(tensors, str(tensors_tmp), metadata={"format": _FORMAT, "save_id": save_id})
             metadata_tmp.write_text(json.dumps(metadata, indent=2) + "\n")
-            os.replace(tensors_tmp, out / TENSORS_FILE)
-            os.replace(metadata_tmp, out / METADATA_FILE)
-        finally:
-            tensors_tmp.unlink(missing_ok=True)
-            metadata_tmp.unlink(missing_ok=True)
         return out
 
     @classmethod

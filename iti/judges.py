@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from iti.activations import right_pad
+from iti.batching import length_sorted_batches, pad_batch, pad_token_id
 from iti.errors import UsageError
 from iti.models import input_device, load_model, softmax_precision
 from iti.prompts import judge_prompt
@@ -46,14 +46,13 @@ def judge_scores(model, tokenizer, kind: str, questions: list[str], answers: lis
         return np.zeros(0)
     yes = yes_token_id(tokenizer, prompts[0])
     sequences = tokenizer(prompts)["input_ids"]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     device = input_device(model)
     scores = np.empty(len(prompts))
-    order = np.argsort([-len(s) for s in sequences], kind="stable")
-    for start in tqdm(range(0, len(order), batch_size), desc=f"{kind} judge", disable=not progress):
-        batch = order[start:start + batch_size]
+    for batch in tqdm(length_sorted_batches([len(s) for s in sequences], batch_size), desc=f"{kind} judge",
+                      disable=not progress):
         # Right padding keeps each row's positions as when it runs alone; read each row at its own last token.
-        ids, mask = right_pad([sequences[i] for i in batch], pad_id)
+        ids, mask = pad_batch([sequences[i] for i in batch], pad_id)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         last = logits[torch.arange(len(batch), device=logits.device), (mask.sum(1) - 1).to(logits.device)]
         scores[batch] = torch.softmax(softmax_precision(last), dim=-1)[:, yes].cpu().double().numpy()

@@ -4,8 +4,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import torch
 
 from iti.config import BUNDLED_MODEL, REPO_ROOT
 from iti.errors import UsageError
+from iti.files import staged_folder
 
 EDITED_MODELS_DIR = REPO_ROOT / "validation" / "results_dump" / "edited_models_dump"
 
@@ -76,10 +75,25 @@ def bundled_gguf_path() -> Path:
     return Path(spec.origin).parent / BUNDLED_GGUF_FILE
 
 
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf_file(path: Path) -> None:
+    """A model given as a file must be GGUF (its first four bytes say so); anything else is refused here,
+    before transformers fails on it with a traceback."""
+    with open(path, "rb") as handle:
+        magic = handle.read(len(GGUF_MAGIC))
+    if magic != GGUF_MAGIC:
+        raise UsageError(f"{path} is a file but not a GGUF model (it does not start with {GGUF_MAGIC!r}); "
+                         "give --model_path a .gguf file, a model folder or a hub id")
+
+
 def resolve_model_source(model_name: str, model_prefix: str = "", model_path: str | None = None) -> str:
     """A local folder, a .gguf file or a hub id. `model_path` overrides the registry."""
     if model_path:
         path = Path(model_path).expanduser()
+        if path.is_file():
+            check_gguf_file(path)
         if path.exists():
             return str(path)
         if model_path.startswith((".", "/", "~")) or model_path.endswith(".gguf") or model_path.count("/") != 1:
@@ -121,21 +135,20 @@ def gguf_to_folder(gguf_file: str | Path) -> Path:
     target = cache_dir() / "gguf" / f"{gguf_file.stem}-{key}"
     if (target / "config.json").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
-        config = loaded.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        plain.load_state_dict(loaded.state_dict())
-        plain.generation_config = loaded.generation_config
-        plain.save_pretrained(staging, safe_serialization=True)
-        AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name).save_pretrained(staging)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with staged_folder(target) as staging:
+            loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name,
+                                                          dtype=torch.float32)
+            config = loaded.config
+            if hasattr(config, "quantization_config"):
+                del config.quantization_config
+            plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            plain.load_state_dict(loaded.state_dict())
+            plain.generation_config = loaded.generation_config
+            plain.save_pretrained(staging, safe_serialization=True)
+            AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name).save_pretrained(staging)
+    except FileExistsError:
+        pass  # another process converted the same file meanwhile; its copy is as good
     return target
 
 
@@ -251,6 +264,7 @@ def load_model(source: str, device: str | int | None = "auto", dtype: str = "aut
     if source.endswith(".gguf"):
         if not Path(source).is_file():
             raise UsageError(f"GGUF file {source} does not exist")
+        check_gguf_file(Path(source))
         source = str(gguf_to_folder(source))
     device = resolve_device(device)
     try:

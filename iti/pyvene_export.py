@@ -16,15 +16,13 @@ import io
 import json
 import os
 import re
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from iti.bake import replace_folder
 from iti.errors import UsageError
+from iti.files import staged_folder
 from iti.head_shifts import METADATA_FILE, HeadShifts
 from iti.models import HeadGeometry, model_sites
 
@@ -63,16 +61,10 @@ def export_pyvene(shifts: HeadShifts, model_config, folder: str | os.PathLike) -
                    "intervention": pv.AdditionIntervention(source_representation=torch.as_tensor(offset),
                                                            embed_dim=width)}
                   for layer, offset in sorted(shifts.layer_offsets().items())]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
-    staging.mkdir()
-    try:
+    with staged_folder(target, replace=True) as staging:
         with contextlib.redirect_stdout(io.StringIO()):  # pyvene prints where it saves
             pv.IntervenableModel(components, skeleton).save(str(staging))
         shifts.save(staging)
-        replace_folder(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

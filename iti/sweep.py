@@ -145,7 +145,8 @@ def extraction_tasks(configs: Sequence) -> list[Task]:
             continue
         for dataset in (cfg.dataset_name, cfg.activations_dataset):
             argv = ["--model_name", cfg.model_name, "--dataset_name", dataset, *shared_extraction_flags(cfg)]
-            if not all(path.exists() for path in feature_files(cfg.features_dir, cfg.output_name, dataset)):
+            if not all(path.exists()
+                       for path in feature_files(cfg.features_dir, cfg.output_name, dataset, limit=cfg.limit)):
                 tasks.setdefault(shlex.join(argv), Task(f"{cfg.output_name}_{dataset}", tuple(argv)))
     return list(tasks.values())
 
@@ -325,7 +326,8 @@ def submit_activations(args: Sequence[str], env: Mapping[str, str]) -> None:
     missing = []
     for task in tasks:
         cfg = parse_config(ActivationsConfig, [*task.argv, *flags])
-        if not all(path.exists() for path in feature_files(cfg.features_dir, cfg.output_name, cfg.dataset_name)):
+        if not all(path.exists() for path in feature_files(cfg.features_dir, cfg.output_name, cfg.dataset_name,
+                                                          limit=cfg.limit)):
             missing.append(task)
     print(f"{len(tasks) - len(missing)} of {len(tasks)} feature sets already extracted")
     if not missing:

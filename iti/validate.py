@@ -29,15 +29,15 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from iti.activations import feature_path, first_question_rows, get_activations_command, load_features
+from iti.activations import FeatureSet, load_features, require_feature_sets
 from iti.config import HASHED_SETTINGS, SPLIT_SETTINGS, ValidationConfig, settings_hash
-from iti.ce_kl import ce_kl_metrics, load_owt_texts
+from iti.ce_kl import CeKl, load_owt_texts
 from iti.data import GenerationQuestion, TruthfulQA, check_limit, load_truthfulqa
 from iti.errors import UsageError
 from iti.generation import generate_answers
 from iti.head_shifts import HeadShifts
 from iti.intervention import ShiftedModel
-from iti.files import write_csv, write_json
+from iti.files import plain, write_csv, write_json
 from iti.judges import ACCURACY_THRESHOLD, JudgePanel, check_judge_source
 from iti.mc import evaluate_mc
 from iti.metrics import METRICS as METRIC_TABLE
@@ -93,10 +93,22 @@ class ProbingFeatures:
     tuning_acts: np.ndarray
 
 
+def feature_sets(cfg: ValidationConfig) -> tuple[FeatureSet, FeatureSet]:
+    """(probing set, tuning set), both extracted from the model being run. With --limit, the
+    `_limit_{N}` sets, else the first N questions of the full sets; but a generation-order probing set
+    must be the full one, since its first N questions are not the first N of the (MC-order) folds."""
+    probe_limit = cfg.limit if cfg.dataset_name == "tqa_mc2" else None
+    common = dict(features_dir=Path(cfg.features_dir), model_name=cfg.output_name, model_path=cfg.model_path)
+    return (FeatureSet(dataset=cfg.dataset_name, limit=probe_limit, **common),
+            FeatureSet(dataset=cfg.activations_dataset, limit=cfg.limit, **common))
+
+
 def load_probing_features(cfg: ValidationConfig, tqa: TruthfulQA, num_questions: int) -> ProbingFeatures:
-    """The probing set (rows indexed by MC-order question) and the tuning set (its first --limit
-    questions), both extracted from the model being run."""
-    acts, labels, question_ids = load_features(cfg.features_dir, cfg.output_name, cfg.dataset_name)
+    """The probing set (rows indexed by MC-order question) and the tuning set."""
+    probing, tuning = feature_sets(cfg)
+    require_feature_sets([probing, tuning])
+    acts, labels, question_ids = load_features(probing.features_dir, probing.model_name, probing.dataset,
+                                               limit=probing.limit, model_path=cfg.model_path)
     if cfg.dataset_name != "tqa_mc2":
         # The generation sets index questions in generation order; folds use the MC order.
         mc_index = {q.question.strip(): i for i, q in enumerate(tqa.multiple_choice)}
@@ -105,13 +117,11 @@ def load_probing_features(cfg: ValidationConfig, tqa: TruthfulQA, num_questions:
     covered = np.unique(question_ids[(question_ids >= 0) & (question_ids < num_questions)])
     if len(covered) < num_questions:
         raise UsageError(
-            f"{feature_path(cfg.features_dir, cfg.output_name, cfg.dataset_name, 'head_wise')} covers "
-            f"{len(covered)} of the {num_questions} questions this run uses; extract it for them "
-            f"(get_activations with --limit {num_questions} or none)")
-    tuning_acts, _, tuning_question_ids = load_features(cfg.features_dir, cfg.output_name, cfg.activations_dataset)
-    if cfg.limit is not None:
-        remedy = f"extract them for more questions (`{get_activations_command(cfg.output_name, cfg.activations_dataset)}`)"
-        tuning_acts = np.asarray(tuning_acts[first_question_rows(tuning_question_ids, cfg.limit, remedy)])
+            f"the {cfg.dataset_name} features of {cfg.output_name} in {probing.features_dir} cover {len(covered)} of the "
+            f"{num_questions} questions this run uses; extract them for all questions with "
+            f"`{dataclasses.replace(probing, limit=None).command()}`")
+    tuning_acts, _, _ = load_features(tuning.features_dir, tuning.model_name, tuning.dataset, limit=tuning.limit,
+                                      model_path=cfg.model_path)
     return ProbingFeatures(acts, labels, question_ids, tuning_acts)
 
 
@@ -120,7 +130,7 @@ def check_feature_geometry(features: ProbingFeatures, geometry, cfg: ValidationC
     for dataset, acts in ((cfg.dataset_name, features.acts), (cfg.activations_dataset, features.tuning_acts)):
         if acts.ndim != 3 or acts.shape[1:] != expected:
             raise UsageError(
-                f"features {feature_path(cfg.features_dir, cfg.output_name, dataset, 'head_wise')} have per-row shape "
+                f"the {dataset} features of {cfg.output_name} in {cfg.features_dir} have per-row shape "
                 f"{acts.shape[1:]} but the model has {geometry.num_layers} layers x {geometry.width} (heads x head_dim): "
                 f"they come from another model; re-extract them with this model")
     total = geometry.num_layers * geometry.num_heads
@@ -131,7 +141,7 @@ def check_feature_geometry(features: ProbingFeatures, geometry, cfg: ValidationC
 # ----------------------------------------------------------------------------- one fold
 
 def evaluate_fold(shifted: ShiftedModel, tokenizer, records: list[GenerationQuestion], cfg: ValidationConfig,
-                  judges: JudgePanel | None, owt_texts: list[str] | None,
+                  judges: JudgePanel | None, ce_kl: CeKl | None,
                   progress: bool = True) -> tuple[pd.DataFrame, dict[str, float]]:
     """(answer frame, means) of the given questions; metrics not asked (or not computable) are NaN."""
     tag = cfg.output_name
@@ -148,8 +158,8 @@ def evaluate_fold(shifted: ShiftedModel, tokenizer, records: list[GenerationQues
         for key in ("MC1", "MC2", "MC3"):
             frame[f"{tag} {key}"] = [getattr(r, key.lower()) for r in mc]
             results[key] = float(frame[f"{tag} {key}"].mean())
-    ce_kl = ce_kl_metrics(shifted, tokenizer, owt_texts, metrics, cfg.seed, cfg.batch_size, progress=progress)
-    results.update({key.upper(): value for key, value in ce_kl.items()})
+    if ce_kl is not None:
+        results.update({key.upper(): value for key, value in ce_kl.metrics(shifted, metrics, progress).items()})
     if judges is not None:
         questions = [r.question for r in records]
         frame[tag] = generate_answers(shifted, tokenizer, questions, Prompting(cfg.instruction_prompt),
@@ -180,7 +190,8 @@ def summary_frame(cfg: ValidationConfig, fold: int | None, results: dict[str, fl
 
 
 def final_line(alpha: float, num_heads: int, results: dict[str, float]) -> str:
-    r = results
+    """The public workflow's summary line, numbers rounded to 4 decimals (the JSON keeps them whole)."""
+    r = {key: f"{value:.4f}" for key, value in results.items()}
     return (f"alpha: {alpha}, heads: {num_heads}, True*Info Score: {r['True*Info']}, True Score: {r['True']}, "
             f"Info Score: {r['Info']}, MC1 Score: {r['MC1']}, MC2 Score: {r['MC2']}, CE Loss: {r['CE']}, "
             f"KL wrt Original: {r['KL']}")
@@ -193,11 +204,16 @@ def run_validation(cfg: ValidationConfig, progress: bool = True, log: Callable[[
     began = time.time()
     cfg.check()
     metrics = set(cfg.metrics)
+    # Local checks first (model name, questions, features), then the judges, which may ask the hub.
+    source = resolve_model_source(cfg.model_name, cfg.model_prefix, cfg.model_path)
     tqa = load_truthfulqa(cfg.tqa_path)
     records = tqa.generation_in_mc_order()
     num_questions = check_limit(cfg.limit, len(records))
     records = records[:num_questions]
     splits = all_fold_splits(num_questions, cfg.num_fold, cfg.val_ratio, cfg.seed, cfg.split_rng)
+    features = load_probing_features(cfg, tqa, num_questions) if cfg.num_heads > 0 else None
+    json_path = summary_path(cfg)
+    finished = finished_folds(cfg, json_path)
 
     notes: list[str] = []
     judge_sources = {}
@@ -212,14 +228,13 @@ def run_validation(cfg: ValidationConfig, progress: bool = True, log: Callable[[
             notes.append(f"CE and KL left empty: {owt_source}")
             log(f"note: {notes[-1]}")
 
-    features = load_probing_features(cfg, tqa, num_questions) if cfg.num_heads > 0 else None
-    source = resolve_model_source(cfg.model_name, cfg.model_prefix, cfg.model_path)
     model, tokenizer = load_model(source, cfg.device, cfg.dtype, cfg.trust_remote_code)
     geometry = head_geometry(model.config)
     if features is not None:
         check_feature_geometry(features, geometry, cfg)
     judges = JudgePanel(judge_sources, cfg.device, cfg.dtype, cfg.sequential_loading, cfg.batch_size) \
         if judge_sources else None
+    ce_kl = CeKl(owt_texts, tokenizer, cfg.seed, cfg.batch_size, cfg.owt_samples) if metrics & {"ce", "kl"} else None
 
     results_dir = Path(cfg.results_dir)
     dump = results_dir / "results_dump"
@@ -231,9 +246,13 @@ def run_validation(cfg: ValidationConfig, progress: bool = True, log: Callable[[
                      "method": cfg.method, "intervenes": cfg.intervenes},
         "notes": notes, "folds": [], "final": None, "final_line": None, "complete": False,
     }
-    json_path = summary_path(cfg)
     fold_results = []
     for fold, (train, val, test) in enumerate(splits):
+        if fold in finished:
+            log(f"Fold {fold}: kept from {json_path} (same settings; delete that file to recompute)")
+            record["folds"].append(finished[fold])
+            fold_results.append(_results_from_json(finished[fold]["results"]))
+            continue
         log(f"Running fold {fold}")
         split_files = {}
         for part, questions in (("train", train), ("val", val), ("test", test)):
@@ -247,7 +266,7 @@ def run_validation(cfg: ValidationConfig, progress: bool = True, log: Callable[[
             log(f"Heads intervened: {sorted(shifts.head_list())}")
         # α = 0 adds nothing: the plain model is that baseline, and KL is then exactly 0.
         shifted = ShiftedModel(model, shifts if cfg.intervenes else None)
-        frame, results = evaluate_fold(shifted, tokenizer, [records[q] for q in test], cfg, judges, owt_texts, progress)
+        frame, results = evaluate_fold(shifted, tokenizer, [records[q] for q in test], cfg, judges, ce_kl, progress)
         answer_path = write_csv(dump / "answer_dump" / f"{name}.csv", frame)
         fold_summary = write_csv(dump / "summary_dump" / f"{name}.csv", summary_frame(cfg, fold, results))
         log(f"FOLD {fold}: " + ", ".join(f"{k}: {v:.4f}" for k, v in results.items()))
@@ -266,6 +285,53 @@ def run_validation(cfg: ValidationConfig, progress: bool = True, log: Callable[[
     write_json(json_path, record)
     record["json_path"] = str(json_path)
     return record
+
+
+# Settings that change how a fold is computed, not what: --resume keeps folds made with others.
+EXECUTION_SETTINGS = ("batch_size", "device", "sequential_loading", "resume")
+
+
+def finished_folds(cfg: ValidationConfig, json_path: Path) -> dict[int, dict]:
+    """The folds a killed or finished run of the same settings completed (its files all present), by index.
+
+    Without --resume only a run of identical settings counts, and anything else starts afresh; with
+    --resume the execution settings may differ, and a missing or different run is an error.
+    """
+    previous = _read_json(json_path)
+    if previous is None:
+        if cfg.resume:
+            raise UsageError(f"--resume: no earlier run of these settings at {json_path}; drop --resume to start it")
+        return {}
+    current = plain(dataclasses.asdict(cfg))
+    recorded = previous.get("config", {})
+    differing = sorted(k for k in set(current) | set(recorded) if current.get(k) != recorded.get(k))
+    if differing:
+        changed_results = [k for k in differing if k not in EXECUTION_SETTINGS]
+        if not cfg.resume:
+            return {}
+        if changed_results:
+            raise UsageError(f"--resume: the run in {json_path} used other settings ({', '.join(changed_results)}); "
+                             "drop --resume to recompute it with these")
+    return {entry["fold"]: entry for entry in previous.get("folds", []) if _fold_files_present(entry)}
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _fold_files_present(entry: dict) -> bool:
+    files = entry.get("files", {})
+    paths = [files.get("answers"), files.get("summary"), *files.get("splits", {}).values()]
+    shifts = files.get("head_shifts")
+    return all(p and Path(p).is_file() for p in paths) and (shifts is None or Path(shifts).is_dir())
+
+
+def _results_from_json(results: dict) -> dict[str, float]:
+    """A fold's results as written (NaN saved as null) back to numbers."""
+    return {key: math.nan if value is None else float(value) for key, value in results.items()}
 
 
 def _fold_head_shifts(cfg: ValidationConfig, features: ProbingFeatures, geometry, train: np.ndarray,

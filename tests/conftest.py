@@ -4,8 +4,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# One thread per process unless the caller says otherwise (the scripts the tests start inherit it):
+# the models here are small, so a second thread buys little, and on a machine whose cores are busy
+# OpenMP threads spin-wait for each other, which made the suite several times slower under load.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,3 +104,14 @@ def tiny_model_folder(tmp_path_factory, name: str, shape: str, tokenizer, seed: 
 @pytest.fixture(scope="session", params=TINY_SHAPES)
 def tiny(request, tokenizer):
     return make_tiny_model(request.param, len(tokenizer)), tokenizer
+
+
+def broken_tqa_copy(folder: Path, tqa_path: Path, bad_row: str, rows_before: int = 3) -> Path:
+    """A TruthfulQA folder whose CSV has `bad_row` on line rows_before + 2 (after the header and
+    `rows_before` good rows), followed by good rows again."""
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "mc_task.json").write_bytes((tqa_path / "data" / "mc_task.json").read_bytes())
+    lines = (tqa_path / "TruthfulQA.csv").read_text(encoding="utf-8-sig").splitlines(keepends=True)
+    (folder / "TruthfulQA.csv").write_text("".join(lines[:rows_before + 1]) + bad_row + "\n"
+                                           + "".join(lines[rows_before + 1:rows_before + 4]), encoding="utf-8")
+    return folder

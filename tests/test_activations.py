@@ -75,3 +75,81 @@ def test_hidden_states_survive_pyvene_calls(tiny):
     with torch.no_grad():
         out = model(input_ids=ids, output_hidden_states=True)
     assert len(out.hidden_states) == model.config.num_hidden_layers + 1
+
+
+@pytest.fixture(scope="module")
+def llama_tiny(tokenizer):
+    from tests.conftest import make_tiny_model
+
+    return make_tiny_model("llama", len(tokenizer)), tokenizer
+
+
+def test_subset_is_named_apart_and_never_replaces_the_full_set(llama_tiny, tqa, tmp_path):
+    model, tokenizer = llama_tiny
+    full = save_features(model, tokenizer, tqa_mc2_set(tqa, limit=4), tmp_path, "tiny", progress=False)
+    before = np.load(full["head_wise"]).copy()
+    subset = save_features(model, tokenizer, tqa_mc2_set(tqa, limit=2), tmp_path, "tiny", progress=False, limit=2)
+    assert subset["head_wise"].name == "tiny_tqa_mc2_limit_2_head_wise.npy"
+    assert full["head_wise"].name == "tiny_tqa_mc2_head_wise.npy"
+    np.testing.assert_array_equal(np.load(full["head_wise"]), before)
+
+    acts, _, ids = load_features(tmp_path, "tiny", "tqa_mc2")
+    assert ids.max() == 3 and len(acts) == len(before)
+    acts, _, ids = load_features(tmp_path, "tiny", "tqa_mc2", limit=2)
+    np.testing.assert_array_equal(acts, np.load(subset["head_wise"]))
+    # No `_limit_3` set: the first 3 questions of the full set stand in for it.
+    acts, labels, ids = load_features(tmp_path, "tiny", "tqa_mc2", limit=3)
+    keep = np.load(full["question_ids"]) < 3
+    np.testing.assert_array_equal(acts, before[keep])
+    assert ids.max() == 2 and len(labels) == keep.sum()
+
+
+def test_missing_or_short_sets_name_the_exact_commands(tmp_path):
+    from iti.activations import FeatureSet, require_feature_sets
+    from iti.errors import UsageError
+
+    wanted = [FeatureSet(tmp_path, "tiny", "tqa_mc2", 5, "/models/tiny"), FeatureSet(tmp_path, "tiny", "tqa_gen_end_q")]
+    with pytest.raises(UsageError) as caught:
+        require_feature_sets(wanted)
+    message = str(caught.value)
+    assert (f"python get_activations/get_activations.py --model_name tiny --dataset_name tqa_mc2 --model_path "
+            f"/models/tiny --limit 5 --features_dir {tmp_path} && python get_activations/get_activations.py "
+            f"--model_name tiny --dataset_name tqa_gen_end_q --features_dir {tmp_path}") in message
+
+
+def test_truncated_features_name_the_file_and_the_command(llama_tiny, tqa, tmp_path):
+    from iti.errors import UsageError
+
+    model, tokenizer = llama_tiny
+    paths = save_features(model, tokenizer, tqa_mc2_set(tqa, limit=2), tmp_path, "tiny", progress=False, limit=2)
+    data = paths["head_wise"].read_bytes()
+    paths["head_wise"].write_bytes(data[:len(data) // 2])
+    with pytest.raises(UsageError, match=r"tiny_tqa_mc2_limit_2_head_wise.npy is truncated or corrupt .*"
+                                         r"--dataset_name tqa_mc2 --limit 2 --features_dir"):
+        load_features(tmp_path, "tiny", "tqa_mc2", limit=2)
+
+
+def test_killed_runs_leftovers(llama_tiny, tqa, tmp_path):
+    """A killed run of the same set leaves temporary files that the next run removes; another set's
+    leftovers are named in one note and kept."""
+    import os
+    import subprocess
+    import sys
+
+    from iti.activations import feature_path
+    from iti.files import temporary_path
+
+    model, tokenizer = llama_tiny
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    own = temporary_path(feature_path(tmp_path, "tiny", "tqa_mc2", "head_wise", 2))
+    own = own.with_name(own.name.replace(f"-{os.getpid()}.", f"-{dead.stdout.strip()}."))
+    other = temporary_path(feature_path(tmp_path, "tiny", "tqa_gen", "head_wise"))
+    # The same set's temporary of a writer still running (this process) is never removed.
+    running = temporary_path(feature_path(tmp_path, "tiny", "tqa_mc2", "labels", 2))
+    for path in (own, other, running):
+        path.write_bytes(b"x" * 1000)
+    notes = []
+    save_features(model, tokenizer, tqa_mc2_set(tqa, limit=2), tmp_path, "tiny", progress=False, limit=2,
+                  log=notes.append)
+    assert not own.exists() and other.exists() and running.exists()
+    assert len(notes) == 1 and other.name in notes[0] and "1 unfinished" in notes[0]

@@ -80,13 +80,18 @@ def test_saved_folder_reloads_cleanly(model_and_shifts, tokenizer, tmp_path):
     assert list(out.glob("*.safetensors")) and not list(out.glob("*.bin"))
 
 
-def test_save_replaces_an_existing_folder_and_a_failed_save_keeps_it(model_and_shifts, tokenizer, tmp_path):
+def test_save_replaces_an_earlier_bake_only_with_overwrite_and_a_failed_save_keeps_it(model_and_shifts, tokenizer,
+                                                                                       tmp_path):
     model, shifts = model_and_shifts
     target = tmp_path / "edited"
     first = bake_head_shifts(copy.deepcopy(model), shifts)
     save_baked_model(first, tokenizer, shifts, target)
     other = shifts.scaled(1.0)
-    save_baked_model(bake_head_shifts(copy.deepcopy(model), other), tokenizer, other, target)
+    second = bake_head_shifts(copy.deepcopy(model), other)
+    with pytest.raises(UsageError, match="holds an earlier bake; add --overwrite"):
+        save_baked_model(second, tokenizer, other, target)
+    assert HeadShifts.load(target).alpha == shifts.alpha
+    save_baked_model(second, tokenizer, other, target, overwrite=True)
     assert HeadShifts.load(target).alpha == 1.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["edited"]
 
@@ -97,9 +102,21 @@ def test_save_replaces_an_existing_folder_and_a_failed_save_keeps_it(model_and_s
     broken = Broken(**{f: getattr(shifts, f) for f in ("layers", "heads", "directions", "sigmas", "probe_accuracies",
                                                       "alpha", "num_layers", "num_heads", "head_dim")})
     with pytest.raises(OSError, match="disk full"):
-        save_baked_model(first, tokenizer, broken, target)
+        save_baked_model(first, tokenizer, broken, target, overwrite=True)
     assert HeadShifts.load(target).alpha == 1.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["edited"]
+
+
+def test_a_folder_that_is_not_a_bake_is_never_replaced(model_and_shifts, tokenizer, tmp_path):
+    model, shifts = model_and_shifts
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "notes.txt").write_text("a week of work")
+    for overwrite in (False, True):
+        with pytest.raises(UsageError, match="exists and is not a baked model"):
+            save_baked_model(bake_head_shifts(copy.deepcopy(model), shifts), tokenizer, shifts, target, overwrite)
+    assert [p.name for p in target.iterdir()] == ["notes.txt"] and (target / "notes.txt").read_text() == "a week of work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
 
 
 def test_baking_twice_adds_the_shifts(model_and_shifts):

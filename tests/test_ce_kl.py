@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from iti.ce_kl import ce_and_kl, ce_kl_metrics, load_owt_texts, read_owt_file, sample_token_rows
+from iti.ce_kl import CeKl, ce_and_kl, load_owt_texts, read_owt_file, sample_token_rows
 from iti.errors import UsageError
 from iti.intervention import ShiftedModel
 from tests.test_mc import layer_deltas, make_shifts
@@ -70,6 +70,29 @@ def test_kl_is_exactly_zero_at_alpha_zero(tiny):
     assert ce == pytest.approx(reference_ce_kl(model, rows, {})[0], abs=1e-4)
 
 
+def test_reference_computed_once_and_reused_across_settings(tiny, monkeypatch):
+    """One CeKl serves several shifted versions of a model: the unshifted pass runs once, and each
+    setting's CE and KL equal the hand loop's."""
+    import iti.ce_kl as ce_kl_module
+
+    model, tokenizer = tiny
+    calls = []
+    real = ce_kl_module.reference_logits
+    monkeypatch.setattr(ce_kl_module, "reference_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ce_kl = CeKl(DOCUMENTS, tokenizer, seed=3, batch_size=2, num_samples=4)
+    base = make_shifts(model)
+    for alpha in (1.0, 2.5):
+        shifts = base.scaled(alpha)
+        values = ce_kl.metrics(ShiftedModel(model, shifts), {"ce", "kl"}, progress=False)
+        expected_ce, expected_kl = reference_ce_kl(model, ce_kl.rows, layer_deltas(shifts))
+        assert values["ce"] == pytest.approx(expected_ce, abs=1e-4)
+        assert values["kl"] == pytest.approx(expected_kl, abs=1e-4) and values["kl"] > 1e-4
+    unshifted = ce_kl.metrics(ShiftedModel(model, None), {"ce", "kl"}, progress=False)
+    assert unshifted["ce"] == pytest.approx(reference_ce_kl(model, ce_kl.rows, {})[0], abs=1e-4)
+    assert unshifted["kl"] == 0.0
+    assert len(calls) == 1
+
+
 def test_owt_files(tmp_path):
     text = tmp_path / "owt.txt"
     text.write_text("first document\nsecond line of it\n\n\n  \nsecond document\n\nthird\n")
@@ -116,6 +139,6 @@ def test_no_owt_leaves_metrics_empty(tiny, monkeypatch):
     texts, reason = load_owt_texts(None)
     assert texts is None and "stas/openwebtext-10k" in reason and "--owt_path" in reason
     model, tokenizer = tiny
-    values = ce_kl_metrics(ShiftedModel(model, None), tokenizer, None, {"mc", "ce", "kl"})
+    values = CeKl(None, tokenizer).metrics(ShiftedModel(model, None), {"mc", "ce", "kl"})
     assert set(values) == {"ce", "kl"} and all(math.isnan(v) for v in values.values())
-    assert ce_kl_metrics(ShiftedModel(model, None), tokenizer, None, {"mc"}) == {}
+    assert CeKl(None, tokenizer).metrics(ShiftedModel(model, None), {"mc"}) == {}

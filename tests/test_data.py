@@ -87,3 +87,15 @@ def test_unknown_dataset_and_bad_tqa_path(tmp_path):
         build_prompt_set("tqa_mc3")
     with pytest.raises(UsageError, match="not a TruthfulQA folder"):
         load_truthfulqa(tmp_path)
+
+
+@pytest.mark.parametrize("bad_row, message", [
+    ("Adversarial,Misconceptions", r"line 5 has 2 fields, the header 7"),
+    ('Adversarial,Misconceptions,"Where does the quote end?,A,B,C,src', r"line 5: .*a quote left open"),
+])
+def test_broken_csv_rows_name_file_and_line(tqa_path, tmp_path, bad_row, message):
+    from tests.conftest import broken_tqa_copy
+
+    folder = broken_tqa_copy(tmp_path / "tqa", tqa_path, bad_row)
+    with pytest.raises(UsageError, match=f"{folder / 'TruthfulQA.csv'} {message}"):
+        load_truthfulqa(folder)

@@ -135,12 +135,12 @@ def _only_probing(setup, folder):
 
 
 @pytest.mark.parametrize("make_features, extra, message", [
-    (_only_probing, [], "tiny_tqa_gen_end_q_head_wise.npy not found: make it with `python get_activations/"
+    (_only_probing, [], "tiny_tqa_gen_end_q_head_wise.npy: make them with `python get_activations/"
                         "get_activations.py --model_name tiny --dataset_name tqa_gen_end_q --model_path"),
     (_other_geometry, [], "tqa_mc2 features have per-row shape (3, 40) but the model has 3 layers x 4 heads"),
     (None, ["--num_heads", "13"], "--num_heads 13 exceeds the model's 3 layers x 4 heads = 12"),
     (_nan_features, [], "activations contain NaN or inf"),
-    (None, ["--limit", "31"], "--limit 31 asks for more questions than the 30"),
+    (None, ["--limit", "31"], "tiny_tqa_mc2_head_wise.npy cover 30 questions, fewer than --limit 31"),
     (None, ["--model_path", "qwen2"], "model family qwen2 has no config switch for an o_proj bias"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(setup, tmp_path, monkeypatch, capsys, make_features, extra,

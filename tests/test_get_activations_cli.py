@@ -25,9 +25,11 @@ def test_model_path_folder_of_another_family(qwen_folder, tokenizer, tqa_path, t
     result = run_script("--model_name", "tiny_qwen", "--model_path", str(qwen_folder), "--dataset_name", "tqa_gen_end_q",
                         "--limit", "2", "--features_dir", str(tmp_path), "--tqa_path", str(tqa_path), "--device", "cpu")
     assert result.returncode == 0, result.stderr
-    acts = np.load(tmp_path / "tiny_qwen_tqa_gen_end_q_head_wise.npy")
-    labels = np.load(tmp_path / "tiny_qwen_tqa_gen_end_q_labels.npy")
-    categories = (tmp_path / "tiny_qwen_tqa_gen_end_q_categories.json").read_text()
+    # A run on the first N questions is named apart from the full set.
+    acts = np.load(tmp_path / "tiny_qwen_tqa_gen_end_q_limit_2_head_wise.npy")
+    labels = np.load(tmp_path / "tiny_qwen_tqa_gen_end_q_limit_2_labels.npy")
+    categories = (tmp_path / "tiny_qwen_tqa_gen_end_q_limit_2_categories.json").read_text()
+    assert not list(tmp_path.glob("tiny_qwen_tqa_gen_end_q_head_wise.npy"))
     from iti.data import build_prompt_set
     from iti.models import load_model
 

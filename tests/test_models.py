@@ -3,7 +3,7 @@ import torch
 from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig, MistralConfig, Qwen2Config
 
 from iti.errors import UsageError
-from iti.models import (HF_NAMES, head_geometry, model_sites, resolve_dtype, resolve_model_source)
+from iti.models import HF_NAMES, head_geometry, load_model, model_sites, resolve_dtype, resolve_model_source
 
 
 def test_geometry_reads_head_dim_from_config():
@@ -68,3 +68,12 @@ def test_gguf_converts_to_a_plain_reloadable_folder(bundled_folder):
     assert getattr(model.config, "quantization_config", None) is None
     geo = head_geometry(model.config)
     assert (geo.num_layers, geo.num_heads, geo.num_kv_heads, geo.head_dim) == (30, 9, 3, 64)
+
+
+def test_a_file_that_is_not_gguf_is_refused(tmp_path):
+    fake = tmp_path / "model.gguf"
+    fake.write_text("<html>not a model</html>")
+    with pytest.raises(UsageError, match=r"model.gguf is a file but not a GGUF model"):
+        resolve_model_source("x", model_path=str(fake))
+    with pytest.raises(UsageError, match=r"not a GGUF model"):
+        load_model(str(fake), device="cpu")

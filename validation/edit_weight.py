@@ -19,50 +19,28 @@ from iti.cli import parse_config, run_main  # noqa: E402
 from iti.config import EditConfig  # noqa: E402
 
 
-def extraction_command(cfg: EditConfig, dataset: str) -> str:
-    """The get_activations call that writes the features this run reads."""
-    parts = ["python get_activations/get_activations.py", f"--model_name {cfg.model_name}",
-             f"--dataset_name {dataset}"]
-    for flag in ("model_prefix", "model_path", "limit"):
-        if getattr(cfg, flag):
-            parts.append(f"--{flag} {getattr(cfg, flag)}")
-    if cfg.features_dir != EditConfig.features_dir:
-        parts.append(f"--features_dir {cfg.features_dir}")
-    return " ".join(parts)
+def feature_set(cfg: EditConfig, dataset: str):
+    """The features this run reads of `dataset` (the first --limit questions, when given)."""
+    from iti.activations import FeatureSet
 
-
-def require_features(cfg: EditConfig, dataset: str) -> None:
-    """Fail before the model loads if a features file is missing, naming the command that makes it."""
-    from iti.activations import feature_path
-    from iti.errors import UsageError
-
-    for kind in ("head_wise", "labels", "question_ids"):
-        path = feature_path(cfg.features_dir, cfg.output_name, dataset, kind)
-        if not path.exists():
-            raise UsageError(f"features file {path} not found: make it with `{extraction_command(cfg, dataset)}`")
+    return FeatureSet(Path(cfg.features_dir), cfg.output_name, dataset, cfg.limit, cfg.model_path)
 
 
 def load_feature_set(cfg: EditConfig, dataset: str, geometry):
     """(head-wise activations, labels, question ids) of the first --limit questions, checked against the model."""
-    import numpy as np
-
-    from iti.activations import first_question_rows, load_features
+    from iti.activations import load_features
     from iti.errors import UsageError
     from iti.probes import check_finite_activations
 
-    acts, labels, question_ids = load_features(cfg.features_dir, cfg.output_name, dataset)
+    wanted = feature_set(cfg, dataset)
+    acts, labels, question_ids = load_features(wanted.features_dir, wanted.model_name, dataset, limit=cfg.limit,
+                                               model_path=cfg.model_path)
     expected = (geometry.num_layers, geometry.width)
     if acts.ndim != 3 or acts.shape[1:] != expected:
         raise UsageError(
             f"{dataset} features have per-row shape {acts.shape[1:]} but the model has {geometry.num_layers} layers x "
             f"{geometry.num_heads} heads x head_dim {geometry.head_dim} = {expected}; they come from another model: "
-            f"re-run `{extraction_command(cfg, dataset)}`")
-    if len(labels) != len(acts) or len(question_ids) != len(acts):
-        raise UsageError(f"{dataset} features, labels and question ids differ in length; re-run "
-                         f"`{extraction_command(cfg, dataset)}`")
-    if cfg.limit is not None:
-        rows = first_question_rows(question_ids, cfg.limit, f"re-run `{extraction_command(cfg, dataset)}`")
-        acts, labels, question_ids = np.asarray(acts[rows]), labels[rows], question_ids[rows]
+            f"re-run `{wanted.command()}`")
     check_finite_activations(acts)
     return acts, labels, question_ids
 
@@ -89,15 +67,17 @@ def base_model_id(cfg: EditConfig, source: str) -> str | None:
 def main() -> None:
     cfg = parse_config(EditConfig, description=__doc__)
 
-    from iti.bake import bake_head_shifts, check_bakeable, save_baked_model
+    from iti.activations import require_feature_sets
+    from iti.bake import bake_head_shifts, check_bakeable, check_output_dir, save_baked_model
     from iti.errors import UsageError
     from iti.models import edited_model_dir, head_geometry, input_device, load_model, resolve_model_source
     from iti.selection import build_head_shifts
 
     source = resolve_model_source(cfg.model_name, cfg.model_prefix, cfg.model_path)
     name = cfg.output_name
-    for dataset in (cfg.dataset_name, cfg.activations_dataset):
-        require_features(cfg, dataset)
+    output_dir = Path(cfg.output_dir) if cfg.output_dir else edited_model_dir(name, cfg.seed, cfg.num_heads, cfg.alpha)
+    check_output_dir(output_dir, cfg.overwrite)
+    require_feature_sets([feature_set(cfg, d) for d in (cfg.dataset_name, cfg.activations_dataset)])
     model, tokenizer = load_model(source, cfg.device, cfg.dtype, cfg.trust_remote_code)
     geometry = head_geometry(model.config)
     total = geometry.num_layers * geometry.num_heads
@@ -122,8 +102,7 @@ def main() -> None:
         cfg.alpha, method, cfg.use_random_dir, cfg.probe_backend, cfg.seed, provenance,
         device=str(device) if device.type == "cuda" else "cpu")
     bake_head_shifts(model, shifts)
-    output_dir = Path(cfg.output_dir) if cfg.output_dir else edited_model_dir(name, cfg.seed, cfg.num_heads, cfg.alpha)
-    save_baked_model(model, tokenizer, shifts, output_dir)
+    save_baked_model(model, tokenizer, shifts, output_dir, cfg.overwrite)
     layers = sorted(set(shifts.layers.tolist()))
     print(f"baked {shifts.k} heads ({method} directions, alpha {cfg.alpha:g}) into the o_proj biases of "
           f"{len(layers)} layers -> {output_dir}")

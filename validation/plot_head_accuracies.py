@@ -7,7 +7,6 @@ python validation/plot_head_accuracies.py --model_name smollm2_135M_instruct
 """
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -26,26 +25,24 @@ def main() -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from iti.activations import feature_path, load_features
+    from iti.activations import FeatureSet, feature_stem, find_feature_set, load_features
+    from iti.files import atomic_write, save_npy, write_json
     from iti.probes import rows_of_questions, train_probes, train_val_split
 
-    acts, labels, question_ids = load_features(cfg.features_dir, cfg.model_name, cfg.dataset_name)
-    meta = json.loads(feature_path(cfg.features_dir, cfg.model_name, cfg.dataset_name, "meta").read_text())
+    acts, labels, question_ids = load_features(cfg.features_dir, cfg.model_name, cfg.dataset_name, limit=cfg.limit)
+    found = find_feature_set(FeatureSet(Path(cfg.features_dir), cfg.model_name, cfg.dataset_name, cfg.limit))
+    meta = json.loads(found.path("meta").read_text())
     train, val = train_val_split(np.unique(question_ids), cfg.val_ratio, np.random.default_rng(cfg.seed))
     result = train_probes(acts, labels, rows_of_questions(question_ids, train), rows_of_questions(question_ids, val),
                           meta["num_heads"], backend=cfg.probe_backend, seed=cfg.seed)
     accuracies = result.val_accuracies
 
-    output = Path(cfg.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    stem = output / f"{cfg.model_name}_{cfg.dataset_name}_head_accuracies"
-    np.save(f"{stem}.tmp.npy", accuracies)
-    os.replace(f"{stem}.tmp.npy", f"{stem}.npy")
+    stem = Path(cfg.output_dir) / f"{feature_stem(cfg.model_name, cfg.dataset_name, cfg.limit)}_head_accuracies"
+    save_npy(f"{stem}.npy", accuracies)
     config = {**dataclasses.asdict(cfg), "train_questions": len(train), "val_questions": len(val),
               "best_head": [int(i) for i in np.unravel_index(accuracies.argmax(), accuracies.shape)],
               "best_accuracy": float(accuracies.max()), "mean_accuracy": float(accuracies.mean())}
-    Path(f"{stem}.json.tmp").write_text(json.dumps(config, indent=2))
-    os.replace(f"{stem}.json.tmp", f"{stem}.json")
+    write_json(f"{stem}.json", config)
 
     # Heads sorted by accuracy within each layer, as in the paper's figure.
     ordered = -np.sort(-accuracies, axis=1)
@@ -56,10 +53,9 @@ def main() -> None:
     ax.set_title(f"{cfg.model_name}: probe validation accuracy ({cfg.dataset_name})")
     fig.colorbar(image, ax=ax, label="validation accuracy")
     fig.tight_layout()
-    fig.savefig(f"{stem}.tmp.png", dpi=120)
-    os.replace(f"{stem}.tmp.png", f"{stem}.png")
-    print(f"best head (layer, head) {tuple(config['best_head'])}: {config['best_accuracy']:.3f}; "
-          f"mean {config['mean_accuracy']:.3f} -> {stem}.png")
+    atomic_write(f"{stem}.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    print(f"best head (layer, head) {tuple(config['best_head'])}: {config['best_accuracy']:.4f}; "
+          f"mean {config['mean_accuracy']:.4f} -> {stem}.png")
 
 
 if __name__ == "__main__":

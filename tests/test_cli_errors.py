@@ -1,0 +1,176 @@
+"""Bad input to the command-line scripts, one table: each case exits 2 with one line on stderr that
+says what was wrong (the phrase below), no traceback, and writes, changes or deletes nothing.
+
+Add a row for every new bad input. The scripts run in-process through `run_main`, what their
+`__main__` runs (a subprocess per case would mostly time imports); none of these cases loads a model.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT, broken_tqa_copy
+
+SCRIPTS = {
+    "get_activations": REPO_ROOT / "get_activations" / "get_activations.py",
+    "validate_2fold": REPO_ROOT / "validation" / "validate_2fold.py",
+    "edit_weight": REPO_ROOT / "validation" / "edit_weight.py",
+    "plot_head_accuracies": REPO_ROOT / "validation" / "plot_head_accuracies.py",
+}
+MODEL = "tiny"
+
+
+def write_feature_set(folder: Path, dataset: str, limit: int | None = None, questions: int = 6) -> None:
+    """A small valid set under get_activations' names (3 layers x 8 wide)."""
+    from iti.activations import feature_path
+
+    question_ids = np.repeat(np.arange(questions), 2)
+    arrays = {"head_wise": np.zeros((len(question_ids), 3, 8), np.float32),
+              "labels": np.tile([1, 0], questions), "question_ids": question_ids}
+    for kind, array in arrays.items():
+        path = feature_path(folder, MODEL, dataset, kind, limit)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, array)
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def model_args(root: Path) -> list[str]:
+    """A model given by folder: these cases fail before the folder is read."""
+    (root / "model").mkdir(exist_ok=True)
+    return ["--model_name", MODEL, "--model_path", str(root / "model"), "--device", "cpu"]
+
+
+# ----------------------------------------------------------------------------- the cases: (script, setup) -> args
+
+def gguf_that_is_not(root, tqa):
+    (root / "model.gguf").write_text("<html>a download error page</html>")
+    return ["--model_path", str(root / "model.gguf"), "--features_dir", str(root / "features")]
+
+
+def csv_short_row(root, tqa):
+    folder = broken_tqa_copy(root / "tqa", tqa, "Adversarial,Misconceptions")
+    return ["--tqa_path", str(folder), "--features_dir", str(root / "features")]
+
+
+def csv_open_quote(root, tqa):
+    folder = broken_tqa_copy(root / "tqa", tqa, 'Adversarial,Misconceptions,"Where does this quote end?,A,B,C,src')
+    return ["--tqa_path", str(folder), "--features_dir", str(root / "features")]
+
+
+def unknown_model_in_validation(root, tqa):
+    return ["--model_name", "llama_9B", "--features_dir", str(root / "features"), "--results_dir", str(root / "out"),
+            "--tqa_path", str(tqa)]
+
+
+def every_missing_set(root, tqa):
+    return [*model_args(root), "--limit", "4", "--features_dir", str(root / "features"), "--results_dir",
+            str(root / "out"), "--tqa_path", str(tqa), "--dataset_name", "tqa_mc2"]
+
+
+def corrupt_features_in_validation(root, tqa):
+    write_feature_set(root / "features", "tqa_mc2")
+    write_feature_set(root / "features", "tqa_gen_end_q")
+    truncate(root / "features" / f"{MODEL}_tqa_mc2_head_wise.npy")
+    return [*model_args(root), "--features_dir", str(root / "features"), "--results_dir", str(root / "out"),
+            "--tqa_path", str(tqa), "--limit", "4"]
+
+
+def resume_without_earlier_run(root, tqa):
+    return [*model_args(root), "--num_heads", "0", "--resume", "--limit", "4", "--results_dir", str(root / "out"),
+            "--tqa_path", str(tqa)]
+
+
+def corrupt_features_in_edit(root, tqa):
+    write_feature_set(root / "features", "tqa_mc2")
+    write_feature_set(root / "features", "tqa_gen_end_q", limit=4)
+    truncate(root / "features" / f"{MODEL}_tqa_gen_end_q_limit_4_question_ids.npy")
+    return [*model_args(root), "--features_dir", str(root / "features"), "--limit", "4",
+            "--output_dir", str(root / "baked")]
+
+
+def output_dir_of_the_user(root, tqa):
+    (root / "mine").mkdir()
+    (root / "mine" / "thesis.tex").write_text("months of work")
+    return [*model_args(root), "--features_dir", str(root / "features"), "--output_dir", str(root / "mine"),
+            "--overwrite"]
+
+
+def earlier_bake_without_overwrite(root, tqa):
+    from iti.head_shifts import METADATA_FILE, TENSORS_FILE
+
+    (root / "baked").mkdir()
+    for name in (TENSORS_FILE, METADATA_FILE, "config.json"):
+        (root / "baked" / name).write_text("{}")
+    return [*model_args(root), "--features_dir", str(root / "features"), "--output_dir", str(root / "baked")]
+
+
+def corrupt_features_in_plot(root, tqa):
+    write_feature_set(root / "features", "tqa_mc2")
+    (root / "features" / f"{MODEL}_tqa_mc2_labels.npy").write_bytes(b"not an npy file")
+    return ["--model_name", MODEL, "--features_dir", str(root / "features"), "--output_dir", str(root / "plots")]
+
+
+def missing_subset_in_plot(root, tqa):
+    return ["--model_name", MODEL, "--features_dir", str(root / "features"), "--limit", "5",
+            "--output_dir", str(root / "plots")]
+
+
+CASES = [
+    ("get_activations", gguf_that_is_not, "model.gguf is a file but not a GGUF model"),
+    ("get_activations", csv_short_row, "TruthfulQA.csv line 5 has 2 fields, the header 7"),
+    ("get_activations", csv_open_quote, "TruthfulQA.csv line 5: ',' expected after '\"' (a quote left open?)"),
+    ("validate_2fold", unknown_model_in_validation, "unknown model name 'llama_9B'; known names: llama_7B"),
+    ("validate_2fold", every_missing_set,
+     "--dataset_name tqa_mc2 --model_path {root}/model --limit 4 --features_dir {root}/features && "
+     "python get_activations/get_activations.py --model_name tiny --dataset_name tqa_gen_end_q "
+     "--model_path {root}/model --limit 4 --features_dir {root}/features`"),
+    ("validate_2fold", corrupt_features_in_validation,
+     "tiny_tqa_mc2_head_wise.npy is truncated or corrupt (mmap length is greater than file size); remake it with "
+     "`python get_activations/get_activations.py --model_name tiny --dataset_name tqa_mc2"),
+    ("validate_2fold", resume_without_earlier_run, "--resume: no earlier run of these settings"),
+    ("edit_weight", corrupt_features_in_edit, "tiny_tqa_gen_end_q_limit_4_question_ids.npy is truncated or corrupt"),
+    ("edit_weight", output_dir_of_the_user, "/mine exists and is not a baked model"),
+    ("edit_weight", earlier_bake_without_overwrite, "holds an earlier bake; add --overwrite to replace it"),
+    ("plot_head_accuracies", corrupt_features_in_plot, "tiny_tqa_mc2_labels.npy is truncated or corrupt"),
+    ("plot_head_accuracies", missing_subset_in_plot,
+     "--model_name tiny --dataset_name tqa_mc2 --limit 5 --features_dir {root}/features`"),
+]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_script", SCRIPTS[name])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("script, make_args, phrase", CASES, ids=[case[1].__name__ for case in CASES])
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(script, make_args, phrase, tmp_path, tqa_path, monkeypatch,
+                                                          capsys):
+    root = tmp_path / "work"
+    root.mkdir()
+    args = make_args(root, tqa_path)
+    before = snapshot(root)
+    module = load_script(script)
+    monkeypatch.setattr(sys, "argv", [str(SCRIPTS[script]), *args])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        module.run_main(module.main)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("error: ") and phrase.format(root=root) in lines[0], lines[0]
+    assert snapshot(root) == before

@@ -1,0 +1,54 @@
+"""validation/compare_runs.py: the baseline/ITI table of finished runs, and unfinished or foreign files refused."""
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+SCRIPT = REPO_ROOT / "validation" / "compare_runs.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("compare_runs", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def record(intervenes: bool, mc2: float, ce: float, kl: float) -> dict:
+    final = {"MC1": mc2 / 2, "MC2": mc2, "MC3": mc2 / 3, "CE": ce, "KL": kl, "True": None, "Info": None,
+             "True*Info": None}
+    return {"config": {"num_heads": 8 if intervenes else 0, "alpha": 5.0}, "complete": True, "final": final,
+            "resolved": {"intervenes": intervenes, "method": "center_of_mass"}}
+
+
+def test_rows_columns_and_rounding(tmp_path):
+    runs = [record(False, 0.412345678, 2.718281828, 0.0), record(True, 0.456789012, 2.9, 0.0123456789)]
+    paths = []
+    for i, run in enumerate(runs):
+        paths.append(tmp_path / f"run{i}.json")
+        paths[-1].write_text(json.dumps(run))
+    result = subprocess.run([sys.executable, str(SCRIPT), *map(str, paths)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    header, baseline, iti = result.stdout.strip().splitlines()
+    assert header.split() == ["run", "MC1", "MC2", "MC3", "CE", "KL"]
+    assert baseline.split() == ["baseline"] + [f"{runs[0]['final'][m]:.4f}" for m in ("MC1", "MC2", "MC3", "CE", "KL")]
+    assert iti.startswith("ITI (K=8, alpha=5, center_of_mass)")
+    assert iti.split()[-5:] == [f"{runs[1]['final'][m]:.4f}" for m in ("MC1", "MC2", "MC3", "CE", "KL")]
+
+
+def test_unfinished_run_refused(tmp_path):
+    module = load_script()
+    unfinished = dict(record(True, 0.5, 2.0, 0.1), complete=False)
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(unfinished))
+    from iti.errors import UsageError
+
+    with pytest.raises(UsageError, match="unfinished run"):
+        module.read_finished_run(path)
+    path.write_text("{not json")
+    with pytest.raises(UsageError, match="not a validate_2fold summary JSON"):
+        module.read_finished_run(path)

@@ -1,0 +1,62 @@
+"""Print finished validate_2fold runs side by side: one row per run (baseline or ITI), one column per
+metric that has a value, means over folds rounded to 4 decimals (the JSON files keep full precision).
+
+python validation/compare_runs.py validation/results_dump/summary_dump/<baseline>.json \\
+    validation/results_dump/summary_dump/<iti>.json
+"""
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from iti.cli import run_main  # noqa: E402
+
+METRIC_ORDER = ("MC1", "MC2", "MC3", "CE", "KL", "True", "Info", "True*Info")
+
+
+def run_label(record: dict) -> str:
+    config = record["config"]
+    if not record["resolved"]["intervenes"]:
+        return "baseline"
+    return f"ITI (K={config['num_heads']}, alpha={config['alpha']:g}, {record['resolved']['method']})"
+
+
+def comparison_table(records: list[dict]) -> str:
+    """A plain-text table: runs as rows, the metrics any run computed as columns."""
+    finals = [{k: math.nan if v is None else v for k, v in r["final"].items()} for r in records]
+    metrics = [m for m in METRIC_ORDER if any(not math.isnan(f.get(m, math.nan)) for f in finals)]
+    labels = [run_label(r) for r in records]
+    cells = [[f"{f[m]:.4f}" for m in metrics] for f in finals]
+    widths = [max(len(m), *(len(row[i]) for row in cells)) for i, m in enumerate(metrics)]
+    first = max(len("run"), *(len(label) for label in labels))
+    lines = ["  ".join(["run".ljust(first)] + [m.rjust(w) for m, w in zip(metrics, widths)])]
+    for label, row in zip(labels, cells):
+        lines.append("  ".join([label.ljust(first)] + [c.rjust(w) for c, w in zip(row, widths)]))
+    return "\n".join(lines)
+
+
+def read_finished_run(path: Path) -> dict:
+    from iti.errors import UsageError
+
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UsageError(f"{path} is not a validate_2fold summary JSON ({err}); give the files it writes "
+                         "to results_dump/summary_dump/") from err
+    if not record.get("complete"):
+        raise UsageError(f"{path} holds an unfinished run; run validate_2fold with the same settings to finish it")
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("summaries", nargs="+", type=Path, help="summary JSON files of validate_2fold runs")
+    args = parser.parse_args()
+    print(comparison_table([read_finished_run(path) for path in args.summaries]))
+
+
+if __name__ == "__main__":
+    run_main(main)
