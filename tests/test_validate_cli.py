@@ -185,9 +185,9 @@ def test_killed_run_leaves_earlier_folds_whole(setup, tmp_path, monkeypatch):
                    log=lambda _: None)
     assert calls == []
     with pytest.raises(UsageError, match=r"--resume: the run in .* used other settings \(instruction_prompt\)"):
-        run_validation(config(setup, tmp_path, num_heads=0, limit=4, instruction_prompt="none", resume=True),
+        run_validation(config(setup, tmp_path, num_heads=0, limit=4, max_new_tokens=7, resume=True),
                        progress=False, log=lambda _: None)
-    run_validation(config(setup, tmp_path, num_heads=0, limit=4, instruction_prompt="none"), progress=False,
+    run_validation(config(setup, tmp_path, num_heads=0, limit=4, max_new_tokens=7), progress=False,
                    log=lambda _: None)
     assert len(calls) == 2
     with pytest.raises(UsageError, match="--resume: no earlier run of these settings"):
