@@ -184,7 +184,7 @@ def test_killed_run_leaves_earlier_folds_whole(setup, tmp_path, monkeypatch):
     run_validation(config(setup, tmp_path, num_heads=0, limit=4, batch_size=2, resume=True), progress=False,
                    log=lambda _: None)
     assert calls == []
-    with pytest.raises(UsageError, match=r"--resume: the run in .* used other settings \(instruction_prompt\)"):
+    with pytest.raises(UsageError, match=r"--resume: the run in .* used other settings \(max_new_tokens\)"):
         run_validation(config(setup, tmp_path, num_heads=0, limit=4, max_new_tokens=7, resume=True),
                        progress=False, log=lambda _: None)
     run_validation(config(setup, tmp_path, num_heads=0, limit=4, max_new_tokens=7), progress=False,
@@ -248,7 +248,7 @@ def test_script_bad_input_is_one_line_and_exit_2(setup, tmp_path):
 
 def test_features_are_read_under_the_prefixed_name(setup, tmp_path):
     """One rule in every script: features carry the name of the model they come from, prefix included."""
-    with pytest.raises(UsageError, match=re.escape(f"x_{MODEL}_tqa_mc2_head_wise.npy not found")):
+    with pytest.raises(UsageError, match=re.escape(f"missing features {setup['features']}/x_{MODEL}_tqa_mc2_limit_6_head_wise.npy")):
         run_validation(config(setup, tmp_path, model_prefix="x_"), progress=False, log=lambda _: None)
 
 
