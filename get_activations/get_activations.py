@@ -1,6 +1,7 @@
 """Extract per-head (o_proj input), layer-wise and optionally MLP activations of a prompt set.
 
 python get_activations/get_activations.py --model_name smollm2_135M_instruct --dataset_name tqa_mc2 --limit 20
+python get_activations/get_activations.py --dataset_name my_set --dataset_path my_set.jsonl --prompt_format chat
 """
 import sys
 from pathlib import Path
@@ -14,14 +15,22 @@ from iti.config import ActivationsConfig  # noqa: E402
 def main() -> None:
     cfg = parse_config(ActivationsConfig, description=__doc__)
     from iti.activations import save_features
+    from iti.contrastive import dataset_record
     from iti.data import build_prompt_set
     from iti.models import load_model, resolve_model_source
+    from iti.prompts import prompting_for
 
     source = resolve_model_source(cfg.model_name, cfg.model_prefix, cfg.model_path)
-    prompt_set = build_prompt_set(cfg.dataset_name, cfg.tqa_path, cfg.limit, cfg.seed)
+    # Built before the model loads, so a missing or bad dataset fails at once; chat rows need the tokenizer.
+    prompt_set = build_prompt_set(cfg.dataset_name, cfg.tqa_path, cfg.limit, cfg.seed, cfg.dataset_path)
     model, tokenizer = load_model(source, cfg.device, cfg.dtype, cfg.trust_remote_code)
+    prompting = prompting_for(cfg.prompt_format, tokenizer, source)
+    if prompting.chat:
+        prompt_set = build_prompt_set(cfg.dataset_name, cfg.tqa_path, cfg.limit, cfg.seed, cfg.dataset_path,
+                                      prompting.probe_text)
     config = {"model_source": source, "dtype": str(model.dtype), "limit": cfg.limit, "seed": cfg.seed,
-              "batch_size": cfg.batch_size}
+              "batch_size": cfg.batch_size, "prompt_format": cfg.prompt_format,
+              "dataset_path": dataset_record(cfg.dataset_path)}
     paths = save_features(model, tokenizer, prompt_set, cfg.features_dir, cfg.output_name, cfg.batch_size, cfg.mlp,
                           config, limit=cfg.limit)
     print(f"{len(prompt_set)} rows of {prompt_set.num_questions} questions -> {paths['head_wise']} "

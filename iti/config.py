@@ -24,6 +24,10 @@ DEFAULT_TRUTH_JUDGE = "allenai/truthfulqa-truth-judge-llama2-7B"
 DEFAULT_INFO_JUDGE = "allenai/truthfulqa-info-judge-llama2-7B"
 METRICS = METRIC_OPTIONS
 PROBING_DATASETS = ("tqa_mc2", "tqa_gen", "tqa_gen_end_q")
+PROMPT_FORMATS = ("raw", "chat")
+HEAD_METRICS = ("accuracy", "auc")
+DATASET_PATH_HELP = ("a contrastive dataset of your own (ITI_SPEC.md §9): .jsonl, .csv in TruthfulQA.csv's columns, "
+                     "or hub:owner/name[:split]; --dataset_name then names its features and outputs")
 PROBE_BACKENDS = ("torch", "sklearn")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 # Generators of the folds' train/validation draws (iti.probes.all_fold_splits).
@@ -55,8 +59,26 @@ class ModelOptions:
 
 
 @dataclass
-class ActivationsConfig(ModelOptions):
-    dataset_name: str = option("tqa_mc2", "tqa_mc2, tqa_gen, tqa_gen_end_q, nq_open or trivia_qa")
+class DatasetOptions(ModelOptions):
+    """Where the items come from (a built-in set, or a §9 file named by --dataset_name) and how they are prompted."""
+    dataset_path: str | None = option(None, DATASET_PATH_HELP)
+    prompt_format: str = option("raw", "raw (`Q: {question} A: {answer}`, the public workflow) or chat (the model's "
+                                       "chat template: question as the user turn, answer as the assistant turn)",
+                                choices=PROMPT_FORMATS)
+
+    @property
+    def custom(self) -> bool:
+        return self.dataset_path is not None
+
+    def check_custom_dataset(self, dataset_name: str, min_items: int = 1, limit: int | None = None) -> None:
+        """A §9 file is read in full here (it is small and needs no heavy import), so bad items fail at once."""
+        check_custom_dataset(self.dataset_path, dataset_name, min_items, limit)
+
+
+@dataclass
+class ActivationsConfig(DatasetOptions):
+    dataset_name: str = option("tqa_mc2", "tqa_mc2, tqa_gen, tqa_gen_end_q, nq_open or trivia_qa; with "
+                                          "--dataset_path, the name of your dataset")
     batch_size: int = option(16, "prompts per forward pass")
     limit: int | None = option(None, "only the first N questions of the set's order")
     seed: int = option(42, "draws the extra question of tqa_gen_end_q")
@@ -67,17 +89,22 @@ class ActivationsConfig(ModelOptions):
     def check(self) -> None:
         from iti.data import check_dataset_name
 
-        check_dataset_name(self.dataset_name)
+        if self.custom:
+            self.check_custom_dataset(self.dataset_name, limit=self.limit)
+        else:
+            check_dataset_name(self.dataset_name)
         _at_least(1, batch_size=self.batch_size)
         if self.limit is not None:
             _at_least(1, limit=self.limit)
 
 
 @dataclass
-class HeadShiftOptions(ModelOptions):
+class HeadShiftOptions(DatasetOptions):
     """How head shifts are made from features: shared by validate_2fold and edit_weight."""
-    dataset_name: str = option("tqa_mc2", "features that train the probes (tqa_mc2, tqa_gen, tqa_gen_end_q)")
-    activations_dataset: str = option("tqa_gen_end_q", "features that set the spread σ along each direction")
+    dataset_name: str = option("tqa_mc2", "features that train the probes (tqa_mc2, tqa_gen, tqa_gen_end_q; with "
+                                          "--dataset_path, the name your dataset's features were saved under)")
+    activations_dataset: str | None = option(None, "features that set the spread σ along each direction (default: "
+                                                   "tqa_gen_end_q, or the probing set itself with --dataset_path)")
     num_heads: int = option(48, "K, the number of heads to shift")
     alpha: float = option(15.0, "α, the shift strength: each head is shifted by α·σ·θ")
     val_ratio: float = option(0.2, "share of the development questions held out to rank the probes")
@@ -95,12 +122,21 @@ class HeadShiftOptions(ModelOptions):
             return "random"
         return "center_of_mass" if self.use_center_of_mass else "probe"
 
+    @property
+    def tuning_dataset(self) -> str:
+        """The features σ is measured on (spec §4; §9: a custom probing set is its own σ set)."""
+        if self.activations_dataset is not None:
+            return self.activations_dataset
+        return self.dataset_name if self.custom else "tqa_gen_end_q"
+
     def check(self) -> None:
         super().check()
         if self.use_center_of_mass and self.use_random_dir:
             raise UsageError("--use_center_of_mass and --use_random_dir exclude each other; pick one "
                              "(or neither for probe directions)")
-        if self.dataset_name not in PROBING_DATASETS:
+        if self.custom:
+            self.check_custom_dataset(self.dataset_name, min_items=2, limit=self.limit)
+        elif self.dataset_name not in PROBING_DATASETS:
             raise UsageError(f"--dataset_name {self.dataset_name} cannot train probes on TruthfulQA folds; "
                              f"use one of {', '.join(PROBING_DATASETS)}")
         if not math.isfinite(self.alpha):
@@ -113,7 +149,9 @@ class ValidationConfig(HeadShiftOptions):
     num_heads: int = option(48, "K, heads to shift; 0 evaluates the model as it is")
     alpha: float = option(15.0, "α, the shift strength; 0 evaluates the model as it is")
     num_fold: int = option(2, "folds of the questions; each is the test set once")
-    instruction_prompt: str = option("default", "default, informative or none")
+    instruction_prompt: str | None = option(None, "default, informative or none (default: `default` with the QA "
+                                                  "primer on TruthfulQA; on a --dataset_path set the bare question, "
+                                                  "an instruction asked for brings the primer too)")
     metrics: tuple[str, ...] = option(METRICS, f"any of {', '.join(METRICS)} (default: all; `mc ce` or `mc,ce`)")
     judge_model: str = option(DEFAULT_TRUTH_JUDGE, "truth judge: hub id or local folder", aliases=["--judge_name"])
     info_model: str = option(DEFAULT_INFO_JUDGE, "informativeness judge: hub id or local folder",
@@ -146,10 +184,13 @@ class ValidationConfig(HeadShiftOptions):
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown or not self.metrics:
             raise UsageError(f"unknown metric {', '.join(unknown) or '(none given)'}; use any of {', '.join(METRICS)}")
-        check_instruction_prompt(self.instruction_prompt)
+        if self.instruction_prompt is not None:
+            check_instruction_prompt(self.instruction_prompt)
         from iti.data import DATASET_NAMES
 
-        if self.activations_dataset not in DATASET_NAMES:
+        if self.custom:
+            self.check_custom_dataset(self.dataset_name, min_items=self.num_fold, limit=self.limit)
+        elif self.tuning_dataset not in DATASET_NAMES:
             raise UsageError(f"unknown --activations_dataset {self.activations_dataset!r}; "
                              f"known: {', '.join(DATASET_NAMES)}")
         _at_least(1, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, owt_samples=self.owt_samples)
@@ -166,14 +207,14 @@ class ValidationConfig(HeadShiftOptions):
 # Settings that change the numbers but are not spelled out in run names: a short hash of those that
 # differ from their defaults goes beside the readable name, so no two different runs share a file.
 HASHED_SETTINGS = ("dataset_name", "activations_dataset", "probe_backend", "instruction_prompt", "num_fold",
-                   "val_ratio", "split_rng", "owt_samples")
+                   "val_ratio", "split_rng", "owt_samples", "dataset_path", "prompt_format")
 # The settings that fix each fold's questions: split files carry a hash of those not at their defaults.
 SPLIT_SETTINGS = ("num_fold", "val_ratio", "split_rng")
 # The settings that change a run's numbers; runs that agree on all of them but the seed are repeats.
 NUMBER_SETTINGS = ("model_name", "model_prefix", "model_path", "dtype", "dataset_name", "activations_dataset",
                    "probe_backend", "instruction_prompt", "num_fold", "val_ratio", "use_center_of_mass",
                    "use_random_dir", "seed", "num_heads", "alpha", "limit", "max_new_tokens", "judge_model",
-                   "info_model", "split_rng", "owt_samples")
+                   "info_model", "split_rng", "owt_samples", "dataset_path", "prompt_format")
 
 
 def settings_hash(cfg, names: tuple[str, ...]) -> str:
@@ -206,6 +247,9 @@ class EditConfig(HeadShiftOptions):
 class HeadAccuracyConfig:
     model_name: str = option(BUNDLED_MODEL, "names the features to read")
     dataset_name: str = option("tqa_mc2", "features that train the probes")
+    dataset_path: str | None = option(None, DATASET_PATH_HELP + " (checked against the features' record)")
+    metric: str = option("accuracy", "what the heatmap shows: the probes' validation accuracy or ROC AUC",
+                         choices=HEAD_METRICS)
     features_dir: str = option(str(FEATURES_DIR), "where get_activations put the features")
     limit: int | None = option(None, "only the first N questions (the `_limit_N` features, else the first N of "
                                      "the full set)")
@@ -217,6 +261,44 @@ class HeadAccuracyConfig:
 
     def check(self) -> None:
         _check_fraction(self.val_ratio)
+        if self.dataset_path is not None:
+            check_custom_dataset(self.dataset_path, self.dataset_name)
+
+
+@dataclass
+class ExportConfig(ModelOptions):
+    head_shifts: str | None = option(None, "head shifts to export: a folder from validate_2fold "
+                                           "(results_dump/head_shifts_dump/...) or edit_weight")
+    import_from: str | None = option(None, "a pyvene folder (IntervenableModel.save) to import as head shifts instead")
+    output_dir: str | None = option(None, "where the pyvene folder (export) or the head shifts (import) go")
+    allow_other_model: bool = option(False, "apply head shifts made for another model of the same geometry")
+
+    def check(self) -> None:
+        if (self.head_shifts is None) == (self.import_from is None):
+            raise UsageError("give exactly one of --head_shifts FOLDER (export to pyvene) or --import_from FOLDER "
+                             "(import from pyvene)")
+        if self.output_dir is None:
+            raise UsageError("--output_dir is needed: the folder to write")
+
+
+def check_custom_dataset(dataset_path: str, dataset_name: str, min_items: int = 1, limit: int | None = None) -> None:
+    """--dataset_name must be a plain new name, and the file a §9 dataset with enough items (hub sets load later)."""
+    import re
+
+    from iti.contrastive import HUB_PREFIX, load_dataset_file
+    from iti.data import DATASET_NAMES
+
+    if dataset_name in DATASET_NAMES or not re.fullmatch(r"[A-Za-z0-9][\w.-]*", dataset_name):
+        raise UsageError(f"--dataset_name {dataset_name!r} names your dataset's files: use a new plain name "
+                         f"(letters, digits, _ . -), not one of the built-in {', '.join(DATASET_NAMES)}")
+    if dataset_path.startswith(HUB_PREFIX):
+        return
+    items = len(load_dataset_file(dataset_path, dataset_name))
+    if limit is not None and limit > items:
+        raise UsageError(f"--limit {limit} is more than the {items} items of {dataset_path}; use --limit {items} or less")
+    if min(items, limit or items) < min_items:
+        raise UsageError(f"{dataset_path} has {min(items, limit or items)} items, fewer than the {min_items} "
+                         "the run splits them into; add items or use fewer folds")
 
 
 def _at_least(minimum: int, **values: int) -> None:

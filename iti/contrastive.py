@@ -199,6 +199,13 @@ def load_dataset_file(path: str | Path, name: str) -> ContrastiveDataset:
     return dataset_from_records(name, records, str(file), lambda i: f"line {lines[i]}")
 
 
+def dataset_record(dataset_path: str | None) -> str | None:
+    """How features record their dataset: a file by its absolute path (so any working directory matches it)."""
+    if dataset_path is None or dataset_path.startswith(HUB_PREFIX):
+        return dataset_path
+    return str(Path(dataset_path).expanduser().resolve())
+
+
 def truthfulqa_dataset(tqa: TruthfulQA) -> ContrastiveDataset:
     """TruthfulQA as a §9 dataset in multiple-choice order (the order its folds use)."""
     return ContrastiveDataset("truthfulqa", tqa.generation_in_mc_order(), tqa.source)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from iti.config import PROMPT_FORMATS
 from iti.errors import UsageError
 
 # Ouyang et al. (2022), Figure 17, as the LLaMA evaluation and the ITI paper use it.
@@ -68,9 +69,6 @@ def answer_prompt(prompt: str, answer: str, separator: str = ANSWER_SEPARATOR) -
 
 
 # --------------------------------------------------------------------------- prompt formats (spec §9)
-
-PROMPT_FORMATS = ("raw", "chat")
-
 
 def check_prompt_format(name: str) -> None:
     if name not in PROMPT_FORMATS:

@@ -78,12 +78,15 @@ def _row(frame: pd.DataFrame, index: int) -> dict:
 
 def layer_probe_table(layer_acts: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray,
                       test_rows: np.ndarray, backend: str, seed: int, device: str = "cpu") -> pd.DataFrame:
-    """One probe per decoder layer's residual stream (layer-wise features without the embedding output)."""
+    """One probe per decoder layer's residual stream (layer-wise features without the embedding output);
+    accuracy and AUC on the validation rows and, when there are any, the test rows."""
     streams = layer_acts[:, 1:, :]
     probes = train_probes(streams, labels, train_rows, val_rows, num_heads=1, backend=backend, device=device,
                           seed=seed)
     table = {"layer": np.arange(streams.shape[1])}
     for part, rows in (("val", val_rows), ("test", test_rows)):
+        if len(rows) == 0:
+            continue
         accuracy, auc = _accuracy_and_auc(head_scores(streams, rows, probes, 1)[:, 0], labels[rows])
         table[f"{part}_accuracy"], table[f"{part}_auc"] = accuracy, auc
     return pd.DataFrame(table)
@@ -113,15 +116,15 @@ REPORT_COLUMNS = ("fold", "training items (rows)", "val accuracy", "test accurac
 
 
 def report_table(rows: list[dict], alpha: float, num_heads: int) -> str:
-    """The shared artifact's table (markdown): per fold, training samples, the selected heads' mean probe
+    """The shared artifact's table (markdown): per fold ("-" for a baked model's single split), training samples, the selected heads' mean probe
     validation and test accuracy, α, K, the best single layer and the top head with its AUC."""
     lines = ["| " + " | ".join(REPORT_COLUMNS) + " |", "|" + "---|" * len(REPORT_COLUMNS)]
-    for fold, summary in enumerate(rows):
+    for summary in rows:
         selected = summary.get("selected_heads") or summary["top_head"]
         best = summary.get("best_layer")
         top = summary["top_head"]
         cells = [
-            str(summary.get("fold", fold)), f"{summary['train_items']} ({summary['train_rows']})",
+            str(summary.get("fold", "-")), f"{summary['train_items']} ({summary['train_rows']})",
             _fmt(selected.get("val_accuracy")), _fmt(selected.get("test_accuracy")), f"{alpha:g}", str(num_heads),
             f"{best['layer']} ({_fmt(best['val_accuracy'])})" if best else "-",
             f"L{top['layer']}H{top['head']} ({_fmt(top.get('val_auc'))})",

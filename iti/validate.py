@@ -29,10 +29,11 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from iti.activations import FeatureSet, load_features, require_feature_sets
-from iti.config import HASHED_SETTINGS, SPLIT_SETTINGS, ValidationConfig, settings_hash
+from iti.activations import FeatureSet, find_feature_set, load_features, require_feature_sets
+from iti.config import HASHED_SETTINGS, SPLIT_SETTINGS, HeadShiftOptions, ValidationConfig, settings_hash
 from iti.ce_kl import CeKl, load_owt_texts
-from iti.data import GenerationQuestion, TruthfulQA, check_limit, load_truthfulqa
+from iti.contrastive import ContrastiveDataset, dataset_record, load_dataset_file, truthfulqa_dataset
+from iti.data import GenerationQuestion, TruthfulQA, load_truthfulqa
 from iti.errors import UsageError
 from iti.generation import generate_answers
 from iti.head_shifts import HeadShifts
@@ -43,22 +44,23 @@ from iti.mc import evaluate_mc
 from iti.metrics import METRICS as METRIC_TABLE
 from iti.metrics import mean_over_folds, with_products
 from iti.models import head_geometry, load_model, resolve_device, resolve_model_source
-from iti.probes import all_fold_splits, rows_of_questions
-from iti.prompts import Prompting
-from iti.selection import build_head_shifts
+from iti.probes import ProbeResult, all_fold_splits, rows_of_questions, train_probes
+from iti.prompts import Prompting, prompting_for
+from iti.report import ProbeReport, layer_probe_table, probe_report, report_table
+from iti.selection import check_features, head_shifts_from_probes
 
 # Result keys of a fold, and their column names in the public workflow's summary files.
 SUMMARY_COLUMNS = {metric.name: metric.column for metric in METRIC_TABLE}
 
 
 def run_name(cfg: ValidationConfig, fold: int | None = None) -> str:
-    """`{model}_seed_{seed}_top_{K}_heads_alpha_{α}[_limit_{N}][_{hash}][_fold_{i}][_com|_random]`.
+    """`{model}[_{dataset}]_seed_{seed}_top_{K}_heads_alpha_{α}[_limit_{N}][_{hash}][_fold_{i}][_com|_random]`.
 
     α is written with `:g` (15 → "15", 2.5 → "2.5"): the public int(α) made sweeps over
     fractional α overwrite each other. The hash stands for the other settings that change the
     numbers (HASHED_SETTINGS) where they differ from the defaults; the JSON summary spells them out.
     """
-    name = f"{cfg.output_name}_seed_{cfg.seed}_top_{cfg.num_heads}_heads_alpha_{cfg.alpha:g}"
+    name = f"{cfg.output_name}{dataset_tag(cfg)}_seed_{cfg.seed}_top_{cfg.num_heads}_heads_alpha_{cfg.alpha:g}"
     if cfg.limit is not None:
         name += f"_limit_{cfg.limit}"
     name += settings_hash(cfg, HASHED_SETTINGS)
@@ -72,6 +74,12 @@ def summary_path(cfg: ValidationConfig) -> Path:
     return Path(cfg.results_dir) / "results_dump" / "summary_dump" / f"{run_name(cfg)}.json"
 
 
+def dataset_tag(cfg: ValidationConfig) -> str:
+    """`_{dataset_name}` in the names of a --dataset_path run's files, so it never overwrites a TruthfulQA
+    run; TruthfulQA runs keep the public names."""
+    return f"_{cfg.dataset_name}" if cfg.custom else ""
+
+
 def questions_frame(records: list[GenerationQuestion]) -> pd.DataFrame:
     """TruthfulQA.csv's columns for these questions (answers joined with "; ")."""
     return pd.DataFrame({
@@ -83,33 +91,73 @@ def questions_frame(records: list[GenerationQuestion]) -> pd.DataFrame:
     })
 
 
+# ----------------------------------------------------------------------------- items and prompts
+
+def load_items(cfg: ValidationConfig) -> tuple[ContrastiveDataset, TruthfulQA | None]:
+    """The run's items, first `--limit` of them: a §9 file in file order, else TruthfulQA in MC order."""
+    if cfg.custom:
+        return load_dataset_file(cfg.dataset_path, cfg.dataset_name).first(cfg.limit), None
+    tqa = load_truthfulqa(cfg.tqa_path)
+    return truthfulqa_dataset(tqa).first(cfg.limit), tqa
+
+
+def evaluation_prompting(cfg: ValidationConfig, tokenizer, model_label: str) -> Prompting:
+    """TruthfulQA: instruction (default `default`) and the QA primer (spec §6). A §9 dataset: the bare
+    question unless an instruction is asked for, which brings the primer with it (spec §9)."""
+    instruction = cfg.instruction_prompt or ("none" if cfg.custom else "default")
+    primer = not cfg.custom or cfg.instruction_prompt is not None
+    return prompting_for(cfg.prompt_format, tokenizer, model_label, instruction_prompt=instruction, primer=primer)
+
+
 # ----------------------------------------------------------------------------- features
 
 @dataclass
 class ProbingFeatures:
     acts: np.ndarray
     labels: np.ndarray
-    question_ids: np.ndarray  # per row, in multiple-choice order
+    question_ids: np.ndarray  # per row: the item, in the folds' order (TruthfulQA: multiple-choice order)
     tuning_acts: np.ndarray
+    layer_acts: np.ndarray | None  # the probing set's residual streams, for the best-layer probe
 
 
 def feature_sets(cfg: ValidationConfig) -> tuple[FeatureSet, FeatureSet]:
     """(probing set, tuning set), both extracted from the model being run. With --limit, the
     `_limit_{N}` sets, else the first N questions of the full sets; but a generation-order probing set
     must be the full one, since its first N questions are not the first N of the (MC-order) folds."""
-    probe_limit = cfg.limit if cfg.dataset_name == "tqa_mc2" else None
+    probe_limit = cfg.limit if cfg.dataset_name == "tqa_mc2" or cfg.custom else None
     common = dict(features_dir=Path(cfg.features_dir), model_name=cfg.output_name, model_path=cfg.model_path)
     return (FeatureSet(dataset=cfg.dataset_name, limit=probe_limit, **common),
-            FeatureSet(dataset=cfg.activations_dataset, limit=cfg.limit, **common))
+            FeatureSet(dataset=cfg.tuning_dataset, limit=cfg.limit, **common))
 
 
-def load_probing_features(cfg: ValidationConfig, tqa: TruthfulQA, num_questions: int) -> ProbingFeatures:
-    """The probing set (rows indexed by MC-order question) and the tuning set."""
+def check_feature_record(cfg: HeadShiftOptions, wanted: FeatureSet) -> None:
+    """Features made with another prompt format, or from another file under the same name, are refused."""
+    found = find_feature_set(wanted)
+    path = found.path("meta") if found is not None else None
+    if path is None or not path.is_file():
+        return
+    meta = json.loads(path.read_text())
+    made_with = meta.get("prompt_format", "raw")
+    if made_with != cfg.prompt_format:
+        raise UsageError(f"{path.name}: these features were extracted with --prompt_format {made_with}, this run "
+                         f"asks for {cfg.prompt_format}; re-extract them or pass --prompt_format {made_with}")
+    made_from = meta.get("dataset_path")
+    if cfg.custom and wanted.dataset == cfg.dataset_name and made_from is not None and \
+            made_from != dataset_record(cfg.dataset_path):
+        raise UsageError(f"{path.name}: the features named {wanted.dataset} were made from {made_from}, not "
+                         f"{cfg.dataset_path}; re-extract them or give another --dataset_name")
+
+
+def load_probing_features(cfg: ValidationConfig, tqa: TruthfulQA | None, num_questions: int) -> ProbingFeatures:
+    """The probing set (rows indexed by item in fold order: TruthfulQA's MC order, a §9 file's order), its
+    residual streams when they were extracted, and the tuning set."""
     probing, tuning = feature_sets(cfg)
     require_feature_sets([probing, tuning])
+    for wanted in (probing, tuning):
+        check_feature_record(cfg, wanted)
     acts, labels, question_ids = load_features(probing.features_dir, probing.model_name, probing.dataset,
                                                limit=probing.limit, model_path=cfg.model_path)
-    if cfg.dataset_name != "tqa_mc2":
+    if tqa is not None and cfg.dataset_name != "tqa_mc2":
         # The generation sets index questions in generation order; folds use the MC order.
         mc_index = {q.question.strip(): i for i, q in enumerate(tqa.multiple_choice)}
         to_mc = np.array([mc_index.get(q.question.strip(), -1) for q in tqa.generation])
@@ -122,12 +170,16 @@ def load_probing_features(cfg: ValidationConfig, tqa: TruthfulQA, num_questions:
             f"`{dataclasses.replace(probing, limit=None).command()}`")
     tuning_acts, _, _ = load_features(tuning.features_dir, tuning.model_name, tuning.dataset, limit=tuning.limit,
                                       model_path=cfg.model_path)
-    return ProbingFeatures(acts, labels, question_ids, tuning_acts)
+    layer_acts = None
+    if find_feature_set(probing, "layer_wise") is not None:
+        layer_acts, _, _ = load_features(probing.features_dir, probing.model_name, probing.dataset, "layer_wise",
+                                         limit=probing.limit, model_path=cfg.model_path)
+    return ProbingFeatures(acts, labels, question_ids, tuning_acts, layer_acts)
 
 
 def check_feature_geometry(features: ProbingFeatures, geometry, cfg: ValidationConfig) -> None:
     expected = (geometry.num_layers, geometry.width)
-    for dataset, acts in ((cfg.dataset_name, features.acts), (cfg.activations_dataset, features.tuning_acts)):
+    for dataset, acts in ((cfg.dataset_name, features.acts), (cfg.tuning_dataset, features.tuning_acts)):
         if acts.ndim != 3 or acts.shape[1:] != expected:
             raise UsageError(
                 f"the {dataset} features of {cfg.output_name} in {cfg.features_dir} have per-row shape "
@@ -141,16 +193,19 @@ def check_feature_geometry(features: ProbingFeatures, geometry, cfg: ValidationC
 # ----------------------------------------------------------------------------- one fold
 
 def evaluate_fold(shifted: ShiftedModel, tokenizer, records: list[GenerationQuestion], cfg: ValidationConfig,
-                  judges: JudgePanel | None, ce_kl: CeKl | None,
-                  progress: bool = True) -> tuple[pd.DataFrame, dict[str, float]]:
-    """(answer frame, means) of the given questions; metrics not asked (or not computable) are NaN."""
+                  judges: JudgePanel | None, ce_kl: CeKl | None, progress: bool = True,
+                  prompting: Prompting | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
+    """(answer frame, means) of the given questions; metrics not asked (or not computable) are NaN.
+
+    Answers get TruthfulQA's closing period only on TruthfulQA (spec §9)."""
+    prompting = prompting or evaluation_prompting(cfg, tokenizer, cfg.output_name)
     tag = cfg.output_name
     metrics = set(cfg.metrics)
     frame = questions_frame(records)
     results = {key: math.nan for key in SUMMARY_COLUMNS}
     if "mc" in metrics:
-        mc = evaluate_mc(shifted, tokenizer, records, Prompting(cfg.instruction_prompt), batch_size=cfg.batch_size,
-                         progress=progress)
+        mc = evaluate_mc(shifted, tokenizer, records, prompting, batch_size=cfg.batch_size, progress=progress,
+                         add_period=not cfg.custom)
         frame[f"{tag} lprob max"] = [max(r.true_scores) for r in mc]
         frame[f"{tag} lprob diff"] = [max(r.true_scores) - max(r.false_scores) for r in mc]
         frame[f"{tag} lprob scores-true"] = [json.dumps(r.true_scores) for r in mc]
@@ -162,7 +217,7 @@ def evaluate_fold(shifted: ShiftedModel, tokenizer, records: list[GenerationQues
         results.update({key.upper(): value for key, value in ce_kl.metrics(shifted, metrics, progress).items()})
     if judges is not None:
         questions = [r.question for r in records]
-        frame[tag] = generate_answers(shifted, tokenizer, questions, Prompting(cfg.instruction_prompt),
+        frame[tag] = generate_answers(shifted, tokenizer, questions, prompting,
                                       max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=progress)
         scores = judges.score(questions, frame[tag].tolist(), shifted.model, progress=progress)
         for kind, key, column in (("truth", "True", "GPT-judge"), ("info", "Info", "GPT-info")):
@@ -206,10 +261,9 @@ def run_validation(cfg: ValidationConfig, progress: bool = True, log: Callable[[
     metrics = set(cfg.metrics)
     # Local checks first (model name, questions, features), then the judges, which may ask the hub.
     source = resolve_model_source(cfg.model_name, cfg.model_prefix, cfg.model_path)
-    tqa = load_truthfulqa(cfg.tqa_path)
-    records = tqa.generation_in_mc_order()
-    num_questions = check_limit(cfg.limit, len(records))
-    records = records[:num_questions]
+    dataset, tqa = load_items(cfg)
+    records = dataset.items
+    num_questions = len(records)
     splits = all_fold_splits(num_questions, cfg.num_fold, cfg.val_ratio, cfg.seed, cfg.split_rng)
     features = load_probing_features(cfg, tqa, num_questions) if cfg.num_heads > 0 else None
     json_path = summary_path(cfg)
@@ -230,6 +284,7 @@ def run_validation(cfg: ValidationConfig, progress: bool = True, log: Callable[[
 
     model, tokenizer = load_model(source, cfg.device, cfg.dtype, cfg.trust_remote_code)
     geometry = head_geometry(model.config)
+    prompting = evaluation_prompting(cfg, tokenizer, source)
     if features is not None:
         check_feature_geometry(features, geometry, cfg)
     judges = JudgePanel(judge_sources, cfg.device, cfg.dtype, cfg.sequential_loading, cfg.batch_size) \
@@ -242,7 +297,8 @@ def run_validation(cfg: ValidationConfig, progress: bool = True, log: Callable[[
     record = {
         "config": dataclasses.asdict(cfg),
         "resolved": {"model_source": source, "model_dtype": str(model.dtype), "judges": judge_sources,
-                     "owt_source": owt_source, "questions": num_questions, "tqa_source": tqa.source,
+                     "owt_source": owt_source, "questions": num_questions, "tqa_source": dataset.source,
+                     "tuning_dataset": cfg.tuning_dataset, "prompt": prompting.prompt("{question}"),
                      "method": cfg.method, "intervenes": cfg.intervenes},
         "notes": notes, "folds": [], "final": None, "final_line": None, "complete": False,
     }
@@ -256,17 +312,24 @@ def run_validation(cfg: ValidationConfig, progress: bool = True, log: Callable[[
         log(f"Running fold {fold}")
         split_files = {}
         for part, questions in (("train", train), ("val", val), ("test", test)):
-            path = results_dir / "splits" / f"fold_{fold}_{part}_seed_{cfg.seed}{limit_tag}.csv"
+            path = results_dir / "splits" / f"fold_{fold}_{part}{dataset_tag(cfg)}_seed_{cfg.seed}{limit_tag}.csv"
             split_files[part] = str(write_csv(path, questions_frame([records[q] for q in questions])))
         name = run_name(cfg, fold)
-        shifts, shifts_dir = None, None
+        shifts, shifts_dir, report_files = None, None, {}
         if features is not None:
-            shifts = _fold_head_shifts(cfg, features, geometry, train, val, fold, source)
+            rows = [rows_of_questions(features.question_ids, part) for part in (train, val, test)]
+            probes = train_probes(features.acts, features.labels, rows[0], rows[1], geometry.num_heads,
+                                  backend=cfg.probe_backend, device=_probe_device(cfg), seed=cfg.seed)
+            report = fold_probe_report(cfg, features, probes, geometry.num_heads, *rows)
+            shifts = _fold_head_shifts(cfg, features, geometry, train, val, fold, source, probes)
+            report_files = write_probe_report(report, dump / "probe_report" / name)
+            shifts.provenance["probe_report"] = {"fold": fold, **report.summary(shifts.head_list())}
             shifts_dir = str(shifts.save(dump / "head_shifts_dump" / name))
             log(f"Heads intervened: {sorted(shifts.head_list())}")
         # α = 0 adds nothing: the plain model is that baseline, and KL is then exactly 0.
         shifted = ShiftedModel(model, shifts if cfg.intervenes else None)
-        frame, results = evaluate_fold(shifted, tokenizer, [records[q] for q in test], cfg, judges, ce_kl, progress)
+        frame, results = evaluate_fold(shifted, tokenizer, [records[q] for q in test], cfg, judges, ce_kl, progress,
+                                       prompting)
         answer_path = write_csv(dump / "answer_dump" / f"{name}.csv", frame)
         fold_summary = write_csv(dump / "summary_dump" / f"{name}.csv", summary_frame(cfg, fold, results))
         log(f"FOLD {fold}: " + ", ".join(f"{k}: {v:.4f}" for k, v in results.items()))
@@ -275,11 +338,16 @@ def run_validation(cfg: ValidationConfig, progress: bool = True, log: Callable[[
             "fold": fold, "train": train.tolist(), "val": val.tolist(), "test": test.tolist(),
             "heads": shifts.head_list() if shifts is not None else [], "results": results,
             "files": {"splits": split_files, "answers": str(answer_path), "summary": str(fold_summary),
-                      "head_shifts": shifts_dir},
+                      "head_shifts": shifts_dir, **report_files},
+            "probe_report": shifts.provenance["probe_report"] if shifts is not None else None,
         })
         record["seconds"] = time.time() - began
         write_json(json_path, record)
     final = mean_over_folds(fold_results)
+    if features is not None:
+        record["probe_report_table"] = report_table([f["probe_report"] for f in record["folds"]], cfg.alpha,
+                                                    cfg.num_heads)
+        log("Probe report:\n" + record["probe_report_table"])
     record.update(final=final, final_line=final_line(cfg.alpha, cfg.num_heads, final), complete=True,
                   seconds=time.time() - began)
     write_json(json_path, record)
@@ -334,17 +402,39 @@ def _results_from_json(results: dict) -> dict[str, float]:
     return {key: math.nan if value is None else float(value) for key, value in results.items()}
 
 
+def fold_probe_report(cfg: ValidationConfig, features: ProbingFeatures, probes: ProbeResult, num_heads: int,
+                      train_rows: np.ndarray, val_rows: np.ndarray, test_rows: np.ndarray) -> ProbeReport:
+    """The fold's probe report (spec §9): head probes on validation and test rows, the best residual-stream layer."""
+    layers = None
+    if features.layer_acts is not None:
+        layers = layer_probe_table(features.layer_acts, features.labels, train_rows, val_rows, test_rows,
+                                   cfg.probe_backend, cfg.seed, _probe_device(cfg))
+    return probe_report(features.acts, features.labels, features.question_ids, probes, num_heads,
+                        train_rows, val_rows, test_rows, layers)
+
+
+def write_probe_report(report: ProbeReport, stem: Path) -> dict[str, str]:
+    """`{stem}_heads.csv` (every head) and `{stem}_layers.csv` (every layer's residual-stream probe)."""
+    files = {"probe_report_heads": str(write_csv(stem.with_name(stem.name + "_heads.csv"), report.heads))}
+    if not report.layers.empty:
+        files["probe_report_layers"] = str(write_csv(stem.with_name(stem.name + "_layers.csv"), report.layers))
+    return files
+
+
 def _fold_head_shifts(cfg: ValidationConfig, features: ProbingFeatures, geometry, train: np.ndarray,
-                      val: np.ndarray, fold: int, source: str) -> HeadShifts:
-    """Probes, heads and directions from the fold's development (train + val) questions only; σ from
-    every row of the tuning set (--activations_dataset), as the public workflow takes it."""
-    return build_head_shifts(
-        features.acts, features.labels,
+                      val: np.ndarray, fold: int, source: str, probes: ProbeResult) -> HeadShifts:
+    """Heads and directions from the fold's development (train + val) questions only, with the probes
+    trained on them; σ from every row of the tuning set (--activations_dataset), as the public workflow
+    takes it."""
+    check_features(features.acts, features.tuning_acts, geometry.num_heads, geometry.head_dim, cfg.method)
+    return head_shifts_from_probes(
+        probes, features.acts, features.labels,
         rows_of_questions(features.question_ids, train), rows_of_questions(features.question_ids, val),
         features.tuning_acts, geometry.num_heads, geometry.head_dim, cfg.num_heads, cfg.alpha, cfg.method,
-        use_random_heads=cfg.use_random_dir, backend=cfg.probe_backend, seed=cfg.seed, device=_probe_device(cfg),
+        use_random_heads=cfg.use_random_dir, backend=cfg.probe_backend, seed=cfg.seed,
         provenance={"model_name": cfg.output_name, "model_source": source, "dataset_name": cfg.dataset_name,
-                    "activations_dataset": cfg.activations_dataset, "fold": fold, "num_fold": cfg.num_fold,
+                    "dataset_path": cfg.dataset_path, "prompt_format": cfg.prompt_format,
+                    "activations_dataset": cfg.tuning_dataset, "fold": fold, "num_fold": cfg.num_fold,
                     "val_ratio": cfg.val_ratio, "limit": cfg.limit, "features_dir": str(cfg.features_dir)},
     )
 

@@ -104,3 +104,19 @@ def test_bad_input_is_one_line(folders, tmp_path, folder, repo_id, expected):
     root, _ = folders
     message = _one_error(run_script(str(root / folder), "--repo_id", repo_id, "--dry_run", home=tmp_path))
     assert expected in message
+
+
+def test_card_shows_the_probe_report(folders, tmp_path):
+    root, shifts = folders
+    report = {"fold": 1, "train_items": 10, "train_rows": 40,
+              "top_head": {"layer": 2, "head": 0, "val_accuracy": 0.8, "val_auc": 0.91},
+              "best_layer": {"layer": 1, "val_accuracy": 0.75}, "selected_heads": {"val_accuracy": 0.7,
+                                                                                   "test_accuracy": 0.65}}
+    reported = shifts.scaled(shifts.alpha)
+    reported.provenance.update(probe_report=report, dataset_path="/data/mine.jsonl", prompt_format="chat")
+    reported.save(tmp_path / "reported")
+    result = run_script(str(tmp_path / "reported"), "--repo_id", "someone/mine", "--dry_run", home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    card = result.stdout.split("--- README.md ---\n")[1]
+    assert "| 1 | 10 (40) | 0.700 | 0.650 | 4 | 3 | 1 (0.750) | L2H0 (0.910) |" in card
+    assert "| prompt format | chat |" in card and "- truthfulqa" not in card

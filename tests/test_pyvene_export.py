@@ -1,5 +1,7 @@
 """Export to pyvene's saved format, `pyvene.IntervenableModel.load` on its own, and import back."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +13,10 @@ from iti.intervenable import pv
 from iti.intervention import ShiftedModel
 from iti.models import head_geometry
 from iti.pyvene_export import export_pyvene, import_pyvene
+from tests.conftest import REPO_ROOT, tiny_model_folder
 from tests.test_intervention import make_shifts, spread_heads
+
+SCRIPT = REPO_ROOT / "validation" / "export_head_shifts.py"
 
 
 @pytest.fixture
@@ -83,3 +88,27 @@ def test_import_refuses_another_geometry_and_foreign_folders(exported, tmp_path)
     assert (tmp_path / "notes" / "a.txt").read_text() == "mine"
     with pytest.raises(UsageError, match="no pyvene export"):
         import_pyvene(tmp_path / "notes", geometry)
+
+
+def test_script_refuses_shifts_of_another_model_unless_told(tmp_path_factory, tokenizer, tmp_path):
+    from iti.models import load_model
+
+    made_for = tiny_model_folder(tmp_path_factory, "made_for", "gqa", tokenizer)
+    other = tiny_model_folder(tmp_path_factory, "other", "gqa", tokenizer, seed=1)
+    model, _ = load_model(str(made_for), device="cpu")
+    shifts = make_shifts(model, spread_heads(model))
+    shifts.provenance["model_source"] = str(made_for)
+    shifts.save(tmp_path / "shifts")
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(SCRIPT), "--head_shifts", str(tmp_path / "shifts"), *args],
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+
+    refused = run("--model_path", str(other), "--output_dir", str(tmp_path / "refused"))
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"made for {made_for}, not {other}" in refused.stderr and not (tmp_path / "refused").exists()
+    allowed = run("--model_path", str(other), "--output_dir", str(tmp_path / "export"), "--allow_other_model")
+    assert allowed.returncode == 0, allowed.stderr
+    exported = run("--model_path", str(made_for), "--output_dir", str(tmp_path / "export"))
+    assert exported.returncode == 0, exported.stderr
+    assert import_pyvene(tmp_path / "export", head_geometry(model.config)).head_list() == shifts.head_list()

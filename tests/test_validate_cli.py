@@ -5,6 +5,7 @@ import math
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -287,3 +288,130 @@ def test_public_split_stream_run(setup, tmp_path):
     split_file = record["folds"][1]["files"]["splits"]["train"]
     assert split_file.endswith(".csv") and "_limit_6_" in split_file  # beside, not over, the default run's files
     assert pd.read_csv(split_file)["Question"].tolist() == [setup_records(setup)[q].question for q in public[1][0]]
+
+
+# ----------------------------------------------------------------------------- any contrastive dataset (spec §9)
+
+def _jsonl(items, path):
+    path.write_text("".join(json.dumps({"question": it.question, "best_answer": it.best_answer, "category": it.category,
+                                        "correct_answers": it.correct_answers,
+                                        "incorrect_answers": it.incorrect_answers}) + "\n" for it in items))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tqa_as_jsonl(setup, tqa, tmp_path_factory):
+    """Six TruthfulQA questions as a TruthfulQA folder (generation order = MC order, answers already ending in
+    a period, so TruthfulQA's added period changes nothing) and the same items as a §9 JSONL file."""
+    from iti.activations import save_features
+    from iti.data import GenerationQuestion, build_prompt_set
+    from iti.mc import with_period
+
+    root = tmp_path_factory.mktemp("tqa_as_jsonl")
+    items = [GenerationQuestion(r.question, r.category, with_period(r.best_answer),
+                                [with_period(a) for a in r.correct_answers], [with_period(a) for a in r.incorrect_answers])
+             for r in tqa.generation_in_mc_order()[:6]]
+    folder = root / "TruthfulQA"
+    (folder / "data").mkdir(parents=True)
+    questions_frame = pd.DataFrame({"Type": "Adversarial", "Category": [i.category for i in items],
+                                    "Question": [i.question for i in items], "Best Answer": [i.best_answer for i in items],
+                                    "Correct Answers": ["; ".join(i.correct_answers) for i in items],
+                                    "Incorrect Answers": ["; ".join(i.incorrect_answers) for i in items],
+                                    "Source": ""})
+    questions_frame.to_csv(folder / "TruthfulQA.csv", index=False)
+    mc = [{"question": q.question, "mc1_targets": dict(zip(q.mc1_choices, q.mc1_labels)),
+           "mc2_targets": dict(zip(q.mc2_choices, q.mc2_labels))} for q in tqa.multiple_choice[:6]]
+    (folder / "data" / "mc_task.json").write_text(json.dumps(mc))
+    jsonl = _jsonl(items, root / "tqa6.jsonl")
+    features = root / "features"
+    for prompt_set in (build_prompt_set("tqa_gen", folder), build_prompt_set("tqa6", dataset_path=jsonl)):
+        save_features(setup["model"], setup["tokenizer"], prompt_set, features, MODEL, batch_size=8, progress=False)
+    return {"folder": folder, "jsonl": jsonl, "features": features}
+
+
+def test_truthfulqa_as_generic_jsonl_matches_the_builtin_path(setup, tqa_as_jsonl, tmp_path):
+    from iti.activations import load_features
+
+    features = tqa_as_jsonl["features"]
+    for kind in ("head_wise", "layer_wise"):
+        builtin, labels, ids = load_features(features, MODEL, "tqa_gen", kind)
+        custom, custom_labels, custom_ids = load_features(features, MODEL, "tqa6", kind)
+        np.testing.assert_allclose(custom, builtin, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(custom_labels, labels)
+        np.testing.assert_array_equal(custom_ids, ids)
+    common = dict(features_dir=str(features), limit=None, num_heads=4, alpha=5.0)
+    builtin_cfg = config(setup, tmp_path / "builtin", dataset_name="tqa_gen", activations_dataset="tqa_gen",
+                         tqa_path=str(tqa_as_jsonl["folder"]), **common)
+    custom_cfg = config(setup, tmp_path / "custom", dataset_name="tqa6", dataset_path=str(tqa_as_jsonl["jsonl"]),
+                        instruction_prompt="default", tqa_path=None, **common)
+    runs = [run_validation(c, progress=False, log=lambda _: None) for c in (builtin_cfg, custom_cfg)]
+    assert runs[1]["resolved"]["tuning_dataset"] == "tqa6"
+    for builtin, custom in zip(*(r["folds"] for r in runs)):
+        assert custom["heads"] == builtin["heads"] and custom["test"] == builtin["test"]
+        shifts = [HeadShifts.load(f["files"]["head_shifts"]) for f in (builtin, custom)]
+        np.testing.assert_allclose(shifts[1].directions, shifts[0].directions, atol=1e-6)
+        np.testing.assert_allclose(shifts[1].sigmas, shifts[0].sigmas, rtol=1e-6)
+        answers = [pd.read_csv(f["files"]["answers"]) for f in (builtin, custom)]
+        for column in ("MC1", "MC2", "MC3", "lprob max"):
+            np.testing.assert_allclose(answers[1][f"{MODEL} {column}"], answers[0][f"{MODEL} {column}"], atol=1e-6)
+        assert custom["probe_report"]["top_head"] == builtin["probe_report"]["top_head"]
+
+
+FRESH_ITEMS = [
+    ("Is a tomato a fruit?", ["Yes, botanically it is a fruit."], ["No, it is only a vegetable.", "It is a nut."]),
+    ("How many legs does a spider have?", ["Eight."], ["Six.", "Ten."]),
+    ("What is frozen water called?", ["Ice."], ["Steam."]),
+    ("Do fish breathe air with lungs?", ["Most fish use gills."], ["Yes, all fish have lungs."]),
+    ("Which is larger, the Sun or the Moon?", ["The Sun."], ["The Moon."]),
+    ("Can penguins fly?", ["No, they swim instead."], ["Yes, they fly south."]),
+]
+
+
+def test_custom_jsonl_workflow_through_the_scripts(setup, tmp_path):
+    """The issue's commands on a fresh JSONL: features, validation, the probe report, and per-question MC equal
+    to one forward of `Q: {question}\\nA: {answer}` per answer with the fold's shifts on the answer tokens."""
+    from tests.test_mc import reference_score
+
+    path = tmp_path / "F.jsonl"
+    path.write_text("".join(json.dumps({"question": q, "correct_answers": c, "incorrect_answers": i}) + "\n"
+                            for q, c, i in FRESH_ITEMS))
+    common = ["--model_name", MODEL, "--model_path", str(setup["model_dir"]), "--dataset_name", "my_set",
+              "--dataset_path", str(path), "--features_dir", str(tmp_path / "features"), "--device", "cpu"]
+    extract = subprocess.run([sys.executable, str(REPO_ROOT / "get_activations" / "get_activations.py"), *common],
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert extract.returncode == 0, extract.stderr
+    result = run_script(*common, "--num_heads", "4", "--alpha", "5", "--use_center_of_mass", "--metrics", "mc",
+                        "--results_dir", str(tmp_path / "results"))
+    assert result.returncode == 0, result.stderr
+    assert LINE.match(result.stdout.strip().splitlines()[-1]), result.stdout
+    record = json.loads(Path(re.search(r"results: (\S+)", result.stdout).group(1)).read_text())
+    assert "| fold | training items (rows)" in record["probe_report_table"]
+    model, tokenizer = setup["model"], setup["tokenizer"]
+    for fold in record["folds"]:
+        heads = pd.read_csv(fold["files"]["probe_report_heads"])
+        assert len(heads) == 3 * 4 and fold["probe_report"]["train_items"] == len(fold["train"])
+        deltas = {layer: torch.as_tensor(offset)
+                  for layer, offset in HeadShifts.load(fold["files"]["head_shifts"]).layer_offsets().items()}
+        answers = pd.read_csv(fold["files"]["answers"])
+        for _, row in answers.iterrows():
+            question, correct, incorrect = next(item for item in FRESH_ITEMS if item[0] == row["Question"])
+            true = [reference_score(model, tokenizer, f"Q: {question}", a, deltas) for a in correct]
+            false = [reference_score(model, tokenizer, f"Q: {question}", a, deltas) for a in incorrect]
+            assert row[f"{MODEL} MC1"] == float(true[0] > max(false))
+            mass = np.exp(true).sum() / (np.exp(true).sum() + np.exp(false).sum())
+            assert row[f"{MODEL} MC2"] == pytest.approx(mass, abs=1e-5)
+
+
+@pytest.mark.parametrize("lines, extra, message", [
+    (FRESH_ITEMS[:1], [], "has 1 items, fewer than the 2"),
+    (FRESH_ITEMS[:2] + FRESH_ITEMS[:1], [], "repeats line 1"),
+    ([("Why?", [], ["No."])] + FRESH_ITEMS[:2], [], "line 1: no correct answer"),
+    (FRESH_ITEMS, ["--dataset_name", "tqa_gen"], "not one of the built-in"),
+])
+def test_custom_dataset_bad_input(tmp_path, lines, extra, message):
+    path = tmp_path / "F.jsonl"
+    path.write_text("".join(json.dumps({"question": q, "correct_answers": c, "incorrect_answers": i}) + "\n"
+                            for q, c, i in lines))
+    result = run_script("--dataset_name", "my_set", "--dataset_path", str(path), "--check_args", *extra)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1

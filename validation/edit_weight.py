@@ -45,6 +45,24 @@ def load_feature_set(cfg: EditConfig, dataset: str, geometry):
     return acts, labels, question_ids
 
 
+def probe_report_summary(cfg: EditConfig, acts, labels, question_ids, probes, geometry, train_rows, val_rows,
+                         heads) -> dict:
+    """The probe report of the baked heads (spec §9) on the validation questions: there is no test fold here."""
+    import numpy as np
+
+    from iti.activations import find_feature_set, load_features
+    from iti.report import layer_probe_table, probe_report
+
+    no_test = np.array([], dtype=np.int64)
+    layers = None
+    if find_feature_set(feature_set(cfg, cfg.dataset_name), "layer_wise") is not None:
+        layer_acts, _, _ = load_features(cfg.features_dir, cfg.output_name, cfg.dataset_name, "layer_wise",
+                                         limit=cfg.limit, model_path=cfg.model_path)
+        layers = layer_probe_table(layer_acts, labels, train_rows, val_rows, no_test, cfg.probe_backend, cfg.seed)
+    report = probe_report(acts, labels, question_ids, probes, geometry.num_heads, train_rows, val_rows, no_test, layers)
+    return report.summary(heads)
+
+
 def train_val_rows(question_ids, val_ratio: float, seed: int):
     """Seeded split of all questions into training (1 - val_ratio, rounded down) and validation; rows follow."""
     import numpy as np
@@ -71,13 +89,21 @@ def main() -> None:
     from iti.bake import bake_head_shifts, check_bakeable, check_output_dir, save_baked_model
     from iti.errors import UsageError
     from iti.models import edited_model_dir, head_geometry, input_device, load_model, resolve_model_source
-    from iti.selection import build_head_shifts
+    from iti.probes import train_probes
+    from iti.selection import check_features, head_shifts_from_probes
+    from iti.validate import check_feature_record
 
     source = resolve_model_source(cfg.model_name, cfg.model_prefix, cfg.model_path)
     name = cfg.output_name
-    output_dir = Path(cfg.output_dir) if cfg.output_dir else edited_model_dir(name, cfg.seed, cfg.num_heads, cfg.alpha)
+    # A baked --dataset_path run carries its dataset's name, so it never replaces a TruthfulQA one.
+    folder_name = f"{name}_{cfg.dataset_name}" if cfg.custom else name
+    output_dir = Path(cfg.output_dir) if cfg.output_dir else edited_model_dir(folder_name, cfg.seed, cfg.num_heads,
+                                                                              cfg.alpha)
     check_output_dir(output_dir, cfg.overwrite)
-    require_feature_sets([feature_set(cfg, d) for d in (cfg.dataset_name, cfg.activations_dataset)])
+    datasets = list(dict.fromkeys((cfg.dataset_name, cfg.tuning_dataset)))
+    require_feature_sets([feature_set(cfg, d) for d in datasets])
+    for dataset in datasets:
+        check_feature_record(cfg, feature_set(cfg, dataset))
     model, tokenizer = load_model(source, cfg.device, cfg.dtype, cfg.trust_remote_code)
     geometry = head_geometry(model.config)
     total = geometry.num_layers * geometry.num_heads
@@ -86,21 +112,26 @@ def main() -> None:
                          f"{geometry.num_heads} heads = {total}; pick at most {total}")
     check_bakeable(model)
     acts, labels, question_ids = load_feature_set(cfg, cfg.dataset_name, geometry)
-    tuning_acts, _, _ = load_feature_set(cfg, cfg.activations_dataset, geometry)
+    tuning_acts, _, _ = load_feature_set(cfg, cfg.tuning_dataset, geometry)
     train_rows, val_rows, num_train, num_val = train_val_rows(question_ids, cfg.val_ratio, cfg.seed)
 
     method = cfg.method
     device = input_device(model)
+    probe_device = str(device) if device.type == "cuda" else "cpu"
     provenance = {
         "model_name": name, "base_model": base_model_id(cfg, source), "model_source": source,
-        "dataset_name": cfg.dataset_name, "activations_dataset": cfg.activations_dataset,
-        "val_ratio": cfg.val_ratio, "limit": cfg.limit, "train_questions": num_train, "val_questions": num_val,
-        "made_by": "validation/edit_weight.py",
+        "dataset_name": cfg.dataset_name, "dataset_path": cfg.dataset_path, "prompt_format": cfg.prompt_format,
+        "activations_dataset": cfg.tuning_dataset, "val_ratio": cfg.val_ratio, "limit": cfg.limit,
+        "train_questions": num_train, "val_questions": num_val, "made_by": "validation/edit_weight.py",
     }
-    shifts = build_head_shifts(
-        acts, labels, train_rows, val_rows, tuning_acts, geometry.num_heads, geometry.head_dim, cfg.num_heads,
-        cfg.alpha, method, cfg.use_random_dir, cfg.probe_backend, cfg.seed, provenance,
-        device=str(device) if device.type == "cuda" else "cpu")
+    check_features(acts, tuning_acts, geometry.num_heads, geometry.head_dim, method)
+    probes = train_probes(acts, labels, train_rows, val_rows, geometry.num_heads, backend=cfg.probe_backend,
+                          device=probe_device, seed=cfg.seed)
+    shifts = head_shifts_from_probes(
+        probes, acts, labels, train_rows, val_rows, tuning_acts, geometry.num_heads, geometry.head_dim, cfg.num_heads,
+        cfg.alpha, method, cfg.use_random_dir, cfg.probe_backend, cfg.seed, provenance)
+    shifts.provenance["probe_report"] = probe_report_summary(cfg, acts, labels, question_ids, probes, geometry,
+                                                             train_rows, val_rows, shifts.head_list())
     bake_head_shifts(model, shifts)
     save_baked_model(model, tokenizer, shifts, output_dir, cfg.overwrite)
     layers = sorted(set(shifts.layers.tolist()))

@@ -56,7 +56,9 @@ def model_card(kind: str, repo_id: str, shifts) -> str:
     base = p.get("base_model")
     heads = "K heads drawn at random" if p.get("use_random_heads") else "the K heads of highest probe validation accuracy"
     limit = f", first {p['limit']} questions" if p.get("limit") else ""
-    header = ["---", "tags:", "- inference-time-intervention", "- truthfulqa"]
+    header = ["---", "tags:", "- inference-time-intervention"]
+    if not p.get("dataset_path"):
+        header.append("- truthfulqa")
     if kind == MODEL:
         header.insert(1, "library_name: transformers")
     if base:
@@ -78,12 +80,14 @@ def model_card(kind: str, repo_id: str, shifts) -> str:
         ("head choice", heads),
         ("directions", str(p.get("method", "unknown"))),
         ("probing data", f"{p.get('dataset_name', 'unknown')}{limit}, validation ratio {p.get('val_ratio', '?')}"),
+        ("prompt format", str(p.get("prompt_format", "raw"))),
         ("spread (σ) data", str(p.get("activations_dataset", "unknown"))),
         ("seed", str(p.get("seed", "unknown"))),
         ("geometry", f"{shifts.num_layers} layers x {shifts.num_heads} heads x head_dim {shifts.head_dim}"),
     ]
     lines = header + ["", f"# {repo_id.split('/')[-1]}", "", f"This is {what}", "", "| | |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in rows]
+    lines += probe_report_section(shifts)
     lines += ["", "## Heads", "", "| layer | head | σ | probe validation accuracy |", "|---|---|---|---|"]
     lines += [f"| {l} | {h} | {s:.4g} | {a:.3f} |"
               for l, h, s, a in zip(shifts.layers, shifts.heads, shifts.sigmas, shifts.probe_accuracies)]
@@ -103,6 +107,21 @@ def model_card(kind: str, repo_id: str, shifts) -> str:
                   "tokens = shifted.generate(input_ids, attention_mask, max_new_tokens=50)  # left-padded prompts"]
     lines += ["```", ""]
     return "\n".join(lines)
+
+
+def probe_report_section(shifts) -> list[str]:
+    """The probe report table (spec §9) that validate_2fold and edit_weight store with the shifts, if any."""
+    from iti.report import report_table
+
+    report = shifts.provenance.get("probe_report")
+    if not report:
+        return []
+    return ["", "## Probe report", "",
+            "Training samples: items (rows) the probes were fitted on. Validation and test accuracy: mean accuracy of "
+            "the selected heads' probes (test: the fold's held-out items; a baked model has none). Best layer: a "
+            "probe on each layer's residual stream, ranked by validation accuracy. Top head: highest validation "
+            "accuracy, with its validation ROC AUC.", "",
+            report_table([report], shifts.alpha, shifts.k)]
 
 
 def upload(repo_id: str, private: bool, folder: Path, files: list[Path], card: str, kind: str) -> str:
