@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from iti.data import TRANSFER_SETS, GenerationQuestion, TruthfulQA, check_limit
+from iti.errors import UsageError
 
 HUB_PREFIX = "hub:"
 FILE_SUFFIXES = (".jsonl", ".csv")
@@ -105,8 +106,6 @@ def item_from_record(record: dict) -> GenerationQuestion:
 def dataset_from_records(name: str, records: Iterable[dict], source: str,
                          where: Callable[[int], str] = lambda i: f"record {i + 1}") -> ContrastiveDataset:
     """Items from records in order; any bad record or a repeated question is a UsageError naming it."""
-    from iti.errors import UsageError
-
     items: list[GenerationQuestion] = []
     seen: dict[str, int] = {}
     for index, record in enumerate(records):
@@ -128,8 +127,6 @@ def dataset_from_records(name: str, records: Iterable[dict], source: str,
 # ----------------------------------------------------------------------------- files
 
 def _jsonl_records(path: Path) -> tuple[list[dict], list[int]]:
-    from iti.errors import UsageError
-
     records, lines = [], []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
@@ -145,8 +142,6 @@ def _jsonl_records(path: Path) -> tuple[list[dict], list[int]]:
 
 def _tqa_csv_records(path: Path) -> list[dict]:
     """TruthfulQA.csv's columns, answers joined with "; ", mapped to the JSONL keys."""
-    from iti.errors import UsageError
-
     with open(path, encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
         missing = [c for c in TQA_CSV_COLUMNS if c not in (reader.fieldnames or [])]
@@ -167,8 +162,6 @@ def load_hub_records(hub_id: str, split: str):
 
 
 def _hub_dataset(name: str, spec: str) -> ContrastiveDataset:
-    from iti.errors import UsageError
-
     hub_id, _, split = spec.partition(":")
     split = split or "train"
     try:
@@ -182,8 +175,6 @@ def _hub_dataset(name: str, spec: str) -> ContrastiveDataset:
 
 def load_dataset_file(path: str | Path, name: str) -> ContrastiveDataset:
     """A §9 dataset from a JSONL or CSV file, or from the hub with `hub:owner/name[:split]`."""
-    from iti.errors import UsageError
-
     text = str(path)
     if text.startswith(HUB_PREFIX):
         return _hub_dataset(name, text[len(HUB_PREFIX):])
@@ -213,8 +204,6 @@ def truthfulqa_dataset(tqa: TruthfulQA) -> ContrastiveDataset:
 
 def transfer_dataset(name: str) -> ContrastiveDataset:
     """nq_open / trivia_qa with a false answer per question (the paper's transfer sets)."""
-    from iti.errors import UsageError
-
     try:
         rows = load_hub_records(TRANSFER_SETS[name], "validation")
     except Exception as err:

@@ -143,8 +143,10 @@ def extraction_tasks(configs: Sequence) -> list[Task]:
     for cfg in configs:
         if cfg.num_heads == 0:
             continue
-        for dataset in (cfg.dataset_name, cfg.activations_dataset):
+        for dataset in dict.fromkeys((cfg.dataset_name, cfg.tuning_dataset)):
             argv = ["--model_name", cfg.model_name, "--dataset_name", dataset, *shared_extraction_flags(cfg)]
+            if cfg.custom and dataset == cfg.dataset_name:
+                argv += ["--dataset_path", cfg.dataset_path]
             if not all(path.exists()
                        for path in feature_files(cfg.features_dir, cfg.output_name, dataset, limit=cfg.limit)):
                 tasks.setdefault(shlex.join(argv), Task(f"{cfg.output_name}_{dataset}", tuple(argv)))
@@ -154,7 +156,8 @@ def extraction_tasks(configs: Sequence) -> list[Task]:
 def shared_extraction_flags(cfg) -> list[str]:
     """The validate_2fold settings that get_activations takes with the same meaning (both name features
     `{model_prefix}{model_name}`)."""
-    flags = ["--features_dir", str(cfg.features_dir), "--device", cfg.device, "--dtype", cfg.dtype]
+    flags = ["--features_dir", str(cfg.features_dir), "--device", cfg.device, "--dtype", cfg.dtype,
+             "--prompt_format", cfg.prompt_format]
     for flag, value in (("--model_prefix", cfg.model_prefix or None), ("--limit", cfg.limit),
                         ("--model_path", cfg.model_path), ("--tqa_path", cfg.tqa_path)):
         if value is not None:
@@ -316,7 +319,7 @@ def submit_activations(args: Sequence[str], env: Mapping[str, str]) -> None:
     require_sbatch()
     models, flags = split_models(args)
     defaults = ValidationConfig()
-    datasets = env.get("DATASETS", f"{defaults.dataset_name} {defaults.activations_dataset}").split()
+    datasets = env.get("DATASETS", f"{defaults.dataset_name} {defaults.tuning_dataset}").split()
     tasks = [Task(f"{model}_{dataset}", ("--model_name", model, "--dataset_name", dataset))
              for model in models for dataset in datasets]
     if not tasks:

@@ -5,6 +5,7 @@ python validation/validate_2fold.py --model_name smollm2_135M_instruct --num_hea
     --use_center_of_mass --limit 40 --metrics mc
 
 Needs the activations of --dataset_name and --activations_dataset (get_activations/get_activations.py).
+Any contrastive dataset of your own: --dataset_path FILE (.jsonl, .csv) with --dataset_name naming it.
 The last line printed is the public workflow's summary line (means over folds).
 """
 import sys
