@@ -10,9 +10,12 @@ MODEL=${MODEL:-smollm2_135M_instruct}
 LIMIT=${LIMIT:-40}
 OWT_SAMPLES=${OWT_SAMPLES:-20}
 TEXT=features/python_reference_text.txt
+# One thread per process unless set: where other work keeps the cores busy, OpenMP threads spin-wait
+# for each other (a bundled-model test took 196 s with two threads, 18 s with one, on a loaded 2-core machine).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 LOGS=$(mktemp -d)
 trap 'rm -rf "$LOGS"' EXIT
-step() { echo "==> [$1/7] $2"; }
+step() { echo "==> [$1/7] $2 ($(date +%T))"; }
 
 step 1 "install (setup.sh): torch if missing, this package, the bundled model"
 bash setup.sh
