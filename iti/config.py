@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from iti.errors import UsageError
-from iti.metrics import METRIC_OPTIONS
+from iti.metrics import BY_NAME, METRIC_OPTIONS
+from iti.metrics import METRICS as METRIC_TABLE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FEATURES_DIR = REPO_ROOT / "features"
@@ -33,6 +34,10 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 # Generators of the folds' train/validation draws (iti.probes.all_fold_splits).
 SPLIT_RNGS = ("default", "public")
 OWT_SAMPLES = 100  # documents for CE and KL (spec §6)
+SIGMA_QUESTIONS = ("all", "dev")
+# --select_metric choices: the metrics scored per question or derived from them.
+SELECT_METRIC_NAMES = {m.name.lower(): m.name for m in METRIC_TABLE if m.name not in ("CE", "KL")}
+SELECT_METRICS = tuple(SELECT_METRIC_NAMES)
 
 
 def option(default, help: str, **cli):
@@ -139,15 +144,25 @@ class HeadShiftOptions(DatasetOptions):
         elif self.dataset_name not in PROBING_DATASETS:
             raise UsageError(f"--dataset_name {self.dataset_name} cannot train probes on TruthfulQA folds; "
                              f"use one of {', '.join(PROBING_DATASETS)}")
-        if not math.isfinite(self.alpha):
-            raise UsageError(f"--alpha {self.alpha} must be a finite number, e.g. 15")
+        for alpha in _values(self.alpha):
+            if not math.isfinite(alpha):
+                raise UsageError(f"--alpha {alpha} must be a finite number, e.g. 15")
         _check_fraction(self.val_ratio)
 
 
 @dataclass
 class ValidationConfig(HeadShiftOptions):
-    num_heads: int = option(48, "K, heads to shift; 0 evaluates the model as it is")
-    alpha: float = option(15.0, "α, the shift strength; 0 evaluates the model as it is")
+    num_heads: tuple[int, ...] = option((48,), "K, heads to shift; 0 evaluates the model as it is. Several values "
+                                               "(with --alpha): each fold picks one setting on its validation "
+                                               "questions (--select_metric)")
+    alpha: tuple[float, ...] = option((15.0,), "α, the shift strength; 0 evaluates the model as it is; several "
+                                               "values: see --num_heads")
+    select_metric: str = option("mc2", "with several K or α: the validation score each fold maximises "
+                                       "(true*info needs --metrics judge info)", choices=SELECT_METRICS)
+    max_kl: float | None = option(None, "with several K or α: only settings whose KL wrt the original model stays "
+                                        "within this budget may be chosen (needs kl in --metrics)")
+    sigma_questions: str = option("all", "rows of the tuning set that set σ: all (the public workflow's, default) "
+                                         "or dev (only the fold's development questions)", choices=SIGMA_QUESTIONS)
     num_fold: int = option(2, "folds of the questions; each is the test set once")
     instruction_prompt: str | None = option(None, "default, informative or none (default: `default` with the QA "
                                                   "primer on TruthfulQA; on a --dataset_path set the bare question, "
@@ -173,9 +188,24 @@ class ValidationConfig(HeadShiftOptions):
                                  "device or loading differ, and fail if there is none (without it, finished folds "
                                  "are kept only when every setting is the same)")
 
+    def __post_init__(self) -> None:
+        # One value may be given as a plain number in Python; the command line always gives tuples.
+        self.num_heads = tuple(int(k) for k in _values(self.num_heads))
+        self.alpha = tuple(float(a) for a in _values(self.alpha))
+
+    @property
+    def settings(self) -> list[tuple[int, float]]:
+        """Every (K, α) to try, K outer."""
+        return [(k, alpha) for k in self.num_heads for alpha in self.alpha]
+
+    @property
+    def selects(self) -> bool:
+        """Several settings: each fold chooses one on its validation questions."""
+        return len(self.settings) > 1
+
     @property
     def intervenes(self) -> bool:
-        return self.num_heads > 0 and self.alpha != 0
+        return any(k > 0 and alpha != 0 for k, alpha in self.settings)
 
     def check(self) -> None:
         from iti.prompts import check_instruction_prompt
@@ -194,7 +224,17 @@ class ValidationConfig(HeadShiftOptions):
             raise UsageError(f"unknown --activations_dataset {self.activations_dataset!r}; "
                              f"known: {', '.join(DATASET_NAMES)}")
         _at_least(1, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, owt_samples=self.owt_samples)
-        _at_least(0, num_heads=self.num_heads)
+        for k in self.num_heads:
+            _at_least(0, num_heads=k)
+        needed = selection_options(self.select_metric)
+        if self.selects and not needed <= set(self.metrics):
+            raise UsageError(f"--select_metric {self.select_metric} needs --metrics {' '.join(sorted(needed))}; "
+                             "add them or select by mc2")
+        if self.max_kl is not None and "kl" not in self.metrics:
+            raise UsageError(f"--max_kl {self.max_kl:g} needs KL: add kl to --metrics")
+        if self.sigma_questions == "dev" and not self.custom and self.tuning_dataset not in PROBING_DATASETS:
+            raise UsageError(f"--sigma_questions dev needs a TruthfulQA tuning set (one of "
+                             f"{', '.join(PROBING_DATASETS)}), not {self.tuning_dataset}")
         _at_least(2, num_fold=self.num_fold)
         if self.limit is not None and self.limit < self.num_fold:
             raise UsageError(f"--limit {self.limit} leaves fewer questions than the {self.num_fold} folds; "
@@ -207,14 +247,16 @@ class ValidationConfig(HeadShiftOptions):
 # Settings that change the numbers but are not spelled out in run names: a short hash of those that
 # differ from their defaults goes beside the readable name, so no two different runs share a file.
 HASHED_SETTINGS = ("dataset_name", "activations_dataset", "probe_backend", "instruction_prompt", "num_fold",
-                   "val_ratio", "split_rng", "owt_samples", "dataset_path", "prompt_format")
+                   "val_ratio", "split_rng", "owt_samples", "dataset_path", "prompt_format",
+                   "sigma_questions", "select_metric", "max_kl")
 # The settings that fix each fold's questions: split files carry a hash of those not at their defaults.
 SPLIT_SETTINGS = ("num_fold", "val_ratio", "split_rng")
 # The settings that change a run's numbers; runs that agree on all of them but the seed are repeats.
 NUMBER_SETTINGS = ("model_name", "model_prefix", "model_path", "dtype", "dataset_name", "activations_dataset",
                    "probe_backend", "instruction_prompt", "num_fold", "val_ratio", "use_center_of_mass",
                    "use_random_dir", "seed", "num_heads", "alpha", "limit", "max_new_tokens", "judge_model",
-                   "info_model", "split_rng", "owt_samples", "dataset_path", "prompt_format")
+                   "info_model", "split_rng", "owt_samples", "dataset_path", "prompt_format",
+                   "sigma_questions", "select_metric", "max_kl")
 
 
 def settings_hash(cfg, names: tuple[str, ...]) -> str:
@@ -299,6 +341,17 @@ def check_custom_dataset(dataset_path: str, dataset_name: str, min_items: int = 
     if min(items, limit or items) < min_items:
         raise UsageError(f"{dataset_path} has {min(items, limit or items)} items, fewer than the {min_items} "
                          "the run splits them into; add items or use fewer folds")
+
+
+def selection_options(select_metric: str) -> set[str]:
+    """The --metrics options that compute `select_metric` (a derived metric needs its factors')."""
+    metric = BY_NAME[SELECT_METRIC_NAMES[select_metric]]
+    names = metric.product_of or (metric.name,)
+    return {BY_NAME[name].option for name in names}
+
+
+def _values(value) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
 
 
 def _at_least(minimum: int, **values: int) -> None:

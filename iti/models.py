@@ -88,8 +88,11 @@ def check_gguf_file(path: Path) -> None:
                          "give --model_path a .gguf file, a model folder or a hub id")
 
 
-def resolve_model_source(model_name: str, model_prefix: str = "", model_path: str | None = None) -> str:
-    """A local folder, a .gguf file or a hub id. `model_path` overrides the registry."""
+def resolve_model_source(model_name: str, model_prefix: str = "", model_path: str | None = None,
+                         bake: tuple[int, int, float] | None = None) -> str:
+    """A local folder, a .gguf file or a hub id. `model_path` overrides the registry. A `local_` name is
+    a model baked by edit_weight: the one made with `bake` = (seed, K, α), as the script's options
+    name it, or, with no bake named, the only one there is."""
     if model_path:
         path = Path(model_path).expanduser()
         if path.is_file():
@@ -103,18 +106,33 @@ def resolve_model_source(model_name: str, model_prefix: str = "", model_path: st
     if name == BUNDLED_MODEL:
         return str(bundled_gguf_path())
     if name.startswith(LOCAL_PREFIX) and name[len(LOCAL_PREFIX):] in HF_NAMES:
-        folder = edited_model_dir(name[len(LOCAL_PREFIX):])
-        if not folder.exists():
-            raise UsageError(
-                f"edited model {name} not found at {folder}: make it with "
-                f"`python validation/edit_weight.py --model_name {name[len(LOCAL_PREFIX):]}`, "
-                "or give its folder with --model_path")
-        return str(folder)
+        return str(find_bake(name[len(LOCAL_PREFIX):], bake))
     if name in HF_NAMES:
         return HF_NAMES[name]
     raise UsageError(
         f"unknown model name {name!r}; known names: {', '.join(known_model_names())}; "
         "or give --model_path (hub id, local folder or .gguf file)")
+
+
+def find_bake(base: str, bake: tuple[int, int, float] | None) -> Path:
+    """The edit_weight folder of `base` made with `bake` = (seed, K, α); with no bake named (or K = 0,
+    which no bake has), the only such folder. Otherwise a UsageError that lists the folders there are."""
+    if bake is not None and bake[1] > 0:
+        folder = edited_model_dir(base, *bake)
+        if folder.exists():
+            return folder
+        wanted = f"the bake with seed {bake[0]}, K {bake[1]}, alpha {bake[2]:g} ({folder.name})"
+    else:
+        wanted = "a bake"
+    made = sorted(p for p in EDITED_MODELS_DIR.glob(f"{base}_seed_*_top_*_heads_alpha_*") if p.is_dir())
+    if len(made) == 1 and wanted == "a bake":
+        return made[0]
+    if not made:
+        raise UsageError(f"no edited model of {base} in {EDITED_MODELS_DIR}: make one with "
+                         f"`python validation/edit_weight.py --model_name {base}`, or give its folder with --model_path")
+    raise UsageError(f"{LOCAL_PREFIX}{base}: {wanted} is not among the edited models in {EDITED_MODELS_DIR}: "
+                     f"{', '.join(p.name for p in made)}; pass the --seed, --num_heads and --alpha one was made "
+                     "with, or its folder with --model_path")
 
 
 def cache_dir() -> Path:

@@ -141,7 +141,7 @@ def extraction_tasks(configs: Sequence) -> list[Task]:
 
     tasks: dict[str, Task] = {}
     for cfg in configs:
-        if cfg.num_heads == 0:
+        if max(cfg.num_heads) == 0:
             continue
         for dataset in dict.fromkeys((cfg.dataset_name, cfg.tuning_dataset)):
             argv = ["--model_name", cfg.model_name, "--dataset_name", dataset, *shared_extraction_flags(cfg)]

@@ -12,9 +12,18 @@ first N questions so they never overwrite full runs):
   answer and every per-question score, columns `{model} MC1`, `{model} GPT-judge acc`, …;
 - `results_dump/summary_dump/{name}_fold_{i}{method}.csv`: the fold's means;
 - `results_dump/summary_dump/{name}{method}.json`: the full config, each fold's heads and results,
-  and the means over folds (rewritten after every fold, `complete` once all are done),
+  and the means over folds (rewritten after every fold, `complete` once all are done), then each
+  metric's 95% bootstrap interval over the test questions (folds pooled), its mean per category,
+  and the provenance (iti.provenance: commit, versions, device, feature hashes, model, config),
 where name = `{model}_seed_{seed}_top_{K}_heads_alpha_{α}` and method = `_com`, `_random` or nothing.
 Every file is written under a temporary name and renamed, so a killed run leaves earlier folds whole.
+
+Several K or α (`--num_heads 8 16 --alpha 0 5 15`): per fold, the probes are trained once on the
+training questions; every setting is scored on the fold's validation questions (by --select_metric,
+within --max_kl) and only the chosen one is evaluated on the test questions. Each fold's choice and
+its validation table go to the JSON. Choosing reads no test question: the probes, directions and
+validation scores use development questions only, and so does σ with --sigma_questions dev (with
+`all`, the public default, σ spreads over every tuning row, test questions' unlabelled rows included).
 """
 from __future__ import annotations
 
@@ -29,8 +38,17 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from iti.activations import FeatureSet, find_feature_set, load_features, require_feature_sets
-from iti.config import HASHED_SETTINGS, SPLIT_SETTINGS, HeadShiftOptions, ValidationConfig, settings_hash
+from iti.activations import FeatureSet, feature_files, find_feature_set, load_features, require_feature_sets
+from iti.config import (
+    HASHED_SETTINGS,
+    PROBING_DATASETS,
+    SELECT_METRIC_NAMES,
+    SPLIT_SETTINGS,
+    HeadShiftOptions,
+    ValidationConfig,
+    selection_options,
+    settings_hash,
+)
 from iti.ce_kl import CeKl, load_owt_texts
 from iti.contrastive import ContrastiveDataset, dataset_record, load_dataset_file, truthfulqa_dataset
 from iti.data import GenerationQuestion, TruthfulQA, load_truthfulqa
@@ -43,11 +61,13 @@ from iti.judges import ACCURACY_THRESHOLD, JudgePanel, check_judge_source
 from iti.mc import evaluate_mc
 from iti.metrics import METRICS as METRIC_TABLE
 from iti.metrics import mean_over_folds, with_products
-from iti.models import head_geometry, load_model, resolve_device, resolve_model_source
+from iti.models import head_geometry, input_device, load_model, resolve_device, resolve_model_source
 from iti.probes import ProbeResult, all_fold_splits, rows_of_questions, train_probes
 from iti.prompts import Prompting, prompting_for
 from iti.report import ProbeReport, layer_probe_table, probe_report, report_table
-from iti.selection import check_features, head_shifts_from_probes
+from iti.provenance import run_provenance
+from iti.selection import check_features, choose_setting, head_shifts_from_probes
+from iti.statistics import BOOTSTRAP_LEVEL, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, intervals, metric_values
 
 # Result keys of a fold, and their column names in the public workflow's summary files.
 SUMMARY_COLUMNS = {metric.name: metric.column for metric in METRIC_TABLE}
@@ -60,7 +80,9 @@ def run_name(cfg: ValidationConfig, fold: int | None = None) -> str:
     fractional α overwrite each other. The hash stands for the other settings that change the
     numbers (HASHED_SETTINGS) where they differ from the defaults; the JSON summary spells them out.
     """
-    name = f"{cfg.output_name}{dataset_tag(cfg)}_seed_{cfg.seed}_top_{cfg.num_heads}_heads_alpha_{cfg.alpha:g}"
+    heads = "-".join(str(k) for k in cfg.num_heads)
+    alphas = "-".join(f"{alpha:g}" for alpha in cfg.alpha)
+    name = f"{cfg.output_name}{dataset_tag(cfg)}_seed_{cfg.seed}_top_{heads}_heads_alpha_{alphas}"
     if cfg.limit is not None:
         name += f"_limit_{cfg.limit}"
     name += settings_hash(cfg, HASHED_SETTINGS)
@@ -118,16 +140,31 @@ class ProbingFeatures:
     question_ids: np.ndarray  # per row: the item, in the folds' order (TruthfulQA: multiple-choice order)
     tuning_acts: np.ndarray
     layer_acts: np.ndarray | None  # the probing set's residual streams, for the best-layer probe
+    tuning_question_ids: np.ndarray  # per tuning row, in multiple-choice order (-1: not a TruthfulQA question)
+    files: list[Path]  # every file read, for the provenance's content hashes
+
+
+def mc_order_ids(question_ids: np.ndarray, dataset: str, tqa: TruthfulQA) -> np.ndarray:
+    """Question ids of a TruthfulQA feature set in the multiple-choice order the folds use (the
+    generation sets index questions in generation order); -1 for rows of no TruthfulQA question."""
+    if dataset == "tqa_mc2":
+        return question_ids
+    mc_index = {q.question.strip(): i for i, q in enumerate(tqa.multiple_choice)}
+    to_mc = np.array([mc_index.get(q.question.strip(), -1) for q in tqa.generation])
+    inside = (question_ids >= 0) & (question_ids < len(to_mc))
+    return np.where(inside, to_mc[np.clip(question_ids, 0, len(to_mc) - 1)], -1)
 
 
 def feature_sets(cfg: ValidationConfig) -> tuple[FeatureSet, FeatureSet]:
     """(probing set, tuning set), both extracted from the model being run. With --limit, the
     `_limit_{N}` sets, else the first N questions of the full sets; but a generation-order probing set
-    must be the full one, since its first N questions are not the first N of the (MC-order) folds."""
+    must be the full one, since its first N questions are not the first N of the (MC-order) folds; so
+    must the tuning set for --sigma_questions dev, which takes the rows of MC-order questions."""
     probe_limit = cfg.limit if cfg.dataset_name == "tqa_mc2" or cfg.custom else None
+    tuning_limit = cfg.limit if cfg.sigma_questions == "all" else None
     common = dict(features_dir=Path(cfg.features_dir), model_name=cfg.output_name, model_path=cfg.model_path)
     return (FeatureSet(dataset=cfg.dataset_name, limit=probe_limit, **common),
-            FeatureSet(dataset=cfg.tuning_dataset, limit=cfg.limit, **common))
+            FeatureSet(dataset=cfg.tuning_dataset, limit=tuning_limit, **common))
 
 
 def check_feature_record(cfg: HeadShiftOptions, wanted: FeatureSet) -> None:
@@ -157,24 +194,27 @@ def load_probing_features(cfg: ValidationConfig, tqa: TruthfulQA | None, num_que
         check_feature_record(cfg, wanted)
     acts, labels, question_ids = load_features(probing.features_dir, probing.model_name, probing.dataset,
                                                limit=probing.limit, model_path=cfg.model_path)
-    if tqa is not None and cfg.dataset_name != "tqa_mc2":
-        # The generation sets index questions in generation order; folds use the MC order.
-        mc_index = {q.question.strip(): i for i, q in enumerate(tqa.multiple_choice)}
-        to_mc = np.array([mc_index.get(q.question.strip(), -1) for q in tqa.generation])
-        question_ids = to_mc[question_ids]
+    if tqa is not None:
+        question_ids = mc_order_ids(question_ids, cfg.dataset_name, tqa)
     covered = np.unique(question_ids[(question_ids >= 0) & (question_ids < num_questions)])
     if len(covered) < num_questions:
         raise UsageError(
             f"the {cfg.dataset_name} features of {cfg.output_name} in {probing.features_dir} cover {len(covered)} of the "
             f"{num_questions} questions this run uses; extract them for all questions with "
             f"`{dataclasses.replace(probing, limit=None).command()}`")
-    tuning_acts, _, _ = load_features(tuning.features_dir, tuning.model_name, tuning.dataset, limit=tuning.limit,
-                                      model_path=cfg.model_path)
+    tuning_acts, _, tuning_question_ids = load_features(tuning.features_dir, tuning.model_name, tuning.dataset,
+                                                        limit=tuning.limit, model_path=cfg.model_path)
+    if tqa is not None and cfg.tuning_dataset in PROBING_DATASETS:
+        tuning_question_ids = mc_order_ids(tuning_question_ids, cfg.tuning_dataset, tqa)
+    elif tqa is not None:
+        tuning_question_ids = np.full(len(tuning_question_ids), -1)
+    files = [path for wanted in (probing, tuning)
+             for path in feature_files(wanted.features_dir, wanted.model_name, wanted.dataset, limit=wanted.limit)]
     layer_acts = None
     if find_feature_set(probing, "layer_wise") is not None:
         layer_acts, _, _ = load_features(probing.features_dir, probing.model_name, probing.dataset, "layer_wise",
                                          limit=probing.limit, model_path=cfg.model_path)
-    return ProbingFeatures(acts, labels, question_ids, tuning_acts, layer_acts)
+    return ProbingFeatures(acts, labels, question_ids, tuning_acts, layer_acts, tuning_question_ids, files)
 
 
 def check_feature_geometry(features: ProbingFeatures, geometry, cfg: ValidationConfig) -> None:
@@ -186,8 +226,8 @@ def check_feature_geometry(features: ProbingFeatures, geometry, cfg: ValidationC
                 f"{acts.shape[1:]} but the model has {geometry.num_layers} layers x {geometry.width} (heads x head_dim): "
                 f"they come from another model; re-extract them with this model")
     total = geometry.num_layers * geometry.num_heads
-    if cfg.num_heads > total:
-        raise UsageError(f"--num_heads {cfg.num_heads} exceeds the model's {total} attention heads")
+    if max(cfg.num_heads) > total:
+        raise UsageError(f"--num_heads {max(cfg.num_heads)} exceeds the model's {total} attention heads")
 
 
 # ----------------------------------------------------------------------------- one fold
@@ -238,18 +278,31 @@ def answer_scores(frame: pd.DataFrame, tag: str) -> dict[str, np.ndarray]:
     return {key: frame[column].to_numpy(dtype=np.float64) for key, column in columns.items() if column in frame}
 
 
-def summary_frame(cfg: ValidationConfig, fold: int | None, results: dict[str, float]) -> pd.DataFrame:
-    row = {"Model": cfg.output_name, "alpha": cfg.alpha, "K": cfg.num_heads, "fold": "mean" if fold is None else fold}
+def summary_frame(cfg: ValidationConfig, fold: int, setting: tuple[int, float], results: dict[str, float]) -> pd.DataFrame:
+    row = {"Model": cfg.output_name, "alpha": setting[1], "K": setting[0], "fold": fold}
     row.update({column: results[key] for key, column in SUMMARY_COLUMNS.items()})
     return pd.DataFrame([row])
 
 
-def final_line(alpha: float, num_heads: int, results: dict[str, float]) -> str:
-    """The public workflow's summary line, numbers rounded to 4 decimals (the JSON keeps them whole)."""
+def final_line(alpha, num_heads, results: dict[str, float]) -> str:
+    """The public workflow's summary line, numbers rounded to 4 decimals (the JSON keeps them whole);
+    with a choice per fold, alpha and heads list the folds' choices."""
     r = {key: f"{value:.4f}" for key, value in results.items()}
     return (f"alpha: {alpha}, heads: {num_heads}, True*Info Score: {r['True*Info']}, True Score: {r['True']}, "
             f"Info Score: {r['Info']}, MC1 Score: {r['MC1']}, MC2 Score: {r['MC2']}, CE Loss: {r['CE']}, "
             f"KL wrt Original: {r['KL']}")
+
+
+def pooled_statistics(answers: pd.DataFrame, tag: str) -> tuple[dict, dict]:
+    """(per metric its 95% bootstrap interval over the test questions, per category each metric's
+    mean) from the answers of every fold pooled."""
+    scores = answer_scores(answers, tag)
+    bootstrap = {name: interval.as_dict() for name, interval in intervals(scores).items()} if scores else {}
+    categories = {}
+    for category, group in answers.groupby("Category", sort=True):
+        means = metric_values({name: float(np.mean(values)) for name, values in answer_scores(group, tag).items()})
+        categories[str(category)] = {"questions": len(group), **means}
+    return bootstrap, categories
 
 
 # ----------------------------------------------------------------------------- the run
@@ -260,12 +313,13 @@ def run_validation(cfg: ValidationConfig, progress: bool = True, log: Callable[[
     cfg.check()
     metrics = set(cfg.metrics)
     # Local checks first (model name, questions, features), then the judges, which may ask the hub.
-    source = resolve_model_source(cfg.model_name, cfg.model_prefix, cfg.model_path)
+    source = resolve_model_source(cfg.model_name, cfg.model_prefix, cfg.model_path,
+                                  (cfg.seed, cfg.num_heads[0], cfg.alpha[0]) if not cfg.selects else None)
     dataset, tqa = load_items(cfg)
     records = dataset.items
     num_questions = len(records)
     splits = all_fold_splits(num_questions, cfg.num_fold, cfg.val_ratio, cfg.seed, cfg.split_rng)
-    features = load_probing_features(cfg, tqa, num_questions) if cfg.num_heads > 0 else None
+    features = load_probing_features(cfg, tqa, num_questions) if max(cfg.num_heads) > 0 else None
     json_path = summary_path(cfg)
     finished = finished_folds(cfg, json_path)
 
@@ -279,6 +333,9 @@ def run_validation(cfg: ValidationConfig, progress: bool = True, log: Callable[[
     if metrics & {"ce", "kl"}:
         owt_texts, owt_source = load_owt_texts(cfg.owt_path)
         if owt_texts is None:
+            if cfg.max_kl is not None and cfg.selects:
+                raise UsageError(f"--max_kl needs OpenWebText texts to measure KL, but {owt_source}; "
+                                 "give --owt_path (validation/write_local_text.py writes a stand-in)")
             notes.append(f"CE and KL left empty: {owt_source}")
             log(f"note: {notes[-1]}")
 
@@ -301,6 +358,8 @@ def run_validation(cfg: ValidationConfig, progress: bool = True, log: Callable[[
                      "tuning_dataset": cfg.tuning_dataset, "prompt": prompting.prompt("{question}"),
                      "method": cfg.method, "intervenes": cfg.intervenes},
         "notes": notes, "folds": [], "final": None, "final_line": None, "complete": False,
+        "provenance": run_provenance(dataclasses.asdict(cfg), features.files if features else [], source,
+                                     str(input_device(model))),
     }
     fold_results = []
     for fold, (train, val, test) in enumerate(splits):
@@ -315,27 +374,36 @@ def run_validation(cfg: ValidationConfig, progress: bool = True, log: Callable[[
             path = results_dir / "splits" / f"fold_{fold}_{part}{dataset_tag(cfg)}_seed_{cfg.seed}{limit_tag}.csv"
             split_files[part] = str(write_csv(path, questions_frame([records[q] for q in questions])))
         name = run_name(cfg, fold)
-        shifts, shifts_dir, report_files = None, None, {}
+        shifts_by_k, report, report_files = {}, None, {}
         if features is not None:
             rows = [rows_of_questions(features.question_ids, part) for part in (train, val, test)]
             probes = train_probes(features.acts, features.labels, rows[0], rows[1], geometry.num_heads,
                                   backend=cfg.probe_backend, device=_probe_device(cfg), seed=cfg.seed)
             report = fold_probe_report(cfg, features, probes, geometry.num_heads, *rows)
-            shifts = _fold_head_shifts(cfg, features, geometry, train, val, fold, source, probes)
+            shifts_by_k = _fold_head_shifts(cfg, features, geometry, train, val, fold, source, probes)
             report_files = write_probe_report(report, dump / "probe_report" / name)
-            shifts.provenance["probe_report"] = {"fold": fold, **report.summary(shifts.head_list())}
+        selection = None
+        if cfg.selects:
+            selection = select_setting(cfg, model, tokenizer, shifts_by_k, [records[q] for q in val], judges,
+                                       ce_kl, prompting, log)
+            setting = (selection["chosen"]["K"], selection["chosen"]["alpha"])
+        else:
+            setting = cfg.settings[0]
+        shifts, shifts_dir = (shifts_by_k[setting[0]].scaled(setting[1]), None) if setting[0] > 0 else (None, None)
+        if shifts is not None:
+            shifts.provenance["probe_report"] = {"fold": fold, "K": setting[0], "alpha": setting[1],
+                                                 **report.summary(shifts.head_list())}
             shifts_dir = str(shifts.save(dump / "head_shifts_dump" / name))
             log(f"Heads intervened: {sorted(shifts.head_list())}")
-        # α = 0 adds nothing: the plain model is that baseline, and KL is then exactly 0.
-        shifted = ShiftedModel(model, shifts if cfg.intervenes else None)
-        frame, results = evaluate_fold(shifted, tokenizer, [records[q] for q in test], cfg, judges, ce_kl, progress,
-                                       prompting)
+        frame, results = evaluate_fold(shifted_model(model, shifts), tokenizer, [records[q] for q in test], cfg, judges,
+                                       ce_kl, progress, prompting)
         answer_path = write_csv(dump / "answer_dump" / f"{name}.csv", frame)
-        fold_summary = write_csv(dump / "summary_dump" / f"{name}.csv", summary_frame(cfg, fold, results))
+        fold_summary = write_csv(dump / "summary_dump" / f"{name}.csv", summary_frame(cfg, fold, setting, results))
         log(f"FOLD {fold}: " + ", ".join(f"{k}: {v:.4f}" for k, v in results.items()))
         fold_results.append(results)
         record["folds"].append({
             "fold": fold, "train": train.tolist(), "val": val.tolist(), "test": test.tolist(),
+            "K": setting[0], "alpha": setting[1], "selection": selection,
             "heads": shifts.head_list() if shifts is not None else [], "results": results,
             "files": {"splits": split_files, "answers": str(answer_path), "summary": str(fold_summary),
                       "head_shifts": shifts_dir, **report_files},
@@ -344,12 +412,22 @@ def run_validation(cfg: ValidationConfig, progress: bool = True, log: Callable[[
         record["seconds"] = time.time() - began
         write_json(json_path, record)
     final = mean_over_folds(fold_results)
-    if features is not None:
-        record["probe_report_table"] = report_table([f["probe_report"] for f in record["folds"]], cfg.alpha,
-                                                    cfg.num_heads)
+    reported = [f["probe_report"] for f in record["folds"] if f.get("probe_report")]
+    if reported:
+        record["probe_report_table"] = report_table(reported, cfg.alpha[0], cfg.num_heads[0])
         log("Probe report:\n" + record["probe_report_table"])
-    record.update(final=final, final_line=final_line(cfg.alpha, cfg.num_heads, final), complete=True,
-                  seconds=time.time() - began)
+    # From the answer files, so that folds kept from an earlier run count too.
+    answers = pd.concat([pd.read_csv(f["files"]["answers"]) for f in record["folds"]], ignore_index=True)
+    bootstrap, categories = pooled_statistics(answers, cfg.output_name)
+    if cfg.selects:
+        line = final_line("/".join(f"{f['alpha']:g}" for f in record["folds"]),
+                          "/".join(str(f["K"]) for f in record["folds"]), final)
+    else:
+        line = final_line(cfg.alpha[0], cfg.num_heads[0], final)
+    record.update(final=final, final_line=line, complete=True, seconds=time.time() - began,
+                  bootstrap={"intervals": bootstrap, "level": BOOTSTRAP_LEVEL, "resamples": BOOTSTRAP_RESAMPLES,
+                             "seed": BOOTSTRAP_SEED, "over": "test questions, folds pooled"},
+                  categories=categories)
     write_json(json_path, record)
     record["json_path"] = str(json_path)
     return record
@@ -422,21 +500,59 @@ def write_probe_report(report: ProbeReport, stem: Path) -> dict[str, str]:
 
 
 def _fold_head_shifts(cfg: ValidationConfig, features: ProbingFeatures, geometry, train: np.ndarray,
-                      val: np.ndarray, fold: int, source: str, probes: ProbeResult) -> HeadShifts:
-    """Heads and directions from the fold's development (train + val) questions only, with the probes
-    trained on them; σ from every row of the tuning set (--activations_dataset), as the public workflow
-    takes it."""
-    check_features(features.acts, features.tuning_acts, geometry.num_heads, geometry.head_dim, cfg.method)
-    return head_shifts_from_probes(
-        probes, features.acts, features.labels,
-        rows_of_questions(features.question_ids, train), rows_of_questions(features.question_ids, val),
-        features.tuning_acts, geometry.num_heads, geometry.head_dim, cfg.num_heads, cfg.alpha, cfg.method,
-        use_random_heads=cfg.use_random_dir, backend=cfg.probe_backend, seed=cfg.seed,
-        provenance={"model_name": cfg.output_name, "model_source": source, "dataset_name": cfg.dataset_name,
-                    "dataset_path": cfg.dataset_path, "prompt_format": cfg.prompt_format,
-                    "activations_dataset": cfg.tuning_dataset, "fold": fold, "num_fold": cfg.num_fold,
-                    "val_ratio": cfg.val_ratio, "limit": cfg.limit, "features_dir": str(cfg.features_dir)},
-    )
+                      val: np.ndarray, fold: int, source: str, probes: ProbeResult) -> dict[int, HeadShifts]:
+    """Per K > 0 tried, its head shifts (at the first α; scaled per setting), from the probes trained on
+    the fold's training questions: heads and directions from the development (train + val) questions
+    only; σ from the tuning set's rows of every question (--sigma_questions all, as the public
+    workflow) or of the development questions only (dev)."""
+    tuning = features.tuning_acts
+    if cfg.sigma_questions == "dev":
+        tuning = np.asarray(tuning[rows_of_questions(features.tuning_question_ids, np.concatenate([train, val]))])
+    if len(tuning) == 0:
+        raise UsageError(f"the {cfg.tuning_dataset} features hold no row to set σ from for fold {fold} "
+                         f"(--sigma_questions {cfg.sigma_questions}, --limit {cfg.limit}); extract them for every "
+                         "question")
+    check_features(features.acts, tuning, geometry.num_heads, geometry.head_dim, cfg.method)
+    provenance = {"model_name": cfg.output_name, "model_source": source, "dataset_name": cfg.dataset_name,
+                  "dataset_path": cfg.dataset_path, "prompt_format": cfg.prompt_format,
+                  "activations_dataset": cfg.tuning_dataset, "sigma_questions": cfg.sigma_questions, "fold": fold,
+                  "num_fold": cfg.num_fold, "val_ratio": cfg.val_ratio, "limit": cfg.limit,
+                  "features_dir": str(cfg.features_dir)}
+    train_rows = rows_of_questions(features.question_ids, train)
+    val_rows = rows_of_questions(features.question_ids, val)
+    return {k: head_shifts_from_probes(probes, features.acts, features.labels, train_rows, val_rows, tuning,
+                                       geometry.num_heads, geometry.head_dim, k, cfg.alpha[0], cfg.method,
+                                       cfg.use_random_dir, cfg.probe_backend, cfg.seed, provenance)
+            for k in sorted(set(cfg.num_heads)) if k > 0}
+
+
+def shifted_model(model, shifts: HeadShifts | None) -> ShiftedModel:
+    """The model with these shifts; α = 0 adds nothing, so the plain model is that baseline (KL exactly 0)."""
+    return ShiftedModel(model, shifts if shifts is not None and shifts.alpha != 0 else None)
+
+
+def select_setting(cfg: ValidationConfig, model, tokenizer, shifts_by_k: dict[int, HeadShifts],
+                   val_records: list[GenerationQuestion], judges: JudgePanel | None, ce_kl: CeKl | None,
+                   prompting: Prompting, log: Callable[[str], None]) -> dict:
+    """Score every (K, α) on the fold's validation questions (and KL on OpenWebText under --max_kl) and
+    choose one (iti.selection.choose_setting). Returns the metric, the table and the choice."""
+    metric = SELECT_METRIC_NAMES[cfg.select_metric]
+    needed = selection_options(cfg.select_metric) | ({"kl"} if cfg.max_kl is not None else set())
+    scoring = dataclasses.replace(cfg, metrics=tuple(sorted(needed)))
+    table = []
+    for k, alpha in cfg.settings:
+        shifts = shifts_by_k[k].scaled(alpha) if k > 0 else None
+        _, results = evaluate_fold(shifted_model(model, shifts), tokenizer, val_records, scoring,
+                                   judges if needed & {"judge", "info"} else None, ce_kl, False, prompting)
+        table.append({"K": k, "alpha": alpha, metric: results[metric], "KL": results["KL"]})
+        log(f"validation: K {k}, alpha {alpha:g}: {metric} {results[metric]:.4f}"
+            + (f", KL {results['KL']:.4f}" if cfg.max_kl is not None else ""))
+    chosen, note = choose_setting(table, metric, cfg.max_kl)
+    if note:
+        log(f"note: {note}")
+    log(f"chosen on {len(val_records)} validation questions: K {chosen['K']}, alpha {chosen['alpha']:g}")
+    return {"metric": metric, "max_kl": cfg.max_kl, "questions": len(val_records), "table": table,
+            "chosen": chosen, "note": note}
 
 
 def _probe_device(cfg: ValidationConfig) -> str:

@@ -47,9 +47,25 @@ def test_model_path_overrides_and_missing_path_errors(tmp_path):
         resolve_model_source("x", model_path="missing.gguf")
 
 
-def test_local_prefix_points_at_edited_models_and_says_how_to_make_them():
+def test_local_prefix_finds_the_named_bake_and_lists_the_others(tmp_path, monkeypatch):
+    import iti.models as models
+
+    monkeypatch.setattr(models, "EDITED_MODELS_DIR", tmp_path)
     with pytest.raises(UsageError, match="edit_weight.py --model_name llama_7B"):
         resolve_model_source("llama_7B", model_prefix="local_")
+    made = tmp_path / "llama_7B_seed_1_top_16_heads_alpha_2.5"
+    made.mkdir()
+    # With no bake named (get_activations, or validate_2fold with --num_heads 0), the only one there is.
+    assert resolve_model_source("llama_7B", "local_") == str(made)
+    assert resolve_model_source("llama_7B", "local_", bake=(42, 0, 15.0)) == str(made)
+    assert resolve_model_source("llama_7B", "local_", bake=(1, 16, 2.5)) == str(made)
+    (tmp_path / "llama_7B_seed_42_top_48_heads_alpha_15").mkdir()
+    assert resolve_model_source("llama_7B", "local_", bake=(42, 48, 15.0)).endswith("seed_42_top_48_heads_alpha_15")
+    with pytest.raises(UsageError, match=r"seed 3, K 16, alpha 2.5 .* llama_7B_seed_1_top_16_heads_alpha_2.5, "
+                                         r"llama_7B_seed_42_top_48_heads_alpha_15; pass the --seed"):
+        resolve_model_source("llama_7B", "local_", bake=(3, 16, 2.5))
+    with pytest.raises(UsageError, match="a bake is not among"):
+        resolve_model_source("llama_7B", "local_")
 
 
 def test_dtype_auto():

@@ -415,3 +415,137 @@ def test_custom_dataset_bad_input(tmp_path, lines, extra, message):
     result = run_script("--dataset_name", "my_set", "--dataset_path", str(path), "--check_args", *extra)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+# ----------------------------------------------------------------------------- choosing (K, α) per fold
+
+SELECTION = dict(num_heads=(2, 4), alpha=(0.0, 5.0, 60.0), val_ratio=0.5, sigma_questions="dev")
+
+
+def copy_features(source, folder, transform=lambda dataset, acts, labels, ids: (acts, labels)):
+    folder.mkdir()
+    for dataset in ("tqa_mc2", "tqa_gen_end_q"):
+        acts, labels, ids = (np.load(source / f"{MODEL}_{dataset}_{kind}.npy")
+                             for kind in ("head_wise", "labels", "question_ids"))
+        acts, labels = transform(dataset, acts, labels, ids)
+        for kind, array in (("head_wise", acts), ("labels", labels), ("question_ids", ids)):
+            np.save(folder / f"{MODEL}_{dataset}_{kind}.npy", array)
+    return folder
+
+
+def poisoned_copy(setup, source, folder, questions):
+    """Features with every row of `questions` (MC order) replaced by large noise and flipped labels."""
+    from iti.data import load_truthfulqa
+    from iti.validate import mc_order_ids
+
+    tqa = load_truthfulqa(setup["tqa_path"])
+    rng = np.random.default_rng(0)
+
+    def poison(dataset, acts, labels, ids):
+        rows = np.isin(mc_order_ids(ids, dataset, tqa), questions)
+        assert rows.any()
+        acts[rows] = rng.standard_normal(acts[rows].shape).astype(acts.dtype) * 100
+        labels[rows] = 1 - labels[rows]
+        return acts, labels
+
+    return copy_features(source, folder, poison)
+
+
+@pytest.fixture(scope="module")
+def selection_features(setup, tmp_path_factory):
+    """The setup's probing features and a tuning set that holds rows of the first 12 MC-order questions
+    (the setup's own tuning rows are of the first 6 generation-order questions, which --sigma_questions
+    dev cannot use with MC-order folds of 6 questions)."""
+    from iti.data import load_truthfulqa
+
+    tqa = load_truthfulqa(setup["tqa_path"])
+    mc_index = {q.question.strip(): i for i, q in enumerate(tqa.multiple_choice)}
+    generation_ids = [g for g, q in enumerate(tqa.generation) if mc_index.get(q.question.strip(), -1) < 12]
+    rng = np.random.default_rng(1)
+    width = np.load(setup["features"] / f"{MODEL}_tqa_mc2_head_wise.npy").shape[1:]
+    folder = copy_features(setup["features"], tmp_path_factory.mktemp("selection_features") / "f")
+    ids = np.repeat(generation_ids, 3)
+    np.save(folder / f"{MODEL}_tqa_gen_end_q_head_wise.npy", rng.standard_normal((len(ids), *width)).astype(np.float32))
+    np.save(folder / f"{MODEL}_tqa_gen_end_q_labels.npy", np.tile([1, 0, 0], len(generation_ids)))
+    np.save(folder / f"{MODEL}_tqa_gen_end_q_question_ids.npy", ids)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def selection_run(setup, selection_features, tmp_path_factory):
+    results = tmp_path_factory.mktemp("selection")
+    return run_validation(config(setup, results, features_dir=str(selection_features), **SELECTION), progress=False,
+                          log=lambda _: None)
+
+
+def test_each_fold_chooses_on_its_validation_questions(setup, selection_run):
+    record = selection_run
+    for fold in record["folds"]:
+        table = fold["selection"]["table"]
+        assert [(row["K"], row["alpha"]) for row in table] == [(k, a) for k in (2, 4) for a in (0.0, 5.0, 60.0)]
+        assert fold["selection"]["questions"] == len(fold["val"])
+        best = max(row["MC2"] for row in table)
+        weakest_best = min((row["alpha"], row["K"]) for row in table if row["MC2"] == best)
+        assert (fold["alpha"], fold["K"]) == weakest_best and fold["selection"]["chosen"]["MC2"] == best
+        answers = pd.read_csv(fold["files"]["answers"])
+        assert answers["Question"].tolist() == [setup_records(setup)[q].question for q in fold["test"]]
+        assert fold["results"]["MC2"] == pytest.approx(answers[f"{MODEL} MC2"].mean())
+    assert len({row["MC2"] for fold in record["folds"] for row in fold["selection"]["table"]}) > 1
+    alphas = "/".join(f"{f['alpha']:g}" for f in record["folds"])
+    assert record["final_line"].startswith(f"alpha: {alphas}, heads: ")
+    assert "_top_2-4_heads_alpha_0-5-60_limit_6_" in record["json_path"]
+
+
+def test_summary_holds_intervals_categories_and_provenance(setup, selection_run):
+    from iti.statistics import intervals
+
+    with open(selection_run["json_path"]) as handle:
+        record = json.load(handle)
+    answers = pd.concat([pd.read_csv(f["files"]["answers"]) for f in record["folds"]], ignore_index=True)
+    expected = intervals({"MC2": answers[f"{MODEL} MC2"].to_numpy()})["MC2"]
+    assert record["bootstrap"]["intervals"]["MC2"] == pytest.approx(expected.as_dict())
+    assert record["bootstrap"]["resamples"] == 1000 and record["bootstrap"]["level"] == 0.95
+    by_category = answers.groupby("Category")[f"{MODEL} MC2"].agg(["mean", "size"])
+    assert {c: (v["MC2"], v["questions"]) for c, v in record["categories"].items()} == pytest.approx(
+        {c: (row["mean"], row["size"]) for c, row in by_category.iterrows()})
+    provenance = record["provenance"]
+    assert provenance["config"]["num_heads"] == [2, 4] and provenance["device"].startswith("cpu")
+    assert len(provenance["features_sha256"]) == 6 and set(provenance["git"]) == {"commit", "dirty"}
+
+
+def test_choice_never_reads_a_test_question(setup, selection_features, selection_run, tmp_path, monkeypatch):
+    """Poison fold 0's test questions in both feature sets: fold 0's validation table and choice stay
+    exactly the same (fold 1 trains on those questions, so it may move). Control: poisoning fold 0's
+    validation questions instead does move the table, so the check can fail."""
+    import iti.validate as validate
+
+    clean = selection_run["folds"][0]
+    poisoned = poisoned_copy(setup, selection_features, tmp_path / "poisoned", clean["test"])
+    evaluated = []
+    real = validate.evaluate_fold
+
+    def recording(shifted, tokenizer, records, *args, **kwargs):
+        evaluated.append([r.question for r in records])
+        return real(shifted, tokenizer, records, *args, **kwargs)
+
+    monkeypatch.setattr(validate, "evaluate_fold", recording)
+    again = run_validation(config(setup, tmp_path / "results", features_dir=str(poisoned), **SELECTION),
+                           progress=False, log=lambda _: None)["folds"][0]
+    assert again["selection"]["table"] == clean["selection"]["table"]
+    assert (again["K"], again["alpha"]) == (clean["K"], clean["alpha"])
+    questions = setup_records(setup)
+    val, test = [questions[q].question for q in clean["val"]], [questions[q].question for q in clean["test"]]
+    assert evaluated[:7] == [val] * 6 + [test]  # six settings on the validation questions, then the test fold
+
+    control = poisoned_copy(setup, selection_features, tmp_path / "control", clean["val"])
+    moved = run_validation(config(setup, tmp_path / "control_results", features_dir=str(control), **SELECTION),
+                           progress=False, log=lambda _: None)["folds"][0]
+    assert moved["selection"]["table"] != clean["selection"]["table"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(SELECTION, select_metric="true*info"), "--select_metric true*info needs --metrics info judge"),
+    (dict(SELECTION, max_kl=0.5), "--max_kl 0.5 needs KL: add kl to --metrics"),
+    ({"sigma_questions": "dev", "activations_dataset": "nq_open"}, "--sigma_questions dev needs a TruthfulQA"),
+])
+def test_selection_bad_input(setup, tmp_path, overrides, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        run_validation(config(setup, tmp_path, **overrides), progress=False, log=lambda _: None)

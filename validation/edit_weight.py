@@ -93,7 +93,7 @@ def main() -> None:
     from iti.selection import check_features, head_shifts_from_probes
     from iti.validate import check_feature_record
 
-    source = resolve_model_source(cfg.model_name, cfg.model_prefix, cfg.model_path)
+    source = resolve_model_source(cfg.model_name, cfg.model_prefix, cfg.model_path, (cfg.seed, cfg.num_heads, cfg.alpha))
     name = cfg.output_name
     # A baked --dataset_path run carries its dataset's name, so it never replaces a TruthfulQA one.
     folder_name = f"{name}_{cfg.dataset_name}" if cfg.custom else name

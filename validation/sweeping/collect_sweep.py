@@ -43,13 +43,21 @@ def complete_runs(results_dir: Path, model: str, method: str):
 
 
 def load_runs(results_dir: Path, model: str, method: str, seed: int | None, limit: int | None) -> list[dict]:
-    """The complete runs of this model, method and limit (and seed, if given), each record with its path."""
+    """The complete runs of one (K, α) of this model, method and limit (and seed, if given), each record
+    with its path and K and α as numbers. Runs that chose among several settings per fold are left out
+    (their summaries hold each fold's choice)."""
     runs = []
     for path, record in complete_runs(results_dir, model, method):
-        config = record["config"]
+        config = dict(record["config"])
+        for name in ("num_heads", "alpha"):
+            values = config.get(name)
+            if isinstance(values, list):
+                config[name] = values[0] if len(values) == 1 else None
+        if config.get("num_heads") is None or config.get("alpha") is None:
+            continue
         if config.get("limit") != limit or (seed is not None and config.get("seed") != seed):
             continue
-        runs.append({**record, "path": path})
+        runs.append({**record, "config": config, "path": path})
     return runs
 
 
