@@ -388,12 +388,13 @@ def newton_logistic(x: torch.Tensor, y: torch.Tensor, max_iter: int = 100, rel_t
         th, z, f0 = theta[active], margins[active], values[active]
         p = torch.sigmoid(z)
         grad = (xa.mT @ (p - y).unsqueeze(-1)).squeeze(-1) + penalty * th
-        weights = (p * (1 - p)).to(hessian_dtype)
-        hess = ((xa_h * weights.unsqueeze(-1)).mT @ xa_h).to(x.dtype)
-        # A tiny ridge on the intercept keeps the system positive definite when every
-        # prediction saturates (p(1-p) underflows); it is far below float64 noise otherwise.
-        hess.diagonal(dim1=-2, dim2=-1).add_(penalty + 1e-10 * (1 - penalty))
-        step = -torch.cholesky_solve(grad.unsqueeze(-1), _cholesky(hess)).squeeze(-1)
+        try:
+            factor = _cholesky(_hessian(xa_h, p, penalty, x.dtype))
+        except torch.linalg.LinAlgError:
+            # The float32 product can lose positive definiteness on wide inputs of large values
+            # (residual streams): this step takes the float64 Hessian instead.
+            factor = _cholesky(_hessian(xa, p, penalty, x.dtype))
+        step = -torch.cholesky_solve(grad.unsqueeze(-1), factor).squeeze(-1)
         slope = (grad * step).sum(-1)
         step_margins = (xa @ step.unsqueeze(-1)).squeeze(-1)
         size, f = _backtrack(z, step_margins, y, th, step, f0, slope, penalty)
@@ -407,6 +408,16 @@ def newton_logistic(x: torch.Tensor, y: torch.Tensor, max_iter: int = 100, rel_t
             return theta
         active = active[still_moving]
     raise RuntimeError(f"batched Newton did not converge in {max_iter} iterations for {len(active)} probes")
+
+
+def _hessian(x: torch.Tensor, p: torch.Tensor, penalty: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x^T diag(p(1-p)) x + the penalty, formed in x's dtype and returned in `dtype`."""
+    weights = (p * (1 - p)).to(x.dtype)
+    hess = ((x * weights.unsqueeze(-1)).mT @ x).to(dtype)
+    # A tiny ridge on the intercept keeps the system positive definite when every
+    # prediction saturates (p(1-p) underflows); it is far below float64 noise otherwise.
+    hess.diagonal(dim1=-2, dim2=-1).add_(penalty + 1e-10 * (1 - penalty))
+    return hess
 
 
 def _cholesky(hess: torch.Tensor) -> torch.Tensor:

@@ -117,7 +117,7 @@ REPORT_COLUMNS = ("fold", "training items (rows)", "val accuracy", "test accurac
 
 def report_table(rows: list[dict], alpha: float, num_heads: int) -> str:
     """The shared artifact's table (markdown): per fold ("-" for a baked model's single split), training samples, the selected heads' mean probe
-    validation and test accuracy, α, K, the best single layer and the top head with its AUC."""
+    validation and test accuracy, α, K (a fold's own where it chose them), the best single layer and the top head with its AUC."""
     lines = ["| " + " | ".join(REPORT_COLUMNS) + " |", "|" + "---|" * len(REPORT_COLUMNS)]
     for summary in rows:
         selected = summary.get("selected_heads") or summary["top_head"]
@@ -125,7 +125,7 @@ def report_table(rows: list[dict], alpha: float, num_heads: int) -> str:
         top = summary["top_head"]
         cells = [
             str(summary.get("fold", "-")), f"{summary['train_items']} ({summary['train_rows']})",
-            _fmt(selected.get("val_accuracy")), _fmt(selected.get("test_accuracy")), f"{alpha:g}", str(num_heads),
+            _fmt(selected.get("val_accuracy")), _fmt(selected.get("test_accuracy")), f"{summary.get('alpha', alpha):g}", str(summary.get("K", num_heads)),
             f"{best['layer']} ({_fmt(best['val_accuracy'])})" if best else "-",
             f"L{top['layer']}H{top['head']} ({_fmt(top.get('val_auc'))})",
         ]

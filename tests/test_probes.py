@@ -301,3 +301,22 @@ def test_compare_backends_reports_agreement(data):
     assert report.k == len(PLANTED) and report.top_k_overlap == len(PLANTED)
     assert report.mean_abs_acc_diff <= 0.003 and report.max_abs_acc_diff <= 2 / 150 + 1e-12
     assert report.torch_seconds > 0 and report.sklearn_seconds > 0
+
+
+def test_newton_falls_back_to_float64_when_the_float32_hessian_is_not_positive_definite():
+    """Wide rows of large, nearly equal values (as residual streams are): the float32 Hessian at the start
+    is not positive definite; the solver still reaches the optimum (gradient of the objective ~ 0)."""
+    rng = np.random.default_rng(0)
+    n, d = 40, 300
+    x = torch.ones(1, n, d + 1, dtype=torch.float64)
+    x[0, :, :d] = torch.as_tensor(rng.standard_normal(d) * 3e3 + rng.standard_normal((n, d)) * 30)
+    y = torch.as_tensor((rng.random(n) < 0.5).astype(float))
+    penalty = torch.ones(d + 1, dtype=torch.float64)
+    penalty[-1] = 0
+    start = (x.float() * 0.25).mT @ x.float()
+    start = start.double() + torch.diag(penalty + 1e-10)
+    with pytest.raises(torch.linalg.LinAlgError):
+        torch.linalg.cholesky(start)
+    theta = newton_logistic(x, y)[0]
+    gradient = x[0].mT @ (torch.sigmoid(x[0] @ theta) - y) + penalty * theta
+    assert gradient.abs().max() < 1e-5
