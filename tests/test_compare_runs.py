@@ -1,4 +1,5 @@
 """validation/compare_runs.py: the baseline/ITI table of finished runs, and unfinished or foreign files refused."""
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -6,6 +7,8 @@ import sys
 
 import pytest
 
+from iti.config import ValidationConfig
+from iti.files import plain
 from tests.conftest import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "validation" / "compare_runs.py"
@@ -18,11 +21,13 @@ def load_script():
     return module
 
 
-def record(intervenes: bool, mc2: float, ce: float, kl: float) -> dict:
+def record(intervenes: bool, mc2: float, ce: float, kl: float, num_heads=(8,), alpha=(5.0,)) -> dict:
+    """A summary as validate_2fold writes it: the config is the run's ValidationConfig through JSON."""
+    cfg = ValidationConfig(num_heads=num_heads if intervenes else (0,), alpha=alpha, use_center_of_mass=True)
     final = {"MC1": mc2 / 2, "MC2": mc2, "MC3": mc2 / 3, "CE": ce, "KL": kl, "True": None, "Info": None,
              "True*Info": None}
-    return {"config": {"num_heads": 8 if intervenes else 0, "alpha": 5.0}, "complete": True, "final": final,
-            "resolved": {"intervenes": intervenes, "method": "center_of_mass"}}
+    return json.loads(json.dumps({"config": plain(dataclasses.asdict(cfg)), "complete": True, "final": final,
+                                  "resolved": {"intervenes": cfg.intervenes, "method": cfg.method}}))
 
 
 def test_rows_columns_and_rounding(tmp_path):
@@ -38,6 +43,15 @@ def test_rows_columns_and_rounding(tmp_path):
     assert baseline.split() == ["baseline"] + [f"{runs[0]['final'][m]:.4f}" for m in ("MC1", "MC2", "MC3", "CE", "KL")]
     assert iti.startswith("ITI (K=8, alpha=5, center_of_mass)")
     assert iti.split()[-5:] == [f"{runs[1]['final'][m]:.4f}" for m in ("MC1", "MC2", "MC3", "CE", "KL")]
+
+
+def test_label_of_a_run_that_chose_per_fold_and_of_an_old_summary():
+    module = load_script()
+    assert module.run_label(record(True, 0.5, 2.0, 0.1, num_heads=(8, 16), alpha=(0.0, 5.0, 15.0))) == \
+        "ITI (K=8/16, alpha=0/5/15, center_of_mass)"
+    old = record(True, 0.5, 2.0, 0.1)
+    old["config"].update(num_heads=48, alpha=15.0)
+    assert module.run_label(old) == "ITI (K=48, alpha=15, center_of_mass)"
 
 
 def test_unfinished_run_refused(tmp_path):

@@ -4,7 +4,6 @@ metric that has a value, means over folds rounded to 4 decimals (the JSON files 
 python validation/compare_runs.py validation/results_dump/summary_dump/<baseline>.json \\
     validation/results_dump/summary_dump/<iti>.json
 """
-import argparse
 import json
 import math
 import sys
@@ -12,16 +11,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from iti.cli import run_main  # noqa: E402
+from iti.cli import ArgumentParser, run_main  # noqa: E402
 
 METRIC_ORDER = ("MC1", "MC2", "MC3", "CE", "KL", "True", "Info", "True*Info")
 
 
 def run_label(record: dict) -> str:
+    """`ITI (K=8, alpha=5, center_of_mass)`; a run that chose among several values per fold lists them
+    (`K=8/16`). Summaries written before K and α took several values hold plain numbers."""
     config = record["config"]
     if not record["resolved"]["intervenes"]:
         return "baseline"
-    return f"ITI (K={config['num_heads']}, alpha={config['alpha']:g}, {record['resolved']['method']})"
+    return (f"ITI (K={_values_text(config['num_heads'])}, alpha={_values_text(config['alpha'])}, "
+            f"{record['resolved']['method']})")
+
+
+def _values_text(value) -> str:
+    return "/".join(f"{v:g}" for v in (value if isinstance(value, list) else [value]))
 
 
 def comparison_table(records: list[dict]) -> str:
@@ -52,7 +58,7 @@ def read_finished_run(path: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("summaries", nargs="+", type=Path, help="summary JSON files of validate_2fold runs")
     args = parser.parse_args()
     print(comparison_table([read_finished_run(path) for path in args.summaries]))
