@@ -55,19 +55,11 @@ def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-
-
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp)` then rename tmp to `path`; on failure nothing is left behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    try:
+    with staged_files([Path(path)]) as (tmp,):
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 @contextmanager
