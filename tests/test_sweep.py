@@ -106,6 +106,25 @@ def test_without_limit_the_one_subset_is_collected(sweep, tmp_path, monkeypatch,
     assert stop.value.code == 2 and "runs with --limit 4, 6: pass one of those" in capsys.readouterr().err
 
 
+def test_runs_on_another_dataset_stay_out_of_the_table(sweep, tmp_path, monkeypatch, capsys):
+    """A full run on a custom dataset file beside a --limit TruthfulQA sweep: the TruthfulQA table keeps
+    the sweep's runs, and --dataset_path collects the custom run alone, into files named apart."""
+    root, records = sweep
+    results = tmp_path / "results"
+    summaries = results / "results_dump" / "summary_dump"
+    shutil.copytree(root / "results" / "results_dump" / "summary_dump", summaries)
+    custom = json.loads(open(records[1]["json_path"]).read())
+    custom["config"].update(limit=None, dataset_name="my_set", dataset_path="my_set.jsonl")
+    (summaries / "custom.json").write_text(json.dumps(custom))
+    run_collect(monkeypatch, "--model_name", "tq", "--use_center_of_mass", "--results_dir", str(results))
+    table = pd.read_csv(results / "results_dump" / "sweep_dump" / "tq_center_of_mass_limit_4.csv")
+    assert sorted(table["json"]) == sorted(r["json_path"].replace(str(root / "results"), str(results)) for r in records)
+    run_collect(monkeypatch, "--model_name", "tq", "--use_center_of_mass", "--results_dir", str(results),
+                "--dataset_path", "my_set.jsonl", "--dataset_name", "my_set")
+    table = pd.read_csv(results / "results_dump" / "sweep_dump" / "tq_center_of_mass_my_set.csv")
+    assert table["json"].tolist() == [str(summaries / "custom.json")]
+
+
 def test_no_runs_is_an_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--model_name", "nothing", "--results_dir", str(tmp_path)])
     with pytest.raises(SystemExit) as stop:

@@ -32,22 +32,24 @@ BASELINE_FREE = ("num_heads", "alpha", "dataset_name", "activations_dataset", "p
                  "use_center_of_mass", "use_random_dir")
 
 
-def complete_runs(results_dir: Path, model: str, method: str):
-    """(path, record) of each complete summary of this model and method."""
+def complete_runs(results_dir: Path, model: str, method: str, dataset_path: str | None = None):
+    """(path, record) of each complete summary of this model and method evaluated on `dataset_path`'s items
+    (None: TruthfulQA), so runs on another dataset never enter the table."""
     for path in sorted((results_dir / "results_dump" / "summary_dump").glob("*.json")):
         record = json.loads(path.read_text())
         config = record.get("config", {})
         if record.get("complete") and f"{config.get('model_prefix', '')}{config.get('model_name')}" == model \
-                and record["resolved"]["method"] == method:
+                and record["resolved"]["method"] == method and config.get("dataset_path") == dataset_path:
             yield path, record
 
 
-def load_runs(results_dir: Path, model: str, method: str, seed: int | None, limit: int | None) -> list[dict]:
+def load_runs(results_dir: Path, model: str, method: str, seed: int | None, limit: int | None,
+              dataset_path: str | None = None) -> list[dict]:
     """The complete runs of one (K, α) of this model, method and limit (and seed, if given), each record
     with its path and K and α as numbers. Runs that chose among several settings per fold are left out
     (their summaries hold each fold's choice)."""
     runs = []
-    for path, record in complete_runs(results_dir, model, method):
+    for path, record in complete_runs(results_dir, model, method, dataset_path):
         config = dict(record["config"])
         for name in ("num_heads", "alpha"):
             values = config.get(name)
@@ -61,11 +63,11 @@ def load_runs(results_dir: Path, model: str, method: str, seed: int | None, limi
     return runs
 
 
-def default_limit(results_dir: Path, model: str, method: str) -> int | None:
+def default_limit(results_dir: Path, model: str, method: str, dataset_path: str | None = None) -> int | None:
     """Without --limit: the full runs if there are any, else the one --limit that all runs used."""
     from iti.errors import UsageError
 
-    limits = {record["config"].get("limit") for _, record in complete_runs(results_dir, model, method)}
+    limits = {record["config"].get("limit") for _, record in complete_runs(results_dir, model, method, dataset_path)}
     if not limits or None in limits:
         return None
     if len(limits) > 1:
@@ -108,12 +110,14 @@ def seed_averaged_answers(runs: list[dict], tag: str):
         {column: "first" if column == "Category" else "mean" for column in merged.columns})
 
 
-def collect(results_dir: Path, model: str, method: str, seed: int | None, limit: int | None):
+def collect(results_dir: Path, model: str, method: str, seed: int | None, limit: int | None,
+            dataset_path: str | None = None):
     """The table: one row per setting (seeds averaged), with its paired difference from its baseline."""
-    return collect_with_pairs(results_dir, model, method, seed, limit)[0]
+    return collect_with_pairs(results_dir, model, method, seed, limit, dataset_path)[0]
 
 
-def collect_with_pairs(results_dir: Path, model: str, method: str, seed: int | None, limit: int | None):
+def collect_with_pairs(results_dir: Path, model: str, method: str, seed: int | None, limit: int | None,
+                       dataset_path: str | None = None):
     """(table, pairs): the table and, per setting with a baseline, (row index, the setting's and the
     baseline's seed-averaged answers) for the per-category table."""
     import numpy as np
@@ -122,7 +126,7 @@ def collect_with_pairs(results_dir: Path, model: str, method: str, seed: int | N
     from iti.statistics import paired_differences
 
     groups: dict[tuple, list[dict]] = {}
-    for run in load_runs(results_dir, model, method, seed, limit):
+    for run in load_runs(results_dir, model, method, seed, limit, dataset_path):
         groups.setdefault(settings(run["config"], ("seed",)), []).append(run)
     baselines = {}
     for runs in sorted(groups.values(), key=lambda runs: runs[0]["config"]["num_heads"], reverse=True):
@@ -308,6 +312,9 @@ def main() -> None:
                         help="runs made with this --limit (default: full runs, else the one --limit all runs used)")
     parser.add_argument("--use_center_of_mass", action="store_true")
     parser.add_argument("--use_random_dir", action="store_true")
+    parser.add_argument("--dataset_path", default=None,
+                        help="runs evaluated on this dataset file, as the sweep gave it (default: TruthfulQA runs)")
+    parser.add_argument("--dataset_name", default=None, help="with --dataset_path: names the table's files")
     parser.add_argument("--results_dir", default=ValidationConfig().results_dir)
     parser.add_argument("--by_category", action="store_true",
                         help="also each category's difference from the baseline (table and one plot per setting)")
@@ -318,16 +325,17 @@ def main() -> None:
     method = ValidationConfig(use_center_of_mass=args.use_center_of_mass, use_random_dir=args.use_random_dir).method
     model = f"{args.model_prefix}{args.model_name}"
     results_dir = Path(args.results_dir)
-    limit = args.limit if args.limit is not None else default_limit(results_dir, model, method)
+    limit = args.limit if args.limit is not None else default_limit(results_dir, model, method, args.dataset_path)
     if limit != args.limit:
         print(f"no full runs of {model}: the runs made with --limit {limit}")
-    table, pairs = collect_with_pairs(results_dir, model, method, args.seed, limit)
+    table, pairs = collect_with_pairs(results_dir, model, method, args.seed, limit, args.dataset_path)
     if table.empty:
         raise UsageError(f"no completed runs of {model} ({method} directions, limit {limit}) under "
                          f"{results_dir / 'results_dump' / 'summary_dump'}")
     out_dir = results_dir / "results_dump" / "sweep_dump"
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{model}_{method}" + (f"_limit_{limit}" if limit is not None else "")
+    dataset = (args.dataset_name or Path(args.dataset_path).stem) if args.dataset_path else None
+    stem = f"{model}_{method}" + (f"_{dataset}" if dataset else "") + (f"_limit_{limit}" if limit is not None else "")
     write_text(out_dir / f"{stem}.csv", table.to_csv(index=False))
     write_text(out_dir / f"{stem}.md", markdown(table))
     plotted = plot(table, out_dir / f"{stem}.png")

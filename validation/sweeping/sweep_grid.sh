@@ -12,7 +12,7 @@ mapfile -t grid <<<"$cells"
 failed=()
 
 finish() {  # finish [validate_2fold flags ...]: the sweep's table and plot; exit 1 if any run failed
-  # collect_sweep reads the flags that name runs (seed, limit, method, results_dir) and ignores the rest.
+  # collect_sweep reads the flags that name runs (seed, limit, method, dataset_path, results_dir) and ignores the rest.
   python validation/sweeping/collect_sweep.py --model_name "$model" "$@" || failed+=("collect_sweep")
   if [ ${#failed[@]} -gt 0 ]; then
     printf 'failed: %s\n' "${failed[@]}" >&2
