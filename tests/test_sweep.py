@@ -107,8 +107,9 @@ def test_without_limit_the_one_subset_is_collected(sweep, tmp_path, monkeypatch,
 
 
 def test_runs_on_another_dataset_stay_out_of_the_table(sweep, tmp_path, monkeypatch, capsys):
-    """A full run on a custom dataset file beside a --limit TruthfulQA sweep: the TruthfulQA table keeps
-    the sweep's runs, and --dataset_path collects the custom run alone, into files named apart."""
+    """A full run on a custom dataset file and a per-fold selection run beside a --limit TruthfulQA sweep:
+    the TruthfulQA table keeps the sweep's runs, and --dataset_path collects the custom run alone, into
+    files named apart."""
     root, records = sweep
     results = tmp_path / "results"
     summaries = results / "results_dump" / "summary_dump"
@@ -116,6 +117,9 @@ def test_runs_on_another_dataset_stay_out_of_the_table(sweep, tmp_path, monkeypa
     custom = json.loads(open(records[1]["json_path"]).read())
     custom["config"].update(limit=None, dataset_name="my_set", dataset_path="my_set.jsonl")
     (summaries / "custom.json").write_text(json.dumps(custom))
+    selection = json.loads(open(records[1]["json_path"]).read())
+    selection["config"].update(limit=6, num_heads=[2, 3], alpha=[4.0, 8.0])  # not a table row: not a limit to pick
+    (summaries / "selection.json").write_text(json.dumps(selection))
     run_collect(monkeypatch, "--model_name", "tq", "--use_center_of_mass", "--results_dir", str(results))
     table = pd.read_csv(results / "results_dump" / "sweep_dump" / "tq_center_of_mass_limit_4.csv")
     assert sorted(table["json"]) == sorted(r["json_path"].replace(str(root / "results"), str(results)) for r in records)

@@ -33,34 +33,29 @@ BASELINE_FREE = ("num_heads", "alpha", "dataset_name", "activations_dataset", "p
 
 
 def complete_runs(results_dir: Path, model: str, method: str, dataset_path: str | None = None):
-    """(path, record) of each complete summary of this model and method evaluated on `dataset_path`'s items
-    (None: TruthfulQA), so runs on another dataset never enter the table."""
+    """(path, record) of each complete summary of one (K, α) of this model and method evaluated on
+    `dataset_path`'s items (None: TruthfulQA), so runs on another dataset never enter the table; the
+    record's config holds K and α as numbers. Runs that chose among several settings per fold are left
+    out (their summaries hold each fold's choice)."""
     for path in sorted((results_dir / "results_dump" / "summary_dump").glob("*.json")):
         record = json.loads(path.read_text())
-        config = record.get("config", {})
-        if record.get("complete") and f"{config.get('model_prefix', '')}{config.get('model_name')}" == model \
-                and record["resolved"]["method"] == method and config.get("dataset_path") == dataset_path:
-            yield path, record
-
-
-def load_runs(results_dir: Path, model: str, method: str, seed: int | None, limit: int | None,
-              dataset_path: str | None = None) -> list[dict]:
-    """The complete runs of one (K, α) of this model, method and limit (and seed, if given), each record
-    with its path and K and α as numbers. Runs that chose among several settings per fold are left out
-    (their summaries hold each fold's choice)."""
-    runs = []
-    for path, record in complete_runs(results_dir, model, method, dataset_path):
-        config = dict(record["config"])
+        config = dict(record.get("config", {}))
+        if not (record.get("complete") and f"{config.get('model_prefix', '')}{config.get('model_name')}" == model
+                and record["resolved"]["method"] == method and config.get("dataset_path") == dataset_path):
+            continue
         for name in ("num_heads", "alpha"):
             values = config.get(name)
             if isinstance(values, list):
                 config[name] = values[0] if len(values) == 1 else None
-        if config.get("num_heads") is None or config.get("alpha") is None:
-            continue
-        if config.get("limit") != limit or (seed is not None and config.get("seed") != seed):
-            continue
-        runs.append({**record, "config": config, "path": path})
-    return runs
+        if config.get("num_heads") is not None and config.get("alpha") is not None:
+            yield path, {**record, "config": config}
+
+
+def load_runs(results_dir: Path, model: str, method: str, seed: int | None, limit: int | None,
+              dataset_path: str | None = None) -> list[dict]:
+    """complete_runs of this limit (and seed, if given), each record with its path."""
+    return [{**record, "path": path} for path, record in complete_runs(results_dir, model, method, dataset_path)
+            if record["config"].get("limit") == limit and (seed is None or record["config"].get("seed") == seed)]
 
 
 def default_limit(results_dir: Path, model: str, method: str, dataset_path: str | None = None) -> int | None:
