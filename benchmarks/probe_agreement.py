@@ -5,7 +5,6 @@ top-K overlap, the per-head validation-accuracy gaps and both wall times.
 
 python benchmarks/probe_agreement.py --model_name smollm2_135M_instruct
 """
-import json
 import sys
 from pathlib import Path
 
@@ -27,15 +26,18 @@ def main() -> None:
 
     import numpy as np
 
-    from iti.activations import feature_path, load_features
-    from iti.probes import compare_backends, rows_of_questions, train_val_split
+    from iti.features import FeatureSet, load_features, read_record
+    from iti.fit import seeded_split
+    from iti.probes import compare_backends, rows_of_questions
 
-    acts, labels, question_ids = load_features(args.features_dir, args.model_name, args.dataset_name)
-    meta = json.loads(feature_path(args.features_dir, args.model_name, args.dataset_name, "meta").read_text())
+    features = FeatureSet(Path(args.features_dir), args.model_name, args.dataset_name)
+    acts, labels, question_ids = load_features(features)
+    meta = read_record(features)
     questions = np.unique(question_ids)
-    train_q, val_q = train_val_split(questions, args.val_ratio, np.random.default_rng(args.seed))
-    result = compare_backends(acts, labels, rows_of_questions(question_ids, train_q), rows_of_questions(question_ids, val_q),
-                              meta["num_heads"], k=args.num_heads, device=args.device, seed=args.seed)
+    split = seeded_split(questions, args.val_ratio, args.seed)
+    result = compare_backends(acts, labels, rows_of_questions(question_ids, split.train),
+                              rows_of_questions(question_ids, split.val), meta["num_heads"], k=args.num_heads,
+                              device=args.device, seed=args.seed)
     print(f"{args.model_name} {args.dataset_name}: {len(questions)} questions, {len(labels)} rows, "
           f"{meta['num_layers']}x{meta['num_heads']} heads of {meta['head_dim']}")
     print(f"top-{result.k} heads in common: {result.top_k_overlap}/{result.k}")

@@ -14,25 +14,30 @@ from iti.config import ActivationsConfig  # noqa: E402
 
 def main() -> None:
     cfg = parse_config(ActivationsConfig, description=__doc__)
-    from iti.activations import save_features
-    from iti.contrastive import dataset_record
+    import dataclasses
+
+    from iti.activations import feature_record, refuse_replacing, save_features
     from iti.data import build_prompt_set
+    from iti.features import FeatureSet
     from iti.models import load_model, resolve_model_source
     from iti.prompts import prompting_for
 
     source = resolve_model_source(cfg.model_name, cfg.model_prefix, cfg.model_path)
-    # Built before the model loads, so a missing or bad dataset fails at once; chat rows need the tokenizer.
+    # Built before the model loads, so a missing or bad dataset, or features of this name made from other
+    # data, fail at once; chat rows need the tokenizer and are built again after it.
     prompt_set = build_prompt_set(cfg.dataset_name, cfg.tqa_path, cfg.limit, cfg.seed, cfg.dataset_path)
+    target = FeatureSet(Path(cfg.features_dir), cfg.output_name, cfg.dataset_name, cfg.limit)
+    if cfg.prompt_format == "raw":
+        refuse_replacing(target, feature_record(prompt_set, cfg.output_name, cfg.limit, cfg.prompt_format),
+                         cfg.overwrite)
     model, tokenizer = load_model(source, cfg.device, cfg.dtype, cfg.trust_remote_code)
     prompting = prompting_for(cfg.prompt_format, tokenizer, source)
     if prompting.chat:
         prompt_set = build_prompt_set(cfg.dataset_name, cfg.tqa_path, cfg.limit, cfg.seed, cfg.dataset_path,
                                       prompting.probe_text)
-    config = {"model_source": source, "dtype": str(model.dtype), "limit": cfg.limit, "seed": cfg.seed,
-              "batch_size": cfg.batch_size, "prompt_format": cfg.prompt_format,
-              "dataset_path": dataset_record(cfg.dataset_path)}
+    config = {**dataclasses.asdict(cfg), "model_source": source, "dtype_used": str(model.dtype)}
     paths = save_features(model, tokenizer, prompt_set, cfg.features_dir, cfg.output_name, cfg.batch_size, cfg.mlp,
-                          config, limit=cfg.limit)
+                          config, limit=cfg.limit, prompt_format=cfg.prompt_format, overwrite=cfg.overwrite)
     print(f"{len(prompt_set)} rows of {prompt_set.num_questions} questions -> {paths['head_wise']} "
           f"(and {', '.join(p.name for k, p in paths.items() if k != 'head_wise')})")
 

@@ -1,11 +1,8 @@
 """Batched activation extraction through pyvene collectors, streamed to memory-mapped .npy files."""
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import json
-import shlex
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -15,113 +12,12 @@ from tqdm.auto import tqdm
 
 from iti.batching import length_sorted_batches, pad_batch, pad_token_id
 from iti.errors import UsageError
+from iti.features import FEATURE_KINDS, RECORD_VERSION, FeatureSet, feature_path, read_record
 from iti.files import remove, staged_files, temporaries_of, write_npy, writer_running
+from iti.fingerprint import differs, model_fingerprint
+from iti.identity import short_digest
 from iti.intervenable import IntervenableModel, pv
 from iti.models import head_geometry, input_device, model_sites
-
-FEATURE_KINDS = ("head_wise", "layer_wise", "mlp_wise")
-
-
-def feature_stem(model_name: str, dataset: str, limit: int | None = None) -> str:
-    """`{model}_{dataset}`, plus `_limit_{N}` for a run on the first N questions: a subset is named
-    apart from the full set, so it never replaces it."""
-    return f"{model_name}_{dataset}" + (f"_limit_{limit}" if limit is not None else "")
-
-
-def feature_path(features_dir: str | Path, model_name: str, dataset: str, kind: str, limit: int | None = None) -> Path:
-    """The public workflow's names: {model}_{dataset}[_limit_{N}]_{head_wise|layer_wise|mlp_wise|labels}.npy."""
-    suffix = "json" if kind in ("categories", "meta") else "npy"
-    return Path(features_dir) / f"{feature_stem(model_name, dataset, limit)}_{kind}.{suffix}"
-
-
-@dataclass(frozen=True)
-class FeatureSet:
-    """One extraction's files: a model's activations of a dataset, all questions or the first `limit`."""
-    features_dir: Path
-    model_name: str
-    dataset: str
-    limit: int | None = None
-    model_path: str | None = None  # only for the command that makes the set
-
-    def path(self, kind: str) -> Path:
-        return feature_path(self.features_dir, self.model_name, self.dataset, kind, self.limit)
-
-    def exists(self, kind: str = "head_wise") -> bool:
-        return all(self.path(k).is_file() for k in (kind, "labels", "question_ids"))
-
-    def command(self) -> str:
-        """The get_activations call that writes exactly this set."""
-        parts = ["python get_activations/get_activations.py", f"--model_name {self.model_name}",
-                 f"--dataset_name {self.dataset}"]
-        if self.model_path:
-            parts.append(f"--model_path {shlex.quote(str(self.model_path))}")
-        if self.limit is not None:
-            parts.append(f"--limit {self.limit}")
-        parts.append(f"--features_dir {shlex.quote(str(self.features_dir))}")
-        return " ".join(parts)
-
-
-def find_feature_set(wanted: FeatureSet, kind: str = "head_wise") -> FeatureSet | None:
-    """The set to read for `wanted`: itself when extracted; for a subset, else the full set (its
-    first `limit` questions are the subset); None when neither exists."""
-    candidates = [wanted] + ([dataclasses.replace(wanted, limit=None)] if wanted.limit is not None else [])
-    return next((c for c in candidates if c.exists(kind)), None)
-
-
-def require_feature_sets(wanted: list[FeatureSet], kind: str = "head_wise") -> None:
-    """Before any model loads: one UsageError listing the command for every missing set, or naming a
-    damaged file (its header and size are read, not its data)."""
-    missing = [w for w in wanted if find_feature_set(w, kind) is None]
-    if missing:
-        names = ", ".join(str(w.path(kind)) for w in missing)
-        commands = " && ".join(w.command() for w in missing)
-        raise UsageError(f"missing features {names}: make them with `{commands}`")
-    for found in (find_feature_set(w, kind) for w in wanted):
-        for k in (kind, "labels", "question_ids"):
-            _load_npy(found.path(k), found, mmap=True)
-
-
-def _load_npy(path: Path, remake: FeatureSet, mmap: bool = False) -> np.ndarray:
-    try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UsageError(f"features file {path} is truncated or corrupt ({reason}); "
-                         f"remake it with `{remake.command()}`") from err
-
-
-def feature_files(features_dir: str | Path, model_name: str, dataset: str, kind: str = "head_wise",
-                  limit: int | None = None) -> list[Path]:
-    """What load_features reads: the activations, their labels and their question ids (of the set
-    find_feature_set picks; of the wanted one when none exists)."""
-    wanted = FeatureSet(Path(features_dir), model_name, dataset, limit)
-    found = find_feature_set(wanted, kind) or wanted
-    return [found.path(k) for k in (kind, "labels", "question_ids")]
-
-
-def load_features(features_dir: str | Path, model_name: str, dataset: str, kind: str = "head_wise",
-                  mmap: bool = True, limit: int | None = None,
-                  model_path: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(activations, labels, question_ids) of all questions, or of the first `limit` (the `_limit_{N}`
-    set, else the full set's first N questions); a missing or damaged file names the command that makes it."""
-    wanted = FeatureSet(Path(features_dir), model_name, dataset, limit, model_path)
-    found = find_feature_set(wanted, kind)
-    if found is None:
-        require_feature_sets([wanted], kind)
-    acts = _load_npy(found.path(kind), found, mmap)
-    labels, question_ids = _load_npy(found.path("labels"), found), _load_npy(found.path("question_ids"), found)
-    if not len(acts) == len(labels) == len(question_ids):
-        raise UsageError(f"features {found.path(kind)} hold {len(acts)} rows but their labels {len(labels)} and question "
-                         f"ids {len(question_ids)}; remake them with `{found.command()}`")
-    if limit is None or found.limit == limit:
-        return acts, labels, question_ids
-    available = int(question_ids.max()) + 1 if len(question_ids) else 0
-    if available < limit:
-        raise UsageError(f"features {found.path(kind)} cover {available} questions, fewer than --limit {limit}; "
-                         f"make the subset with `{wanted.command()}`")
-    rows = np.flatnonzero(question_ids < limit)
-    return np.asarray(acts[rows]), labels[rows], question_ids[rows]
-
 
 def tokenize_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
     return tokenizer(prompts, add_special_tokens=True)["input_ids"]
@@ -196,12 +92,64 @@ def extract_activations(recorder: ActivationRecorder, tokenizer, prompts: list[s
             bar.update(len(batch))
 
 
+def feature_record(prompt_set, model_name: str, limit: int | None, prompt_format: str,
+                   fingerprint: dict | None = None) -> dict:
+    """What made a feature set (spec §10), as its `_meta.json` records it; `id` names the content (the
+    model as loaded, in its dtype, and the rows it read). Without `fingerprint` (before the model loads)
+    the record holds only what the data decides."""
+    record = {"record_version": RECORD_VERSION, "model_name": model_name, "dataset": prompt_set.name, "limit": limit,
+              "prompt_format": prompt_format, "seed": prompt_set.config.get("seed"), "items": prompt_set.items_digest,
+              "rows": prompt_set.rows_digest(), "questions": prompt_set.num_questions, "row_count": len(prompt_set)}
+    if fingerprint is not None:
+        record.update(model=fingerprint, id=short_digest({"model": fingerprint, "rows": record["rows"]}))
+    return record
+
+
+def replacing_conflict(existing: dict, record: dict) -> str | None:
+    """Why features recorded as `existing` are not the ones `record` describes (None: the same features)."""
+    for key, what in (("limit", "limit"), ("prompt_format", "prompt format"), ("items", "dataset items"),
+                      ("rows", "prompts")):
+        if existing.get(key) != record.get(key):
+            return f"another {what} ({existing.get(key)} against {record.get(key)})" if key in ("limit", "prompt_format") \
+                else f"other {what}"
+    if "model" in record:
+        reason = differs(existing["model"], record["model"])
+        if reason is not None:
+            return f"another model: {reason}"
+        if existing["model"]["weights"]["dtype"] != record["model"]["weights"]["dtype"]:
+            return f"another dtype ({existing['model']['weights']['dtype']} against {record['model']['weights']['dtype']})"
+    return None
+
+
+def refuse_replacing(target: FeatureSet, record: dict, overwrite: bool) -> None:
+    """Features of this name made differently are kept: a UsageError unless `overwrite`. Re-extracting the
+    same features (same record) replaces them, which changes nothing."""
+    if overwrite or not any(target.path(kind).exists() for kind in (*FEATURE_KINDS, "labels", "meta")):
+        return
+    try:
+        existing = read_record(target)
+    except UsageError:
+        conflict = "by an older version or another program, without a record of what made them"
+    else:
+        conflict = replacing_conflict(existing, record)
+        if conflict is None:
+            return
+        conflict = f"from {conflict}"
+    raise UsageError(f"{target.path('head_wise')} exists and was made {conflict}; it is kept: give another "
+                     "--dataset_name or --features_dir, or add --overwrite to replace it")
+
+
 def save_features(model, tokenizer, prompt_set, features_dir: str | Path, model_name: str, batch_size: int = 16,
                   mlp: bool = False, config: dict | None = None, progress: bool = True, limit: int | None = None,
-                  log: Callable[[str], None] = print) -> dict[str, Path]:
+                  log: Callable[[str], None] = print, prompt_format: str = "raw",
+                  overwrite: bool = False) -> dict[str, Path]:
     """Extract a prompt set's activations into features/ (named with `_limit_{N}` for a run on the first
-    N questions); files appear under their names only when complete."""
+    N questions) with the record of what made them; files appear under their names only when complete.
+    Features of the same names made differently are refused unless `overwrite`."""
     features_dir = Path(features_dir)
+    record = feature_record(prompt_set, model_name, limit, prompt_format, model_fingerprint(model, tokenizer))
+    target = FeatureSet(features_dir, model_name, prompt_set.name, limit)
+    refuse_replacing(target, record, overwrite)
     features_dir.mkdir(parents=True, exist_ok=True)
     recorder = ActivationRecorder(model, mlp=mlp)
     geo = recorder.geometry
@@ -226,10 +174,9 @@ def save_features(model, tokenizer, prompt_set, features_dir: str | Path, model_
         if prompt_set.categories:
             tmp["categories"].write_text(json.dumps(prompt_set.categories))
         meta = {
-            "model_name": model_name, "dataset": prompt_set.name, "rows": n, "questions": prompt_set.num_questions,
-            "num_layers": geo.num_layers, "num_heads": geo.num_heads, "head_dim": geo.head_dim,
+            **record, "num_layers": geo.num_layers, "num_heads": geo.num_heads, "head_dim": geo.head_dim,
             "num_kv_heads": geo.num_kv_heads, "hidden_size": geo.hidden_size, "kinds": list(shapes),
-            "dataset_config": prompt_set.config, **(config or {}),
+            "dataset_config": prompt_set.config, "config": config or {},
         }
         tmp["meta"].write_text(json.dumps(meta, indent=2))
     return finals

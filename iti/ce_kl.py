@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from iti.batching import length_sorted_batches, pad_batch, pad_token_id
-from iti.config import OWT_SAMPLES
+from iti.constants import OWT_SAMPLES
 from iti.errors import UsageError
 from iti.intervention import ShiftedModel
 from iti.models import input_device, softmax_precision

@@ -9,8 +9,9 @@ from typing import Callable
 
 import numpy as np
 
+from iti.constants import REPO_ROOT
 from iti.errors import UsageError
-from iti.config import REPO_ROOT
+from iti.identity import digest
 from iti.prompts import qa_prompt
 
 TQA_HUB_ID = "truthfulqa/truthful_qa"
@@ -44,13 +45,22 @@ class TruthfulQA:
     multiple_choice: list[MultipleChoiceQuestion]
     source: str
 
+    def mc_index_of_generation(self) -> np.ndarray:
+        """For each generation-order question, its index in the MC order (-1 where it has none): questions
+        are matched by their stripped text (spec §1)."""
+        mc_index = {q.question.strip(): i for i, q in enumerate(self.multiple_choice)}
+        return np.array([mc_index.get(q.question.strip(), -1) for q in self.generation], dtype=np.int64)
+
     def generation_in_mc_order(self) -> list[GenerationQuestion]:
         """Generation-order records re-ordered to the MC order (folds are made in MC order)."""
-        by_text = {q.question.strip(): q for q in self.generation}
-        missing = [q.question for q in self.multiple_choice if q.question.strip() not in by_text]
+        position = np.full(len(self.multiple_choice), -1)
+        for generation_index, mc_index in enumerate(self.mc_index_of_generation()):
+            if mc_index >= 0:
+                position[mc_index] = generation_index
+        missing = [q.question for q, g in zip(self.multiple_choice, position) if g < 0]
         if missing:
             raise UsageError(f"{len(missing)} MC questions have no generation record (first: {missing[0]!r}) in {self.source}")
-        return [by_text[q.question.strip()] for q in self.multiple_choice]
+        return [self.generation[g] for g in position]
 
 
 def _split_answers(joined: str) -> list[str]:
@@ -150,7 +160,11 @@ def load_truthfulqa(tqa_path: str | Path | None = None) -> TruthfulQA:
 
 @dataclass
 class PromptSet:
-    """Rows of (prompt, label) of one activation dataset, with each row's question index."""
+    """Rows of (prompt, label) of one activation dataset, with each row's question index.
+
+    `items_digest` names the rows' content before formatting (question, answer, suffix, label, question),
+    so it tells an edited dataset apart whatever the prompt format; `rows_digest()` names the rows as the
+    model reads them (formatted prompt, label, question)."""
     name: str
     prompts: list[str]
     labels: np.ndarray
@@ -158,12 +172,18 @@ class PromptSet:
     categories: list[str] | None = None
     num_questions: int = 0
     config: dict = field(default_factory=dict)
+    items_digest: str = ""
 
     def __len__(self) -> int:
         return len(self.prompts)
 
+    def rows_digest(self) -> str:
+        return digest([self.prompts, self.labels.tolist(), self.question_ids.tolist()])
+
 
 def check_limit(limit: int | None, num_questions: int) -> int:
+    if num_questions == 0:
+        raise UsageError("the dataset holds no questions; check the file (a header alone is not a dataset)")
     if limit is None:
         return num_questions
     if not 1 <= limit <= num_questions:
@@ -171,18 +191,25 @@ def check_limit(limit: int | None, num_questions: int) -> int:
     return limit
 
 
-def _rows_to_set(name, rows, num_questions, categories=None, **config) -> PromptSet:
-    prompts, labels, question_ids = zip(*rows) if rows else ((), (), ())
-    return PromptSet(name, list(prompts), np.asarray(labels, dtype=np.int64), np.asarray(question_ids, dtype=np.int64),
-                     categories, num_questions, config)
+# A probe row before formatting: question, answer, what follows the answer, label, question index.
+ProbeRow = tuple[str, str, str, int, int]
+
+
+def _rows_to_set(name: str, rows: list[ProbeRow], num_questions: int, probe_text: ProbeText,
+                 categories: list[str] | None = None, **config) -> PromptSet:
+    prompts = [probe_text(question, answer) + suffix for question, answer, suffix, _, _ in rows]
+    labels = np.asarray([row[3] for row in rows], dtype=np.int64)
+    question_ids = np.asarray([row[4] for row in rows], dtype=np.int64)
+    return PromptSet(name, prompts, labels, question_ids, categories, num_questions, config,
+                     items_digest=digest([list(row) for row in rows]))
 
 
 def tqa_mc2_set(tqa: TruthfulQA, limit: int | None = None, probe_text: ProbeText = qa_prompt) -> PromptSet:
     n = check_limit(limit, len(tqa.multiple_choice))
-    rows = [(probe_text(q.question, choice), label, i)
+    rows = [(q.question, choice, "", label, i)
             for i, q in enumerate(tqa.multiple_choice[:n])
             for choice, label in zip(q.mc2_choices, q.mc2_labels)]
-    return _rows_to_set("tqa_mc2", rows, n, order="multiple_choice")
+    return _rows_to_set("tqa_mc2", rows, n, probe_text, order="multiple_choice")
 
 
 def end_q_partners(num_questions: int, seed: int) -> np.ndarray:
@@ -200,9 +227,9 @@ def items_prompt_set(name: str, items: list[GenerationQuestion], probe_text: Pro
         suffix = suffixes[i] if suffixes else ""
         for answers, label in ((item.correct_answers, 1), (item.incorrect_answers, 0)):
             for answer in answers:
-                rows.append((probe_text(item.question, answer) + suffix, label, i))
+                rows.append((item.question, answer, suffix, label, i))
                 categories.append(item.category)
-    return _rows_to_set(name, rows, len(items), categories if any(categories) else None, **config)
+    return _rows_to_set(name, rows, len(items), probe_text, categories if any(categories) else None, **config)
 
 
 def tqa_gen_set(tqa: TruthfulQA, limit: int | None = None, end_q: bool = False, seed: int = 42,

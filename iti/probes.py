@@ -14,7 +14,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from tqdm import tqdm
 
-from iti.config import SPLIT_RNGS
+from iti.constants import SPLIT_RNGS
 from iti.errors import UsageError
 
 Head = tuple[int, int]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from iti.config import PROMPT_FORMATS
+from iti.constants import PROMPT_FORMATS
 from iti.errors import UsageError
 
 # Ouyang et al. (2022), Figure 17, as the LLaMA evaluation and the ITI paper use it.

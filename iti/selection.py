@@ -1,109 +1,51 @@
-"""From activations to HeadShifts: probes, head choice, directions, σ (ITI_SPEC.md section 4)."""
+"""Choosing K and α per fold on questions the shifts never saw (a three-way split of the development questions).
+
+The fold's development questions are split three ways, seeded apart from the fold's own split: a share
+`select_ratio` is set aside to score the settings; of the rest, a share 1 - val_ratio trains the probes
+and the directions, and the others rank the heads. Every (K, α) is built from those and scored on the
+set-aside questions, which took no part in the probes, the head ranking, the directions or (with
+--sigma_questions dev) σ. The chosen setting is then rebuilt from all development questions with the
+fold's own split, exactly as a run of that one setting builds it, and evaluated on the test questions.
+"""
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 
-from iti.directions import center_of_mass_directions, probe_directions, projection_stds, random_directions
 from iti.errors import UsageError
-from iti.head_shifts import HeadShifts
-from iti.probes import ProbeResult, random_heads, top_heads, train_probes
+from iti.fit import Features, Recipe, Split, fit_head_shifts, without_layers
+from iti.probes import train_val_split
 
-METHODS = ("center_of_mass", "probe", "random")
-
-
-def build_head_shifts(
-    acts: np.ndarray,
-    labels: np.ndarray,
-    train_rows: np.ndarray,
-    val_rows: np.ndarray,
-    tuning_acts: np.ndarray,
-    num_heads: int,
-    head_dim: int,
-    k: int,
-    alpha: float,
-    method: str,
-    use_random_heads: bool,
-    backend: str,
-    seed: int,
-    provenance: dict,
-    device: str = "cpu",
-) -> HeadShifts:
-    """Train per-head probes, pick k heads (top accuracy or random), then directions and σ.
-
-    `acts`/`labels` are the probing features (tqa_mc2); `tuning_acts` only set σ.
-    Random heads and random directions both draw from `seed`, each from its own generator.
-    """
-    check_features(acts, tuning_acts, num_heads, head_dim, method)
-    probes = train_probes(acts, labels, train_rows, val_rows, num_heads, backend=backend, device=device, seed=seed)
-    return head_shifts_from_probes(probes, acts, labels, train_rows, val_rows, tuning_acts, num_heads, head_dim, k,
-                                   alpha, method, use_random_heads, backend, seed, provenance)
+# Seeds the set-aside draw apart from the fold's own split (with the run's seed), so that split, and the
+# shifts rebuilt from it, are those of a single-setting run.
+SELECTION_STREAM = 1
 
 
-def check_features(acts: np.ndarray, tuning_acts: np.ndarray, num_heads: int, head_dim: int, method: str) -> None:
-    if method not in METHODS:
-        raise UsageError(f"unknown direction method {method!r}; use one of {', '.join(METHODS)}")
-    if acts.ndim != 3 or acts.shape[2] != num_heads * head_dim:
-        raise UsageError(
-            f"activations of shape {acts.shape} do not match {num_heads} heads x head_dim {head_dim}; "
-            "take head_dim from the model config"
-        )
-    if tuning_acts.ndim != 3 or tuning_acts.shape[1:] != acts.shape[1:]:
-        raise UsageError(
-            f"tuning activations {tuning_acts.shape} and probing activations {acts.shape} differ in "
-            "layers or width; extract both from the same model"
-        )
+def selection_split(split: Split, select_ratio: float, val_ratio: float, seed: int) -> tuple[Split, np.ndarray]:
+    """(the split that builds the shifts to be scored, the questions that score them) from a fold's split."""
+    development = np.sort(split.development)
+    rng = np.random.default_rng([seed, SELECTION_STREAM, split.fold or 0])
+    held = int(round(len(development) * select_ratio))
+    if held == 0 or len(development) - held < 2:
+        raise UsageError(f"--select_ratio {select_ratio} sets aside {held} of the fold's {len(development)} development "
+                         "questions to score the settings; use more questions or another --select_ratio")
+    selecting = np.sort(rng.choice(development, size=held, replace=False))
+    rest = np.setdiff1d(development, selecting)
+    train, val = train_val_split(rest, val_ratio, rng)
+    sigma = None if split.sigma is None else np.setdiff1d(split.sigma, selecting)
+    return Split(train, val, sigma=sigma, fold=split.fold), selecting
 
 
-def head_shifts_from_probes(
-    probes: ProbeResult,
-    acts: np.ndarray,
-    labels: np.ndarray,
-    train_rows: np.ndarray,
-    val_rows: np.ndarray,
-    tuning_acts: np.ndarray,
-    num_heads: int,
-    head_dim: int,
-    k: int,
-    alpha: float,
-    method: str,
-    use_random_heads: bool,
-    backend: str,
-    seed: int,
-    provenance: dict,
-) -> HeadShifts:
-    """The k heads, their directions and σ from probes already trained on these rows (so that one
-    fold's probes serve every K it tries)."""
-    num_layers = acts.shape[1]
-    heads = random_heads(num_layers, num_heads, k, seed) if use_random_heads else top_heads(probes.val_accuracies, k)
-    if method == "center_of_mass":
-        rows = np.concatenate([np.asarray(train_rows), np.asarray(val_rows)])
-        directions = center_of_mass_directions(acts, labels, rows, heads, num_heads)
-    elif method == "probe":
-        directions = probe_directions(probes, heads)
-    else:
-        directions = random_directions(k, head_dim, seed)
-    pairs = np.asarray(heads, dtype=np.int64).reshape(-1, 2)
-    return HeadShifts(
-        layers=pairs[:, 0],
-        heads=pairs[:, 1],
-        directions=directions,
-        sigmas=projection_stds(tuning_acts, heads, directions, num_heads),
-        probe_accuracies=probes.val_accuracies[pairs[:, 0], pairs[:, 1]],
-        alpha=alpha,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        head_dim=head_dim,
-        provenance={
-            **provenance,
-            "K": k,
-            "method": method,
-            "use_random_heads": use_random_heads,
-            "probe_backend": backend,
-            "seed": seed,
-        },
-    )
+def score_settings(features: Features, split: Split, settings: list[tuple[int, float]], recipe: Recipe,
+                   score: Callable[[object], dict[str, float]]) -> list[dict]:
+    """Per (K, α): the shifts built from `split` (probes, heads and directions fitted once per K, scaled per
+    α; K = 0 is the unshifted model) and `score(shifts)`'s values, one table row each, in the given order."""
+    fitted = {k: fit_head_shifts(without_layers(features), split, Recipe(k, 1.0, recipe.method, recipe.probe_backend,
+                                                                          recipe.seed, recipe.device))[0]
+              for k in sorted({k for k, _ in settings if k > 0})}
+    return [{"K": k, "alpha": alpha, **score(fitted[k].scaled(alpha) if k > 0 else None)} for k, alpha in settings]
 
 
 def choose_setting(table: list[dict], metric: str, max_kl: float | None = None) -> tuple[dict, str | None]:
@@ -118,6 +60,22 @@ def choose_setting(table: list[dict], metric: str, max_kl: float | None = None) 
         return smallest, (f"no setting kept KL within --max_kl {max_kl:g}; took the smallest KL "
                           f"({smallest['KL']:.4g}: K {smallest['K']}, alpha {smallest['alpha']:g})")
     if any(math.isnan(row[metric]) for row in within):
-        raise UsageError(f"--select_metric {metric} has no value on the validation questions; "
+        raise UsageError(f"--select_metric {metric} has no value on the selection questions; "
                          "add the metrics it needs to --metrics")
     return min(within, key=lambda row: (-row[metric], row["alpha"], row["K"])), None
+
+
+def edge_note(chosen: dict, settings: list[tuple[int, float]]) -> str | None:
+    """A note when the choice lies on the grid's outer edge (the largest K or α tried, or the smallest
+    nonzero one), where a better setting may lie beyond the grid."""
+    sides = []
+    for key, values in (("K", sorted({k for k, _ in settings})), ("alpha", sorted({a for _, a in settings}))):
+        if len(values) < 2:
+            continue
+        if chosen[key] == values[-1]:
+            sides.append(f"{key} {chosen[key]:g} is the largest tried")
+        elif chosen[key] == values[0] and values[0] > 0:
+            sides.append(f"{key} {chosen[key]:g} is the smallest tried")
+    if not sides:
+        return None
+    return f"the choice lies on the grid's edge ({'; '.join(sides)}): a better setting may lie beyond the grid"

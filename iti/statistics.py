@@ -10,14 +10,13 @@ that both runs share cancels.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
 
 from iti.errors import UsageError
-from iti.metrics import METRICS
+from iti.metrics import with_products
 
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_LEVEL = 0.95
@@ -36,16 +35,6 @@ class Interval:
         return {"value": self.value, "low": self.low, "high": self.high}
 
 
-def metric_values(means: Mapping[str, np.ndarray | float]) -> dict[str, np.ndarray | float]:
-    """`means` plus each derived metric (iti.metrics) whose factors are present; works on scalars and
-    on arrays of resampled means alike."""
-    values = dict(means)
-    for metric in METRICS:
-        if metric.product_of and all(name in values for name in metric.product_of):
-            values[metric.name] = math.prod(values[name] for name in metric.product_of)
-    return values
-
-
 def resampled_means(scores: Mapping[str, np.ndarray], resamples: int = BOOTSTRAP_RESAMPLES,
                     seed: int = BOOTSTRAP_SEED) -> dict[str, np.ndarray]:
     """Per metric, its mean in each of `resamples` draws of the questions with replacement ([resamples]).
@@ -62,8 +51,8 @@ def resampled_means(scores: Mapping[str, np.ndarray], resamples: int = BOOTSTRAP
 def intervals(scores: Mapping[str, np.ndarray], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
               level: float = BOOTSTRAP_LEVEL) -> dict[str, Interval]:
     """Per metric (per-question scores, and the derived products), its value and bootstrap interval."""
-    point = metric_values({name: float(np.mean(values)) for name, values in scores.items()})
-    samples = metric_values(resampled_means(scores, resamples, seed))
+    point = with_products({name: float(np.mean(values)) for name, values in scores.items()})
+    samples = with_products(resampled_means(scores, resamples, seed))
     return {name: _interval(point[name], samples[name], level) for name in point}
 
 
@@ -80,10 +69,10 @@ def paired_differences(treated: Mapping[str, np.ndarray], baseline: Mapping[str,
                          f"{_num_questions(baseline)}; compare runs with the same seed, folds and --limit")
     treated = {name: treated[name] for name in shared}
     baseline = {name: baseline[name] for name in shared}
-    point_t = metric_values({name: float(np.mean(v)) for name, v in treated.items()})
-    point_b = metric_values({name: float(np.mean(v)) for name, v in baseline.items()})
-    samples_t = metric_values(resampled_means(treated, resamples, seed))
-    samples_b = metric_values(resampled_means(baseline, resamples, seed))
+    point_t = with_products({name: float(np.mean(v)) for name, v in treated.items()})
+    point_b = with_products({name: float(np.mean(v)) for name, v in baseline.items()})
+    samples_t = with_products(resampled_means(treated, resamples, seed))
+    samples_b = with_products(resampled_means(baseline, resamples, seed))
     return {name: _interval(point_t[name] - point_b[name], samples_t[name] - samples_b[name], level)
             for name in point_t}
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from iti.config import REPO_ROOT
+from iti.constants import REPO_ROOT
 from iti.errors import UsageError, exit_on_usage_error
 
 VALIDATE_SCRIPT = REPO_ROOT / "validation" / "validate_2fold.py"
@@ -106,13 +106,10 @@ def validation_config(argv: Sequence[str]):
 
 
 def run_done(cfg) -> bool:
-    """The run's summary JSON (validate_2fold's own name for it) exists and says it is complete."""
-    from iti.validate import summary_path
+    """A complete summary of a run made from these settings exists (validate_2fold's own record of them)."""
+    from iti.runs import earlier_run_path
 
-    try:
-        return json.loads(summary_path(cfg).read_text()).get("complete") is True
-    except (OSError, ValueError):  # absent, unreadable or cut short: the run is to be made (again)
-        return False
+    return earlier_run_path(cfg) is not None
 
 
 def check_script_flags(script: Path, task: Task, flags: Sequence[str]) -> None:
@@ -136,30 +133,34 @@ def pending_runs(models: Sequence[str], flags: Sequence[str], env: Mapping[str, 
 
 def extraction_tasks(configs: Sequence) -> list[Task]:
     """get_activations runs for the features these validation runs read and do not find: the probing
-    set and the σ set of each model (K = 0 runs read none), with the flags both scripts share."""
-    from iti.activations import feature_files
+    set and the σ set of each model (K = 0 runs read none), with the flags both scripts share. Features
+    that exist are checked against the runs' data now (their model is checked when a run loads it)."""
+    from iti.features import find_feature_set, verify_feature_set
+    from iti.run_inputs import feature_sets
 
     tasks: dict[str, Task] = {}
     for cfg in configs:
         if max(cfg.num_heads) == 0:
             continue
-        for dataset in dict.fromkeys((cfg.dataset_name, cfg.tuning_dataset)):
-            argv = ["--model_name", cfg.model_name, "--dataset_name", dataset, *shared_extraction_flags(cfg)]
-            if cfg.custom and dataset == cfg.dataset_name:
-                argv += ["--dataset_path", cfg.dataset_path]
-            if not all(path.exists()
-                       for path in feature_files(cfg.features_dir, cfg.output_name, dataset, limit=cfg.limit)):
-                tasks.setdefault(shlex.join(argv), Task(f"{cfg.output_name}_{dataset}", tuple(argv)))
+        for wanted in dict.fromkeys(feature_sets(cfg)):
+            if find_feature_set(wanted) is not None:
+                verify_feature_set(wanted)
+                continue
+            argv = ["--model_name", cfg.model_name, "--dataset_name", wanted.dataset, *shared_extraction_flags(cfg)]
+            for flag, value in (("--dataset_path", wanted.dataset_path), ("--limit", wanted.limit)):
+                if value is not None:
+                    argv += [flag, str(value)]
+            tasks.setdefault(shlex.join(argv), Task(f"{cfg.output_name}_{wanted.dataset}", tuple(argv)))
     return list(tasks.values())
 
 
 def shared_extraction_flags(cfg) -> list[str]:
     """The validate_2fold settings that get_activations takes with the same meaning (both name features
-    `{model_prefix}{model_name}`)."""
+    `{model_prefix}{model_name}`); the dataset and limit are each feature set's own."""
     flags = ["--features_dir", str(cfg.features_dir), "--device", cfg.device, "--dtype", cfg.dtype,
              "--prompt_format", cfg.prompt_format]
-    for flag, value in (("--model_prefix", cfg.model_prefix or None), ("--limit", cfg.limit),
-                        ("--model_path", cfg.model_path), ("--tqa_path", cfg.tqa_path)):
+    for flag, value in (("--model_prefix", cfg.model_prefix or None), ("--model_path", cfg.model_path),
+                        ("--tqa_path", cfg.tqa_path)):
         if value is not None:
             flags += [flag, str(value)]
     return flags + (["--trust_remote_code"] if cfg.trust_remote_code else [])
@@ -312,9 +313,9 @@ def submit_validation(args: Sequence[str], env: Mapping[str, str]) -> None:
 
 def submit_activations(args: Sequence[str], env: Mapping[str, str]) -> None:
     """get_activations over models × DATASETS, for the features not extracted yet."""
-    from iti.activations import feature_files
     from iti.cli import parse_config
     from iti.config import ActivationsConfig, ValidationConfig
+    from iti.features import FeatureSet
 
     require_sbatch()
     models, flags = split_models(args)
@@ -329,8 +330,8 @@ def submit_activations(args: Sequence[str], env: Mapping[str, str]) -> None:
     missing = []
     for task in tasks:
         cfg = parse_config(ActivationsConfig, [*task.argv, *flags])
-        if not all(path.exists() for path in feature_files(cfg.features_dir, cfg.output_name, cfg.dataset_name,
-                                                          limit=cfg.limit)):
+        wanted = FeatureSet(Path(cfg.features_dir), cfg.output_name, cfg.dataset_name, cfg.limit)
+        if not wanted.exists():
             missing.append(task)
     print(f"{len(tasks) - len(missing)} of {len(tasks)} feature sets already extracted")
     if not missing:

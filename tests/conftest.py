@@ -115,3 +115,29 @@ def broken_tqa_copy(folder: Path, tqa_path: Path, bad_row: str, rows_before: int
     (folder / "TruthfulQA.csv").write_text("".join(lines[:rows_before + 1]) + bad_row + "\n"
                                            + "".join(lines[rows_before + 1:rows_before + 4]), encoding="utf-8")
     return folder
+
+
+def write_features(folder: Path, name: str, prompt_set, acts, model, tokenizer, limit: int | None = None) -> None:
+    """Activations of the test's own making for a real prompt set, saved under get_activations' names with the
+    record get_activations writes (the model's fingerprint, the rows' digests), so every consumer's checks
+    pass and the test knows exactly what the features hold."""
+    import json
+
+    import numpy as np
+
+    from iti.activations import feature_record
+    from iti.features import feature_path
+    from iti.fingerprint import model_fingerprint
+    from iti.models import head_geometry
+
+    geometry = head_geometry(model.config)
+    assert acts.shape == (len(prompt_set), geometry.num_layers, geometry.width)
+    arrays = {"head_wise": np.asarray(acts, np.float32), "labels": prompt_set.labels,
+              "question_ids": prompt_set.question_ids}
+    folder.mkdir(parents=True, exist_ok=True)
+    for kind, array in arrays.items():
+        np.save(feature_path(folder, name, prompt_set.name, kind, limit), array)
+    record = feature_record(prompt_set, name, limit, "raw", model_fingerprint(model, tokenizer))
+    record.update(num_layers=geometry.num_layers, num_heads=geometry.num_heads, head_dim=geometry.head_dim,
+                  kinds=["head_wise"])
+    feature_path(folder, name, prompt_set.name, "meta", limit).write_text(json.dumps(record))

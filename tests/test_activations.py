@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from iti.activations import ActivationRecorder, extract_activations, load_features, save_features
+from iti.activations import ActivationRecorder, extract_activations, save_features
+from iti.features import FeatureSet, feature_path, load_features, require_feature_sets
 from iti.data import PromptSet, tqa_mc2_set
 from tests.reference import last_token_hidden_states, last_token_o_proj_inputs
 
@@ -48,7 +49,7 @@ def test_bundled_model_on_truthfulqa_rows(bundled, tqa, tmp_path):
     model, tokenizer = bundled
     prompt_set = tqa_mc2_set(tqa, limit=3)
     paths = save_features(model, tokenizer, prompt_set, tmp_path, "smol", batch_size=8, progress=False)
-    acts, labels, question_ids = load_features(tmp_path, "smol", "tqa_mc2")
+    acts, labels, question_ids = load_features(FeatureSet(tmp_path, "smol", "tqa_mc2"))
     assert acts.shape == (len(prompt_set), 30, 576)
     np.testing.assert_array_equal(labels, prompt_set.labels)
     np.testing.assert_array_equal(question_ids, prompt_set.question_ids)
@@ -93,19 +94,18 @@ def test_subset_is_named_apart_and_never_replaces_the_full_set(llama_tiny, tqa, 
     assert full["head_wise"].name == "tiny_tqa_mc2_head_wise.npy"
     np.testing.assert_array_equal(np.load(full["head_wise"]), before)
 
-    acts, _, ids = load_features(tmp_path, "tiny", "tqa_mc2")
+    acts, _, ids = load_features(FeatureSet(tmp_path, "tiny", "tqa_mc2"))
     assert ids.max() == 3 and len(acts) == len(before)
-    acts, _, ids = load_features(tmp_path, "tiny", "tqa_mc2", limit=2)
+    acts, _, ids = load_features(FeatureSet(tmp_path, "tiny", "tqa_mc2", 2))
     np.testing.assert_array_equal(acts, np.load(subset["head_wise"]))
     # No `_limit_3` set: the first 3 questions of the full set stand in for it.
-    acts, labels, ids = load_features(tmp_path, "tiny", "tqa_mc2", limit=3)
+    acts, labels, ids = load_features(FeatureSet(tmp_path, "tiny", "tqa_mc2", 3))
     keep = np.load(full["question_ids"]) < 3
     np.testing.assert_array_equal(acts, before[keep])
     assert ids.max() == 2 and len(labels) == keep.sum()
 
 
 def test_missing_or_short_sets_name_the_exact_commands(tmp_path):
-    from iti.activations import FeatureSet, require_feature_sets
     from iti.errors import UsageError
 
     wanted = [FeatureSet(tmp_path, "tiny", "tqa_mc2", 5, "/models/tiny"), FeatureSet(tmp_path, "tiny", "tqa_gen_end_q")]
@@ -126,7 +126,7 @@ def test_truncated_features_name_the_file_and_the_command(llama_tiny, tqa, tmp_p
     paths["head_wise"].write_bytes(data[:len(data) // 2])
     with pytest.raises(UsageError, match=r"tiny_tqa_mc2_limit_2_head_wise.npy is truncated or corrupt .*"
                                          r"--dataset_name tqa_mc2 --limit 2 --features_dir"):
-        load_features(tmp_path, "tiny", "tqa_mc2", limit=2)
+        load_features(FeatureSet(tmp_path, "tiny", "tqa_mc2", 2))
 
 
 def test_killed_runs_leftovers(llama_tiny, tqa, tmp_path):
@@ -136,7 +136,6 @@ def test_killed_runs_leftovers(llama_tiny, tqa, tmp_path):
     import subprocess
     import sys
 
-    from iti.activations import feature_path
     from iti.files import temporary_path
 
     model, tokenizer = llama_tiny

@@ -123,6 +123,59 @@ def missing_subset_in_plot(root, tqa):
             "--output_dir", str(root / "plots")]
 
 
+def negative_seed(script):
+    def make(root, tqa):
+        args = {"plot_head_accuracies": ["--model_name", MODEL, "--output_dir", str(root / "plots")]}.get(
+            script, model_args(root))
+        return [*args, "--seed", "-1", "--features_dir", str(root / "features")]
+    make.__name__ = f"negative_seed_in_{script}"
+    return make
+
+
+def unknown_device(root, tqa):
+    return [*model_args(root)[:-2], "--device", "banana", "--results_dir", str(root / "out")]
+
+
+def file_as_features_dir(root, tqa):
+    (root / "features").write_text("not a folder")
+    return [*model_args(root), "--features_dir", str(root / "features")]
+
+
+def file_as_results_dir(root, tqa):
+    (root / "out").write_text("not a folder")
+    return [*model_args(root), "--results_dir", str(root / "out")]
+
+
+def file_as_plot_folder(root, tqa):
+    (root / "plots").write_text("not a folder")
+    return ["--model_name", MODEL, "--output_dir", str(root / "plots")]
+
+
+def file_in_the_output_path(root, tqa):
+    (root / "plots").write_text("not a folder")
+    return ["--model_name", MODEL, "--output_dir", str(root / "plots" / "deeper")]
+
+
+def model_name_leaving_its_folder(root, tqa):
+    return ["--model_name", "../escaped", "--model_path", str(root / "model"), "--features_dir", str(root / "features")]
+
+
+def unknown_model_asked_to_check(root, tqa):
+    return ["--model_name", "llama_9B", "--check_args"]
+
+
+def dataset_name_like_a_subset(root, tqa):
+    (root / "d.jsonl").write_text('{"question": "q", "correct_answers": ["a"], "incorrect_answers": ["b"]}\n')
+    return [*model_args(root), "--dataset_name", "d_limit_5", "--dataset_path", str(root / "d.jsonl"),
+            "--features_dir", str(root / "features")]
+
+
+def features_without_a_record(root, tqa):
+    write_feature_set(root / "features", "tqa_mc2")
+    return ["--model_name", MODEL, "--features_dir", str(root / "features"), "--output_dir", str(root / "plots"),
+            "--tqa_path", str(tqa)]
+
+
 CASES = [
     ("get_activations", gguf_that_is_not, "model.gguf is a file but not a GGUF model"),
     ("get_activations", csv_short_row, "TruthfulQA.csv line 5 has 2 fields, the header 7"),
@@ -142,6 +195,18 @@ CASES = [
     ("plot_head_accuracies", corrupt_features_in_plot, "tiny_tqa_mc2_labels.npy is truncated or corrupt"),
     ("plot_head_accuracies", missing_subset_in_plot,
      "--model_name tiny --dataset_name tqa_mc2 --limit 5 --features_dir {root}/features`"),
+    *[(script, negative_seed(script), "--seed -1 must be at least 0")
+      for script in ("get_activations", "validate_2fold", "edit_weight", "plot_head_accuracies")],
+    ("validate_2fold", unknown_device, "--device banana is not a device; use auto, cpu, cuda, cuda:N"),
+    ("get_activations", file_as_features_dir, "--features_dir {root}/features is a file, not a folder"),
+    ("validate_2fold", file_as_results_dir, "--results_dir {root}/out is a file, not a folder"),
+    ("plot_head_accuracies", file_as_plot_folder, "--output_dir {root}/plots is a file, not a folder"),
+    ("plot_head_accuracies", file_in_the_output_path, "{root}/plots is a file, so no folder can be made there"),
+    ("get_activations", model_name_leaving_its_folder, "--model_name '../escaped' becomes part of file names"),
+    ("validate_2fold", unknown_model_asked_to_check, "unknown model name 'llama_9B'"),
+    ("get_activations", dataset_name_like_a_subset, "ends like the `_limit_N` tag of a subset's files"),
+    ("plot_head_accuracies", features_without_a_record,
+     "tiny_tqa_mc2_head_wise.npy has no record of what made it (tiny_tqa_mc2_meta.json is missing); re-extract"),
 ]
 
 

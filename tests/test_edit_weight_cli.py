@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO_ROOT, make_tiny_model
+from tests.conftest import REPO_ROOT, make_tiny_model, write_features
 
 SCRIPT = REPO_ROOT / "validation" / "edit_weight.py"
 SEPARABLE = [(0, 2), (1, 1), (2, 3)]
@@ -28,31 +28,29 @@ def run_script(*args):
                           timeout=300)
 
 
-def write_features(folder, dataset, acts, labels, question_ids, name="tiny"):
-    """The files get_activations writes, under iti.activations.feature_path's names."""
-    folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / f"{name}_{dataset}_head_wise.npy", acts.astype(np.float32))
-    np.save(folder / f"{name}_{dataset}_labels.npy", labels.astype(np.int64))
-    np.save(folder / f"{name}_{dataset}_question_ids.npy", question_ids.astype(np.int64))
-    (folder / f"{name}_{dataset}_meta.json").write_text(json.dumps({
-        "model_name": name, "dataset": dataset, "rows": len(acts), "questions": int(question_ids.max()) + 1,
-        "num_layers": acts.shape[1], "num_heads": HEADS, "head_dim": acts.shape[2] // HEADS}))
+def write_items(path, num_questions=30):
+    """A §9 dataset of `num_questions` items, two correct and two incorrect answers each (rows labelled 1, 1, 0, 0)."""
+    path.write_text("".join(json.dumps({"question": f"Question {i}?", "correct_answers": [f"Yes {i}.", f"Sure {i}."],
+                                        "incorrect_answers": [f"No {i}.", f"Never {i}."]}) + "\n"
+                            for i in range(num_questions)))
+    return path
 
 
-def synthetic_features(num_questions=30, rows_per_question=4, head_dim=D, seed=0):
+def synthetic_acts(labels, head_dim=D, seed=0):
+    """Rows of noise, but for three heads where true rows lie one way along a hidden direction, false the other."""
     rng = np.random.default_rng(seed)
-    question_ids = np.repeat(np.arange(num_questions), rows_per_question)
-    labels = np.tile(np.arange(rows_per_question) % 2 == 0, num_questions).astype(np.int64)
     acts = rng.standard_normal((len(labels), LAYERS, HEADS * head_dim))
     for layer, head in SEPARABLE:
         u = rng.standard_normal(head_dim)
         u /= np.linalg.norm(u)
         acts[:, layer, head * head_dim:(head + 1) * head_dim] += np.where(labels[:, None] == 1, 4.0, -4.0) * u
-    return acts, labels, question_ids
+    return acts
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tokenizer):
+    from iti.data import build_prompt_set
+
     root = tmp_path_factory.mktemp("edit_weight")
     model_dir = root / "model"
     model = make_tiny_model("llama", len(tokenizer))
@@ -60,19 +58,17 @@ def setup(tmp_path_factory, tokenizer):
     tokenizer.save_pretrained(model_dir)
     make_tiny_model("gqa", len(tokenizer)).save_pretrained(root / "qwen2")
     tokenizer.save_pretrained(root / "qwen2")
-    features = root / "features"
-    probing = synthetic_features()
-    write_features(features, "tqa_mc2", *probing)
-    tuning = synthetic_features(num_questions=30, rows_per_question=3, seed=1)
-    tuning = (3.0 * tuning[0], tuning[1], tuning[2])
-    write_features(features, "tqa_gen_end_q", *tuning)
-    return {"root": root, "model_dir": model_dir, "features": features, "model": model,
-            "probing": probing, "tuning": tuning}
+    data = write_items(root / "synthetic.jsonl")
+    prompt_set = build_prompt_set("synthetic", dataset_path=data)
+    acts = synthetic_acts(prompt_set.labels)
+    write_features(root / "features", "tiny", prompt_set, acts, model, tokenizer)
+    return {"root": root, "model_dir": model_dir, "features": root / "features", "model": model, "data": data,
+            "prompt_set": prompt_set, "acts": acts, "tokenizer": tokenizer}
 
 
 def base_args(setup, *extra):
     return ["--model_name", "tiny", "--model_path", str(setup["model_dir"]), "--features_dir", str(setup["features"]),
-            "--device", "cpu", *extra]
+            "--dataset_name", "synthetic", "--dataset_path", str(setup["data"]), "--device", "cpu", *extra]
 
 
 def test_end_to_end_biases_are_W_o_times_delta(setup, tmp_path):
@@ -87,10 +83,9 @@ def test_end_to_end_biases_are_W_o_times_delta(setup, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "baked 3 heads" in result.stdout and str(out) in result.stdout
 
-    acts, labels, qids = setup["probing"]
-    tuning, _, tuning_qids = setup["tuning"]
-    acts, labels = acts[qids < limit], labels[qids < limit]
-    tuning = tuning[tuning_qids < limit]
+    qids, labels = setup["prompt_set"].question_ids, setup["prompt_set"].labels
+    acts, labels = setup["acts"][qids < limit], labels[qids < limit]
+    tuning = acts  # a §9 dataset's own rows set σ
     original = setup["model"]
     expected = {layer: np.zeros(48) for layer in range(LAYERS)}
     for layer, head in SEPARABLE:
@@ -117,30 +112,29 @@ def test_end_to_end_biases_are_W_o_times_delta(setup, tmp_path):
 
 
 def _nan_features(setup, folder):
-    acts, labels, qids = setup["probing"]
-    acts = acts.copy()
+    acts = setup["acts"].copy()
     acts[5, 1, 3] = np.nan
-    write_features(folder, "tqa_mc2", acts, labels, qids)
-    write_features(folder, "tqa_gen_end_q", *setup["tuning"])
+    write_features(folder, "tiny", setup["prompt_set"], acts, setup["model"], setup["tokenizer"])
 
 
-def _other_geometry(setup, folder):
-    acts, labels, qids = synthetic_features(head_dim=10)
-    write_features(folder, "tqa_mc2", acts, labels, qids)
-    write_features(folder, "tqa_gen_end_q", *setup["tuning"])
+def _another_model(setup, folder):
+    other = make_tiny_model("wide_heads", len(setup["tokenizer"]))
+    acts = synthetic_acts(setup["prompt_set"].labels, head_dim=20)
+    write_features(folder, "tiny", setup["prompt_set"], acts, other, setup["tokenizer"])
 
 
 def _only_probing(setup, folder):
-    write_features(folder, "tqa_mc2", *setup["probing"])
+    write_features(folder, "tiny", setup["prompt_set"], setup["acts"], setup["model"], setup["tokenizer"])
 
 
 @pytest.mark.parametrize("make_features, extra, message", [
-    (_only_probing, [], "tiny_tqa_gen_end_q_head_wise.npy: make them with `python get_activations/"
-                        "get_activations.py --model_name tiny --dataset_name tqa_gen_end_q --model_path"),
-    (_other_geometry, [], "tqa_mc2 features have per-row shape (3, 40) but the model has 3 layers x 4 heads"),
+    (_only_probing, ["--activations_dataset", "tqa_gen_end_q"],
+     "tiny_tqa_gen_end_q_head_wise.npy: make them with `python get_activations/get_activations.py --model_name tiny "
+     "--dataset_name tqa_gen_end_q --model_path"),
+    (_another_model, [], "tiny_synthetic_head_wise.npy come from another model than this run's: another architecture"),
     (None, ["--num_heads", "13"], "--num_heads 13 exceeds the model's 3 layers x 4 heads = 12"),
     (_nan_features, [], "activations contain NaN or inf"),
-    (None, ["--limit", "31"], "tiny_tqa_mc2_head_wise.npy cover 30 questions, fewer than --limit 31"),
+    (None, ["--limit", "31"], "--limit 31 is more than the 30 items of"),
     (None, ["--model_path", "qwen2"], "model family qwen2 has no config switch for an o_proj bias"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(setup, tmp_path, monkeypatch, capsys, make_features, extra,
@@ -150,8 +144,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(setup, tmp_path, monkey
         features = tmp_path / "features"
         make_features(setup, features)
     out = tmp_path / "out" / "baked"
-    args = ["--model_name", "tiny", "--model_path", str(setup["model_dir"]), "--features_dir", str(features),
-            "--device", "cpu", "--num_heads", "3", "--output_dir", str(out),
+    args = [*base_args(setup, "--num_heads", "3", "--output_dir", str(out)), "--features_dir", str(features),
             *[str(setup["root"] / a) if a == "qwen2" else a for a in extra]]
     # In-process (a subprocess per case would mostly time imports); run_main is what the script's __main__ runs.
     script = _load_script()

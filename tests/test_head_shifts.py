@@ -1,4 +1,4 @@
-"""HeadShifts (offsets, files, validation) and build_head_shifts, against hand loops and scikit-learn."""
+"""HeadShifts: offsets against a hand loop, files, validation."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,6 @@ from safetensors.numpy import load_file
 
 from iti.errors import UsageError
 from iti.head_shifts import METADATA_FILE, TENSORS_FILE, HeadShifts
-from iti.probes import random_heads
-from iti.selection import build_head_shifts
 
 L, H, D = 4, 3, 8
 
@@ -130,65 +128,6 @@ def test_check_geometry_names_both_geometries():
     shifts.check_geometry(L, H, D)
     with pytest.raises(UsageError, match=r"made for 4×3×8 .* model has 4×3×16"):
         shifts.check_geometry(L, H, 16)
-
-
-# ----------------------------------------------------------------------------- build_head_shifts
-
-@pytest.fixture(scope="module")
-def probing():
-    rng = np.random.default_rng(3)
-    n = 400
-    labels = rng.integers(0, 2, n)
-    acts = rng.standard_normal((n, L, H * D)).astype(np.float32)
-    for layer, head, strength in ((1, 2, 3.0), (3, 0, 2.5)):
-        acts[:, layer, head * D:(head + 1) * D] += (strength * labels[:, None] * np.eye(D)[layer]).astype(np.float32)
-    tuning = (rng.standard_normal((120, L, H * D)) * 3).astype(np.float32)
-    return acts, labels, np.arange(300), np.arange(300, 400), tuning
-
-
-def build(probing, **overrides):
-    acts, labels, tr, va, tuning = probing
-    args = dict(num_heads=H, head_dim=D, k=2, alpha=15.0, method="center_of_mass", use_random_heads=False,
-                backend="torch", seed=42, provenance={"model": "synthetic"})
-    args.update(overrides)
-    return build_head_shifts(acts, labels, tr, va, tuning, **args)
-
-
-def test_build_center_of_mass(probing):
-    acts, labels, tr, va, tuning = probing
-    shifts = build(probing)
-    assert sorted(shifts.head_list()) == [(1, 2), (3, 0)]
-    rows = np.r_[tr, va]
-    for i, (layer, head) in enumerate(shifts.head_list()):
-        block = acts[rows, layer, head * D:(head + 1) * D].astype(np.float64)
-        diff = block[labels[rows] == 1].mean(0) - block[labels[rows] == 0].mean(0)
-        np.testing.assert_allclose(shifts.directions[i], diff / np.linalg.norm(diff), rtol=1e-5, atol=1e-6)
-        projections = tuning[:, layer, head * D:(head + 1) * D].astype(np.float64) @ shifts.directions[i]
-        assert shifts.sigmas[i] == pytest.approx(np.std(projections), rel=1e-5)
-    assert shifts.probe_accuracies.min() > 0.8
-    assert shifts.provenance == {"model": "synthetic", "K": 2, "method": "center_of_mass", "use_random_heads": False,
-                                 "probe_backend": "torch", "seed": 42}
-
-
-def test_build_probe_direction_is_sklearns_weight(probing):
-    acts, labels, tr, _, _ = probing
-    shifts = build(probing, method="probe", backend="sklearn")
-    from sklearn.linear_model import LogisticRegression
-
-    for i, (layer, head) in enumerate(shifts.head_list()):
-        clf = LogisticRegression(random_state=42, max_iter=1000).fit(acts[tr, layer, head * D:(head + 1) * D], labels[tr])
-        w = clf.coef_[0] / np.linalg.norm(clf.coef_[0])
-        np.testing.assert_allclose(shifts.directions[i], w, rtol=1e-5, atol=1e-6)
-
-
-def test_build_random_heads_and_directions(probing):
-    shifts = build(probing, method="random", use_random_heads=True, k=3, seed=9)
-    assert shifts.head_list() == random_heads(L, H, 3, seed=9)
-    np.testing.assert_allclose(np.linalg.norm(shifts.directions, axis=1), 1.0, rtol=1e-6)
-    with pytest.raises(UsageError):
-        build(probing, method="mean")
-    with pytest.raises(UsageError):
-        build(probing, head_dim=D // 2)
 
 
 def test_shifts_refuse_another_model_unless_told(tmp_path):

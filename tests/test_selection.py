@@ -1,12 +1,12 @@
-"""Choosing (K, α) from a validation table, and head shifts from probes trained once."""
+"""Choosing (K, α): the table rule, the three-way split, and scores from questions the shifts never saw."""
 import math
 
 import numpy as np
 import pytest
 
 from iti.errors import UsageError
-from iti.probes import train_probes
-from iti.selection import build_head_shifts, choose_setting, head_shifts_from_probes
+from iti.fit import Features, Recipe, Split
+from iti.selection import choose_setting, edge_note, score_settings, selection_split
 
 TABLE = [
     {"K": 8, "alpha": 0.0, "MC2": 0.50, "KL": 0.0},
@@ -40,18 +40,117 @@ def test_missing_metric_and_empty_table_are_usage_errors():
         choose_setting([], "MC2")
 
 
-def test_probes_trained_once_serve_every_k():
-    rng = np.random.default_rng(0)
-    num_heads, head_dim = 3, 4
-    acts = rng.standard_normal((60, 2, num_heads * head_dim))
-    labels = rng.integers(0, 2, 60)
-    tuning = rng.standard_normal((30, 2, num_heads * head_dim))
-    train, val = np.arange(40), np.arange(40, 60)
-    probes = train_probes(acts, labels, train, val, num_heads)
-    for k in (1, 4):
-        args = (acts, labels, train, val, tuning, num_heads, head_dim, k, 5.0, "center_of_mass", False, "torch", 1, {})
-        once = head_shifts_from_probes(probes, *args)
-        fresh = build_head_shifts(*args)
-        assert once.head_list() == fresh.head_list()
-        np.testing.assert_array_equal(once.sigmas, fresh.sigmas)
-        np.testing.assert_array_equal(once.directions, fresh.directions)
+def test_edge_notes_name_the_side_of_the_grid():
+    settings = [(k, a) for k in (8, 16) for a in (0.0, 5.0, 15.0)]
+    assert "K 16 is the largest tried" in edge_note({"K": 16, "alpha": 5.0}, settings)
+    assert "alpha 15 is the largest tried" in edge_note({"K": 8, "alpha": 15.0}, settings)
+    assert "K 8 is the smallest tried" in edge_note({"K": 8, "alpha": 5.0}, settings)
+    assert edge_note({"K": 8, "alpha": 0.0}, [(8, 0.0), (8, 5.0), (8, 15.0)]) is None
+    assert edge_note({"K": 8, "alpha": 5.0}, [(8, 0.0), (8, 5.0), (8, 15.0)]) is None
+
+
+NUM_LAYERS, NUM_HEADS, HEAD_DIM = 2, 4, 6
+FOLD = Split(np.arange(0, 160), np.arange(160, 200), np.arange(200, 300), fold=0)
+
+
+def test_the_three_way_split_keeps_the_parts_apart():
+    inner, selecting = selection_split(FOLD, 0.2, 0.2, seed=42)
+    development = np.r_[FOLD.train, FOLD.val]
+    parts = [inner.train, inner.val, selecting]
+    assert sum(len(p) for p in parts) == len(development) and len(selecting) == 40
+    assert sorted(np.concatenate(parts)) == sorted(development)
+    assert not set(inner.train) & set(inner.val)
+    assert len(inner.train) == int(160 * 0.8)
+    again, selecting_again = selection_split(FOLD, 0.2, 0.2, seed=42)
+    np.testing.assert_array_equal(selecting, selecting_again)
+    np.testing.assert_array_equal(inner.train, again.train)
+    with pytest.raises(UsageError, match="--select_ratio"):
+        selection_split(Split(np.arange(2), np.arange(2, 3)), 0.1, 0.2, seed=0)
+
+
+def synthetic_features(honest_questions, misleading_questions, seed: int = 0) -> Features:
+    """Two rows (true, false) per question. Head (0, 0) tells the labels apart on every question, clearly;
+    heads (1, 0..3), less clearly, on `honest_questions`, and the reverse way on `misleading_questions`."""
+    rng = np.random.default_rng(seed)
+    questions = 300
+    ids = np.repeat(np.arange(questions), 2)
+    labels = np.tile([1, 0], questions)
+    acts = rng.standard_normal((len(ids), NUM_LAYERS, NUM_HEADS * HEAD_DIM)).astype(np.float32) * 0.5
+    signal = np.where(labels == 1, 1.0, -1.0)
+    acts[:, 0, :HEAD_DIM] += (3.0 * signal)[:, None]
+    sign = np.zeros(questions)
+    sign[honest_questions] = 1.0
+    sign[misleading_questions] = -1.0
+    acts[:, 1, ::HEAD_DIM] += (0.6 * signal * sign[ids])[:, None]
+    return Features(acts, labels, ids, acts, ids, NUM_HEADS)
+
+
+def separation(features: Features, questions: np.ndarray):
+    """score(shifts): Σ over the shifted heads of direction · (mean true row − mean false row) on `questions`'
+    rows: how far the shifts move these questions' activations toward their true answers."""
+    rows = np.flatnonzero(np.isin(features.question_ids, questions))
+
+    def score(shifts):
+        if shifts is None:
+            return {"MC2": 0.0, "KL": 0.0}
+        total = 0.0
+        for (layer, head), direction in zip(shifts.head_list(), shifts.directions):
+            block = features.acts[rows, layer, head * HEAD_DIM:(head + 1) * HEAD_DIM].astype(np.float64)
+            labels = features.labels[rows]
+            total += direction @ (block[labels == 1].mean(0) - block[labels == 0].mean(0))
+        return {"MC2": float(total), "KL": 0.0}
+    return score
+
+
+def test_honest_selection_picks_what_does_better_on_fresh_questions():
+    """Shifts fitted on the development questions, heads (1, ·) misleading on the set-aside and test
+    questions: scored on the questions that built them (the old, optimistic way) K 5 looks best; scored on
+    set-aside questions (the honest way) K 1 wins, as it does on the fresh test questions."""
+    inner, selecting = selection_split(FOLD, 0.2, 0.2, seed=42)
+    features = synthetic_features(np.r_[inner.train, inner.val], np.r_[selecting, FOLD.test])
+    settings = [(1, 1.0), (5, 1.0)]
+    recipe = Recipe(1, 1.0, "center_of_mass")
+    optimistic = score_settings(features, FOLD, settings, recipe, separation(features, FOLD.val))
+    honest = score_settings(features, inner, settings, recipe, separation(features, selecting))
+    fresh = score_settings(features, FOLD, settings, recipe, separation(features, FOLD.test))
+    assert choose_setting(optimistic, "MC2")[0]["K"] == 5
+    assert choose_setting(honest, "MC2")[0]["K"] == 1
+    assert fresh[0]["MC2"] > fresh[1]["MC2"]
+
+
+@pytest.mark.parametrize("method", ["center_of_mass", "probe"])
+def test_no_set_aside_row_enters_the_shifts_scored(method):
+    """Poison every row of the set-aside questions (activations, labels and, with σ from the development
+    questions, tuning rows): the shifts handed to the scorer do not change."""
+    inner, selecting = selection_split(Split(FOLD.train, FOLD.val, sigma=np.r_[FOLD.train, FOLD.val], fold=0),
+                                       0.2, 0.2, seed=7)
+    clean = synthetic_features(np.arange(300), np.array([], dtype=np.int64))
+    poisoned_rows = np.isin(clean.question_ids, selecting)
+    acts = clean.acts.copy()
+    acts[poisoned_rows] = 1e3 * np.random.default_rng(1).standard_normal(acts[poisoned_rows].shape)
+    labels = clean.labels.copy()
+    labels[poisoned_rows] = 1 - labels[poisoned_rows]
+    poisoned = Features(acts, labels, clean.question_ids, acts, clean.question_ids, NUM_HEADS)
+    seen = {}
+
+    def recorder(name):
+        def score(shifts):
+            seen.setdefault(name, []).append(shifts)
+            return {"MC2": 0.0, "KL": 0.0}
+        return score
+
+    settings = [(2, 1.0), (2, 5.0), (6, 1.0)]
+    for name, features in (("clean", clean), ("poisoned", poisoned)):
+        score_settings(features, inner, settings, Recipe(1, 1.0, method), recorder(name))
+    for a, b in zip(seen["clean"], seen["poisoned"]):
+        assert a.head_list() == b.head_list() and a.alpha == b.alpha
+        np.testing.assert_array_equal(a.directions, b.directions)
+        np.testing.assert_array_equal(a.sigmas, b.sigmas)
+    # The same poison in a question that builds the shifts changes them: the check can fail.
+    built = np.isin(clean.question_ids, inner.train[:20])
+    acts = clean.acts.copy()
+    acts[built] = 1e3
+    touched = Features(acts, clean.labels, clean.question_ids, acts, clean.question_ids, NUM_HEADS)
+    score_settings(touched, inner, settings, Recipe(1, 1.0, method), recorder("touched"))
+    assert any(not np.array_equal(a.directions, b.directions) or a.head_list() != b.head_list()
+               for a, b in zip(seen["clean"], seen["touched"]))

@@ -14,7 +14,8 @@ import pytest
 
 from iti import sweep as sweeps
 from iti.errors import UsageError
-from iti.validate import ValidationConfig, run_validation, summary_path
+from iti.runs import earlier_run_path, readable_name
+from iti.validate import ValidationConfig, run_validation
 from tests.conftest import REPO_ROOT, make_tiny_model
 
 SCRIPT = REPO_ROOT / "validation" / "sweeping" / "collect_sweep.py"
@@ -33,7 +34,7 @@ def tiny_run(tmp_path_factory, tokenizer, tqa_path):
     tokenizer.save_pretrained(root / "model")
     for dataset in ("tqa_mc2", "tqa_gen_end_q"):
         save_features(model, tokenizer, build_prompt_set(dataset, tqa_path, limit=6), root / "features", "tq",
-                      progress=False)
+                      progress=False, limit=6)
 
     def run(results_dir, alpha, k, seed=42, limit=4):
         cfg = ValidationConfig(model_name="tq", model_path=str(root / "model"), features_dir=str(root / "features"),
@@ -179,12 +180,13 @@ def test_pending_runs_are_those_without_a_complete_summary(sweep, tqa_path, caps
     # α = 12 has a summary cut short (complete: false); α = 16 none at all.
     cut = ValidationConfig(model_name="tq", alpha=12.0, num_heads=2, results_dir=str(root / "results"), limit=4,
                            use_center_of_mass=True)
-    summary_path(cut).write_text(json.dumps({"complete": False}))
+    folder = root / "results" / "results_dump" / "summary_dump"
+    (folder / f"{readable_name(cut)}_0badc0de_com.json").write_text(json.dumps({"complete": False}))
     env = {"ALPHAS": "0 4 8 12 16", "KS": "2", "BASELINE_ONCE": "1"}
     cells, missing, configs = sweeps.pending_runs(["tq"], flags, env, baseline_once=True)
     assert names(cells) == ["tq_a0_k0", "tq_a4_k2", "tq_a8_k2", "tq_a12_k2", "tq_a16_k2"]
     assert names(missing) == ["tq_a12_k2", "tq_a16_k2"]
-    assert [str(summary_path(configs[cell])) for cell in cells[:3]] == [r["json_path"] for r in records]
+    assert [str(earlier_run_path(configs[cell])) for cell in cells[:3]] == [r["json_path"] for r in records]
     assert sweeps.main(["status", "tq", *flags], env) == 1
     assert capsys.readouterr().out.splitlines() == ["3 of 5 runs complete", "missing: tq_a12_k2", "missing: tq_a16_k2"]
 
@@ -265,13 +267,14 @@ def test_waits_for_given_jobs_and_resubmits_nothing_done(sweep, tqa_path, stub_s
 
 
 def test_extraction_array_for_missing_features_only(tqa_path, stub_sbatch, tmp_path, capsys):
-    from iti.activations import feature_files
+    from iti.features import FeatureSet, feature_files
 
     features = tmp_path / "features"
     features.mkdir()
-    for path in feature_files(features, "tq", "tqa_mc2"):
+    for path in feature_files(FeatureSet(features, "tq", "tqa_mc2", 4)):
         path.touch()
-    flags = ["--features_dir", str(features), "--limit", "4", "--tqa_path", str(tqa_path), "--device", "cpu"]
+    flags = ["--features_dir", str(features), "--limit", "4", "--tqa_path", str(tqa_path), "--device", "cpu",
+             "--model_path", str(tmp_path / "model")]
     sweeps.main(["slurm_activations", "tq", *flags], {"MAX_PARALLEL": "1", "LOG_DIR": str(tmp_path / "logs")})
     check, submit = stub_sbatch()
     assert check["argv"][-1] == "--test-only" and "--array=0-0%1" in submit["argv"]

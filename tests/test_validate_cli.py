@@ -40,7 +40,8 @@ def setup(tmp_path_factory, tokenizer, tqa_path):
     make_tiny_model("llama", len(tokenizer), seed=5).save_pretrained(judge_dir)
     tokenizer.save_pretrained(judge_dir)
     for dataset in ("tqa_mc2", "tqa_gen_end_q"):
-        save_features(model, tokenizer, build_prompt_set(dataset, tqa_path, limit=6), features, MODEL, progress=False)
+        save_features(model, tokenizer, build_prompt_set(dataset, tqa_path, limit=6), features, MODEL, progress=False,
+                      limit=6)
     owt = root / "owt.txt"
     owt.write_text("\n\n".join(f"Document {i}: the weather was fine and the market opened {i} points higher."
                                for i in range(4)) + "\n")
@@ -75,15 +76,19 @@ def test_end_to_end_every_metric(setup, tmp_path):
     line = dict(zip(["alpha", "heads", "TI", "True", "Info", "MC1", "MC2", "CE", "KL"], map(float, match.groups())))
     assert (line["alpha"], line["heads"]) == (5.0, 4)
 
-    name = f"{MODEL}_seed_42_top_4_heads_alpha_5_limit_6"
+    json_path = Path(re.search(r"results: (\S+)", result.stdout).group(1))
+    assert json_path.name.startswith(f"{MODEL}_seed_42_top_4_heads_alpha_5_limit_6_") and json_path.name.endswith("_com.json")
+    record = json.loads(json_path.read_text())
     splits = all_fold_splits(6, 2, 0.2, 42)
     fold_means = []
     for fold, (train, val, test) in enumerate(splits):
+        files = record["folds"][fold]["files"]
         for part, questions in (("train", train), ("val", val), ("test", test)):
-            split = pd.read_csv(tmp_path / "splits" / f"fold_{fold}_{part}_seed_42_limit_6.csv")
+            split = pd.read_csv(files["splits"][part])
+            assert Path(files["splits"][part]).name.startswith(f"fold_{fold}_{part}_seed_42_limit_6_")
             assert split["Question"].tolist() == [setup_records(setup)[i].question for i in questions]
-        answers = pd.read_csv(tmp_path / "results_dump" / "answer_dump" / f"{name}_fold_{fold}_com.csv")
-        test_questions = pd.read_csv(tmp_path / "splits" / f"fold_{fold}_test_seed_42_limit_6.csv")["Question"]
+        answers = pd.read_csv(files["answers"])
+        test_questions = pd.read_csv(files["splits"]["test"])["Question"]
         assert answers["Question"].tolist() == test_questions.tolist()
         for column in ("MC1", "MC2", "MC3", "GPT-judge", "GPT-judge acc", "GPT-info", "GPT-info acc"):
             assert answers[f"{MODEL} {column}"].notna().all()
@@ -94,12 +99,12 @@ def test_end_to_end_every_metric(setup, tmp_path):
         first = answers.iloc[0]
         expected = direct_yes_probability(setup, first["Question"], "" if pd.isna(first[MODEL]) else first[MODEL])
         assert first[f"{MODEL} GPT-judge"] == pytest.approx(expected, rel=1e-4, abs=1e-7)
-        summary = pd.read_csv(tmp_path / "results_dump" / "summary_dump" / f"{name}_fold_{fold}_com.csv").iloc[0]
+        summary = pd.read_csv(files["summary"]).iloc[0]
         assert summary["MC2"] == pytest.approx(answers[f"{MODEL} MC2"].mean())
         assert summary["GPT-judge acc"] == pytest.approx(answers[f"{MODEL} GPT-judge acc"].mean())
         assert summary["CE Loss"] > 0 and summary["KL wrt Orig"] > 0
         fold_means.append(summary)
-        shifts = HeadShifts.load(tmp_path / "results_dump" / "head_shifts_dump" / f"{name}_fold_{fold}_com")
+        shifts = HeadShifts.load(files["head_shifts"])
         assert shifts.k == 4 and shifts.alpha == 5.0 and shifts.provenance["fold"] == fold
     for key, column in (("MC1", "MC1"), ("MC2", "MC2"), ("True", "GPT-judge acc"), ("Info", "GPT-info acc"),
                         ("CE", "CE Loss"), ("KL", "KL wrt Orig")):
@@ -107,10 +112,10 @@ def test_end_to_end_every_metric(setup, tmp_path):
         assert line[key] == pytest.approx(np.mean([s[column] for s in fold_means]), abs=5e-5)
     assert line["TI"] == pytest.approx(line["True"] * line["Info"], abs=2e-4)
 
-    record = json.loads((tmp_path / "results_dump" / "summary_dump" / f"{name}_com.json").read_text())
     assert record["complete"] and len(record["folds"]) == 2
     assert record["config"]["judge_model"] == judge and record["config"]["info_model"] == judge
     assert record["config"]["metrics"] == ["mc", "judge", "info", "ce", "kl"]
+    assert record["identity"]["owt_path"] != str(setup["owt"])  # the documents' content, not their path
     assert record["config"]["owt_path"] == str(setup["owt"]) and record["resolved"]["owt_source"] == str(setup["owt"])
     assert [f["test"] for f in record["folds"]] == [s[2].tolist() for s in splits]
     # The file keeps full precision.
@@ -138,9 +143,8 @@ def test_alpha_zero_mc2_equals_one_forward_per_answer(setup, tmp_path):
     record = run_validation(config(setup, tmp_path, alpha=0.0, limit=4), progress=False, log=lambda _: None)
     assert record["folds"][0]["heads"]  # heads were selected; α = 0 makes their shift nothing
     model, tokenizer = setup["model"], setup["tokenizer"]
-    name = f"{MODEL}_seed_42_top_4_heads_alpha_0_limit_4"
-    for fold in range(2):
-        answers = pd.read_csv(tmp_path / "results_dump" / "answer_dump" / f"{name}_fold_{fold}_com.csv")
+    for fold in record["folds"]:
+        answers = pd.read_csv(fold["files"]["answers"])
         for _, row in answers.iterrows():
             prompt = question_prompt(row["Question"])
 
@@ -153,9 +157,9 @@ def test_alpha_zero_mc2_equals_one_forward_per_answer(setup, tmp_path):
 
 
 def test_killed_run_leaves_earlier_folds_whole(setup, tmp_path, monkeypatch):
-    import iti.validate as validate
+    from iti.evaluation import Evaluator
 
-    real = validate.evaluate_fold
+    real = Evaluator.evaluate
     calls = []
 
     def dies_in_second_fold(*args, **kwargs):
@@ -164,43 +168,65 @@ def test_killed_run_leaves_earlier_folds_whole(setup, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(validate, "evaluate_fold", dies_in_second_fold)
+    monkeypatch.setattr(Evaluator, "evaluate", dies_in_second_fold)
     with pytest.raises(KeyboardInterrupt):
         run_validation(config(setup, tmp_path, num_heads=0, limit=4), progress=False, log=lambda _: None)
-    name = f"{MODEL}_seed_42_top_0_heads_alpha_5_limit_4"
     dump = tmp_path / "results_dump"
-    assert len(pd.read_csv(dump / "answer_dump" / f"{name}_fold_0_com.csv")) == 2
-    assert not (dump / "answer_dump" / f"{name}_fold_1_com.csv").exists()
-    record = json.loads((dump / "summary_dump" / f"{name}_com.json").read_text())
+    [json_path] = (dump / "summary_dump").glob(f"{MODEL}_seed_42_top_0_heads_alpha_5_limit_4_*_com.json")
+    record = json.loads(json_path.read_text())
     assert not record["complete"] and len(record["folds"]) == 1
+    assert len(pd.read_csv(record["folds"][0]["files"]["answers"])) == 2
+    assert [p.name for p in (dump / "answer_dump").iterdir()] == [Path(record["folds"][0]["files"]["answers"]).name]
     assert not list(tmp_path.rglob("*.tmp"))
 
     # The same settings again: the finished fold is kept, only the second one runs.
     calls.clear()
-    monkeypatch.setattr(validate, "evaluate_fold", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(Evaluator, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
     resumed = run_validation(config(setup, tmp_path, num_heads=0, limit=4), progress=False, log=lambda _: None)
     assert len(calls) == 1 and resumed["complete"] and resumed["folds"][0] == record["folds"][0]
-    # --resume accepts other execution settings, refuses other results settings; without it those recompute.
+    # Execution settings do not change the run: its folds are kept, with --resume or without.
     calls.clear()
-    run_validation(config(setup, tmp_path, num_heads=0, limit=4, batch_size=2, resume=True), progress=False,
-                   log=lambda _: None)
+    for resume in (False, True):
+        again = run_validation(config(setup, tmp_path, num_heads=0, limit=4, batch_size=2, resume=resume),
+                               progress=False, log=lambda _: None)
+        assert again["json_path"] == resumed["json_path"]
     assert calls == []
-    with pytest.raises(UsageError, match=r"--resume: the run in .* used other settings \(max_new_tokens\)"):
+    # A setting that changes the numbers is another run: --resume finds none; without it, it runs beside the first.
+    with pytest.raises(UsageError, match="--resume: no earlier run of these settings"):
         run_validation(config(setup, tmp_path, num_heads=0, limit=4, max_new_tokens=7, resume=True),
                        progress=False, log=lambda _: None)
-    run_validation(config(setup, tmp_path, num_heads=0, limit=4, max_new_tokens=7), progress=False,
-                   log=lambda _: None)
-    assert len(calls) == 2
     with pytest.raises(UsageError, match="--resume: no earlier run of these settings"):
         run_validation(config(setup, tmp_path, num_heads=0, limit=4, seed=7, resume=True), progress=False,
                        log=lambda _: None)
+
+
+@pytest.mark.parametrize("change", [{"max_new_tokens": 7}, {"dtype": "bfloat16"}, {"owt_path": "other"},
+                                    {"metrics": ("mc",)}])
+def test_a_rerun_that_changes_a_number_keeps_both_results(setup, tmp_path, change):
+    """Data loss seen before: a rerun changing only --dtype, --max_new_tokens or --owt_path replaced the first
+    run's summary, answers, head shifts and probe report."""
+    other = tmp_path / "other_owt.txt"
+    other.write_text("A different document about rivers and their long journey to the sea.\n")
+    change = {k: str(other) if v == "other" else v for k, v in change.items()}
+    common = dict(limit=4, metrics=("mc", "ce"), owt_path=str(setup["owt"]), max_new_tokens=6)
+    runs = [run_validation(config(setup, tmp_path, **{**common, **extra}), progress=False, log=lambda _: None)
+            for extra in ({}, change)]
+    assert runs[0]["json_path"] != runs[1]["json_path"]
+    for run in runs:
+        record = json.loads(Path(run["json_path"]).read_text())
+        assert record["complete"] and record == {k: v for k, v in run.items() if k != "json_path"}
+        for fold in record["folds"]:
+            files = [fold["files"][key] for key in ("answers", "summary", "probe_report_heads")]
+            assert all(Path(f).is_file() for f in files) and Path(fold["files"]["head_shifts"]).is_dir()
+    first, second = ([fold["files"]["answers"] for fold in run["folds"]] for run in runs)
+    assert not set(first) & set(second)
 
 
 def test_baseline_needs_no_features(setup, tmp_path):
     record = run_validation(config(setup, tmp_path, num_heads=0, limit=4, features_dir=str(tmp_path / "none")),
                             progress=False, log=lambda _: None)
     assert record["complete"] and record["folds"][0]["heads"] == [] and not record["resolved"]["intervenes"]
-    assert 0 < record["final"]["MC2"] < 1 and math.isnan(record["final"]["True*Info"])
+    assert 0 < record["final"]["MC2"] < 1 and record["final"]["True*Info"] is None
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -208,10 +234,10 @@ def test_baseline_needs_no_features(setup, tmp_path):
     ({"limit": 1}, "--limit 1 leaves fewer questions than the 2 folds"),
     ({"metrics": ("judge",), "judge_model": "/no/such/judge"}, "--judge_model /no/such/judge does not exist"),
     ({"metrics": ("info",), "info_model": "./missing_info"}, "--info_model ./missing_info does not exist"),
-    ({"metrics": ("ce",), "owt_path": "/no/such/owt.txt"}, "--owt_path /no/such/owt.txt does not exist"),
+    ({"metrics": ("ce",), "owt_path": "/no/such/owt.txt"}, "--owt_path /no/such/owt.txt is not a file"),
     ({"use_random_dir": True}, "exclude each other"),
     ({"dataset_name": "nq_open"}, "cannot train probes on TruthfulQA folds"),
-    ({"limit": 8}, "cover 6 questions, fewer than --limit 8"),
+    ({"limit": 8}, "missing features"),
     ({"instruction_prompt": "chatty"}, "unknown --instruction_prompt"),
     ({"split_rng": "public", "use_random_dir": True, "use_center_of_mass": False},
      "--split_rng public cannot follow the public stream"),
@@ -222,18 +248,23 @@ def test_bad_input(setup, tmp_path, overrides, message):
     assert not (tmp_path / "results_dump").exists()
 
 
-def test_features_of_another_model(setup, tmp_path):
-    """Features whose width is not this model's layers x heads x head_dim are refused by name."""
-    other = tmp_path / "features"
-    other.mkdir()
+@pytest.mark.parametrize("shape, message", [
+    ("wide_heads", "come from another model than this run's: other weights"),
+    ("llama", "come from another model than this run's: another architecture"),
+])
+def test_features_of_another_model(setup, tmp_path, tokenizer, tqa_path, shape, message):
+    """Features another model made, under this model's name (same shape, or another), are refused by name."""
+    from iti.activations import save_features
+    from iti.data import build_prompt_set
+
+    other = make_tiny_model(shape, len(tokenizer), seed=11)
     for dataset in ("tqa_mc2", "tqa_gen_end_q"):
-        labels = np.load(setup["features"] / f"{MODEL}_{dataset}_labels.npy")
-        ids = np.load(setup["features"] / f"{MODEL}_{dataset}_question_ids.npy")
-        np.save(other / f"{MODEL}_{dataset}_head_wise.npy", np.zeros((len(labels), 3, 48), dtype=np.float32))
-        np.save(other / f"{MODEL}_{dataset}_labels.npy", labels)
-        np.save(other / f"{MODEL}_{dataset}_question_ids.npy", ids)
-    with pytest.raises(UsageError, match=r"per-row shape \(3, 48\) but the model has 3 layers x 80 .*another model"):
-        run_validation(config(setup, tmp_path, features_dir=str(other)), progress=False, log=lambda _: None)
+        save_features(other, tokenizer, build_prompt_set(dataset, tqa_path, limit=6), tmp_path / "features", MODEL,
+                      progress=False, limit=6)
+    with pytest.raises(UsageError, match=f"tiny_tqa_mc2_limit_6_head_wise.npy {message}"):
+        run_validation(config(setup, tmp_path, features_dir=str(tmp_path / "features")), progress=False,
+                       log=lambda _: None)
+    assert not (tmp_path / "results_dump").exists()
 
 
 def test_script_bad_input_is_one_line_and_exit_2(setup, tmp_path):
@@ -256,28 +287,14 @@ def test_features_are_read_under_the_prefixed_name(setup, tmp_path):
 def test_limit_trims_the_tuning_rows(setup, tmp_path):
     """σ with --limit 4 comes from the tuning set's first 4 questions, as edit_weight takes it."""
     record = run_validation(config(setup, tmp_path, limit=4), progress=False, log=lambda _: None)
-    tuning = np.load(setup["features"] / f"{MODEL}_tqa_gen_end_q_head_wise.npy")
-    question_ids = np.load(setup["features"] / f"{MODEL}_tqa_gen_end_q_question_ids.npy")
+    tuning = np.load(setup["features"] / f"{MODEL}_tqa_gen_end_q_limit_6_head_wise.npy")
+    question_ids = np.load(setup["features"] / f"{MODEL}_tqa_gen_end_q_limit_6_question_ids.npy")
     assert question_ids.max() == 5  # extracted for 6 questions: trimming has rows to drop
     shifts = HeadShifts.load(record["folds"][0]["files"]["head_shifts"])
     d = shifts.head_dim
     for layer, head, direction, sigma in zip(shifts.layers, shifts.heads, shifts.directions, shifts.sigmas):
         block = tuning[:, layer, head * d:(head + 1) * d].astype(np.float64)
         assert sigma == pytest.approx(np.std(block[question_ids < 4] @ direction), rel=1e-6)
-
-
-def test_run_names_differ_whenever_the_numbers_can():
-    from iti.validate import run_name
-
-    plain = ValidationConfig(model_name=MODEL, limit=6)
-    assert run_name(plain) == f"{MODEL}_seed_42_top_48_heads_alpha_15_limit_6"  # the public layout
-    variants = [ValidationConfig(model_name=MODEL, limit=6, **change) for change in (
-        {"val_ratio": 0.3}, {"num_fold": 3}, {"split_rng": "public"}, {"probe_backend": "sklearn"},
-        {"instruction_prompt": "none"}, {"dataset_name": "tqa_gen"}, {"activations_dataset": "tqa_gen"},
-        {"val_ratio": 0.3, "num_fold": 3})]
-    names = [run_name(cfg) for cfg in [plain, *variants]]
-    assert len(set(names)) == len(names)
-    assert all(name.startswith(f"{MODEL}_seed_42_top_48_heads_alpha_15_limit_6_") for name in names[1:])
 
 
 def test_public_split_stream_run(setup, tmp_path):
@@ -330,12 +347,12 @@ def tqa_as_jsonl(setup, tqa, tmp_path_factory):
 
 
 def test_truthfulqa_as_generic_jsonl_matches_the_builtin_path(setup, tqa_as_jsonl, tmp_path):
-    from iti.activations import load_features
+    from iti.features import FeatureSet, load_features
 
     features = tqa_as_jsonl["features"]
     for kind in ("head_wise", "layer_wise"):
-        builtin, labels, ids = load_features(features, MODEL, "tqa_gen", kind)
-        custom, custom_labels, custom_ids = load_features(features, MODEL, "tqa6", kind)
+        builtin, labels, ids = load_features(FeatureSet(features, MODEL, "tqa_gen"), kind)
+        custom, custom_labels, custom_ids = load_features(FeatureSet(features, MODEL, "tqa6"), kind)
         np.testing.assert_allclose(custom, builtin, rtol=0, atol=1e-6)
         np.testing.assert_array_equal(custom_labels, labels)
         np.testing.assert_array_equal(custom_ids, ids)
@@ -417,55 +434,48 @@ def test_custom_dataset_bad_input(tmp_path, lines, extra, message):
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 # ----------------------------------------------------------------------------- choosing (K, α) per fold
 
-SELECTION = dict(num_heads=(2, 4), alpha=(0.0, 5.0, 60.0), val_ratio=0.5, sigma_questions="dev")
-
-
-def copy_features(source, folder, transform=lambda dataset, acts, labels, ids: (acts, labels)):
-    folder.mkdir()
-    for dataset in ("tqa_mc2", "tqa_gen_end_q"):
-        acts, labels, ids = (np.load(source / f"{MODEL}_{dataset}_{kind}.npy")
-                             for kind in ("head_wise", "labels", "question_ids"))
-        acts, labels = transform(dataset, acts, labels, ids)
-        for kind, array in (("head_wise", acts), ("labels", labels), ("question_ids", ids)):
-            np.save(folder / f"{MODEL}_{dataset}_{kind}.npy", array)
-    return folder
+SELECTION = dict(num_heads=(2, 4), alpha=(0.0, 5.0, 60.0), val_ratio=0.5, sigma_questions="dev", select_ratio=0.25,
+                 limit=12)
 
 
 def poisoned_copy(setup, source, folder, questions):
-    """Features with every row of `questions` (MC order) replaced by large noise and flipped labels."""
+    """The features with every row of `questions` (MC order) replaced by large noise and flipped labels (their
+    records kept: what they were made from is unchanged, what they hold is not)."""
+    import shutil
+
     from iti.data import load_truthfulqa
-    from iti.validate import mc_order_ids
+    from iti.run_inputs import mc_order_ids
 
     tqa = load_truthfulqa(setup["tqa_path"])
     rng = np.random.default_rng(0)
-
-    def poison(dataset, acts, labels, ids):
+    shutil.copytree(source, folder)
+    for dataset in ("tqa_mc2", "tqa_gen_end_q"):
+        stem = next(folder.glob(f"{MODEL}_{dataset}*_head_wise.npy")).name[:-len("head_wise.npy")]
+        acts, labels, ids = (np.load(folder / f"{stem}{kind}.npy") for kind in ("head_wise", "labels", "question_ids"))
         rows = np.isin(mc_order_ids(ids, dataset, tqa), questions)
         assert rows.any()
         acts[rows] = rng.standard_normal(acts[rows].shape).astype(acts.dtype) * 100
         labels[rows] = 1 - labels[rows]
-        return acts, labels
-
-    return copy_features(source, folder, poison)
+        np.save(folder / f"{stem}head_wise.npy", acts)
+        np.save(folder / f"{stem}labels.npy", labels)
+    return folder
 
 
 @pytest.fixture(scope="module")
 def selection_features(setup, tmp_path_factory):
-    """The setup's probing features and a tuning set that holds rows of the first 12 MC-order questions
-    (the setup's own tuning rows are of the first 6 generation-order questions, which --sigma_questions
-    dev cannot use with MC-order folds of 6 questions)."""
-    from iti.data import load_truthfulqa
+    """Features of the first 12 MC-order questions, and the full tuning set (--sigma_questions dev takes the
+    rows of the development questions, whose generation-order indices are spread out): the model's fingerprint
+    and the real prompt rows, activations of the test's own making."""
+    from iti.data import build_prompt_set
+    from tests.conftest import write_features
 
-    tqa = load_truthfulqa(setup["tqa_path"])
-    mc_index = {q.question.strip(): i for i, q in enumerate(tqa.multiple_choice)}
-    generation_ids = [g for g, q in enumerate(tqa.generation) if mc_index.get(q.question.strip(), -1) < 12]
+    folder = tmp_path_factory.mktemp("selection_features") / "f"
     rng = np.random.default_rng(1)
-    width = np.load(setup["features"] / f"{MODEL}_tqa_mc2_head_wise.npy").shape[1:]
-    folder = copy_features(setup["features"], tmp_path_factory.mktemp("selection_features") / "f")
-    ids = np.repeat(generation_ids, 3)
-    np.save(folder / f"{MODEL}_tqa_gen_end_q_head_wise.npy", rng.standard_normal((len(ids), *width)).astype(np.float32))
-    np.save(folder / f"{MODEL}_tqa_gen_end_q_labels.npy", np.tile([1, 0, 0], len(generation_ids)))
-    np.save(folder / f"{MODEL}_tqa_gen_end_q_question_ids.npy", ids)
+    for dataset, limit in (("tqa_mc2", 12), ("tqa_gen_end_q", None)):
+        prompt_set = build_prompt_set(dataset, setup["tqa_path"], limit)
+        acts = rng.standard_normal((len(prompt_set), 3, 80)).astype(np.float32)
+        acts[:, 1, :20] += np.where(prompt_set.labels == 1, 1.0, -1.0)[:, None]  # head (1, 0) tells truth apart
+        write_features(folder, MODEL, prompt_set, acts, setup["model"], setup["tokenizer"], limit)
     return folder
 
 
@@ -476,22 +486,43 @@ def selection_run(setup, selection_features, tmp_path_factory):
                           log=lambda _: None)
 
 
-def test_each_fold_chooses_on_its_validation_questions(setup, selection_run):
+def test_each_fold_chooses_on_questions_set_aside(setup, selection_run):
+    from iti.fit import Split
+    from iti.selection import selection_split
+
     record = selection_run
     for fold in record["folds"]:
-        table = fold["selection"]["table"]
+        selection = fold["selection"]
+        table = selection["table"]
         assert [(row["K"], row["alpha"]) for row in table] == [(k, a) for k in (2, 4) for a in (0.0, 5.0, 60.0)]
-        assert fold["selection"]["questions"] == len(fold["val"])
+        split = Split(np.array(fold["train"]), np.array(fold["val"]), sigma=np.r_[fold["train"], fold["val"]],
+                      fold=fold["fold"])
+        inner, selecting = selection_split(split, 0.25, 0.5, 42)
+        assert selection["counts"] == {"train": len(inner.train), "val": len(inner.val), "select": len(selecting)}
+        set_aside = pd.read_csv(fold["files"]["splits"]["select"])["Question"].tolist()
+        assert set_aside == [setup_records(setup)[q].question for q in selecting]
         best = max(row["MC2"] for row in table)
         weakest_best = min((row["alpha"], row["K"]) for row in table if row["MC2"] == best)
-        assert (fold["alpha"], fold["K"]) == weakest_best and fold["selection"]["chosen"]["MC2"] == best
+        assert (fold["alpha"], fold["K"]) == weakest_best and selection["chosen"]["MC2"] == best
         answers = pd.read_csv(fold["files"]["answers"])
         assert answers["Question"].tolist() == [setup_records(setup)[q].question for q in fold["test"]]
         assert fold["results"]["MC2"] == pytest.approx(answers[f"{MODEL} MC2"].mean())
+        assert selection["chosen_test"] == fold["results"]["MC2"]  # the choice's selection and test scores, side by side
+        assert selection["scheme"] == "three-way split of the development questions"
     assert len({row["MC2"] for fold in record["folds"] for row in fold["selection"]["table"]}) > 1
     alphas = "/".join(f"{f['alpha']:g}" for f in record["folds"])
     assert record["final_line"].startswith(f"alpha: {alphas}, heads: ")
-    assert "_top_2-4_heads_alpha_0-5-60_limit_6_" in record["json_path"]
+    assert "_top_2-4_heads_alpha_0-5-60_limit_12_" in record["json_path"]
+
+
+def test_the_chosen_setting_is_rebuilt_as_a_single_setting_run_builds_it(setup, selection_features, selection_run,
+                                                                           tmp_path):
+    """After choosing, the fold's shifts and test numbers are those of a run of that one setting."""
+    for fold in selection_run["folds"]:
+        single = run_validation(config(setup, tmp_path, features_dir=str(selection_features),
+                                       **{**SELECTION, "num_heads": fold["K"], "alpha": fold["alpha"]}),
+                                progress=False, log=lambda _: None)["folds"][fold["fold"]]
+        assert single["heads"] == fold["heads"] and single["results"] == fold["results"]
 
 
 def test_summary_holds_intervals_categories_and_provenance(setup, selection_run):
@@ -512,30 +543,34 @@ def test_summary_holds_intervals_categories_and_provenance(setup, selection_run)
 
 
 def test_choice_never_reads_a_test_question(setup, selection_features, selection_run, tmp_path, monkeypatch):
-    """Poison fold 0's test questions in both feature sets: fold 0's validation table and choice stay
-    exactly the same (fold 1 trains on those questions, so it may move). Control: poisoning fold 0's
-    validation questions instead does move the table, so the check can fail."""
-    import iti.validate as validate
+    """Poison fold 0's test questions in both feature sets: fold 0's selection table and choice stay exactly the
+    same (fold 1 trains on those questions, so it may move). Control: poisoning the questions that build fold
+    0's scored shifts does move the table, so the check can fail."""
+    from iti.evaluation import Evaluator
+    from iti.fit import Split
+    from iti.selection import selection_split
 
     clean = selection_run["folds"][0]
     poisoned = poisoned_copy(setup, selection_features, tmp_path / "poisoned", clean["test"])
     evaluated = []
-    real = validate.evaluate_fold
+    real = Evaluator.evaluate
 
-    def recording(shifted, tokenizer, records, *args, **kwargs):
+    def recording(self, shifts, records, *args, **kwargs):
         evaluated.append([r.question for r in records])
-        return real(shifted, tokenizer, records, *args, **kwargs)
+        return real(self, shifts, records, *args, **kwargs)
 
-    monkeypatch.setattr(validate, "evaluate_fold", recording)
+    monkeypatch.setattr(Evaluator, "evaluate", recording)
     again = run_validation(config(setup, tmp_path / "results", features_dir=str(poisoned), **SELECTION),
                            progress=False, log=lambda _: None)["folds"][0]
     assert again["selection"]["table"] == clean["selection"]["table"]
     assert (again["K"], again["alpha"]) == (clean["K"], clean["alpha"])
     questions = setup_records(setup)
-    val, test = [questions[q].question for q in clean["val"]], [questions[q].question for q in clean["test"]]
-    assert evaluated[:7] == [val] * 6 + [test]  # six settings on the validation questions, then the test fold
+    split = Split(np.array(clean["train"]), np.array(clean["val"]), fold=0)
+    inner, selecting = selection_split(split, 0.25, 0.5, 42)
+    scored, test = [questions[q].question for q in selecting], [questions[q].question for q in clean["test"]]
+    assert evaluated[:7] == [scored] * 6 + [test]  # six settings on the set-aside questions, then the test fold
 
-    control = poisoned_copy(setup, selection_features, tmp_path / "control", clean["val"])
+    control = poisoned_copy(setup, selection_features, tmp_path / "control", inner.train)
     moved = run_validation(config(setup, tmp_path / "control_results", features_dir=str(control), **SELECTION),
                            progress=False, log=lambda _: None)["folds"][0]
     assert moved["selection"]["table"] != clean["selection"]["table"]

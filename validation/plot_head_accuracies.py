@@ -29,30 +29,31 @@ def main() -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from iti.activations import FeatureSet, feature_stem, find_feature_set, load_features
-    from iti.contrastive import dataset_record
     from iti.errors import UsageError
+    from iti.features import FeatureSet, feature_stem, load_features, require_feature_sets, verify_against_data
     from iti.files import atomic_write, save_npy, write_json
-    from iti.probes import rows_of_questions, train_probes, train_val_split
-    from iti.report import probe_report
+    from iti.fit import Features, Recipe, fit_head_shifts, seeded_split
+    from iti.identity import identity, short_digest
 
-    acts, labels, question_ids = load_features(cfg.features_dir, cfg.model_name, cfg.dataset_name, limit=cfg.limit)
-    found = find_feature_set(FeatureSet(Path(cfg.features_dir), cfg.model_name, cfg.dataset_name, cfg.limit))
-    meta = json.loads(found.path("meta").read_text())
-    if cfg.dataset_path is not None and meta.get("dataset_path") != dataset_record(cfg.dataset_path):
-        raise UsageError(f"{found.path('meta').name}: the features named {cfg.dataset_name} were made from "
-                         f"{meta.get('dataset_path') or 'a built-in set'}, not {cfg.dataset_path}; re-extract them")
-    train, val = train_val_split(np.unique(question_ids), cfg.val_ratio, np.random.default_rng(cfg.seed))
-    train_rows, val_rows = rows_of_questions(question_ids, train), rows_of_questions(question_ids, val)
-    result = train_probes(acts, labels, train_rows, val_rows, meta["num_heads"], backend=cfg.probe_backend,
-                          seed=cfg.seed)
-    report = probe_report(acts, labels, question_ids, result, meta["num_heads"], train_rows, val_rows,
-                          np.array([], dtype=np.int64))
-    scores = report.heads[f"val_{cfg.metric}"].to_numpy().reshape(result.val_accuracies.shape)
+    wanted = FeatureSet(Path(cfg.features_dir), cfg.model_name, cfg.dataset_name, cfg.limit,
+                        dataset_path=cfg.dataset_path)
+    require_feature_sets([wanted])
+    record = verify_against_data(wanted, cfg.tqa_path, prompts=False)
+    acts, labels, question_ids = load_features(wanted)
+    # σ is not plotted: the probing rows stand in for the tuning rows.
+    features = Features(acts, labels, question_ids, acts, question_ids, record["num_heads"])
+    if len(np.unique(labels)) < 2:
+        raise UsageError(f"the features of {cfg.dataset_name} hold one label only; probes need true and false rows")
+    split = seeded_split(question_ids, cfg.val_ratio, cfg.seed)
+    _, report = fit_head_shifts(features, split, Recipe(1, 0.0, "probe", cfg.probe_backend, cfg.seed))
+    train, val = split.train, split.val
+    scores = report.heads[f"val_{cfg.metric}"].to_numpy().reshape(acts.shape[1], record["num_heads"])
     label = {"accuracy": "validation accuracy", "auc": "validation ROC AUC"}[cfg.metric]
 
-    stem = (Path(cfg.output_dir) /
-            f"{feature_stem(cfg.model_name, cfg.dataset_name, cfg.limit)}_head_{HEAD_FILE_NAMES[cfg.metric]}")
+    # The hash names the features (by their recorded content) and every setting that changes the scores.
+    settings = identity(cfg, {"features_dir": record["id"], "dataset_path": record["items"], "tqa_path": None})
+    stem = (Path(cfg.output_dir) / f"{feature_stem(cfg.model_name, cfg.dataset_name, cfg.limit)}_"
+                                   f"{short_digest(settings)}_head_{HEAD_FILE_NAMES[cfg.metric]}")
     save_npy(f"{stem}.npy", scores)
     config = {**dataclasses.asdict(cfg), "train_questions": len(train), "val_questions": len(val),
               "best_head": [int(i) for i in np.unravel_index(np.nanargmax(scores), scores.shape)],

@@ -23,24 +23,25 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from iti.cli import ArgumentParser, run_main  # noqa: E402
+from iti.metrics import METRICS as METRIC_TABLE  # noqa: E402
+from iti.metrics import PER_QUESTION_OR_DERIVED  # noqa: E402
 
-METRICS = ["True*Info", "True", "Info", "MC1", "MC2", "MC3", "CE", "KL"]
-PAIRED = ["True*Info", "True", "Info", "MC1", "MC2", "MC3"]
+METRICS = [metric.name for metric in METRIC_TABLE]
+PAIRED = list(PER_QUESTION_OR_DERIVED)
 PLOTTED = [("True*Info", "True*Info"), ("MC2", "MC2"), ("CE", "CE loss"), ("KL", "KL wrt original")]
-# Settings a baseline's numbers do not depend on: it shifts nothing.
-BASELINE_FREE = ("num_heads", "alpha", "dataset_name", "activations_dataset", "probe_backend",
-                 "use_center_of_mass", "use_random_dir")
 
 
 def complete_runs(results_dir: Path, model: str, method: str, dataset_path: str | None = None):
     """(path, record) of each complete summary of one (K, α) of this model and method evaluated on
     `dataset_path`'s items (None: TruthfulQA), so runs on another dataset never enter the table; the
     record's config holds K and α as numbers. Runs that chose among several settings per fold are left
-    out (their summaries hold each fold's choice)."""
+    out (their summaries hold each fold's choice), and so are records of versions before runs recorded
+    their identity."""
     for path in sorted((results_dir / "results_dump" / "summary_dump").glob("*.json")):
         record = json.loads(path.read_text())
         config = dict(record.get("config", {}))
-        if not (record.get("complete") and f"{config.get('model_prefix', '')}{config.get('model_name')}" == model
+        if not (record.get("complete") and "identity" in record
+                and f"{config.get('model_prefix', '')}{config.get('model_name')}" == model
                 and record["resolved"]["method"] == method and config.get("dataset_path") == dataset_path):
             continue
         for name in ("num_heads", "alpha"):
@@ -71,13 +72,14 @@ def default_limit(results_dir: Path, model: str, method: str, dataset_path: str 
     return limits.pop()
 
 
-def settings(config: dict, leave_out: tuple[str, ...]) -> tuple:
-    """The run's number-changing settings but `leave_out`, as a hashable key (old records: defaults)."""
-    from iti.config import NUMBER_SETTINGS, ValidationConfig
+def repeats_key(record: dict, baseline: bool = False) -> str:
+    """What runs that repeat each other share: their identity (iti.identity) but the seed; for pairing a
+    baseline, also without every setting that acts only through the head shifts (an unshifted run ignores them)."""
+    from iti.config import ValidationConfig
+    from iti.identity import Role, without
 
-    defaults = ValidationConfig()
-    return tuple((name, json.dumps(config.get(name, getattr(defaults, name))))
-                 for name in NUMBER_SETTINGS if name not in leave_out)
+    roles = (Role.SHIFTS,) if baseline else ()
+    return json.dumps(without(record["identity"], ValidationConfig, roles, ("seed",)), sort_keys=True)
 
 
 def is_baseline(config: dict) -> bool:
@@ -89,7 +91,7 @@ def seed_averaged_answers(runs: list[dict], tag: str):
     every run's folds pooled; `Category` kept. None if an answer file is missing."""
     import pandas as pd
 
-    from iti.validate import answer_scores
+    from iti.evaluation import answer_scores
 
     per_seed = []
     for run in runs:
@@ -122,11 +124,11 @@ def collect_with_pairs(results_dir: Path, model: str, method: str, seed: int | N
 
     groups: dict[tuple, list[dict]] = {}
     for run in load_runs(results_dir, model, method, seed, limit, dataset_path):
-        groups.setdefault(settings(run["config"], ("seed",)), []).append(run)
+        groups.setdefault(repeats_key(run), []).append(run)
     baselines = {}
     for runs in sorted(groups.values(), key=lambda runs: runs[0]["config"]["num_heads"], reverse=True):
         if is_baseline(runs[0]["config"]):  # K = 0 wins over α = 0 with heads: it is the plainer run
-            baselines[settings(runs[0]["config"], ("seed", *BASELINE_FREE))] = runs
+            baselines[repeats_key(runs[0], baseline=True)] = runs
 
     rows, pairs = [], []
     for runs in groups.values():
@@ -137,7 +139,7 @@ def collect_with_pairs(results_dir: Path, model: str, method: str, seed: int | N
         for key in METRICS:
             row[key] = finals[key].mean()
             row[f"{key} std"] = finals[key].std(ddof=1) if len(runs) > 1 else math.nan
-        baseline = baselines.get(settings(config, ("seed", *BASELINE_FREE)))
+        baseline = baselines.get(repeats_key(runs[0], baseline=True))
         if baseline is not None and not is_baseline(config):
             seeds = {r["config"]["seed"] for r in runs} & {r["config"]["seed"] for r in baseline}
             treated_answers = seed_averaged_answers([r for r in runs if r["config"]["seed"] in seeds], model)
@@ -169,13 +171,13 @@ def category_table(table, pairs, metric: str):
     baseline, and their difference; categories sorted by the difference (largest first)."""
     import pandas as pd
 
-    from iti.statistics import metric_values
+    from iti.metrics import with_products
 
     rows = []
     for index, treated, baseline in pairs:
         for category, questions in treated.groupby("Category", sort=False).groups.items():
-            run = metric_values(treated.loc[questions].drop(columns="Category").mean().to_dict())
-            base = metric_values(baseline.loc[questions].drop(columns="Category").mean().to_dict())
+            run = with_products(treated.loc[questions].drop(columns="Category").mean().to_dict())
+            base = with_products(baseline.loc[questions].drop(columns="Category").mean().to_dict())
             if metric not in run:
                 continue
             rows.append({"K": table.at[index, "K"], "alpha": table.at[index, "alpha"], "category": category,
@@ -297,7 +299,6 @@ def main() -> None:
     from iti.errors import UsageError
     from iti.files import write_text
     from iti.config import ValidationConfig
-    from iti.validate import PER_QUESTION_METRICS
 
     parser = ArgumentParser(__doc__)
     parser.add_argument("--model_name", required=True)
@@ -313,7 +314,7 @@ def main() -> None:
     parser.add_argument("--results_dir", default=ValidationConfig().results_dir)
     parser.add_argument("--by_category", action="store_true",
                         help="also each category's difference from the baseline (table and one plot per setting)")
-    parser.add_argument("--category_metric", default="MC2", choices=[*PER_QUESTION_METRICS, "True*Info"],
+    parser.add_argument("--category_metric", default="MC2", choices=PER_QUESTION_OR_DERIVED,
                         help="the metric of the per-category table and plots")
     args, _ = parser.parse_known_args()
 

@@ -1,0 +1,136 @@
+"""Evaluating a model, shifted or not, on a list of questions (spec §6): MC1/MC2/MC3, generated answers
+judged for True and Info, CE and KL; the answer frame (one row per question, every per-question score)
+and the means. What to compute is an EvalSpec, not a run's whole configuration.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from iti.ce_kl import CeKl
+from iti.data import GenerationQuestion
+from iti.generation import generate_answers
+from iti.head_shifts import HeadShifts
+from iti.intervention import ShiftedModel
+from iti.judges import ACCURACY_THRESHOLD, JudgePanel
+from iti.mc import evaluate_mc
+from iti.metrics import BY_NAME, METRICS, PER_QUESTION, with_products
+from iti.prompts import Prompting
+from iti.statistics import intervals
+
+# The generated answers' judge columns: (judge kind, metric, column stem of the public answer files).
+JUDGED = (("truth", "True", "GPT-judge"), ("info", "Info", "GPT-info"))
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """What to compute (`metrics`: --metrics options), how answers are scored and named in the answer frame."""
+    metrics: frozenset[str]
+    tag: str                  # answer-frame column prefix: the model's output name
+    batch_size: int = 16
+    max_new_tokens: int = 50
+    add_period: bool = True   # TruthfulQA's convention for its reference answers (spec §9)
+
+    def only(self, metrics) -> EvalSpec:
+        return dataclasses.replace(self, metrics=frozenset(metrics))
+
+
+@dataclass
+class Evaluator:
+    """One loaded model with its prompting, judges and CE/KL documents, evaluated under any head shifts."""
+    model: object
+    tokenizer: object
+    prompting: Prompting
+    spec: EvalSpec
+    judges: JudgePanel | None = None
+    ce_kl: CeKl | None = None
+
+    def evaluate(self, shifts: HeadShifts | None, records: list[GenerationQuestion], spec: EvalSpec | None = None,
+                 progress: bool = True) -> tuple[pd.DataFrame, dict[str, float]]:
+        """(answer frame, means) of these questions; metrics not asked (or not computable) are NaN."""
+        spec = spec or self.spec
+        shifted = shifted_model(self.model, shifts)
+        frame = questions_frame(records)
+        results = {metric.name: math.nan for metric in METRICS}
+        tag = spec.tag
+        if "mc" in spec.metrics:
+            mc = evaluate_mc(shifted, self.tokenizer, records, self.prompting, batch_size=spec.batch_size,
+                             progress=progress, add_period=spec.add_period)
+            frame[f"{tag} lprob max"] = [max(r.true_scores) for r in mc]
+            frame[f"{tag} lprob diff"] = [max(r.true_scores) - max(r.false_scores) for r in mc]
+            frame[f"{tag} lprob scores-true"] = [json.dumps(r.true_scores) for r in mc]
+            frame[f"{tag} lprob scores-false"] = [json.dumps(r.false_scores) for r in mc]
+            for key in ("MC1", "MC2", "MC3"):
+                frame[f"{tag} {key}"] = [getattr(r, key.lower()) for r in mc]
+                results[key] = float(frame[f"{tag} {key}"].mean())
+        if self.ce_kl is not None:
+            measured = self.ce_kl.metrics(shifted, set(spec.metrics), progress)
+            results.update({key.upper(): value for key, value in measured.items()})
+        judges = self.judges if spec.metrics & {"judge", "info"} else None
+        if judges is not None:
+            questions = [r.question for r in records]
+            frame[tag] = generate_answers(shifted, self.tokenizer, questions, self.prompting,
+                                          max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size,
+                                          progress=progress)
+            scores = judges.score(questions, frame[tag].tolist(), shifted.model, progress=progress)
+            for kind, key, column in JUDGED:
+                if kind in scores:
+                    frame[f"{tag} {column}"] = scores[kind]
+                    frame[f"{tag} {column} acc"] = (scores[kind] >= ACCURACY_THRESHOLD).astype(float)
+                    results[key] = float(frame[f"{tag} {column} acc"].mean())
+        return frame, with_products(results)
+
+
+def shifted_model(model, shifts: HeadShifts | None) -> ShiftedModel:
+    """The model with these shifts; α = 0 adds nothing, so the plain model is that baseline (KL exactly 0)."""
+    return ShiftedModel(model, shifts if shifts is not None and shifts.alpha != 0 else None)
+
+
+def questions_frame(records: list[GenerationQuestion]) -> pd.DataFrame:
+    """TruthfulQA.csv's columns for these questions (answers joined with "; ")."""
+    return pd.DataFrame({
+        "Category": [r.category for r in records],
+        "Question": [r.question for r in records],
+        "Best Answer": [r.best_answer for r in records],
+        "Correct Answers": ["; ".join(r.correct_answers) for r in records],
+        "Incorrect Answers": ["; ".join(r.incorrect_answers) for r in records],
+    })
+
+
+def answer_scores(frame: pd.DataFrame, tag: str) -> dict[str, np.ndarray]:
+    """Per-question scores of an answer frame (one array per metric it has), in the frame's row order."""
+    columns = {name: f"{tag} {BY_NAME[name].column}" for name in PER_QUESTION}
+    return {name: frame[column].to_numpy(dtype=np.float64) for name, column in columns.items() if column in frame}
+
+
+def summary_frame(tag: str, fold: int, setting: tuple[int, float], results: dict[str, float]) -> pd.DataFrame:
+    """A fold's means in the public summary file's columns."""
+    row = {"Model": tag, "alpha": setting[1], "K": setting[0], "fold": fold}
+    row.update({metric.column: results[metric.name] for metric in METRICS})
+    return pd.DataFrame([row])
+
+
+def final_line(alpha, num_heads, results: dict[str, float]) -> str:
+    """The public workflow's summary line, numbers rounded to 4 decimals (the JSON keeps them whole);
+    with a choice per fold, alpha and heads list the folds' choices."""
+    r = {key: f"{value:.4f}" for key, value in results.items()}
+    return (f"alpha: {alpha}, heads: {num_heads}, True*Info Score: {r['True*Info']}, True Score: {r['True']}, "
+            f"Info Score: {r['Info']}, MC1 Score: {r['MC1']}, MC2 Score: {r['MC2']}, CE Loss: {r['CE']}, "
+            f"KL wrt Original: {r['KL']}")
+
+
+def pooled_statistics(answers: pd.DataFrame, tag: str) -> tuple[dict, dict]:
+    """(per metric its 95% bootstrap interval over the test questions, per category each metric's
+    mean) from the answers of every fold pooled."""
+    scores = answer_scores(answers, tag)
+    bootstrap = {name: interval.as_dict() for name, interval in intervals(scores).items()} if scores else {}
+    categories = {}
+    for category, group in answers.groupby("Category", sort=True):
+        means = with_products({name: float(np.mean(values)) for name, values in answer_scores(group, tag).items()})
+        categories[str(category)] = {"questions": len(group), **means}
+    return bootstrap, categories

@@ -1,0 +1,205 @@
+"""Feature sets on disk: their names, finding and reading them, and checking that they are what a run needs.
+
+get_activations writes, per model and dataset, `{model}_{dataset}[_limit_{N}]_{kind}.npy` (the public
+workflow's names; `_limit_{N}` for the first N questions) and a `_meta.json` that records what made them
+(spec §10): the model's fingerprint (config, tokenizer, a weight sample; iti.fingerprint), the rows'
+content before and after formatting, the prompt format, the limit and the seed. Every consumer checks the
+record against its own run (`verify_feature_set`) and refuses a mismatch in one line that gives the
+get_activations command to run. NumPy only: sweeps check features on a login node without torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from iti.data import build_prompt_set
+from iti.errors import UsageError
+from iti.fingerprint import differs
+from iti.prompts import qa_prompt
+
+FEATURE_KINDS = ("head_wise", "layer_wise", "mlp_wise")
+# The record's layout; features recorded otherwise (or not at all) are re-extracted, never guessed at.
+RECORD_VERSION = 2
+
+
+def feature_stem(model_name: str, dataset: str, limit: int | None = None) -> str:
+    """`{model}_{dataset}`, plus `_limit_{N}` for a run on the first N questions: a subset is named
+    apart from the full set, so it never replaces it (no dataset name may end in `limit_N`)."""
+    return f"{model_name}_{dataset}" + (f"_limit_{limit}" if limit is not None else "")
+
+
+def feature_path(features_dir: str | Path, model_name: str, dataset: str, kind: str, limit: int | None = None) -> Path:
+    """The public workflow's names: {model}_{dataset}[_limit_{N}]_{head_wise|layer_wise|mlp_wise|labels}.npy."""
+    suffix = "json" if kind in ("categories", "meta") else "npy"
+    return Path(features_dir) / f"{feature_stem(model_name, dataset, limit)}_{kind}.{suffix}"
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """One extraction's files: a model's activations of a dataset, all questions or the first `limit`; the
+    other fields only go into the command that makes the set."""
+    features_dir: Path
+    model_name: str
+    dataset: str
+    limit: int | None = None
+    model_path: str | None = None
+    dataset_path: str | None = None
+    prompt_format: str = "raw"
+
+    def path(self, kind: str) -> Path:
+        return feature_path(self.features_dir, self.model_name, self.dataset, kind, self.limit)
+
+    def exists(self, kind: str = "head_wise") -> bool:
+        return all(self.path(k).is_file() for k in (kind, "labels", "question_ids"))
+
+    def command(self, overwrite: bool = False) -> str:
+        """The get_activations call that writes exactly this set."""
+        parts = ["python get_activations/get_activations.py", f"--model_name {self.model_name}",
+                 f"--dataset_name {self.dataset}"]
+        for flag, value in (("--model_path", self.model_path), ("--dataset_path", self.dataset_path),
+                            ("--limit", self.limit)):
+            if value is not None:
+                parts.append(f"{flag} {shlex.quote(str(value))}")
+        if self.prompt_format != "raw":
+            parts.append(f"--prompt_format {self.prompt_format}")
+        parts.append(f"--features_dir {shlex.quote(str(self.features_dir))}")
+        return " ".join(parts + (["--overwrite"] if overwrite else []))
+
+
+def find_feature_set(wanted: FeatureSet, kind: str = "head_wise") -> FeatureSet | None:
+    """The set to read for `wanted`: itself when extracted; for a subset of N questions, else the smallest
+    extracted subset of more questions, else the full set (the first N questions of either are the
+    subset); None when none exists."""
+    if wanted.exists(kind) or wanted.limit is None:
+        return wanted if wanted.exists(kind) else None
+    pattern = re.compile(re.escape(f"{feature_stem(wanted.model_name, wanted.dataset)}_limit_") + r"(\d+)"
+                         + re.escape(f"_{kind}.npy"))
+    larger = sorted(int(m.group(1)) for path in Path(wanted.features_dir).glob(f"*_{kind}.npy")
+                    if (m := pattern.fullmatch(path.name)) and int(m.group(1)) > wanted.limit)
+    candidates = [dataclasses.replace(wanted, limit=limit) for limit in [*larger, None]]
+    return next((c for c in candidates if c.exists(kind)), None)
+
+
+def require_feature_sets(wanted: list[FeatureSet], kind: str = "head_wise") -> list[FeatureSet]:
+    """Before any model loads: the set found for each wanted one, or one UsageError listing the command for
+    every missing set, or naming a damaged file (its header and size are read, not its data)."""
+    missing = [w for w in wanted if find_feature_set(w, kind) is None]
+    if missing:
+        names = ", ".join(str(w.path(kind)) for w in missing)
+        commands = " && ".join(w.command() for w in missing)
+        raise UsageError(f"missing features {names}: make them with `{commands}`")
+    found = [find_feature_set(w, kind) for w in wanted]
+    for each in found:
+        for k in (kind, "labels", "question_ids"):
+            _load_npy(each.path(k), each, mmap=True)
+    return found
+
+
+def _load_npy(path: Path, remake: FeatureSet, mmap: bool = False) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UsageError(f"features file {path} is truncated or corrupt ({reason}); "
+                         f"remake it with `{remake.command(overwrite=True)}`") from err
+
+
+def feature_files(wanted: FeatureSet, kind: str = "head_wise") -> list[Path]:
+    """What load_features reads: the activations, their labels and their question ids (of the set
+    find_feature_set picks; of the wanted one when none exists)."""
+    found = find_feature_set(wanted, kind) or wanted
+    return [found.path(k) for k in (kind, "labels", "question_ids")]
+
+
+def load_features(wanted: FeatureSet, kind: str = "head_wise",
+                  mmap: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(activations, labels, question_ids) of all questions, or of the first `limit` (the `_limit_{N}`
+    set, else the full set's first N questions); a missing or damaged file names the command that makes it."""
+    found = find_feature_set(wanted, kind)
+    if found is None:
+        require_feature_sets([wanted], kind)
+    acts = _load_npy(found.path(kind), found, mmap)
+    labels, question_ids = _load_npy(found.path("labels"), found), _load_npy(found.path("question_ids"), found)
+    if not len(acts) == len(labels) == len(question_ids):
+        raise UsageError(f"features {found.path(kind)} hold {len(acts)} rows but their labels {len(labels)} and question "
+                         f"ids {len(question_ids)}; remake them with `{found.command(overwrite=True)}`")
+    if wanted.limit is None or found.limit == wanted.limit:
+        return acts, labels, question_ids
+    available = int(question_ids.max()) + 1 if len(question_ids) else 0
+    if available < wanted.limit:
+        raise UsageError(f"features {found.path(kind)} cover {available} questions, fewer than --limit {wanted.limit}; "
+                         f"make the subset with `{wanted.command()}`")
+    rows = np.flatnonzero(question_ids < wanted.limit)
+    return np.asarray(acts[rows]), labels[rows], question_ids[rows]
+
+
+# ----------------------------------------------------------------------------- what made them
+
+def read_record(found: FeatureSet) -> dict:
+    """The set's `_meta.json`; one that is missing, unreadable or of another layout is a UsageError that
+    says to re-extract (nothing is guessed about features that do not say what made them)."""
+    path = found.path("meta")
+    remake = f"re-extract them with `{found.command(overwrite=True)}`"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError:
+        raise UsageError(f"{found.path('head_wise')} has no record of what made it ({path.name} is missing); "
+                         f"{remake}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UsageError(f"{path} is not a readable feature record ({type(err).__name__}); {remake}") from None
+    if not isinstance(record, dict) or record.get("record_version") != RECORD_VERSION:
+        raise UsageError(f"{path} was written by an older version or another program and does not record what "
+                         f"made the features; {remake}")
+    return record
+
+
+def verify_feature_set(wanted: FeatureSet, expected=None, model_fingerprint: dict | None = None,
+                       prompts: bool = True) -> dict:
+    """The record of the set read for `wanted`, after checking it against the run: the model name and
+    dataset in the record, the limit of the file, and, when given, the items the run expects (`expected`,
+    an iti.data.PromptSet built as the run builds it, for the set's own limit), with `prompts` also its
+    prompt format and formatted rows, and the run's model (`model_fingerprint`). Any mismatch is a
+    UsageError giving the command that makes the right set."""
+    found = find_feature_set(wanted) or wanted
+    record = read_record(found)
+    name = found.path("head_wise").name
+    remake = f"re-extract them with `{found.command(overwrite=True)}`"
+    if record["model_name"] != wanted.model_name or record["dataset"] != wanted.dataset:
+        raise UsageError(f"{name} was made for model {record['model_name']}, dataset {record['dataset']} (its record), "
+                         f"not {wanted.model_name}, {wanted.dataset}: copied or renamed from another set; {remake}")
+    if record["limit"] != found.limit:
+        held = "all questions" if record["limit"] is None else f"the first {record['limit']} questions"
+        raise UsageError(f"{name} holds {held} (its record), not what its name says: renamed from another set; "
+                         f"{remake}")
+    why = None
+    if expected is not None and record["items"] != expected.items_digest:
+        why = "were extracted from other items: the dataset changed since, or another file has this name"
+    elif expected is not None and prompts and record["prompt_format"] != wanted.prompt_format:
+        why = f"were extracted with --prompt_format {record['prompt_format']}, this run asks for {wanted.prompt_format}"
+    elif expected is not None and prompts and record["rows"] != expected.rows_digest():
+        why = "were extracted from other prompts (another chat template or version)"
+    if why:
+        raise UsageError(f"the features {name} {why}; {remake}")
+    if model_fingerprint is not None:
+        reason = differs(record["model"], model_fingerprint)
+        if reason is not None:
+            raise UsageError(f"the features {name} come from another model than this run's: {reason}; {remake}")
+    return record
+
+
+def verify_against_data(wanted: FeatureSet, tqa_path: str | None = None, probe_text=qa_prompt,
+                        model_fingerprint: dict | None = None, prompts: bool = True) -> dict:
+    """verify_feature_set against the rows this run would extract now (from `tqa_path` or the wanted set's
+    dataset file, formatted by `probe_text`), for the limit of the set found and the seed its record names
+    (tqa_gen_end_q's draw of extra questions, whichever the extraction used)."""
+    found = find_feature_set(wanted) or wanted
+    seed = read_record(found)["seed"]
+    expected = build_prompt_set(wanted.dataset, tqa_path, found.limit, 0 if seed is None else seed,
+                                wanted.dataset_path, probe_text)
+    return verify_feature_set(wanted, expected, model_fingerprint, prompts)

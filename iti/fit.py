@@ -1,0 +1,148 @@
+"""From features to HeadShifts, in one function: probes, head choice, directions, σ (spec §4).
+
+    shifts, report = fit_head_shifts(features, split, recipe)
+
+`features` are the probing rows (head-wise activations, labels, each row's question) and the tuning
+rows that set σ; `split` names the questions that train the probes and those that rank the heads; the
+`recipe` says how many heads, how strong, which directions. validate_2fold, edit_weight,
+plot_head_accuracies, the notebook and the benchmarks all build shifts here.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from iti.directions import center_of_mass_directions, probe_directions, projection_stds, random_directions
+from iti.errors import UsageError
+from iti.head_shifts import HeadShifts
+from iti.models import resolve_device
+from iti.probes import random_heads, rows_of_questions, top_heads, train_probes, train_val_split
+from iti.report import ProbeReport, layer_probe_table, probe_report
+
+METHODS = ("center_of_mass", "probe", "random")
+
+
+@dataclass(frozen=True)
+class Features:
+    """Probing rows [N, L, H·d] with labels and each row's question, the tuning rows that set σ (with their
+    questions, -1 for rows of no question of the run), optionally the residual streams [N, L+1, hidden]
+    for the probe report's best layer, and what made them (recorded in the shifts' provenance)."""
+    acts: np.ndarray
+    labels: np.ndarray
+    question_ids: np.ndarray
+    tuning_acts: np.ndarray
+    tuning_question_ids: np.ndarray
+    num_heads: int
+    layer_acts: np.ndarray | None = None
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        return self.acts.shape[1]
+
+    @property
+    def head_dim(self) -> int:
+        return self.acts.shape[2] // self.num_heads
+
+    def check(self) -> None:
+        if self.acts.ndim != 3 or self.acts.shape[2] % self.num_heads:
+            raise UsageError(f"activations of shape {self.acts.shape} do not split into {self.num_heads} heads; "
+                             "take the number of heads from the model config")
+        if self.tuning_acts.ndim != 3 or self.tuning_acts.shape[1:] != self.acts.shape[1:]:
+            raise UsageError(f"tuning activations {self.tuning_acts.shape} and probing activations {self.acts.shape} "
+                             "differ in layers or width; extract both from the same model")
+
+
+@dataclass(frozen=True)
+class Split:
+    """Questions (not rows): `train` fits the probes, `val` ranks the heads; directions use both. `test`
+    questions are scored by the probe report only. `sigma`: the questions whose tuning rows set σ (None:
+    every tuning row, the public workflow's choice). `fold`: which fold of a run, for the provenance."""
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray = field(default_factory=lambda: np.array([], dtype=np.int64))
+    sigma: np.ndarray | None = None
+    fold: int | None = None
+
+    @property
+    def development(self) -> np.ndarray:
+        return np.concatenate([self.train, self.val])
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """K heads, strength α, direction method; how the probes train (backend, device) and the seed of every
+    random choice (random heads, random directions, the sklearn backend's state)."""
+    num_heads: int
+    alpha: float
+    method: str = "center_of_mass"
+    probe_backend: str = "torch"
+    seed: int = 42
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UsageError(f"unknown direction method {self.method!r}; use one of {', '.join(METHODS)}")
+
+
+def recipe_of(options, num_heads: int, alpha: float) -> Recipe:
+    """The recipe a script's options ask for (iti.config.HeadShiftOptions); the torch probes run on the
+    evaluated model's GPU when it has one (they are small next to it)."""
+    device = resolve_device(options.device)
+    return Recipe(num_heads, alpha, options.method, options.probe_backend, options.seed,
+                  "cuda" if device == "auto" else device)
+
+
+def seeded_split(questions: np.ndarray, val_ratio: float, seed: int) -> Split:
+    """All `questions` split once with a generator seeded by `seed`: a share 1 - val_ratio (rounded down)
+    trains, the rest ranks the heads. The split of edit_weight and plot_head_accuracies (no test fold)."""
+    train, val = train_val_split(np.unique(questions), val_ratio, np.random.default_rng(seed))
+    return Split(train, val)
+
+
+def fit_head_shifts(features: Features, split: Split, recipe: Recipe) -> tuple[HeadShifts, ProbeReport]:
+    """Train a probe per head on the training questions' rows, keep the K heads of best accuracy on the
+    validation rows (or K random heads), take their directions and σ; the probe report of the same probes."""
+    features.check()
+    rows = [rows_of_questions(features.question_ids, part) for part in (split.train, split.val, split.test)]
+    probes = train_probes(features.acts, features.labels, rows[0], rows[1], features.num_heads,
+                          backend=recipe.probe_backend, device=recipe.device, seed=recipe.seed)
+    layers = None
+    if features.layer_acts is not None:
+        layers = layer_probe_table(features.layer_acts, features.labels, *rows, recipe.probe_backend, recipe.seed,
+                                   recipe.device)
+    report = probe_report(features.acts, features.labels, features.question_ids, probes, features.num_heads, *rows,
+                          layers)
+    k = recipe.num_heads
+    if recipe.method == "random":
+        heads = random_heads(features.num_layers, features.num_heads, k, recipe.seed)
+        directions = random_directions(k, features.head_dim, recipe.seed)
+    else:
+        heads = top_heads(probes.val_accuracies, k)
+        directions = (center_of_mass_directions(features.acts, features.labels, np.concatenate(rows[:2]), heads,
+                                                features.num_heads)
+                      if recipe.method == "center_of_mass" else probe_directions(probes, heads))
+    tuning = features.tuning_acts
+    if split.sigma is not None:
+        tuning = np.asarray(tuning[rows_of_questions(features.tuning_question_ids, split.sigma)])
+        if len(tuning) == 0:
+            raise UsageError("the tuning features hold no row of the questions that set σ; extract them for "
+                             "every question")
+    pairs = np.asarray(heads, dtype=np.int64).reshape(-1, 2)
+    shifts = HeadShifts(
+        layers=pairs[:, 0], heads=pairs[:, 1], directions=directions,
+        sigmas=projection_stds(tuning, heads, directions, features.num_heads),
+        probe_accuracies=probes.val_accuracies[pairs[:, 0], pairs[:, 1]], alpha=recipe.alpha,
+        num_layers=features.num_layers, num_heads=features.num_heads, head_dim=features.head_dim,
+        provenance={**features.provenance, "K": k, "method": recipe.method, "probe_backend": recipe.probe_backend,
+                    "seed": recipe.seed, "fold": split.fold, "train_questions": int(len(split.train)),
+                    "val_questions": int(len(split.val)),
+                    "probe_report": report.summary(list(zip(pairs[:, 0].tolist(), pairs[:, 1].tolist())))})
+    return shifts, report
+
+
+def without_layers(features: Features) -> Features:
+    """The same features without residual streams: shifts whose probe report needs no best layer."""
+    return dataclasses.replace(features, layer_acts=None)

@@ -1,0 +1,91 @@
+"""What identifies a run or a feature set: every option field declares its role in its metadata, and
+names, hashes, grouping and resume are derived from those roles (spec §10).
+
+- NUMBERS: changes the numbers of every run (the model, the dtype, the data, the seed, the metrics);
+- SHIFTS: changes the numbers only through the head shifts (which features, heads, directions, α): an
+  unshifted baseline's numbers do not depend on it;
+- EXECUTION: changes only how or where the work runs (batch size, device, folders, progress, resume).
+
+An identity is every NUMBERS and SHIFTS field, each with its value as resolved: a field whose value
+stands for something else (a model name, `--dtype auto`, a data file, a folder of features) enters as
+what it resolved to, so two runs that could hold different numbers never share an identity.
+Standard library only (the CLI reads the roles before torch is imported).
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+from typing import Any, Callable, Iterable, Mapping
+
+
+class Role(enum.Enum):
+    NUMBERS = "numbers"
+    SHIFTS = "shifts"
+    EXECUTION = "execution"
+
+
+IDENTITY_ROLES = (Role.NUMBERS, Role.SHIFTS)
+
+
+def role(field: dataclasses.Field) -> Role:
+    return field.metadata["role"]
+
+
+def fields_where(config_cls, keep: Callable[[dataclasses.Field], bool]) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(config_cls) if keep(f))
+
+
+def identity_fields(config_cls, roles: Iterable[Role] = IDENTITY_ROLES) -> tuple[str, ...]:
+    """The fields of these roles, in declaration order."""
+    wanted = set(roles)
+    return fields_where(config_cls, lambda f: role(f) in wanted)
+
+
+def split_fields(config_cls) -> tuple[str, ...]:
+    """The fields that decide which questions each fold trains, validates and tests on."""
+    return fields_where(config_cls, lambda f: f.metadata.get("split", False))
+
+
+def named_fields(config_cls) -> tuple[str, ...]:
+    """The fields spelled out in readable file names (the rest enter through the hash)."""
+    return fields_where(config_cls, lambda f: f.metadata.get("named", False))
+
+
+def json_value(value: Any) -> Any:
+    """Tuples as lists, so a value read back from JSON compares equal to the one written."""
+    return json.loads(json.dumps(value))
+
+
+def identity(config, resolved: Mapping[str, Any] | None = None, names: Iterable[str] | None = None) -> dict[str, Any]:
+    """{field: value} over `names` (default: every NUMBERS and SHIFTS field), each value replaced by
+    its resolved form where `resolved` has one."""
+    resolved = resolved or {}
+    names = identity_fields(type(config)) if names is None else names
+    return {name: json_value(resolved[name] if name in resolved else getattr(config, name)) for name in names}
+
+
+def declared(record: Mapping[str, Any], config_cls) -> dict[str, Any]:
+    """The identity fields of a config as written in a record (`dataclasses.asdict`), as given, without the
+    locations (paths and sources whose content only a run resolves): what a sweep can compare without
+    loading anything."""
+    locations = set(fields_where(config_cls, lambda f: f.metadata.get("location", False)))
+    return {name: json_value(record.get(name)) for name in identity_fields(config_cls) if name not in locations}
+
+
+def without(values: Mapping[str, Any], config_cls, roles: Iterable[Role] = (), names: Iterable[str] = ()) -> dict:
+    """`values` less the fields of these roles and these names: what runs compared on the rest share."""
+    dropped = set(identity_fields(config_cls, roles)) | set(names)
+    return {name: value for name, value in values.items() if name not in dropped}
+
+
+def digest(value: Any) -> str:
+    """sha256 (hex) of a JSON-able value, keys sorted, so equal values give equal digests anywhere."""
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def short_digest(value: Any) -> str:
+    """The first 8 hex digits of `digest`: what file names carry."""
+    return digest(value)[:8]

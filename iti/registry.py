@@ -1,0 +1,51 @@
+"""The models known by name: the public workflow's names, then current families (values are hub ids).
+
+Standard library only, so `--check_args` can tell an unknown name before torch is imported.
+"""
+from __future__ import annotations
+
+from iti.constants import BUNDLED_MODEL, LOCAL_PREFIX
+
+HF_NAMES: dict[str, str] = {
+    "llama_7B": "huggyllama/llama-7b",
+    "alpaca_7B": "circulus/alpaca-7b",
+    "vicuna_7B": "AlekseyKorshuk/vicuna-7b",
+    "llama2_chat_7B": "meta-llama/Llama-2-7b-chat-hf",
+    "llama2_chat_13B": "meta-llama/Llama-2-13b-chat-hf",
+    "llama2_chat_70B": "meta-llama/Llama-2-70b-chat-hf",
+    "llama3_8B": "meta-llama/Meta-Llama-3-8B",
+    "llama3_8B_instruct": "meta-llama/Meta-Llama-3-8B-Instruct",
+    "llama3_70B": "meta-llama/Meta-Llama-3-70B",
+    "llama3_70B_instruct": "meta-llama/Meta-Llama-3-70B-Instruct",
+    "honest_llama_7B": "jujipotle/honest_llama_7B",
+    "honest_llama2_chat_7B": "jujipotle/honest_llama2_chat_7B",
+    "honest_llama2_chat_13B": "jujipotle/honest_llama2_chat_13B",
+    "honest_llama2_chat_70B": "jujipotle/honest_llama2_chat_70B",
+    "honest_llama3_8B_instruct": "jujipotle/honest_llama3_8B_instruct",
+    "honest_llama3_70B_instruct": "jujipotle/honest_llama3_70B_instruct",
+    "llama3.1_8B": "meta-llama/Llama-3.1-8B",
+    "llama3.1_8B_instruct": "meta-llama/Llama-3.1-8B-Instruct",
+    "llama3.1_70B_instruct": "meta-llama/Llama-3.1-70B-Instruct",
+    "llama3.2_1B": "meta-llama/Llama-3.2-1B",
+    "llama3.2_1B_instruct": "meta-llama/Llama-3.2-1B-Instruct",
+    "llama3.2_3B": "meta-llama/Llama-3.2-3B",
+    "llama3.2_3B_instruct": "meta-llama/Llama-3.2-3B-Instruct",
+    "mistral_7B_instruct": "mistralai/Mistral-7B-Instruct-v0.3",
+    "qwen2.5_0.5B_instruct": "Qwen/Qwen2.5-0.5B-Instruct",
+    "qwen2.5_1.5B_instruct": "Qwen/Qwen2.5-1.5B-Instruct",
+    "qwen2.5_3B_instruct": "Qwen/Qwen2.5-3B-Instruct",
+    "qwen2.5_7B_instruct": "Qwen/Qwen2.5-7B-Instruct",
+    "gemma2_2B_it": "google/gemma-2-2b-it",
+    "gemma2_9B_it": "google/gemma-2-9b-it",
+    BUNDLED_MODEL: "HuggingFaceTB/SmolLM2-135M-Instruct",
+}
+
+
+def known_model_names() -> list[str]:
+    """Registry names, and `local_` + each base model's name for the models edit_weight bakes."""
+    base = [name for name in HF_NAMES if not name.startswith("honest_")]
+    return list(HF_NAMES) + [LOCAL_PREFIX + name for name in base]
+
+
+def is_known_model(name: str) -> bool:
+    return name in HF_NAMES or (name.startswith(LOCAL_PREFIX) and name[len(LOCAL_PREFIX):] in HF_NAMES)

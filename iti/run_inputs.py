@@ -1,0 +1,129 @@
+"""What a validate_2fold run reads: its items (in the folds' order), how they are prompted, and its features,
+checked against the run's model and data and indexed by question in the folds' order."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from iti.config import PROBING_DATASETS, HeadShiftOptions, ValidationConfig
+from iti.contrastive import ContrastiveDataset, load_dataset_file, truthfulqa_dataset
+from iti.data import TruthfulQA, load_truthfulqa
+from iti.errors import UsageError
+from iti.features import (
+    FeatureSet,
+    feature_files,
+    find_feature_set,
+    load_features,
+    require_feature_sets,
+    verify_against_data,
+)
+from iti.fit import Features
+from iti.identity import digest
+from iti.models import HeadGeometry
+from iti.probes import check_finite_activations
+from iti.prompts import Prompting, prompting_for
+
+
+def load_items(cfg: ValidationConfig) -> tuple[ContrastiveDataset, TruthfulQA | None]:
+    """The run's items, first `--limit` of them: a §9 file in file order, else TruthfulQA in MC order."""
+    if cfg.custom:
+        return load_dataset_file(cfg.dataset_path, cfg.dataset_name).first(cfg.limit), None
+    tqa = load_truthfulqa(cfg.tqa_path)
+    return truthfulqa_dataset(tqa).first(cfg.limit), tqa
+
+
+def items_digest(dataset: ContrastiveDataset) -> str:
+    """The evaluated items' content (not their path): what the run's identity records of its data."""
+    return digest([dataclasses.astuple(item) for item in dataset.items])
+
+
+def evaluation_prompting(cfg: ValidationConfig, tokenizer, model_label: str) -> Prompting:
+    """TruthfulQA: instruction (default `default`) and the QA primer (spec §6). A §9 dataset: the bare
+    question unless an instruction is asked for, which brings the primer with it (spec §9)."""
+    instruction = cfg.instruction_prompt or ("none" if cfg.custom else "default")
+    primer = not cfg.custom or cfg.instruction_prompt is not None
+    return prompting_for(cfg.prompt_format, tokenizer, model_label, instruction_prompt=instruction, primer=primer)
+
+
+def feature_sets(cfg: ValidationConfig) -> tuple[FeatureSet, FeatureSet]:
+    """(probing set, tuning set), both extracted from the model being run. With --limit, the
+    `_limit_{N}` sets, else the first N questions of the full sets; but a generation-order probing set
+    must be the full one, since its first N questions are not the first N of the (MC-order) folds; so
+    must the tuning set for --sigma_questions dev, which takes the rows of MC-order questions."""
+    probe_limit = cfg.limit if cfg.dataset_name == "tqa_mc2" or cfg.custom else None
+    tuning_limit = cfg.limit if cfg.sigma_questions == "all" else None
+    common = dict(features_dir=Path(cfg.features_dir), model_name=cfg.output_name, model_path=cfg.model_path,
+                  prompt_format=cfg.prompt_format)
+    return (FeatureSet(dataset=cfg.dataset_name, limit=probe_limit, dataset_path=cfg.dataset_path, **common),
+            FeatureSet(dataset=cfg.tuning_dataset, limit=tuning_limit,
+                       dataset_path=cfg.dataset_path if cfg.tuning_dataset == cfg.dataset_name else None, **common))
+
+
+def require_run_features(cfg: ValidationConfig) -> None:
+    """Before the model loads: the run's features exist and are readable, or one line naming the command."""
+    if max(cfg.num_heads) > 0:
+        require_feature_sets(list(feature_sets(cfg)))
+
+
+def mc_order_ids(question_ids: np.ndarray, dataset: str, tqa: TruthfulQA) -> np.ndarray:
+    """Question ids of a TruthfulQA feature set in the multiple-choice order the folds use (the
+    generation sets index questions in generation order); -1 for rows of no TruthfulQA question."""
+    if dataset == "tqa_mc2":
+        return question_ids
+    to_mc = tqa.mc_index_of_generation()
+    inside = (question_ids >= 0) & (question_ids < len(to_mc))
+    return np.where(inside, to_mc[np.clip(question_ids, 0, len(to_mc) - 1)], -1)
+
+
+def read_checked_features(cfg: HeadShiftOptions, probing: FeatureSet, tuning: FeatureSet, geometry: HeadGeometry,
+                          tokenizer, fingerprint: dict, model_source: str) -> Features:
+    """The probing set (with its residual streams when they were extracted) and the tuning set, each checked
+    against the run's model (`fingerprint`), data and geometry; question ids as the sets store them."""
+    probe_text = prompting_for(cfg.prompt_format, tokenizer, model_source).probe_text
+    records = {name: verify_against_data(wanted, cfg.tqa_path, probe_text, fingerprint)
+               for name, wanted in (("probing", probing), ("tuning", tuning))}
+    acts, labels, question_ids = load_features(probing)
+    tuning_acts, _, tuning_question_ids = load_features(tuning)
+    layer_acts = load_features(probing, "layer_wise")[0] if find_feature_set(probing, "layer_wise") else None
+    for dataset, array in ((probing.dataset, acts), (tuning.dataset, tuning_acts)):
+        if array.ndim != 3 or array.shape[1:] != (geometry.num_layers, geometry.width):
+            raise UsageError(f"the {dataset} features of {probing.model_name} in {probing.features_dir} have per-row "
+                             f"shape {array.shape[1:]} but the model has {geometry.num_layers} layers x "
+                             f"{geometry.width} (heads x head_dim): they come from another model; re-extract them "
+                             f"with `{probing.command(overwrite=True)}`")
+    check_finite_activations(acts)
+    provenance = {"model_name": cfg.output_name, "model_source": model_source, "dataset_name": cfg.dataset_name,
+                  "dataset_path": cfg.dataset_path, "prompt_format": cfg.prompt_format,
+                  "activations_dataset": cfg.tuning_dataset, "val_ratio": cfg.val_ratio, "limit": cfg.limit,
+                  "features": {name: record["id"] for name, record in records.items()}}
+    return Features(acts, labels, question_ids, tuning_acts, tuning_question_ids, geometry.num_heads, layer_acts,
+                    provenance)
+
+
+def load_run_features(cfg: ValidationConfig, tqa: TruthfulQA | None, num_questions: int, geometry: HeadGeometry,
+                      tokenizer, fingerprint: dict, model_source: str) -> Features:
+    """validate_2fold's features (read_checked_features), rows indexed by item in the folds' order (TruthfulQA's
+    MC order, a §9 file's order), covering every question of the run."""
+    probing, tuning = feature_sets(cfg)
+    features = read_checked_features(cfg, probing, tuning, geometry, tokenizer, fingerprint, model_source)
+    question_ids, tuning_question_ids = features.question_ids, features.tuning_question_ids
+    if tqa is not None:
+        question_ids = mc_order_ids(question_ids, cfg.dataset_name, tqa)
+        tuning_question_ids = (mc_order_ids(tuning_question_ids, cfg.tuning_dataset, tqa)
+                               if cfg.tuning_dataset in PROBING_DATASETS else np.full(len(tuning_question_ids), -1))
+    covered = np.unique(question_ids[(question_ids >= 0) & (question_ids < num_questions)])
+    if len(covered) < num_questions:
+        raise UsageError(
+            f"the {cfg.dataset_name} features of {cfg.output_name} in {probing.features_dir} cover {len(covered)} of the "
+            f"{num_questions} questions this run uses; extract them for all questions with "
+            f"`{dataclasses.replace(probing, limit=None).command()}`")
+    provenance = {**features.provenance, "sigma_questions": cfg.sigma_questions, "num_fold": cfg.num_fold}
+    return dataclasses.replace(features, question_ids=question_ids, tuning_question_ids=tuning_question_ids,
+                               provenance=provenance)
+
+
+def feature_paths(cfg: ValidationConfig) -> list[Path]:
+    """Every feature file the run reads, for the provenance's content hashes."""
+    return [path for wanted in feature_sets(cfg) for path in feature_files(wanted)]

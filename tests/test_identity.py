@@ -1,0 +1,99 @@
+"""Every option field declares its role, and the run's identity follows the roles: changing any field that can
+change a number changes every file name of a run; changing an execution setting changes none."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from iti import config
+from iti.identity import IDENTITY_ROLES, Role, identity_fields, without
+from iti.runs import Run
+
+OPTION_CLASSES = [cls for cls in vars(config).values()
+                  if isinstance(cls, type) and dataclasses.is_dataclass(cls) and issubclass(cls, config.Options)]
+# What validate_2fold resolves these fields to (iti.validate.set_up): the test varies the resolved value.
+RESOLVED = {"model_path": "m0", "dtype": "float32", "dataset_path": None, "tqa_path": "items0", "owt_path": "owt0",
+            "features_dir": {"probing": "p0", "tuning": "t0"}, "judge_model": "judge0", "info_model": "info0"}
+
+
+def test_every_field_of_every_options_class_has_a_role():
+    assert {cls.__name__ for cls in OPTION_CLASSES} >= {"ActivationsConfig", "ValidationConfig", "EditConfig",
+                                                       "HeadAccuracyConfig", "ExportConfig"}
+    for cls in OPTION_CLASSES:
+        for field in dataclasses.fields(cls):
+            assert isinstance(field.metadata.get("role"), Role), f"{cls.__name__}.{field.name} has no role"
+
+
+def another_value(field: dataclasses.Field, value):
+    """A different valid value of the field's type."""
+    choices = field.metadata.get("choices")
+    if choices:
+        items = value if isinstance(value, tuple) else (value,)
+        other = next(c for c in choices if c not in items)
+        return (other,) if isinstance(value, tuple) else other
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, tuple):
+        return value + (value[0] + 1,) if value and not isinstance(value[0], str) else ("mc",)
+    if isinstance(value, int):
+        return value + 3
+    if isinstance(value, float):
+        return value / 2 + 0.05
+    if value is None:
+        return {"limit": 6, "instruction_prompt": "none", "max_kl": 0.5, "activations_dataset": "tqa_gen",
+                "model_path": "/elsewhere"}.get(field.name, "something")
+    return value + "x"
+
+
+def test_each_number_changing_field_changes_every_file_name():
+    base = config.ValidationConfig(limit=8)
+    run = Run.resolve(base, RESOLVED)
+    files = lambda r: [r.name, r.summary_path, r.answer_path(0), r.head_shifts_dir(1), r.probe_report_path(0, "heads")]
+    reference = files(run)
+    for field in dataclasses.fields(config.ValidationConfig):
+        if field.metadata["role"] not in IDENTITY_ROLES:
+            continue
+        if field.name in RESOLVED:
+            changed = Run.resolve(base, {**RESOLVED, field.name: "other"})
+        else:
+            changed = Run.resolve(dataclasses.replace(base, **{field.name: another_value(field, getattr(base, field.name))}),
+                                  RESOLVED)
+        assert all(a != b for a, b in zip(files(changed), reference)), field.name
+
+
+def test_execution_settings_change_no_file_name():
+    base = config.ValidationConfig(limit=8)
+    for field in dataclasses.fields(config.ValidationConfig):
+        if field.metadata["role"] is Role.EXECUTION:
+            other = dataclasses.replace(base, **{field.name: another_value(field, getattr(base, field.name))})
+            if field.name == "results_dir":
+                assert Run.resolve(other, RESOLVED).name == Run.resolve(base, RESOLVED).name
+            else:
+                assert Run.resolve(other, RESOLVED).summary_path == Run.resolve(base, RESOLVED).summary_path, field.name
+
+
+def test_split_files_change_with_what_fixes_the_folds_only():
+    base = Run.resolve(config.ValidationConfig(limit=8), RESOLVED)
+    assert Run.resolve(config.ValidationConfig(limit=8, val_ratio=0.3), RESOLVED).split_path(0, "train") != \
+        base.split_path(0, "train")
+    assert Run.resolve(config.ValidationConfig(limit=8, alpha=3.0), RESOLVED).split_path(0, "train") == \
+        base.split_path(0, "train")
+
+
+def test_repeats_and_baselines_share_what_the_roles_say():
+    values = Run.resolve(config.ValidationConfig(limit=8, seed=1), RESOLVED).identity
+    other_seed = Run.resolve(config.ValidationConfig(limit=8, seed=2), RESOLVED).identity
+    baseline = Run.resolve(config.ValidationConfig(limit=8, seed=1, num_heads=0, use_center_of_mass=True),
+                           {**RESOLVED, "features_dir": None}).identity
+    cls = config.ValidationConfig
+    assert without(values, cls, names=("seed",)) == without(other_seed, cls, names=("seed",))
+    assert without(values, cls, (Role.SHIFTS,)) == without(baseline, cls, (Role.SHIFTS,))
+    assert without(values, cls) != without(baseline, cls)
+    assert set(identity_fields(cls, (Role.SHIFTS,))) >= {"num_heads", "alpha", "features_dir", "use_center_of_mass"}
+
+
+@pytest.mark.parametrize("cls", [config.ActivationsConfig, config.HeadAccuracyConfig])
+def test_other_scripts_declare_what_names_their_outputs(cls):
+    assert {"model_name", "dataset_name", "limit"} <= set(f.name for f in dataclasses.fields(cls)
+                                                         if f.metadata.get("named"))
