@@ -2,16 +2,16 @@
 
 Each edited layer gets one pyvene intervention on `<layer>.<o_proj>.input` that adds the layer's
 offset δ_l (all its selected heads' α·σ·θ, laid out in [heads·head_dim]) at the positions of the
-current schedule (spec §5):
+schedule (spec §5), which travel with each call as data:
 
-- generation with a KV cache: the last position of every forward, i.e. the prompt's last token,
-  then each new token (prompts left-padded so that every row ends at the last position);
-- scoring answers, CE and KL: an explicit [batch, seq] mask of the positions to shift (answer
-  tokens; every real token), so each padded row has its own positions and padding gets nothing.
+- scoring answers, CE and KL: a [batch, seq] mask of the positions to shift (answer tokens; every
+  real token), so each padded row has its own positions and padding gets nothing; it is handed to
+  every intervention through pyvene's per-call `subspaces` argument;
+- generation with a KV cache: no mask, meaning the last position of every forward, i.e. the prompt's
+  last token, then each new token (prompts left-padded so that every row ends at the last position).
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -21,27 +21,20 @@ from iti.intervenable import IntervenableModel, pv
 from iti.models import head_geometry, input_device, model_sites
 
 
-class _PositionState:
-    """What the next forward shifts: a [batch, seq] mask, or None for its last position."""
-
-    def __init__(self):
-        self.mask: torch.Tensor | None = None
-
-
 class LayerShift(pv.SourcelessIntervention):
-    """Adds one layer's offset δ_l to the o_proj input at the positions the shared state selects."""
+    """Adds one layer's offset δ_l to the o_proj input at the positions its call names."""
 
-    def __init__(self, offset: torch.Tensor, state: _PositionState):
+    def __init__(self, offset: torch.Tensor):
         super().__init__(keep_last_dim=True)
         self.register_buffer("offset", offset)
-        self.state = state
 
     def forward(self, base, source=None, subspaces=None):
+        """`subspaces`: this call's [batch, seq] mask of the positions to shift; None: the last position."""
         offset = self.offset.to(base.dtype)
-        if self.state.mask is None:
+        if subspaces is None:
             base[:, -1] += offset
             return base
-        return base + self.state.mask.to(base.device, base.dtype).unsqueeze(-1) * offset
+        return base + subspaces.to(base.device, base.dtype).unsqueeze(-1) * offset
 
 
 class ShiftedModel:
@@ -54,7 +47,6 @@ class ShiftedModel:
     def __init__(self, model, shifts: HeadShifts | None):
         self.model = model
         self.shifts = shifts
-        self._state = _PositionState()
         self._intervenable = None
         if shifts is not None and len(shifts.layers) > 0:
             geo = head_geometry(model.config)
@@ -65,20 +57,12 @@ class ShiftedModel:
                 o_proj = model.get_submodule(f"{sites.layers}.{layer}.{sites.o_proj}")
                 tensor = torch.as_tensor(offset).to(o_proj.weight.device, o_proj.weight.dtype)
                 components.append({"component": f"{sites.o_proj_of(layer)}.input",
-                                   "intervention": LayerShift(tensor, self._state)})
+                                   "intervention": LayerShift(tensor)})
             self._intervenable = IntervenableModel(components, model)
 
     @property
     def active(self) -> bool:
         return self._intervenable is not None
-
-    @contextmanager
-    def _positions(self, mask: torch.Tensor | None):
-        self._state.mask = mask
-        try:
-            yield
-        finally:
-            self._state.mask = None
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  shift_mask: torch.Tensor | None = None, **model_kwargs):
@@ -92,8 +76,8 @@ class ShiftedModel:
         if shift_mask is None:
             shift_mask = attention_mask[:, -input_ids.shape[1]:] if attention_mask is not None \
                 else torch.ones_like(input_ids)
-        with self._positions(shift_mask.to(device)):
-            _, outputs = self._intervenable(inputs)
+        masks = [shift_mask.to(device)] * len(self._intervenable.interventions)
+        _, outputs = self._intervenable(inputs, subspaces=masks)
         return outputs
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **generate_kwargs) -> torch.Tensor:
@@ -104,8 +88,7 @@ class ShiftedModel:
             return self.model.generate(**inputs, **generate_kwargs)
         if not bool(attention_mask[:, -1].all()):
             raise ValueError("generation needs left-padded prompts (every row's last token real)")
-        with self._positions(None):
-            _, sequences = self._intervenable.generate(inputs, intervene_on_prompt=True, **generate_kwargs)
+        _, sequences = self._intervenable.generate(inputs, intervene_on_prompt=True, **generate_kwargs)
         return sequences
 
 
