@@ -242,6 +242,9 @@ class ValidationConfig(HeadShiftOptions):
     instruction_prompt: str | None = option(None, "default, informative or none (default: `default` with the QA "
                                                   "primer on TruthfulQA; on a --dataset_path set the bare question, "
                                                   "an instruction asked for brings the primer too)", NUMBERS)
+    qa_primer: str = option("auto", "the six-shot QA primer before the question: auto (TruthfulQA: yes; a "
+                                    "--dataset_path set: only with an --instruction_prompt), yes or no", NUMBERS,
+                            choices=("auto", "yes", "no"))
     metrics: tuple[str, ...] = option(METRICS, f"any of {', '.join(METRICS)} (default: all; `mc ce` or `mc,ce`)",
                                       NUMBERS)
     judge_model: str = option(DEFAULT_TRUTH_JUDGE, "truth judge: hub id or local folder", NUMBERS, location=True,
