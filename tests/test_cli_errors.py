@@ -20,6 +20,7 @@ SCRIPTS = {
     "validate_2fold": REPO_ROOT / "validation" / "validate_2fold.py",
     "edit_weight": REPO_ROOT / "validation" / "edit_weight.py",
     "plot_head_accuracies": REPO_ROOT / "validation" / "plot_head_accuracies.py",
+    "export_head_shifts": REPO_ROOT / "validation" / "export_head_shifts.py",
 }
 MODEL = "tiny"
 
@@ -123,6 +124,14 @@ def missing_subset_in_plot(root, tqa):
             "--output_dir", str(root / "plots")]
 
 
+def shifts_of_a_moved_model(root, tqa):
+    from iti.head_shifts import HeadShifts
+
+    HeadShifts(layers=[0], heads=[1], directions=np.ones((1, 4)) / 2, sigmas=[1.0], probe_accuracies=[0.5], alpha=2.0,
+               num_layers=3, num_heads=2, head_dim=4, provenance={"model_source": str(root / "gone")}).save(root / "shifts")
+    return ["--head_shifts", str(root / "shifts"), "--output_dir", str(root / "export")]
+
+
 CASES = [
     ("get_activations", gguf_that_is_not, "model.gguf is a file but not a GGUF model"),
     ("get_activations", csv_short_row, "TruthfulQA.csv line 5 has 2 fields, the header 7"),
@@ -142,6 +151,9 @@ CASES = [
     ("plot_head_accuracies", corrupt_features_in_plot, "tiny_tqa_mc2_labels.npy is truncated or corrupt"),
     ("plot_head_accuracies", missing_subset_in_plot,
      "--model_name tiny --dataset_name tqa_mc2 --limit 5 --features_dir {root}/features`"),
+    ("export_head_shifts", shifts_of_a_moved_model,
+     "the head shifts were made from {root}/gone, which is not there any more; give that model's place with "
+     "--model_path"),
 ]
 
 
