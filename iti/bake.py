@@ -6,6 +6,14 @@ attention-bias switch on: the biases that switch creates (q, k, v and o_proj) al
 unused ones zero, and the folder reloads with a plain `AutoModelForCausalLM.from_pretrained`.
 The public edit_weight.py stored δ_l itself as the bias, which is wrong whenever W_o ≠ I.
 
+Qwen2 and Mistral configs have no such switch, but in transformers' modeling code their decoder
+is Llama's but for three things: Qwen2's q/k/v projections always have a bias (Llama's follow
+attention_bias), Mistral and Qwen2 may limit attention to a sliding window, and Llama reads
+head_dim and mlp_bias from its config. So such a model is saved as a LlamaForCausalLM with
+attention_bias on (Qwen2's q/k/v biases carried over, Mistral's zero), which computes the same
+function; a sliding window shorter than the context cannot be written into a Llama checkpoint,
+so that model is refused.
+
 A baked model shifts every position, the prompt's included: it equals the intervention with the
 every-position schedule, not the generation schedule.
 """
@@ -13,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,32 +34,75 @@ from iti.models import get_o_proj, head_geometry, model_sites
 # Config flags that, in transformers' modeling code, give o_proj a bias (checked on a meta-device
 # copy of the model, never assumed): Llama-like families use attention_bias, Starcoder2 use_bias.
 BIAS_SWITCHES = ("attention_bias", "use_bias")
-# Families whose o_proj bias follows such a switch (transformers 5 modeling code), for messages.
-BAKEABLE_FAMILIES = ("llama (Llama 1/2/3, SmolLM2, Alpaca, Vicuna)", "qwen3", "gemma", "gemma2", "gemma3", "olmo",
+# Families whose o_proj bias follows such a switch (transformers 5 modeling code), or that save as Llama, for messages.
+BAKEABLE_FAMILIES = ("llama (Llama 1/2/3, SmolLM2, Alpaca, Vicuna)", "qwen2 (Qwen2/2.5, saved as Llama)",
+                     "mistral (without a sliding window, saved as Llama)", "qwen3", "gemma", "gemma2", "gemma3", "olmo",
                      "olmo2", "granite", "cohere", "smollm3", "deepseek_v3", "starcoder2")
+RUN_TIME_INSTEAD = ("apply the saved head shifts at run time instead (iti.intervention.load_shifted_model) or export "
+                    "them for pyvene (validation/export_head_shifts.py)")
+
+
+@dataclass(frozen=True)
+class LlamaAttentionFamily:
+    """A family whose decoder is Llama's up to q/k/v biases and a sliding window (see the module docstring)."""
+    label: str
+    causal_lm_class: str
+    qkv_biases: str
+    # Mistral windows every layer when sliding_window is set; Qwen2 only the layers its layer_types mark.
+    window_on_every_layer: bool
+
+
+LLAMA_ATTENTION_FAMILIES = {
+    "qwen2": LlamaAttentionFamily("Qwen2", "Qwen2ForCausalLM", "its q/k/v biases carried over", False),
+    "mistral": LlamaAttentionFamily("Mistral", "MistralForCausalLM", "q/k/v biases zero", True),
+}
+LLAMA_CAUSAL_LM = "LlamaForCausalLM"
+# Config entries that only describe the sliding window, which a Llama checkpoint has no place for.
+_WINDOW_KEYS = ("sliding_window", "use_sliding_window", "max_window_layers", "layer_types")
+_FAMILY_KEYS = ("model_type", "architectures", "transformers_version")
+
+
+@dataclass(frozen=True)
+class BakePlan:
+    """How a model is baked: the class saved, the config switch turned on and the (zero) biases that appear.
+
+    `llama_config` is set when the model is rebuilt as a Llama checkpoint, None when it keeps its class.
+    """
+    architecture: str
+    switch: str | None
+    added: dict[str, torch.Size]
+    reason: str
+    llama_config: object | None = None
+
+    def describe(self) -> str:
+        switch = f" with {self.switch}" if self.switch else ""
+        return f"saved as {self.architecture}{switch} ({self.reason})"
 
 
 def _text_config(config):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
-def _parameter_names(module: torch.nn.Module) -> set[str]:
-    return {name for name, _ in module.named_parameters()}
+def _parameter_shapes(module: torch.nn.Module) -> dict[str, torch.Size]:
+    return {name: param.shape for name, param in module.named_parameters()}
 
 
-def _bias_plan(model) -> tuple[str | None, dict[str, torch.Size]]:
-    """(switch, biases it adds): the config flag to turn on and the shapes of the parameters that appear.
-
-    (None, {}) when every layer's o_proj already has a bias. Each candidate switch is tried on a
-    meta-device copy of the model, which costs no memory; a switch qualifies only if it gives
-    every o_proj a bias and changes nothing but adding biases.
-    """
-    num_layers = head_geometry(model.config).num_layers
+def _o_proj_bias_names(model) -> set[str]:
     sites = model_sites(model)
-    o_proj_biases = {f"{sites.layers}.{layer}.{sites.o_proj}.bias" for layer in range(num_layers)}
-    present = _parameter_names(model)
-    if o_proj_biases <= present:
-        return None, {}
+    return {f"{sites.layers}.{layer}.{sites.o_proj}.bias" for layer in range(head_geometry(model.config).num_layers)}
+
+
+def _biases_added(present: dict[str, torch.Size], rebuilt: dict[str, torch.Size], o_proj_biases: set[str]):
+    """The biases `rebuilt` adds to `present`, if it adds every o_proj bias and changes nothing else, else None."""
+    added = set(rebuilt) - set(present)
+    same = all(rebuilt.get(name) == shape for name, shape in present.items())
+    if same and o_proj_biases <= added | set(present) and all(name.endswith(".bias") for name in added):
+        return {name: rebuilt[name] for name in sorted(added)}
+    return None
+
+
+def _switch_plan(model, present: dict[str, torch.Size], o_proj_biases: set[str]) -> BakePlan | None:
+    """The model's own class with the first bias switch that qualifies (tried on a meta-device copy), or None."""
     for switch in BIAS_SWITCHES:
         if not hasattr(_text_config(model.config), switch):
             continue
@@ -58,20 +110,86 @@ def _bias_plan(model) -> tuple[str | None, dict[str, torch.Size]]:
         setattr(_text_config(config), switch, True)
         with torch.device("meta"):
             skeleton = type(model)(config)
-        shapes = {name: param.shape for name, param in skeleton.named_parameters()}
-        added = set(shapes) - present
-        if o_proj_biases <= added | present and present <= set(shapes) and all(n.endswith(".bias") for n in added):
-            return switch, {name: shapes[name] for name in sorted(added)}
+        added = _biases_added(present, _parameter_shapes(skeleton), o_proj_biases)
+        if added is not None:
+            return BakePlan(type(model).__name__, switch, added,
+                            f"its own architecture: {switch} gives every o_proj a bias")
+    return None
+
+
+def _windowed_layers(text_config, family: LlamaAttentionFamily) -> list[int]:
+    """The layers whose attention a sliding window limits, as transformers' modeling code of the family applies it."""
+    if getattr(text_config, "sliding_window", None) is None:
+        return []
+    if family.window_on_every_layer:
+        return list(range(text_config.num_hidden_layers))
+    return [i for i, kind in enumerate(getattr(text_config, "layer_types", None) or []) if kind == "sliding_attention"]
+
+
+def _check_no_short_window(text_config, family: LlamaAttentionFamily) -> None:
+    """A window at least as long as the context masks nothing there; a shorter one has no place in a Llama checkpoint."""
+    windowed = _windowed_layers(text_config, family)
+    window, context = getattr(text_config, "sliding_window", None), text_config.max_position_embeddings
+    if windowed and window < context:
+        raise UsageError(
+            f"this {family.label} model attends through a sliding window of {window} tokens on {len(windowed)} of its "
+            f"{text_config.num_hidden_layers} layers, shorter than its context of {context}; a Llama checkpoint cannot "
+            f"express that window, so baking would change what the model computes: {RUN_TIME_INSTEAD}")
+
+
+def _llama_config(config, head_dim: int):
+    """The source's text config as a LlamaConfig: every setting kept (RoPE, norms, ids, tying) but the window's."""
+    from transformers import LlamaConfig
+
+    values = {key: value for key, value in _text_config(config).to_dict().items()
+              if key not in _WINDOW_KEYS + _FAMILY_KEYS}
+    # Llama's attention reads head_dim without a fallback, and its MLP takes a bias unless mlp_bias is off.
+    values.update(attention_bias=True, mlp_bias=False, head_dim=head_dim, architectures=[LLAMA_CAUSAL_LM])
+    try:
+        llama = LlamaConfig(**values)
+    except ValueError as err:
+        raise UsageError(f"this model's config cannot be written as a Llama config ({str(err).splitlines()[0]}); "
+                         f"{RUN_TIME_INSTEAD}") from err
+    llama._attn_implementation = config._attn_implementation
+    return llama
+
+
+def _llama_plan(model, family: LlamaAttentionFamily, present: dict[str, torch.Size],
+                o_proj_biases: set[str]) -> BakePlan:
+    from transformers import LlamaForCausalLM
+
+    if type(model).__name__ != family.causal_lm_class:
+        raise UsageError(f"a {family.label} model loaded as {type(model).__name__}, not {family.causal_lm_class}; "
+                         "load it with AutoModelForCausalLM to bake it")
+    text = _text_config(model.config)
+    _check_no_short_window(text, family)
+    config = _llama_config(model.config, head_geometry(model.config).head_dim)
+    with torch.device("meta"):
+        skeleton = LlamaForCausalLM(config)
+    added = _biases_added(present, _parameter_shapes(skeleton), o_proj_biases)
+    if added is None:
+        raise UsageError(f"this {family.label} model's weights do not map one to one onto a Llama checkpoint's; "
+                         f"{RUN_TIME_INSTEAD}")
+    return BakePlan(LLAMA_CAUSAL_LM, "attention_bias", added,
+                    f"{family.label} has no o_proj bias switch; its attention is Llama's, {family.qkv_biases}: "
+                    "identical function", config)
+
+
+def check_bakeable(model) -> BakePlan:
+    """How this model can carry an o_proj bias; a UsageError that says why not, naming the families that can."""
+    o_proj_biases = _o_proj_bias_names(model)
+    present = _parameter_shapes(model)
+    if o_proj_biases <= set(present):
+        return BakePlan(type(model).__name__, None, {}, "its own architecture: every o_proj already has a bias")
+    plan = _switch_plan(model, present, o_proj_biases)
+    if plan is not None:
+        return plan
     family = getattr(_text_config(model.config), "model_type", type(model).__name__)
+    if family in LLAMA_ATTENTION_FAMILIES:
+        return _llama_plan(model, LLAMA_ATTENTION_FAMILIES[family], present, o_proj_biases)
     raise UsageError(
         f"model family {family} has no config switch for an o_proj bias, so head shifts cannot be baked into "
-        f"its weights; families that can: {', '.join(BAKEABLE_FAMILIES)}; for others apply the saved head shifts "
-        "at run time (iti.intervention.load_shifted_model)")
-
-
-def check_bakeable(model) -> None:
-    """UsageError, naming the families that work, if this model's o_proj cannot carry a bias."""
-    _bias_plan(model)
+        f"its weights; families that can: {', '.join(BAKEABLE_FAMILIES)}; {RUN_TIME_INSTEAD}")
 
 
 def _linear_weight(module: torch.nn.Module) -> torch.Tensor:
@@ -81,28 +199,50 @@ def _linear_weight(module: torch.nn.Module) -> torch.Tensor:
     raise UsageError(f"the attention output projection is a {type(module).__name__}, not a Linear layer; cannot bake")
 
 
+def _rebuilt_as_llama(model, config):
+    """A LlamaForCausalLM holding `model`'s weights (shared, not copied); the biases it adds stay on the meta device."""
+    from transformers import LlamaForCausalLM
+
+    with torch.device("meta"):
+        llama = LlamaForCausalLM(config)
+    llama.load_state_dict(model.state_dict(), strict=False, assign=True)
+    # RoPE frequencies are buffers computed at construction, which happened on the meta device.
+    for name, _ in llama.named_buffers():
+        owner, _, leaf = name.rpartition(".")
+        setattr(llama.get_submodule(owner), leaf, model.get_buffer(name))
+    llama.tie_weights()
+    llama.generation_config = copy.deepcopy(model.generation_config)
+    return llama.train(model.training).requires_grad_(False)
+
+
 @torch.no_grad()
 def bake_head_shifts(model, shifts: HeadShifts):
-    """Give each edited layer's o_proj the bias W_o·δ_l (added to any bias it had); returns the model, changed in place."""
+    """Give each edited layer's o_proj the bias W_o·δ_l (added to any bias it had) and return the baked model.
+
+    That is `model` itself, changed in place, when its own class can carry the bias; for Qwen2 and
+    Mistral a LlamaForCausalLM that shares `model`'s weights, which are left unchanged.
+    """
     geo = head_geometry(model.config)
     shifts.check_geometry(geo.num_layers, geo.num_heads, geo.head_dim)
-    switch, added = _bias_plan(model)
+    plan = check_bakeable(model)
     # Every refusal comes before the first change, so a refused model is left as it was.
-    weights = {layer: _linear_weight(get_o_proj(model, layer)) for layer in range(geo.num_layers)}
+    for layer in range(geo.num_layers):
+        _linear_weight(get_o_proj(model, layer))
     if any(p.device.type == "meta" for p in model.parameters()):
         raise UsageError("the model has weights offloaded to disk (device 'meta'); load it fully to bake it")
-    for name, shape in added.items():
-        module = model.get_submodule(name.rsplit(".", 1)[0])
-        like = next(module.parameters())
+    baked = model if plan.llama_config is None else _rebuilt_as_llama(model, plan.llama_config)
+    for name, shape in plan.added.items():
+        module = baked.get_submodule(name.rsplit(".", 1)[0])
+        like = module.weight
         module.bias = torch.nn.Parameter(torch.zeros(shape, dtype=like.dtype, device=like.device), requires_grad=False)
     for layer, offset in shifts.layer_offsets().items():
-        o_proj, weight = get_o_proj(model, layer), weights[layer]
+        o_proj = get_o_proj(baked, layer)
         # W_o·δ in float64, rounded once to the model's dtype.
-        shift = weight.double() @ torch.as_tensor(offset, dtype=torch.float64, device=weight.device)
+        shift = o_proj.weight.double() @ torch.as_tensor(offset, dtype=torch.float64, device=o_proj.weight.device)
         o_proj.bias.copy_((o_proj.bias.double() + shift).to(o_proj.bias.dtype))
-    if switch is not None:
-        setattr(_text_config(model.config), switch, True)
-    return model
+    if plan.switch is not None:
+        setattr(_text_config(baked.config), plan.switch, True)
+    return baked
 
 
 def is_bake(folder: Path) -> bool:

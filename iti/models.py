@@ -172,7 +172,8 @@ class HeadGeometry:
 def head_geometry(config) -> HeadGeometry:
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     num_heads = text.num_attention_heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // num_heads
+    # Per head, the o_proj input holds its value vector: v_head_dim wide in multi-head latent attention (DeepSeek).
+    head_dim = getattr(text, "v_head_dim", None) or getattr(text, "head_dim", None) or text.hidden_size // num_heads
     return HeadGeometry(
         num_layers=text.num_hidden_layers,
         num_heads=num_heads,

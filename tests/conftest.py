@@ -80,17 +80,63 @@ def tiny_config(shape: str, vocab_size: int):
 TINY_SHAPES = ("llama", "gqa", "wide_heads")
 
 
-def make_tiny_model(shape: str, vocab_size: int, seed: int = 0):
+def model_from_config(config, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A random causal LM of `config`, in eval mode, with its weight matrices scaled up."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(shape, vocab_size), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     # Random init makes attention nearly uniform; larger weights make heads differ and bugs visible.
     with torch.no_grad():
         for name, param in model.named_parameters():
             if param.dim() == 2 and "embed" not in name:
                 param.mul_(3.0)
     return model.eval().requires_grad_(False)
+
+
+def make_tiny_model(shape: str, vocab_size: int, seed: int = 0):
+    return model_from_config(tiny_config(shape, vocab_size), seed)
+
+
+# Families whose tiny models the bake and export tests build: those the model registry names (Llama and
+# SmolLM2, Mistral, Qwen2.5, Gemma 2) and the others iti.bake lists as bakeable.
+FAMILIES = ("llama", "qwen2", "mistral", "gemma2", "gemma3", "qwen3", "gemma", "olmo", "olmo2", "granite", "cohere",
+            "smollm3", "deepseek_v3", "starcoder2")
+
+
+def family_config(family: str, vocab_size: int = 128, **overrides):
+    """A 2-layer config of one transformers family: hidden 32, 4 query heads of 8, 2 key-value heads, with the
+    family's own features switched on where they matter (tied embeddings, RoPE scaling, sliding windows, MLA)."""
+    import transformers
+
+    common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                  bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    special = {
+        "llama": ("LlamaConfig", dict(tie_word_embeddings=True)),  # as SmolLM2
+        "qwen2": ("Qwen2Config", dict(tie_word_embeddings=True, rms_norm_eps=1e-5, rope_parameters={
+            "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "rope_theta": 1e6})),
+        "mistral": ("MistralConfig", dict(sliding_window=None, head_dim=16, rope_parameters={
+            "rope_type": "linear", "factor": 2.0, "rope_theta": 1e6})),
+        "gemma2": ("Gemma2Config", dict(head_dim=8, sliding_window=4)),
+        "gemma3": ("Gemma3TextConfig", dict(head_dim=8, sliding_window=4)),
+        "qwen3": ("Qwen3Config", dict(head_dim=8)),
+        "gemma": ("GemmaConfig", dict(head_dim=8)),
+        "olmo": ("OlmoConfig", {}),
+        "olmo2": ("Olmo2Config", {}),
+        "granite": ("GraniteConfig", {}),
+        "cohere": ("CohereConfig", {}),
+        "smollm3": ("SmolLM3Config", {}),
+        # Multi-head latent attention: the o_proj input is heads x v_head_dim; dense MLPs only (the MoE
+        # kernels take no float64).
+        "deepseek_v3": ("DeepseekV3Config", dict(num_key_value_heads=4, kv_lora_rank=8, q_lora_rank=16,
+                                                 qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=12,
+                                                 first_k_dense_replace=2, n_routed_experts=4, num_experts_per_tok=2,
+                                                 n_group=1, topk_group=1)),
+        "starcoder2": ("Starcoder2Config", {}),
+    }
+    class_name, extra = special[family]
+    return getattr(transformers, class_name)(**{**common, **extra, **overrides})
 
 
 def tiny_model_folder(tmp_path_factory, name: str, shape: str, tokenizer, seed: int = 0) -> Path:

@@ -1,4 +1,8 @@
-"""Baked weights (spec §7): o_proj bias = W_o·δ_l, equal to the every-position intervention, clean reload."""
+"""Baked weights (spec §7): o_proj bias = W_o·δ_l, equal to the every-position intervention, clean reload.
+
+Every family that bakes (tests.conftest.FAMILIES) is checked in float64 after a save and a plain
+AutoModelForCausalLM reload; Qwen2 and Mistral come back as Llama checkpoints with their settings.
+"""
 from __future__ import annotations
 
 import copy
@@ -7,12 +11,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from iti.bake import bake_head_shifts, check_bakeable, save_baked_model
 from iti.errors import UsageError
 from iti.head_shifts import HeadShifts
 from iti.intervention import ShiftedModel
-from tests.conftest import make_tiny_model
+from iti.models import head_geometry
+from tests.conftest import FAMILIES, family_config, make_tiny_model, model_from_config
 from tests.test_intervention import PROMPTS, make_shifts, pad
 
 BAKEABLE = ("llama", "wide_heads")
@@ -141,21 +147,160 @@ def test_shifts_of_another_geometry_are_refused(tokenizer):
         bake_head_shifts(model, make_shifts(other, HEADS))
 
 
-@pytest.mark.parametrize("family", ["qwen2", "mistral"])
-def test_family_without_o_proj_bias_switch_is_refused(family, tokenizer):
-    from transformers import AutoModelForCausalLM, MistralConfig
+SAVED_AS_LLAMA = {"qwen2": "Qwen2", "mistral": "Mistral"}
+FAMILY_HEADS = [(0, 1), (1, 0), (1, 3)]
 
-    if family == "qwen2":
-        model = make_tiny_model("gqa", len(tokenizer))
-    else:
-        model = AutoModelForCausalLM.from_config(MistralConfig(
-            vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2))
+
+def logit_tolerance(model, logits: torch.Tensor) -> float:
+    """How far baked logits may sit from the intervention's: W_o·(x + δ) and W_o·x + W_o·δ round differently.
+
+    A dot product of n terms in the logits' dtype is off by at most n·ε of the sum of its terms' magnitudes;
+    the gap appears in each layer's widest sum and is carried to the logits, whose scale bounds the terms.
+    The factor 10 leaves room for other summation orders (AVX2, AVX-512); a wrong bias shows at 1e-2.
+    """
+    geo = head_geometry(model.config)
+    text = model.config.get_text_config()
+    widest = max(text.hidden_size, text.intermediate_size, geo.width)
+    return 10 * torch.finfo(logits.dtype).eps * widest * geo.num_layers * max(1.0, float(logits.abs().max()))
+
+
+def right_padded_batch(vocab_size: int):
+    """Three rows of random token ids, longer than the tiny sliding windows (4), two of them right-padded.
+
+    At most 3 padding tokens, so every query's window holds a real token: a window of padding alone
+    gives NaN in float64 eager attention (Gemma 2), which then reaches every row through the values.
+    """
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab_size, (3, 12), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    mask[2, 10:] = 0
+    return ids, mask
+
+
+def bake_save_reload(model, shifts, tokenizer, folder):
+    """Bake a copy of `model`, save it, reload it with a plain AutoModelForCausalLM; returns (baked, reloaded)."""
+    from transformers import AutoModelForCausalLM
+
+    baked = bake_head_shifts(copy.deepcopy(model), shifts)
+    save_baked_model(baked, tokenizer, shifts, folder)
+    reloaded, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True, dtype=torch.float64)
+    assert {"missing_keys", "unexpected_keys", "mismatched_keys"} <= set(info)
+    assert {k: list(v) for k, v in info.items() if v} == {}, "the saved checkpoint must load with no weight left over"
+    return baked, reloaded.eval()
+
+
+def assert_equals_every_position_intervention(model, shifts, reloaded):
+    ids, mask = right_padded_batch(model.config.get_text_config().vocab_size)
+    with torch.no_grad():
+        expected = ShiftedModel(model, shifts)(ids, mask, shift_mask=torch.ones_like(ids)).logits
+        got = reloaded(input_ids=ids, attention_mask=mask).logits
+        plain = model(input_ids=ids, attention_mask=mask).logits
+    real = mask.bool()
+    tolerance = logit_tolerance(model, expected[real])
+    torch.testing.assert_close(got[real], expected[real], rtol=0, atol=tolerance)
+    assert (got[real] - plain[real]).abs().max() > 1e4 * tolerance, "the shifts must change the logits"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_bakes_into_a_checkpoint_equal_to_the_every_position_intervention(family, tokenizer, tmp_path):
+    model = model_from_config(family_config(family), dtype=torch.float64)
+    shifts = make_shifts(model, FAMILY_HEADS, alpha=4.0, seed=1)
+    baked, reloaded = bake_save_reload(model, shifts, tokenizer, tmp_path / "edited")
+    saved_as = "LlamaForCausalLM" if family in SAVED_AS_LLAMA else type(model).__name__
+    assert type(baked).__name__ == type(reloaded).__name__ == saved_as
+    assert_equals_every_position_intervention(model, shifts, reloaded)
+
+
+@pytest.mark.parametrize("family", sorted(SAVED_AS_LLAMA))
+def test_qwen2_and_mistral_become_llama_checkpoints_with_their_settings(family, tokenizer, tmp_path):
+    model = model_from_config(family_config(family), dtype=torch.float64)
+    model.generation_config.update(do_sample=True, temperature=0.7, top_p=0.8, eos_token_id=[5, 7])
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    shifts = make_shifts(model, FAMILY_HEADS, alpha=4.0, seed=1)
+    out = tmp_path / "edited"
+    baked, reloaded = bake_save_reload(model, shifts, tokenizer, out)
+
+    source = model.config.to_dict()
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["architectures"] == ["LlamaForCausalLM"] and saved["model_type"] == "llama"
+    assert saved["attention_bias"] is True and saved["mlp_bias"] is False
+    assert saved["head_dim"] == head_geometry(model.config).head_dim
+    for key in ("rope_parameters", "rms_norm_eps", "tie_word_embeddings", "max_position_embeddings", "hidden_size",
+                "intermediate_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers", "vocab_size",
+                "hidden_act", "bos_token_id", "eos_token_id", "pad_token_id"):
+        assert saved[key] == source[key], key
+    assert not {"sliding_window", "use_sliding_window", "layer_types", "max_window_layers"} & set(saved)
+    saved_generation = json.loads((out / "generation_config.json").read_text())
+    assert {k: saved_generation[k] for k in ("do_sample", "temperature", "top_p", "eos_token_id")} == {
+        "do_sample": True, "temperature": 0.7, "top_p": 0.8, "eos_token_id": [5, 7]}
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(out).chat_template == tokenizer.chat_template
+
+    with safe_open(str(out / "model.safetensors"), framework="pt") as weights:
+        names = set(weights.keys())
+        for layer, block in enumerate(model.model.layers):
+            attn = block.self_attn
+            for proj in ("q_proj", "k_proj", "v_proj"):
+                bias = weights.get_tensor(f"model.layers.{layer}.self_attn.{proj}.bias")
+                source_bias = getattr(attn, proj).bias
+                expected = source_bias if source_bias is not None else torch.zeros_like(bias)
+                torch.testing.assert_close(bias, expected, rtol=0, atol=0)
+            w = attn.o_proj.weight.numpy()
+            delta = np.zeros(w.shape[1])
+            for l, h, theta, sigma in zip(shifts.layers, shifts.heads, shifts.directions, shifts.sigmas):
+                if l == layer:
+                    delta[h * shifts.head_dim:(h + 1) * shifts.head_dim] = shifts.alpha * sigma * theta.astype(float)
+            # Head shifts hold δ in float32: each entry is off by up to half a float32 ulp of itself.
+            bound = np.abs(w) @ np.abs(delta) * np.finfo(np.float32).eps / 2 + 1e-15
+            bias = weights.get_tensor(f"model.layers.{layer}.self_attn.o_proj.bias").numpy()
+            assert np.all(np.abs(bias - w @ delta) <= bound)
+            assert (np.abs(w @ delta).max() > 0) == (layer in shifts.layers)
+    biases = {f"model.layers.{l}.self_attn.{p}.bias" for l in range(2) for p in ("q_proj", "k_proj", "v_proj", "o_proj")}
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    assert names == (set(before) - tied) | biases
+    assert (reloaded.lm_head.weight is reloaded.model.embed_tokens.weight) == model.config.tie_word_embeddings
+
+    after = model.state_dict()
+    assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before), \
+        "baking as Llama must leave the source model unchanged"
+    message = check_bakeable(model).describe()
+    assert message.startswith(f"saved as LlamaForCausalLM with attention_bias ({SAVED_AS_LLAMA[family]} has no o_proj "
+                              "bias switch") and "identical function" in message
+
+
+def test_a_window_as_long_as_the_context_masks_nothing_and_bakes(tokenizer, tmp_path):
+    model = model_from_config(family_config("mistral", sliding_window=64), dtype=torch.float64)
+    shifts = make_shifts(model, FAMILY_HEADS, alpha=4.0, seed=1)
+    _, reloaded = bake_save_reload(model, shifts, tokenizer, tmp_path / "edited")
+    assert_equals_every_position_intervention(model, shifts, reloaded)
+
+
+@pytest.mark.parametrize("family, window, phrase", [
+    ("qwen2", dict(use_sliding_window=True, sliding_window=8, max_window_layers=1),
+     "this Qwen2 model attends through a sliding window of 8 tokens on 1 of its 2 layers, shorter than its context "
+     "of 64; a Llama checkpoint cannot express that window"),
+    ("mistral", dict(sliding_window=8),
+     "this Mistral model attends through a sliding window of 8 tokens on 2 of its 2 layers, shorter than its context "
+     "of 64; a Llama checkpoint cannot express that window"),
+    ("phi3", None, "model family phi3 has no config switch for an o_proj bias"),
+])
+def test_what_cannot_bake_is_refused_with_the_reason_and_left_alone(family, window, phrase):
+    from transformers import Phi3Config
+
+    config = family_config(family, **window) if window else Phi3Config(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, pad_token_id=None)
+    model = model_from_config(config)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     with pytest.raises(UsageError) as err:
         bake_head_shifts(model, make_shifts(model, [(0, 0)]))
     message = str(err.value)
-    assert f"model family {family} has no config switch for an o_proj bias" in message and "llama" in message
-    assert "\n" not in message
+    assert phrase in message and "\n" not in message
+    assert "load_shifted_model" in message and "export_head_shifts.py" in message
     with pytest.raises(UsageError):
         check_bakeable(model)
+    after = model.state_dict()
+    assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
     assert model.model.layers[0].self_attn.o_proj.bias is None, "a refused bake must leave the model alone"

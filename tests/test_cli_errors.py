@@ -20,6 +20,7 @@ SCRIPTS = {
     "validate_2fold": REPO_ROOT / "validation" / "validate_2fold.py",
     "edit_weight": REPO_ROOT / "validation" / "edit_weight.py",
     "plot_head_accuracies": REPO_ROOT / "validation" / "plot_head_accuracies.py",
+    "export_head_shifts": REPO_ROOT / "validation" / "export_head_shifts.py",
 }
 MODEL = "tiny"
 
@@ -176,6 +177,14 @@ def features_without_a_record(root, tqa):
             "--tqa_path", str(tqa)]
 
 
+def shifts_of_a_moved_model(root, tqa):
+    from iti.head_shifts import HeadShifts
+
+    HeadShifts(layers=[0], heads=[1], directions=np.ones((1, 4)) / 2, sigmas=[1.0], probe_accuracies=[0.5], alpha=2.0,
+               num_layers=3, num_heads=2, head_dim=4, provenance={"model_source": str(root / "gone")}).save(root / "shifts")
+    return ["--head_shifts", str(root / "shifts"), "--output_dir", str(root / "export")]
+
+
 CASES = [
     ("get_activations", gguf_that_is_not, "model.gguf is a file but not a GGUF model"),
     ("get_activations", csv_short_row, "TruthfulQA.csv line 5 has 2 fields, the header 7"),
@@ -207,6 +216,9 @@ CASES = [
     ("get_activations", dataset_name_like_a_subset, "ends like the `_limit_N` tag of a subset's files"),
     ("plot_head_accuracies", features_without_a_record,
      "tiny_tqa_mc2_head_wise.npy has no record of what made it (tiny_tqa_mc2_meta.json is missing); re-extract"),
+    ("export_head_shifts", shifts_of_a_moved_model,
+     "the head shifts were made from {root}/gone, which is not there any more; give that model's place with "
+     "--model_path"),
 ]
 
 

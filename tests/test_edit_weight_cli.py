@@ -15,12 +15,24 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO_ROOT, make_tiny_model, write_features
+from tests.conftest import REPO_ROOT, family_config, make_tiny_model, model_from_config, write_features
 
 SCRIPT = REPO_ROOT / "validation" / "edit_weight.py"
 SEPARABLE = [(0, 2), (1, 1), (2, 3)]
 LAYERS, HEADS, D = 3, 4, 12  # the tiny "llama" shape
 ALPHA = 5.0
+# Qwen2 and Mistral of that geometry (saved as Llama), and models that cannot bake: a sliding window shorter
+# than the context (Qwen2 on its last layer, Mistral on all) and a family with no o_proj bias switch (Phi-3).
+SAME_GEOMETRY = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                     head_dim=D, max_position_embeddings=64)
+OTHER_FAMILIES = {
+    "qwen2": ("qwen2", {}),
+    "mistral": ("mistral", {}),
+    "qwen2_window": ("qwen2", dict(use_sliding_window=True, sliding_window=16, max_window_layers=2)),
+    "mistral_window": ("mistral", dict(sliding_window=16)),
+}
+
+
 
 
 def run_script(*args):
@@ -49,6 +61,10 @@ def synthetic_acts(labels, head_dim=D, seed=0):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tokenizer):
+    """A tiny Llama and Qwen2, Mistral, Phi-3 models of its geometry (and Qwen2, Mistral with short sliding
+    windows), a §9 dataset, and per model that bakes synthetic features recorded as that model's."""
+    from transformers import Phi3Config
+
     from iti.data import build_prompt_set
 
     root = tmp_path_factory.mktemp("edit_weight")
@@ -56,14 +72,21 @@ def setup(tmp_path_factory, tokenizer):
     model = make_tiny_model("llama", len(tokenizer))
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    make_tiny_model("gqa", len(tokenizer)).save_pretrained(root / "qwen2")
-    tokenizer.save_pretrained(root / "qwen2")
+    models = {"llama": model}
+    for name, (family, extra) in OTHER_FAMILIES.items():
+        models[name] = model_from_config(family_config(family, len(tokenizer), **SAME_GEOMETRY, **extra))
+    models["phi3"] = model_from_config(Phi3Config(vocab_size=len(tokenizer), pad_token_id=None, **SAME_GEOMETRY))
+    for name, other in models.items():
+        if name != "llama":
+            other.save_pretrained(root / name)
+            tokenizer.save_pretrained(root / name)
     data = write_items(root / "synthetic.jsonl")
     prompt_set = build_prompt_set("synthetic", dataset_path=data)
     acts = synthetic_acts(prompt_set.labels)
-    write_features(root / "features", "tiny", prompt_set, acts, model, tokenizer)
-    return {"root": root, "model_dir": model_dir, "features": root / "features", "model": model, "data": data,
-            "prompt_set": prompt_set, "acts": acts, "tokenizer": tokenizer}
+    for name in ("llama", "qwen2", "mistral"):
+        write_features(root / f"features_{name}", "tiny", prompt_set, acts, models[name], tokenizer)
+    return {"root": root, "model_dir": model_dir, "features": root / "features_llama", "model": model, "data": data,
+            "prompt_set": prompt_set, "acts": acts, "tokenizer": tokenizer, "models": models}
 
 
 def base_args(setup, *extra):
@@ -71,22 +94,36 @@ def base_args(setup, *extra):
             "--dataset_name", "synthetic", "--dataset_path", str(setup["data"]), "--device", "cpu", *extra]
 
 
-def test_end_to_end_biases_are_W_o_times_delta(setup, tmp_path):
+SAVED_AS = {"llama": "LlamaForCausalLM with attention_bias (its own architecture: attention_bias gives every o_proj a "
+                      "bias)",
+            "qwen2": "LlamaForCausalLM with attention_bias (Qwen2 has no o_proj bias switch; its attention is Llama's, "
+                     "its q/k/v biases carried over: identical function)",
+            "mistral": "LlamaForCausalLM with attention_bias (Mistral has no o_proj bias switch; its attention is "
+                       "Llama's, q/k/v biases zero: identical function)"}
+
+
+@pytest.mark.parametrize("family", sorted(SAVED_AS))
+def test_end_to_end_biases_are_W_o_times_delta(setup, tmp_path, family):
     from transformers import AutoModelForCausalLM
 
     from iti.head_shifts import HeadShifts
+    from iti.intervention import ShiftedModel
+    from tests.test_bake import logit_tolerance
 
     out = tmp_path / "baked"
     limit = 25
-    result = run_script(*base_args(setup, "--num_heads", "3", "--alpha", str(ALPHA), "--use_center_of_mass",
-                                   "--limit", str(limit), "--output_dir", str(out)))
+    model_dir = setup["model_dir"] if family == "llama" else setup["root"] / family
+    result = run_script(*base_args(setup, "--model_path", str(model_dir), "--features_dir",
+                                   str(setup["root"] / f"features_{family}"), "--num_heads", "3", "--alpha", str(ALPHA),
+                                   "--use_center_of_mass", "--limit", str(limit), "--output_dir", str(out)))
     assert result.returncode == 0, result.stderr
     assert "baked 3 heads" in result.stdout and str(out) in result.stdout
+    assert result.stdout.splitlines()[-1] == f"saved as {SAVED_AS[family]}"
 
     qids, labels = setup["prompt_set"].question_ids, setup["prompt_set"].labels
     acts, labels = setup["acts"][qids < limit], labels[qids < limit]
     tuning = acts  # a §9 dataset's own rows set σ
-    original = setup["model"]
+    original = setup["models"][family]
     expected = {layer: np.zeros(48) for layer in range(LAYERS)}
     for layer, head in SEPARABLE:
         block = acts[:, layer, head * D:(head + 1) * D].astype(np.float32).astype(np.float64)
@@ -99,16 +136,28 @@ def test_end_to_end_biases_are_W_o_times_delta(setup, tmp_path):
 
     baked, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True, dtype=torch.float32)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    assert type(baked).__name__ == "LlamaForCausalLM"
     for layer in range(LAYERS):
-        attn = baked.model.layers[layer].self_attn
+        attn, source = baked.model.layers[layer].self_attn, original.model.layers[layer].self_attn
         np.testing.assert_allclose(attn.o_proj.bias.detach().numpy(), expected[layer], rtol=1e-4, atol=1e-5)
-        for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
-            assert not proj.bias.any()
+        for proj in ("q_proj", "k_proj", "v_proj"):
+            source_bias = getattr(source, proj).bias
+            carried = source_bias if source_bias is not None else torch.zeros_like(getattr(attn, proj).bias)
+            assert torch.equal(getattr(attn, proj).bias, carried)
     shifts = HeadShifts.load(out)
     assert sorted(shifts.head_list()) == SEPARABLE and shifts.alpha == ALPHA
     assert shifts.provenance["limit"] == limit and shifts.provenance["method"] == "center_of_mass"
     assert (out / "tokenizer_config.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["baked"]
+
+    ids = torch.tensor([list(range(5, 40, 3))])
+    with torch.no_grad():
+        intervened = ShiftedModel(original, shifts)(ids, shift_mask=torch.ones_like(ids)).logits
+        got = baked(input_ids=ids).logits
+        plain = original(input_ids=ids).logits
+    tolerance = logit_tolerance(original, intervened)
+    torch.testing.assert_close(got, intervened, rtol=0, atol=tolerance)
+    assert (got - plain).abs().max() > 100 * tolerance
 
 
 def _nan_features(setup, folder):
@@ -135,7 +184,12 @@ def _only_probing(setup, folder):
     (None, ["--num_heads", "13"], "--num_heads 13 exceeds the model's 3 layers x 4 heads = 12"),
     (_nan_features, [], "activations contain NaN or inf"),
     (None, ["--limit", "31"], "--limit 31 is more than the 30 items of"),
-    (None, ["--model_path", "qwen2"], "model family qwen2 has no config switch for an o_proj bias"),
+    (None, ["--model_path", "phi3"], "model family phi3 has no config switch for an o_proj bias"),
+    (None, ["--model_path", "qwen2_window"], "this Qwen2 model attends through a sliding window of 16 tokens on 1 of "
+                                             "its 3 layers, shorter than its context of 64; a Llama checkpoint cannot "
+                                             "express that window"),
+    (None, ["--model_path", "mistral_window"], "this Mistral model attends through a sliding window of 16 tokens on 3 "
+                                               "of its 3 layers"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(setup, tmp_path, monkeypatch, capsys, make_features, extra,
                                                           message):
@@ -145,7 +199,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(setup, tmp_path, monkey
         make_features(setup, features)
     out = tmp_path / "out" / "baked"
     args = [*base_args(setup, "--num_heads", "3", "--output_dir", str(out)), "--features_dir", str(features),
-            *[str(setup["root"] / a) if a == "qwen2" else a for a in extra]]
+            *[str(setup["root"] / a) if a in setup["models"] else a for a in extra]]
     # In-process (a subprocess per case would mostly time imports); run_main is what the script's __main__ runs.
     script = _load_script()
     monkeypatch.setattr(sys, "argv", [str(SCRIPT), *args])

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO_ROOT, make_tiny_model
+from tests.conftest import REPO_ROOT, family_config, make_tiny_model, model_from_config
 from tests.test_intervention import make_shifts
 
 SCRIPT = REPO_ROOT / "validation" / "push_hf.py"
@@ -35,6 +35,10 @@ def folders(tmp_path_factory, tokenizer):
     shifts.provenance.update(PROVENANCE)
     save_baked_model(bake_head_shifts(model, shifts), tokenizer, shifts, root / "baked")
     shifts.save(root / "shifts")
+    qwen2 = model_from_config(family_config("qwen2", len(tokenizer)))
+    qwen2_shifts = make_shifts(qwen2, [(0, 1), (1, 2)], alpha=4.0)
+    qwen2_shifts.provenance.update(PROVENANCE, base_model="Qwen/Qwen2.5-0.5B-Instruct")
+    save_baked_model(bake_head_shifts(qwen2, qwen2_shifts), tokenizer, qwen2_shifts, root / "baked_qwen2")
     (root / "empty").mkdir()
     return root, shifts
 
@@ -65,7 +69,19 @@ def test_dry_run_of_a_baked_model(folders, tmp_path):
     assert _card_heads(card) == shifts.head_list()
     assert "| alpha | 4 |" in card and "| seed | 7 |" in card and "tqa_mc2, first 40 questions" in card
     assert 'AutoModelForCausalLM.from_pretrained("someone/honest_tiny")' in card
+    assert "| saved as | LlamaForCausalLM |" in card
+    assert "hf download someone/honest_tiny --local-dir honest_tiny\n" in card
+    assert "python llama.cpp/convert_hf_to_gguf.py honest_tiny --outtype f32 --outfile honest_tiny.gguf\n" in card
     assert not list(tmp_path.iterdir()), "a dry run must not write a token or cache"
+
+
+def test_card_of_a_qwen2_bake_says_it_is_a_llama_checkpoint(folders, tmp_path):
+    root, _ = folders
+    result = run_script(str(root / "baked_qwen2"), "--repo_id", "someone/honest_qwen", "--dry_run", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    card = result.stdout.split("--- README.md ---\n")[1]
+    assert "base_model: Qwen/Qwen2.5-0.5B-Instruct" in card and "| saved as | LlamaForCausalLM |" in card
+    assert 'AutoModelForCausalLM.from_pretrained("someone/honest_qwen")' in card
 
 
 def test_dry_run_of_head_shifts(folders, tmp_path):
@@ -80,6 +96,22 @@ def test_dry_run_of_head_shifts(folders, tmp_path):
     assert "library_name" not in card and _card_heads(card) == shifts.head_list()
     assert f'AutoModelForCausalLM.from_pretrained("{BASE}")' in card
     assert 'load_shifted_model(model, snapshot_download("someone/tiny_shifts"))' in card
+    assert "python validation/export_head_shifts.py --head_shifts FOLDER --output_dir pyvene_folder" in card
+    assert 'shifted = pyvene.IntervenableModel.load("pyvene_folder", model)' in card
+
+
+def test_card_of_a_pyvene_export_loads_it_with_pyvene_alone(folders, tmp_path):
+    from iti.pyvene_export import export_pyvene
+
+    root, shifts = folders
+    export_pyvene(shifts, make_tiny_model("llama", 128).config, tmp_path / "export")
+    result = run_script(str(tmp_path / "export"), "--repo_id", "someone/tiny_pyvene", "--dry_run",
+                        home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    listing, card = result.stdout.split("--- README.md ---\n")
+    assert "intkey_" in listing and "head shifts" in listing
+    assert 'shifted = pyvene.IntervenableModel.load(snapshot_download("someone/tiny_pyvene"), model)' in card
+    assert 'load_shifted_model(model, snapshot_download("someone/tiny_pyvene"))' in card
 
 
 def test_no_token_is_one_line(folders, tmp_path):

@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from iti.errors import UsageError
-from iti.head_shifts import METADATA_FILE, TENSORS_FILE
+from iti.head_shifts import METADATA_FILE, TENSORS_FILE, HeadShifts
 from iti.intervenable import pv
 from iti.intervention import ShiftedModel
 from iti.models import head_geometry
 from iti.pyvene_export import export_pyvene, import_pyvene
-from tests.conftest import REPO_ROOT, tiny_model_folder
+from tests.conftest import REPO_ROOT, family_config, model_from_config, tiny_model_folder
+from tests.test_bake import logit_tolerance, right_padded_batch
 from tests.test_intervention import make_shifts, spread_heads
 
 SCRIPT = REPO_ROOT / "validation" / "export_head_shifts.py"
@@ -112,3 +113,67 @@ def test_script_refuses_shifts_of_another_model_unless_told(tmp_path_factory, to
     exported = run("--model_path", str(made_for), "--output_dir", str(tmp_path / "export"))
     assert exported.returncode == 0, exported.stderr
     assert import_pyvene(tmp_path / "export", head_geometry(model.config)).head_list() == shifts.head_list()
+
+
+@pytest.mark.parametrize("family", ["qwen2", "mistral", "gemma2"])
+def test_pyvene_load_of_other_families_equals_ours_at_every_position(family, tmp_path):
+    model = model_from_config(family_config(family))
+    shifts = make_shifts(model, spread_heads(model), alpha=4.0)
+    folder = export_pyvene(shifts, model.config, tmp_path / "export")
+    ids, mask = right_padded_batch(model.config.vocab_size)
+    loaded = pv.IntervenableModel.load(str(folder), model)
+    with torch.no_grad():
+        _, theirs = loaded({"input_ids": ids, "attention_mask": mask})
+        mine = ShiftedModel(model, shifts)(ids, mask, shift_mask=torch.ones_like(ids))
+        plain = model(input_ids=ids, attention_mask=mask)
+    real = mask.bool()
+    tolerance = logit_tolerance(model, mine.logits[real])
+    torch.testing.assert_close(theirs.logits[real], mine.logits[real], rtol=0, atol=tolerance)
+    assert (theirs.logits[real] - plain.logits[real]).abs().max() > 100 * tolerance
+
+
+@pytest.fixture
+def shifts_of_a_saved_qwen2(tmp_path, tokenizer):
+    """Head shifts of a tiny Qwen2 saved as a model folder, recording that folder as their model."""
+    model_dir = tmp_path / "qwen2"
+    model = model_from_config(family_config("qwen2", len(tokenizer)))
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    shifts = make_shifts(model, spread_heads(model), alpha=4.0)
+    shifts.provenance["model_source"] = str(model_dir)
+    shifts.save(tmp_path / "shifts")
+    return model, model_dir, shifts
+
+
+def run_export(*args):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_export_from_a_head_shift_folder_alone_uses_the_model_it_records(shifts_of_a_saved_qwen2, tmp_path):
+    model, model_dir, shifts = shifts_of_a_saved_qwen2
+    result = run_export("--head_shifts", str(tmp_path / "shifts"), "--output_dir", str(tmp_path / "export"))
+    assert result.returncode == 0, result.stderr
+    assert f"layers of {model_dir} ->" in result.stdout
+    ids = torch.tensor([list(range(3, 30, 2))])
+    loaded = pv.IntervenableModel.load(str(tmp_path / "export"), model)
+    with torch.no_grad():
+        _, theirs = loaded({"input_ids": ids})
+        mine = ShiftedModel(model, shifts)(ids)
+    torch.testing.assert_close(theirs.logits, mine.logits, rtol=0, atol=logit_tolerance(model, mine.logits))
+    imported = run_export("--import_from", str(tmp_path / "export"), "--output_dir", str(tmp_path / "imported"))
+    assert imported.returncode == 0, imported.stderr
+    back = HeadShifts.load(tmp_path / "imported")
+    assert back.head_list() == shifts.head_list() and back.model_source == str(model_dir)
+
+
+def test_export_refuses_shifts_of_another_geometry_in_one_line_and_writes_nothing(shifts_of_a_saved_qwen2, tmp_path,
+                                                                                  tmp_path_factory, tokenizer):
+    other = tiny_model_folder(tmp_path_factory, "other", "llama", tokenizer)
+    result = run_export("--head_shifts", str(tmp_path / "shifts"), "--output_dir", str(tmp_path / "export"),
+                        "--model_path", str(other), "--allow_other_model")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert "head shifts were made for 2×4×8 (layers×heads×head_dim) but the model has 3×4×12" in errors[0]
+    assert not (tmp_path / "export").exists()

@@ -4,7 +4,9 @@ Probes every head on all questions of --dataset_name (a seeded train/validation 
 fold), picks the --num_heads best heads, takes their directions and spreads σ (the latter from
 --activations_dataset), then sets each edited layer's o_proj bias to W_o·δ_l (ITI_SPEC.md §7;
 the public script stored δ_l itself, wrong whenever W_o ≠ I). The folder loads with a plain
-AutoModelForCausalLM.from_pretrained and holds the head shifts too (head_shifts.*).
+AutoModelForCausalLM.from_pretrained and holds the head shifts too (head_shifts.*). Qwen2 and Mistral,
+whose configs have no o_proj bias switch, are saved as Llama checkpoints (the same function); the
+last line printed says which architecture was saved and why.
 
 python get_activations/get_activations.py --model_name llama2_chat_7B --dataset_name tqa_mc2
 python get_activations/get_activations.py --model_name llama2_chat_7B --dataset_name tqa_gen_end_q
@@ -59,18 +61,19 @@ def main() -> None:
     if cfg.num_heads > total:
         raise UsageError(f"--num_heads {cfg.num_heads} exceeds the model's {geometry.num_layers} layers x "
                          f"{geometry.num_heads} heads = {total}; pick at most {total}")
-    check_bakeable(model)
+    plan = check_bakeable(model)
     features = read_checked_features(cfg, probing, tuning, geometry, tokenizer, model_fingerprint(model, tokenizer),
                                      source)
     features = dataclasses.replace(features, provenance={**features.provenance, "base_model": base_model_id(cfg, source),
                                                          "made_by": "validation/edit_weight.py"})
     shifts, _ = fit_head_shifts(features, seeded_split(features.question_ids, cfg.val_ratio, cfg.seed),
                                 recipe_of(cfg, cfg.num_heads, cfg.alpha))
-    bake_head_shifts(model, shifts)
-    save_baked_model(model, tokenizer, shifts, output_dir, cfg.overwrite)
+    baked = bake_head_shifts(model, shifts)
+    save_baked_model(baked, tokenizer, shifts, output_dir, cfg.overwrite)
     layers = sorted(set(shifts.layers.tolist()))
     print(f"baked {shifts.k} heads ({cfg.method} directions, alpha {cfg.alpha:g}) into the o_proj biases of "
           f"{len(layers)} layers -> {output_dir}")
+    print(plan.describe())
 
 
 if __name__ == "__main__":

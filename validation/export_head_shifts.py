@@ -2,9 +2,11 @@
 
 Export: a head-shift folder (validate_2fold's results_dump/head_shifts_dump/..., or an edit_weight
 folder) becomes a folder that `pyvene.IntervenableModel.load(folder, model)` alone applies to the model
-(config.json + one tensor state file per edited layer, plus the head shifts themselves). The shifts
-must have been made for this model (--model_name / --model_path); --allow_other_model overrides the
-name check, never the geometry. Import: such a folder (or one pyvene wrote) back into head shifts.
+(config.json + one tensor state file per edited layer, plus the head shifts themselves). The model is
+the one the head shifts record (their model_source) unless --model_path names another, which must
+have the same geometry and, without --allow_other_model, be that same model; --model_name is used
+only for shifts that record no model. Import: such a folder (or one pyvene wrote) back into head
+shifts, for the model its head shifts record or the one --model_path / --model_name names.
 
 python validation/export_head_shifts.py --head_shifts validation/results_dump/head_shifts_dump/RUN_fold_0_com \\
     --output_dir exported/RUN_fold_0
@@ -19,32 +21,57 @@ from iti.cli import parse_config, run_main  # noqa: E402
 from iti.config import ExportConfig  # noqa: E402
 
 
+def model_source(cfg: ExportConfig, recorded: str | None) -> str:
+    """--model_path if given, else the model the head shifts record, else --model_name's."""
+    from iti.errors import UsageError
+    from iti.models import resolve_model_source
+
+    if cfg.model_path or recorded is None:
+        return resolve_model_source(cfg.model_name, cfg.model_prefix, cfg.model_path)
+    try:
+        return resolve_model_source(cfg.model_name, model_path=recorded)
+    except UsageError as err:
+        raise UsageError(f"the head shifts were made from {recorded}, which is not there any more; give that model's "
+                         "place with --model_path") from err
+
+
+def recorded_model(folder: str) -> str | None:
+    """The model a folder's head shifts record, if it holds head shifts (a pyvene folder may not)."""
+    from iti.head_shifts import METADATA_FILE, HeadShifts
+
+    return HeadShifts.load(folder).model_source if (Path(folder) / METADATA_FILE).is_file() else None
+
+
 def main() -> None:
     cfg = parse_config(ExportConfig, description=__doc__)
 
     from transformers import AutoConfig
 
+    from iti.errors import UsageError
     from iti.head_shifts import HeadShifts
-    from iti.models import gguf_to_folder, head_geometry, resolve_model_source
+    from iti.models import gguf_to_folder, head_geometry
     from iti.pyvene_export import export_pyvene, import_pyvene
     from iti.report import report_table
 
-    source = resolve_model_source(cfg.model_name, cfg.model_prefix, cfg.model_path)
+    shifts = HeadShifts.load(cfg.head_shifts) if cfg.head_shifts is not None else None
+    source = model_source(cfg, shifts.model_source if shifts is not None else recorded_model(cfg.import_from))
     folder = str(gguf_to_folder(source)) if source.endswith(".gguf") else source
-    model_config = AutoConfig.from_pretrained(folder, trust_remote_code=cfg.trust_remote_code)
+    try:
+        model_config = AutoConfig.from_pretrained(folder, trust_remote_code=cfg.trust_remote_code)
+    except OSError as err:
+        raise UsageError(f"cannot load the config of {source}: {str(err).splitlines()[0]}") from err
     geometry = head_geometry(model_config)
-    if cfg.import_from is not None:
+    if shifts is None:
         shifts = import_pyvene(cfg.import_from, geometry)
         shifts.check_model(source, cfg.allow_other_model)
         shifts.save(cfg.output_dir)
         print(f"imported {shifts.k} head shifts (alpha {shifts.alpha:g}) from {cfg.import_from} -> {cfg.output_dir}")
         return
-    shifts = HeadShifts.load(cfg.head_shifts)
     shifts.check_model(source, cfg.allow_other_model)
     shifts.check_geometry(geometry.num_layers, geometry.num_heads, geometry.head_dim)
     out = export_pyvene(shifts, model_config, cfg.output_dir)
-    print(f"exported {shifts.k} head shifts over {len(set(shifts.layers.tolist()))} layers -> {out}; apply with "
-          f"pyvene.IntervenableModel.load({str(out)!r}, model)")
+    print(f"exported {shifts.k} head shifts over {len(set(shifts.layers.tolist()))} layers of {source} -> {out}; "
+          f"apply with pyvene.IntervenableModel.load({str(out)!r}, model)")
     report = shifts.provenance.get("probe_report")
     if report:
         print(report_table([report], shifts.alpha, shifts.k))

@@ -51,7 +51,15 @@ def files_to_upload(folder: Path) -> list[Path]:
     return files
 
 
-def model_card(kind: str, repo_id: str, shifts) -> str:
+def saved_architecture(folder: Path) -> str:
+    """The model class a baked folder's config.json names (a Qwen2 or Mistral bake is a Llama checkpoint)."""
+    import json
+
+    architectures = json.loads((folder / "config.json").read_text()).get("architectures") or ["unknown"]
+    return ", ".join(architectures)
+
+
+def model_card(kind: str, repo_id: str, shifts, folder: Path) -> str:
     p = shifts.provenance
     base = p.get("base_model")
     heads = "K heads drawn at random" if p.get("use_random_heads") else "the K heads of highest probe validation accuracy"
@@ -75,6 +83,7 @@ def model_card(kind: str, repo_id: str, shifts) -> str:
         "input.")
     rows = [
         ("base model", base or p.get("model_source", "unknown")),
+        *([("saved as", saved_architecture(folder))] if kind == MODEL else []),
         ("heads shifted (K)", str(shifts.k)),
         ("alpha", f"{shifts.alpha:g}"),
         ("head choice", heads),
@@ -91,22 +100,44 @@ def model_card(kind: str, repo_id: str, shifts) -> str:
     lines += ["", "## Heads", "", "| layer | head | σ | probe validation accuracy |", "|---|---|---|---|"]
     lines += [f"| {l} | {h} | {s:.4g} | {a:.3f} |"
               for l, h, s, a in zip(shifts.layers, shifts.heads, shifts.sigmas, shifts.probe_accuracies)]
-    lines += ["", "## How to load", "", "```python"]
-    if kind == MODEL:
-        lines += ["from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-                  f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")',
-                  f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")']
-    else:
-        lines += ["# with this project (iti) installed: pip install -e .",
-                  "from huggingface_hub import snapshot_download",
-                  "from transformers import AutoModelForCausalLM, AutoTokenizer",
-                  "from iti.intervention import load_shifted_model", "",
-                  f'model = AutoModelForCausalLM.from_pretrained("{base or "BASE_MODEL"}")',
-                  f'tokenizer = AutoTokenizer.from_pretrained("{base or "BASE_MODEL"}")',
-                  f'shifted = load_shifted_model(model, snapshot_download("{repo_id}"))  # alpha=... to rescale',
-                  "tokens = shifted.generate(input_ids, attention_mask, max_new_tokens=50)  # left-padded prompts"]
-    lines += ["```", ""]
+    lines += ["", "## How to load", ""]
+    lines += baked_model_usage(repo_id) if kind == MODEL else head_shift_usage(repo_id, base or "BASE_MODEL", folder)
     return "\n".join(lines)
+
+
+def baked_model_usage(repo_id: str) -> list[str]:
+    """transformers' loading code, and the llama.cpp conversion that keeps the bias tensors."""
+    local = repo_id.split("/")[-1]
+    return ["With transformers (an ordinary checkpoint: no extra code):", "", "```python",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+            f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")',
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")', "```", "",
+            "In llama.cpp: convert with llama.cpp's own converter, which keeps the bias tensors:", "",
+            "```bash", f"hf download {repo_id} --local-dir {local}",
+            f"python llama.cpp/convert_hf_to_gguf.py {local} --outtype f32 --outfile {local}.gguf", "```", ""]
+
+
+def head_shift_usage(repo_id: str, base: str, folder: Path) -> list[str]:
+    """pyvene alone (this folder's pyvene files, or an export of it), and this project's loader."""
+    from iti.pyvene_export import is_export
+
+    if is_export(folder):
+        pyvene = ["# pyvene alone: this repository holds pyvene's IntervenableModel.save files",
+                  f'shifted = pyvene.IntervenableModel.load(snapshot_download("{repo_id}"), model)',
+                  "_, outputs = shifted({\"input_ids\": input_ids})  # every position; unit_locations picks positions"]
+    else:
+        pyvene = ["# pyvene: write its files first, with iti's exporter, from FOLDER = snapshot_download(...) below:",
+                  "#   python validation/export_head_shifts.py --head_shifts FOLDER --output_dir pyvene_folder",
+                  'shifted = pyvene.IntervenableModel.load("pyvene_folder", model)']
+    return ["```python", "import pyvene", "from huggingface_hub import snapshot_download",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+            f'model = AutoModelForCausalLM.from_pretrained("{base}")',
+            f'tokenizer = AutoTokenizer.from_pretrained("{base}")', "", *pyvene, "",
+            "# or with this project (iti) installed: pip install -e .",
+            "from iti.intervention import load_shifted_model", "",
+            f'shifted = load_shifted_model(model, snapshot_download("{repo_id}"))  # alpha=... to rescale',
+            "tokens = shifted.generate(input_ids, attention_mask, max_new_tokens=50)  # left-padded prompts",
+            "```", ""]
 
 
 def probe_report_section(shifts) -> list[str]:
@@ -191,7 +222,7 @@ def main() -> None:
     kind = folder_kind(folder)
     shifts = HeadShifts.load(folder)
     files = files_to_upload(folder)
-    card = model_card(kind, args.repo_id, shifts)
+    card = model_card(kind, args.repo_id, shifts, folder)
     if args.dry_run:
         total = sum(p.stat().st_size for p in files) + len(card.encode())
         visibility = "private" if args.private else "public"
