@@ -3,7 +3,8 @@
 For scripts written against the public `utils.py`: same arguments, same return values. The
 "separated" inputs are per-question lists of arrays [n_choices, L, H, d] (head-wise features
 after einops 'b l (h d) -> b l h d'). Differences from the public helpers:
-- equal accuracies are ranked by flattened index (the public reversed argsort is arbitrary there);
+- equal accuracies are ranked as the public reversed argsort ranks them (iti.probes.top_heads; that
+  order of ties depends on the NumPy build and CPU, as the public one's does);
 - `use_random_dir` draws heads from a generator seeded with `seed`, not numpy's global state;
 - get_separated_activations returns exactly one part per question (np.split at the total
   row count also gave a trailing empty part) and can take each row's question index instead
