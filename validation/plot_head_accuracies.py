@@ -26,7 +26,6 @@ def main() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     from iti.errors import UsageError
@@ -34,6 +33,7 @@ def main() -> None:
     from iti.files import atomic_write, save_npy, write_json
     from iti.fit import Features, Recipe, fit_head_shifts, seeded_split
     from iti.identity import identity, short_digest
+    from iti.plots import head_accuracy_heatmap
 
     wanted = FeatureSet(Path(cfg.features_dir), cfg.model_name, cfg.dataset_name, cfg.limit,
                         dataset_path=cfg.dataset_path)
@@ -60,15 +60,7 @@ def main() -> None:
               "best_score": float(np.nanmax(scores)), "mean_score": float(np.nanmean(scores))}
     write_json(f"{stem}.json", config)
 
-    # Heads sorted by score within each layer, as in the paper's figure.
-    ordered = -np.sort(-scores, axis=1)
-    fig, ax = plt.subplots(figsize=(max(4, 0.45 * ordered.shape[1] + 2), max(4, 0.22 * ordered.shape[0] + 1)))
-    image = ax.imshow(ordered, aspect="auto", origin="lower", cmap="viridis")
-    ax.set_xlabel(f"head (sorted by {cfg.metric} within layer)")
-    ax.set_ylabel("layer")
-    ax.set_title(f"{cfg.model_name}: probe {label} ({cfg.dataset_name})")
-    fig.colorbar(image, ax=ax, label=label)
-    fig.tight_layout()
+    fig = head_accuracy_heatmap(scores, f"{cfg.model_name}: probe {label} ({cfg.dataset_name})", label)
     atomic_write(f"{stem}.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     print(f"best head (layer, head) {tuple(config['best_head'])}: {label} {config['best_score']:.4f}; "
           f"mean {config['mean_score']:.4f} -> {stem}.png")
