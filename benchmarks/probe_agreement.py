@@ -5,7 +5,6 @@ top-K overlap, the per-head validation-accuracy gaps and both wall times.
 
 python benchmarks/probe_agreement.py --model_name smollm2_135M_instruct
 """
-import json
 import sys
 from pathlib import Path
 
@@ -27,11 +26,11 @@ def main() -> None:
 
     import numpy as np
 
-    from iti.activations import feature_path, load_features
+    from iti.activations import FeatureSet, load_features, read_meta
     from iti.probes import compare_backends, rows_of_questions, train_val_split
 
     acts, labels, question_ids = load_features(args.features_dir, args.model_name, args.dataset_name)
-    meta = json.loads(feature_path(args.features_dir, args.model_name, args.dataset_name, "meta").read_text())
+    meta = read_meta(FeatureSet(Path(args.features_dir), args.model_name, args.dataset_name))
     questions = np.unique(question_ids)
     train_q, val_q = train_val_split(questions, args.val_ratio, np.random.default_rng(args.seed))
     result = compare_backends(acts, labels, rows_of_questions(question_ids, train_q), rows_of_questions(question_ids, val_q),

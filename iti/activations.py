@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from iti.batching import length_sorted_batches, pad_batch, pad_token_id
 from iti.errors import UsageError
-from iti.files import remove, staged_files, temporaries_of, write_npy, writer_running
+from iti.files import read_json, remove, staged_files, temporaries_of, write_npy, writer_running
 from iti.intervenable import IntervenableModel, pv
 from iti.models import head_geometry, input_device, model_sites
 
@@ -88,6 +88,17 @@ def _load_npy(path: Path, remake: FeatureSet, mmap: bool = False) -> np.ndarray:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UsageError(f"features file {path} is truncated or corrupt ({reason}); "
                          f"remake it with `{remake.command()}`") from err
+
+
+def read_meta(found: FeatureSet) -> dict:
+    """The features' meta JSON (what made them, their geometry); a damaged or foreign one names the
+    command that remakes them."""
+    remake = f"remake them with `{found.command()}`"
+    meta = read_json(found.path("meta"), "features meta", remake)
+    if not isinstance(meta, dict) or not all(isinstance(meta.get(key), int)
+                                             for key in ("num_layers", "num_heads", "head_dim")):
+        raise UsageError(f"features meta {found.path('meta')} is not get_activations' (no geometry); {remake}")
+    return meta
 
 
 def feature_files(features_dir: str | Path, model_name: str, dataset: str, kind: str = "head_wise",

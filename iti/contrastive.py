@@ -11,13 +11,14 @@ map to one correct and one incorrect answer. Items keep file order; questions ar
 from __future__ import annotations
 
 import csv
-import json
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 from iti.data import TRANSFER_SETS, GenerationQuestion, TruthfulQA, check_limit
 from iti.errors import UsageError
+from iti.files import read_jsonl, read_text
 
 HUB_PREFIX = "hub:"
 FILE_SUFFIXES = (".jsonl", ".csv")
@@ -126,32 +127,17 @@ def dataset_from_records(name: str, records: Iterable[dict], source: str,
 
 # ----------------------------------------------------------------------------- files
 
-def _jsonl_records(path: Path) -> tuple[list[dict], list[int]]:
-    records, lines = [], []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise UsageError(f"{path}, line {number} is not JSON ({err.msg}); write one JSON object per line") from None
-            lines.append(number)
-    return records, lines
-
-
 def _tqa_csv_records(path: Path) -> list[dict]:
     """TruthfulQA.csv's columns, answers joined with "; ", mapped to the JSONL keys."""
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in TQA_CSV_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise UsageError(f"{path} lacks the column(s) {', '.join(missing)}; a CSV needs TruthfulQA.csv's columns "
-                             f"({', '.join(TQA_CSV_COLUMNS)}, optionally Category), or write JSONL")
-        return [{"question": row["Question"], "best_answer": row["Best Answer"],
-                 "correct_answers": [a for a in row["Correct Answers"].split(";")],
-                 "incorrect_answers": [a for a in row["Incorrect Answers"].split(";")],
-                 "category": row.get("Category") or UNKNOWN_CATEGORY} for row in reader]
+    reader = csv.DictReader(io.StringIO(read_text(path, "--dataset_path"), newline=""))
+    missing = [c for c in TQA_CSV_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise UsageError(f"{path} lacks the column(s) {', '.join(missing)}; a CSV needs TruthfulQA.csv's columns "
+                         f"({', '.join(TQA_CSV_COLUMNS)}, optionally Category), or write JSONL")
+    return [{"question": row["Question"], "best_answer": row["Best Answer"],
+            "correct_answers": [a for a in row["Correct Answers"].split(";")],
+            "incorrect_answers": [a for a in row["Incorrect Answers"].split(";")],
+            "category": row.get("Category") or UNKNOWN_CATEGORY} for row in reader]
 
 
 def load_hub_records(hub_id: str, split: str):
@@ -186,8 +172,9 @@ def load_dataset_file(path: str | Path, name: str) -> ContrastiveDataset:
                          "a .csv with TruthfulQA.csv's columns")
     if file.suffix.lower() == ".csv":
         return dataset_from_records(name, _tqa_csv_records(file), str(file), lambda i: f"row {i + 2}")
-    records, lines = _jsonl_records(file)
-    return dataset_from_records(name, records, str(file), lambda i: f"line {lines[i]}")
+    numbered = read_jsonl(file, "--dataset_path")
+    return dataset_from_records(name, [record for _, record in numbered], str(file),
+                                lambda i: f"line {numbered[i][0]}")
 
 
 def dataset_record(dataset_path: str | None) -> str | None:

@@ -14,7 +14,6 @@ asked of the package: the summary JSON that validate_2fold writes for the run's 
 """
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -107,11 +106,12 @@ def validation_config(argv: Sequence[str]):
 
 def run_done(cfg) -> bool:
     """The run's summary JSON (validate_2fold's own name for it) exists and says it is complete."""
+    from iti.summaries import read_summary
     from iti.validate import summary_path
 
     try:
-        return json.loads(summary_path(cfg).read_text()).get("complete") is True
-    except (OSError, ValueError):  # absent, unreadable or cut short: the run is to be made (again)
+        return read_summary(summary_path(cfg))["complete"]
+    except UsageError:  # absent, unreadable, cut short or not a summary: the run is to be made (again)
         return False
 
 

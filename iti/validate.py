@@ -38,7 +38,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from iti.activations import FeatureSet, feature_files, find_feature_set, load_features, require_feature_sets
+from iti.activations import (FeatureSet, feature_files, find_feature_set, load_features, read_meta,
+                             require_feature_sets)
 from iti.config import (
     HASHED_SETTINGS,
     PROBING_DATASETS,
@@ -173,7 +174,7 @@ def check_feature_record(cfg: HeadShiftOptions, wanted: FeatureSet) -> None:
     path = found.path("meta") if found is not None else None
     if path is None or not path.is_file():
         return
-    meta = json.loads(path.read_text())
+    meta = read_meta(found)
     made_with = meta.get("prompt_format", "raw")
     if made_with != cfg.prompt_format:
         raise UsageError(f"{path.name}: these features were extracted with --prompt_format {made_with}, this run "
@@ -462,9 +463,12 @@ def finished_folds(cfg: ValidationConfig, json_path: Path) -> dict[int, dict]:
 
 
 def _read_json(path: Path) -> dict | None:
+    """The summary a run of these settings wrote; None when there is none or the file is not one."""
+    from iti.summaries import read_summary
+
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        return read_summary(path)
+    except UsageError:
         return None
 
 

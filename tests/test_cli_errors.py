@@ -20,6 +20,8 @@ SCRIPTS = {
     "validate_2fold": REPO_ROOT / "validation" / "validate_2fold.py",
     "edit_weight": REPO_ROOT / "validation" / "edit_weight.py",
     "plot_head_accuracies": REPO_ROOT / "validation" / "plot_head_accuracies.py",
+    "export_head_shifts": REPO_ROOT / "validation" / "export_head_shifts.py",
+    "compare_runs": REPO_ROOT / "validation" / "compare_runs.py",
 }
 MODEL = "tiny"
 
@@ -123,6 +125,78 @@ def missing_subset_in_plot(root, tqa):
             "--output_dir", str(root / "plots")]
 
 
+def custom_set(root: Path, name: str, content: bytes) -> list[str]:
+    (root / name).write_bytes(content)
+    return ["--dataset_name", "mine", "--dataset_path", str(root / name), "--features_dir", str(root / "features")]
+
+
+def jsonl_not_utf8(root, tqa):
+    return custom_set(root, "set.jsonl", b'{"question": "Caf\xe9?", "correct_answers": ["a"], "incorrect_answers": ["b"]}\n')
+
+
+def csv_set_not_utf8(root, tqa):
+    return custom_set(root, "set.csv", b"Question,Best Answer,Correct Answers,Incorrect Answers\nCaf\xe9?,a,a,b\n")
+
+
+def tqa_copy(root: Path, tqa: Path, csv_bytes: bytes | None = None, mc_text: str | None = None) -> list[str]:
+    folder = root / "tqa"
+    (folder / "data").mkdir(parents=True)
+    (folder / "TruthfulQA.csv").write_bytes(csv_bytes or (tqa / "TruthfulQA.csv").read_bytes())
+    (folder / "data" / "mc_task.json").write_text(mc_text or (tqa / "data" / "mc_task.json").read_text())
+    return ["--tqa_path", str(folder), "--features_dir", str(root / "features")]
+
+
+def tqa_csv_not_utf8(root, tqa):
+    data = (tqa / "TruthfulQA.csv").read_bytes()
+    return tqa_copy(root, tqa, csv_bytes=data[:200] + b"\x96" + data[201:])
+
+
+def tqa_csv_only_header(root, tqa):
+    return tqa_copy(root, tqa, csv_bytes=(tqa / "TruthfulQA.csv").read_bytes().splitlines(keepends=True)[0])
+
+
+def mc_task_of_another_program(root, tqa):
+    return tqa_copy(root, tqa, mc_text='{"tasks": ["mc1", "mc2"]}')
+
+
+def owt_not_utf8(root, tqa):
+    (root / "owt.txt").write_bytes("Stra\u00dfe\n\nzwei\n".encode("latin-1"))
+    return [*model_args(root), "--num_heads", "0", "--metrics", "ce", "--owt_path", str(root / "owt.txt"), "--limit",
+            "4", "--results_dir", str(root / "out"), "--tqa_path", str(tqa)]
+
+
+def head_shifts_keys_missing(root, tqa):
+    import json
+
+    from transformers import LlamaConfig
+
+    from iti.head_shifts import METADATA_FILE, HeadShifts
+
+    LlamaConfig(num_hidden_layers=2, num_attention_heads=2, hidden_size=8, intermediate_size=16,
+                vocab_size=32).save_pretrained(root / "model")
+    HeadShifts([0], [1], [[1.0, 0.0, 0.0, 0.0]], [1.0], [0.9], 5.0, 2, 2, 4).save(root / "shifts")
+    meta = json.loads((root / "shifts" / METADATA_FILE).read_text())
+    del meta["alpha"], meta["heads"]
+    (root / "shifts" / METADATA_FILE).write_text(json.dumps(meta))
+    return ["--model_name", MODEL, "--model_path", str(root / "model"), "--head_shifts", str(root / "shifts"),
+            "--output_dir", str(root / "exported")]
+
+
+def summary_that_is_an_array(root, tqa):
+    (root / "run.json").write_text("[0.41, 0.47]")
+    return [str(root / "run.json")]
+
+
+def summary_of_another_program(root, tqa):
+    (root / "run.json").write_text('{"name": "left-pad", "version": "1.3.0"}')
+    return [str(root / "run.json")]
+
+
+def summary_cut_short(root, tqa):
+    (root / "run.json").write_text('{"config": {"model_name": "tiny", "alpha": [')
+    return [str(root / "run.json")]
+
+
 CASES = [
     ("get_activations", gguf_that_is_not, "model.gguf is a file but not a GGUF model"),
     ("get_activations", csv_short_row, "TruthfulQA.csv line 5 has 2 fields, the header 7"),
@@ -142,6 +216,20 @@ CASES = [
     ("plot_head_accuracies", corrupt_features_in_plot, "tiny_tqa_mc2_labels.npy is truncated or corrupt"),
     ("plot_head_accuracies", missing_subset_in_plot,
      "--model_name tiny --dataset_name tqa_mc2 --limit 5 --features_dir {root}/features`"),
+    ("get_activations", jsonl_not_utf8, "--dataset_path {root}/set.jsonl is not UTF-8 text: byte 17 (0xe9) is the "
+                                        "first that is not; save it as UTF-8"),
+    ("get_activations", csv_set_not_utf8, "--dataset_path {root}/set.csv is not UTF-8 text: byte 58 (0xe9)"),
+    ("get_activations", tqa_csv_not_utf8, "{root}/tqa/TruthfulQA.csv is not UTF-8 text: byte 200 (0x96)"),
+    ("validate_2fold", owt_not_utf8, "--owt_path {root}/owt.txt is not UTF-8 text: byte 4 (0xdf)"),
+    ("get_activations", tqa_csv_only_header, "{root}/tqa/TruthfulQA.csv holds no questions, only its header"),
+    ("get_activations", mc_task_of_another_program, "{root}/tqa/data/mc_task.json holds no list of questions"),
+    ("export_head_shifts", head_shifts_keys_missing,
+     "{root}/shifts/head_shifts.json: alpha, heads missing or of the wrong type; save the head shifts again"),
+    ("compare_runs", summary_that_is_an_array,
+     "{root}/run.json is not a validate_2fold summary JSON (a JSON list, not an object)"),
+    ("compare_runs", summary_of_another_program,
+     "{root}/run.json is not a validate_2fold summary JSON (config, resolved, folds, complete missing"),
+    ("compare_runs", summary_cut_short, "{root}/run.json is not valid JSON (line 1, column 45"),
 ]
 
 

@@ -7,7 +7,6 @@ python validation/plot_head_accuracies.py --model_name smollm2_135M_instruct
 python validation/plot_head_accuracies.py --dataset_name my_set --dataset_path my_set.jsonl --metric auc
 """
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ def main() -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from iti.activations import FeatureSet, feature_stem, find_feature_set, load_features
+    from iti.activations import FeatureSet, feature_stem, find_feature_set, load_features, read_meta
     from iti.contrastive import dataset_record
     from iti.errors import UsageError
     from iti.files import atomic_write, save_npy, write_json
@@ -38,7 +37,7 @@ def main() -> None:
 
     acts, labels, question_ids = load_features(cfg.features_dir, cfg.model_name, cfg.dataset_name, limit=cfg.limit)
     found = find_feature_set(FeatureSet(Path(cfg.features_dir), cfg.model_name, cfg.dataset_name, cfg.limit))
-    meta = json.loads(found.path("meta").read_text())
+    meta = read_meta(found)
     if cfg.dataset_path is not None and meta.get("dataset_path") != dataset_record(cfg.dataset_path):
         raise UsageError(f"{found.path('meta').name}: the features named {cfg.dataset_name} were made from "
                          f"{meta.get('dataset_path') or 'a built-in set'}, not {cfg.dataset_path}; re-extract them")
