@@ -26,8 +26,15 @@ TQA_CSV_COLUMNS = ("Question", "Best Answer", "Correct Answers", "Incorrect Answ
 UNKNOWN_CATEGORY = ""
 
 
+SHAPE_OF_AN_ITEM = "every item needs a question, at least one correct and one incorrect answer (see ITI_SPEC.md §9)"
+
+
 class DatasetError(ValueError):
     """A record that is not a §9 item; the loader adds where it was and raises UsageError."""
+
+    def __init__(self, problem: str, remedy: str = SHAPE_OF_AN_ITEM):
+        super().__init__(problem)
+        self.remedy = remedy
 
 
 @dataclass
@@ -99,6 +106,11 @@ def item_from_record(record: dict) -> GenerationQuestion:
     best = best.strip() if isinstance(best, str) and best.strip() else correct[0]
     if best not in correct:
         correct = [best, *correct]
+    both = next((answer for answer in correct if answer in incorrect), None)
+    if both is not None:
+        # Its probe rows would be labelled 1 and 0, and MC would count it on both sides.
+        raise DatasetError(f"question {question!r} lists the answer {both!r} as correct and as incorrect",
+                           "keep each answer in one list")
     category = record.get("category")
     return GenerationQuestion(question, category if isinstance(category, str) else UNKNOWN_CATEGORY,
                               best, correct, incorrect)
@@ -113,8 +125,7 @@ def dataset_from_records(name: str, records: Iterable[dict], source: str,
         try:
             item = item_from_record(record)
         except DatasetError as err:
-            raise UsageError(f"{source}, {where(index)}: {err}; every item needs a question, at least one correct "
-                             "and one incorrect answer (see ITI_SPEC.md §9)") from None
+            raise UsageError(f"{source}, {where(index)}: {err}; {err.remedy}") from None
         if item.question in seen:
             raise UsageError(f"{source}, {where(index)}: question {item.question!r} repeats {where(seen[item.question])}; "
                              "questions must be unique (merge their answers into one item)")

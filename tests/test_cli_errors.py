@@ -138,6 +138,11 @@ def csv_set_not_utf8(root, tqa):
     return custom_set(root, "set.csv", b"Question,Best Answer,Correct Answers,Incorrect Answers\nCaf\xe9?,a,a,b\n")
 
 
+def answer_correct_and_incorrect(root, tqa):
+    return custom_set(root, "set.jsonl", b'{"question": "Capital of France?", "correct_answers": ["Paris"], '
+                                         b'"incorrect_answers": ["Lyon", "Paris"]}\n')
+
+
 def tqa_copy(root: Path, tqa: Path, csv_bytes: bytes | None = None, mc_text: str | None = None) -> list[str]:
     folder = root / "tqa"
     (folder / "data").mkdir(parents=True)
@@ -221,6 +226,9 @@ CASES = [
     ("get_activations", csv_set_not_utf8, "--dataset_path {root}/set.csv is not UTF-8 text: byte 58 (0xe9)"),
     ("get_activations", tqa_csv_not_utf8, "{root}/tqa/TruthfulQA.csv is not UTF-8 text: byte 200 (0x96)"),
     ("validate_2fold", owt_not_utf8, "--owt_path {root}/owt.txt is not UTF-8 text: byte 4 (0xdf)"),
+    ("get_activations", answer_correct_and_incorrect,
+     "{root}/set.jsonl, line 1: question 'Capital of France?' lists the answer 'Paris' as correct and as incorrect; "
+     "keep each answer in one list"),
     ("get_activations", tqa_csv_only_header, "{root}/tqa/TruthfulQA.csv holds no questions, only its header"),
     ("get_activations", mc_task_of_another_program, "{root}/tqa/data/mc_task.json holds no list of questions"),
     ("export_head_shifts", head_shifts_keys_missing,

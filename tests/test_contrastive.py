@@ -111,6 +111,20 @@ def test_a_file_that_is_not_utf8_names_its_first_bad_byte(tmp_path, suffix):
         load_dataset_file(path, "mine")
 
 
+@pytest.mark.parametrize("record", [
+    {"question": "Is it?", "correct_answers": ["Yes", "Maybe"], "incorrect_answers": ["No", "Maybe"]},
+    {"question": "Is it?", "best_answer": "Maybe", "correct_answers": ["Yes"], "incorrect_answers": ["No", "Maybe"]},
+    {"question": "Is it?", "answer_matching_behavior": "Maybe", "answer_not_matching_behavior": " Maybe "},
+])
+def test_an_answer_both_correct_and_incorrect_is_refused(tmp_path, record):
+    """Its probe rows would carry the same text labelled 1 and 0, and MC would count it on both sides."""
+    path = _write(tmp_path / "set.jsonl", [json.dumps({"question": "Fine?", "correct_answers": ["a"],
+                                                       "incorrect_answers": ["b"]}), json.dumps(record)])
+    with pytest.raises(UsageError, match=f"^{path}, line 2: question 'Is it\\?' lists the answer 'Maybe' as correct "
+                                         "and as incorrect; keep each answer in one list$"):
+        load_dataset_file(path, "mine")
+
+
 @pytest.mark.parametrize("name, lines, message", [
     ("set.jsonl", ['{"question": "Q1", "correct_answers": ["a"], "incorrect_answers": []}'], "line 1: no incorrect"),
     ("set.jsonl", ['{"question": "Q1", "incorrect_answers": ["b"]}'], "line 1: no correct"),
