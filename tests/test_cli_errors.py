@@ -170,6 +170,11 @@ def owt_not_utf8(root, tqa):
             "4", "--results_dir", str(root / "out"), "--tqa_path", str(tqa)]
 
 
+def two_item_set_in_validation(root, tqa):
+    items = b"".join(b'{"question": "Q%d?", "correct_answers": ["a"], "incorrect_answers": ["b"]}\n' % i for i in (1, 2))
+    return [*model_args(root), *custom_set(root, "two.jsonl", items), "--results_dir", str(root / "out")]
+
+
 def head_shifts_keys_missing(root, tqa):
     import json
 
@@ -231,6 +236,9 @@ CASES = [
      "keep each answer in one list"),
     ("get_activations", tqa_csv_only_header, "{root}/tqa/TruthfulQA.csv holds no questions, only its header"),
     ("get_activations", mc_task_of_another_program, "{root}/tqa/data/mc_task.json holds no list of questions"),
+    ("validate_2fold", two_item_set_in_validation,
+     "2 questions in 2 folds leave a fold 1 development question, none to train on at --val_ratio 0.2: that takes "
+     "at least 4 questions; use more questions"),
     ("export_head_shifts", head_shifts_keys_missing,
      "{root}/shifts/head_shifts.json: alpha, heads missing or of the wrong type; save the head shifts again"),
     ("compare_runs", summary_that_is_an_array,
