@@ -4,6 +4,7 @@ runs writing the same file never see each other's partial output. Temporary name
 (host and process id), so a later run can tell a killed writer's leftovers from a running one's."""
 from __future__ import annotations
 
+import errno
 import glob
 import io
 import json
@@ -137,6 +138,23 @@ def write_npy(path: Path, array) -> None:
     """Write an .npy file in place (for a path that is itself temporary, e.g. from staged_files)."""
     with open(path, "wb") as handle:
         np.lib.format.write_array(handle, np.asarray(array), allow_pickle=False)
+
+
+def reserve_space(path: Path) -> None:
+    """Allocate every block of the file at `path` (its current length) now. A memory-mapped file is
+    otherwise sparse, and a full disk then kills the process with SIGBUS at the first write to a page
+    it cannot back; reserved, it raises ENOSPC here. Where the platform or file system cannot
+    preallocate (no posix_fallocate, e.g. macOS), nothing is reserved."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    handle = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(handle, 0, os.fstat(handle).st_size)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+    finally:
+        os.close(handle)
 
 
 def plain(value):

@@ -3,10 +3,13 @@ says what was wrong (the phrase below), no traceback, and writes, changes or del
 
 Add a row for every new bad input. The scripts run in-process through `run_main`, what their
 `__main__` runs (a subprocess per case would mostly time imports); none of these cases loads a model.
+A full or read-only disk needs a model and a mount: tests/test_get_activations_cli.py runs those.
 """
 from __future__ import annotations
 
+import errno
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -278,3 +281,30 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(script, make_args, phr
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("error: ") and phrase.format(root=root) in lines[0], lines[0]
     assert snapshot(root) == before
+
+
+@pytest.mark.parametrize("code, advice", [
+    (errno.ENOSPC, "free some space there or write elsewhere"),
+    (errno.EROFS, "that file system is read-only: write elsewhere"),
+    (errno.EACCES, "check its permissions or use another path"),
+])
+def test_storage_faults_escaping_a_script_are_one_line_and_exit_2(code, advice, capsys):
+    from iti.cli import run_main
+
+    def writes_on_a_bad_disk():
+        raise OSError(code, os.strerror(code), "/data/out.json")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(writes_on_a_bad_disk)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: {os.strerror(code)}: /data/out.json; {advice}\n"
+
+
+def test_other_os_errors_are_not_taken_for_bad_input():
+    from iti.cli import run_main
+
+    def loses_the_connection():
+        raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+
+    with pytest.raises(ConnectionResetError):
+        run_main(loses_the_connection)
