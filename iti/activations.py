@@ -1,8 +1,11 @@
 """Batched activation extraction through pyvene collectors, streamed to memory-mapped .npy files."""
 from __future__ import annotations
 
+import errno
 import inspect
 import json
+import math
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -13,11 +16,12 @@ from tqdm.auto import tqdm
 from iti.batching import length_sorted_batches, pad_batch, pad_token_id
 from iti.errors import UsageError
 from iti.features import FEATURE_KINDS, RECORD_VERSION, FeatureSet, feature_path, read_record
-from iti.files import remove, staged_files, temporaries_of, write_npy, writer_running
+from iti.files import remove, reserve_space, staged_files, temporaries_of, write_npy, writer_running
 from iti.fingerprint import differs, model_fingerprint
 from iti.identity import short_digest
 from iti.intervenable import IntervenableModel, pv
 from iti.models import head_geometry, input_device, model_sites
+
 
 def tokenize_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
     return tokenizer(prompts, add_special_tokens=True)["input_ids"]
@@ -139,6 +143,26 @@ def refuse_replacing(target: FeatureSet, record: dict, overwrite: bool) -> None:
                      "--dataset_name or --features_dir, or add --overwrite to replace it")
 
 
+def reserved_memmaps(paths: dict[str, Path], shapes: dict[str, tuple[int, ...]], folder: Path) -> dict[str, np.memmap]:
+    """New float32 .npy memory maps at `paths`, every block allocated before any row is written; too little
+    space is a UsageError saying how much they need (the caller removes the files)."""
+    free = shutil.disk_usage(folder).free
+    arrays = {}
+    try:
+        for kind, shape in shapes.items():
+            arrays[kind] = np.lib.format.open_memmap(paths[kind], mode="w+", dtype=np.float32, shape=shape)
+            reserve_space(paths[kind])
+    except OSError as err:
+        arrays.clear()  # unmapped, so that removing the files frees their space
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        needed = sum(np.dtype(np.float32).itemsize * math.prod(shape) for shape in shapes.values())
+        raise UsageError(f"--features_dir {folder} has too little space for these features: they need "
+                         f"{needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB were free; free some space there or "
+                         "give another --features_dir") from None
+    return arrays
+
+
 def save_features(model, tokenizer, prompt_set, features_dir: str | Path, model_name: str, batch_size: int = 16,
                   mlp: bool = False, config: dict | None = None, progress: bool = True, limit: int | None = None,
                   log: Callable[[str], None] = print, prompt_format: str = "raw",
@@ -163,8 +187,7 @@ def save_features(model, tokenizer, prompt_set, features_dir: str | Path, model_
                                             for k in FEATURE_KINDS if k not in finals], log)
     with staged_files(list(finals.values())) as temporary:
         tmp = dict(zip(finals, temporary))
-        arrays = {kind: np.lib.format.open_memmap(tmp[kind], mode="w+", dtype=np.float32, shape=shape)
-                  for kind, shape in shapes.items()}
+        arrays = reserved_memmaps({kind: tmp[kind] for kind in shapes}, shapes, features_dir)
         extract_activations(recorder, tokenizer, prompt_set.prompts, arrays, batch_size, progress)
         for array in arrays.values():
             array.flush()

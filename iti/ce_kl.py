@@ -8,7 +8,6 @@ batches; padding is neither shifted nor counted.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from tqdm.auto import tqdm
 from iti.batching import length_sorted_batches, pad_batch, pad_token_id
 from iti.constants import OWT_SAMPLES
 from iti.errors import UsageError
+from iti.files import read_jsonl, read_text
 from iti.intervention import ShiftedModel
 from iti.models import input_device, softmax_precision
 
@@ -33,21 +33,14 @@ def read_owt_file(path: str | Path) -> list[str]:
     if not path.is_file():
         raise UsageError(f"--owt_path {path} does not exist (give a .txt file of blank-line-separated "
                          "documents or a .jsonl file with a \"text\" field)")
-    content = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
         texts = []
-        for number, line in enumerate(content.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UsageError(f"{path} line {number} is not JSON ({err.msg})") from err
+        for number, record in read_jsonl(path, "--owt_path"):
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                 raise UsageError(f"{path} line {number} has no string field \"text\"")
             texts.append(record["text"])
     else:
-        texts = _blank_line_blocks(content)
+        texts = _blank_line_blocks(read_text(path, "--owt_path"))
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise UsageError(f"--owt_path {path} holds no documents")

@@ -11,13 +11,14 @@ map to one correct and one incorrect answer. Items keep file order; questions ar
 from __future__ import annotations
 
 import csv
-import json
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 from iti.data import TRANSFER_SETS, GenerationQuestion, TruthfulQA, check_limit
 from iti.errors import UsageError
+from iti.files import read_jsonl, read_text
 
 HUB_PREFIX = "hub:"
 FILE_SUFFIXES = (".jsonl", ".csv")
@@ -25,8 +26,15 @@ TQA_CSV_COLUMNS = ("Question", "Best Answer", "Correct Answers", "Incorrect Answ
 UNKNOWN_CATEGORY = ""
 
 
+SHAPE_OF_AN_ITEM = "every item needs a question, at least one correct and one incorrect answer (see ITI_SPEC.md §9)"
+
+
 class DatasetError(ValueError):
     """A record that is not a §9 item; the loader adds where it was and raises UsageError."""
+
+    def __init__(self, problem: str, remedy: str = SHAPE_OF_AN_ITEM):
+        super().__init__(problem)
+        self.remedy = remedy
 
 
 @dataclass
@@ -98,6 +106,11 @@ def item_from_record(record: dict) -> GenerationQuestion:
     best = best.strip() if isinstance(best, str) and best.strip() else correct[0]
     if best not in correct:
         correct = [best, *correct]
+    both = next((answer for answer in correct if answer in incorrect), None)
+    if both is not None:
+        # Its probe rows would be labelled 1 and 0, and MC would count it on both sides.
+        raise DatasetError(f"question {question!r} lists the answer {both!r} as correct and as incorrect",
+                           "keep each answer in one list")
     category = record.get("category")
     return GenerationQuestion(question, category if isinstance(category, str) else UNKNOWN_CATEGORY,
                               best, correct, incorrect)
@@ -112,8 +125,7 @@ def dataset_from_records(name: str, records: Iterable[dict], source: str,
         try:
             item = item_from_record(record)
         except DatasetError as err:
-            raise UsageError(f"{source}, {where(index)}: {err}; every item needs a question, at least one correct "
-                             "and one incorrect answer (see ITI_SPEC.md §9)") from None
+            raise UsageError(f"{source}, {where(index)}: {err}; {err.remedy}") from None
         if item.question in seen:
             raise UsageError(f"{source}, {where(index)}: question {item.question!r} repeats {where(seen[item.question])}; "
                              "questions must be unique (merge their answers into one item)")
@@ -126,32 +138,17 @@ def dataset_from_records(name: str, records: Iterable[dict], source: str,
 
 # ----------------------------------------------------------------------------- files
 
-def _jsonl_records(path: Path) -> tuple[list[dict], list[int]]:
-    records, lines = [], []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise UsageError(f"{path}, line {number} is not JSON ({err.msg}); write one JSON object per line") from None
-            lines.append(number)
-    return records, lines
-
-
 def _tqa_csv_records(path: Path) -> list[dict]:
     """TruthfulQA.csv's columns, answers joined with "; ", mapped to the JSONL keys."""
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in TQA_CSV_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise UsageError(f"{path} lacks the column(s) {', '.join(missing)}; a CSV needs TruthfulQA.csv's columns "
-                             f"({', '.join(TQA_CSV_COLUMNS)}, optionally Category), or write JSONL")
-        return [{"question": row["Question"], "best_answer": row["Best Answer"],
-                 "correct_answers": [a for a in row["Correct Answers"].split(";")],
-                 "incorrect_answers": [a for a in row["Incorrect Answers"].split(";")],
-                 "category": row.get("Category") or UNKNOWN_CATEGORY} for row in reader]
+    reader = csv.DictReader(io.StringIO(read_text(path, "--dataset_path"), newline=""))
+    missing = [c for c in TQA_CSV_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise UsageError(f"{path} lacks the column(s) {', '.join(missing)}; a CSV needs TruthfulQA.csv's columns "
+                         f"({', '.join(TQA_CSV_COLUMNS)}, optionally Category), or write JSONL")
+    return [{"question": row["Question"], "best_answer": row["Best Answer"],
+            "correct_answers": [a for a in row["Correct Answers"].split(";")],
+            "incorrect_answers": [a for a in row["Incorrect Answers"].split(";")],
+            "category": row.get("Category") or UNKNOWN_CATEGORY} for row in reader]
 
 
 def load_hub_records(hub_id: str, split: str):
@@ -186,8 +183,9 @@ def load_dataset_file(path: str | Path, name: str) -> ContrastiveDataset:
                          "a .csv with TruthfulQA.csv's columns")
     if file.suffix.lower() == ".csv":
         return dataset_from_records(name, _tqa_csv_records(file), str(file), lambda i: f"row {i + 2}")
-    records, lines = _jsonl_records(file)
-    return dataset_from_records(name, records, str(file), lambda i: f"line {lines[i]}")
+    numbered = read_jsonl(file, "--dataset_path")
+    return dataset_from_records(name, [record for _, record in numbered], str(file),
+                                lambda i: f"line {numbered[i][0]}")
 
 
 def dataset_record(dataset_path: str | None) -> str | None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import csv
-import json
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -11,6 +11,7 @@ import numpy as np
 
 from iti.constants import REPO_ROOT
 from iti.errors import UsageError
+from iti.files import read_json, read_text
 from iti.identity import digest
 from iti.prompts import qa_prompt
 
@@ -68,33 +69,53 @@ def _split_answers(joined: str) -> list[str]:
 
 
 TQA_COLUMNS = ("Category", "Question", "Best Answer", "Correct Answers", "Incorrect Answers")
+REMAKE_TQA = "use TruthfulQA's own files (TruthfulQA.csv, data/mc_task.json)"
 
 
 def read_tqa_csv(path: Path) -> list[dict[str, str]]:
     """TruthfulQA.csv's rows as dicts; a malformed row (short, long, a quote left open) is a UsageError
     naming the file and the line where that row starts."""
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle, strict=True)
-        rows, last_line = [], 0
-        try:
-            header = next(reader, [])
-            missing = [c for c in TQA_COLUMNS if c not in header]
-            if missing:
-                raise UsageError(f"{path} line 1 lacks the column(s) {', '.join(missing)}; use TruthfulQA's own TruthfulQA.csv")
-            last_line = reader.line_num
-            for fields in reader:
-                line, last_line = last_line + 1, reader.line_num
-                if len(fields) != len(header):
-                    raise UsageError(f"{path} line {line} has {len(fields)} fields, the header {len(header)}; "
-                                     "fix that row or use TruthfulQA's own TruthfulQA.csv")
-                rows.append(dict(zip(header, fields)))
-        except csv.Error as err:
-            raise UsageError(f"{path} line {last_line + 1}: {err} (a quote left open?); fix that row or use "
-                             "TruthfulQA's own TruthfulQA.csv") from err
+    reader = csv.reader(io.StringIO(read_text(path, "TruthfulQA file", REMAKE_TQA), newline=""), strict=True)
+    rows, last_line = [], 0
+    try:
+        header = next(reader, [])
+        missing = [c for c in TQA_COLUMNS if c not in header]
+        if missing:
+            raise UsageError(f"{path} line 1 lacks the column(s) {', '.join(missing)}; {REMAKE_TQA}")
+        last_line = reader.line_num
+        for fields in reader:
+            line, last_line = last_line + 1, reader.line_num
+            if len(fields) != len(header):
+                raise UsageError(f"{path} line {line} has {len(fields)} fields, the header {len(header)}; "
+                                 f"fix that row or {REMAKE_TQA}")
+            rows.append(dict(zip(header, fields)))
+    except csv.Error as err:
+        raise UsageError(f"{path} line {last_line + 1}: {err} (a quote left open?); fix that row or "
+                         f"{REMAKE_TQA}") from err
+    if not rows:
+        raise UsageError(f"{path} holds no questions, only its header; {REMAKE_TQA}")
     return rows
 
 
+def _mc_question(item, number: int, path: Path) -> MultipleChoiceQuestion:
+    """One entry of data/mc_task.json: a question and its mc1/mc2 targets, each {choice: 0 or 1}."""
+    targets = {key: item.get(key) if isinstance(item, dict) else None for key in ("mc1_targets", "mc2_targets")}
+    if not (isinstance(item, dict) and isinstance(item.get("question"), str)
+            and all(isinstance(t, dict) and t and all(v in (0, 1) for v in t.values()) for t in targets.values())):
+        raise UsageError(f"{path} entry {number} is not a question with mc1_targets and mc2_targets "
+                         f"({{choice: 0 or 1}}); {REMAKE_TQA}")
+    mc1, mc2 = targets["mc1_targets"], targets["mc2_targets"]
+    return MultipleChoiceQuestion(item["question"], list(mc1), [int(v) for v in mc1.values()],
+                                  list(mc2), [int(v) for v in mc2.values()])
+
+
 def _load_local(folder: Path) -> TruthfulQA:
+    """The benchmark's own files as they are. Two of its questions list one answer as correct and as
+    incorrect ('What proportion of Canadians are straight?' and 'How many people have absolute pitch?':
+    "Unknown" in both lists of TruthfulQA.csv). They are kept, as the benchmark keeps them: its MC scores
+    that answer among the true and again among the false references, and tqa_gen gives it one row labelled
+    1 and one labelled 0, as the public workflow does (mc_task.json labels it 0 only). A §9 dataset may not
+    do this: iti.contrastive refuses such an item."""
     generation = [
         GenerationQuestion(
             question=row["Question"], category=row["Category"], best_answer=row["Best Answer"].strip(),
@@ -103,18 +124,10 @@ def _load_local(folder: Path) -> TruthfulQA:
         for row in read_tqa_csv(folder / "TruthfulQA.csv")
     ]
     mc_path = folder / "data" / "mc_task.json"
-    try:
-        items = json.loads(mc_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UsageError(f"{mc_path} line {err.lineno} is not valid JSON ({err.msg}); use TruthfulQA's own "
-                         "data/mc_task.json") from err
-    multiple_choice = [
-        MultipleChoiceQuestion(
-            question=item["question"],
-            mc1_choices=list(item["mc1_targets"]), mc1_labels=[int(v) for v in item["mc1_targets"].values()],
-            mc2_choices=list(item["mc2_targets"]), mc2_labels=[int(v) for v in item["mc2_targets"].values()])
-        for item in items
-    ]
+    items = read_json(mc_path, "TruthfulQA file", REMAKE_TQA)
+    if not isinstance(items, list) or not items:
+        raise UsageError(f"{mc_path} holds no list of questions; {REMAKE_TQA}")
+    multiple_choice = [_mc_question(item, number, mc_path) for number, item in enumerate(items, start=1)]
     return TruthfulQA(generation, multiple_choice, source=str(folder))
 
 

@@ -10,7 +10,6 @@ get_activations command to run. NumPy only: sweeps check features on a login nod
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import shlex
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import numpy as np
 
 from iti.data import build_prompt_set
 from iti.errors import UsageError
+from iti.files import read_json
 from iti.fingerprint import differs
 from iti.prompts import qa_prompt
 
@@ -146,13 +146,10 @@ def read_record(found: FeatureSet) -> dict:
     says to re-extract (nothing is guessed about features that do not say what made them)."""
     path = found.path("meta")
     remake = f"re-extract them with `{found.command(overwrite=True)}`"
-    try:
-        record = json.loads(path.read_text(encoding="utf-8-sig"))
-    except FileNotFoundError:
+    if not path.exists():
         raise UsageError(f"{found.path('head_wise')} has no record of what made it ({path.name} is missing); "
-                         f"{remake}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UsageError(f"{path} is not a readable feature record ({type(err).__name__}); {remake}") from None
+                         f"{remake}")
+    record = read_json(path, "feature record", remake)
     if not isinstance(record, dict) or record.get("record_version") != RECORD_VERSION:
         raise UsageError(f"{path} was written by an older version or another program and does not record what "
                          f"made the features; {remake}")

@@ -4,7 +4,9 @@ runs writing the same file never see each other's partial output. Temporary name
 (host and process id), so a later run can tell a killed writer's leftovers from a running one's."""
 from __future__ import annotations
 
+import errno
 import glob
+import io
 import json
 import math
 import os
@@ -17,6 +19,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from iti.errors import UsageError
+
+UTF8_BOM = b"\xef\xbb\xbf"
 
 def temporary_path(path: Path) -> Path:
     """A hidden, unique name in the target's folder (same file system, so os.replace is atomic):
@@ -135,6 +140,23 @@ def write_npy(path: Path, array) -> None:
         np.lib.format.write_array(handle, np.asarray(array), allow_pickle=False)
 
 
+def reserve_space(path: Path) -> None:
+    """Allocate every block of the file at `path` (its current length) now. A memory-mapped file is
+    otherwise sparse, and a full disk then kills the process with SIGBUS at the first write to a page
+    it cannot back; reserved, it raises ENOSPC here. Where the platform or file system cannot
+    preallocate (no posix_fallocate, e.g. macOS), nothing is reserved."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    handle = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(handle, 0, os.fstat(handle).st_size)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+    finally:
+        os.close(handle)
+
+
 def plain(value):
     """JSON-ready: NaN and infinities -> null, numpy scalars and arrays -> Python numbers and lists."""
     if isinstance(value, dict):
@@ -148,3 +170,48 @@ def plain(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def read_text(path: str | Path, what: str, remedy: str = "save it as UTF-8") -> str:
+    """A text file we are given or read back, as UTF-8; a leading byte-order mark is dropped.
+
+    Anything else is a UsageError naming `what` (the option or kind of file), the file, and the offset of
+    its first byte that is not UTF-8; so is a path that is no readable file.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as err:
+        raise UsageError(f"{what} {path} cannot be read ({err.strerror}); give a readable file") from None
+    body = data[len(UTF8_BOM):] if data.startswith(UTF8_BOM) else data
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        offset = len(data) - len(body) + err.start
+        raise UsageError(f"{what} {path} is not UTF-8 text: byte {offset} (0x{data[offset]:02x}) is the first that "
+                         f"is not; {remedy}") from None
+
+
+def read_json(path: str | Path, what: str, remedy: str):
+    """A JSON file as read_text reads text; invalid JSON is a UsageError naming the file and where it breaks."""
+    text = read_text(path, what, remedy)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{what} {path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
+                         f"{remedy}") from None
+
+
+def read_jsonl(path: str | Path, what: str) -> list[tuple[int, object]]:
+    """(line number, value) of each non-blank line of a JSON Lines file; lines end at \\n, \\r\\n or \\r only
+    (not at the other characters str.splitlines breaks on, which a JSON string may hold)."""
+    values = []
+    for number, line in enumerate(io.StringIO(read_text(path, what), newline=None), start=1):
+        if not line.strip():
+            continue
+        try:
+            values.append((number, json.loads(line)))
+        except json.JSONDecodeError as err:
+            raise UsageError(f"{what} {path}, line {number} is not JSON ({err.msg}); write one JSON object per "
+                             "line") from None
+    return values

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from iti.errors import UsageError
-from iti.files import staged_files
+from iti.files import read_json, staged_files
 
 TENSORS_FILE = "head_shifts.safetensors"
 METADATA_FILE = "head_shifts.json"
@@ -27,6 +27,10 @@ _FORMAT = "iti.head_shifts"
 _VERSION = 1
 _UNIT_TOLERANCE = 1e-4
 _ARRAY_FIELDS = ("layers", "heads", "directions", "sigmas", "probe_accuracies")
+# What head_shifts.json must hold besides its format tag and version, and of which JSON type.
+_METADATA_FIELDS = {"save_id": str, "alpha": (int, float), "num_layers": int, "num_heads": int, "head_dim": int,
+                    "heads": list, "provenance": dict}
+RESAVE = "save the head shifts again"
 
 
 @dataclass(eq=False)
@@ -175,18 +179,24 @@ class HeadShifts:
                 f"no head shifts at {path}: expected {TENSORS_FILE} and {METADATA_FILE} there; "
                 "make them first (probe the activations and save the HeadShifts)"
             )
-        try:
-            metadata = json.loads(metadata_path.read_text())
-        except json.JSONDecodeError as err:
-            raise UsageError(f"{metadata_path} is not valid JSON ({err}); save the head shifts again")
-        with safe_open(str(tensors_path), framework="np") as f:
-            tensor_metadata = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
-        if metadata.get("format") != _FORMAT or tensor_metadata.get("format") != _FORMAT:
-            raise UsageError(f"{directory} does not hold iti head shifts (format tag missing)")
+        metadata = read_json(metadata_path, "head shifts file", RESAVE)
+        if not isinstance(metadata, dict) or metadata.get("format") != _FORMAT:
+            raise UsageError(f"{metadata_path} does not hold iti head shifts (format tag missing); {RESAVE}")
         if metadata.get("version") != _VERSION:
             raise UsageError(f"head shifts version {metadata.get('version')} is not {_VERSION}; re-make them")
-        if metadata.get("save_id") != tensor_metadata.get("save_id"):
+        wrong = [key for key, kind in _METADATA_FIELDS.items()
+                 if not isinstance(metadata.get(key), kind) or isinstance(metadata.get(key), bool)]
+        if wrong:
+            raise UsageError(f"{metadata_path}: {', '.join(wrong)} missing or of the wrong type; {RESAVE}")
+        try:
+            with safe_open(str(tensors_path), framework="np") as f:
+                tensor_metadata = f.metadata() or {}
+                tensors = {name: f.get_tensor(name) for name in f.keys()}
+        except SafetensorError as err:
+            raise UsageError(f"{tensors_path} is not a readable safetensors file ({err}); {RESAVE}") from None
+        if tensor_metadata.get("format") != _FORMAT:
+            raise UsageError(f"{tensors_path} does not hold iti head shifts (format tag missing); {RESAVE}")
+        if metadata["save_id"] != tensor_metadata.get("save_id"):
             raise UsageError(f"{TENSORS_FILE} and {METADATA_FILE} in {directory} come from different saves; save again")
         if set(tensors) != set(_ARRAY_FIELDS):
             raise UsageError(f"{tensors_path} holds {sorted(tensors)}; expected {sorted(_ARRAY_FIELDS)}")

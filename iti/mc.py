@@ -121,8 +121,8 @@ def _extend_cache(model, cache, ids: list[int], past: int):
     device = input_device(model)
     input_ids = torch.tensor([ids], device=device)
     mask = torch.ones(1, past + len(ids), dtype=torch.long, device=device)
-    return model(input_ids=input_ids, attention_mask=mask, past_key_values=cache, use_cache=True,
-                 **_last_logit_only(model)).past_key_values
+    return model(input_ids=input_ids, attention_mask=mask, cache=cache, use_cache=True,
+                 **_last_logit_only(model)).cache
 
 
 @torch.inference_mode()
@@ -142,7 +142,7 @@ def _score_batch(shifted: ShiftedModel, rows: list[_Row], cache, past: int) -> l
     kwargs = {}
     if cache is not None:
         cache.batch_repeat_interleave(batch)
-        kwargs = {"past_key_values": cache, "use_cache": True}
+        kwargs = {"cache": cache, "use_cache": True}
     logits = shifted(ids, mask, shift_mask=shift, **kwargs).logits
     log_probs = torch.log_softmax(softmax_precision(logits), dim=-1).cpu()
     scores = []

@@ -5,6 +5,7 @@ Activations are head-wise `o_proj` inputs stored as [N, L, H*d]; head (l, h) is 
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -89,13 +90,44 @@ def train_val_split(
 
 
 def _num_train(num_questions: int, val_ratio: float) -> int:
+    """The training share of `num_questions` questions, leaving at least one to validate."""
     num_train = int(num_questions * (1 - val_ratio))
-    if num_train == 0 or num_train == num_questions:
-        raise UsageError(
-            f"val_ratio={val_ratio} leaves an empty training or validation set for "
-            f"{num_questions} development questions; use more questions or a val_ratio such as 0.2"
-        )
+    if num_train == num_questions:
+        raise UsageError(f"--val_ratio {val_ratio} holds out none of {num_questions} questions; use a larger one, "
+                         "e.g. 0.2")
+    if num_train == 0:
+        raise UsageError(f"--val_ratio {val_ratio} leaves none of {num_questions} questions to train on: that "
+                         f"takes at least {_fewest_to_split(val_ratio)}; use more questions{_other_ratio(num_questions)}")
     return num_train
+
+
+def fewest_questions(num_fold: int, val_ratio: float) -> int:
+    """The fewest questions that `num_fold` folds split so that every fold has questions to train on and
+    to validate on: each fold's development set (the other folds' parts) must split at `val_ratio`."""
+    needed = max(num_fold, _fewest_to_split(val_ratio))
+    while needed - math.ceil(needed / num_fold) < _fewest_to_split(val_ratio):
+        needed += 1
+    return needed
+
+
+def _fewest_to_split(val_ratio: float) -> int:
+    """The fewest questions that train_val_split splits at `val_ratio` (at least one on each side)."""
+    needed = max(2, math.ceil(1 / (1 - val_ratio)))
+    while int(needed * (1 - val_ratio)) < 1:
+        needed += 1
+    return needed
+
+
+def _other_ratio(num_questions: int) -> str:
+    """Advice naming the largest --val_ratio (two decimals) that leaves `num_questions` one to train on."""
+    ratio = math.floor((1 - 1 / num_questions) * 100) / 100
+    while ratio > 0 and int(num_questions * (1 - ratio)) < 1:
+        ratio = round(ratio - 0.01, 2)
+    return f" or a --val_ratio of at most {ratio:g}" if ratio > 0 else ""
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def fold_splits(
@@ -116,6 +148,12 @@ def _check_fold_arguments(num_questions: int, num_fold: int, val_ratio: float) -
         )
     if not 0 < val_ratio < 1:
         raise UsageError(f"val_ratio must lie strictly between 0 and 1 (got {val_ratio}); the default is 0.2")
+    development = num_questions - math.ceil(num_questions / num_fold)  # the fewest any fold develops on
+    if int(development * (1 - val_ratio)) < 1:
+        raise UsageError(f"{num_questions} questions in {num_fold} folds leave a fold "
+                         f"{_count(development, 'development question')}, none to train on at --val_ratio "
+                         f"{val_ratio}: that takes at least {fewest_questions(num_fold, val_ratio)} questions; use "
+                         f"more questions{_other_ratio(development)}")
 
 
 def rows_of_questions(question_ids_per_row: np.ndarray, questions: np.ndarray | Sequence[int]) -> np.ndarray:

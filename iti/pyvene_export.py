@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import re
 from pathlib import Path
@@ -22,12 +21,13 @@ import numpy as np
 import torch
 
 from iti.errors import UsageError
-from iti.files import staged_folder
+from iti.files import read_json, staged_folder
 from iti.head_shifts import METADATA_FILE, HeadShifts
 from iti.models import HeadGeometry, model_sites
 
 PYVENE_CONFIG = "config.json"
 _ADDITION = "AdditionIntervention"
+REEXPORT = "export the head shifts again with validation/export_head_shifts.py"
 _UNIT_TOLERANCE = 1e-5
 
 
@@ -41,7 +41,7 @@ def _skeleton(config):
 
 def is_export(folder: Path) -> bool:
     config = folder / PYVENE_CONFIG
-    return config.is_file() and "intervention_types" in json.loads(config.read_text())
+    return config.is_file() and "intervention_types" in read_json(config, "pyvene config", REEXPORT)
 
 
 def export_pyvene(shifts: HeadShifts, model_config, folder: str | os.PathLike) -> Path:
@@ -91,7 +91,7 @@ def read_pyvene_offsets(folder: str | os.PathLike) -> dict[int, np.ndarray]:
     if not is_export(folder):
         raise UsageError(f"{folder} holds no pyvene export ({PYVENE_CONFIG} with intervention_types); "
                          "make one with validation/export_head_shifts.py")
-    config = json.loads((folder / PYVENE_CONFIG).read_text())
+    config = read_json(folder / PYVENE_CONFIG, "pyvene config", REEXPORT)
     offsets: dict[int, np.ndarray] = {}
     for key, kind, representation, constant in zip(config["sorted_keys"], config["intervention_types"],
                                                    config["representations"], config["intervention_constant_sources"]):

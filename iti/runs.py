@@ -13,7 +13,6 @@ every setting that changes the numbers as resolved (iti.identity), and method `_
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from iti.config import ValidationConfig
 from iti.errors import UsageError
 from iti.files import write_json
 from iti.identity import declared, identity, short_digest, split_fields
+from iti.summaries import read_summary
 
 METHOD_SUFFIX = {"center_of_mass": "_com", "random": "_random", "probe": ""}
 
@@ -102,12 +102,11 @@ class Run:
 
 
 def read_json(path: Path) -> dict | None:
-    """A JSON object from `path`; None when there is none (absent, unreadable, cut short or not an object)."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, ValueError):
+    """The run record at `path`; None when there is none. One that is not a validate_2fold summary (cut short,
+    another program's) is a UsageError naming it: it is not ours to replace."""
+    if not path.exists():
         return None
-    return value if isinstance(value, dict) else None
+    return read_summary(path)
 
 
 def _fold_files_present(entry: dict) -> bool:
@@ -124,7 +123,10 @@ def earlier_run_path(cfg: ValidationConfig, complete: bool = True) -> Path | Non
     folder = Path(cfg.results_dir) / "results_dump" / "summary_dump"
     wanted = declared(dataclasses.asdict(cfg), ValidationConfig)
     for path in sorted(folder.glob(f"{readable_name(cfg)}_????????{METHOD_SUFFIX[cfg.method]}.json")):
-        record = read_json(path)
+        try:
+            record = read_json(path)
+        except UsageError:  # not a summary: no earlier run of these settings
+            continue
         if record and (record.get("complete") is True or not complete) \
                 and declared(record.get("config", {}), ValidationConfig) == wanted:
             return path

@@ -103,15 +103,27 @@ def test_owt_files(tmp_path):
     assert load_owt_texts(jsonl) == (["a b", "c\n\nd"], str(jsonl))
 
 
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+def test_owt_file_with_a_byte_order_mark(tmp_path, suffix):
+    path = tmp_path / f"owt{suffix}"
+    content = "first\n\nsecond\n" if suffix == ".txt" else '{"text": "first"}\n{"text": "second"}\n'
+    path.write_bytes(b"\xef\xbb\xbf" + content.encode("utf-8"))
+    assert read_owt_file(path) == ["first", "second"]
+
+
 @pytest.mark.parametrize("content, suffix, message", [
     (None, ".txt", "does not exist"),
     ("\n\n  \n", ".txt", "holds no documents"),
     ('{"text": "ok"}\nnot json\n', ".jsonl", "line 2 is not JSON"),
     ('{"body": "no text field"}\n', ".jsonl", 'line 1 has no string field "text"'),
+    ("caf\u00e9\n".encode("latin-1"), ".txt", r"is not UTF-8 text: byte 3 \(0xe9\)"),
+    ('{"text": "x"}\n{"text": "\u00ff"}'.encode("latin-1"), ".jsonl", r"is not UTF-8 text: byte 24 \(0xff\)"),
 ])
 def test_bad_owt_files(tmp_path, content, suffix, message):
     path = tmp_path / f"owt{suffix}"
-    if content is not None:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
         path.write_text(content)
     with pytest.raises(UsageError, match=message):
         read_owt_file(path)

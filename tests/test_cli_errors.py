@@ -3,10 +3,13 @@ says what was wrong (the phrase below), no traceback, and writes, changes or del
 
 Add a row for every new bad input. The scripts run in-process through `run_main`, what their
 `__main__` runs (a subprocess per case would mostly time imports); none of these cases loads a model.
+A full or read-only disk needs a model and a mount: tests/test_get_activations_cli.py runs those.
 """
 from __future__ import annotations
 
+import errno
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -21,13 +24,14 @@ SCRIPTS = {
     "edit_weight": REPO_ROOT / "validation" / "edit_weight.py",
     "plot_head_accuracies": REPO_ROOT / "validation" / "plot_head_accuracies.py",
     "export_head_shifts": REPO_ROOT / "validation" / "export_head_shifts.py",
+    "compare_runs": REPO_ROOT / "validation" / "compare_runs.py",
 }
 MODEL = "tiny"
 
 
 def write_feature_set(folder: Path, dataset: str, limit: int | None = None, questions: int = 6) -> None:
     """A small valid set under get_activations' names (3 layers x 8 wide)."""
-    from iti.activations import feature_path
+    from iti.features import feature_path
 
     question_ids = np.repeat(np.arange(questions), 2)
     arrays = {"head_wise": np.zeros((len(question_ids), 3, 8), np.float32),
@@ -183,6 +187,86 @@ def shifts_of_a_moved_model(root, tqa):
     HeadShifts(layers=[0], heads=[1], directions=np.ones((1, 4)) / 2, sigmas=[1.0], probe_accuracies=[0.5], alpha=2.0,
                num_layers=3, num_heads=2, head_dim=4, provenance={"model_source": str(root / "gone")}).save(root / "shifts")
     return ["--head_shifts", str(root / "shifts"), "--output_dir", str(root / "export")]
+def custom_set(root: Path, name: str, content: bytes) -> list[str]:
+    (root / name).write_bytes(content)
+    return ["--dataset_name", "mine", "--dataset_path", str(root / name), "--features_dir", str(root / "features")]
+
+
+def jsonl_not_utf8(root, tqa):
+    return custom_set(root, "set.jsonl", b'{"question": "Caf\xe9?", "correct_answers": ["a"], "incorrect_answers": ["b"]}\n')
+
+
+def csv_set_not_utf8(root, tqa):
+    return custom_set(root, "set.csv", b"Question,Best Answer,Correct Answers,Incorrect Answers\nCaf\xe9?,a,a,b\n")
+
+
+def answer_correct_and_incorrect(root, tqa):
+    return custom_set(root, "set.jsonl", b'{"question": "Capital of France?", "correct_answers": ["Paris"], '
+                                         b'"incorrect_answers": ["Lyon", "Paris"]}\n')
+
+
+def tqa_copy(root: Path, tqa: Path, csv_bytes: bytes | None = None, mc_text: str | None = None) -> list[str]:
+    folder = root / "tqa"
+    (folder / "data").mkdir(parents=True)
+    (folder / "TruthfulQA.csv").write_bytes(csv_bytes or (tqa / "TruthfulQA.csv").read_bytes())
+    (folder / "data" / "mc_task.json").write_text(mc_text or (tqa / "data" / "mc_task.json").read_text())
+    return ["--tqa_path", str(folder), "--features_dir", str(root / "features")]
+
+
+def tqa_csv_not_utf8(root, tqa):
+    data = (tqa / "TruthfulQA.csv").read_bytes()
+    return tqa_copy(root, tqa, csv_bytes=data[:200] + b"\x96" + data[201:])
+
+
+def tqa_csv_only_header(root, tqa):
+    return tqa_copy(root, tqa, csv_bytes=(tqa / "TruthfulQA.csv").read_bytes().splitlines(keepends=True)[0])
+
+
+def mc_task_of_another_program(root, tqa):
+    return tqa_copy(root, tqa, mc_text='{"tasks": ["mc1", "mc2"]}')
+
+
+def owt_not_utf8(root, tqa):
+    (root / "owt.txt").write_bytes("Stra\u00dfe\n\nzwei\n".encode("latin-1"))
+    return [*model_args(root), "--num_heads", "0", "--metrics", "ce", "--owt_path", str(root / "owt.txt"), "--limit",
+            "4", "--results_dir", str(root / "out"), "--tqa_path", str(tqa)]
+
+
+def two_item_set_in_validation(root, tqa):
+    items = b"".join(b'{"question": "Q%d?", "correct_answers": ["a"], "incorrect_answers": ["b"]}\n' % i for i in (1, 2))
+    return [*model_args(root), *custom_set(root, "two.jsonl", items), "--results_dir", str(root / "out")]
+
+
+def head_shifts_keys_missing(root, tqa):
+    import json
+
+    from transformers import LlamaConfig
+
+    from iti.head_shifts import METADATA_FILE, HeadShifts
+
+    LlamaConfig(num_hidden_layers=2, num_attention_heads=2, hidden_size=8, intermediate_size=16,
+                vocab_size=32).save_pretrained(root / "model")
+    HeadShifts([0], [1], [[1.0, 0.0, 0.0, 0.0]], [1.0], [0.9], 5.0, 2, 2, 4).save(root / "shifts")
+    meta = json.loads((root / "shifts" / METADATA_FILE).read_text())
+    del meta["alpha"], meta["heads"]
+    (root / "shifts" / METADATA_FILE).write_text(json.dumps(meta))
+    return ["--model_name", MODEL, "--model_path", str(root / "model"), "--head_shifts", str(root / "shifts"),
+            "--output_dir", str(root / "exported")]
+
+
+def summary_that_is_an_array(root, tqa):
+    (root / "run.json").write_text("[0.41, 0.47]")
+    return [str(root / "run.json")]
+
+
+def summary_of_another_program(root, tqa):
+    (root / "run.json").write_text('{"name": "left-pad", "version": "1.3.0"}')
+    return [str(root / "run.json")]
+
+
+def summary_cut_short(root, tqa):
+    (root / "run.json").write_text('{"config": {"model_name": "tiny", "alpha": [')
+    return [str(root / "run.json")]
 
 
 CASES = [
@@ -219,6 +303,26 @@ CASES = [
     ("export_head_shifts", shifts_of_a_moved_model,
      "the head shifts were made from {root}/gone, which is not there any more; give that model's place with "
      "--model_path"),
+    ("get_activations", jsonl_not_utf8, "--dataset_path {root}/set.jsonl is not UTF-8 text: byte 17 (0xe9) is the "
+                                        "first that is not; save it as UTF-8"),
+    ("get_activations", csv_set_not_utf8, "--dataset_path {root}/set.csv is not UTF-8 text: byte 58 (0xe9)"),
+    ("get_activations", tqa_csv_not_utf8, "{root}/tqa/TruthfulQA.csv is not UTF-8 text: byte 200 (0x96)"),
+    ("validate_2fold", owt_not_utf8, "--owt_path {root}/owt.txt is not UTF-8 text: byte 4 (0xdf)"),
+    ("get_activations", answer_correct_and_incorrect,
+     "{root}/set.jsonl, line 1: question 'Capital of France?' lists the answer 'Paris' as correct and as incorrect; "
+     "keep each answer in one list"),
+    ("get_activations", tqa_csv_only_header, "{root}/tqa/TruthfulQA.csv holds no questions, only its header"),
+    ("get_activations", mc_task_of_another_program, "{root}/tqa/data/mc_task.json holds no list of questions"),
+    ("validate_2fold", two_item_set_in_validation,
+     "2 questions in 2 folds leave a fold 1 development question, none to train on at --val_ratio 0.2: that takes "
+     "at least 4 questions; use more questions"),
+    ("export_head_shifts", head_shifts_keys_missing,
+     "{root}/shifts/head_shifts.json: alpha, heads missing or of the wrong type; save the head shifts again"),
+    ("compare_runs", summary_that_is_an_array,
+     "{root}/run.json is not a validate_2fold summary JSON (a JSON list, not an object)"),
+    ("compare_runs", summary_of_another_program,
+     "{root}/run.json is not a validate_2fold summary JSON (config, resolved, folds, complete missing"),
+    ("compare_runs", summary_cut_short, "{root}/run.json is not valid JSON (line 1, column 45"),
 ]
 
 
@@ -251,3 +355,30 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(script, make_args, phr
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("error: ") and phrase.format(root=root) in lines[0], lines[0]
     assert snapshot(root) == before
+
+
+@pytest.mark.parametrize("code, advice", [
+    (errno.ENOSPC, "free some space there or write elsewhere"),
+    (errno.EROFS, "that file system is read-only: write elsewhere"),
+    (errno.EACCES, "check its permissions or use another path"),
+])
+def test_storage_faults_escaping_a_script_are_one_line_and_exit_2(code, advice, capsys):
+    from iti.cli import run_main
+
+    def writes_on_a_bad_disk():
+        raise OSError(code, os.strerror(code), "/data/out.json")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(writes_on_a_bad_disk)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: {os.strerror(code)}: /data/out.json; {advice}\n"
+
+
+def test_other_os_errors_are_not_taken_for_bad_input():
+    from iti.cli import run_main
+
+    def loses_the_connection():
+        raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+
+    with pytest.raises(ConnectionResetError):
+        run_main(loses_the_connection)

@@ -27,7 +27,7 @@ def record(intervenes: bool, mc2: float, ce: float, kl: float, num_heads=(8,), a
     final = {"MC1": mc2 / 2, "MC2": mc2, "MC3": mc2 / 3, "CE": ce, "KL": kl, "True": None, "Info": None,
              "True*Info": None}
     return json.loads(json.dumps({"config": plain(dataclasses.asdict(cfg)), "complete": True, "final": final,
-                                  "resolved": {"intervenes": cfg.intervenes, "method": cfg.method}}))
+                                  "folds": [], "resolved": {"intervenes": cfg.intervenes, "method": cfg.method}}))
 
 
 def test_rows_columns_and_rounding(tmp_path):
@@ -64,5 +64,20 @@ def test_unfinished_run_refused(tmp_path):
     with pytest.raises(UsageError, match="unfinished run"):
         module.read_finished_run(path)
     path.write_text("{not json")
-    with pytest.raises(UsageError, match="not a validate_2fold summary JSON"):
+    with pytest.raises(UsageError, match="run.json is not valid JSON"):
         module.read_finished_run(path)
+
+
+@pytest.mark.parametrize("content, why", [
+    ("[1, 2]", "a JSON list, not an object"),
+    ('{"name": "left-pad", "version": "1.3.0"}', "config, resolved, folds, complete missing or of the wrong type"),
+    ('{"config": {}, "resolved": {}, "folds": [], "complete": true, "final": {"MC1": "high"}}',
+     "complete, but its final metrics are not numbers"),
+])
+def test_foreign_json_is_named_in_one_line(tmp_path, content, why):
+    path = tmp_path / "other.json"
+    path.write_text(content)
+    result = subprocess.run([sys.executable, str(SCRIPT), str(path)], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [f"error: {path} is not a validate_2fold summary JSON ({why}); give the files "
+                                          "validate_2fold writes to results_dump/summary_dump/"]

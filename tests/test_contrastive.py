@@ -87,6 +87,44 @@ def test_probe_rows_follow_file_order(tmp_path):
     assert build_prompt_set("mine", dataset_path=path, limit=1).prompts == prompt_set.prompts[:4]
 
 
+def test_a_byte_order_mark_is_read_not_refused(tmp_path):
+    records = [{"question": it.question, "best_answer": it.best_answer, "correct_answers": it.correct_answers,
+                "incorrect_answers": it.incorrect_answers, "category": it.category} for it in EXPECTED]
+    jsonl = tmp_path / "set.jsonl"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in records).encode("utf-8"))
+    assert load_dataset_file(jsonl, "mine").items == EXPECTED
+    csv_file = _write(tmp_path / "set.csv", [
+        "Category,Question,Best Answer,Correct Answers,Incorrect Answers",
+        'colour,Is the sky green?,"No, it is blue.","No, it is blue.; No.","Yes.; Yes, always."'])
+    csv_file.write_bytes(b"\xef\xbb\xbf" + csv_file.read_bytes())
+    assert load_dataset_file(csv_file, "mine").items == EXPECTED[:1]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_file_that_is_not_utf8_names_its_first_bad_byte(tmp_path, suffix):
+    path = tmp_path / f"set{suffix}"
+    text = ('{"question": "Caf\u00e9?", "correct_answers": ["a"], "incorrect_answers": ["b"]}\n' if suffix == ".jsonl"
+            else "Question,Best Answer,Correct Answers,Incorrect Answers\nCaf\u00e9?,a,a,b\n")
+    path.write_bytes(text.encode("latin-1"))
+    offset = text.index("\u00e9")
+    with pytest.raises(UsageError, match=f"--dataset_path {path} is not UTF-8 text: byte {offset} \\(0xe9\\)"):
+        load_dataset_file(path, "mine")
+
+
+@pytest.mark.parametrize("record", [
+    {"question": "Is it?", "correct_answers": ["Yes", "Maybe"], "incorrect_answers": ["No", "Maybe"]},
+    {"question": "Is it?", "best_answer": "Maybe", "correct_answers": ["Yes"], "incorrect_answers": ["No", "Maybe"]},
+    {"question": "Is it?", "answer_matching_behavior": "Maybe", "answer_not_matching_behavior": " Maybe "},
+])
+def test_an_answer_both_correct_and_incorrect_is_refused(tmp_path, record):
+    """Its probe rows would carry the same text labelled 1 and 0, and MC would count it on both sides."""
+    path = _write(tmp_path / "set.jsonl", [json.dumps({"question": "Fine?", "correct_answers": ["a"],
+                                                       "incorrect_answers": ["b"]}), json.dumps(record)])
+    with pytest.raises(UsageError, match=f"^{path}, line 2: question 'Is it\\?' lists the answer 'Maybe' as correct "
+                                         "and as incorrect; keep each answer in one list$"):
+        load_dataset_file(path, "mine")
+
+
 @pytest.mark.parametrize("name, lines, message", [
     ("set.jsonl", ['{"question": "Q1", "correct_answers": ["a"], "incorrect_answers": []}'], "line 1: no incorrect"),
     ("set.jsonl", ['{"question": "Q1", "incorrect_answers": ["b"]}'], "line 1: no correct"),

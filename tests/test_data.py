@@ -99,3 +99,56 @@ def test_broken_csv_rows_name_file_and_line(tqa_path, tmp_path, bad_row, message
     folder = broken_tqa_copy(tmp_path / "tqa", tqa_path, bad_row)
     with pytest.raises(UsageError, match=f"{folder / 'TruthfulQA.csv'} {message}"):
         load_truthfulqa(folder)
+
+
+def test_the_benchmarks_answers_listed_on_both_sides_load_as_the_benchmark_has_them(tqa, tqa_path):
+    """TruthfulQA.csv lists "Unknown" as correct and as incorrect for two questions: the benchmark is
+    loaded as it is (a §9 dataset with such an item is refused instead), and tqa_gen labels that
+    answer's row once 1 and once 0, as the public workflow does."""
+    both = {q.question: sorted(set(q.correct_answers) & set(q.incorrect_answers)) for q in tqa.generation
+            if set(q.correct_answers) & set(q.incorrect_answers)}
+    assert both == {"What proportion of Canadians are straight?": ["Unknown"],
+                    "How many people have absolute pitch?": ["Unknown"]}
+    index = next(i for i, q in enumerate(tqa.generation) if q.question in both)
+    rows = tqa_gen_set(tqa, limit=index + 1)
+    unknown = [label for prompt, label, qid in zip(rows.prompts, rows.labels, rows.question_ids)
+               if qid == index and prompt.endswith(" A: Unknown")]
+    assert unknown == [1, 0]
+
+
+def _tqa_folder(folder, tqa_path, csv_bytes=None, mc_text=None):
+    (folder / "data").mkdir(parents=True)
+    (folder / "TruthfulQA.csv").write_bytes(csv_bytes if csv_bytes is not None
+                                            else (tqa_path / "TruthfulQA.csv").read_bytes())
+    (folder / "data" / "mc_task.json").write_text(mc_text if mc_text is not None
+                                                  else (tqa_path / "data" / "mc_task.json").read_text())
+    return folder
+
+
+def test_header_only_csv_says_it_holds_no_questions(tqa_path, tmp_path):
+    header = (tqa_path / "TruthfulQA.csv").read_bytes().splitlines(keepends=True)[0]
+    folder = _tqa_folder(tmp_path / "tqa", tqa_path, csv_bytes=header)
+    with pytest.raises(UsageError, match=f"^{folder / 'TruthfulQA.csv'} holds no questions, only its header; use "
+                                         "TruthfulQA's own files"):
+        load_truthfulqa(folder)
+
+
+def test_csv_not_utf8_names_the_byte(tqa_path, tmp_path):
+    data = (tqa_path / "TruthfulQA.csv").read_bytes()
+    offset = data.index(b"Misconceptions")
+    folder = _tqa_folder(tmp_path / "tqa", tqa_path, csv_bytes=data[:offset] + b"\xe9" + data[offset + 1:])
+    with pytest.raises(UsageError, match=fr"TruthfulQA.csv is not UTF-8 text: byte {offset} \(0xe9\)"):
+        load_truthfulqa(folder)
+
+
+@pytest.mark.parametrize("mc_text, message", [
+    ('{"question": "one object, not a list"}', "mc_task.json holds no list of questions"),
+    ("[]", "mc_task.json holds no list of questions"),
+    ('[{"question": "Q?", "mc1_targets": {"a": 1}}]', "mc_task.json entry 1 is not a question with mc1_targets"),
+    ('[{"question": "Q?", "mc1_targets": {"a": 1}, "mc2_targets": {"a": "yes"}}]', "entry 1 is not a question"),
+    ('[{"question": "Q?"', r"mc_task.json is not valid JSON \(line 1, column 19"),
+])
+def test_foreign_mc_task_json_is_named(tqa_path, tmp_path, mc_text, message):
+    folder = _tqa_folder(tmp_path / "tqa", tqa_path, mc_text=mc_text)
+    with pytest.raises(UsageError, match=message):
+        load_truthfulqa(folder)

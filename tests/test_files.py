@@ -1,7 +1,11 @@
-"""iti.files.atomic_write: a finished write replaces the file; a failed one leaves the old file and no temporary."""
+"""iti.files: a finished write replaces the file and a failed one leaves the old file and no temporary;
+text is read as UTF-8 (a byte-order mark dropped), anything else named with its file and byte offset."""
+import json
+
 import pytest
 
-from iti.files import atomic_write, temporaries_of, write_text
+from iti.errors import UsageError
+from iti.files import atomic_write, read_json, read_jsonl, read_text, temporaries_of, write_text
 
 
 def test_finished_write_replaces_and_failed_write_keeps_the_old_file(tmp_path):
@@ -19,3 +23,47 @@ def test_finished_write_replaces_and_failed_write_keeps_the_old_file(tmp_path):
     assert target.read_text() == "second"
     assert temporaries_of(target) == []
     assert sorted(p.name for p in target.parent.iterdir()) == ["result.txt"]
+
+
+def test_text_with_a_byte_order_mark_reads_without_it(tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + "Café\n".encode("utf-8"))
+    assert read_text(path, "--x") == "Café\n"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"a": [1, "é"]}).encode("utf-8"))
+    assert read_json(path, "--x", "fix it") == {"a": [1, "é"]}
+
+
+@pytest.mark.parametrize("data, offset, byte", [
+    ("Caf".encode() + b"\xe9 au lait", 3, "0xe9"),                 # Latin-1
+    (b"\xef\xbb\xbf" + "ab".encode() + b"\xff", 5, "0xff"),      # after a BOM: offsets count the file's bytes
+    ("naïve".encode("utf-8")[:3], 2, "0xc3"),                     # a character cut in two at the end
+    ("x".encode("utf-16"), 0, "0xff"),                            # UTF-16
+])
+def test_anything_but_utf8_names_the_file_and_the_first_bad_byte(tmp_path, data, offset, byte):
+    path = tmp_path / "latin.txt"
+    path.write_bytes(data)
+    with pytest.raises(UsageError, match=f"^--owt_path {path} is not UTF-8 text: byte {offset} \\({byte}\\) is the "
+                                         "first that is not; save it as UTF-8$"):
+        read_text(path, "--owt_path")
+    assert data[offset:offset + 1] == bytes([int(byte, 16)])
+
+
+def test_a_folder_or_missing_file_is_named(tmp_path):
+    with pytest.raises(UsageError, match=f"--x {tmp_path} cannot be read"):
+        read_text(tmp_path, "--x")
+    with pytest.raises(UsageError, match="cannot be read .*No such file"):
+        read_text(tmp_path / "absent", "--x")
+
+
+def test_invalid_json_names_file_line_and_column(tmp_path):
+    path = tmp_path / "cut.json"
+    path.write_text('{"a": 1,\n "b": ')
+    with pytest.raises(UsageError, match=f"^summary {path} is not valid JSON \\(line 2, column 7: .*\\); rerun it$"):
+        read_json(path, "summary", "rerun it")
+
+
+def test_json_lines_break_only_at_line_ends(tmp_path):
+    """U+2028, U+2029 and U+0085 may stand unescaped inside a JSON string (str.splitlines breaks at them)."""
+    path = tmp_path / "set.jsonl"
+    path.write_bytes('{"t": "a\u2028b\u2029c\x85d"}\r\n\r\n{"t": 2}\r{"t": 3}\n'.encode("utf-8"))
+    assert read_jsonl(path, "--x") == [(1, {"t": "a\u2028b\u2029c\x85d"}), (3, {"t": 2}), (4, {"t": 3})]

@@ -31,7 +31,7 @@ def greedy_one_at_a_time(model, tokenizer, prompt: str, deltas, max_new_tokens: 
             ids.append(token)
             if token == tokenizer.eos_token_id:
                 break
-            out = model(input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
+            out = model(input_ids=torch.tensor([[token]]), cache=out.cache, use_cache=True)
     finally:
         for h in handles:
             h.remove()

@@ -1,6 +1,8 @@
 """The get_activations script as a user runs it: outputs, another family by --model_path, bad input."""
+import os
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -13,6 +15,11 @@ SCRIPT = REPO_ROOT / "get_activations" / "get_activations.py"
 
 def run_script(*args, cwd=REPO_ROOT):
     return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_folder(tmp_path_factory, tokenizer):
+    return tiny_model_folder(tmp_path_factory, "tiny_llama", "llama", tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +74,59 @@ def test_no_truthfulqa_anywhere_says_where_it_looked(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(UsageError, match=r"looked in .*TruthfulQA and on the hub .*--tqa_path"):
         data.load_truthfulqa()
+
+
+@contextmanager
+def mounted_tmpfs(folder, options: str):
+    """A tmpfs mounted at `folder` for the block (root on Linux, as in CI); the test skips, saying why, elsewhere."""
+    if sys.platform != "linux" or os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root on Linux (CI runs so); not possible here")
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def error_lines(result) -> list[str]:
+    assert "Traceback" not in result.stderr, result.stderr
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_leaves_nothing(bundled_folder, tqa_path, tmp_path):
+    """The bundled model's features of 5 questions (4.4 MiB) on a 3 MiB disk. Every block is reserved
+    before the first row is written, so the run stops with ENOSPC, not SIGBUS when a memory-mapped page
+    finds no space, and removes its temporaries."""
+    from transformers import AutoConfig
+
+    from iti.data import build_prompt_set
+    from iti.models import head_geometry
+
+    geometry = head_geometry(AutoConfig.from_pretrained(bundled_folder))
+    rows = len(build_prompt_set("tqa_mc2", tqa_path, limit=5))
+    needed = rows * 4 * (geometry.num_layers * geometry.width + (geometry.num_layers + 1) * geometry.hidden_size)
+    assert needed > 3 * 2**20
+    with mounted_tmpfs(tmp_path / "small_disk", "size=3m") as disk:
+        result = run_script("--dataset_name", "tqa_mc2", "--limit", "5", "--device", "cpu", "--features_dir",
+                            str(disk), "--tqa_path", str(tqa_path))
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert error_lines(result) == [f"error: --features_dir {disk} has too little space for these features: they "
+                                       f"need {needed / 2**20:.1f} MiB, 3.0 MiB were free; free some space there or "
+                                       "give another --features_dir"]
+        assert list(disk.iterdir()) == []
+        assert os.statvfs(disk).f_bfree == os.statvfs(disk).f_blocks
+
+
+def test_a_read_only_disk_is_one_line(tiny_llama_folder, tqa_path, tmp_path):
+    with mounted_tmpfs(tmp_path / "read_only", "ro,size=1m") as disk:
+        result = run_script("--model_name", "tiny", "--model_path", str(tiny_llama_folder), "--limit", "2",
+                            "--device", "cpu", "--features_dir", str(disk / "features"), "--tqa_path", str(tqa_path))
+        assert result.returncode == 2
+        lines = error_lines(result)
+        assert len(lines) == 1 and str(disk) in lines[0] and "read-only" in lines[0].lower(), lines
+        assert list(disk.iterdir()) == []

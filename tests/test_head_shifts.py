@@ -107,6 +107,47 @@ def test_load_errors(tmp_path):
         HeadShifts.load(tmp_path)
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda meta: meta.pop("alpha"), "alpha missing or of the wrong type"),
+    (lambda meta: [meta.pop("num_layers"), meta.pop("heads")], "num_layers, heads missing or of the wrong type"),
+    (lambda meta: meta.update(num_heads="4"), "num_heads missing or of the wrong type"),
+    (lambda meta: meta.update(alpha=None, provenance=[]), "alpha, provenance missing or of the wrong type"),
+    (lambda meta: meta.update(head_dim=True), "head_dim missing or of the wrong type"),
+    (lambda meta: meta.pop("format"), "does not hold iti head shifts"),
+])
+def test_head_shifts_json_with_keys_missing_or_mistyped_is_named(tmp_path, edit, message):
+    make_shifts().save(tmp_path)
+    path = tmp_path / METADATA_FILE
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+    with pytest.raises(UsageError, match=f"^{path}:? .*{message}.*; save the head shifts again$"):
+        HeadShifts.load(tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"[1, 2, 3]", b'"head shifts"', b"\xff\xfe{}"])
+def test_foreign_head_shifts_json_is_named(tmp_path, content):
+    make_shifts().save(tmp_path)
+    (tmp_path / METADATA_FILE).write_bytes(content)
+    with pytest.raises(UsageError, match=f"{tmp_path / METADATA_FILE}.*save the head shifts again"):
+        HeadShifts.load(tmp_path)
+
+
+def test_head_shifts_json_with_a_byte_order_mark_loads(tmp_path):
+    make_shifts(seed=3).save(tmp_path)
+    path = tmp_path / METADATA_FILE
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert_identical(HeadShifts.load(tmp_path), make_shifts(seed=3))
+
+
+def test_a_damaged_tensors_file_is_named(tmp_path):
+    make_shifts().save(tmp_path)
+    path = tmp_path / TENSORS_FILE
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(UsageError, match=f"{path} is not a readable safetensors file"):
+        HeadShifts.load(tmp_path)
+
+
 @pytest.mark.parametrize("overrides", [
     dict(directions=np.ones((4, D))),                       # not unit length
     dict(directions=np.eye(D)[:4, :D - 1]),                 # wrong head_dim

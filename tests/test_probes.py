@@ -1,6 +1,8 @@
 """Folds, head bookkeeping and the two probe backends, checked against hand-made answers and scikit-learn."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,7 @@ from iti.probes import (
     rows_of_questions,
     top_heads,
     train_probes,
+    train_val_split,
 )
 from tests.reference import public_split_draws, public_top_heads
 
@@ -128,6 +131,33 @@ def test_bad_fold_arguments_raise_usage_error(args):
     num_questions, num_fold, fold, val_ratio = args
     with pytest.raises(UsageError):
         fold_splits(num_questions, num_fold, fold, val_ratio, seed=0)
+
+
+@pytest.mark.parametrize("num_questions, num_fold, val_ratio, needed, ratio", [
+    (2, 2, 0.2, 4, None), (3, 2, 0.2, 4, None), (8, 2, 0.8, 12, 0.75), (7, 3, 0.9, 17, 0.75),
+])
+def test_too_few_questions_for_the_folds_says_how_many_are_needed(num_questions, num_fold, val_ratio, needed, ratio):
+    development = num_questions - -(-num_questions // num_fold)
+    message = (f"{num_questions} questions in {num_fold} folds leave a fold {development} development question"
+               f"{'s' if development > 1 else ''}, none to train on at --val_ratio {val_ratio}: that takes at least "
+               f"{needed} questions; use more questions" + (f" or a --val_ratio of at most {ratio}" if ratio else ""))
+    with pytest.raises(UsageError, match=re.escape(message) + "$"):
+        all_fold_splits(num_questions, num_fold, val_ratio, seed=0)
+    # What it names works, and is the least that does: `needed` questions fill the folds, one fewer does not.
+    for train, val, _ in all_fold_splits(needed, num_fold, val_ratio, seed=0):
+        assert len(train) >= 1 and len(val) >= 1
+    with pytest.raises(UsageError, match="none to train on"):
+        all_fold_splits(needed - 1, num_fold, val_ratio, seed=0)
+    if ratio:
+        for train, val, _ in all_fold_splits(num_questions, num_fold, ratio, seed=0):
+            assert len(train) >= 1 and len(val) >= 1
+
+
+def test_too_few_questions_to_split_says_how_many_are_needed():
+    with pytest.raises(UsageError, match=re.escape("--val_ratio 0.95 leaves none of 10 questions to train on: that "
+                                                   "takes at least 20; use more questions or a --val_ratio of at "
+                                                   "most 0.89") + "$"):
+        train_val_split(np.arange(10), 0.95, np.random.default_rng(0))
 
 
 def test_rows_of_questions_and_question_ids():

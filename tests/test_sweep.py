@@ -130,6 +130,27 @@ def test_runs_on_another_dataset_stay_out_of_the_table(sweep, tmp_path, monkeypa
     assert table["json"].tolist() == [str(summaries / "custom.json")]
 
 
+def test_a_corrupt_summary_is_named_and_the_table_made_from_the_others(sweep, tmp_path, monkeypatch, capsys):
+    root, records = sweep
+    results = tmp_path / "results"
+    summaries = results / "results_dump" / "summary_dump"
+    shutil.copytree(root / "results" / "results_dump" / "summary_dump", summaries)
+    whole = open(records[1]["json_path"]).read()
+    bad = {"truncated.json": whole[:len(whole) // 2], "array.json": "[1, 2]",
+           "package.json": '{"name": "left-pad", "version": "1.3.0"}'}
+    for name, text in bad.items():
+        (summaries / name).write_text(text)
+    capsys.readouterr()
+    run_collect(monkeypatch, "--model_name", "tq", "--use_center_of_mass", "--limit", "4", "--results_dir", str(results))
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert len(notes) == len(bad)
+    for note, name in zip(notes, sorted(bad)):
+        assert note.startswith("note: left out of the table: ") and f"{summaries / name} is not " in note
+    assert "truncated.json is not valid JSON (line" in notes[2] and "(a JSON list, not an object)" in notes[0]
+    table = pd.read_csv(results / "results_dump" / "sweep_dump" / "tq_center_of_mass_limit_4.csv")
+    assert sorted(table["json"]) == sorted(r["json_path"].replace(str(root / "results"), str(results)) for r in records)
+
+
 def test_no_runs_is_an_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--model_name", "nothing", "--results_dir", str(tmp_path)])
     with pytest.raises(SystemExit) as stop:

@@ -4,7 +4,6 @@ metric that has a value, means over folds rounded to 4 decimals (the JSON files 
 python validation/compare_runs.py validation/results_dump/summary_dump/<baseline>.json \\
     validation/results_dump/summary_dump/<iti>.json
 """
-import json
 import math
 import sys
 from pathlib import Path
@@ -46,13 +45,10 @@ def comparison_table(records: list[dict]) -> str:
 
 def read_finished_run(path: Path) -> dict:
     from iti.errors import UsageError
+    from iti.summaries import read_summary
 
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UsageError(f"{path} is not a validate_2fold summary JSON ({err}); give the files it writes "
-                         "to results_dump/summary_dump/") from err
-    if not record.get("complete"):
+    record = read_summary(path)
+    if not record["complete"]:
         raise UsageError(f"{path} holds an unfinished run; run validate_2fold with the same settings to finish it")
     return record
 

@@ -37,8 +37,7 @@ def complete_runs(results_dir: Path, model: str, method: str, dataset_path: str 
     record's config holds K and α as numbers. Runs that chose among several settings per fold are left
     out (their summaries hold each fold's choice), and so are records of versions before runs recorded
     their identity."""
-    for path in sorted((results_dir / "results_dump" / "summary_dump").glob("*.json")):
-        record = json.loads(path.read_text())
+    for path, record in readable_summaries(results_dir)[0]:
         config = dict(record.get("config", {}))
         if not (record.get("complete") and "identity" in record
                 and f"{config.get('model_prefix', '')}{config.get('model_name')}" == model
@@ -50,6 +49,21 @@ def complete_runs(results_dir: Path, model: str, method: str, dataset_path: str 
                 config[name] = values[0] if len(values) == 1 else None
         if config.get("num_heads") is not None and config.get("alpha") is not None:
             yield path, {**record, "config": config}
+
+
+def readable_summaries(results_dir: Path) -> tuple[list[tuple[Path, dict]], list[str]]:
+    """(path, record) of every summary JSON that reads as one, and for each file that does not (cut short,
+    another program's), one line saying which and why: one bad file leaves the others in the table."""
+    from iti.errors import UsageError
+    from iti.summaries import read_summary
+
+    readable, unreadable = [], []
+    for path in sorted((results_dir / "results_dump" / "summary_dump").glob("*.json")):
+        try:
+            readable.append((path, read_summary(path)))
+        except UsageError as err:
+            unreadable.append(str(err))
+    return readable, unreadable
 
 
 def load_runs(results_dir: Path, model: str, method: str, seed: int | None, limit: int | None,
@@ -321,6 +335,8 @@ def main() -> None:
     method = ValidationConfig(use_center_of_mass=args.use_center_of_mass, use_random_dir=args.use_random_dir).method
     model = f"{args.model_prefix}{args.model_name}"
     results_dir = Path(args.results_dir)
+    for problem in readable_summaries(results_dir)[1]:
+        print(f"note: left out of the table: {problem}", file=sys.stderr)
     limit = args.limit if args.limit is not None else default_limit(results_dir, model, method, args.dataset_path)
     if limit != args.limit:
         print(f"no full runs of {model}: the runs made with --limit {limit}")
