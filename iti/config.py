@@ -37,8 +37,7 @@ from iti.constants import (
 )
 from iti.errors import UsageError
 from iti.identity import Role
-from iti.metrics import BY_NAME, METRIC_OPTIONS
-from iti.metrics import METRICS as METRIC_TABLE
+from iti.metrics import BY_NAME, METRIC_OPTIONS, PER_QUESTION_OR_DERIVED
 from iti.registry import is_known_model, known_model_names
 
 NUMBERS, SHIFTS, EXECUTION = Role.NUMBERS, Role.SHIFTS, Role.EXECUTION
@@ -47,7 +46,7 @@ PROBING_DATASETS = ("tqa_mc2", "tqa_gen", "tqa_gen_end_q")
 DATASET_PATH_HELP = ("a contrastive dataset of your own (ITI_SPEC.md §9): .jsonl, .csv in TruthfulQA.csv's columns, "
                      "or hub:owner/name[:split]; --dataset_name then names its features and outputs")
 # --select_metric choices: the metrics scored per question or derived from them.
-SELECT_METRIC_NAMES = {m.name.lower(): m.name for m in METRIC_TABLE if m.name not in ("CE", "KL")}
+SELECT_METRIC_NAMES = {name.lower(): name for name in PER_QUESTION_OR_DERIVED}
 SELECT_METRICS = tuple(SELECT_METRIC_NAMES)
 # Names that become parts of file names: a letter or digit, then letters, digits, _ . + -; never a path.
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][\w.+-]*")
@@ -323,6 +322,18 @@ class ValidationConfig(HeadShiftOptions):
         if self.owt_path is not None and not Path(self.owt_path).expanduser().is_file():
             raise UsageError(f"--owt_path {self.owt_path} is not a file; give a .txt or .jsonl file of documents "
                              "(validation/write_local_text.py writes a stand-in)")
+
+
+@dataclass
+class CollectConfig(ValidationConfig):
+    """collect_sweep's options. Every validate_2fold flag is accepted, so a sweep passes its own on; those that
+    name runs select them (model, prefix, method, dataset, limit, and the seed when given), and runs that
+    differ in the others make rows of their own."""
+    seed: int | None = option(None, "only runs of this seed (default: every seed)", NUMBERS, named=True, minimum=0)
+    by_category: bool = option(False, "also each category's difference from the baseline (table and one plot per "
+                                      "setting)", EXECUTION)
+    category_metric: str = option("MC2", "the metric of the per-category table and plots", EXECUTION,
+                                  choices=PER_QUESTION_OR_DERIVED)
 
 
 @dataclass

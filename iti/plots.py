@@ -1,7 +1,11 @@
-"""Figures people would rather look at than tables."""
+"""Figures people would rather look at than tables (scripts choose the Agg backend; a notebook keeps its own)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from iti.files import atomic_write
 
 
 def head_accuracy_heatmap(scores: np.ndarray, title: str, label: str = "validation accuracy", ax=None):
@@ -19,3 +23,67 @@ def head_accuracy_heatmap(scores: np.ndarray, title: str, label: str = "validati
     ax.figure.colorbar(image, ax=ax, label=label)
     ax.figure.tight_layout()
     return ax.figure
+
+
+# The α curves of a sweep: (metric, panel title).
+SWEEP_PANELS = (("True*Info", "True*Info"), ("MC2", "MC2"), ("CE", "CE loss"), ("KL", "KL wrt original"))
+
+
+def save_figure(fig, path: Path) -> Path:
+    """The figure as a PNG under a temporary name, renamed into place; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def sweep_curves(table, path: Path) -> list[str]:
+    """One panel per metric with values; each K's means over seeds against α (bars: std over seeds), starting
+    from the baseline (α = 0 or K = 0, the same unshifted model for every K) at α = 0, also drawn as a dashed
+    line. `table`: rows of one numeric K and α each. Returns the metrics plotted."""
+    import matplotlib.pyplot as plt
+
+    panels = [(key, label) for key, label in SWEEP_PANELS if table[key].notna().any()]
+    if not panels:
+        return []
+    baseline = table[(table["alpha"] == 0) | (table["K"] == 0)]
+    shifted = table[(table["alpha"] != 0) & (table["K"] > 0)].sort_values("alpha")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels):
+        base = baseline[key].mean() if baseline[key].notna().any() else None
+        for k, group in shifted.groupby("K"):
+            alphas, values, spread = list(group["alpha"]), list(group[key]), list(group[f"{key} std"].fillna(0))
+            if base is not None:
+                alphas, values, spread = [0.0] + alphas, [base] + values, [0.0] + spread
+            ax.errorbar(alphas, values, yerr=spread, marker="o", capsize=3, label=f"K={k}")
+        if base is not None:
+            ax.axhline(base, color="gray", linestyle="--", label="baseline")
+        ax.set_xlabel("α")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return [key for key, _ in panels]
+
+
+def category_differences(frame, metric: str, path_of) -> list[Path]:
+    """One horizontal bar chart per setting (K, α) of `frame` (iti.collect.category_table): each category's
+    difference from the baseline, sorted; `path_of(K, α)` names each file."""
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for (k, alpha), group in frame.groupby(["K", "alpha"], sort=True):
+        group = group.sort_values(f"Δ{metric}")
+        fig, ax = plt.subplots(figsize=(6.5, 0.22 * len(group) + 1.4))
+        values = group[f"Δ{metric}"].to_numpy()
+        ax.barh(group["category"], values, color=["tab:green" if v >= 0 else "tab:red" for v in values])
+        ax.axvline(0, color="gray", linewidth=0.8)
+        ax.set_xlabel(f"{metric}: ITI minus baseline")
+        ax.set_title(f"K={k}, α={alpha}: per category", fontsize=10)
+        ax.tick_params(axis="y", labelsize=7)
+        fig.tight_layout()
+        paths.append(save_figure(fig, path_of(k, alpha)))
+    return paths

@@ -81,3 +81,37 @@ def test_foreign_json_is_named_in_one_line(tmp_path, content, why):
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.splitlines() == [f"error: {path} is not a validate_2fold summary JSON ({why}); give the files "
                                           "validate_2fold writes to results_dump/summary_dump/"]
+
+
+def test_missing_metrics_show_a_dash_and_the_paired_difference_follows(tmp_path):
+    """The quickstart's last lines: a metric one run lacks is "—", never "nan"; the ITI run's MC2 difference from
+    the baseline on the same questions with its paired bootstrap interval (iti.statistics, computed here
+    directly) and one sentence on whether it excludes 0."""
+    import numpy as np
+    import pandas as pd
+
+    from iti.statistics import paired_differences
+
+    rng = np.random.default_rng(0)
+    mc2 = {"base": rng.uniform(0.2, 0.8, 40)}
+    mc2["iti"] = np.clip(mc2["base"] + rng.normal(0.003, 0.02, 40), 0, 1)
+    runs = {"base": record(False, float(mc2["base"].mean()), 3.0, 0.0),
+            "iti": record(True, float(mc2["iti"].mean()), 3.1, 0.02)}
+    runs["iti"]["final"]["KL"] = None
+    paths = []
+    for name, run in runs.items():
+        answers = tmp_path / f"{name}_answers.csv"
+        pd.DataFrame({"Question": [f"Q{i}?" for i in range(40)], "Category": "c",
+                      f"{run['config']['model_name']} MC2": mc2[name]}).to_csv(answers, index=False)
+        run["folds"] = [{"files": {"answers": str(answers)}}]
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(run))
+    result = subprocess.run([sys.executable, str(SCRIPT), *map(str, paths)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert "nan" not in result.stdout and lines[2].split()[-1] == "—"
+    interval = paired_differences({"MC2": mc2["iti"]}, {"MC2": mc2["base"]})["MC2"]
+    expected = f"{interval.value:+.3f} [{interval.low:+.3f}, {interval.high:+.3f}]"
+    assert lines[3].startswith(f"ITI (K=8, alpha=5, center_of_mass) − baseline on MC2: {expected}")
+    verdict = "no significant difference" if interval.low <= 0 <= interval.high else "the interval excludes 0"
+    assert f"{verdict}" in lines[3] and "on 40 questions" in lines[3]

@@ -67,12 +67,12 @@ def seeds(tiny_run):
 
 def test_table_and_plot(sweep, monkeypatch, capsys):
     root, records = sweep
-    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--model_name", "tq", "--use_center_of_mass", "--limit", "4",
-                                      "--results_dir", str(root / "results"), "--metrics", "mc"])
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--model_name", "tq", "--model_path", "tq", "--use_center_of_mass",
+                                      "--limit", "4", "--results_dir", str(root / "results"), "--metrics", "mc"])
     runpy.run_path(str(SCRIPT), run_name="__main__")
     out_dir = root / "results" / "results_dump" / "sweep_dump"
     table = pd.read_csv(out_dir / "tq_center_of_mass_limit_4.csv")
-    assert table[["K", "alpha"]].values.tolist() == [[0, 0.0], [2, 4.0], [2, 8.0]]
+    assert table[["K", "alpha"]].astype(str).values.tolist() == [["0", "0"], ["2", "4"], ["2", "8"]]
     assert table["seeds"].astype(str).tolist() == ["42"] * 3 and table["MC2 std"].isna().all()
     for (_, row), record in zip(table.iterrows(), records):
         assert row["MC2"] == pytest.approx(record["final"]["MC2"])
@@ -85,7 +85,7 @@ def test_table_and_plot(sweep, monkeypatch, capsys):
 
 
 def run_collect(monkeypatch, *args: str) -> None:
-    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *args])
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *args, *(["--model_path", "tq"] if "tq" in args else [])])
     runpy.run_path(str(SCRIPT), run_name="__main__")
 
 
@@ -108,24 +108,23 @@ def test_without_limit_the_one_subset_is_collected(sweep, tmp_path, monkeypatch,
 
 
 def test_runs_on_another_dataset_stay_out_of_the_table(sweep, tmp_path, monkeypatch, capsys):
-    """A full run on a custom dataset file and a per-fold selection run beside a --limit TruthfulQA sweep:
-    the TruthfulQA table keeps the sweep's runs, and --dataset_path collects the custom run alone, into
-    files named apart."""
+    """A full run on a custom dataset file beside a --limit TruthfulQA sweep: the TruthfulQA table keeps the
+    sweep's runs, and --dataset_path collects the custom run alone, into files named apart."""
     root, records = sweep
     results = tmp_path / "results"
     summaries = results / "results_dump" / "summary_dump"
     shutil.copytree(root / "results" / "results_dump" / "summary_dump", summaries)
+    data = tmp_path / "my_set.jsonl"
+    data.write_text("".join(json.dumps({"question": f"Q{i}?", "correct_answers": ["a"], "incorrect_answers": ["b"]})
+                            + "\n" for i in range(2)))
     custom = json.loads(open(records[1]["json_path"]).read())
-    custom["config"].update(limit=None, dataset_name="my_set", dataset_path="my_set.jsonl")
+    custom["config"].update(limit=None, dataset_name="my_set", dataset_path=str(data))
     (summaries / "custom.json").write_text(json.dumps(custom))
-    selection = json.loads(open(records[1]["json_path"]).read())
-    selection["config"].update(limit=6, num_heads=[2, 3], alpha=[4.0, 8.0])  # not a table row: not a limit to pick
-    (summaries / "selection.json").write_text(json.dumps(selection))
     run_collect(monkeypatch, "--model_name", "tq", "--use_center_of_mass", "--results_dir", str(results))
     table = pd.read_csv(results / "results_dump" / "sweep_dump" / "tq_center_of_mass_limit_4.csv")
     assert sorted(table["json"]) == sorted(r["json_path"].replace(str(root / "results"), str(results)) for r in records)
     run_collect(monkeypatch, "--model_name", "tq", "--use_center_of_mass", "--results_dir", str(results),
-                "--dataset_path", "my_set.jsonl", "--dataset_name", "my_set")
+                "--dataset_path", str(data), "--dataset_name", "my_set")
     table = pd.read_csv(results / "results_dump" / "sweep_dump" / "tq_center_of_mass_my_set.csv")
     assert table["json"].tolist() == [str(summaries / "custom.json")]
 
@@ -152,7 +151,8 @@ def test_a_corrupt_summary_is_named_and_the_table_made_from_the_others(sweep, tm
 
 
 def test_no_runs_is_an_error(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--model_name", "nothing", "--results_dir", str(tmp_path)])
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--model_name", "nothing", "--model_path", "nothing",
+                                      "--results_dir", str(tmp_path)])
     with pytest.raises(SystemExit) as stop:
         runpy.run_path(str(SCRIPT), run_name="__main__")
     assert stop.value.code == 2 and "no completed runs of nothing" in capsys.readouterr().err
@@ -391,17 +391,25 @@ def test_slurm_sweep_equals_sequential_runs(slurm, tqa_path, tmp_path):
     again = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
     assert "4 of 4 runs already complete" in again.stdout and "nothing to submit" in again.stdout
 
-    collect = runpy.run_path(str(SCRIPT))["collect"]
-    from_slurm = collect(tmp_path / "slurm", "smollm2_135M_instruct", "center_of_mass", None, 8)
-    assert sorted(zip(from_slurm["alpha"], from_slurm["K"])) == [(0, 4), (0, 8), (5, 4), (5, 8)]
+    from_slurm = collected(tmp_path / "slurm")
+    assert sorted(zip(from_slurm["alpha"], from_slurm["K"])) == [("0", "4"), ("0", "8"), ("5", "4"), ("5", "8")]
     for alpha in (0.0, 5.0):
         for k in (4, 8):
             run_validation(ValidationConfig(model_name="smollm2_135M_instruct", alpha=alpha, num_heads=k, limit=8,
                                             use_center_of_mass=True, metrics=("mc",), device="cpu",
                                             tqa_path=str(tqa_path), features_dir=str(tmp_path / "features"),
                                             results_dir=str(tmp_path / "sequential")), progress=False, log=lambda _: None)
-    sequential = collect(tmp_path / "sequential", "smollm2_135M_instruct", "center_of_mass", None, 8)
+    sequential = collected(tmp_path / "sequential")
     pd.testing.assert_frame_equal(from_slurm.drop(columns="json"), sequential.drop(columns="json"))
+
+
+def collected(results_dir):
+    """collect_sweep's table of the bundled model's center-of-mass runs on 8 questions in `results_dir`."""
+    from iti.collect import collect_table, readable_summaries, selected_runs
+    from iti.config import CollectConfig
+
+    cfg = CollectConfig(use_center_of_mass=True, limit=8, results_dir=str(results_dir))
+    return collect_table(selected_runs(cfg, readable_summaries(results_dir)[0]), cfg.output_name)[0]
 
 
 def per_question(records, column):
@@ -416,8 +424,8 @@ def test_seeds_grouped_and_paired_with_the_baseline(seeds, monkeypatch, capsys):
     from iti.statistics import paired_differences
 
     results, runs = seeds
-    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--model_name", "tq", "--use_center_of_mass", "--limit", "6",
-                                      "--results_dir", str(results), "--by_category"])
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--model_name", "tq", "--model_path", "tq", "--use_center_of_mass",
+                                      "--limit", "6", "--results_dir", str(results), "--by_category"])
     runpy.run_path(str(SCRIPT), run_name="__main__")
     out_dir = results / "results_dump" / "sweep_dump"
     table = pd.read_csv(out_dir / "tq_center_of_mass_limit_6.csv").set_index("K")

@@ -1,10 +1,12 @@
 """Print finished validate_2fold runs side by side: one row per run (baseline or ITI), one column per
-metric that has a value, means over folds rounded to 4 decimals (the JSON files keep full precision).
+metric any run measured (a metric a run did not measure shows "—"), means over folds rounded to 4 decimals
+(the JSON files keep full precision). When one run is an unshifted baseline scored on the same questions,
+each ITI run's paired difference from it follows, with its 95% bootstrap interval over questions, and one
+plain sentence on whether the interval excludes 0.
 
 python validation/compare_runs.py validation/results_dump/summary_dump/<baseline>.json \\
     validation/results_dump/summary_dump/<iti>.json
 """
-import math
 import sys
 from pathlib import Path
 
@@ -12,12 +14,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from iti.cli import ArgumentParser, run_main  # noqa: E402
 
-METRIC_ORDER = ("MC1", "MC2", "MC3", "CE", "KL", "True", "Info", "True*Info")
+# The metric the closing sentence speaks of when a run measured it; else the first per-question one.
+HEADLINE = "MC2"
 
 
 def run_label(record: dict) -> str:
     """`ITI (K=8, alpha=5, center_of_mass)`; a run that chose among several values per fold lists them
-    (`K=8/16`). Summaries written before K and α took several values hold plain numbers."""
+    (`K=8/16`)."""
     config = record["config"]
     if not record["resolved"]["intervenes"]:
         return "baseline"
@@ -30,17 +33,45 @@ def _values_text(value) -> str:
 
 
 def comparison_table(records: list[dict]) -> str:
-    """A plain-text table: runs as rows, the metrics any run computed as columns."""
-    finals = [{k: math.nan if v is None else v for k, v in r["final"].items()} for r in records]
-    metrics = [m for m in METRIC_ORDER if any(not math.isnan(f.get(m, math.nan)) for f in finals)]
+    """A plain-text table: runs as rows, the metrics any run computed as columns, "—" where a run has none."""
+    from iti.metrics import METRICS
+
+    metrics = [m.name for m in METRICS if any(r["final"].get(m.name) is not None for r in records)]
     labels = [run_label(r) for r in records]
-    cells = [[f"{f[m]:.4f}" for m in metrics] for f in finals]
+    cells = [["—" if r["final"].get(m) is None else f"{r['final'][m]:.4f}" for m in metrics] for r in records]
     widths = [max(len(m), *(len(row[i]) for row in cells)) for i, m in enumerate(metrics)]
     first = max(len("run"), *(len(label) for label in labels))
     lines = ["  ".join(["run".ljust(first)] + [m.rjust(w) for m, w in zip(metrics, widths)])]
     for label, row in zip(labels, cells):
         lines.append("  ".join([label.ljust(first)] + [c.rjust(w) for c, w in zip(row, widths)]))
     return "\n".join(lines)
+
+
+def paired_lines(records: list[dict]) -> list[str]:
+    """Per ITI run paired with the baseline among `records`: its difference on the headline metric with the 95%
+    interval, and whether the interval excludes 0 (nothing when there is no baseline or no per-question score)."""
+    from iti.collect import pair_with_baseline
+
+    baselines = [r for r in records if not r["resolved"]["intervenes"]]
+    if not baselines:
+        return []
+    lines = []
+    for record in records:
+        if not record["resolved"]["intervenes"]:
+            continue
+        paired = pair_with_baseline([record], baselines[:1], record["config"]["model_prefix"]
+                                    + record["config"]["model_name"])
+        if paired is None or not paired[1]:
+            continue
+        _, differences, treated, _ = paired
+        metric = HEADLINE if HEADLINE in differences else next(iter(differences))
+        interval = differences[metric]
+        verdict = ("the interval excludes 0: a difference beyond the spread of questions" if interval.low > 0
+                   or interval.high < 0 else "no significant difference")
+        lines.append(f"{run_label(record)} − baseline on {metric}: {interval.value:+.3f} "
+                     f"[{interval.low:+.3f}, {interval.high:+.3f}] (95% paired bootstrap interval): {verdict} on "
+                     f"{len(treated)} questions; see iti_replication_results.md for the full run")
+    return lines
 
 
 def read_finished_run(path: Path) -> dict:
@@ -57,7 +88,10 @@ def main() -> None:
     parser = ArgumentParser(__doc__)
     parser.add_argument("summaries", nargs="+", type=Path, help="summary JSON files of validate_2fold runs")
     args = parser.parse_args()
-    print(comparison_table([read_finished_run(path) for path in args.summaries]))
+    records = [read_finished_run(path) for path in args.summaries]
+    print(comparison_table(records))
+    for line in paired_lines(records):
+        print(line)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,225 @@
+"""Completed validate_2fold runs as one table: runs that differ only by seed make one row (each metric's
+mean ± std over the seeds), and a row with a baseline (an unshifted run that agrees with it on everything
+but the settings that act through the head shifts, and shares its seeds, hence its folds) gets the
+paired difference from it with a 95% bootstrap interval over questions (each question's scores averaged
+over the seeds, folds pooled). Runs that chose K and α per fold make rows of their own, labelled with
+their grid and the choices. Which runs belong together is read from their identities (iti.identity).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from iti.config import CollectConfig, ValidationConfig
+from iti.errors import UsageError
+from iti.evaluation import answer_scores
+from iti.identity import Role, declared, without
+from iti.metrics import METRICS, PER_QUESTION_OR_DERIVED, with_products
+from iti.statistics import paired_differences
+from iti.summaries import read_summary
+
+METRIC_NAMES = [metric.name for metric in METRICS]
+
+
+def readable_summaries(results_dir: Path) -> tuple[list[tuple[Path, dict]], list[str]]:
+    """(path, record) of every summary JSON that reads as one, and for each file that does not (cut short,
+    another program's), one line saying which and why: one bad file leaves the others in the table."""
+    readable, unreadable = [], []
+    for path in sorted((results_dir / "results_dump" / "summary_dump").glob("*.json")):
+        try:
+            readable.append((path, read_summary(path)))
+        except UsageError as err:
+            unreadable.append(str(err))
+    return readable, unreadable
+
+
+def selected_runs(cfg: CollectConfig, readable: list[tuple[Path, dict]]) -> list[dict]:
+    """The complete runs these flags name (model, prefix, method, dataset, seed when given, limit; records of
+    versions before runs recorded their identity are left out), each with its path. Without --limit: the
+    full runs, or the runs of the one --limit they all used."""
+    runs = [{**record, "path": str(path)} for path, record in readable
+            if record["complete"] and "identity" in record and _named_by(cfg, record["config"])]
+    limit = cfg.limit
+    if limit is None:
+        limits = {run["config"].get("limit") for run in runs}
+        if limits and None not in limits:
+            if len(limits) > 1:
+                raise UsageError(f"no full runs of {cfg.output_name} ({cfg.method} directions), but runs with --limit "
+                                 f"{', '.join(map(str, sorted(limits)))}: pass one of those")
+            limit = limits.pop()
+    return [run for run in runs if run["config"].get("limit") == limit]
+
+
+def _named_by(cfg: CollectConfig, config: dict) -> bool:
+    method = ValidationConfig(use_center_of_mass=config.get("use_center_of_mass", False),
+                              use_random_dir=config.get("use_random_dir", False)).method
+    return (f"{config.get('model_prefix', '')}{config.get('model_name')}" == cfg.output_name
+            and method == cfg.method and (config.get("dataset_path") is None) == (cfg.dataset_path is None)
+            and (cfg.dataset_path is None or config.get("dataset_name") == cfg.dataset_name)
+            and (cfg.seed is None or config.get("seed") == cfg.seed))
+
+
+def repeats_key(run: dict, baseline: bool = False) -> str:
+    """What runs that repeat each other share: their identity but the seed; for pairing a baseline, also
+    without every setting that acts only through the head shifts (an unshifted run ignores them)."""
+    roles = (Role.SHIFTS,) if baseline else ()
+    return json.dumps(without(run["identity"], ValidationConfig, roles, ("seed",)), sort_keys=True)
+
+
+def seed_averaged_answers(runs: list[dict], tag: str) -> pd.DataFrame | None:
+    """Per question (index: the question text), each per-question score averaged over the runs (seeds),
+    every run's folds pooled; `Category` kept. None if an answer file is missing."""
+    per_seed = []
+    for run in runs:
+        paths = [Path(fold["files"]["answers"]) for fold in run["folds"]]
+        if not paths or not all(path.is_file() for path in paths):
+            return None
+        answers = pd.concat([pd.read_csv(path) for path in paths], ignore_index=True)
+        scores = pd.DataFrame(answer_scores(answers, tag), index=answers["Question"])
+        scores["Category"] = answers["Category"].to_numpy() if "Category" in answers else "(none)"
+        per_seed.append(scores)
+    merged = pd.concat(per_seed)
+    return merged.groupby(level=0, sort=False).agg(
+        {column: "first" if column == "Category" else "mean" for column in merged.columns})
+
+
+def _grid_text(values: list) -> str:
+    return "/".join(f"{v:g}" for v in values)
+
+
+def _differing_settings(groups: list[list[dict]]) -> list[str]:
+    """Per group, the declared settings (not K, α, seed) in which the groups of the table differ."""
+    settings = [without(declared(runs[0]["config"], ValidationConfig), ValidationConfig,
+                        names=("num_heads", "alpha", "seed")) for runs in groups]
+    varying = sorted({name for values in settings for name in values
+                      if len({json.dumps(other.get(name)) for other in settings}) > 1})
+    return [", ".join(f"{name}={json.dumps(values[name])}" for name in varying) for values in settings]
+
+
+def pair_with_baseline(runs: list[dict], baseline: list[dict], tag: str):
+    """(seeds shared, per metric the paired Interval, the two seed-averaged answer frames), or None."""
+    seeds = {r["config"]["seed"] for r in runs} & {r["config"]["seed"] for r in baseline}
+    treated = seed_averaged_answers([r for r in runs if r["config"]["seed"] in seeds], tag)
+    base = seed_averaged_answers([r for r in baseline if r["config"]["seed"] in seeds], tag)
+    if not seeds or treated is None or base is None:
+        return None
+    base = base.reindex(treated.index)
+    metrics = [c for c in treated.columns if c != "Category"]
+    differences = paired_differences({m: treated[m].to_numpy() for m in metrics},
+                                     {m: base[m].to_numpy() for m in metrics})
+    return sorted(seeds), differences, treated, base
+
+
+def collect_table(runs: list[dict], tag: str) -> tuple[pd.DataFrame, list]:
+    """(table, pairs): one row per setting (seeds averaged) with its paired difference from its baseline, and per
+    row with one, (row index, the row's and the baseline's seed-averaged answers) for the per-category table."""
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(repeats_key(run), []).append(run)
+    baselines = {}
+    for members in sorted(groups.values(), key=lambda members: max(members[0]["config"]["num_heads"]), reverse=True):
+        if not members[0]["resolved"]["intervenes"]:  # K = 0 wins over α = 0 with heads: the plainer run
+            baselines[repeats_key(members[0], baseline=True)] = members
+    ordered = sorted(groups.values(), key=lambda members: (len(members[0]["config"]["num_heads"]) > 1,
+                                                           members[0]["config"]["num_heads"],
+                                                           members[0]["config"]["alpha"]))
+    rows, pairs = [], []
+    for members, settings in zip(ordered, _differing_settings(ordered)):
+        config = members[0]["config"]
+        finals = pd.DataFrame([{k: math.nan if v is None else v for k, v in r["final"].items()} for r in members])
+        row = {"K": _grid_text(config["num_heads"]), "alpha": _grid_text(config["alpha"]),
+               "chosen": "; ".join(" ".join(f"{f['K']}/{f['alpha']:g}" for f in r["folds"]) for r in members)
+               if len(config["num_heads"]) * len(config["alpha"]) > 1 else "",
+               "settings": settings, "seeds": " ".join(str(r["config"]["seed"]) for r in members),
+               "limit": config.get("limit")}
+        for key in METRIC_NAMES:
+            row[key] = finals[key].mean()
+            row[f"{key} std"] = finals[key].std(ddof=1) if len(members) > 1 else math.nan
+        baseline = baselines.get(repeats_key(members[0], baseline=True))
+        paired = None if baseline is None or not members[0]["resolved"]["intervenes"] else \
+            pair_with_baseline(members, baseline, tag)
+        if paired is not None:
+            seeds, differences, treated, base = paired
+            row["paired seeds"] = " ".join(map(str, seeds))
+            for key, interval in differences.items():
+                row[f"Δ{key}"], row[f"Δ{key} low"], row[f"Δ{key} high"] = interval.value, interval.low, interval.high
+            pairs.append((len(rows), treated, base))
+        row["folds"] = len(members[0]["folds"])
+        row["json"] = "; ".join(r["path"] for r in members)
+        rows.append(row)
+    columns = ["K", "alpha", "chosen", "settings", "seeds", "limit"]
+    columns += [name for key in METRIC_NAMES for name in (key, f"{key} std")]
+    columns += ["paired seeds"] + [f"Δ{key}{end}" for key in PER_QUESTION_OR_DERIVED for end in ("", " low", " high")]
+    return pd.DataFrame(rows).reindex(columns=columns + ["folds", "json"]), pairs
+
+
+def category_table(table: pd.DataFrame, pairs: list, metric: str) -> pd.DataFrame:
+    """Per row with a baseline and per category: questions, the metric's mean in the run and the baseline,
+    and their difference; categories sorted by the difference (largest first)."""
+    rows = []
+    for index, treated, baseline in pairs:
+        for category, questions in treated.groupby("Category", sort=False).groups.items():
+            run = with_products(treated.loc[questions].drop(columns="Category").mean().to_dict())
+            base = with_products(baseline.loc[questions].drop(columns="Category").mean().to_dict())
+            if metric not in run:
+                continue
+            rows.append({"K": table.at[index, "K"], "alpha": table.at[index, "alpha"], "category": category,
+                         "questions": len(questions), metric: run[metric], f"{metric} baseline": base[metric],
+                         f"Δ{metric}": run[metric] - base[metric]})
+    frame = pd.DataFrame(rows, columns=["K", "alpha", "category", "questions", metric, f"{metric} baseline",
+                                        f"Δ{metric}"])
+    return frame.sort_values(["K", "alpha", f"Δ{metric}"], ascending=[True, True, False], ignore_index=True)
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """The table as people read it: mean ± std over seeds, Δ [95% interval]; metrics never measured are left
+    out, a value a row lacks is "—"."""
+    shown = {"K": table["K"], "alpha": table["alpha"]}
+    for column in ("chosen", "settings", "limit"):
+        if table[column].map(lambda v: not missing(v) and v != "").any():
+            shown[column] = table[column].map(lambda v: "—" if missing(v) or v == "" else str(v))
+    shown["seeds"] = table["seeds"]
+    for key in METRIC_NAMES:
+        if table[key].notna().any():
+            shown[key] = [mean_std(m, s) for m, s in zip(table[key], table[f"{key} std"])]
+    for key in PER_QUESTION_OR_DERIVED:
+        if table[f"Δ{key}"].notna().any():
+            shown[f"Δ{key} [95%]"] = [difference(v, lo, hi) for v, lo, hi in
+                                      zip(table[f"Δ{key}"], table[f"Δ{key} low"], table[f"Δ{key} high"])]
+    return markdown_rows(list(shown), [list(cells) for cells in zip(*shown.values())])
+
+
+def category_markdown(frame: pd.DataFrame, metric: str) -> str:
+    cells = [[str(r["K"]), str(r["alpha"]), r["category"], str(r["questions"]), f"{r[metric]:.4f}",
+              f"{r[f'{metric} baseline']:.4f}", f"{r[f'Δ{metric}']:+.4f}"] for _, r in frame.iterrows()]
+    return markdown_rows(["K", "alpha", "category", "questions", metric, "baseline", f"Δ{metric}"], cells)
+
+
+def markdown_rows(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def mean_std(mean: float, std: float) -> str:
+    if missing(mean):
+        return "—"
+    return f"{mean:.4f}" if missing(std) else f"{mean:.4f} ± {std:.4f}"
+
+
+def difference(value: float, low: float, high: float) -> str:
+    return "—" if missing(value) else f"{value:+.4f} [{low:+.4f}, {high:+.4f}]"
+
+
+def single_settings(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of one K and one α each, those numeric: what the α-curve plot draws."""
+    single = table[~table["K"].str.contains("/") & ~table["alpha"].str.contains("/")].copy()
+    single["K"], single["alpha"] = single["K"].astype(int), single["alpha"].astype(float)
+    return single
