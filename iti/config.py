@@ -38,11 +38,10 @@ from iti.constants import (
 from iti.errors import UsageError
 from iti.identity import Role
 from iti.metrics import BY_NAME, METRIC_OPTIONS, PER_QUESTION_OR_DERIVED
-from iti.registry import is_known_model, known_model_names
+from iti.registry import DATASET_NAMES, PROBING_DATASETS, check_dataset_name, is_known_model, known_model_names
 
 NUMBERS, SHIFTS, EXECUTION = Role.NUMBERS, Role.SHIFTS, Role.EXECUTION
 METRICS = METRIC_OPTIONS
-PROBING_DATASETS = ("tqa_mc2", "tqa_gen", "tqa_gen_end_q")
 DATASET_PATH_HELP = ("a contrastive dataset of your own (ITI_SPEC.md §9): .jsonl, .csv in TruthfulQA.csv's columns, "
                      "or hub:owner/name[:split]; --dataset_name then names its features and outputs")
 # --select_metric choices: the metrics scored per question or derived from them.
@@ -150,8 +149,6 @@ class ActivationsConfig(DatasetOptions):
                                     "the run refuses", EXECUTION)
 
     def _check(self) -> None:
-        from iti.data import check_dataset_name
-
         super()._check()
         if self.custom:
             self.check_custom_dataset(self.dataset_name, limit=self.limit)
@@ -291,7 +288,6 @@ class ValidationConfig(HeadShiftOptions):
         return any(k > 0 and alpha != 0 for k, alpha in self.settings)
 
     def _check(self) -> None:
-        from iti.data import DATASET_NAMES
         from iti.prompts import check_instruction_prompt
 
         super()._check()
@@ -376,9 +372,7 @@ class HeadAccuracyConfig(Options):
         if self.dataset_path is not None:
             check_custom_dataset(self.dataset_path, self.dataset_name)
         else:
-            from iti.data import check_dataset_name
-
-            check_dataset_name(self.dataset_name)
+                check_dataset_name(self.dataset_name)
 
 
 @dataclass
@@ -431,7 +425,6 @@ def check_folder(flag: str, path: str, write: bool) -> None:
 def check_custom_dataset(dataset_path: str, dataset_name: str, min_items: int = 1, limit: int | None = None) -> None:
     """--dataset_name must be a plain new name, and the file a §9 dataset with enough items (hub sets load later)."""
     from iti.contrastive import HUB_PREFIX, load_dataset_file
-    from iti.data import DATASET_NAMES
 
     check_plain_name("--dataset_name", dataset_name)
     if dataset_name in DATASET_NAMES:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from iti.data import TRANSFER_SETS, GenerationQuestion, TruthfulQA, check_limit
+from iti.items import GenerationQuestion, check_limit
+from iti.registry import TRANSFER_SETS
 from iti.errors import UsageError
 from iti.files import read_jsonl, read_text
 
@@ -193,11 +194,6 @@ def dataset_record(dataset_path: str | None) -> str | None:
     if dataset_path is None or dataset_path.startswith(HUB_PREFIX):
         return dataset_path
     return str(Path(dataset_path).expanduser().resolve())
-
-
-def truthfulqa_dataset(tqa: TruthfulQA) -> ContrastiveDataset:
-    """TruthfulQA as a §9 dataset in multiple-choice order (the order its folds use)."""
-    return ContrastiveDataset("truthfulqa", tqa.generation_in_mc_order(), tqa.source)
 
 
 def transfer_dataset(name: str) -> ContrastiveDataset:

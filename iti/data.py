@@ -10,25 +10,17 @@ from typing import Callable
 import numpy as np
 
 from iti.constants import REPO_ROOT
+from iti.contrastive import ContrastiveDataset, load_dataset_file, transfer_dataset
 from iti.errors import UsageError
 from iti.files import read_json, read_text
 from iti.identity import digest
+from iti.items import GenerationQuestion, check_limit
 from iti.prompts import qa_prompt
+from iti.registry import TRANSFER_SETS, check_dataset_name
 
 TQA_HUB_ID = "truthfulqa/truthful_qa"
 DEFAULT_TQA_DIR = REPO_ROOT / "TruthfulQA"
-TRANSFER_SETS = {"nq_open": "OamPatel/iti_nq_open_val", "trivia_qa": "OamPatel/iti_trivia_qa_val"}
-DATASET_NAMES = ("tqa_mc2", "tqa_gen", "tqa_gen_end_q", *TRANSFER_SETS)
 ProbeText = Callable[[str, str], str]
-
-
-@dataclass
-class GenerationQuestion:
-    question: str
-    category: str
-    best_answer: str
-    correct_answers: list[str]
-    incorrect_answers: list[str]
 
 
 @dataclass
@@ -194,16 +186,6 @@ class PromptSet:
         return digest([self.prompts, self.labels.tolist(), self.question_ids.tolist()])
 
 
-def check_limit(limit: int | None, num_questions: int) -> int:
-    if num_questions == 0:
-        raise UsageError("the dataset holds no questions; check the file (a header alone is not a dataset)")
-    if limit is None:
-        return num_questions
-    if not 1 <= limit <= num_questions:
-        raise UsageError(f"--limit {limit} is out of range: this set has {num_questions} questions (use 1..{num_questions})")
-    return limit
-
-
 # A probe row before formatting: question, answer, what follows the answer, label, question index.
 ProbeRow = tuple[str, str, str, int, int]
 
@@ -255,17 +237,10 @@ def tqa_gen_set(tqa: TruthfulQA, limit: int | None = None, end_q: bool = False, 
                             **({"seed": seed} if end_q else {}))
 
 
-def check_dataset_name(name: str) -> None:
-    if name not in DATASET_NAMES:
-        raise UsageError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")
-
-
 def build_prompt_set(name: str, tqa_path: str | Path | None = None, limit: int | None = None,
                      seed: int = 42, dataset_path: str | Path | None = None,
                      probe_text: ProbeText = qa_prompt) -> PromptSet:
     """The probe rows of a built-in set, or of the §9 dataset at `dataset_path` (named `name`)."""
-    from iti.contrastive import load_dataset_file, transfer_dataset
-
     if dataset_path is not None:
         dataset = load_dataset_file(dataset_path, name).first(limit)
         return items_prompt_set(name, dataset.items, probe_text, source=dataset.source)
@@ -280,3 +255,8 @@ def build_prompt_set(name: str, tqa_path: str | Path | None = None, limit: int |
         prompt_set = tqa_gen_set(tqa, limit, end_q=name == "tqa_gen_end_q", seed=seed, probe_text=probe_text)
     prompt_set.config["tqa_source"] = tqa.source
     return prompt_set
+
+
+def truthfulqa_dataset(tqa: TruthfulQA) -> ContrastiveDataset:
+    """TruthfulQA as a §9 dataset in multiple-choice order (the order its folds use)."""
+    return ContrastiveDataset("truthfulqa", tqa.generation_in_mc_order(), tqa.source)

@@ -1,10 +1,14 @@
-"""The models known by name: the public workflow's names, then current families (values are hub ids).
-
-Standard library only, so `--check_args` can tell an unknown name before torch is imported.
+"""What is known by name: the models (the public workflow's names, then current families; values are hub ids)
+and the built-in datasets. Standard library only, so `--check_args` can tell an unknown name before torch is
+imported; `python -m iti.registry datasets [--probing]` lists dataset names for the shell scripts.
 """
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
+
 from iti.constants import BUNDLED_MODEL, LOCAL_PREFIX
+from iti.errors import UsageError
 
 HF_NAMES: dict[str, str] = {
     "llama_7B": "huggyllama/llama-7b",
@@ -49,3 +53,41 @@ def known_model_names() -> list[str]:
 
 def is_known_model(name: str) -> bool:
     return name in HF_NAMES or (name.startswith(LOCAL_PREFIX) and name[len(LOCAL_PREFIX):] in HF_NAMES)
+
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    """A dataset known by name: a TruthfulQA prompt set (its questions in the benchmark's `order`) or a transfer
+    set on the hub (`hub_id`), docs/method.md §2."""
+    name: str
+    description: str
+    order: str | None = None
+    hub_id: str | None = None
+
+    @property
+    def probing(self) -> bool:
+        """Its rows can train probes on TruthfulQA's folds."""
+        return self.order is not None
+
+
+DATASETS = {dataset.name: dataset for dataset in (
+    BuiltinDataset("tqa_mc2", "each question with each of its mc2 choices", order="multiple_choice"),
+    BuiltinDataset("tqa_gen", "each question with each correct, then each incorrect answer", order="generation"),
+    BuiltinDataset("tqa_gen_end_q", "tqa_gen followed by another question (sets σ)", order="generation"),
+    BuiltinDataset("nq_open", "Natural Questions with a false answer per question", hub_id="OamPatel/iti_nq_open_val"),
+    BuiltinDataset("trivia_qa", "TriviaQA with a false answer per question", hub_id="OamPatel/iti_trivia_qa_val"),
+)}
+DATASET_NAMES = tuple(DATASETS)
+PROBING_DATASETS = tuple(name for name, dataset in DATASETS.items() if dataset.probing)
+TRANSFER_SETS = {name: dataset.hub_id for name, dataset in DATASETS.items() if dataset.hub_id}
+
+
+def check_dataset_name(name: str) -> None:
+    if name not in DATASETS:
+        raise UsageError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["datasets"]:
+        sys.exit("usage: python -m iti.registry datasets [--probing]")
+    print(" ".join(PROBING_DATASETS if "--probing" in sys.argv else DATASET_NAMES))

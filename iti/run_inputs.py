@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from iti.config import PROBING_DATASETS, HeadShiftOptions, ValidationConfig
-from iti.contrastive import ContrastiveDataset, load_dataset_file, truthfulqa_dataset
-from iti.data import TruthfulQA, load_truthfulqa
+from iti.config import HeadShiftOptions, ValidationConfig
+from iti.contrastive import ContrastiveDataset, load_dataset_file
+from iti.data import TruthfulQA, load_truthfulqa, truthfulqa_dataset
 from iti.errors import UsageError
 from iti.features import (
     FeatureSet,
@@ -24,6 +24,7 @@ from iti.identity import digest
 from iti.models import HeadGeometry
 from iti.probes import check_finite_activations
 from iti.prompts import Prompting, prompting_for
+from iti.registry import PROBING_DATASETS
 
 
 def load_items(cfg: ValidationConfig) -> tuple[ContrastiveDataset, TruthfulQA | None]:
