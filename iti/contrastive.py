@@ -25,8 +25,6 @@ HUB_PREFIX = "hub:"
 FILE_SUFFIXES = (".jsonl", ".csv")
 TQA_CSV_COLUMNS = ("Question", "Best Answer", "Correct Answers", "Incorrect Answers")
 UNKNOWN_CATEGORY = ""
-
-
 SHAPE_OF_AN_ITEM = "every item needs a question, at least one correct and one incorrect answer (see ITI_SPEC.md §9)"
 
 

@@ -3,6 +3,7 @@ are faults of the storage a user is to fix (a full disk, a read-only or forbidde
 import errno
 import sys
 from contextlib import contextmanager
+from typing import NoReturn
 
 
 class UsageError(Exception):
@@ -30,6 +31,6 @@ def exit_on_usage_error():
         _exit(f"{err.strerror}{where}; {_STORAGE_REMEDIES[err.errno]}")
 
 
-def _exit(message: str):
+def _exit(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)

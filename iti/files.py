@@ -23,6 +23,7 @@ from iti.errors import UsageError
 
 UTF8_BOM = b"\xef\xbb\xbf"
 
+
 def temporary_path(path: Path) -> Path:
     """A hidden, unique name in the target's folder (same file system, so os.replace is atomic):
     `.{name}.{host}-{pid}.{random}.tmp`."""

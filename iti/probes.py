@@ -97,7 +97,8 @@ def _num_train(num_questions: int, val_ratio: float) -> int:
                          "e.g. 0.2")
     if num_train == 0:
         raise UsageError(f"--val_ratio {val_ratio} leaves none of {num_questions} questions to train on: that "
-                         f"takes at least {_fewest_to_split(val_ratio)}; use more questions{_other_ratio(num_questions)}")
+                         f"takes at least {_fewest_to_split(val_ratio)}; use more "
+                         f"questions{_other_ratio(num_questions)}")
     return num_train
 
 

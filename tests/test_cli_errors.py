@@ -193,7 +193,8 @@ def custom_set(root: Path, name: str, content: bytes) -> list[str]:
 
 
 def jsonl_not_utf8(root, tqa):
-    return custom_set(root, "set.jsonl", b'{"question": "Caf\xe9?", "correct_answers": ["a"], "incorrect_answers": ["b"]}\n')
+    return custom_set(root, "set.jsonl",
+                      b'{"question": "Caf\xe9?", "correct_answers": ["a"], "incorrect_answers": ["b"]}\n')
 
 
 def csv_set_not_utf8(root, tqa):
@@ -233,7 +234,8 @@ def owt_not_utf8(root, tqa):
 
 
 def two_item_set_in_validation(root, tqa):
-    items = b"".join(b'{"question": "Q%d?", "correct_answers": ["a"], "incorrect_answers": ["b"]}\n' % i for i in (1, 2))
+    items = b"".join(b'{"question": "Q%d?", "correct_answers": ["a"], "incorrect_answers": ["b"]}\n' % i
+                     for i in (1, 2))
     return [*model_args(root), *custom_set(root, "two.jsonl", items), "--results_dir", str(root / "out")]
 
 

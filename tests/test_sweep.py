@@ -140,7 +140,8 @@ def test_a_corrupt_summary_is_named_and_the_table_made_from_the_others(sweep, tm
     for name, text in bad.items():
         (summaries / name).write_text(text)
     capsys.readouterr()
-    run_collect(monkeypatch, "--model_name", "tq", "--use_center_of_mass", "--limit", "4", "--results_dir", str(results))
+    run_collect(monkeypatch, "--model_name", "tq", "--use_center_of_mass", "--limit", "4", "--results_dir",
+                str(results))
     notes = capsys.readouterr().err.strip().splitlines()
     assert len(notes) == len(bad)
     for note, name in zip(notes, sorted(bad)):
