@@ -21,7 +21,7 @@ mkdir -p "$work" benchmarks/results
 stamp() { date +%s.%N; }
 seconds_since() { python -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(stamp)"; }
 
-for dataset in tqa_mc2 tqa_gen_end_q; do
+for dataset in $(python -m iti.registry datasets --validation); do
   began=$(stamp)
   python get_activations/get_activations.py --model_name random_llama2_7b --model_path "$model" \
     --dataset_name "$dataset" --device "$device" --features_dir "$work/features" ${LIMIT:+--limit "$LIMIT"}

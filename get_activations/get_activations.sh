@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 models=("$@")
 [ ${#models[@]} -gt 0 ] || models=(llama_7B alpaca_7B vicuna_7B llama2_chat_7B llama2_chat_13B llama3_8B_instruct)
 for model in "${models[@]}"; do
-  for dataset in tqa_mc2 tqa_gen_end_q; do
+  for dataset in $(python -m iti.registry datasets --validation); do
     python get_activations/get_activations.py --model_name "$model" --dataset_name "$dataset" ${EXTRA:-}
   done
 done

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -gt 0 ] || { echo "usage: $0 model_name [model_name ...]" >&2; exit 2; }
 for model in "$@"; do
-  for dataset in tqa_mc2 tqa_gen tqa_gen_end_q nq_open trivia_qa; do
+  for dataset in $(python -m iti.registry datasets); do
     python get_activations/get_activations.py --model_name "$model" --dataset_name "$dataset" ${EXTRA:-}
   done
 done

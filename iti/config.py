@@ -38,7 +38,14 @@ from iti.constants import (
 from iti.errors import UsageError
 from iti.identity import Role
 from iti.metrics import BY_NAME, METRIC_OPTIONS, PER_QUESTION_OR_DERIVED
-from iti.registry import DATASET_NAMES, PROBING_DATASETS, check_dataset_name, is_known_model, known_model_names
+from iti.registry import (
+    DATASET_NAMES,
+    PROBING_DATASETS,
+    VALIDATION_DATASETS,
+    check_dataset_name,
+    is_known_model,
+    known_model_names,
+)
 
 NUMBERS, SHIFTS, EXECUTION = Role.NUMBERS, Role.SHIFTS, Role.EXECUTION
 METRICS = METRIC_OPTIONS
@@ -159,9 +166,9 @@ class ActivationsConfig(DatasetOptions):
 @dataclass
 class HeadShiftOptions(DatasetOptions):
     """How head shifts are made from features: shared by validate_2fold and edit_weight."""
-    dataset_name: str = option("tqa_mc2", "features that train the probes (tqa_mc2, tqa_gen, tqa_gen_end_q; with "
-                                          "--dataset_path, the name your dataset's features were saved under)",
-                               SHIFTS, named=True)
+    dataset_name: str = option(VALIDATION_DATASETS[0], "features that train the probes (tqa_mc2, tqa_gen, "
+                                                       "tqa_gen_end_q; with --dataset_path, the name your dataset's "
+                                                       "features were saved under)", SHIFTS, named=True)
     activations_dataset: str | None = option(None, "features that set the spread σ along each direction (default: "
                                                    "tqa_gen_end_q, or the probing set itself with --dataset_path)",
                                              SHIFTS)
@@ -199,7 +206,7 @@ class HeadShiftOptions(DatasetOptions):
         """The features σ is measured on (spec §4; §9: a custom probing set is its own σ set)."""
         if self.activations_dataset is not None:
             return self.activations_dataset
-        return self.dataset_name if self.custom else "tqa_gen_end_q"
+        return self.dataset_name if self.custom else VALIDATION_DATASETS[1]
 
     def _check(self) -> None:
         super()._check()

@@ -1,6 +1,6 @@
 """What is known by name: the models (the public workflow's names, then current families; values are hub ids)
 and the built-in datasets. Standard library only, so `--check_args` can tell an unknown name before torch is
-imported; `python -m iti.registry datasets [--probing]` lists dataset names for the shell scripts.
+imported; `python -m iti.registry datasets [--probing | --validation]` lists dataset names for the shell scripts.
 """
 from __future__ import annotations
 
@@ -78,6 +78,8 @@ DATASETS = {dataset.name: dataset for dataset in (
     BuiltinDataset("trivia_qa", "TriviaQA with a false answer per question", hub_id="OamPatel/iti_trivia_qa_val"),
 )}
 DATASET_NAMES = tuple(DATASETS)
+# What validate_2fold reads by default: the set that trains the probes, and the one that sets σ.
+VALIDATION_DATASETS = ("tqa_mc2", "tqa_gen_end_q")
 PROBING_DATASETS = tuple(name for name, dataset in DATASETS.items() if dataset.probing)
 TRANSFER_SETS = {name: dataset.hub_id for name, dataset in DATASETS.items() if dataset.hub_id}
 
@@ -88,6 +90,7 @@ def check_dataset_name(name: str) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["datasets"]:
-        sys.exit("usage: python -m iti.registry datasets [--probing]")
-    print(" ".join(PROBING_DATASETS if "--probing" in sys.argv else DATASET_NAMES))
+    if sys.argv[1:2] != ["datasets"] or not set(sys.argv[2:]) <= {"--probing", "--validation"}:
+        sys.exit("usage: python -m iti.registry datasets [--probing | --validation]")
+    chosen = {"--probing": PROBING_DATASETS, "--validation": VALIDATION_DATASETS}
+    print(" ".join(next((chosen[flag] for flag in sys.argv[2:]), DATASET_NAMES)))
