@@ -14,7 +14,6 @@ asked of the package: the summary JSON that validate_2fold writes for the run's 
 """
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil

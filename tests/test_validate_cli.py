@@ -1,7 +1,6 @@
 """validate_2fold end to end on a tiny model (every metric: tiny judges, a small OWT file), the
 α = 0 MC2 against one forward per answer, a run killed midway, and bad input."""
 import json
-import math
 import re
 import subprocess
 import sys

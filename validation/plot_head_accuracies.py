@@ -7,7 +7,6 @@ python validation/plot_head_accuracies.py --model_name smollm2_135M_instruct
 python validation/plot_head_accuracies.py --dataset_name my_set --dataset_path my_set.jsonl --metric auc
 """
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
