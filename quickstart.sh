@@ -2,7 +2,7 @@
 # The main job on the embedded default: the bundled SmolLM2-135M-Instruct, the first 40 TruthfulQA
 # questions, CPU: activations, 2-fold ITI validation (MC, CE, KL) and the unshifted baseline on the
 # same folds, ending with a table of both. Installs first. CE and KL read 20 documents here, not the
-# spec's 100 (OWT_SAMPLES=100 for those; slower, less noisy).
+# 100 of docs/method.md §6 (OWT_SAMPLES=100 for those; slower, less noisy).
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}

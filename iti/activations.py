@@ -98,7 +98,7 @@ def extract_activations(recorder: ActivationRecorder, tokenizer, prompts: list[s
 
 def feature_record(prompt_set, model_name: str, limit: int | None, prompt_format: str,
                    fingerprint: dict | None = None) -> dict:
-    """What made a feature set (spec §10), as its `_meta.json` records it; `id` names the content (the
+    """What made a feature set (docs/method.md §10), as its `_meta.json` records it; `id` names the content (the
     model as loaded, in its dtype, and the rows it read). Without `fingerprint` (before the model loads)
     the record holds only what the data decides."""
     record = {"record_version": RECORD_VERSION, "model_name": model_name, "dataset": prompt_set.name, "limit": limit,

@@ -1,4 +1,4 @@
-"""Baking head shifts into the weights (ITI_SPEC.md section 7).
+"""Baking head shifts into the weights (docs/method.md §7).
 
 Adding δ_l to the o_proj input of layer l adds W_o·δ_l to its output, so a baked model carries
 W_o·δ_l as the o_proj bias of each edited layer (zero in the others) and saves with the config's

@@ -1,4 +1,4 @@
-"""Cross-entropy on OpenWebText and KL from the unshifted model (ITI_SPEC.md section 6).
+"""Cross-entropy on OpenWebText and KL from the unshifted model (docs/method.md §6).
 
 100 documents drawn with the run's seed, each cut to its first 128 tokens (BOS as the tokenizer
 adds it), the shift at every position. Per document: CE is the mean next-token cross-entropy of
@@ -145,12 +145,12 @@ def ce_and_kl(shifted: ShiftedModel, token_rows: list[list[int]], pad_id: int, b
 
 
 class CeKl:
-    """CE and KL of shifted versions of one model on one seeded sample of documents (spec §6).
+    """CE and KL of shifted versions of one model on one seeded sample of documents (docs/method.md §6).
 
     One per run: the unshifted reference logits are computed on first use and reused for every fold
     and every α/K setting of that model, and give the unshifted model's CE. They stay in CPU memory:
     documents × tokens × vocabulary values in the model's dtype (0.5 GB for 20 documents of the
-    bundled model, 2.5 GB for the spec's 100).
+    bundled model, 2.5 GB for docs/method.md's 100).
     """
 
     def __init__(self, texts: list[str] | None, tokenizer, seed: int = 42, batch_size: int = 8,

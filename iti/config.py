@@ -116,7 +116,7 @@ class HeadShiftOptions(DatasetOptions):
 
     @property
     def tuning_dataset(self) -> str:
-        """The features σ is measured on (spec §4; §9: a custom probing set is its own σ set)."""
+        """The features σ is measured on (docs/method.md §4; §9: a custom probing set is its own σ set)."""
         if self.activations_dataset is not None:
             return self.activations_dataset
         return self.dataset_name if self.custom else VALIDATION_DATASETS[1]
@@ -178,7 +178,7 @@ class ValidationConfig(HeadShiftOptions):
                                        "Generator) or public (the public validate_2fold's global NumPy stream, to "
                                        "compare with a published seed question for question)", SHIFTS, split=True,
                             choices=SPLIT_RNGS)
-    owt_samples: int = option(OWT_SAMPLES, f"documents drawn for CE and KL (spec: {OWT_SAMPLES}); fewer is faster "
+    owt_samples: int = option(OWT_SAMPLES, f"documents drawn for CE and KL (docs/method.md §6: {OWT_SAMPLES}); fewer is faster "
                                            "and noisier", NUMBERS, minimum=1)
     resume: bool = option(False, "require an earlier run of these settings and keep the folds it finished (they are "
                                  "kept without this flag too, whatever batch size, device or loading it used; the "

@@ -23,4 +23,4 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 # Generators of the folds' train/validation draws (iti.probes.all_fold_splits).
 SPLIT_RNGS = ("default", "public")
 SIGMA_QUESTIONS = ("all", "dev")
-OWT_SAMPLES = 100  # documents for CE and KL (spec §6)
+OWT_SAMPLES = 100  # documents for CE and KL (docs/method.md §6)

@@ -1,4 +1,4 @@
-"""Any contrastive dataset (ITI_SPEC.md §9): items of a question with correct and incorrect answers.
+"""Any contrastive dataset (docs/method.md §9): items of a question with correct and incorrect answers.
 
 An item is a `GenerationQuestion` (question, category, best answer, correct and incorrect answers),
 the same record TruthfulQA's generation order is made of, so every stage that takes TruthfulQA takes
@@ -25,7 +25,7 @@ HUB_PREFIX = "hub:"
 FILE_SUFFIXES = (".jsonl", ".csv")
 TQA_CSV_COLUMNS = ("Question", "Best Answer", "Correct Answers", "Incorrect Answers")
 UNKNOWN_CATEGORY = ""
-SHAPE_OF_AN_ITEM = "every item needs a question, at least one correct and one incorrect answer (see ITI_SPEC.md §9)"
+SHAPE_OF_AN_ITEM = "every item needs a question, at least one correct and one incorrect answer (see docs/method.md §9)"
 
 
 class DatasetError(ValueError):

@@ -1,4 +1,4 @@
-"""TruthfulQA (local copy or hub) and the prompt sets of the activation datasets (spec §1-2)."""
+"""TruthfulQA (local copy or hub) and the prompt sets of the activation datasets (docs/method.md §1-2)."""
 from __future__ import annotations
 
 import csv
@@ -40,7 +40,7 @@ class TruthfulQA:
 
     def mc_index_of_generation(self) -> np.ndarray:
         """For each generation-order question, its index in the MC order (-1 where it has none): questions
-        are matched by their stripped text (spec §1)."""
+        are matched by their stripped text (docs/method.md §1)."""
         mc_index = {q.question.strip(): i for i, q in enumerate(self.multiple_choice)}
         return np.array([mc_index.get(q.question.strip(), -1) for q in self.generation], dtype=np.int64)
 

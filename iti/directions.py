@@ -1,4 +1,4 @@
-"""Shift directions per selected head and the spread σ along them (ITI_SPEC.md section 4)."""
+"""Shift directions per selected head and the spread σ along them (docs/method.md §4)."""
 from __future__ import annotations
 
 from collections import defaultdict

@@ -1,4 +1,4 @@
-"""Evaluating a model, shifted or not, on a list of questions (spec §6): MC1/MC2/MC3, generated answers
+"""Evaluating a model, shifted or not, on a list of questions (docs/method.md §6): MC1/MC2/MC3, generated answers
 judged for True and Info, CE and KL; the answer frame (one row per question, every per-question score)
 and the means. What to compute is an EvalSpec, not a run's whole configuration.
 """
@@ -34,7 +34,7 @@ class EvalSpec:
     tag: str                  # answer-frame column prefix: the model's output name
     batch_size: int = 16
     max_new_tokens: int = 50
-    add_period: bool = True   # TruthfulQA's convention for its reference answers (spec §9)
+    add_period: bool = True   # TruthfulQA's convention for its reference answers (docs/method.md §9)
 
     def only(self, metrics) -> EvalSpec:
         return dataclasses.replace(self, metrics=frozenset(metrics))

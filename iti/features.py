@@ -2,7 +2,7 @@
 
 get_activations writes, per model and dataset, `{model}_{dataset}[_limit_{N}]_{kind}.npy` (the public
 workflow's names; `_limit_{N}` for the first N questions) and a `_meta.json` that records what made them
-(spec §10): the model's fingerprint (config, tokenizer, a weight sample; iti.fingerprint), the rows'
+(docs/method.md §10): the model's fingerprint (config, tokenizer, a weight sample; iti.fingerprint), the rows'
 content before and after formatting, the prompt format, the limit and the seed. Every consumer checks the
 record against its own run (`verify_feature_set`) and refuses a mismatch in one line that gives the
 get_activations command to run. NumPy only: sweeps check features on a login node without torch.

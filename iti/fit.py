@@ -1,4 +1,4 @@
-"""From features to HeadShifts, in one function: probes, head choice, directions, σ (spec §4).
+"""From features to HeadShifts, in one function: probes, head choice, directions, σ (docs/method.md §4).
 
     shifts, report = fit_head_shifts(features, split, recipe)
 

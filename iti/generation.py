@@ -1,4 +1,4 @@
-"""Greedy answers to TruthfulQA prompts (ITI_SPEC.md section 6), batched, with the generation schedule.
+"""Greedy answers to TruthfulQA prompts (docs/method.md §6), batched, with the generation schedule.
 
 Prompts end with `Q: {question}` and no `A:`, so a model continues with `\\nA: ...` and usually
 goes on with a new `\\n\\nQ: ...`; the answer is the text after the first `A:` and before the next
@@ -71,7 +71,7 @@ def generate_texts(shifted: ShiftedModel, tokenizer, prompts: list[str], max_new
 
 def generate_answers(shifted: ShiftedModel, tokenizer, questions: list[str], prompting: Prompting = Prompting(),
                      max_new_tokens: int = 50, batch_size: int = 16, progress: bool = True) -> list[str]:
-    """The model's answer to each question, prompted as in spec section 6 (or §9) and decoded greedily.
+    """The model's answer to each question, prompted as in docs/method.md §6 (or §9) and decoded greedily.
 
     Raw prompts end with `Q: {question}`: the answer is cut from the continuation. A chat prompt ends
     with the template's generation prompt: the answer is the assistant turn, ended by the model's EOS.

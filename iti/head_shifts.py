@@ -2,7 +2,7 @@
 
 Everything downstream (intervention hooks, baking, evaluation) consumes this one type. The
 shift of head (l, h) is α·σ·θ added to slice [h·d, (h+1)·d) of layer l's `o_proj` input
-(ITI_SPEC.md sections 4 and 7). On disk: `head_shifts.safetensors` (arrays) beside
+(docs/method.md §4 and §7). On disk: `head_shifts.safetensors` (arrays) beside
 `head_shifts.json` (α, geometry, heads, provenance); no pickle.
 """
 from __future__ import annotations

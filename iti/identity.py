@@ -1,5 +1,5 @@
 """What identifies a run or a feature set: every option field declares its role in its metadata, and
-names, hashes, grouping and resume are derived from those roles (spec §10).
+names, hashes, grouping and resume are derived from those roles (docs/method.md §10).
 
 - NUMBERS: changes the numbers of every run (the model, the dtype, the data, the seed, the metrics);
 - SHIFTS: changes the numbers only through the head shifts (which features, heads, directions, α): an

@@ -2,7 +2,7 @@
 
 Each edited layer gets one pyvene intervention on `<layer>.<o_proj>.input` that adds the layer's
 offset δ_l (all its selected heads' α·σ·θ, laid out in [heads·head_dim]) at the positions of the
-schedule (spec §5), which travel with each call as data:
+schedule (docs/method.md §5), which travel with each call as data:
 
 - scoring answers, CE and KL: a [batch, seq] mask of the positions to shift (answer tokens; every
   real token), so each padded row has its own positions and padding gets nothing; it is handed to

@@ -1,10 +1,10 @@
-"""Multiple-choice scores MC1/MC2/MC3 (ITI_SPEC.md section 6), with prompt-prefix caching.
+"""Multiple-choice scores MC1/MC2/MC3 (docs/method.md §6), with prompt-prefix caching.
 
 An answer's score is the summed log-probability of its tokens after `{prompt}\\nA: `. Its tokens
 are found by character offsets: every token that covers at least one character of the answer.
 (Byte-level tokenizers report " The" from the space before the answer, so "tokens that start at
-or after the answer" would miss the first one.) The shift goes on the answer's tokens only (spec
-section 5); the logits that score the first answer token come from the unshifted position before it.
+or after the answer" would miss the first one.) The shift goes on the answer's tokens only
+(docs/method.md §5); the logits that score the first answer token come from the unshifted position before it.
 
 Fast path, equal to one forward per answer: every row is tokenized in full, so a merge of tokens
 across the prompt/answer boundary is whatever the tokenizer does for that row. The token prefix
@@ -45,7 +45,7 @@ class MCReferences:
 
 
 def mc_references(record: GenerationQuestion, add_period: bool = True) -> MCReferences:
-    """The answers as scored: TruthfulQA's with a period added (its own convention), others as written (spec §9)."""
+    """The answers as scored: TruthfulQA's with a period added (its own convention), others as written (docs/method.md §9)."""
     form = with_period if add_period else str.strip
     true = [form(a) for a in record.correct_answers]
     false = [form(a) for a in record.incorrect_answers]

@@ -1,4 +1,4 @@
-"""Folds, per-head logistic probes and head selection (ITI_SPEC.md section 4).
+"""Folds, per-head logistic probes and head selection (docs/method.md §4).
 
 Activations are head-wise `o_proj` inputs stored as [N, L, H*d]; head (l, h) is the slice
 [h*d, (h+1)*d) of layer l. Questions are indexed in TruthfulQA's multiple-choice order.

@@ -1,4 +1,4 @@
-"""Evaluation prompts (ITI_SPEC.md section 6): instruction, the TruthfulQA "QA" primer, the question.
+"""Evaluation prompts (docs/method.md §6): instruction, the TruthfulQA "QA" primer, the question.
 
 The layout is the public workflow's: `{instruction}\\n\\n{many-shot prefix}\\n\\n{primer}\\n\\nQ: {question}`,
 each optional part dropped with its blank line. Answers are scored after `\\nA: ` and judged as
@@ -45,7 +45,7 @@ ANSWER_SEPARATOR = "\nA: "
 
 
 def qa_prompt(question: str, answer: str) -> str:
-    """A probe row of the raw format (spec §2): `Q: {question} A: {answer}`."""
+    """A probe row of the raw format (docs/method.md §2): `Q: {question} A: {answer}`."""
     return f"Q: {question} A: {answer}"
 
 
@@ -68,7 +68,7 @@ def answer_prompt(prompt: str, answer: str, separator: str = ANSWER_SEPARATOR) -
     return head + answer, len(head)
 
 
-# --------------------------------------------------------------------------- prompt formats (spec §9)
+# --------------------------------------------------------------------------- prompt formats (docs/method.md §9)
 
 def check_prompt_format(name: str) -> None:
     if name not in PROMPT_FORMATS:
@@ -126,7 +126,7 @@ class Prompting:
         return chat_prefix(self.chat_tokenizer, "\n\n".join(part for part in parts if part))
 
     def probe_text(self, question: str, answer: str) -> str:
-        """The text whose last token gives a probe row's activations (spec §2, §9)."""
+        """The text whose last token gives a probe row's activations (docs/method.md §2, §9)."""
         return chat_prefix(self.chat_tokenizer, question) + answer if self.chat else qa_prompt(question, answer)
 
 

@@ -5,7 +5,7 @@ whose constant source is the layer's offset δ_l (every selected head's α·σ·
 by pyvene's own `save` (`config.json` + one `intkey_*.bin` state file per layer: a dict of tensors,
 which loads with `torch.load(weights_only=True)`). So `pyvene.IntervenableModel.load(folder, model)`
 alone applies the shifts: at every position when called without `unit_locations` (as a baked model
-does, spec §7), or at the positions `unit_locations` names. The HeadShifts files (head_shifts.json /
+does, docs/method.md §7), or at the positions `unit_locations` names. The HeadShifts files (head_shifts.json /
 .safetensors) go beside them so that an import gives back α, σ, directions and provenance exactly;
 a folder written by pyvene alone imports by splitting each offset into its heads (α = 1, σ = |shift|).
 """

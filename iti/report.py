@@ -1,4 +1,4 @@
-"""The probe report of one fold (ITI_SPEC.md §9): what a shared ITI artifact states about its probes.
+"""The probe report of one fold (docs/method.md §9): what a shared ITI artifact states about its probes.
 
 Per head: accuracy and ROC AUC of its probe on the validation rows and on the test rows. The top
 head (highest validation accuracy, ties broken as head selection breaks them) with its AUC. The best

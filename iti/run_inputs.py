@@ -41,8 +41,8 @@ def items_digest(dataset: ContrastiveDataset) -> str:
 
 
 def evaluation_prompting(cfg: ValidationConfig, tokenizer, model_label: str) -> Prompting:
-    """TruthfulQA: instruction (default `default`) and the QA primer (spec §6). A §9 dataset: the bare
-    question unless an instruction is asked for, which brings the primer with it (spec §9). --qa_primer yes
+    """TruthfulQA: instruction (default `default`) and the QA primer (docs/method.md §6). A §9 dataset: the bare
+    question unless an instruction is asked for, which brings the primer with it (docs/method.md §9). --qa_primer yes
     or no overrides the primer either way."""
     instruction = cfg.instruction_prompt or ("none" if cfg.custom else "default")
     primer = {"yes": True, "no": False}.get(cfg.qa_primer, not cfg.custom or cfg.instruction_prompt is not None)

@@ -2,7 +2,7 @@
 
 Probes every head on all questions of --dataset_name (a seeded train/validation split, no test
 fold), picks the --num_heads best heads, takes their directions and spreads σ (the latter from
---activations_dataset), then sets each edited layer's o_proj bias to W_o·δ_l (ITI_SPEC.md §7;
+--activations_dataset), then sets each edited layer's o_proj bias to W_o·δ_l (docs/method.md §7;
 the public script stored δ_l itself, wrong whenever W_o ≠ I). The folder loads with a plain
 AutoModelForCausalLM.from_pretrained and holds the head shifts too (head_shifts.*). Qwen2 and Mistral,
 whose configs have no o_proj bias switch, are saved as Llama checkpoints (the same function); the

@@ -141,7 +141,7 @@ def head_shift_usage(repo_id: str, base: str, folder: Path) -> list[str]:
 
 
 def probe_report_section(shifts) -> list[str]:
-    """The probe report table (spec §9) that validate_2fold and edit_weight store with the shifts, if any."""
+    """The probe report table (docs/method.md §9) that validate_2fold and edit_weight store with the shifts, if any."""
     from iti.report import report_table
 
     report = shifts.provenance.get("probe_report")
