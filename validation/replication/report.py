@@ -1,0 +1,146 @@
+"""The tables and figures of iti_replication_results.md, from the runs validation/replication/bundled_model.sh
+made: every number read from the runs' summary and answer files (iti.collect), none typed in.
+
+python validation/replication/report.py [--results_dir validation] [--output_dir results]
+
+Prints markdown: the main table (seeds as mean ± std, ITI's paired difference from the baseline with its 95%
+bootstrap interval over questions), each fold's choice with its selection and test scores, the prompting
+comparison (each prompt with and without ITI, differences from the bare question's baseline and from the
+same prompt's baseline), the polite_replies sets (as written, length-matched), and the run times; writes
+the per-category figure of the ITI − baseline difference on MC2 to --output_dir.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from iti.cli import ArgumentParser, run_main  # noqa: E402
+
+MODEL = "smollm2_135M_instruct"
+GRID = ([16, 48], [0.0, 5.0, 10.0, 15.0])
+# (label, instruction_prompt, qa_primer) of the paper's prompting comparison, in its table's order.
+PROMPTS = (("no instruction", "none", "no"), ("instruction", "default", "no"),
+           ("instruction + primer (default)", None, "auto"))
+SHOWN = ("MC1", "MC2", "MC3", "CE", "KL")
+
+
+def runs_where(runs: list[dict], **config) -> list[dict]:
+    return [run for run in runs if all(run["config"].get(key) == value for key, value in config.items())]
+
+
+def main() -> None:
+    parser = ArgumentParser(__doc__)
+    parser.add_argument("--results_dir", type=Path, default=Path("validation"))
+    parser.add_argument("--output_dir", type=Path, default=Path("results"))
+    args = parser.parse_args()
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+    from iti.collect import category_table, collect_table, difference, markdown_rows, mean_std, pair_with_baseline
+    from iti.collect import readable_summaries
+    from iti.errors import UsageError
+    from iti.plots import category_differences
+
+    readable, unreadable = readable_summaries(args.results_dir)
+    for problem in unreadable:
+        print(f"note: left out: {problem}", file=sys.stderr)
+    runs = [{**record, "path": str(path)} for path, record in readable
+            if record["complete"] and "identity" in record and record["config"]["model_name"] == MODEL]
+    truthfulqa = runs_where(runs, dataset_path=None, limit=None, use_center_of_mass=True)
+    if not truthfulqa:
+        raise UsageError(f"no complete runs of {MODEL} on all TruthfulQA questions in {args.results_dir}; run "
+                         "validation/replication/bundled_model.sh first")
+
+    def variant(instruction, primer, grid: bool) -> list[dict]:
+        heads = GRID[0] if grid else [0]
+        chosen = runs_where(truthfulqa, instruction_prompt=instruction, qa_primer=primer, num_heads=heads)
+        return [run for run in chosen if not grid or run["config"]["alpha"] == GRID[1]]
+
+    # 1. The main comparison: default prompting, K and α chosen per fold, against the baseline.
+    main_runs = variant(None, "auto", True) + variant(None, "auto", False)
+    table, pairs = collect_table(main_runs, MODEL)
+    print("## Main table\n")
+    print(summary_table(table, markdown_rows, mean_std, difference))
+    print("\n## Choices per fold\n")
+    print(choices_table(variant(None, "auto", True), markdown_rows))
+    categories = category_table(table, pairs, "MC2")
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    [figure] = category_differences(categories, "MC2",
+                                    lambda k, alpha: args.output_dir / f"{MODEL}_iti_minus_baseline_by_category.png")
+    print(f"\n(per-category figure: {figure})")
+
+    # 2. The paper's prompting comparison: each prompt with and without ITI, on the same folds.
+    rows = []
+    bare = variant("none", "no", False)
+    for label, instruction, primer in PROMPTS:
+        for with_iti in (False, True):
+            members = variant(instruction, primer, with_iti)
+            if not members:
+                continue
+            final = {key: [r["final"][key] for r in members] for key in SHOWN}
+            row = [label + (" + ITI" if with_iti else ""), " ".join(str(r["config"]["seed"]) for r in members)]
+            row += [mean_std(*mean_and_std(final[key])) for key in ("MC1", "MC2")]
+            row.append(paired_text(pair_with_baseline(members, bare, MODEL), difference) if bare else "—")
+            own = variant(instruction, primer, False)
+            row.append(paired_text(pair_with_baseline(members, own, MODEL), difference) if with_iti and own else "—")
+            rows.append(row)
+    print("\n## Prompting and ITI\n")
+    print(markdown_rows(["setting", "seeds", "MC1", "MC2", "ΔMC2 vs bare question [95%]",
+                         "ΔMC2 vs same prompt [95%]"], rows))
+
+    # 3. The polite_replies sets, as written and length-matched (K 8, α 5, chat).
+    for dataset in ("polite_replies", "polite_replies_matched"):
+        members = runs_where(runs, dataset_name=dataset)
+        if members:
+            print(f"\n## {dataset}\n")
+            print(summary_table(collect_table(members, MODEL)[0], markdown_rows, mean_std, difference))
+
+    print("\n## Run times\n")
+    print(markdown_rows(["run", "seed", "minutes"], [[Path(r["path"]).name, str(r["config"]["seed"]),
+                                                      f"{r['seconds'] / 60:.1f}"] for r in sorted(
+        runs, key=lambda r: r["path"])]))
+
+
+def mean_and_std(values: list[float]) -> tuple[float, float]:
+    import numpy as np
+
+    array = np.array([np.nan if v is None else v for v in values], dtype=float)
+    return float(np.mean(array)), float(np.std(array, ddof=1)) if len(array) > 1 else float("nan")
+
+
+def paired_text(paired, difference) -> str:
+    if paired is None or "MC2" not in paired[1]:
+        return "—"
+    interval = paired[1]["MC2"]
+    return difference(interval.value, interval.low, interval.high)
+
+
+def summary_table(table, markdown_rows, mean_std, difference) -> str:
+    """iti.collect's table, the columns this document shows."""
+    header = ["K", "α", "seeds", *SHOWN, "ΔMC1 [95%]", "ΔMC2 [95%]", "ΔMC3 [95%]"]
+    rows = []
+    for _, row in table.iterrows():
+        cells = [str(row["K"]), str(row["alpha"]), str(row["seeds"])]
+        cells += [mean_std(row[key], row[f"{key} std"]) for key in SHOWN]
+        cells += [difference(row[f"Δ{key}"], row[f"Δ{key} low"], row[f"Δ{key} high"]) for key in ("MC1", "MC2", "MC3")]
+        rows.append(cells)
+    return markdown_rows(header, rows)
+
+
+def choices_table(runs: list[dict], markdown_rows) -> str:
+    """Per seed and fold: the setting chosen, its selection score (set-aside questions) and its test score."""
+    rows = []
+    for run in sorted(runs, key=lambda r: r["config"]["seed"]):
+        for fold in run["folds"]:
+            selection = fold["selection"]
+            rows.append([str(run["config"]["seed"]), str(fold["fold"]), f"{fold['K']}", f"{fold['alpha']:g}",
+                         f"{selection['chosen'][selection['metric']]:.4f}", f"{selection['chosen_test']:.4f}",
+                         str(selection["counts"]["select"]), selection.get("edge_note") or ""])
+    return markdown_rows(["seed", "fold", "K", "α", "MC2 on set-aside questions", "MC2 on test questions",
+                          "set-aside questions", "note"], rows)
+
+
+if __name__ == "__main__":
+    run_main(main)
