@@ -16,7 +16,7 @@ from iti.contrastive import dataset_from_records
 from iti.data import GenerationQuestion, items_prompt_set
 from iti.fit import Features, Recipe, fit_head_shifts, seeded_split
 from iti.generation import generate_answers
-from iti.head_shifts import HeadShifts
+from iti.head_shifts import HeadShifts, ShiftProvenance
 from iti.intervention import ShiftedModel, load_shifted_model
 from iti.models import head_geometry
 from iti.prompts import Prompting, prompting_for
@@ -38,8 +38,9 @@ def fit(model, tokenizer, items: list[dict | GenerationQuestion], num_heads: int
     extract_activations(ActivationRecorder(model), tokenizer, prompt_set.prompts, {"head_wise": acts}, batch_size,
                         progress)
     features = Features(acts, prompt_set.labels, prompt_set.question_ids, acts, prompt_set.question_ids,
-                        geometry.num_heads, provenance={"model_source": model.name_or_path,
-                                                        "prompt_format": prompt_format, "items": len(dataset.items)})
+                        geometry.num_heads, provenance=ShiftProvenance(model_source=model.name_or_path,
+                                                                       prompt_format=prompt_format,
+                                                                       items=len(dataset.items)))
     return fit_head_shifts(features, seeded_split(prompt_set.question_ids, val_ratio, seed),
                            Recipe(num_heads, alpha, method, seed=seed))
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from iti.directions import center_of_mass_directions, probe_directions, projection_stds, random_directions
 from iti.errors import UsageError
-from iti.head_shifts import HeadShifts
+from iti.head_shifts import HeadShifts, ShiftProvenance
 from iti.models import resolve_device
 from iti.probes import random_heads, rows_of_questions, top_heads, train_probes, train_val_split
 from iti.report import ProbeReport, layer_probe_table, probe_report
@@ -36,7 +36,7 @@ class Features:
     tuning_question_ids: np.ndarray
     num_heads: int
     layer_acts: np.ndarray | None = None
-    provenance: dict = field(default_factory=dict)
+    provenance: ShiftProvenance = field(default_factory=ShiftProvenance)
 
     @property
     def num_layers(self) -> int:
@@ -136,10 +136,10 @@ def fit_head_shifts(features: Features, split: Split, recipe: Recipe) -> tuple[H
         sigmas=projection_stds(tuning, heads, directions, features.num_heads),
         probe_accuracies=probes.val_accuracies[pairs[:, 0], pairs[:, 1]], alpha=recipe.alpha,
         num_layers=features.num_layers, num_heads=features.num_heads, head_dim=features.head_dim,
-        provenance={**features.provenance, "K": k, "method": recipe.method, "probe_backend": recipe.probe_backend,
-                    "seed": recipe.seed, "fold": split.fold, "train_questions": int(len(split.train)),
-                    "val_questions": int(len(split.val)),
-                    "probe_report": report.summary(list(zip(pairs[:, 0].tolist(), pairs[:, 1].tolist())))})
+        provenance=dataclasses.replace(
+            features.provenance, K=k, method=recipe.method, probe_backend=recipe.probe_backend, seed=recipe.seed,
+            fold=split.fold, train_questions=int(len(split.train)), val_questions=int(len(split.val)),
+            probe_report=report.summary(list(zip(pairs[:, 0].tolist(), pairs[:, 1].tolist())))))
     return shifts, report
 
 

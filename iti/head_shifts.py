@@ -33,6 +33,49 @@ _METADATA_FIELDS = {"save_id": str, "alpha": (int, float), "num_layers": int, "n
 RESAVE = "save the head shifts again"
 
 
+@dataclass
+class ShiftProvenance:
+    """What made a set of head shifts, read by name: the model and data (from the run that built them), the
+    recipe and split (from iti.fit.fit_head_shifts, which writes the record), and the probe report. A file of
+    another version may record more: that is kept, as read, in `other`."""
+
+    model_name: str | None = None
+    model_source: str | None = None
+    base_model: str | None = None
+    made_by: str | None = None
+    dataset_name: str | None = None
+    dataset_path: str | None = None
+    prompt_format: str | None = None
+    activations_dataset: str | None = None
+    sigma_questions: str | None = None
+    limit: int | None = None
+    num_fold: int | None = None
+    val_ratio: float | None = None
+    features: dict | None = None
+    items: int | None = None
+    K: int | None = None
+    method: str | None = None
+    probe_backend: str | None = None
+    seed: int | None = None
+    fold: int | None = None
+    train_questions: int | None = None
+    val_questions: int | None = None
+    probe_report: dict | None = None
+    imported_from: str | None = None
+    other: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ShiftProvenance:
+        names = {f.name for f in dataclasses.fields(cls)} - {"other"}
+        return cls(**{k: v for k, v in values.items() if k in names},
+                   other={k: v for k, v in values.items() if k not in names})
+
+    def as_dict(self) -> dict:
+        """The record as head_shifts.json holds it: the fields set, then what `other` kept."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "other"}
+        return {**{k: v for k, v in values.items() if v is not None}, **self.other}
+
+
 @dataclass(eq=False)
 class HeadShifts:
     """K selected heads (layers[i], heads[i]) with unit directions [K, d], spreads σ [K] and the
@@ -47,9 +90,11 @@ class HeadShifts:
     num_layers: int
     num_heads: int
     head_dim: int
-    provenance: dict = field(default_factory=dict)
+    provenance: ShiftProvenance = field(default_factory=ShiftProvenance)
 
     def __post_init__(self) -> None:
+        if isinstance(self.provenance, dict):
+            self.provenance = ShiftProvenance.from_dict(self.provenance)
         self.layers = np.asarray(self.layers, dtype=np.int64)
         self.heads = np.asarray(self.heads, dtype=np.int64)
         self.directions = np.asarray(self.directions, dtype=np.float32)
@@ -86,10 +131,10 @@ class HeadShifts:
             raise UsageError("head shift directions must have unit length; normalise them before building HeadShifts")
         if not (np.isfinite(self.sigmas).all() and (self.sigmas >= 0).all() and np.isfinite(self.alpha)):
             raise UsageError("head shift sigmas must be finite and non-negative, and alpha finite")
-        if not isinstance(self.provenance, dict):
-            raise UsageError("head shift provenance must be a dict (model, datasets, seed, fold, ...)")
+        if not isinstance(self.provenance, ShiftProvenance):
+            raise UsageError("head shift provenance must be a ShiftProvenance (or a dict of its fields)")
         try:
-            json.dumps(self.provenance)
+            json.dumps(self.provenance.as_dict())
         except (TypeError, ValueError) as err:
             raise UsageError(f"head shift provenance must be JSON-serialisable (plain str/int/float/list/dict): {err}")
 
@@ -103,7 +148,8 @@ class HeadShifts:
     def scaled(self, alpha: float) -> HeadShifts:
         """The same heads and directions at strength `alpha` (arrays copied, not shared)."""
         copies = {name: getattr(self, name).copy() for name in _ARRAY_FIELDS}
-        return dataclasses.replace(self, alpha=alpha, provenance=json.loads(json.dumps(self.provenance)), **copies)
+        provenance = ShiftProvenance.from_dict(json.loads(json.dumps(self.provenance.as_dict())))
+        return dataclasses.replace(self, alpha=alpha, provenance=provenance, **copies)
 
     def layer_offsets(self) -> dict[int, np.ndarray]:
         """δ_l per layer with selected heads: float32 [H·d] holding α·σ·θ in each selected head's slice."""
@@ -129,7 +175,7 @@ class HeadShifts:
     @property
     def model_source(self) -> str | None:
         """The model these shifts were made from (hub id or path), as recorded when they were made."""
-        return self.provenance.get("model_source")
+        return self.provenance.model_source
 
     def check_model(self, model_source: str, allow_other_model: bool = False) -> None:
         """UsageError when these shifts record a model other than `model_source`, unless allowed.
@@ -161,7 +207,7 @@ class HeadShifts:
             "num_heads": self.num_heads,
             "head_dim": self.head_dim,
             "heads": [list(pair) for pair in self.head_list()],
-            "provenance": self.provenance,
+            "provenance": self.provenance.as_dict(),
         }
         with staged_files([out / TENSORS_FILE, out / METADATA_FILE]) as (tensors_tmp, metadata_tmp):
             save_file(tensors, str(tensors_tmp), metadata={"format": _FORMAT, "save_id": save_id})

@@ -22,7 +22,7 @@ import torch
 
 from iti.errors import UsageError
 from iti.files import read_json, staged_folder
-from iti.head_shifts import METADATA_FILE, HeadShifts
+from iti.head_shifts import METADATA_FILE, HeadShifts, ShiftProvenance
 from iti.models import HeadGeometry, model_sites
 
 PYVENE_CONFIG = "config.json"
@@ -107,7 +107,7 @@ def read_pyvene_offsets(folder: str | os.PathLike) -> dict[int, np.ndarray]:
     return offsets
 
 
-def heads_from_offsets(offsets: dict[int, np.ndarray], geometry: HeadGeometry, provenance: dict) -> HeadShifts:
+def heads_from_offsets(offsets: dict[int, np.ndarray], geometry: HeadGeometry, provenance: ShiftProvenance) -> HeadShifts:
     """Split each layer offset into its heads' shifts: α = 1, σ = |shift|, direction = shift / |shift|."""
     layers, heads, directions, sigmas = [], [], [], []
     for layer, offset in sorted(offsets.items()):
@@ -136,4 +136,4 @@ def import_pyvene(folder: str | os.PathLike, geometry: HeadGeometry) -> HeadShif
             return shifts
         raise UsageError(f"{folder}: the interventions in {PYVENE_CONFIG} differ from {METADATA_FILE}; one of them "
                          "was edited: export again")
-    return heads_from_offsets(offsets, geometry, {"imported_from": str(folder)})
+    return heads_from_offsets(offsets, geometry, ShiftProvenance(imported_from=str(folder)))

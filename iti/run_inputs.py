@@ -20,6 +20,7 @@ from iti.features import (
     verify_against_data,
 )
 from iti.fit import Features
+from iti.head_shifts import ShiftProvenance
 from iti.identity import digest
 from iti.models import HeadGeometry
 from iti.probes import check_finite_activations
@@ -96,10 +97,10 @@ def read_checked_features(cfg: HeadShiftOptions, probing: FeatureSet, tuning: Fe
                              f"{geometry.width} (heads x head_dim): they come from another model; re-extract them "
                              f"with `{probing.command(overwrite=True)}`")
     check_finite_activations(acts)
-    provenance = {"model_name": cfg.output_name, "model_source": model_source, "dataset_name": cfg.dataset_name,
-                  "dataset_path": cfg.dataset_path, "prompt_format": cfg.prompt_format,
-                  "activations_dataset": cfg.tuning_dataset, "val_ratio": cfg.val_ratio, "limit": cfg.limit,
-                  "features": {name: record["id"] for name, record in records.items()}}
+    provenance = ShiftProvenance(model_name=cfg.output_name, model_source=model_source, dataset_name=cfg.dataset_name,
+                                 dataset_path=cfg.dataset_path, prompt_format=cfg.prompt_format,
+                                 activations_dataset=cfg.tuning_dataset, val_ratio=cfg.val_ratio, limit=cfg.limit,
+                                 features={name: record["id"] for name, record in records.items()})
     return Features(acts, labels, question_ids, tuning_acts, tuning_question_ids, geometry.num_heads, layer_acts,
                     provenance)
 
@@ -121,7 +122,7 @@ def load_run_features(cfg: ValidationConfig, tqa: TruthfulQA | None, num_questio
             f"the {cfg.dataset_name} features of {cfg.output_name} in {probing.features_dir} cover {len(covered)} of the "
             f"{num_questions} questions this run uses; extract them for all questions with "
             f"`{dataclasses.replace(probing, limit=None).command()}`")
-    provenance = {**features.provenance, "sigma_questions": cfg.sigma_questions, "num_fold": cfg.num_fold}
+    provenance = dataclasses.replace(features.provenance, sigma_questions=cfg.sigma_questions, num_fold=cfg.num_fold)
     return dataclasses.replace(features, question_ids=question_ids, tuning_question_ids=tuning_question_ids,
                                provenance=provenance)
 

@@ -122,7 +122,7 @@ def set_up(cfg: ValidationConfig, log: Callable[[str], None]) -> RunSetup:
         "model_path": model_digest(fingerprint), "dtype": str(model.dtype),
         "dataset_path": data if cfg.custom else None, "tqa_path": None if cfg.custom else data,
         "owt_path": text_digest(owt_texts) if owt_texts is not None else owt_source,
-        "features_dir": features.provenance["features"] if features is not None else None,
+        "features_dir": features.provenance.features if features is not None else None,
         "judge_model": judge_sources.get("truth", cfg.judge_model), "info_model": judge_sources.get("info", cfg.info_model),
     })
     record = {
@@ -175,7 +175,7 @@ def run_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], prog
         selection["chosen_test"] = results[selection["metric"]]
     return {"fold": fold, "train": train.tolist(), "val": val.tolist(), "test": test.tolist(), "K": k, "alpha": alpha,
             "selection": selection, "heads": shifts.head_list() if shifts is not None else [], "results": results,
-            "files": files, "probe_report": ({"fold": fold, "K": k, "alpha": alpha, **shifts.provenance["probe_report"]}
+            "files": files, "probe_report": ({"fold": fold, "K": k, "alpha": alpha, **shifts.provenance.probe_report}
                                              if shifts is not None else None)}
 
 

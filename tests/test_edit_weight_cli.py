@@ -146,7 +146,7 @@ def test_end_to_end_biases_are_W_o_times_delta(setup, tmp_path, family):
             assert torch.equal(getattr(attn, proj).bias, carried)
     shifts = HeadShifts.load(out)
     assert sorted(shifts.head_list()) == SEPARABLE and shifts.alpha == ALPHA
-    assert shifts.provenance["limit"] == limit and shifts.provenance["method"] == "center_of_mass"
+    assert shifts.provenance.limit == limit and shifts.provenance.method == "center_of_mass"
     assert (out / "tokenizer_config.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["baked"]
 

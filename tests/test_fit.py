@@ -7,6 +7,7 @@ from sklearn.linear_model import LogisticRegression
 
 from iti.errors import UsageError
 from iti.fit import Features, Recipe, Split, fit_head_shifts, seeded_split
+from iti.head_shifts import ShiftProvenance
 from iti.probes import random_heads
 
 L, H, D = 4, 3, 8
@@ -22,7 +23,8 @@ def features():
     for layer, head, strength in ((1, 2, 3.0), (3, 0, 2.5)):
         acts[:, layer, head * D:(head + 1) * D] += (strength * labels[:, None] * np.eye(D)[layer]).astype(np.float32)
     tuning = (rng.standard_normal((120, L, H * D)) * 3).astype(np.float32)
-    return Features(acts, labels, np.arange(n), tuning, np.arange(120), H, provenance={"model": "synthetic"})
+    return Features(acts, labels, np.arange(n), tuning, np.arange(120), H,
+                    provenance=ShiftProvenance(model_name="synthetic"))
 
 
 SPLIT = Split(np.arange(300), np.arange(300, 400))
@@ -39,10 +41,10 @@ def test_center_of_mass(features):
         projections = features.tuning_acts[:, layer, head * D:(head + 1) * D].astype(np.float64) @ shifts.directions[i]
         assert shifts.sigmas[i] == pytest.approx(np.std(projections), rel=1e-5)
     assert shifts.probe_accuracies.min() > 0.8 and shifts.alpha == 15.0
-    provenance = dict(shifts.provenance)
+    provenance = shifts.provenance.as_dict()
     report = provenance.pop("probe_report")
-    assert provenance == {"model": "synthetic", "K": 2, "method": "center_of_mass", "probe_backend": "torch",
-                          "seed": 42, "fold": None, "train_questions": 300, "val_questions": 100}
+    assert provenance == {"model_name": "synthetic", "K": 2, "method": "center_of_mass", "probe_backend": "torch",
+                          "seed": 42, "train_questions": 300, "val_questions": 100}
     assert report["train_rows"] == 300 and report["val_rows"] == 100
 
 

@@ -53,8 +53,8 @@ def test_scaled_copies_with_new_alpha():
     for layer, offset in shifts.layer_offsets().items():
         np.testing.assert_allclose(half.layer_offsets()[layer], offset / 2, rtol=1e-6)
     half.directions[0, 0] = 99.0
-    half.provenance["seed"] = 0
-    assert shifts.directions[0, 0] != 99.0 and shifts.provenance["seed"] == 42
+    half.provenance.seed = 0
+    assert shifts.directions[0, 0] != 99.0 and shifts.provenance.seed == 42
 
 
 def assert_identical(a: HeadShifts, b: HeadShifts) -> None:

@@ -1,6 +1,7 @@
 """validation/push_hf.py: --dry_run shows files and the model card without the network; clear one-line errors."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -8,13 +9,14 @@ import sys
 
 import pytest
 
+from iti.head_shifts import ShiftProvenance
 from tests.conftest import REPO_ROOT, family_config, make_tiny_model, model_from_config
 from tests.test_intervention import make_shifts
 
 SCRIPT = REPO_ROOT / "validation" / "push_hf.py"
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 PROVENANCE = {"base_model": BASE, "dataset_name": "tqa_mc2", "activations_dataset": "tqa_gen_end_q",
-              "val_ratio": 0.2, "limit": 40, "method": "center_of_mass", "seed": 7, "use_random_heads": False}
+              "val_ratio": 0.2, "limit": 40, "method": "center_of_mass", "seed": 7}
 
 
 def run_script(*args, home, **env):
@@ -32,12 +34,12 @@ def folders(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("push")
     model = make_tiny_model("llama", len(tokenizer))
     shifts = make_shifts(model, [(0, 1), (2, 0), (2, 3)], alpha=4.0)
-    shifts.provenance.update(PROVENANCE)
+    shifts.provenance = ShiftProvenance(**PROVENANCE)
     save_baked_model(bake_head_shifts(model, shifts), tokenizer, shifts, root / "baked")
     shifts.save(root / "shifts")
     qwen2 = model_from_config(family_config("qwen2", len(tokenizer)))
     qwen2_shifts = make_shifts(qwen2, [(0, 1), (1, 2)], alpha=4.0)
-    qwen2_shifts.provenance.update(PROVENANCE, base_model="Qwen/Qwen2.5-0.5B-Instruct")
+    qwen2_shifts.provenance = ShiftProvenance(**{**PROVENANCE, "base_model": "Qwen/Qwen2.5-0.5B-Instruct"})
     save_baked_model(bake_head_shifts(qwen2, qwen2_shifts), tokenizer, qwen2_shifts, root / "baked_qwen2")
     (root / "empty").mkdir()
     return root, shifts
@@ -145,7 +147,8 @@ def test_card_shows_the_probe_report(folders, tmp_path):
               "best_layer": {"layer": 1, "val_accuracy": 0.75}, "selected_heads": {"val_accuracy": 0.7,
                                                                                    "test_accuracy": 0.65}}
     reported = shifts.scaled(shifts.alpha)
-    reported.provenance.update(probe_report=report, dataset_path="/data/mine.jsonl", prompt_format="chat")
+    reported.provenance = dataclasses.replace(reported.provenance, probe_report=report, dataset_path="/data/mine.jsonl",
+                                              prompt_format="chat")
     reported.save(tmp_path / "reported")
     result = run_script(str(tmp_path / "reported"), "--repo_id", "someone/mine", "--dry_run", home=tmp_path / "home")
     assert result.returncode == 0, result.stderr

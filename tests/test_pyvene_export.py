@@ -98,7 +98,7 @@ def test_script_refuses_shifts_of_another_model_unless_told(tmp_path_factory, to
     other = tiny_model_folder(tmp_path_factory, "other", "gqa", tokenizer, seed=1)
     model, _ = load_model(str(made_for), device="cpu")
     shifts = make_shifts(model, spread_heads(model))
-    shifts.provenance["model_source"] = str(made_for)
+    shifts.provenance.model_source = str(made_for)
     shifts.save(tmp_path / "shifts")
 
     def run(*args):
@@ -140,7 +140,7 @@ def shifts_of_a_saved_qwen2(tmp_path, tokenizer):
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     shifts = make_shifts(model, spread_heads(model), alpha=4.0)
-    shifts.provenance["model_source"] = str(model_dir)
+    shifts.provenance.model_source = str(model_dir)
     shifts.save(tmp_path / "shifts")
     return model, model_dir, shifts
 

@@ -104,7 +104,7 @@ def test_end_to_end_every_metric(setup, tmp_path):
         assert summary["CE Loss"] > 0 and summary["KL wrt Orig"] > 0
         fold_means.append(summary)
         shifts = HeadShifts.load(files["head_shifts"])
-        assert shifts.k == 4 and shifts.alpha == 5.0 and shifts.provenance["fold"] == fold
+        assert shifts.k == 4 and shifts.alpha == 5.0 and shifts.provenance.fold == fold
     for key, column in (("MC1", "MC1"), ("MC2", "MC2"), ("True", "GPT-judge acc"), ("Info", "GPT-info acc"),
                         ("CE", "CE Loss"), ("KL", "KL wrt Orig")):
         # The printed line is rounded to 4 decimals.

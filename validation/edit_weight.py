@@ -64,8 +64,9 @@ def main() -> None:
     plan = check_bakeable(model)
     features = read_checked_features(cfg, probing, tuning, geometry, tokenizer, model_fingerprint(model, tokenizer),
                                      source)
-    features = dataclasses.replace(features, provenance={**features.provenance, "base_model": base_model_id(cfg, source),
-                                                         "made_by": "validation/edit_weight.py"})
+    made = dataclasses.replace(features.provenance, base_model=base_model_id(cfg, source),
+                               made_by="validation/edit_weight.py")
+    features = dataclasses.replace(features, provenance=made)
     shifts, _ = fit_head_shifts(features, seeded_split(features.question_ids, cfg.val_ratio, cfg.seed),
                                 recipe_of(cfg, cfg.num_heads, cfg.alpha))
     baked = bake_head_shifts(model, shifts)

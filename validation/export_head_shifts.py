@@ -72,7 +72,7 @@ def main() -> None:
     out = export_pyvene(shifts, model_config, cfg.output_dir)
     print(f"exported {shifts.k} head shifts over {len(set(shifts.layers.tolist()))} layers of {source} -> {out}; "
           f"apply with pyvene.IntervenableModel.load({str(out)!r}, model)")
-    report = shifts.provenance.get("probe_report")
+    report = shifts.provenance.probe_report
     if report:
         print(report_table([report], shifts.alpha, shifts.k))
 

@@ -61,11 +61,11 @@ def saved_architecture(folder: Path) -> str:
 
 def model_card(kind: str, repo_id: str, shifts, folder: Path) -> str:
     p = shifts.provenance
-    base = p.get("base_model")
-    heads = "K heads drawn at random" if p.get("use_random_heads") else "the K heads of highest probe validation accuracy"
-    limit = f", first {p['limit']} questions" if p.get("limit") else ""
+    base = p.base_model
+    heads = "K heads drawn at random" if p.method == "random" else "the K heads of highest probe validation accuracy"
+    limit = f", first {p.limit} questions" if p.limit else ""
     header = ["---", "tags:", "- inference-time-intervention"]
-    if not p.get("dataset_path"):
+    if not p.dataset_path:
         header.append("- truthfulqa")
     if kind == MODEL:
         header.insert(1, "library_name: transformers")
@@ -82,16 +82,16 @@ def model_card(kind: str, repo_id: str, shifts, folder: Path) -> str:
         "direction θ and spread σ; at run time α·σ·θ is added to that head's slice of the attention output projection's "
         "input.")
     rows = [
-        ("base model", base or p.get("model_source", "unknown")),
+        ("base model", base or p.model_source or "unknown"),
         *([("saved as", saved_architecture(folder))] if kind == MODEL else []),
         ("heads shifted (K)", str(shifts.k)),
         ("alpha", f"{shifts.alpha:g}"),
         ("head choice", heads),
-        ("directions", str(p.get("method", "unknown"))),
-        ("probing data", f"{p.get('dataset_name', 'unknown')}{limit}, validation ratio {p.get('val_ratio', '?')}"),
-        ("prompt format", str(p.get("prompt_format", "raw"))),
-        ("spread (σ) data", str(p.get("activations_dataset", "unknown"))),
-        ("seed", str(p.get("seed", "unknown"))),
+        ("directions", p.method or "unknown"),
+        ("probing data", f"{p.dataset_name or 'unknown'}{limit}, validation ratio {p.val_ratio or '?'}"),
+        ("prompt format", p.prompt_format or "raw"),
+        ("spread (σ) data", p.activations_dataset or "unknown"),
+        ("seed", "unknown" if p.seed is None else str(p.seed)),
         ("geometry", f"{shifts.num_layers} layers x {shifts.num_heads} heads x head_dim {shifts.head_dim}"),
     ]
     lines = header + ["", f"# {repo_id.split('/')[-1]}", "", f"This is {what}", "", "| | |", "|---|---|"]
@@ -144,7 +144,7 @@ def probe_report_section(shifts) -> list[str]:
     """The probe report table (docs/method.md §9) that validate_2fold and edit_weight store with the shifts, if any."""
     from iti.report import report_table
 
-    report = shifts.provenance.get("probe_report")
+    report = shifts.provenance.probe_report
     if not report:
         return []
     return ["", "## Probe report", "",
