@@ -6,7 +6,6 @@ Activations are head-wise `o_proj` inputs stored as [N, L, H*d]; head (l, h) is 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -40,7 +39,7 @@ def all_fold_splits(
     """(train, val, test) question indices for every fold, from one generator seeded once.
 
     Fold i's draw depends on the draws of folds before it, as in the public workflow,
-    so a single fold is always taken from this list (see `fold_splits`).
+    so a single fold is always taken from this list.
     """
     _check_fold_arguments(num_questions, num_fold, val_ratio)
     if split_rng not in SPLIT_RNGS:
@@ -131,15 +130,6 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
-def fold_splits(
-    num_questions: int, num_fold: int, fold: int, val_ratio: float, seed: int, split_rng: str = "default"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(train, val, test) question indices of one fold, identical to `all_fold_splits(...)[fold]`."""
-    if not 0 <= fold < num_fold:
-        raise UsageError(f"fold {fold} is out of range for num_fold={num_fold}; pick 0..{num_fold - 1}")
-    return all_fold_splits(num_questions, num_fold, val_ratio, seed, split_rng)[fold]
-
-
 def _check_fold_arguments(num_questions: int, num_fold: int, val_ratio: float) -> None:
     if num_fold < 2:
         raise UsageError(f"num_fold must be at least 2 (got {num_fold}); use the default 2")
@@ -160,14 +150,6 @@ def _check_fold_arguments(num_questions: int, num_fold: int, val_ratio: float) -
 def rows_of_questions(question_ids_per_row: np.ndarray, questions: np.ndarray | Sequence[int]) -> np.ndarray:
     """Indices of the rows whose question is in `questions` (all answer choices go with their question)."""
     return np.flatnonzero(np.isin(np.asarray(question_ids_per_row), np.asarray(questions)))
-
-
-def question_ids_from_counts(rows_per_question: Sequence[int]) -> np.ndarray:
-    """Per-row question index for rows laid out question by question (e.g. tqa_mc2's mc2 choices)."""
-    counts = np.asarray(rows_per_question, dtype=np.int64)
-    if counts.ndim != 1 or (counts < 0).any():
-        raise UsageError("rows per question must be a flat list of non-negative counts")
-    return np.repeat(np.arange(len(counts)), counts)
 
 
 # ----------------------------------------------------------------------------- heads
@@ -494,33 +476,3 @@ def _backtrack(
             break
         size = torch.where(ok, size, size / 2)
     return size, f
-
-
-# ----------------------------------------------------------------------------- comparison
-
-@dataclass
-class BackendComparison:
-    """How the batched torch probes agree with scikit-learn's on one split."""
-
-    k: int
-    top_k_overlap: int
-    mean_abs_acc_diff: float
-    max_abs_acc_diff: float
-    torch_seconds: float
-    sklearn_seconds: float
-
-
-def compare_backends(
-    acts: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray, num_heads: int,
-    k: int = 48, device: str = "cpu", seed: int = 42,
-) -> BackendComparison:
-    """Fit both backends on the same split; report top-k head overlap, accuracy gaps and timings."""
-    began = time.perf_counter()
-    fast = train_probes(acts, labels, train_rows, val_rows, num_heads, backend="torch", device=device, seed=seed)
-    torch_seconds = time.perf_counter() - began
-    began = time.perf_counter()
-    reference = train_probes(acts, labels, train_rows, val_rows, num_heads, backend="sklearn", seed=seed)
-    sklearn_seconds = time.perf_counter() - began
-    overlap = len(set(top_heads(fast.val_accuracies, k)) & set(top_heads(reference.val_accuracies, k)))
-    gap = np.abs(fast.val_accuracies - reference.val_accuracies)
-    return BackendComparison(k, overlap, float(gap.mean()), float(gap.max()), torch_seconds, sklearn_seconds)

@@ -17,14 +17,11 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from iti.models import input_device
-from legacy.intervention import shifted
+from legacy.intervention import shifted_logits
 
 
 def _logits(model, input_ids: Sequence[int], shifts) -> torch.Tensor:
-    with shifted(model, shifts, start=0):
-        ids = torch.tensor([list(input_ids)], device=input_device(model))
-        return model(input_ids=ids, use_cache=False).logits[0].double().cpu()
+    return shifted_logits(model, input_ids, shifts, start=0).double().cpu()
 
 
 @torch.no_grad()

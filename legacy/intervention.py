@@ -2,10 +2,12 @@
 
 API
     head_offsets(shifts) -> dict[int, torch.Tensor]
-        shifts: HeadShifts, {layer: δ_l [heads·head_dim]} or None; δ_l as float32 tensors.
+        shifts: HeadShifts or None; δ_l [heads·head_dim] as float32 tensors.
     shifted(model, shifts, start=0)   (context manager)
         While open, every forward of `model` on ONE unpadded sequence (batch of 1) gets δ_l
         added to layer l's o_proj input at positions >= start. No hooks when shifts is None.
+    shifted_logits(model, input_ids, shifts, start=0, **forward_kwargs) -> logits [positions, vocab]
+        One forward of one unpadded sequence (no cache) under `shifted`, in the model's dtype.
 
 pyvene strips every hook from a model around each of its calls: open `shifted` only around
 plain forwards, never around a pyvene call.
@@ -14,19 +16,16 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-import numpy as np
 import torch
 
 from iti.head_shifts import HeadShifts
-from iti.models import get_o_proj
+from iti.models import get_o_proj, input_device
 
 
-def head_offsets(shifts: HeadShifts | dict | None) -> dict[int, torch.Tensor]:
+def head_offsets(shifts: HeadShifts | None) -> dict[int, torch.Tensor]:
     """δ_l per edited layer, built head by head from α, σ and θ (not from HeadShifts.layer_offsets)."""
     if shifts is None:
         return {}
-    if not isinstance(shifts, HeadShifts):
-        return {int(layer): torch.as_tensor(np.asarray(delta), dtype=torch.float32) for layer, delta in shifts.items()}
     d = shifts.head_dim
     offsets: dict[int, torch.Tensor] = {}
     for layer, head, theta, sigma in zip(shifts.layers, shifts.heads, shifts.directions, shifts.sigmas):
@@ -48,7 +47,7 @@ def _adder(delta: torch.Tensor, start: int):
 
 
 @contextmanager
-def shifted(model, shifts: HeadShifts | dict | None, start: int = 0):
+def shifted(model, shifts: HeadShifts | None, start: int = 0):
     handles = []
     try:
         for layer, delta in head_offsets(shifts).items():
@@ -57,3 +56,10 @@ def shifted(model, shifts: HeadShifts | dict | None, start: int = 0):
     finally:
         for handle in handles:
             handle.remove()
+
+
+@torch.no_grad()
+def shifted_logits(model, input_ids, shifts, start: int = 0, **forward_kwargs) -> torch.Tensor:
+    with shifted(model, shifts, start=start):
+        ids = torch.tensor([[int(t) for t in input_ids]], device=input_device(model))
+        return model(input_ids=ids, use_cache=False, **forward_kwargs).logits[0]

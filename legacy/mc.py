@@ -23,8 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from iti.models import input_device
-from legacy.intervention import shifted
+from legacy.intervention import shifted_logits
 
 
 def answer_positions(tokenizer, context: str, answer: str) -> tuple[list[int], int]:
@@ -39,9 +38,7 @@ def answer_positions(tokenizer, context: str, answer: str) -> tuple[list[int], i
 @torch.no_grad()
 def answer_log_prob(model, tokenizer, context: str, answer: str, shifts=None) -> float:
     ids, first = answer_positions(tokenizer, context, answer)
-    with shifted(model, shifts, start=first):
-        logits = model(input_ids=torch.tensor([ids], device=input_device(model)), use_cache=False).logits[0]
-    log_probs = torch.log_softmax(logits.double(), dim=-1)
+    log_probs = torch.log_softmax(shifted_logits(model, ids, shifts, start=first).double(), dim=-1)
     return float(sum(log_probs[i - 1, ids[i]] for i in range(first, len(ids))))
 
 

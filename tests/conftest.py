@@ -1,4 +1,9 @@
-"""Shared fixtures: the local TruthfulQA, tiny random models of three shapes, the bundled real model."""
+"""Shared fixtures and helpers: the local TruthfulQA, tiny random models of three shapes and of many families,
+the bundled real model, head shifts and padded batches to test with.
+
+The reference the tests compare against is legacy/ (plain hooks, one example at a time, and the public
+workflow's own ranking and splits); tests import it directly and import helpers only from here.
+"""
 from __future__ import annotations
 
 import os
@@ -187,3 +192,74 @@ def write_features(folder: Path, name: str, prompt_set, acts, model, tokenizer, 
     record.update(num_layers=geometry.num_layers, num_heads=geometry.num_heads, head_dim=geometry.head_dim,
                   kinds=["head_wise"])
     feature_path(folder, name, prompt_set.name, "meta", limit).write_text(json.dumps(record))
+
+
+# Prompts of different lengths for padded batches.
+PROMPTS = [
+    "Q: What is the capital of France?\nA:",
+    "Q: Hi\nA:",
+    "Q: What happens if you crack your knuckles a lot? Tell me.\nA:",
+]
+
+
+def make_shifts(model, pairs=None, alpha: float = 3.0, seed: int = 0, **fields):
+    """HeadShifts on the (layer, head) `pairs` of a model (or of a HeadGeometry); by default heads in the
+    first and last layers, two in the last, so that shifts compound through the model. Random unit
+    directions, σ uniform in [0.5, 2) and probe accuracies uniform in [0.5, 0.9), drawn in that order
+    from `seed`; `fields` replace any HeadShifts field."""
+    import numpy as np
+
+    from iti.head_shifts import HeadShifts
+    from iti.models import HeadGeometry, head_geometry
+
+    geo = model if isinstance(model, HeadGeometry) else head_geometry(model.config)
+    if pairs is None:
+        pairs = [(0, 1), (geo.num_layers - 1, 0), (geo.num_layers - 1, geo.num_heads - 1)]
+    rng = np.random.default_rng(seed)
+    directions = rng.standard_normal((len(pairs), geo.head_dim))
+    values = dict(layers=[layer for layer, _ in pairs], heads=[head for _, head in pairs],
+                  directions=directions / np.linalg.norm(directions, axis=1, keepdims=True),
+                  sigmas=rng.uniform(0.5, 2.0, len(pairs)), probe_accuracies=rng.uniform(0.5, 0.9, len(pairs)),
+                  alpha=alpha, num_layers=geo.num_layers, num_heads=geo.num_heads, head_dim=geo.head_dim)
+    return HeadShifts(**{**values, **fields})
+
+
+def pad(sequences, pad_id: int, side: str):
+    """(ids, attention mask) of token sequences padded to the longest on `side`, built by hand."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        span = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
+        ids[row, span] = torch.tensor(seq)
+        mask[row, span] = 1
+    return ids, mask
+
+
+def logit_tolerance(model, logits: torch.Tensor) -> float:
+    """How far baked logits may sit from the intervention's: W_o·(x + δ) and W_o·x + W_o·δ round differently.
+
+    A dot product of n terms in the logits' dtype is off by at most n·ε of the sum of its terms' magnitudes;
+    the gap appears in each layer's widest sum and is carried to the logits, whose scale bounds the terms.
+    The factor 10 leaves room for other summation orders (AVX2, AVX-512); a wrong bias shows at 1e-2.
+    """
+    from iti.models import head_geometry
+
+    geo = head_geometry(model.config)
+    text = model.config.get_text_config()
+    widest = max(text.hidden_size, text.intermediate_size, geo.width)
+    return 10 * torch.finfo(logits.dtype).eps * widest * geo.num_layers * max(1.0, float(logits.abs().max()))
+
+
+def right_padded_batch(vocab_size: int):
+    """Three rows of random token ids, longer than the tiny sliding windows (4), two of them right-padded.
+
+    At most 3 padding tokens, so every query's window holds a real token: a window of padding alone
+    gives NaN in float64 eager attention (Gemma 2), which then reaches every row through the values.
+    """
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab_size, (3, 12), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    mask[2, 10:] = 0
+    return ids, mask

@@ -5,7 +5,8 @@ import torch
 from iti.activations import ActivationRecorder, extract_activations, save_features
 from iti.features import FeatureSet, feature_path, load_features, require_feature_sets
 from iti.data import PromptSet, tqa_mc2_set
-from tests.reference import last_token_hidden_states, last_token_o_proj_inputs
+from legacy.extraction import prompt_activations
+from tests.conftest import make_tiny_model
 
 MIXED_PROMPTS = [
     "Q: What is the capital of France? A: Paris.",
@@ -29,15 +30,12 @@ def test_batched_equals_one_at_a_time_on_tiny_models(tiny):
     model, tokenizer = tiny
     out = _extract(model, tokenizer, MIXED_PROMPTS, batch_size=3)
     for row, prompt in enumerate(MIXED_PROMPTS):
-        expected = last_token_o_proj_inputs(model, tokenizer, prompt).numpy()
-        np.testing.assert_allclose(out["head_wise"][row], expected, rtol=1e-4, atol=1e-4)
-        hidden = last_token_hidden_states(model, tokenizer, prompt).numpy()
-        np.testing.assert_allclose(out["layer_wise"][row], hidden, rtol=1e-4, atol=1e-4)
+        head_wise, layer_wise = prompt_activations(model, tokenizer, prompt)
+        np.testing.assert_allclose(out["head_wise"][row], head_wise, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(out["layer_wise"][row], layer_wise, rtol=1e-4, atol=1e-4)
 
 
 def test_head_width_follows_head_dim_not_hidden_size(tokenizer):
-    from tests.conftest import make_tiny_model
-
     model = make_tiny_model("wide_heads", len(tokenizer))
     out = _extract(model, tokenizer, MIXED_PROMPTS[:2], batch_size=2)
     assert out["head_wise"].shape == (2, 3, 4 * 20)
@@ -54,8 +52,8 @@ def test_bundled_model_on_truthfulqa_rows(bundled, tqa, tmp_path):
     np.testing.assert_array_equal(labels, prompt_set.labels)
     np.testing.assert_array_equal(question_ids, prompt_set.question_ids)
     for row in range(0, len(prompt_set), 4):
-        expected = last_token_o_proj_inputs(model, tokenizer, prompt_set.prompts[row]).numpy()
-        np.testing.assert_allclose(acts[row], expected, rtol=1e-3, atol=1e-3)
+        head_wise, _ = prompt_activations(model, tokenizer, prompt_set.prompts[row])
+        np.testing.assert_allclose(acts[row], head_wise, rtol=1e-3, atol=1e-3)
     assert not list(tmp_path.glob("*.tmp"))
     assert paths["head_wise"].exists()
 
@@ -80,8 +78,6 @@ def test_hidden_states_survive_pyvene_calls(tiny):
 
 @pytest.fixture(scope="module")
 def llama_tiny(tokenizer):
-    from tests.conftest import make_tiny_model
-
     return make_tiny_model("llama", len(tokenizer)), tokenizer
 
 

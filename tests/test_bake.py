@@ -18,8 +18,8 @@ from iti.errors import UsageError
 from iti.head_shifts import HeadShifts
 from iti.intervention import ShiftedModel
 from iti.models import head_geometry
-from tests.conftest import FAMILIES, family_config, make_tiny_model, model_from_config
-from tests.test_intervention import PROMPTS, make_shifts, pad
+from tests.conftest import (FAMILIES, PROMPTS, family_config, logit_tolerance, make_shifts, make_tiny_model,
+                            model_from_config, pad, right_padded_batch)
 
 BAKEABLE = ("llama", "wide_heads")
 HEADS = [(0, 1), (2, 0), (2, 3)]
@@ -149,33 +149,6 @@ def test_shifts_of_another_geometry_are_refused(tokenizer):
 
 SAVED_AS_LLAMA = {"qwen2": "Qwen2", "mistral": "Mistral"}
 FAMILY_HEADS = [(0, 1), (1, 0), (1, 3)]
-
-
-def logit_tolerance(model, logits: torch.Tensor) -> float:
-    """How far baked logits may sit from the intervention's: W_o·(x + δ) and W_o·x + W_o·δ round differently.
-
-    A dot product of n terms in the logits' dtype is off by at most n·ε of the sum of its terms' magnitudes;
-    the gap appears in each layer's widest sum and is carried to the logits, whose scale bounds the terms.
-    The factor 10 leaves room for other summation orders (AVX2, AVX-512); a wrong bias shows at 1e-2.
-    """
-    geo = head_geometry(model.config)
-    text = model.config.get_text_config()
-    widest = max(text.hidden_size, text.intermediate_size, geo.width)
-    return 10 * torch.finfo(logits.dtype).eps * widest * geo.num_layers * max(1.0, float(logits.abs().max()))
-
-
-def right_padded_batch(vocab_size: int):
-    """Three rows of random token ids, longer than the tiny sliding windows (4), two of them right-padded.
-
-    At most 3 padding tokens, so every query's window holds a real token: a window of padding alone
-    gives NaN in float64 eager attention (Gemma 2), which then reaches every row through the values.
-    """
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab_size, (3, 12), generator=generator)
-    mask = torch.ones_like(ids)
-    mask[1, 9:] = 0
-    mask[2, 10:] = 0
-    return ids, mask
 
 
 def bake_save_reload(model, shifts, tokenizer, folder):

@@ -79,15 +79,13 @@ def test_features_equal_a_float32_extraction_within_bfloat16_rounding(work):
 def one_forward_score(model, tokenizer, context: str, answer: str, shifts) -> tuple[float, float]:
     """(summed log-probability of the answer's tokens, Σ over them of the largest |logit| predicting each):
     one unpadded forward with plain hooks (legacy), no cache."""
-    from legacy.intervention import shifted
+    from legacy.intervention import shifted_logits
     from legacy.mc import answer_positions
 
     ids, first = answer_positions(tokenizer, context, answer)
-    with shifted(model, shifts, start=first):
-        # Only the logits that predict answer tokens (positions first - 1 ...): the vocabulary-wide head
-        # is most of a bfloat16 forward's time on a CPU.
-        logits = model(input_ids=torch.tensor([ids]), use_cache=False,
-                       logits_to_keep=len(ids) - first + 1).logits[0].double()
+    # Only the logits that predict answer tokens (positions first - 1 ...): the vocabulary-wide head
+    # is most of a bfloat16 forward's time on a CPU.
+    logits = shifted_logits(model, ids, shifts, start=first, logits_to_keep=len(ids) - first + 1).double()
     log_probs = torch.log_softmax(logits, dim=-1)
     answer = range(len(ids) - first)  # row j predicts token first + j
     return (float(sum(log_probs[j, ids[first + j]] for j in answer)), float(sum(logits[j].abs().max() for j in answer)))

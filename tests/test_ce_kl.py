@@ -1,16 +1,16 @@
-"""CE and KL: the batched computation against one document at a time (hand loop, plain hooks shifting
-every position), KL exactly 0 at α = 0, the OWT file formats and the no-OWT case."""
+"""CE and KL: the batched computation against one document at a time (legacy/ce_kl.py: plain hooks
+shifting every position), KL exactly 0 at α = 0, the OWT file formats and the no-OWT case."""
 import json
 import math
 
 import numpy as np
 import pytest
-import torch
 
 from iti.ce_kl import CeKl, ce_and_kl, load_owt_texts, read_owt_file, sample_token_rows
 from iti.errors import UsageError
 from iti.intervention import ShiftedModel
-from tests.test_mc import layer_deltas, make_shifts
+from legacy.ce_kl import ce_kl as reference_ce_kl
+from tests.conftest import make_shifts
 
 DOCUMENTS = [
     "The quick brown fox jumps over the lazy dog. It was not amused, and neither was the farmer.",
@@ -21,36 +21,13 @@ DOCUMENTS = [
 ]
 
 
-@torch.no_grad()
-def reference_ce_kl(model, rows, deltas):
-    """Per document, unpadded: shifted CE (mean over next-token predictions) and
-    Σ_t Σ_v p_orig (log p_orig - log p_shifted) / positions; then means over documents."""
-    ces, kls = [], []
-    for row in rows:
-        ids = torch.tensor([row])
-        original = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
-        handles = []
-        for layer, delta in deltas.items():
-            def add(module, args, delta=delta):
-                return (args[0] + delta,)
-            handles.append(model.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(add))
-        try:
-            shifted = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
-        finally:
-            for h in handles:
-                h.remove()
-        ces.append(-float(np.mean([shifted[t, row[t + 1]].item() for t in range(len(row) - 1)])))
-        kls.append(float((original.exp() * (original - shifted)).sum()) / len(row))
-    return float(np.mean(ces)), float(np.mean(kls))
-
-
 @pytest.mark.parametrize("with_shift", [False, True])
 def test_batched_ce_kl_equal_document_by_document(tiny, with_shift):
     model, tokenizer = tiny
-    shifts = make_shifts(model) if with_shift else None
+    shifts = make_shifts(model, alpha=6.0) if with_shift else None
     rows = [tokenizer(doc)["input_ids"][:20] for doc in DOCUMENTS]
     ce, kl = ce_and_kl(ShiftedModel(model, shifts), rows, tokenizer.pad_token_id, batch_size=3, progress=False)
-    expected_ce, expected_kl = reference_ce_kl(model, rows, layer_deltas(shifts))
+    expected_ce, expected_kl = reference_ce_kl(model, rows, shifts, progress=False)
     assert ce == pytest.approx(expected_ce, abs=1e-4)
     assert kl == pytest.approx(expected_kl, abs=1e-4)
     if with_shift:
@@ -67,12 +44,12 @@ def test_kl_is_exactly_zero_at_alpha_zero(tiny):
     rows = [tokenizer(doc)["input_ids"] for doc in DOCUMENTS]
     ce, kl = ce_and_kl(shifted, rows, tokenizer.pad_token_id, batch_size=2, progress=False)
     assert kl == 0.0
-    assert ce == pytest.approx(reference_ce_kl(model, rows, {})[0], abs=1e-4)
+    assert ce == pytest.approx(reference_ce_kl(model, rows, None, progress=False)[0], abs=1e-4)
 
 
 def test_reference_computed_once_and_reused_across_settings(tiny, monkeypatch):
     """One CeKl serves several shifted versions of a model: the unshifted pass runs once, and each
-    setting's CE and KL equal the hand loop's."""
+    setting's CE and KL equal legacy's."""
     import iti.ce_kl as ce_kl_module
 
     model, tokenizer = tiny
@@ -84,11 +61,11 @@ def test_reference_computed_once_and_reused_across_settings(tiny, monkeypatch):
     for alpha in (1.0, 2.5):
         shifts = base.scaled(alpha)
         values = ce_kl.metrics(ShiftedModel(model, shifts), {"ce", "kl"}, progress=False)
-        expected_ce, expected_kl = reference_ce_kl(model, ce_kl.rows, layer_deltas(shifts))
+        expected_ce, expected_kl = reference_ce_kl(model, ce_kl.rows, shifts, progress=False)
         assert values["ce"] == pytest.approx(expected_ce, abs=1e-4)
         assert values["kl"] == pytest.approx(expected_kl, abs=1e-4) and values["kl"] > 1e-4
     unshifted = ce_kl.metrics(ShiftedModel(model, None), {"ce", "kl"}, progress=False)
-    assert unshifted["ce"] == pytest.approx(reference_ce_kl(model, ce_kl.rows, {})[0], abs=1e-4)
+    assert unshifted["ce"] == pytest.approx(reference_ce_kl(model, ce_kl.rows, None, progress=False)[0], abs=1e-4)
     assert unshifted["kl"] == 0.0
     assert len(calls) == 1
 

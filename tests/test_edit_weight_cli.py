@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO_ROOT, family_config, make_tiny_model, model_from_config, write_features
+from tests.conftest import REPO_ROOT, family_config, logit_tolerance, make_tiny_model, model_from_config, write_features
 
 SCRIPT = REPO_ROOT / "validation" / "edit_weight.py"
 SEPARABLE = [(0, 2), (1, 1), (2, 3)]
@@ -108,7 +108,6 @@ def test_end_to_end_biases_are_W_o_times_delta(setup, tmp_path, family):
 
     from iti.head_shifts import HeadShifts
     from iti.intervention import ShiftedModel
-    from tests.test_bake import logit_tolerance
 
     out = tmp_path / "baked"
     limit = 25

@@ -1,41 +1,18 @@
-"""Generation: batched left-padded greedy decoding equals one-prompt-at-a-time greedy decoding written
-here (plain forwards with the model's cache, plain hooks for the shift); answer extraction; the exact prompt text."""
+"""Generation: batched left-padded greedy decoding equals one-prompt-at-a-time greedy decoding (legacy/:
+plain forwards with the model's cache, plain hooks for the shift); answer extraction; the exact prompt text."""
 import pytest
-import torch
 
 from iti.generation import extract_answer, generate_answers, generate_texts
 from iti.intervention import ShiftedModel
 from iti.prompts import QA_PRIMER, question_prompt
-from tests.test_mc import layer_deltas, make_shifts
+from legacy.generation import greedy_generate
+from tests.conftest import make_shifts
 
 
-@torch.no_grad()
-def greedy_one_at_a_time(model, tokenizer, prompt: str, deltas, max_new_tokens: int) -> str:
-    """Plain greedy decoding with the model's own KV cache, one prompt, no padding. The shift covers
-    the last prompt token and every new one: the first pass's last position, then each later pass."""
-    ids = tokenizer(prompt)["input_ids"]
-    prompt_length = len(ids)
-    first_pass = [True]
-    handles = []
-    for layer, delta in deltas.items():
-        def add(module, args, delta=delta):
-            x = args[0].clone()
-            x[:, -1 if first_pass[0] else 0:] += delta
-            return (x,)
-        handles.append(model.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(add))
-    try:
-        out = model(input_ids=torch.tensor([ids]), use_cache=True)
-        first_pass[0] = False
-        for _ in range(max_new_tokens):
-            token = int(out.logits[0, -1].argmax())
-            ids.append(token)
-            if token == tokenizer.eos_token_id:
-                break
-            out = model(input_ids=torch.tensor([[token]]), cache=out.cache, use_cache=True)
-    finally:
-        for h in handles:
-            h.remove()
-    return tokenizer.decode(ids[prompt_length:], skip_special_tokens=True)
+def greedy_one_at_a_time(model, tokenizer, prompt: str, shifts, max_new_tokens: int) -> str:
+    """legacy's greedy decoding of one unpadded prompt on the model's own KV cache, decoded as the package does."""
+    tokens = greedy_generate(model, tokenizer(prompt)["input_ids"], shifts, max_new_tokens, use_cache=True)
+    return tokenizer.decode(tokens, skip_special_tokens=True)
 
 
 PROMPTS = ["Q: What is up?", "Interpret each question.\n\nQ: Why is the sky blue and not green at noon?",
@@ -48,7 +25,7 @@ def test_batched_greedy_equals_one_at_a_time(tiny, with_shift):
     shifts = make_shifts(model, alpha=8.0) if with_shift else None
     got = generate_texts(ShiftedModel(model, shifts), tokenizer, PROMPTS, max_new_tokens=10, batch_size=3,
                          stop_when_answered=False, progress=False)
-    expected = [greedy_one_at_a_time(model, tokenizer, p, layer_deltas(shifts), 10) for p in PROMPTS]
+    expected = [greedy_one_at_a_time(model, tokenizer, p, shifts, 10) for p in PROMPTS]
     assert got == expected
 
 
@@ -70,7 +47,7 @@ def test_real_model_answers_equal_full_greedy(bundled, tqa, with_shift):
     questions = [q.question for q in tqa.generation_in_mc_order()[:2]]
     got = generate_answers(ShiftedModel(model, shifts), tokenizer, questions, max_new_tokens=40, batch_size=2,
                            progress=False)
-    full = [greedy_one_at_a_time(model, tokenizer, question_prompt(q), layer_deltas(shifts), 40) for q in questions]
+    full = [greedy_one_at_a_time(model, tokenizer, question_prompt(q), shifts, 40) for q in questions]
     # The model answers in the primer's format, so stopping early really is exercised.
     assert all("A:" in text and "Q:" in text.split("A:", 1)[1] for text in full)
     assert got == [extract_answer(text) for text in full]

@@ -7,8 +7,8 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
+from legacy.extraction import prompt_activations
 from tests.conftest import REPO_ROOT, tiny_model_folder
-from tests.reference import last_token_o_proj_inputs
 
 SCRIPT = REPO_ROOT / "get_activations" / "get_activations.py"
 
@@ -45,8 +45,8 @@ def test_model_path_folder_of_another_family(qwen_folder, tokenizer, tqa_path, t
     assert "Misconceptions" in categories
     model, _ = load_model(str(qwen_folder), device="cpu")
     for row in (0, len(prompt_set) - 1):
-        expected = last_token_o_proj_inputs(model, tokenizer, prompt_set.prompts[row]).numpy()
-        np.testing.assert_allclose(acts[row], expected, rtol=1e-4, atol=1e-4)
+        head_wise, _ = prompt_activations(model, tokenizer, prompt_set.prompts[row])
+        np.testing.assert_allclose(acts[row], head_wise, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("args, message", [

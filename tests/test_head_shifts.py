@@ -10,27 +10,22 @@ from safetensors.numpy import load_file
 
 from iti.errors import UsageError
 from iti.head_shifts import METADATA_FILE, TENSORS_FILE, HeadShifts
+from iti.models import HeadGeometry
+from tests.conftest import make_shifts
 
 L, H, D = 4, 3, 8
+GEOMETRY = HeadGeometry(num_layers=L, num_heads=H, head_dim=D, num_kv_heads=H, hidden_size=H * D)
+PAIRS = [(2, 1), (0, 0), (2, 0), (3, 2), (1, 1)]
 
 
-def make_shifts(k: int = 4, seed: int = 0, **overrides) -> HeadShifts:
-    rng = np.random.default_rng(seed)
-    pairs = [(2, 1), (0, 0), (2, 0), (3, 2), (1, 1)][:k]
-    directions = rng.standard_normal((k, D))
-    fields = dict(
-        layers=[p[0] for p in pairs], heads=[p[1] for p in pairs],
-        directions=directions / np.linalg.norm(directions, axis=1, keepdims=True),
-        sigmas=rng.uniform(0.5, 2.0, k), probe_accuracies=rng.uniform(0.5, 0.9, k),
-        alpha=15.0, num_layers=L, num_heads=H, head_dim=D,
-        provenance={"model": "tiny", "datasets": ["tqa_mc2", "tqa_gen_end_q"], "seed": 42, "fold": 0},
-    )
-    fields.update(overrides)
-    return HeadShifts(**fields)
+def example_shifts(k: int = 4, seed: int = 0, **fields) -> HeadShifts:
+    """The first k of PAIRS on a 4×3×8 model, α = 15, with a provenance; `fields` replace any field."""
+    provenance = {"model": "tiny", "datasets": ["tqa_mc2", "tqa_gen_end_q"], "seed": 42, "fold": 0}
+    return make_shifts(GEOMETRY, PAIRS[:k], seed=seed, **{"alpha": 15.0, "provenance": provenance, **fields})
 
 
 def test_layer_offsets_match_a_hand_loop():
-    shifts = make_shifts()
+    shifts = example_shifts()
     offsets = shifts.layer_offsets()
     assert sorted(offsets) == [0, 2, 3]
     for layer in range(L):
@@ -47,7 +42,7 @@ def test_layer_offsets_match_a_hand_loop():
 
 
 def test_scaled_copies_with_new_alpha():
-    shifts = make_shifts()
+    shifts = example_shifts()
     half = shifts.scaled(7.5)
     assert half.alpha == 7.5 and shifts.alpha == 15.0
     for layer, offset in shifts.layer_offsets().items():
@@ -67,7 +62,7 @@ def assert_identical(a: HeadShifts, b: HeadShifts) -> None:
 
 @pytest.mark.parametrize("k", [4, 0])
 def test_save_load_round_trip_is_bit_identical(tmp_path, k):
-    shifts = make_shifts(k=k, alpha=0.1 + 0.2)  # an alpha whose decimal form is long
+    shifts = example_shifts(k=k, alpha=0.1 + 0.2)  # an alpha whose decimal form is long
     shifts.save(tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [METADATA_FILE, TENSORS_FILE]
     for where in ("out", f"out/{TENSORS_FILE}", f"out/{METADATA_FILE}"):
@@ -76,7 +71,7 @@ def test_save_load_round_trip_is_bit_identical(tmp_path, k):
 
 def test_files_are_safetensors_and_json_without_pickle(tmp_path):
     """The tensor file parses as safetensors (8-byte header length, JSON header, raw data): no pickle."""
-    make_shifts().save(tmp_path)
+    example_shifts().save(tmp_path)
     raw = (tmp_path / TENSORS_FILE).read_bytes()
     header_length = struct.unpack("<Q", raw[:8])[0]
     header = json.loads(raw[8:8 + header_length])
@@ -89,10 +84,10 @@ def test_files_are_safetensors_and_json_without_pickle(tmp_path):
 
 
 def test_save_overwrites_and_mixed_saves_are_refused(tmp_path):
-    make_shifts(seed=0).save(tmp_path / "a")
-    make_shifts(seed=1).save(tmp_path / "a")
-    assert_identical(HeadShifts.load(tmp_path / "a"), make_shifts(seed=1))
-    make_shifts(seed=2).save(tmp_path / "b")
+    example_shifts(seed=0).save(tmp_path / "a")
+    example_shifts(seed=1).save(tmp_path / "a")
+    assert_identical(HeadShifts.load(tmp_path / "a"), example_shifts(seed=1))
+    example_shifts(seed=2).save(tmp_path / "b")
     (tmp_path / "a" / METADATA_FILE).write_text((tmp_path / "b" / METADATA_FILE).read_text())
     with pytest.raises(UsageError, match="different saves"):
         HeadShifts.load(tmp_path / "a")
@@ -101,7 +96,7 @@ def test_save_overwrites_and_mixed_saves_are_refused(tmp_path):
 def test_load_errors(tmp_path):
     with pytest.raises(UsageError, match="no head shifts"):
         HeadShifts.load(tmp_path / "missing")
-    make_shifts().save(tmp_path)
+    example_shifts().save(tmp_path)
     (tmp_path / METADATA_FILE).write_text("{not json")
     with pytest.raises(UsageError, match="not valid JSON"):
         HeadShifts.load(tmp_path)
@@ -116,7 +111,7 @@ def test_load_errors(tmp_path):
     (lambda meta: meta.pop("format"), "does not hold iti head shifts"),
 ])
 def test_head_shifts_json_with_keys_missing_or_mistyped_is_named(tmp_path, edit, message):
-    make_shifts().save(tmp_path)
+    example_shifts().save(tmp_path)
     path = tmp_path / METADATA_FILE
     meta = json.loads(path.read_text())
     edit(meta)
@@ -127,21 +122,21 @@ def test_head_shifts_json_with_keys_missing_or_mistyped_is_named(tmp_path, edit,
 
 @pytest.mark.parametrize("content", [b"[1, 2, 3]", b'"head shifts"', b"\xff\xfe{}"])
 def test_foreign_head_shifts_json_is_named(tmp_path, content):
-    make_shifts().save(tmp_path)
+    example_shifts().save(tmp_path)
     (tmp_path / METADATA_FILE).write_bytes(content)
     with pytest.raises(UsageError, match=f"{tmp_path / METADATA_FILE}.*save the head shifts again"):
         HeadShifts.load(tmp_path)
 
 
 def test_head_shifts_json_with_a_byte_order_mark_loads(tmp_path):
-    make_shifts(seed=3).save(tmp_path)
+    example_shifts(seed=3).save(tmp_path)
     path = tmp_path / METADATA_FILE
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
-    assert_identical(HeadShifts.load(tmp_path), make_shifts(seed=3))
+    assert_identical(HeadShifts.load(tmp_path), example_shifts(seed=3))
 
 
 def test_a_damaged_tensors_file_is_named(tmp_path):
-    make_shifts().save(tmp_path)
+    example_shifts().save(tmp_path)
     path = tmp_path / TENSORS_FILE
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(UsageError, match=f"{path} is not a readable safetensors file"):
@@ -161,24 +156,24 @@ def test_a_damaged_tensors_file_is_named(tmp_path):
 ])
 def test_bad_head_shifts_raise_usage_error(overrides):
     with pytest.raises(UsageError):
-        make_shifts(**overrides)
+        example_shifts(**overrides)
 
 
 def test_check_geometry_names_both_geometries():
-    shifts = make_shifts()
+    shifts = example_shifts()
     shifts.check_geometry(L, H, D)
     with pytest.raises(UsageError, match=r"made for 4×3×8 .* model has 4×3×16"):
         shifts.check_geometry(L, H, 16)
 
 
 def test_shifts_refuse_another_model_unless_told(tmp_path):
-    shifts = make_shifts(provenance={"model_source": "org/model-a"})
+    shifts = example_shifts(provenance={"model_source": "org/model-a"})
     shifts.check_model("org/model-a/")
     with pytest.raises(UsageError, match="made for org/model-a, not org/model-b"):
         shifts.check_model("org/model-b")
     shifts.check_model("org/model-b", allow_other_model=True)
     folder = tmp_path / "model"
     folder.mkdir()
-    local = make_shifts(provenance={"model_source": str(folder)})
+    local = example_shifts(provenance={"model_source": str(folder)})
     local.check_model(str(tmp_path / "." / "model"))
     assert HeadShifts.load(local.save(tmp_path / "shifts")).model_source == str(folder)

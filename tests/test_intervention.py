@@ -14,58 +14,20 @@ import numpy as np
 import pytest
 import torch
 
-from iti.head_shifts import HeadShifts
 from iti.intervention import ShiftedModel
 from iti.models import get_o_proj, head_geometry
 from legacy.ce_kl import sample_ce, sample_kl
 from legacy.generation import greedy_generate
-from legacy.intervention import shifted
+from legacy.intervention import shifted_logits
 from legacy.judge import judge_score, yes_token_id
 from legacy.mc import answer_log_prob, answer_positions, mc_metrics
+from tests.conftest import PROMPTS, make_shifts, pad
 
-PROMPTS = [
-    "Q: What is the capital of France?\nA:",
-    "Q: Hi\nA:",
-    "Q: What happens if you crack your knuckles a lot? Tell me.\nA:",
-]
 QA = [
     ("Q: Are bats blind?\nA: ", "No, bats can see."),
     ("Q: Hi\nA: ", "Hello."),
     ("Q: What happens if you swallow gum? Be precise.\nA: ", "It passes through you."),
 ]
-
-
-def make_shifts(model, heads, alpha=3.0, seed=0) -> HeadShifts:
-    geo = head_geometry(model.config)
-    rng = np.random.default_rng(seed)
-    directions = rng.standard_normal((len(heads), geo.head_dim))
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    return HeadShifts(layers=[l for l, _ in heads], heads=[h for _, h in heads], directions=directions,
-                      sigmas=rng.uniform(0.5, 2.0, len(heads)), probe_accuracies=np.full(len(heads), 0.5),
-                      alpha=alpha, num_layers=geo.num_layers, num_heads=geo.num_heads, head_dim=geo.head_dim)
-
-
-def spread_heads(model) -> list[tuple[int, int]]:
-    """Heads in the first and last layers, two in the last, so shifts compound through the model."""
-    geo = head_geometry(model.config)
-    return [(0, 1), (geo.num_layers - 1, 0), (geo.num_layers - 1, geo.num_heads - 1)]
-
-
-def pad(sequences, pad_id, side):
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        span = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
-        ids[row, span] = torch.tensor(seq)
-        mask[row, span] = 1
-    return ids, mask
-
-
-@torch.no_grad()
-def legacy_logits(model, ids, shifts, start):
-    with shifted(model, shifts, start=start):
-        return model(input_ids=torch.tensor([ids]), use_cache=False).logits[0]
 
 
 @contextmanager
@@ -89,20 +51,20 @@ def o_proj_inputs(module):
 
 def test_every_position_matches_hooks_on_padded_batch(tiny):
     model, tokenizer = tiny
-    shifts = make_shifts(model, spread_heads(model))
+    shifts = make_shifts(model)
     sequences = [tokenizer(p)["input_ids"] for p in PROMPTS]
     ids, mask = pad(sequences, tokenizer.pad_token_id, "right")
     with torch.no_grad():
         batched = ShiftedModel(model, shifts)(ids, mask).logits
     for row, seq in enumerate(sequences):
-        expected = legacy_logits(model, seq, shifts, start=0)
+        expected = shifted_logits(model, seq, shifts, start=0)
         torch.testing.assert_close(batched[row, :len(seq)], expected, rtol=1e-4, atol=1e-4)
-        assert (expected - legacy_logits(model, seq, None, 0)).abs().max() > 1e-2, "shift too small to test"
+        assert (expected - shifted_logits(model, seq, None, 0)).abs().max() > 1e-2, "shift too small to test"
 
 
 def test_answer_token_mask_matches_hooks(tiny):
     model, tokenizer = tiny
-    shifts = make_shifts(model, spread_heads(model))
+    shifts = make_shifts(model)
     spans = [answer_positions(tokenizer, context, answer) for context, answer in QA]
     for (ids, first), (_, answer) in zip(spans, QA):
         assert tokenizer.decode(ids[first:]).strip() == answer
@@ -113,7 +75,7 @@ def test_answer_token_mask_matches_hooks(tiny):
     with torch.no_grad():
         batched = ShiftedModel(model, shifts)(ids, mask, shift_mask=shift_mask).logits
     for row, ((seq, first), (context, answer)) in enumerate(zip(spans, QA)):
-        expected = legacy_logits(model, seq, shifts, start=first)
+        expected = shifted_logits(model, seq, shifts, start=first)
         torch.testing.assert_close(batched[row, :len(seq)], expected, rtol=1e-4, atol=1e-4)
         # The answer's summed log-probability from the batched logits, against legacy/mc.py.
         log_probs = torch.log_softmax(batched[row].double(), -1)
@@ -126,7 +88,7 @@ def test_answer_token_mask_matches_hooks(tiny):
 
 def test_generation_with_cache_on_left_padded_batch_matches_no_cache_hooks(tiny):
     model, tokenizer = tiny
-    shifts = make_shifts(model, spread_heads(model))
+    shifts = make_shifts(model)
     sequences = [tokenizer(p)["input_ids"] for p in PROMPTS]
     ids, mask = pad(sequences, tokenizer.pad_token_id, "left")
     steps = 6
@@ -155,7 +117,7 @@ def test_legacy_generation_stops_at_eos(tiny):
 
 def test_alpha_zero_leaves_logits_exactly_unchanged(tiny):
     model, tokenizer = tiny
-    shifts = make_shifts(model, spread_heads(model)).scaled(0.0)
+    shifts = make_shifts(model).scaled(0.0)
     sequences = [tokenizer(p)["input_ids"] for p in PROMPTS]
     ids, mask = pad(sequences, tokenizer.pad_token_id, "right")
     with torch.no_grad():
@@ -212,16 +174,16 @@ def test_shift_lands_only_on_selected_slices_and_positions(tiny):
 
 def test_legacy_ce_and_kl_agree_with_pyvene_logits(tiny):
     model, tokenizer = tiny
-    shifts = make_shifts(model, spread_heads(model))
+    shifts = make_shifts(model)
     seq = tokenizer("The quick brown fox jumps over the lazy dog, then sleeps in the warm sun.")["input_ids"]
     ids = torch.tensor([seq])
     with torch.no_grad():
-        shifted_logits = ShiftedModel(model, shifts)(ids).logits[0].double()
+        pyvene_logits = ShiftedModel(model, shifts)(ids).logits[0].double()
         plain_logits = model(input_ids=ids).logits[0].double()
-    ce = float(torch.nn.functional.cross_entropy(shifted_logits[:-1], ids[0, 1:]))
+    ce = float(torch.nn.functional.cross_entropy(pyvene_logits[:-1], ids[0, 1:]))
     assert sample_ce(model, seq, shifts) == pytest.approx(ce, abs=1e-4)
     p = torch.softmax(plain_logits, -1)
-    q = torch.softmax(shifted_logits, -1)
+    q = torch.softmax(pyvene_logits, -1)
     kl = float((p * (p / q).log()).sum()) / len(seq)
     assert kl > 1e-3
     assert sample_kl(model, seq, shifts) == pytest.approx(kl, rel=1e-3)

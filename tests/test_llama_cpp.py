@@ -15,10 +15,9 @@ import pytest
 
 from iti.bake import bake_head_shifts, save_baked_model
 from iti.models import head_geometry
-from tests.conftest import family_config, model_from_config
+from tests.conftest import PROMPTS, family_config, make_shifts, model_from_config
 from tests.llama_cpp.compare_logits import (INSTALL, convert_to_f32_gguf, converter_path, f32_gguf_tolerance,
                                             gguf_tensor_names, llama_cpp_logits, transformers_logits)
-from tests.test_intervention import PROMPTS, make_shifts
 
 pytestmark = pytest.mark.llama_cpp
 

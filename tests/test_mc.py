@@ -1,4 +1,4 @@
-"""MC scores: the prefix-cached batched path against one plain forward per answer (hand loop, plain
+"""MC scores: the prefix-cached batched path against one plain forward per answer (legacy/mc.py: plain
 hooks for the shift), and MC1/MC2/MC3 against hand-computed cases."""
 import copy
 import math
@@ -9,61 +9,11 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from iti.head_shifts import HeadShifts
 from iti.intervention import ShiftedModel
 from iti.mc import evaluate_mc, mc_metrics, mc_references, score_answers, with_period
-from iti.models import head_geometry
 from iti.prompts import Prompting, question_prompt
-from legacy.mc import answer_positions
-
-
-def make_shifts(model, alpha=6.0, seed=0) -> HeadShifts:
-    """Three heads over two layers, random unit directions, σ of 1 and 2."""
-    geo = head_geometry(model.config)
-    rng = np.random.default_rng(seed)
-    directions = rng.standard_normal((3, geo.head_dim))
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    layers = [0, 0, geo.num_layers - 1]
-    heads = [0, geo.num_heads - 1, 1]
-    return HeadShifts(layers, heads, directions, [1.0, 2.0, 1.5], [0.6] * 3, alpha,
-                      geo.num_layers, geo.num_heads, geo.head_dim)
-
-
-def layer_deltas(shifts: HeadShifts | None) -> dict[int, torch.Tensor]:
-    """α·σ·θ placed in each head's slice of its layer's o_proj input, built from the fields directly."""
-    deltas = {}
-    if shifts is None:
-        return deltas
-    d = shifts.head_dim
-    for layer, head, theta, sigma in zip(shifts.layers, shifts.heads, shifts.directions, shifts.sigmas):
-        delta = deltas.setdefault(int(layer), torch.zeros(shifts.num_heads * d))
-        delta[head * d:(head + 1) * d] += torch.tensor(shifts.alpha * sigma * theta, dtype=torch.float32)
-    return deltas
-
-
-@torch.no_grad()
-def reference_score(model, tokenizer, prompt: str, answer: str, deltas, separator: str = "\nA: ") -> float:
-    """One forward of `{prompt}{separator}{answer}`; answer tokens are those overlapping the answer's
-    characters; the shift from the first answer token on; logits of token k from position k-1."""
-    text = prompt + separator + answer
-    start = len(prompt) + len(separator)
-    encoded = tokenizer(text, return_offsets_mapping=True)
-    answer_positions = [k for k, (_, end) in enumerate(encoded["offset_mapping"]) if end > start]
-    ids = torch.tensor([encoded["input_ids"]])
-    first = answer_positions[0]
-    handles = []
-    for layer, delta in deltas.items():
-        def add(module, args, delta=delta):
-            x = args[0].clone()
-            x[:, first:] += delta
-            return (x,)
-        handles.append(model.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(add))
-    try:
-        log_probs = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)
-    finally:
-        for h in handles:
-            h.remove()
-    return sum(float(log_probs[k - 1, ids[0, k]]) for k in answer_positions)
+from legacy.mc import answer_log_prob, answer_positions
+from tests.conftest import make_shifts
 
 
 # Answers that start with punctuation, digits, quotes: the first answer token differs in kind.
@@ -78,14 +28,14 @@ def two_questions(tqa):
 @pytest.mark.parametrize("with_shift", [False, True])
 def test_cached_scores_equal_one_forward_per_answer(tiny, two_questions, with_shift):
     model, tokenizer = tiny
-    shifts = make_shifts(model) if with_shift else None
+    shifts = make_shifts(model, alpha=6.0) if with_shift else None
     prompts = [question_prompt(q.question) for q in two_questions]
     answers = [[with_period(a) for a in q.correct_answers[:1] + q.incorrect_answers[:1]] + ODD_ANSWERS[2 * i:2 * i + 3]
                for i, q in enumerate(two_questions)]
     # batch_size 3 splits each question's five answers over two batches.
     got = score_answers(ShiftedModel(model, shifts), tokenizer, prompts, answers, batch_size=3, progress=False)
-    deltas = layer_deltas(shifts)
-    expected = [[reference_score(model, tokenizer, p, a, deltas) for a in group] for p, group in zip(prompts, answers)]
+    expected = [[answer_log_prob(model, tokenizer, p + "\nA: ", a, shifts) for a in group]
+                for p, group in zip(prompts, answers)]
     assert [len(g) for g in got] == [len(g) for g in answers]
     np.testing.assert_allclose(np.concatenate(got), np.concatenate(expected), rtol=0, atol=2e-4)
 
@@ -96,7 +46,8 @@ def test_shift_changes_scores(tiny, two_questions):
     prompt = question_prompt(two_questions[0].question)
     answers = [[with_period(two_questions[0].best_answer)]]
     plain = score_answers(ShiftedModel(model, None), tokenizer, [prompt], answers, progress=False)[0][0]
-    shifted = score_answers(ShiftedModel(model, make_shifts(model)), tokenizer, [prompt], answers, progress=False)[0][0]
+    shifted = score_answers(ShiftedModel(model, make_shifts(model, alpha=6.0)), tokenizer, [prompt], answers,
+                            progress=False)[0][0]
     assert abs(plain - shifted) > 1e-2
 
 
@@ -141,16 +92,15 @@ def test_real_model_scores_equal_one_forward_per_answer(bundled, two_questions, 
     answers = [[with_period(q.best_answer), with_period(q.incorrect_answers[0]), ODD_ANSWERS[i]]
                for i, q in enumerate(two_questions)]
     got = np.concatenate(score_answers(ShiftedModel(model, shifts), tokenizer, prompts, answers, progress=False))
-    deltas = layer_deltas(shifts)
-    expected = np.array([reference_score(model, tokenizer, p, a, deltas) for p, group in zip(prompts, answers)
-                         for a in group])
+    expected = np.array([answer_log_prob(model, tokenizer, p + "\nA: ", a, shifts)
+                         for p, group in zip(prompts, answers) for a in group])
     terms = np.array([len(ids) - first for p, group in zip(prompts, answers) for a in group
                       for ids, first in [answer_positions(tokenizer, p + "\nA: ", a)]])
     tolerance = 32 * terms * np.finfo(np.float64).eps * np.abs(expected)
     assert (np.abs(got - expected) <= tolerance).all(), (got - expected, tolerance)
     # The float64 replacements compute the model's own function: the stock model agrees to float32 rounding.
     stock = copy.deepcopy(bundled[0]).double()
-    stock_scores = [reference_score(stock, tokenizer, prompts[0], a, deltas) for a in answers[0]]
+    stock_scores = [answer_log_prob(stock, tokenizer, prompts[0] + "\nA: ", a, shifts) for a in answers[0]]
     np.testing.assert_allclose(stock_scores, expected[:3], rtol=1e-5)
 
 
@@ -160,8 +110,8 @@ def test_evaluate_mc_combines_scores_by_hand(tiny, two_questions):
     record = two_questions[1]
     result = evaluate_mc(ShiftedModel(model, None), tokenizer, [record], Prompting("none"), progress=False)[0]
     prompt = question_prompt(record.question, "none")
-    true = [reference_score(model, tokenizer, prompt, with_period(a), {}) for a in record.correct_answers]
-    false = [reference_score(model, tokenizer, prompt, with_period(a), {}) for a in record.incorrect_answers]
+    true = [answer_log_prob(model, tokenizer, prompt + "\nA: ", with_period(a)) for a in record.correct_answers]
+    false = [answer_log_prob(model, tokenizer, prompt + "\nA: ", with_period(a)) for a in record.incorrect_answers]
     np.testing.assert_allclose(result.true_scores, true, atol=2e-4)
     np.testing.assert_allclose(result.false_scores, false, atol=2e-4)
     best = true[[with_period(a) for a in record.correct_answers].index(with_period(record.best_answer))]
@@ -230,7 +180,7 @@ def test_scoring_and_generation_use_the_current_cache_api(tiny, two_questions):
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            for shifts in (None, make_shifts(model)):
+            for shifts in (None, make_shifts(model, alpha=6.0)):
                 shifted = ShiftedModel(model, shifts)
                 score_answers(shifted, tokenizer, [question_prompt(q.question) for q in two_questions],
                               [q.correct_answers[:2] + q.incorrect_answers[:2] for q in two_questions],

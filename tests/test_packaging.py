@@ -10,7 +10,7 @@ import tomllib
 from tests.conftest import REPO_ROOT
 
 SOURCES = ["iti", "validation", "get_activations", "benchmarks", "legacy", "utils.py"]
-OWN_MODULES = {"iti", "legacy", "validation", "benchmarks", "tests", "utils", "bench_pipeline"}
+OWN_MODULES = {"iti", "legacy", "validation", "benchmarks", "tests", "utils"}
 
 
 def project() -> dict:

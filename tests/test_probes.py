@@ -9,23 +9,21 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 import iti.probes as probes
+from benchmarks.probe_backends import compare_backends
 from iti.errors import UsageError
 from iti.probes import (
     all_fold_splits,
     check_finite_activations,
-    compare_backends,
     flattened_idx_to_layer_head,
-    fold_splits,
     layer_head_to_flattened_idx,
     newton_logistic,
-    question_ids_from_counts,
     random_heads,
     rows_of_questions,
     top_heads,
     train_probes,
     train_val_split,
 )
-from tests.reference import public_split_draws, public_top_heads
+from legacy.selection import public_split_draws, public_top_heads
 
 L, H, D = 4, 6, 16
 # Heads with a planted signal (validation accuracy about 0.7-0.85, noise heads about 0.5).
@@ -86,15 +84,12 @@ def test_one_generator_seeded_once_in_fold_order():
 @pytest.mark.parametrize("num_questions,num_fold", [(817, 2), (817, 5), (13, 4)])
 def test_folds_partition_the_questions(num_questions, num_fold):
     splits = all_fold_splits(num_questions, num_fold, 0.2, seed=1)
-    for fold, (train, val, test) in enumerate(splits):
+    for train, val, test in splits:
         assert set(train).isdisjoint(val) and set(train).isdisjoint(test) and set(val).isdisjoint(test)
         assert sorted([*train, *val, *test]) == list(range(num_questions))
         assert list(train) == sorted(train) and list(val) == sorted(val)
         dev = num_questions - len(test)
         assert len(train) == int(dev * 0.8)
-        single = fold_splits(num_questions, num_fold, fold, 0.2, seed=1)
-        for a, b in zip(single, (train, val, test)):
-            np.testing.assert_array_equal(a, b)
     again = all_fold_splits(num_questions, num_fold, 0.2, seed=1)
     assert all(np.array_equal(a, b) for s, t in zip(splits, again) for a, b in zip(s, t))
 
@@ -125,12 +120,11 @@ def test_public_split_stream_leaves_the_global_generator_alone():
         all_fold_splits(50, 2, 0.2, 3, split_rng="mt")
 
 
-@pytest.mark.parametrize("args", [(10, 1, 0, 0.2), (3, 4, 0, 0.2), (10, 2, 2, 0.2), (10, 2, 0, 0.0),
-                                  (10, 2, 0, 1.0), (3, 2, 0, 0.2)])
+@pytest.mark.parametrize("args", [(10, 1, 0.2), (3, 4, 0.2), (10, 2, 0.0), (10, 2, 1.0), (3, 2, 0.2)])
 def test_bad_fold_arguments_raise_usage_error(args):
-    num_questions, num_fold, fold, val_ratio = args
+    num_questions, num_fold, val_ratio = args
     with pytest.raises(UsageError):
-        fold_splits(num_questions, num_fold, fold, val_ratio, seed=0)
+        all_fold_splits(num_questions, num_fold, val_ratio, seed=0)
 
 
 @pytest.mark.parametrize("num_questions, num_fold, val_ratio, needed, ratio", [
@@ -160,9 +154,8 @@ def test_too_few_questions_to_split_says_how_many_are_needed():
         train_val_split(np.arange(10), 0.95, np.random.default_rng(0))
 
 
-def test_rows_of_questions_and_question_ids():
-    ids = question_ids_from_counts([2, 3, 1, 2])
-    assert ids.tolist() == [0, 0, 1, 1, 1, 2, 3, 3]
+def test_rows_of_questions():
+    ids = np.array([0, 0, 1, 1, 1, 2, 3, 3])
     assert rows_of_questions(ids, [1, 3]).tolist() == [2, 3, 4, 6, 7]
     assert rows_of_questions(ids, np.array([], dtype=int)).tolist() == []
 
@@ -328,7 +321,7 @@ def test_bad_probe_inputs_raise_usage_error(data, case):
 def test_compare_backends_reports_agreement(data):
     acts, labels, tr, va = data
     report = compare_backends(acts, labels, tr, va, H, k=len(PLANTED))
-    assert report.k == len(PLANTED) and report.top_k_overlap == len(PLANTED)
+    assert report.heads == L * H and report.k == len(PLANTED) and report.top_k_overlap == len(PLANTED)
     assert report.mean_abs_acc_diff <= 0.003 and report.max_abs_acc_diff <= 2 / 150 + 1e-12
     assert report.torch_seconds > 0 and report.sklearn_seconds > 0
 

@@ -11,8 +11,8 @@ from iti.errors import UsageError
 from iti.intervention import ShiftedModel
 from iti.mc import evaluate_mc
 from iti.prompts import Prompting, prompting_for
-from tests.reference import last_token_o_proj_inputs
-from tests.test_mc import reference_score
+from legacy.extraction import prompt_activations
+from legacy.mc import answer_log_prob
 
 # SmolLM2-Instruct's template, written out by hand: its default system turn, the user turn, the assistant turn.
 SMOL_CHAT = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
@@ -47,7 +47,7 @@ def test_chat_activations_at_the_answers_last_token(tiny, tmp_path):
     answers = ITEM.correct_answers + ITEM.incorrect_answers
     for row, answer in enumerate(answers):
         hand_built = SMOL_CHAT.format(question=ITEM.question) + answer
-        np.testing.assert_allclose(out["head_wise"][row], last_token_o_proj_inputs(model, tokenizer, hand_built),
+        np.testing.assert_allclose(out["head_wise"][row], prompt_activations(model, tokenizer, hand_built)[0],
                                    rtol=1e-4, atol=1e-4)
 
 
@@ -56,7 +56,7 @@ def test_chat_mc_scores_the_assistant_turn(tiny):
     chat = prompting_for("chat", tokenizer, "tiny", instruction_prompt="none", primer=False)
     result = evaluate_mc(ShiftedModel(model, None), tokenizer, [ITEM], chat, progress=False, add_period=False)[0]
     prompt = SMOL_CHAT.format(question=ITEM.question)
-    expected = [reference_score(model, tokenizer, prompt, answer, {}, separator="")
+    expected = [answer_log_prob(model, tokenizer, prompt, answer)
                 for answer in ITEM.correct_answers + ITEM.incorrect_answers]
     np.testing.assert_allclose(result.true_scores + result.false_scores, expected, rtol=1e-4, atol=1e-4)
 

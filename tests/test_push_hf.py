@@ -10,8 +10,7 @@ import sys
 import pytest
 
 from iti.head_shifts import ShiftProvenance
-from tests.conftest import REPO_ROOT, family_config, make_tiny_model, model_from_config
-from tests.test_intervention import make_shifts
+from tests.conftest import REPO_ROOT, family_config, make_shifts, make_tiny_model, model_from_config
 
 SCRIPT = REPO_ROOT / "validation" / "push_hf.py"
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -13,9 +13,8 @@ from iti.intervenable import pv
 from iti.intervention import ShiftedModel
 from iti.models import head_geometry
 from iti.pyvene_export import export_pyvene, import_pyvene
-from tests.conftest import REPO_ROOT, family_config, model_from_config, tiny_model_folder
-from tests.test_bake import logit_tolerance, right_padded_batch
-from tests.test_intervention import make_shifts, spread_heads
+from tests.conftest import (REPO_ROOT, family_config, logit_tolerance, make_shifts, model_from_config,
+                            right_padded_batch, tiny_model_folder)
 
 SCRIPT = REPO_ROOT / "validation" / "export_head_shifts.py"
 
@@ -23,7 +22,7 @@ SCRIPT = REPO_ROOT / "validation" / "export_head_shifts.py"
 @pytest.fixture
 def exported(tiny, tmp_path):
     model, tokenizer = tiny
-    shifts = make_shifts(model, spread_heads(model), alpha=4.0)
+    shifts = make_shifts(model, alpha=4.0)
     folder = export_pyvene(shifts, model.config, tmp_path / "export")
     return model, tokenizer, shifts, folder
 
@@ -97,7 +96,7 @@ def test_script_refuses_shifts_of_another_model_unless_told(tmp_path_factory, to
     made_for = tiny_model_folder(tmp_path_factory, "made_for", "gqa", tokenizer)
     other = tiny_model_folder(tmp_path_factory, "other", "gqa", tokenizer, seed=1)
     model, _ = load_model(str(made_for), device="cpu")
-    shifts = make_shifts(model, spread_heads(model))
+    shifts = make_shifts(model)
     shifts.provenance.model_source = str(made_for)
     shifts.save(tmp_path / "shifts")
 
@@ -118,7 +117,7 @@ def test_script_refuses_shifts_of_another_model_unless_told(tmp_path_factory, to
 @pytest.mark.parametrize("family", ["qwen2", "mistral", "gemma2"])
 def test_pyvene_load_of_other_families_equals_ours_at_every_position(family, tmp_path):
     model = model_from_config(family_config(family))
-    shifts = make_shifts(model, spread_heads(model), alpha=4.0)
+    shifts = make_shifts(model, alpha=4.0)
     folder = export_pyvene(shifts, model.config, tmp_path / "export")
     ids, mask = right_padded_batch(model.config.vocab_size)
     loaded = pv.IntervenableModel.load(str(folder), model)
@@ -139,7 +138,7 @@ def shifts_of_a_saved_qwen2(tmp_path, tokenizer):
     model = model_from_config(family_config("qwen2", len(tokenizer)))
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    shifts = make_shifts(model, spread_heads(model), alpha=4.0)
+    shifts = make_shifts(model, alpha=4.0)
     shifts.provenance.model_source = str(model_dir)
     shifts.save(tmp_path / "shifts")
     return model, model_dir, shifts

@@ -9,7 +9,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from iti.errors import UsageError
-from tests.reference import public_top_heads
+from legacy.selection import public_top_heads
 
 # Loaded by path: utils.py lives at the repository root, which pytest does not always put on sys.path.
 _spec = importlib.util.spec_from_file_location("iti_root_utils", Path(__file__).resolve().parents[1] / "utils.py")

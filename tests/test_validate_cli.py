@@ -16,8 +16,8 @@ from iti.head_shifts import HeadShifts
 from iti.probes import all_fold_splits
 from iti.prompts import question_prompt
 from iti.validate import ValidationConfig, run_validation
+from legacy.mc import answer_log_prob
 from tests.conftest import REPO_ROOT, make_tiny_model
-from tests.test_mc import reference_score
 
 SCRIPT = REPO_ROOT / "validation" / "validate_2fold.py"
 MODEL = "tiny"
@@ -148,7 +148,7 @@ def test_alpha_zero_mc2_equals_one_forward_per_answer(setup, tmp_path):
             prompt = question_prompt(row["Question"])
 
             def score(joined):
-                return [reference_score(model, tokenizer, prompt, a if a.endswith(".") else a + ".", {})
+                return [answer_log_prob(model, tokenizer, prompt + "\nA: ", a if a.endswith(".") else a + ".")
                         for a in (part.strip() for part in joined.split(";")) if a]
 
             true, false = np.exp(score(row["Correct Answers"])), np.exp(score(row["Incorrect Answers"]))
@@ -386,8 +386,6 @@ FRESH_ITEMS = [
 def test_custom_jsonl_workflow_through_the_scripts(setup, tmp_path):
     """The issue's commands on a fresh JSONL: features, validation, the probe report, and per-question MC equal
     to one forward of `Q: {question}\\nA: {answer}` per answer with the fold's shifts on the answer tokens."""
-    from tests.test_mc import reference_score
-
     path = tmp_path / "F.jsonl"
     path.write_text("".join(json.dumps({"question": q, "correct_answers": c, "incorrect_answers": i}) + "\n"
                             for q, c, i in FRESH_ITEMS))
@@ -406,13 +404,12 @@ def test_custom_jsonl_workflow_through_the_scripts(setup, tmp_path):
     for fold in record["folds"]:
         heads = pd.read_csv(fold["files"]["probe_report_heads"])
         assert len(heads) == 3 * 4 and fold["probe_report"]["train_items"] == len(fold["train"])
-        deltas = {layer: torch.as_tensor(offset)
-                  for layer, offset in HeadShifts.load(fold["files"]["head_shifts"]).layer_offsets().items()}
+        shifts = HeadShifts.load(fold["files"]["head_shifts"])
         answers = pd.read_csv(fold["files"]["answers"])
         for _, row in answers.iterrows():
             question, correct, incorrect = next(item for item in FRESH_ITEMS if item[0] == row["Question"])
-            true = [reference_score(model, tokenizer, f"Q: {question}", a, deltas) for a in correct]
-            false = [reference_score(model, tokenizer, f"Q: {question}", a, deltas) for a in incorrect]
+            true = [answer_log_prob(model, tokenizer, f"Q: {question}\nA: ", a, shifts) for a in correct]
+            false = [answer_log_prob(model, tokenizer, f"Q: {question}\nA: ", a, shifts) for a in incorrect]
             assert row[f"{MODEL} MC1"] == float(true[0] > max(false))
             mass = np.exp(true).sum() / (np.exp(true).sum() + np.exp(false).sum())
             assert row[f"{MODEL} MC2"] == pytest.approx(mass, abs=1e-5)
