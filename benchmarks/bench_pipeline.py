@@ -209,7 +209,7 @@ def sklearn_label(options: BenchOptions) -> str:
 def probes(bench: Bench) -> dict:
     from iti.fit import seeded_split
     from iti.models import head_geometry
-    from iti.probes import rows_of_questions
+    from iti.folds import rows_of_questions
 
     question_ids = bench.mc2.question_ids
     split = seeded_split(question_ids, 0.2, bench.options.seed)

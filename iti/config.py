@@ -196,7 +196,10 @@ class ValidationConfig(HeadShiftOptions):
 
     @property
     def minimum_items(self) -> int:
-        return max(2, self.num_fold)
+        """Items the folds split so that each fold has some to train on and some to validate on."""
+        from iti.folds import fewest_questions
+
+        return fewest_questions(self.num_fold, self.val_ratio)
 
     @property
     def selects(self) -> bool:

@@ -20,7 +20,7 @@ PROMPT_FORMATS = ("raw", "chat")
 HEAD_METRICS = ("accuracy", "auc")
 PROBE_BACKENDS = ("torch", "sklearn")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-# Generators of the folds' train/validation draws (iti.probes.all_fold_splits).
+# Generators of the folds' train/validation draws (iti.folds.all_fold_splits).
 SPLIT_RNGS = ("default", "public")
 SIGMA_QUESTIONS = ("all", "dev")
 OWT_SAMPLES = 100  # documents for CE and KL (docs/method.md §6)

@@ -18,7 +18,8 @@ from iti.directions import center_of_mass_directions, probe_directions, projecti
 from iti.errors import UsageError
 from iti.head_shifts import HeadShifts, ShiftProvenance
 from iti.models import resolve_device
-from iti.probes import random_heads, rows_of_questions, top_heads, train_probes, train_val_split
+from iti.folds import rows_of_questions, train_val_split
+from iti.probes import random_heads, top_heads, train_probes
 from iti.report import ProbeReport, layer_probe_table, probe_report
 
 METHODS = ("center_of_mass", "probe", "random")

@@ -153,8 +153,9 @@ def check_custom_dataset(dataset_path: str, dataset_name: str, min_items: int = 
     if limit is not None and limit > items:
         raise UsageError(f"--limit {limit} is more than the {items} items of {dataset_path}; use --limit {items} or less")
     if min(items, limit or items) < min_items:
-        raise UsageError(f"{dataset_path} has {min(items, limit or items)} items, fewer than the {min_items} "
-                         "the run splits them into; add items or use fewer folds")
+        raise UsageError(f"{dataset_path} has {min(items, limit or items)} items, fewer than the {min_items} the run "
+                         "needs to split them into folds and each fold's development items into training and "
+                         "validation ones; add items, or use fewer folds")
 
 
 def values_of(value) -> tuple:

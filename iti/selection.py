@@ -16,7 +16,7 @@ import numpy as np
 
 from iti.errors import UsageError
 from iti.fit import Features, Recipe, Split, fit_head_shifts, without_layers
-from iti.probes import train_val_split
+from iti.folds import train_val_split
 
 # Seeds the set-aside draw apart from the fold's own split (with the run's seed), so that split, and the
 # shifts rebuilt from it, are those of a single-setting run.

@@ -32,7 +32,7 @@ from iti.fit import Features, Split, fit_head_shifts, recipe_of
 from iti.judges import JudgePanel, check_judge_source
 from iti.metrics import mean_over_folds
 from iti.models import head_geometry, input_device, load_model, resolve_model_source
-from iti.probes import all_fold_splits
+from iti.folds import all_fold_splits
 from iti.provenance import run_provenance
 from iti.report import report_table
 from iti.run_inputs import (

@@ -316,8 +316,8 @@ CASES = [
     ("get_activations", tqa_csv_only_header, "{root}/tqa/TruthfulQA.csv holds no questions, only its header"),
     ("get_activations", mc_task_of_another_program, "{root}/tqa/data/mc_task.json holds no list of questions"),
     ("validate_2fold", two_item_set_in_validation,
-     "2 questions in 2 folds leave a fold 1 development question, none to train on at --val_ratio 0.2: that takes "
-     "at least 4 questions; use more questions"),
+     "two.jsonl has 2 items, fewer than the 4 the run needs to split them into folds and each fold's development "
+     "items into training and validation ones"),
     ("export_head_shifts", head_shifts_keys_missing,
      "{root}/shifts/head_shifts.json: alpha, heads missing or of the wrong type; save the head shifts again"),
     ("compare_runs", summary_that_is_an_array,

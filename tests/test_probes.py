@@ -11,17 +11,15 @@ from sklearn.linear_model import LogisticRegression
 import iti.probes as probes
 from benchmarks.probe_backends import compare_backends
 from iti.errors import UsageError
+from iti.folds import all_fold_splits, rows_of_questions, train_val_split
 from iti.probes import (
-    all_fold_splits,
     check_finite_activations,
     flattened_idx_to_layer_head,
     layer_head_to_flattened_idx,
     newton_logistic,
     random_heads,
-    rows_of_questions,
     top_heads,
     train_probes,
-    train_val_split,
 )
 from legacy.selection import public_split_draws, public_top_heads
 

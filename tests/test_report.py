@@ -4,7 +4,8 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-from iti.probes import fit_sklearn_probes, rows_of_questions
+from iti.folds import rows_of_questions
+from iti.probes import fit_sklearn_probes
 from iti.report import layer_probe_table, probe_report, report_table, roc_auc
 
 NUM_HEADS, HEAD_DIM, NUM_LAYERS = 3, 4, 4

@@ -13,7 +13,7 @@ import torch
 
 from iti.errors import UsageError
 from iti.head_shifts import HeadShifts
-from iti.probes import all_fold_splits
+from iti.folds import all_fold_splits
 from iti.prompts import question_prompt
 from iti.validate import ValidationConfig, run_validation
 from legacy.mc import answer_log_prob
@@ -416,7 +416,7 @@ def test_custom_jsonl_workflow_through_the_scripts(setup, tmp_path):
 
 
 @pytest.mark.parametrize("lines, extra, message", [
-    (FRESH_ITEMS[:1], [], "has 1 items, fewer than the 2"),
+    (FRESH_ITEMS[:1], [], "has 1 items, fewer than the 4 the run needs"),
     (FRESH_ITEMS[:2] + FRESH_ITEMS[:1], [], "repeats line 1"),
     ([("Why?", [], ["No."])] + FRESH_ITEMS[:2], [], "line 1: no correct answer"),
     (FRESH_ITEMS, ["--dataset_name", "tqa_gen"], "not one of the built-in"),
