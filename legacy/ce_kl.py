@@ -5,7 +5,7 @@ API
         Mean next-token cross-entropy over the sample's n-1 predictions (token t+1 from
         positions <= t), with the shift at every position.
     sample_kl(model, input_ids, shifts) -> float
-        Spec §6: Σ over all n positions and the vocabulary of p_orig·log(p_orig / p_shifted),
+        docs/method.md §6: Σ over all n positions and the vocabulary of p_orig·log(p_orig / p_shifted),
         divided by n.
     ce_kl(model, samples, shifts, progress=True) -> (mean CE, mean KL) over samples
         samples: token-id lists (already cut, e.g. to the first 128 tokens).

@@ -6,7 +6,7 @@ API
         prompt_ids: the prompt's token ids (BOS included if the tokenizer adds it), no padding.
         Returns the new tokens only; stops after an eos token (kept, as transformers' generate
         does) or after max_new_tokens. eos_token_id: int, list or None (then the model's
-        generation_config). The shift (spec §5) is on the last prompt token and on every
+        generation_config). The shift (docs/method.md §5) is on the last prompt token and on every
         generated token, i.e. positions >= len(prompt_ids) - 1 of each full forward.
         use_cache: the prompt in one forward, then each new token alone on the model's own KV
         cache (shifted at its one position): the same decoding, fast enough for long prompts.

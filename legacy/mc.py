@@ -8,10 +8,10 @@ API
         after "A:", counts as the answer's). They run from first_answer_index to the end.
     answer_log_prob(model, tokenizer, context, answer, shifts=None) -> float
         Summed log-probability (float64) of the answer's tokens, each given all tokens before
-        it; the shift (spec §5) is on every answer token: positions >= first_answer_index.
+        it; the shift (docs/method.md §5) is on every answer token: positions >= first_answer_index.
         context is the whole prompt, e.g. f"{prompt}\nA: "; the caller appends the period.
     mc_metrics(scores_true, scores_false, best_score) -> {"MC1", "MC2", "MC3"}
-        Spec §6: MC1 = best answer's score > every false score; MC2 = Σexp(true) /
+        docs/method.md §6: MC1 = best answer's score > every false score; MC2 = Σexp(true) /
         (Σexp(true) + Σexp(false)); MC3 = fraction of true scores > every false score.
     mc_question(model, tokenizer, context, true_answers, false_answers, best_answer, shifts=None)
         -> {"MC1", "MC2", "MC3", "scores_true", "scores_false"}

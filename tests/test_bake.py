@@ -1,4 +1,4 @@
-"""Baked weights (spec §7): o_proj bias = W_o·δ_l, equal to the every-position intervention, clean reload.
+"""Baked weights (docs/method.md §7): o_proj bias = W_o·δ_l, equal to the every-position intervention, clean reload.
 
 Every family that bakes (tests.conftest.FAMILIES) is checked in float64 after a save and a plain
 AutoModelForCausalLM reload; Qwen2 and Mistral come back as Llama checkpoints with their settings.

@@ -1,6 +1,6 @@
 """ShiftedModel (pyvene, batched, KV cache) against the legacy hook path (one sequence, no cache).
 
-Every schedule of spec §5 on the three tiny shapes with mixed-length padded batches: the last
+Every schedule of docs/method.md §5 on the three tiny shapes with mixed-length padded batches: the last
 prompt token and each generated token (left padding, KV cache), the answer tokens (explicit
 mask), every position. Plus: α = 0 changes nothing, and the shift lands exactly on the
 selected heads' slices and the scheduled positions, never on padding.

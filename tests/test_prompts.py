@@ -1,4 +1,4 @@
-"""Prompt formats (spec §9): the raw `Q: … A: …` rows and the model's chat template, for probes and MC."""
+"""Prompt formats (docs/method.md §9): the raw `Q: … A: …` rows and the model's chat template, for probes and MC."""
 import copy
 import json
 

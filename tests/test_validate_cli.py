@@ -306,7 +306,7 @@ def test_public_split_stream_run(setup, tmp_path):
     assert pd.read_csv(split_file)["Question"].tolist() == [setup_records(setup)[q].question for q in public[1][0]]
 
 
-# ----------------------------------------------------------------------------- any contrastive dataset (spec §9)
+# ----------------------------------------------------------------------------- any contrastive dataset (docs/method.md §9)
 
 def _jsonl(items, path):
     path.write_text("".join(json.dumps({"question": it.question, "best_answer": it.best_answer, "category": it.category,
