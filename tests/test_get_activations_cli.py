@@ -122,11 +122,15 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(bundled_folder, tqa_path, tm
         assert os.statvfs(disk).f_bfree == os.statvfs(disk).f_blocks
 
 
-def test_a_read_only_disk_is_one_line(tiny_llama_folder, tqa_path, tmp_path):
+@pytest.mark.parametrize("check_only", [[], ["--check_args"]])
+def test_a_read_only_disk_is_one_line(tiny_llama_folder, tqa_path, tmp_path, check_only):
+    """A folder that cannot be written is refused before any work, and --check_args knows it already."""
     with mounted_tmpfs(tmp_path / "read_only", "ro,size=1m") as disk:
         result = run_script("--model_name", "tiny", "--model_path", str(tiny_llama_folder), "--limit", "2",
-                            "--device", "cpu", "--features_dir", str(disk / "features"), "--tqa_path", str(tqa_path))
+                            "--device", "cpu", "--features_dir", str(disk / "features"), "--tqa_path", str(tqa_path),
+                            *check_only)
         assert result.returncode == 2
         lines = error_lines(result)
-        assert len(lines) == 1 and str(disk) in lines[0] and "read-only" in lines[0].lower(), lines
+        assert lines == [f"error: --features_dir {disk / 'features'}: cannot write in {disk} (Read-only file "
+                         "system); give a folder you can write to"], lines
         assert list(disk.iterdir()) == []
