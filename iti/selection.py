@@ -41,11 +41,20 @@ def selection_split(split: Split, select_ratio: float, val_ratio: float, seed: i
 def score_settings(features: Features, split: Split, settings: list[tuple[int, float]], recipe: Recipe,
                    score: Callable[[object], dict[str, float]]) -> list[dict]:
     """Per (K, α): the shifts built from `split` (probes, heads and directions fitted once per K, scaled per
-    α; K = 0 is the unshifted model) and `score(shifts)`'s values, one table row each, in the given order."""
+    α) and `score(shifts)`'s values, one table row each, in the given order. K = 0 or α = 0 is the unshifted
+    model, scored once for all such rows."""
     fitted = {k: fit_head_shifts(without_layers(features), split, Recipe(k, 1.0, recipe.method, recipe.probe_backend,
                                                                           recipe.seed, recipe.device))[0]
-              for k in sorted({k for k, _ in settings if k > 0})}
-    return [{"K": k, "alpha": alpha, **score(fitted[k].scaled(alpha) if k > 0 else None)} for k, alpha in settings]
+              for k in sorted({k for k, alpha in settings if k > 0 and alpha != 0})}
+    unshifted: dict[str, float] = {}
+    table = []
+    for k, alpha in settings:
+        if k > 0 and alpha != 0:
+            values = score(fitted[k].scaled(alpha))
+        else:
+            values = unshifted = unshifted or score(None)
+        table.append({"K": k, "alpha": alpha, **values})
+    return table
 
 
 def choose_setting(table: list[dict], metric: str, max_kl: float | None = None) -> tuple[dict, str | None]:
