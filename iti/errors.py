@@ -15,6 +15,7 @@ _STORAGE_REMEDIES = {
     errno.EDQUOT: "free some of your quota or write elsewhere",
     errno.EROFS: "that file system is read-only: write elsewhere",
     errno.EACCES: "check its permissions or use another path",
+    errno.ENAMETOOLONG: "use shorter names (a model or dataset name becomes part of file names)",
 }
 
 
