@@ -89,12 +89,12 @@ def find_feature_set(wanted: FeatureSet, kind: str = "head_wise") -> FeatureSet 
 def require_feature_sets(wanted: list[FeatureSet], kind: str = "head_wise") -> list[FeatureSet]:
     """Before any model loads: the set found for each wanted one, or one UsageError listing the command for
     every missing set, or naming a damaged file (its header and size are read, not its data)."""
-    missing = [w for w in wanted if find_feature_set(w, kind) is None]
+    found = [find_feature_set(w, kind) for w in wanted]
+    missing = [w for w, f in zip(wanted, found) if f is None]
     if missing:
         names = ", ".join(str(w.path(kind)) for w in missing)
         commands = " && ".join(w.command() for w in missing)
         raise UsageError(f"missing features {names}: make them with `{commands}`")
-    found = [find_feature_set(w, kind) for w in wanted]
     for each in found:
         for k in (kind, "labels", "question_ids"):
             _load_npy(each.path(k), each, mmap=True)
@@ -117,11 +117,12 @@ def feature_files(wanted: FeatureSet, kind: str = "head_wise") -> list[Path]:
     return [found.path(k) for k in (kind, "labels", "question_ids")]
 
 
-def load_features(wanted: FeatureSet, kind: str = "head_wise",
-                  mmap: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_features(wanted: FeatureSet, kind: str = "head_wise", mmap: bool = True,
+                  found: FeatureSet | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(activations, labels, question_ids) of all questions, or of the first `limit` (the `_limit_{N}`
-    set, else the full set's first N questions); a missing or damaged file names the command that makes it."""
-    found = find_feature_set(wanted, kind)
+    set, else the full set's first N questions), read from `found` when the caller has found the set already;
+    a missing or damaged file names the command that makes it."""
+    found = found or find_feature_set(wanted, kind)
     if found is None:
         require_feature_sets([wanted], kind)
     acts = _load_npy(found.path(kind), found, mmap)
@@ -157,13 +158,13 @@ def read_record(found: FeatureSet) -> dict:
 
 
 def verify_feature_set(wanted: FeatureSet, expected=None, model_fingerprint: dict | None = None,
-                       prompts: bool = True) -> dict:
+                       prompts: bool = True, found: FeatureSet | None = None) -> dict:
     """The record of the set read for `wanted`, after checking it against the run: the model name and
     dataset in the record, the limit of the file, and, when given, the items the run expects (`expected`,
     an iti.data.PromptSet built as the run builds it, for the set's own limit), with `prompts` also its
     prompt format and formatted rows, and the run's model (`model_fingerprint`). Any mismatch is a
     UsageError giving the command that makes the right set."""
-    found = find_feature_set(wanted) or wanted
+    found = found or find_feature_set(wanted) or wanted
     record = read_record(found)
     name = found.path("head_wise").name
     remake = f"re-extract them with `{found.command(overwrite=True)}`"
@@ -191,12 +192,13 @@ def verify_feature_set(wanted: FeatureSet, expected=None, model_fingerprint: dic
 
 
 def verify_against_data(wanted: FeatureSet, tqa_path: str | None = None, probe_text=qa_prompt,
-                        model_fingerprint: dict | None = None, prompts: bool = True) -> dict:
+                        model_fingerprint: dict | None = None, prompts: bool = True,
+                        found: FeatureSet | None = None) -> dict:
     """verify_feature_set against the rows this run would extract now (from `tqa_path` or the wanted set's
     dataset file, formatted by `probe_text`), for the limit of the set found and the seed its record names
     (tqa_gen_end_q's draw of extra questions, whichever the extraction used)."""
-    found = find_feature_set(wanted) or wanted
+    found = found or find_feature_set(wanted) or wanted
     seed = read_record(found)["seed"]
     expected = build_prompt_set(wanted.dataset, tqa_path, found.limit, 0 if seed is None else seed,
                                 wanted.dataset_path, probe_text)
-    return verify_feature_set(wanted, expected, model_fingerprint, prompts)
+    return verify_feature_set(wanted, expected, model_fingerprint, prompts, found)

@@ -85,11 +85,13 @@ def read_checked_features(cfg: HeadShiftOptions, probing: FeatureSet, tuning: Fe
     """The probing set (with its residual streams when they were extracted) and the tuning set, each checked
     against the run's model (`fingerprint`), data and geometry; question ids as the sets store them."""
     probe_text = prompting_for(cfg.prompt_format, tokenizer, model_source).probe_text
-    records = {name: verify_against_data(wanted, cfg.tqa_path, probe_text, fingerprint)
+    found = dict(zip(("probing", "tuning"), require_feature_sets([probing, tuning])))
+    records = {name: verify_against_data(wanted, cfg.tqa_path, probe_text, fingerprint, found=found[name])
                for name, wanted in (("probing", probing), ("tuning", tuning))}
-    acts, labels, question_ids = load_features(probing)
-    tuning_acts, _, tuning_question_ids = load_features(tuning)
-    layer_acts = load_features(probing, "layer_wise")[0] if find_feature_set(probing, "layer_wise") else None
+    acts, labels, question_ids = load_features(probing, found=found["probing"])
+    tuning_acts, _, tuning_question_ids = load_features(tuning, found=found["tuning"])
+    streams = find_feature_set(probing, "layer_wise")
+    layer_acts = load_features(probing, "layer_wise", found=streams)[0] if streams else None
     for dataset, array in ((probing.dataset, acts), (tuning.dataset, tuning_acts)):
         if array.ndim != 3 or array.shape[1:] != (geometry.num_layers, geometry.width):
             raise UsageError(f"the {dataset} features of {probing.model_name} in {probing.features_dir} have per-row "
