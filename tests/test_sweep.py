@@ -116,7 +116,7 @@ def test_runs_on_another_dataset_stay_out_of_the_table(sweep, tmp_path, monkeypa
     shutil.copytree(root / "results" / "results_dump" / "summary_dump", summaries)
     data = tmp_path / "my_set.jsonl"
     data.write_text("".join(json.dumps({"question": f"Q{i}?", "correct_answers": ["a"], "incorrect_answers": ["b"]})
-                            + "\n" for i in range(2)))
+                            + "\n" for i in range(4)))
     custom = json.loads(open(records[1]["json_path"]).read())
     custom["config"].update(limit=None, dataset_name="my_set", dataset_path=str(data))
     (summaries / "custom.json").write_text(json.dumps(custom))
