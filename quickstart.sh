@@ -10,9 +10,10 @@ MODEL=${MODEL:-smollm2_135M_instruct}
 LIMIT=${LIMIT:-40}
 OWT_SAMPLES=${OWT_SAMPLES:-20}
 TEXT=features/python_reference_text.txt
-# One thread per process unless set: where other work keeps the cores busy, OpenMP threads spin-wait
-# for each other (a bundled-model test took 196 s with two threads, 18 s with one, on a loaded 2-core machine).
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+# Threads: the cores other work leaves free (at least one), unless OMP_NUM_THREADS is set. Where other work
+# keeps the cores busy, OpenMP threads spin-wait for each other (a bundled-model test took 196 s with two
+# threads, 18 s with one, on a loaded 2-core machine); on idle cores a second thread saves time.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$("$PYTHON" -c 'import os; print(max(1, os.cpu_count() - round(os.getloadavg()[0])))')}
 LOGS=$(mktemp -d)
 trap 'rm -rf "$LOGS"' EXIT
 step() { echo "==> [$1/7] $2 ($(date +%T))"; }
