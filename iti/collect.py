@@ -17,7 +17,7 @@ from iti.config import CollectConfig, ValidationConfig
 from iti.errors import UsageError
 from iti.evaluation import answer_scores
 from iti.identity import Role, declared, without
-from iti.metrics import METRICS, PER_QUESTION_OR_DERIVED, with_products
+from iti.metrics import METRICS, PER_QUESTION_OR_DERIVED, missing, with_products
 from iti.statistics import paired_differences
 from iti.summaries import read_summary
 
@@ -202,10 +202,6 @@ def markdown_rows(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
-
-
-def missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def mean_std(mean: float, std: float) -> str:

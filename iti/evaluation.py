@@ -19,7 +19,7 @@ from iti.head_shifts import HeadShifts
 from iti.intervention import ShiftedModel
 from iti.judges import ACCURACY_THRESHOLD, JudgePanel
 from iti.mc import evaluate_mc
-from iti.metrics import BY_NAME, METRICS, PER_QUESTION, with_products
+from iti.metrics import BY_NAME, METRICS, PER_QUESTION, shown, with_products
 from iti.prompts import Prompting
 from iti.statistics import intervals
 
@@ -116,9 +116,9 @@ def summary_frame(tag: str, fold: int, setting: tuple[int, float], results: dict
 
 
 def final_line(alpha, num_heads, results: dict[str, float]) -> str:
-    """The public workflow's summary line, numbers rounded to 4 decimals (the JSON keeps them whole);
-    with a choice per fold, alpha and heads list the folds' choices."""
-    r = {key: f"{value:.4f}" for key, value in results.items()}
+    """The public workflow's summary line, numbers rounded to 4 decimals (the JSON keeps them whole), "—" for
+    a metric not measured; with a choice per fold, alpha and heads list the folds' choices."""
+    r = {key: shown(value) for key, value in results.items()}
     return (f"alpha: {alpha}, heads: {num_heads}, True*Info Score: {r['True*Info']}, True Score: {r['True']}, "
             f"Info Score: {r['Info']}, MC1 Score: {r['MC1']}, MC2 Score: {r['MC2']}, CE Loss: {r['CE']}, "
             f"KL wrt Original: {r['KL']}")

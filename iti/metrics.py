@@ -43,6 +43,16 @@ PER_QUESTION = tuple(m.name for m in METRICS if m.per_question and not m.product
 PER_QUESTION_OR_DERIVED = tuple(m.name for m in METRICS if m.per_question)
 
 
+def missing(value) -> bool:
+    """A metric a run did not measure: None in a JSON record, NaN in memory."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def shown(value, digits: int = 4) -> str:
+    """A metric as people read it: rounded, or "—" where it was not measured (never "nan")."""
+    return "—" if missing(value) else f"{value:.{digits}f}"
+
+
 def with_products(values: dict) -> dict:
     """`values` (means, or arrays of resampled means) plus each derived metric whose factors are present."""
     out = dict(values)

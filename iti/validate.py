@@ -30,7 +30,7 @@ from iti.files import plain, write_csv
 from iti.fingerprint import model_digest, model_fingerprint, text_digest
 from iti.fit import Features, Split, fit_head_shifts, recipe_of
 from iti.judges import JudgePanel, check_judge_source
-from iti.metrics import mean_over_folds
+from iti.metrics import mean_over_folds, shown
 from iti.models import head_geometry, input_device, load_model, resolve_model_source
 from iti.folds import all_fold_splits
 from iti.provenance import run_provenance
@@ -170,7 +170,7 @@ def run_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], prog
     files["answers"] = str(write_csv(run.answer_path(fold), frame))
     files["summary"] = str(write_csv(run.fold_summary_path(fold), summary_frame(cfg.output_name, fold, (k, alpha),
                                                                                  results)))
-    log(f"FOLD {fold}: " + ", ".join(f"{key}: {value:.4f}" for key, value in results.items()))
+    log(f"FOLD {fold}: " + ", ".join(f"{key}: {shown(value)}" for key, value in results.items()))
     if selection is not None:
         selection["chosen_test"] = results[selection["metric"]]
     return {"fold": fold, "train": train.tolist(), "val": val.tolist(), "test": test.tolist(), "K": k, "alpha": alpha,

@@ -34,11 +34,11 @@ def _values_text(value) -> str:
 
 def comparison_table(records: list[dict]) -> str:
     """A plain-text table: runs as rows, the metrics any run computed as columns, "—" where a run has none."""
-    from iti.metrics import METRICS
+    from iti.metrics import METRICS, missing, shown
 
-    metrics = [m.name for m in METRICS if any(r["final"].get(m.name) is not None for r in records)]
+    metrics = [m.name for m in METRICS if any(not missing(r["final"].get(m.name)) for r in records)]
     labels = [run_label(r) for r in records]
-    cells = [["—" if r["final"].get(m) is None else f"{r['final'][m]:.4f}" for m in metrics] for r in records]
+    cells = [[shown(r["final"].get(m)) for m in metrics] for r in records]
     widths = [max(len(m), *(len(row[i]) for row in cells)) for i, m in enumerate(metrics)]
     first = max(len("run"), *(len(label) for label in labels))
     lines = ["  ".join(["run".ljust(first)] + [m.rjust(w) for m, w in zip(metrics, widths)])]
