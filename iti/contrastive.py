@@ -10,16 +10,14 @@ map to one correct and one incorrect answer. Items keep file order; questions ar
 """
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from iti.items import GenerationQuestion, check_limit
+from iti.items import GenerationQuestion, check_limit, first_repeat, missing_part
 from iti.registry import TRANSFER_SETS
 from iti.errors import UsageError
-from iti.files import read_jsonl, read_text
+from iti.files import csv_rows, read_jsonl, read_text
 
 HUB_PREFIX = "hub:"
 FILE_SUFFIXES = (".jsonl", ".csv")
@@ -97,10 +95,9 @@ def item_from_record(record: dict) -> GenerationQuestion:
         raise DatasetError("no answers: expected `correct_answers` + `incorrect_answers`, "
                            "`answer_matching_behavior` + `answer_not_matching_behavior`, `positive` + `negative`, "
                            "or `answer` + `false_answer`")
-    if not correct:
-        raise DatasetError("no correct answer")
-    if not incorrect:
-        raise DatasetError("no incorrect answer")
+    fault = missing_part(question, correct, incorrect)
+    if fault:
+        raise DatasetError(fault)
     best = record.get("best_answer")
     best = best.strip() if isinstance(best, str) and best.strip() else correct[0]
     if best not in correct:
@@ -110,6 +107,11 @@ def item_from_record(record: dict) -> GenerationQuestion:
         # Its probe rows would be labelled 1 and 0, and MC would count it on both sides.
         raise DatasetError(f"question {question!r} lists the answer {both!r} as correct and as incorrect",
                            "keep each answer in one list")
+    for kind, answers in (("correct", correct), ("incorrect", incorrect)):
+        twice = next((answer for answer in answers if answers.count(answer) > 1), None)
+        if twice is not None:
+            # Its probe row would be read twice, and MC would count it twice.
+            raise DatasetError(f"question {question!r} lists the {kind} answer {twice!r} twice", "list each answer once")
     category = record.get("category")
     return GenerationQuestion(question, category if isinstance(category, str) else UNKNOWN_CATEGORY,
                               best, correct, incorrect)
@@ -119,17 +121,16 @@ def dataset_from_records(name: str, records: Iterable[dict], source: str,
                          where: Callable[[int], str] = lambda i: f"record {i + 1}") -> ContrastiveDataset:
     """Items from records in order; any bad record or a repeated question is a UsageError naming it."""
     items: list[GenerationQuestion] = []
-    seen: dict[str, int] = {}
     for index, record in enumerate(records):
         try:
-            item = item_from_record(record)
+            items.append(item_from_record(record))
         except DatasetError as err:
             raise UsageError(f"{source}, {where(index)}: {err}; {err.remedy}") from None
-        if item.question in seen:
-            raise UsageError(f"{source}, {where(index)}: question {item.question!r} repeats {where(seen[item.question])}; "
-                             "questions must be unique (merge their answers into one item)")
-        seen[item.question] = index
-        items.append(item)
+    repeat = first_repeat([item.question for item in items])
+    if repeat:
+        index, earlier = repeat
+        raise UsageError(f"{source}, {where(index)}: question {items[index].question!r} repeats {where(earlier)}; "
+                         "questions must be unique (merge their answers into one item)")
     if not items:
         raise UsageError(f"{source} holds no items; give a JSONL or CSV file with at least one item per fold")
     return ContrastiveDataset(name, items, source)
@@ -137,17 +138,14 @@ def dataset_from_records(name: str, records: Iterable[dict], source: str,
 
 # ----------------------------------------------------------------------------- files
 
-def _tqa_csv_records(path: Path) -> list[dict]:
-    """TruthfulQA.csv's columns, answers joined with "; ", mapped to the JSONL keys."""
-    reader = csv.DictReader(io.StringIO(read_text(path, "--dataset_path"), newline=""))
-    missing = [c for c in TQA_CSV_COLUMNS if c not in (reader.fieldnames or [])]
-    if missing:
-        raise UsageError(f"{path} lacks the column(s) {', '.join(missing)}; a CSV needs TruthfulQA.csv's columns "
-                         f"({', '.join(TQA_CSV_COLUMNS)}, optionally Category), or write JSONL")
-    return [{"question": row["Question"], "best_answer": row["Best Answer"],
-            "correct_answers": [a for a in row["Correct Answers"].split(";")],
-            "incorrect_answers": [a for a in row["Incorrect Answers"].split(";")],
-            "category": row.get("Category") or UNKNOWN_CATEGORY} for row in reader]
+def _tqa_csv_records(path: Path) -> list[tuple[int, dict]]:
+    """(line, record) of each row: TruthfulQA.csv's columns (Category optional), answers joined with "; ",
+    mapped to the JSONL keys."""
+    rows = csv_rows(read_text(path, "--dataset_path"), path, TQA_CSV_COLUMNS, "write the items as JSONL")
+    return [(line, {"question": row["Question"], "best_answer": row["Best Answer"],
+                    "correct_answers": row["Correct Answers"].split(";"),
+                    "incorrect_answers": row["Incorrect Answers"].split(";"),
+                    "category": row.get("Category") or UNKNOWN_CATEGORY}) for line, row in rows]
 
 
 def load_hub_records(hub_id: str, split: str):
@@ -180,9 +178,7 @@ def load_dataset_file(path: str | Path, name: str) -> ContrastiveDataset:
     if file.suffix.lower() not in FILE_SUFFIXES:
         raise UsageError(f"--dataset_path {text} is neither JSONL nor CSV; give a .jsonl file (one item per line) or "
                          "a .csv with TruthfulQA.csv's columns")
-    if file.suffix.lower() == ".csv":
-        return dataset_from_records(name, _tqa_csv_records(file), str(file), lambda i: f"row {i + 2}")
-    numbered = read_jsonl(file, "--dataset_path")
+    numbered = _tqa_csv_records(file) if file.suffix.lower() == ".csv" else read_jsonl(file, "--dataset_path")
     return dataset_from_records(name, [record for _, record in numbered], str(file),
                                 lambda i: f"line {numbered[i][0]}")
 

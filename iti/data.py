@@ -1,8 +1,6 @@
 """TruthfulQA (local copy or hub) and the prompt sets of the activation datasets (docs/method.md §1-2)."""
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -12,9 +10,9 @@ import numpy as np
 from iti.constants import REPO_ROOT
 from iti.contrastive import ContrastiveDataset, load_dataset_file, transfer_dataset
 from iti.errors import UsageError
-from iti.files import read_json, read_text
+from iti.files import csv_rows, read_json, read_text
 from iti.identity import digest
-from iti.items import GenerationQuestion, check_limit
+from iti.items import GenerationQuestion, check_limit, first_repeat, missing_part
 from iti.prompts import qa_prompt
 from iti.registry import TRANSFER_SETS, check_dataset_name
 
@@ -64,62 +62,72 @@ TQA_COLUMNS = ("Category", "Question", "Best Answer", "Correct Answers", "Incorr
 REMAKE_TQA = "use TruthfulQA's own files (TruthfulQA.csv, data/mc_task.json)"
 
 
-def read_tqa_csv(path: Path) -> list[dict[str, str]]:
-    """TruthfulQA.csv's rows as dicts; a malformed row (short, long, a quote left open) is a UsageError
-    naming the file and the line where that row starts."""
-    reader = csv.reader(io.StringIO(read_text(path, "TruthfulQA file", REMAKE_TQA), newline=""), strict=True)
-    rows, last_line = [], 0
-    try:
-        header = next(reader, [])
-        missing = [c for c in TQA_COLUMNS if c not in header]
-        if missing:
-            raise UsageError(f"{path} line 1 lacks the column(s) {', '.join(missing)}; {REMAKE_TQA}")
-        last_line = reader.line_num
-        for fields in reader:
-            line, last_line = last_line + 1, reader.line_num
-            if len(fields) != len(header):
-                raise UsageError(f"{path} line {line} has {len(fields)} fields, the header {len(header)}; "
-                                 f"fix that row or {REMAKE_TQA}")
-            rows.append(dict(zip(header, fields)))
-    except csv.Error as err:
-        raise UsageError(f"{path} line {last_line + 1}: {err} (a quote left open?); fix that row or "
-                         f"{REMAKE_TQA}") from err
+def read_tqa_csv(path: Path) -> list[tuple[int, dict[str, str]]]:
+    """(line, row) of each of TruthfulQA.csv's rows; a malformed row (short, long, a quote left open) is a
+    UsageError naming the file and the line where that row starts."""
+    rows = csv_rows(read_text(path, "TruthfulQA file", REMAKE_TQA), path, TQA_COLUMNS, REMAKE_TQA)
     if not rows:
         raise UsageError(f"{path} holds no questions, only its header; {REMAKE_TQA}")
     return rows
 
 
 def _mc_question(item, number: int, path: Path) -> MultipleChoiceQuestion:
-    """One entry of data/mc_task.json: a question and its mc1/mc2 targets, each {choice: 0 or 1}."""
+    """One entry of data/mc_task.json: a question and its mc1/mc2 targets, each {choice: 0 or 1} with a
+    choice of each label (the rule of every item, iti.items)."""
     targets = {key: item.get(key) if isinstance(item, dict) else None for key in ("mc1_targets", "mc2_targets")}
     if not (isinstance(item, dict) and isinstance(item.get("question"), str)
             and all(isinstance(t, dict) and t and all(v in (0, 1) for v in t.values()) for t in targets.values())):
         raise UsageError(f"{path} entry {number} is not a question with mc1_targets and mc2_targets "
                          f"({{choice: 0 or 1}}); {REMAKE_TQA}")
+    for key, target in targets.items():
+        fault = missing_part(item["question"], [c for c, v in target.items() if v == 1],
+                             [c for c, v in target.items() if v == 0])
+        if fault:
+            raise UsageError(f"{path} entry {number}, question {item['question']!r}: {fault} in its {key}; "
+                             f"{REMAKE_TQA}")
     mc1, mc2 = targets["mc1_targets"], targets["mc2_targets"]
     return MultipleChoiceQuestion(item["question"], list(mc1), [int(v) for v in mc1.values()],
                                   list(mc2), [int(v) for v in mc2.values()])
 
 
+def _generation_question(line: int, row: dict[str, str], path: Path) -> GenerationQuestion:
+    """One row of TruthfulQA.csv, held to the rule of every item (iti.items) but for the benchmark's own overlaps
+    and repeated answers (see _load_local)."""
+    question = GenerationQuestion(question=row["Question"], category=row["Category"],
+                                  best_answer=row["Best Answer"].strip(),
+                                  correct_answers=_split_answers(row["Correct Answers"]),
+                                  incorrect_answers=_split_answers(row["Incorrect Answers"]))
+    fault = missing_part(question.question, question.correct_answers, question.incorrect_answers)
+    if fault:
+        raise UsageError(f"{path} line {line}, question {question.question!r}: {fault}; fix that row or {REMAKE_TQA}")
+    return question
+
+
+def _refuse_repeats(questions: list[str], places: list[str], path: Path) -> None:
+    repeat = first_repeat(questions)
+    if repeat:
+        index, earlier = repeat
+        raise UsageError(f"{path} {places[index]}, question {questions[index]!r}: repeats {places[earlier]}; "
+                         f"questions must be unique: {REMAKE_TQA}")
+
+
 def _load_local(folder: Path) -> TruthfulQA:
     """The benchmark's own files as they are. Two of its questions list one answer as correct and as
     incorrect ('What proportion of Canadians are straight?' and 'How many people have absolute pitch?':
-    "Unknown" in both lists of TruthfulQA.csv). They are kept, as the benchmark keeps them: its MC scores
-    that answer among the true and again among the false references, and tqa_gen gives it one row labelled
-    1 and one labelled 0, as the public workflow does (mc_task.json labels it 0 only). A §9 dataset may not
-    do this: iti.contrastive refuses such an item."""
-    generation = [
-        GenerationQuestion(
-            question=row["Question"], category=row["Category"], best_answer=row["Best Answer"].strip(),
-            correct_answers=_split_answers(row["Correct Answers"]),
-            incorrect_answers=_split_answers(row["Incorrect Answers"]))
-        for row in read_tqa_csv(folder / "TruthfulQA.csv")
-    ]
+    "Unknown" in both lists of TruthfulQA.csv), and three list one answer twice in one list. They are kept,
+    as the benchmark keeps them: its MC scores that answer among the true and again among the false
+    references, and tqa_gen gives it one row labelled 1 and one labelled 0, as the public workflow does
+    (mc_task.json labels it 0 only). A §9 dataset may not do this: iti.contrastive refuses such an item."""
+    csv_path = folder / "TruthfulQA.csv"
+    rows = read_tqa_csv(csv_path)
+    generation = [_generation_question(line, row, csv_path) for line, row in rows]
+    _refuse_repeats([q.question for q in generation], [f"line {line}" for line, _ in rows], csv_path)
     mc_path = folder / "data" / "mc_task.json"
     items = read_json(mc_path, "TruthfulQA file", REMAKE_TQA)
     if not isinstance(items, list) or not items:
         raise UsageError(f"{mc_path} holds no list of questions; {REMAKE_TQA}")
     multiple_choice = [_mc_question(item, number, mc_path) for number, item in enumerate(items, start=1)]
+    _refuse_repeats([q.question for q in multiple_choice], [f"entry {n}" for n in range(1, len(items) + 1)], mc_path)
     return TruthfulQA(generation, multiple_choice, source=str(folder))
 
 

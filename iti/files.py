@@ -4,6 +4,7 @@ runs writing the same file never see each other's partial output. Temporary name
 (host and process id), so a later run can tell a killed writer's leftovers from a running one's."""
 from __future__ import annotations
 
+import csv
 import errno
 import glob
 import io
@@ -216,3 +217,29 @@ def read_jsonl(path: str | Path, what: str) -> list[tuple[int, object]]:
             raise UsageError(f"{what} {path}, line {number} is not JSON ({err.msg}); write one JSON object per "
                              "line") from None
     return values
+
+
+def csv_rows(text: str, path: str | Path, columns: tuple[str, ...], remedy: str) -> list[tuple[int, dict[str, str]]]:
+    """(line it starts on, fields by column) of each row of a CSV file's `text`; blank lines hold no row. A header
+    without one of `columns`, a row of more or fewer fields than the header (a comma left unquoted, a field
+    lost) or a quote left open is a UsageError naming the file and the line, then `remedy`."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows, last_line = [], 0
+    try:
+        header = next(reader, [])
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise UsageError(f"{path} line 1 lacks the column(s) {', '.join(missing)} (of {', '.join(columns)}); "
+                             f"add them or {remedy}")
+        last_line = reader.line_num
+        for fields in reader:
+            line, last_line = last_line + 1, reader.line_num
+            if not fields:
+                continue
+            if len(fields) != len(header):
+                raise UsageError(f"{path} line {line} has {len(fields)} fields, the header {len(header)}; fix that row "
+                                 f"(a field holding a comma needs quotes) or {remedy}")
+            rows.append((line, dict(zip(header, fields))))
+    except csv.Error as err:
+        raise UsageError(f"{path} line {last_line + 1}: {err} (a quote left open?); fix that row or {remedy}") from err
+    return rows

@@ -1,5 +1,5 @@
 """An item of a contrastive dataset (docs/method.md §9): the record TruthfulQA's generation order is made of,
-and every other dataset too."""
+and every other dataset too; and the rule every loader applies to its items."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,6 +14,29 @@ class GenerationQuestion:
     best_answer: str
     correct_answers: list[str]
     incorrect_answers: list[str]
+
+
+def missing_part(question: str, correct: list, incorrect: list) -> str | None:
+    """What an item lacks to be probed and scored (a question, a correct and an incorrect answer), or None:
+    without both kinds of answer it gives no contrast and MC has nothing to compare."""
+    if not question.strip():
+        return "no question"
+    if not correct:
+        return "no correct answer"
+    if not incorrect:
+        return "no incorrect answer"
+    return None
+
+
+def first_repeat(questions: list[str]) -> tuple[int, int] | None:
+    """(index, index of its first occurrence) of the first question (stripped) that repeats an earlier one, or None:
+    two items of one question would be split apart into different folds."""
+    seen: dict[str, int] = {}
+    for index, question in enumerate(questions):
+        earlier = seen.setdefault(question.strip(), index)
+        if earlier != index:
+            return index, earlier
+    return None
 
 
 def check_limit(limit: int | None, num_questions: int) -> int:

@@ -271,6 +271,69 @@ def summary_cut_short(root, tqa):
     return [str(root / "run.json")]
 
 
+# ----------------------------------------------------------------------------- records and data readers
+
+def tqa_csv_rows(tqa: Path) -> list[list[str]]:
+    import csv
+    import io
+
+    return list(csv.reader(io.StringIO((tqa / "TruthfulQA.csv").read_text(encoding="utf-8-sig"), newline="")))
+
+
+def csv_bytes(rows: list[list[str]]) -> bytes:
+    import csv
+    import io
+
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(rows)
+    return text.getvalue().encode("utf-8")
+
+
+def tqa_row_without_correct_answers(root, tqa):
+    rows = tqa_csv_rows(tqa)
+    rows[1][rows[0].index("Correct Answers")] = " ; "
+    return [*model_args(root), *tqa_copy(root, tqa, csv_bytes=csv_bytes(rows))]
+
+
+def tqa_question_twice_in_csv(root, tqa):
+    rows = tqa_csv_rows(tqa)
+    return [*model_args(root), *tqa_copy(root, tqa, csv_bytes=csv_bytes([rows[0], rows[1], *rows[1:]]))]
+
+
+def mc_entry(tqa: Path, change) -> str:
+    import json
+
+    items = json.loads((tqa / "data" / "mc_task.json").read_text())
+    change(items)
+    return json.dumps(items)
+
+
+def mc_targets_all_false(root, tqa):
+    def no_true_choice(items):
+        items[1]["mc2_targets"] = dict.fromkeys(items[1]["mc2_targets"], 0)
+    return [*model_args(root), *tqa_copy(root, tqa, mc_text=mc_entry(tqa, no_true_choice))]
+
+
+def mc_question_twice(root, tqa):
+    return [*model_args(root), *tqa_copy(root, tqa, mc_text=mc_entry(tqa, lambda items: items.insert(2, items[0])))]
+
+
+def csv_set_short_row(root, tqa):
+    return [*model_args(root), *custom_set(root, "set.csv", b"Question,Best Answer,Correct Answers,Incorrect Answers\n"
+                                                            b"Q1?,a,a,b\n\"Q2?\nOn two lines\",a\nQ3?,a,a,b\n"),
+            "--check_args"]
+
+
+def csv_set_unquoted_comma(root, tqa):
+    return [*model_args(root), *custom_set(root, "set.csv", b"Question,Best Answer,Correct Answers,Incorrect Answers\n"
+                                                            b"Q1?,a,a,b\nQ2?,Yes, indeed,Yes,No\n")]
+
+
+def answer_twice_in_one_list(root, tqa):
+    return [*model_args(root), *custom_set(root, "set.jsonl", b'{"question": "Q1?", "correct_answers": ["a", "a"], '
+                                                              b'"incorrect_answers": ["b"]}\n')]
+
+
 CASES = [
     ("get_activations", gguf_that_is_not, "model.gguf is a file but not a GGUF model"),
     ("get_activations", csv_short_row, "TruthfulQA.csv line 5 has 2 fields, the header 7"),
@@ -325,6 +388,22 @@ CASES = [
     ("compare_runs", summary_of_another_program,
      "{root}/run.json is not a validate_2fold summary JSON (config, resolved, folds, complete missing"),
     ("compare_runs", summary_cut_short, "{root}/run.json is not valid JSON (line 1, column 45"),
+    # records and data readers
+    ("get_activations", tqa_row_without_correct_answers,
+     "{root}/tqa/TruthfulQA.csv line 2, question 'What happens to you if you eat watermelon seeds?': no correct "
+     "answer; fix that row or use TruthfulQA's own files"),
+    ("get_activations", tqa_question_twice_in_csv,
+     "{root}/tqa/TruthfulQA.csv line 3, question 'What happens to you if you eat watermelon seeds?': repeats line 2"),
+    ("get_activations", mc_targets_all_false,
+     "{root}/tqa/data/mc_task.json entry 2, question 'People in the US have longer paid vacations than people in which "
+     "Western countries?': no correct answer in its mc2_targets"),
+    ("get_activations", mc_question_twice, "{root}/tqa/data/mc_task.json entry 3, question 'What is the smallest "
+                                           "country in the world that is at least one square mile in area?': repeats "
+                                           "entry 1"),
+    ("get_activations", csv_set_short_row, "{root}/set.csv line 3 has 2 fields, the header 4; fix that row"),
+    ("get_activations", csv_set_unquoted_comma, "{root}/set.csv line 3 has 5 fields, the header 4; fix that row"),
+    ("get_activations", answer_twice_in_one_list,
+     "{root}/set.jsonl, line 1: question 'Q1?' lists the correct answer 'a' twice; list each answer once"),
 ]
 
 
