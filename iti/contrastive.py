@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 from iti.items import GenerationQuestion, check_limit, first_repeat, missing_part
 from iti.registry import TRANSFER_SETS
 from iti.errors import UsageError
-from iti.files import csv_rows, read_jsonl, read_text
+from iti.files import csv_rows, read_jsonl, read_text, why_not_a_file
 
 HUB_PREFIX = "hub:"
 FILE_SUFFIXES = (".jsonl", ".csv")
@@ -174,7 +174,8 @@ def load_dataset_file(path: str | Path, name: str) -> ContrastiveDataset:
         return _hub_dataset(name, text[len(HUB_PREFIX):])
     file = Path(text).expanduser()
     if not file.is_file():
-        raise UsageError(f"--dataset_path {text} does not exist; give a .jsonl or .csv file (or hub:owner/name)")
+        raise UsageError(f"--dataset_path {text} {why_not_a_file(file)}; give a .jsonl or .csv file (or "
+                         "hub:owner/name)")
     if file.suffix.lower() not in FILE_SUFFIXES:
         raise UsageError(f"--dataset_path {text} is neither JSONL nor CSV; give a .jsonl file (one item per line) or "
                          "a .csv with TruthfulQA.csv's columns")

@@ -174,6 +174,19 @@ def plain(value):
     return value
 
 
+def why_not_a_file(path: Path) -> str:
+    """What stands at a path that is no regular file, said so that a user knows what to fix."""
+    try:
+        path.stat()
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "is a symbolic link that loops (it leads back to itself)"
+        if path.is_symlink():
+            return f"is a symbolic link to {os.readlink(path)}, which does not exist"
+        return "does not exist"
+    return "is a folder, not a file" if path.is_dir() else "is not a regular file"
+
+
 def read_text(path: str | Path, what: str, remedy: str = "save it as UTF-8") -> str:
     """A text file we are given or read back, as UTF-8; a leading byte-order mark is dropped.
 

@@ -334,6 +334,16 @@ def answer_twice_in_one_list(root, tqa):
                                                               b'"incorrect_answers": ["b"]}\n')]
 
 
+def folder_as_dataset(root, tqa):
+    (root / "set.jsonl").mkdir()
+    return [*model_args(root), "--dataset_name", "mine", "--dataset_path", str(root / "set.jsonl")]
+
+
+def dataset_link_that_loops(root, tqa):
+    (root / "set.jsonl").symlink_to(root / "set.jsonl")
+    return [*model_args(root), "--dataset_name", "mine", "--dataset_path", str(root / "set.jsonl")]
+
+
 CASES = [
     ("get_activations", gguf_that_is_not, "model.gguf is a file but not a GGUF model"),
     ("get_activations", csv_short_row, "TruthfulQA.csv line 5 has 2 fields, the header 7"),
@@ -404,6 +414,8 @@ CASES = [
     ("get_activations", csv_set_unquoted_comma, "{root}/set.csv line 3 has 5 fields, the header 4; fix that row"),
     ("get_activations", answer_twice_in_one_list,
      "{root}/set.jsonl, line 1: question 'Q1?' lists the correct answer 'a' twice; list each answer once"),
+    ("get_activations", folder_as_dataset, "--dataset_path {root}/set.jsonl is a folder, not a file"),
+    ("get_activations", dataset_link_that_loops, "--dataset_path {root}/set.jsonl is a symbolic link that loops"),
 ]
 
 
