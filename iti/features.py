@@ -26,6 +26,14 @@ from iti.prompts import qa_prompt
 FEATURE_KINDS = ("head_wise", "layer_wise", "mlp_wise")
 # The record's layout; features recorded otherwise (or not at all) are re-extracted, never guessed at.
 RECORD_VERSION = 2
+# What every record holds that its consumers read, and of which JSON types (NoneType: may be null); the counts
+# must be positive. A record of other keys or types describes no features a consumer can check or use.
+RECORD_FIELDS: dict[str, tuple[type, ...]] = {
+    "model_name": (str,), "dataset": (str,), "limit": (int, type(None)), "prompt_format": (str,),
+    "seed": (int, type(None)), "items": (str,), "rows": (str,), "id": (str,), "model": (dict,),
+    "row_count": (int,), "num_layers": (int,), "num_heads": (int,), "head_dim": (int,),
+}
+RECORD_COUNTS = ("row_count", "num_layers", "num_heads", "head_dim")
 
 
 def feature_stem(model_name: str, dataset: str, limit: int | None = None) -> str:
@@ -130,6 +138,10 @@ def load_features(wanted: FeatureSet, kind: str = "head_wise", mmap: bool = True
     if not len(acts) == len(labels) == len(question_ids):
         raise UsageError(f"features {found.path(kind)} hold {len(acts)} rows but their labels {len(labels)} and question "
                          f"ids {len(question_ids)}; remake them with `{found.command(overwrite=True)}`")
+    others = np.setdiff1d(labels, (0, 1))
+    if len(others):
+        raise UsageError(f"features file {found.path('labels')} holds labels other than 0 and 1 (e.g. {others[0]}); "
+                         f"labels must be 0 (false) or 1 (true): remake it with `{found.command(overwrite=True)}`")
     if wanted.limit is None or found.limit == wanted.limit:
         return acts, labels, question_ids
     available = int(question_ids.max()) + 1 if len(question_ids) else 0
@@ -154,7 +166,39 @@ def read_record(found: FeatureSet) -> dict:
     if not isinstance(record, dict) or record.get("record_version") != RECORD_VERSION:
         raise UsageError(f"{path} was written by an older version or another program and does not record what "
                          f"made the features; {remake}")
+    wrong = [key for key, kinds in RECORD_FIELDS.items() if not _holds(record, key, kinds)]
+    if wrong:
+        raise UsageError(f"{path} is not a whole feature record ({', '.join(wrong)} missing or of the wrong type); "
+                         f"{remake}")
     return record
+
+
+def _holds(record: dict, key: str, kinds: tuple[type, ...]) -> bool:
+    value = record.get(key)
+    if key not in record or isinstance(value, bool) or not isinstance(value, kinds):
+        return False
+    return key not in RECORD_COUNTS or value > 0
+
+
+def check_shapes(found: FeatureSet, record: dict) -> None:
+    """The set's arrays as its record describes them: a row per recorded row, and head-wise rows of the recorded
+    layers x (heads x head_dim) (residual streams: one layer more). Arrays of other shapes are not the features
+    the record describes (copied over, or written by another program); only their headers are read."""
+    rows, layers, heads, head_dim = (record[key] for key in RECORD_COUNTS)
+    # Per kind: the leading dimensions, how many dimensions in all, and the same in words.
+    expected = {"head_wise": ((rows, layers, heads * head_dim), 3,
+                              f"{rows} rows x {layers} layers x ({heads} heads x {head_dim})"),
+                "layer_wise": ((rows, layers + 1), 3, f"{rows} rows x {layers + 1} residual streams"),
+                "labels": ((rows,), 1, f"{rows} rows"), "question_ids": ((rows,), 1, f"{rows} rows")}
+    for kind, (leading, ndim, described) in expected.items():
+        path = found.path(kind)
+        if not path.is_file():  # the residual streams are optional; the others were required before
+            continue
+        held = _load_npy(path, found, mmap=True).shape
+        if len(held) != ndim or held[:len(leading)] != leading:
+            raise UsageError(f"{path} holds an array of shape {held}, not the {described} its record "
+                             f"{found.path('meta').name} describes; re-extract them with "
+                             f"`{found.command(overwrite=True)}`")
 
 
 def verify_feature_set(wanted: FeatureSet, expected=None, model_fingerprint: dict | None = None,
@@ -166,6 +210,7 @@ def verify_feature_set(wanted: FeatureSet, expected=None, model_fingerprint: dic
     UsageError giving the command that makes the right set."""
     found = found or find_feature_set(wanted) or wanted
     record = read_record(found)
+    check_shapes(found, record)
     name = found.path("head_wise").name
     remake = f"re-extract them with `{found.command(overwrite=True)}`"
     if record["model_name"] != wanted.model_name or record["dataset"] != wanted.dataset:

@@ -172,25 +172,35 @@ def write_features(folder: Path, name: str, prompt_set, acts, model, tokenizer, 
     """Activations of the test's own making for a real prompt set, saved under get_activations' names with the
     record get_activations writes (the model's fingerprint, the rows' digests), so every consumer's checks
     pass and the test knows exactly what the features hold."""
+    from iti.fingerprint import model_fingerprint
+    from iti.models import head_geometry
+
+    geometry = head_geometry(model.config)
+    assert acts.shape == (len(prompt_set), geometry.num_layers, geometry.width)
+    write_feature_files(folder, name, prompt_set, acts, limit, model_fingerprint(model, tokenizer),
+                        num_layers=geometry.num_layers, num_heads=geometry.num_heads, head_dim=geometry.head_dim,
+                        kinds=["head_wise"])
+
+
+def write_feature_files(folder: Path, name: str, prompt_set, acts, limit: int | None = None,
+                        fingerprint: dict | None = None, drop: tuple[str, ...] = (), **fields) -> None:
+    """`acts` of a prompt set and its labels and question ids under get_activations' names, with the record it
+    writes (a stand-in fingerprint unless given), `fields` set in it and the keys in `drop` left out."""
     import json
 
     import numpy as np
 
     from iti.activations import feature_record
     from iti.features import feature_path
-    from iti.fingerprint import model_fingerprint
-    from iti.models import head_geometry
 
-    geometry = head_geometry(model.config)
-    assert acts.shape == (len(prompt_set), geometry.num_layers, geometry.width)
     arrays = {"head_wise": np.asarray(acts, np.float32), "labels": prompt_set.labels,
               "question_ids": prompt_set.question_ids}
     folder.mkdir(parents=True, exist_ok=True)
     for kind, array in arrays.items():
         np.save(feature_path(folder, name, prompt_set.name, kind, limit), array)
-    record = feature_record(prompt_set, name, limit, "raw", model_fingerprint(model, tokenizer))
-    record.update(num_layers=geometry.num_layers, num_heads=geometry.num_heads, head_dim=geometry.head_dim,
-                  kinds=["head_wise"])
+    record = feature_record(prompt_set, name, limit, "raw", fingerprint or {"stand-in": True})
+    record.update(fields)
+    record = {key: value for key, value in record.items() if key not in drop}
     feature_path(folder, name, prompt_set.name, "meta", limit).write_text(json.dumps(record))
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT, broken_tqa_copy
+from tests.conftest import REPO_ROOT, broken_tqa_copy, write_feature_files
 
 SCRIPTS = {
     "get_activations": REPO_ROOT / "get_activations" / "get_activations.py",
@@ -344,6 +344,39 @@ def dataset_link_that_loops(root, tqa):
     return [*model_args(root), "--dataset_name", "mine", "--dataset_path", str(root / "set.jsonl")]
 
 
+def plotted_set(root: Path, tqa: Path, width: int = 8, **fields) -> list[str]:
+    """plot_head_accuracies' arguments for a 2-question tqa_mc2 set of `width` columns per layer, recorded as
+    3 layers x 4 heads x 2 unless `fields` say otherwise."""
+    from iti.data import load_truthfulqa, tqa_mc2_set
+
+    prompt_set = tqa_mc2_set(load_truthfulqa(tqa), limit=2)
+    write_feature_files(root / "features", MODEL, prompt_set, np.zeros((len(prompt_set), 3, width)), limit=2,
+                        **{"num_layers": 3, "num_heads": 4, "head_dim": 2, **fields})
+    return ["--model_name", MODEL, "--features_dir", str(root / "features"), "--output_dir", str(root / "plots"),
+            "--tqa_path", str(tqa), "--limit", "2"]
+
+
+def record_with_heads_as_text(root, tqa):
+    return plotted_set(root, tqa, num_heads="4")
+
+
+def record_without_its_geometry(root, tqa):
+    return plotted_set(root, tqa, drop=("num_layers", "num_heads", "head_dim"))
+
+
+def activations_wider_than_their_record(root, tqa):
+    return plotted_set(root, tqa, width=40, head_dim=12)
+
+
+def labels_that_are_not_0_or_1(root, tqa):
+    from iti.features import feature_path
+
+    args = plotted_set(root, tqa)
+    labels = feature_path(root / "features", MODEL, "tqa_mc2", "labels", 2)
+    np.save(labels, np.full(len(np.load(labels)), 2))
+    return args
+
+
 CASES = [
     ("get_activations", gguf_that_is_not, "model.gguf is a file but not a GGUF model"),
     ("get_activations", csv_short_row, "TruthfulQA.csv line 5 has 2 fields, the header 7"),
@@ -416,6 +449,18 @@ CASES = [
      "{root}/set.jsonl, line 1: question 'Q1?' lists the correct answer 'a' twice; list each answer once"),
     ("get_activations", folder_as_dataset, "--dataset_path {root}/set.jsonl is a folder, not a file"),
     ("get_activations", dataset_link_that_loops, "--dataset_path {root}/set.jsonl is a symbolic link that loops"),
+    ("plot_head_accuracies", record_with_heads_as_text,
+     "{root}/features/tiny_tqa_mc2_limit_2_meta.json is not a whole feature record (num_heads missing or of the wrong "
+     "type); re-extract them with `python get_activations/get_activations.py --model_name tiny --dataset_name tqa_mc2 "
+     "--limit 2 --features_dir {root}/features --overwrite`"),
+    ("plot_head_accuracies", record_without_its_geometry,
+     "tiny_tqa_mc2_limit_2_meta.json is not a whole feature record (num_layers, num_heads, head_dim missing"),
+    ("plot_head_accuracies", activations_wider_than_their_record,
+     "{root}/features/tiny_tqa_mc2_limit_2_head_wise.npy holds an array of shape (12, 3, 40), not the 12 rows x 3 "
+     "layers x (4 heads x 12) its record tiny_tqa_mc2_limit_2_meta.json describes; re-extract them"),
+    ("plot_head_accuracies", labels_that_are_not_0_or_1,
+     "{root}/features/tiny_tqa_mc2_limit_2_labels.npy holds labels other than 0 and 1 (e.g. 2); labels must be 0 "
+     "(false) or 1 (true)"),
 ]
 
 
