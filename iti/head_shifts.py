@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import typing
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,14 +67,48 @@ class ShiftProvenance:
 
     @classmethod
     def from_dict(cls, values: dict) -> ShiftProvenance:
+        """The record of a dict; a field of another type than the one declared here is a UsageError."""
+        wrong = cls.mistyped(values)
+        if wrong:
+            raise UsageError(f"head shift provenance: {', '.join(wrong)} of the wrong type; {RESAVE}")
         names = {f.name for f in dataclasses.fields(cls)} - {"other"}
         return cls(**{k: v for k, v in values.items() if k in names},
                    other={k: v for k, v in values.items() if k not in names})
+
+    @classmethod
+    def mistyped(cls, values: dict) -> list[str]:
+        """The fields of `values` whose value is not of the JSON type the field declares (or null): the types
+        here are the schema, so every reader meets the types it expects."""
+        hints = typing.get_type_hints(cls)
+        return [name for name, value in values.items()
+                if name in hints and name != "other" and not _of_declared_type(value, hints[name])]
 
     def as_dict(self) -> dict:
         """The record as head_shifts.json holds it: the fields set, then what `other` kept."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "other"}
         return {**{k: v for k, v in values.items() if v is not None}, **self.other}
+
+
+def _of_declared_type(value, declared) -> bool:
+    """JSON's view of `str | None`, `int | None`, `float | None`, `dict | None`: a bool is no number, an int is
+    a float."""
+    allowed = typing.get_args(declared) or (declared,)
+    if value is None or isinstance(value, bool):
+        return value is None and type(None) in allowed
+    return isinstance(value, allowed) or (float in allowed and isinstance(value, int))
+
+
+def _indices(values, name: str) -> np.ndarray:
+    """Layer or head indices as int64; a value that is no whole number is refused, never truncated."""
+    array = np.asarray(values)
+    if array.dtype.kind == "f":
+        whole = np.isfinite(array) & (array == np.round(array))
+    else:
+        whole = np.full(array.shape, array.dtype.kind in "iu")
+    if not whole.all():
+        raise UsageError(f"head shifts field {name} holds {array[~whole].tolist()[0]!r}, not a whole number: it "
+                         f"indexes layers or heads; {RESAVE}")
+    return array.astype(np.int64)
 
 
 @dataclass(eq=False)
@@ -95,8 +130,7 @@ class HeadShifts:
     def __post_init__(self) -> None:
         if isinstance(self.provenance, dict):
             self.provenance = ShiftProvenance.from_dict(self.provenance)
-        self.layers = np.asarray(self.layers, dtype=np.int64)
-        self.heads = np.asarray(self.heads, dtype=np.int64)
+        self.layers, self.heads = _indices(self.layers, "layers"), _indices(self.heads, "heads")
         self.directions = np.asarray(self.directions, dtype=np.float32)
         self.sigmas = np.asarray(self.sigmas, dtype=np.float64)
         self.probe_accuracies = np.asarray(self.probe_accuracies, dtype=np.float64)
@@ -131,6 +165,12 @@ class HeadShifts:
             raise UsageError("head shift directions must have unit length; normalise them before building HeadShifts")
         if not (np.isfinite(self.sigmas).all() and (self.sigmas >= 0).all() and np.isfinite(self.alpha)):
             raise UsageError("head shift sigmas must be finite and non-negative, and alpha finite")
+        with np.errstate(over="ignore"):
+            largest = max(abs(self.alpha), float(np.max(abs(self.alpha) * self.sigmas, initial=0.0)))
+        if largest > float(np.finfo(np.float32).max):
+            # α and the shifts α·σ·θ are used in float32 (layer_offsets, exports): beyond its range they are inf.
+            raise UsageError(f"head shift alpha {self.alpha:g} makes shifts of up to {largest:g}, beyond float32's "
+                             f"range; use a smaller alpha")
         if not isinstance(self.provenance, ShiftProvenance):
             raise UsageError("head shift provenance must be a ShiftProvenance (or a dict of its fields)")
         try:
@@ -232,6 +272,8 @@ class HeadShifts:
             raise UsageError(f"head shifts version {metadata.get('version')} is not {_VERSION}; re-make them")
         wrong = [key for key, kind in _METADATA_FIELDS.items()
                  if not isinstance(metadata.get(key), kind) or isinstance(metadata.get(key), bool)]
+        if not wrong:
+            wrong = [f"provenance.{name}" for name in ShiftProvenance.mistyped(metadata["provenance"])]
         if wrong:
             raise UsageError(f"{metadata_path}: {', '.join(wrong)} missing or of the wrong type; {RESAVE}")
         try:

@@ -239,7 +239,9 @@ def two_item_set_in_validation(root, tqa):
     return [*model_args(root), *custom_set(root, "two.jsonl", items), "--results_dir", str(root / "out")]
 
 
-def head_shifts_keys_missing(root, tqa):
+def exportable_shifts(root: Path, change_metadata=lambda metadata: None) -> list[str]:
+    """export_head_shifts' arguments for a model config (2 layers x 2 heads of 4) and head shifts made for it,
+    their head_shifts.json changed by `change_metadata`."""
     import json
 
     from transformers import LlamaConfig
@@ -250,10 +252,16 @@ def head_shifts_keys_missing(root, tqa):
                 vocab_size=32).save_pretrained(root / "model")
     HeadShifts([0], [1], [[1.0, 0.0, 0.0, 0.0]], [1.0], [0.9], 5.0, 2, 2, 4).save(root / "shifts")
     meta = json.loads((root / "shifts" / METADATA_FILE).read_text())
-    del meta["alpha"], meta["heads"]
+    change_metadata(meta)
     (root / "shifts" / METADATA_FILE).write_text(json.dumps(meta))
     return ["--model_name", MODEL, "--model_path", str(root / "model"), "--head_shifts", str(root / "shifts"),
             "--output_dir", str(root / "exported")]
+
+
+def head_shifts_keys_missing(root, tqa):
+    def drop_alpha_and_heads(meta):
+        del meta["alpha"], meta["heads"]
+    return exportable_shifts(root, drop_alpha_and_heads)
 
 
 def summary_that_is_an_array(root, tqa):
@@ -377,6 +385,32 @@ def labels_that_are_not_0_or_1(root, tqa):
     return args
 
 
+def shifts_recording_a_number_as_model(root, tqa):
+    return exportable_shifts(root, lambda meta: meta["provenance"].update(model_source=5))
+
+
+def shifts_recording_text_as_probe_report(root, tqa):
+    return exportable_shifts(root, lambda meta: meta["provenance"].update(probe_report="x"))
+
+
+def shifts_of_an_alpha_beyond_float32(root, tqa):
+    return exportable_shifts(root, lambda meta: meta.update(alpha=1e300))
+
+
+def shifts_of_a_fractional_layer(root, tqa):
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    from iti.head_shifts import TENSORS_FILE
+
+    args = exportable_shifts(root)
+    path = root / "shifts" / TENSORS_FILE
+    with safe_open(str(path), framework="np") as tensors:
+        arrays, metadata = {name: tensors.get_tensor(name) for name in tensors.keys()}, tensors.metadata()
+    save_file({**arrays, "layers": np.array([0.7])}, str(path), metadata=metadata)
+    return args
+
+
 CASES = [
     ("get_activations", gguf_that_is_not, "model.gguf is a file but not a GGUF model"),
     ("get_activations", csv_short_row, "TruthfulQA.csv line 5 has 2 fields, the header 7"),
@@ -461,6 +495,14 @@ CASES = [
     ("plot_head_accuracies", labels_that_are_not_0_or_1,
      "{root}/features/tiny_tqa_mc2_limit_2_labels.npy holds labels other than 0 and 1 (e.g. 2); labels must be 0 "
      "(false) or 1 (true)"),
+    ("export_head_shifts", shifts_recording_a_number_as_model,
+     "{root}/shifts/head_shifts.json: provenance.model_source missing or of the wrong type; save the head shifts again"),
+    ("export_head_shifts", shifts_recording_text_as_probe_report,
+     "{root}/shifts/head_shifts.json: provenance.probe_report missing or of the wrong type"),
+    ("export_head_shifts", shifts_of_an_alpha_beyond_float32,
+     "head shift alpha 1e+300 makes shifts of up to 1e+300, beyond float32's range; use a smaller alpha"),
+    ("export_head_shifts", shifts_of_a_fractional_layer,
+     "head shifts field layers holds 0.7, not a whole number: it indexes layers or heads; save the head shifts again"),
 ]
 
 
