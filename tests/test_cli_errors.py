@@ -25,6 +25,7 @@ SCRIPTS = {
     "plot_head_accuracies": REPO_ROOT / "validation" / "plot_head_accuracies.py",
     "export_head_shifts": REPO_ROOT / "validation" / "export_head_shifts.py",
     "compare_runs": REPO_ROOT / "validation" / "compare_runs.py",
+    "push_hf": REPO_ROOT / "validation" / "push_hf.py",
 }
 MODEL = "tiny"
 
@@ -411,6 +412,18 @@ def shifts_of_a_fractional_layer(root, tqa):
     return args
 
 
+def baked_folder_with_config(name: str, config_text: str):
+    def make(root, tqa):
+        from iti.head_shifts import HeadShifts
+
+        HeadShifts([0], [1], [[1.0, 0.0, 0.0, 0.0]], [1.0], [0.9], 5.0, 2, 2, 4).save(root / "baked")
+        (root / "baked" / "model.safetensors").write_bytes(b"weights")
+        (root / "baked" / "config.json").write_text(config_text)
+        return [str(root / "baked"), "--repo_id", "someone/honest_tiny", "--dry_run"]
+    make.__name__ = f"baked_model_config_{name}"
+    return make
+
+
 CASES = [
     ("get_activations", gguf_that_is_not, "model.gguf is a file but not a GGUF model"),
     ("get_activations", csv_short_row, "TruthfulQA.csv line 5 has 2 fields, the header 7"),
@@ -503,6 +516,11 @@ CASES = [
      "head shift alpha 1e+300 makes shifts of up to 1e+300, beyond float32's range; use a smaller alpha"),
     ("export_head_shifts", shifts_of_a_fractional_layer,
      "head shifts field layers holds 0.7, not a whole number: it indexes layers or heads; save the head shifts again"),
+    ("push_hf", baked_folder_with_config("cut_short", '{"architectures": ["LlamaFor'),
+     "model config {root}/baked/config.json is not valid JSON (line 1, column 20: Unterminated string"),
+    ("push_hf", baked_folder_with_config("a_list", '["LlamaForCausalLM"]'),
+     "{root}/baked/config.json is not a model config (a JSON object whose architectures are a list of class names); "
+     "bake the model again with validation/edit_weight.py"),
 ]
 
 

@@ -53,10 +53,17 @@ def files_to_upload(folder: Path) -> list[Path]:
 
 def saved_architecture(folder: Path) -> str:
     """The model class a baked folder's config.json names (a Qwen2 or Mistral bake is a Llama checkpoint)."""
-    import json
+    from iti.files import read_json
 
-    architectures = json.loads((folder / "config.json").read_text()).get("architectures") or ["unknown"]
-    return ", ".join(architectures)
+    path = folder / "config.json"
+    remake = "bake the model again with validation/edit_weight.py"
+    config = read_json(path, "model config", remake)
+    architectures = config.get("architectures") if isinstance(config, dict) else None
+    if not isinstance(config, dict) or not (architectures is None or isinstance(architectures, list)
+                                            and all(isinstance(name, str) for name in architectures)):
+        raise UsageError(f"{path} is not a model config (a JSON object whose architectures are a list of class "
+                         f"names); {remake}")
+    return ", ".join(architectures or ["unknown"])
 
 
 def model_card(kind: str, repo_id: str, shifts, folder: Path) -> str:
