@@ -15,7 +15,7 @@ import pandas as pd
 
 from iti.config import CollectConfig, ValidationConfig
 from iti.errors import UsageError
-from iti.evaluation import answer_scores
+from iti.evaluation import answer_scores, read_fold_answers
 from iti.identity import Role, declared, without
 from iti.metrics import METRICS, PER_QUESTION_OR_DERIVED, missing, with_products
 from iti.statistics import paired_differences
@@ -69,17 +69,23 @@ def repeats_key(run: dict, baseline: bool = False) -> str:
     return json.dumps(without(run["identity"], ValidationConfig, roles, ("seed",)), sort_keys=True)
 
 
+def absent_answer_files(runs: list[dict]) -> list[Path]:
+    """The answer files these runs' folds list that are not there (deleted, or left on another machine)."""
+    return [Path(fold["files"]["answers"]) for run in runs for fold in run["folds"]
+            if not Path(fold["files"]["answers"]).is_file()]
+
+
 def seed_averaged_answers(runs: list[dict], tag: str) -> pd.DataFrame | None:
     """Per question (index: the question text), each per-question score averaged over the runs (seeds),
-    every run's folds pooled; `Category` kept. None if an answer file is missing."""
+    every run's folds pooled; `Category` kept. None if an answer file is missing; one that is not a fold's
+    answers is a UsageError (iti.evaluation.read_fold_answers)."""
+    if absent_answer_files(runs) or not all(run["folds"] for run in runs):
+        return None
     per_seed = []
     for run in runs:
-        paths = [Path(fold["files"]["answers"]) for fold in run["folds"]]
-        if not paths or not all(path.is_file() for path in paths):
-            return None
-        answers = pd.concat([pd.read_csv(path) for path in paths], ignore_index=True)
+        answers = pd.concat([read_fold_answers(fold, tag) for fold in run["folds"]], ignore_index=True)
         scores = pd.DataFrame(answer_scores(answers, tag), index=answers["Question"])
-        scores["Category"] = answers["Category"].to_numpy() if "Category" in answers else "(none)"
+        scores["Category"] = answers["Category"].to_numpy()
         per_seed.append(scores)
     merged = pd.concat(per_seed)
     return merged.groupby(level=0, sort=False).agg(
@@ -102,9 +108,11 @@ def _differing_settings(groups: list[list[dict]]) -> list[str]:
 def pair_with_baseline(runs: list[dict], baseline: list[dict], tag: str):
     """(seeds shared, per metric the paired Interval, the two seed-averaged answer frames), or None."""
     seeds = {r["config"]["seed"] for r in runs} & {r["config"]["seed"] for r in baseline}
+    if not seeds:
+        return None
     treated = seed_averaged_answers([r for r in runs if r["config"]["seed"] in seeds], tag)
     base = seed_averaged_answers([r for r in baseline if r["config"]["seed"] in seeds], tag)
-    if not seeds or treated is None or base is None:
+    if treated is None or base is None:
         return None
     base = base.reindex(treated.index)
     metrics = [c for c in treated.columns if c != "Category"]

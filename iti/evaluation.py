@@ -5,26 +5,32 @@ and the means. What to compute is an EvalSpec, not a run's whole configuration.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from iti.ce_kl import CeKl
 from iti.data import GenerationQuestion
+from iti.errors import UsageError
+from iti.files import read_text
 from iti.generation import generate_answers
 from iti.head_shifts import HeadShifts
 from iti.intervention import ShiftedModel
 from iti.judges import ACCURACY_THRESHOLD, JudgePanel
 from iti.mc import evaluate_mc
-from iti.metrics import BY_NAME, METRICS, PER_QUESTION, shown, with_products
+from iti.metrics import BY_NAME, METRICS, PER_QUESTION, missing, shown, with_products
 from iti.prompts import Prompting
 from iti.statistics import intervals
 
 # The generated answers' judge columns: (judge kind, metric, column stem of the public answer files).
 JUDGED = (("truth", "True", "GPT-judge"), ("info", "Info", "GPT-info"))
+# What to do with a fold's answer file that cannot be read back: a run of the same settings remakes a missing one.
+REMAKE_ANSWERS = "delete it and run validate_2fold with the same settings again: that fold is then recomputed"
 
 
 @dataclass(frozen=True)
@@ -102,10 +108,42 @@ def questions_frame(records: list[GenerationQuestion]) -> pd.DataFrame:
     })
 
 
+def score_columns(tag: str) -> dict[str, str]:
+    """Per per-question metric, its column in the answer frame."""
+    return {name: f"{tag} {BY_NAME[name].column}" for name in PER_QUESTION}
+
+
 def answer_scores(frame: pd.DataFrame, tag: str) -> dict[str, np.ndarray]:
     """Per-question scores of an answer frame (one array per metric it has), in the frame's row order."""
-    columns = {name: f"{tag} {BY_NAME[name].column}" for name in PER_QUESTION}
-    return {name: frame[column].to_numpy(dtype=np.float64) for name, column in columns.items() if column in frame}
+    return {name: frame[column].to_numpy(dtype=np.float64) for name, column in score_columns(tag).items()
+            if column in frame}
+
+
+def read_fold_answers(fold: dict, tag: str) -> pd.DataFrame:
+    """The answer file of a fold of a run record, as validate_2fold wrote it: the questions' columns and a score
+    column per metric the fold measured, a number in each of its rows, one row per test question of the fold.
+    Any other file (empty, not UTF-8, cut short, another fold's or program's) is a UsageError naming it:
+    intervals and categories over it would silently be over other questions, or none."""
+    path = Path(fold["files"]["answers"])
+    text = read_text(path, "answer file", REMAKE_ANSWERS)
+    try:
+        frame = pd.read_csv(io.StringIO(text))
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as err:
+        raise UsageError(f"answer file {path} is not a whole CSV table ({str(err).strip().splitlines()[0]}); "
+                         f"{REMAKE_ANSWERS}") from None
+    measured = [column for name, column in score_columns(tag).items() if not missing(fold["results"].get(name))]
+    absent = [column for column in ("Category", "Question", *measured) if column not in frame]
+    if absent:
+        raise UsageError(f"answer file {path} lacks the column(s) {', '.join(absent)} of the fold's answers; "
+                         f"{REMAKE_ANSWERS}")
+    if len(frame) != len(fold["test"]):
+        raise UsageError(f"answer file {path} holds {len(frame)} answers, but its fold has {len(fold['test'])} test "
+                         f"questions; {REMAKE_ANSWERS}")
+    unscored = [column for column in measured if not pd.api.types.is_numeric_dtype(frame[column])
+                or frame[column].isna().any()]
+    if unscored:
+        raise UsageError(f"answer file {path} lacks a score in some rows of {', '.join(unscored)}; {REMAKE_ANSWERS}")
+    return frame
 
 
 def summary_frame(tag: str, fold: int, setting: tuple[int, float], results: dict[str, float]) -> pd.DataFrame:

@@ -37,9 +37,16 @@ def _problem(record) -> str | None:
         return "complete, but its resolved method is missing"
     if not all(_is_number(config.get(key)) or _is_number_list(config.get(key)) for key in ("num_heads", "alpha")):
         return "complete, but its K or alpha is missing"
-    if not all(isinstance(fold, dict) and isinstance(fold.get("files"), dict) for fold in record["folds"]):
-        return "complete, but a fold lists no files"
+    if not all(_is_fold(fold) for fold in record["folds"]):
+        return "complete, but a fold lacks its answer file, test questions or results"
     return None
+
+
+def _is_fold(fold) -> bool:
+    """A fold entry as the readers of its answers need it (iti.evaluation.read_fold_answers)."""
+    return (isinstance(fold, dict) and isinstance(fold.get("files"), dict)
+            and isinstance(fold["files"].get("answers"), str) and isinstance(fold.get("test"), list)
+            and isinstance(fold.get("results"), dict))
 
 
 def _is_number(value) -> bool:

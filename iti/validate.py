@@ -25,7 +25,15 @@ from iti.ce_kl import CeKl, load_owt_texts
 from iti.config import SELECT_METRIC_NAMES, ValidationConfig, selection_options
 from iti.data import GenerationQuestion
 from iti.errors import UsageError
-from iti.evaluation import EvalSpec, Evaluator, final_line, pooled_statistics, questions_frame, summary_frame
+from iti.evaluation import (
+    EvalSpec,
+    Evaluator,
+    final_line,
+    pooled_statistics,
+    questions_frame,
+    read_fold_answers,
+    summary_frame,
+)
 from iti.files import plain, write_csv
 from iti.fingerprint import model_digest, model_fingerprint, text_digest
 from iti.fit import Features, Split, fit_head_shifts, recipe_of
@@ -66,13 +74,15 @@ def run_validation(cfg: ValidationConfig, progress: bool = True, log: Callable[[
     its path as `json_path`."""
     began = time.time()
     setup = set_up(cfg, log)
+    for entry in setup.finished.values():  # before anything is written, so that a bad one leaves the record as it was
+        read_fold_answers(entry, cfg.output_name)
     for fold, split in enumerate(setup.splits):
         if fold in setup.finished:
             log(f"Fold {fold}: kept from {setup.run.summary_path} (same settings; delete that file to recompute)")
-            entry = setup.finished[fold]
-        else:
-            entry = run_fold(setup, fold, split, progress, log)
-        setup.record["folds"].append(entry)
+            setup.record["folds"].append(setup.finished[fold])
+            continue
+        setup.record["folds"].append(run_fold(setup, fold, split, progress, log))
+        # Rewritten only once it holds something new: a rerun that fails never downgrades a complete record.
         setup.record["seconds"] = time.time() - began
         setup.run.write(setup.record)
     record = finish(setup, log)
@@ -221,7 +231,7 @@ def finish(setup: RunSetup, log: Callable[[str], None]) -> dict:
         record["probe_report_table"] = report_table(reported, cfg.alpha[0], cfg.num_heads[0])
         log("Probe report:\n" + record["probe_report_table"])
     # From the answer files, so that folds kept from an earlier run count too.
-    answers = pd.concat([pd.read_csv(f["files"]["answers"]) for f in folds], ignore_index=True)
+    answers = pd.concat([read_fold_answers(f, cfg.output_name) for f in folds], ignore_index=True)
     bootstrap, categories = pooled_statistics(answers, cfg.output_name)
     if cfg.selects:
         line = final_line("/".join(f"{f['alpha']:g}" for f in folds), "/".join(str(f["K"]) for f in folds), final)

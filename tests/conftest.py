@@ -204,6 +204,34 @@ def write_feature_files(folder: Path, name: str, prompt_set, acts, limit: int | 
     feature_path(folder, name, prompt_set.name, "meta", limit).write_text(json.dumps(record))
 
 
+def write_finished_run(folder: Path, name: str, intervenes: bool, mc2: list[float], model_name: str = "tiny") -> Path:
+    """A finished one-fold validate_2fold run as compare_runs and collect_sweep read it, measured on MC2 only: the
+    summary JSON `{name}.json` and its answer file `{name}_answers.csv` (question i, category "c", the i-th score);
+    returns the summary's path."""
+    import dataclasses
+    import json
+
+    import pandas as pd
+
+    from iti.config import ValidationConfig
+    from iti.files import plain
+    from iti.metrics import METRICS
+
+    cfg = ValidationConfig(model_name=model_name, num_heads=(8,) if intervenes else (0,), alpha=(5.0,),
+                           use_center_of_mass=True)
+    answers = folder / f"{name}_answers.csv"
+    pd.DataFrame({"Category": "c", "Question": [f"Q{i}?" for i in range(len(mc2))],
+                  f"{model_name} MC2": mc2}).to_csv(answers, index=False)
+    final = {metric.name: None for metric in METRICS} | {"MC2": sum(mc2) / len(mc2)}
+    record = {"config": plain(dataclasses.asdict(cfg)), "complete": True, "final": final,
+              "resolved": {"intervenes": cfg.intervenes, "method": cfg.method},
+              "folds": [{"fold": 0, "test": list(range(len(mc2))), "results": final,
+                         "files": {"answers": str(answers)}}]}
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(record))
+    return path
+
+
 # Prompts of different lengths for padded batches.
 PROMPTS = [
     "Q: What is the capital of France?\nA:",

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT, broken_tqa_copy, write_feature_files
+from tests.conftest import REPO_ROOT, broken_tqa_copy, write_feature_files, write_finished_run
 
 SCRIPTS = {
     "get_activations": REPO_ROOT / "get_activations" / "get_activations.py",
@@ -424,6 +424,21 @@ def baked_folder_with_config(name: str, config_text: str):
     return make
 
 
+REMAKE_ANSWERS = "delete it and run validate_2fold with the same settings again: that fold is then recomputed"
+
+
+def paired_runs_whose_answers_are(name: str, content: bytes):
+    """compare_runs' arguments for a baseline and an ITI run of 3 questions, the ITI run's answer file replaced by
+    `content`."""
+    def make(root, tqa):
+        runs = [write_finished_run(root, "base", False, [0.4, 0.5, 0.6]),
+                write_finished_run(root, "iti", True, [0.5, 0.6, 0.7])]
+        (root / "iti_answers.csv").write_bytes(content)
+        return [str(path) for path in runs]
+    make.__name__ = f"answers_{name}"
+    return make
+
+
 CASES = [
     ("get_activations", gguf_that_is_not, "model.gguf is a file but not a GGUF model"),
     ("get_activations", csv_short_row, "TruthfulQA.csv line 5 has 2 fields, the header 7"),
@@ -509,7 +524,8 @@ CASES = [
      "{root}/features/tiny_tqa_mc2_limit_2_labels.npy holds labels other than 0 and 1 (e.g. 2); labels must be 0 "
      "(false) or 1 (true)"),
     ("export_head_shifts", shifts_recording_a_number_as_model,
-     "{root}/shifts/head_shifts.json: provenance.model_source missing or of the wrong type; save the head shifts again"),
+     "{root}/shifts/head_shifts.json: provenance.model_source missing or of the wrong type; save the head shifts "
+     "again"),
     ("export_head_shifts", shifts_recording_text_as_probe_report,
      "{root}/shifts/head_shifts.json: provenance.probe_report missing or of the wrong type"),
     ("export_head_shifts", shifts_of_an_alpha_beyond_float32,
@@ -521,6 +537,19 @@ CASES = [
     ("push_hf", baked_folder_with_config("a_list", '["LlamaForCausalLM"]'),
      "{root}/baked/config.json is not a model config (a JSON object whose architectures are a list of class names); "
      "bake the model again with validation/edit_weight.py"),
+    ("compare_runs", paired_runs_whose_answers_are("empty", b""),
+     "answer file {root}/iti_answers.csv is not a whole CSV table (No columns to parse from file); " + REMAKE_ANSWERS),
+    ("compare_runs", paired_runs_whose_answers_are("not_utf8", b"Category,Question,tiny MC2\nc,Caf\xe9?,0.5\n"),
+     "answer file {root}/iti_answers.csv is not UTF-8 text: byte 32 (0xe9)"),
+    ("compare_runs", paired_runs_whose_answers_are("open_quote", b'Category,Question,tiny MC2\nc,"Q0?,0.5\n'),
+     "answer file {root}/iti_answers.csv is not a whole CSV table (Error tokenizing data"),
+    ("compare_runs", paired_runs_whose_answers_are("cut_short", b"Category,Question,tiny MC2\nc,Q0?,0.5\n"),
+     "answer file {root}/iti_answers.csv holds 1 answers, but its fold has 3 test questions; " + REMAKE_ANSWERS),
+    ("compare_runs", paired_runs_whose_answers_are("of_another_program", b"Question,x\nQ0?,1\nQ1?,2\nQ2?,3\n"),
+     "answer file {root}/iti_answers.csv lacks the column(s) Category, tiny MC2 of the fold's answers"),
+    ("compare_runs", paired_runs_whose_answers_are("unscored",
+                                                   b"Category,Question,tiny MC2\nc,Q0?,0.5\nc,Q1?,\nc,Q2?,x\n"),
+     "answer file {root}/iti_answers.csv lacks a score in some rows of tiny MC2"),
 ]
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from iti.config import ValidationConfig
 from iti.files import plain
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, write_finished_run
 
 SCRIPT = REPO_ROOT / "validation" / "compare_runs.py"
 
@@ -103,7 +103,8 @@ def test_missing_metrics_show_a_dash_and_the_paired_difference_follows(tmp_path)
         answers = tmp_path / f"{name}_answers.csv"
         pd.DataFrame({"Question": [f"Q{i}?" for i in range(40)], "Category": "c",
                       f"{run['config']['model_name']} MC2": mc2[name]}).to_csv(answers, index=False)
-        run["folds"] = [{"files": {"answers": str(answers)}}]
+        run["folds"] = [{"fold": 0, "test": list(range(40)), "results": {"MC2": run["final"]["MC2"]},
+                         "files": {"answers": str(answers)}}]
         paths.append(tmp_path / f"{name}.json")
         paths[-1].write_text(json.dumps(run))
     result = subprocess.run([sys.executable, str(SCRIPT), *map(str, paths)], capture_output=True, text=True)
@@ -115,3 +116,14 @@ def test_missing_metrics_show_a_dash_and_the_paired_difference_follows(tmp_path)
     assert lines[3].startswith(f"ITI (K=8, alpha=5, center_of_mass) − baseline on MC2: {expected}")
     verdict = "no significant difference" if interval.low <= 0 <= interval.high else "the interval excludes 0"
     assert f"{verdict}" in lines[3] and "on 40 questions" in lines[3]
+
+
+def test_a_missing_answer_file_is_said_where_the_paired_line_would_be(tmp_path):
+    paths = [write_finished_run(tmp_path, "base", False, [0.4, 0.5, 0.6]),
+             write_finished_run(tmp_path, "iti", True, [0.5, 0.6, 0.7])]
+    (tmp_path / "iti_answers.csv").unlink()
+    result = subprocess.run([sys.executable, str(SCRIPT), *map(str, paths)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == (
+        f"ITI (K=8, alpha=5, center_of_mass) − baseline: no paired difference, the answer file "
+        f"{tmp_path / 'iti_answers.csv'} is missing; run validate_2fold with that run's settings again to remake it")

@@ -228,6 +228,24 @@ def test_baseline_needs_no_features(setup, tmp_path):
     assert 0 < record["final"]["MC2"] < 1 and record["final"]["True*Info"] is None
 
 
+def test_a_rerun_keeping_a_bad_answer_file_leaves_the_record_as_it_was(setup, tmp_path):
+    """A rerun that keeps every fold recomputes only the intervals and categories, from the answer files: one cut
+    short, emptied or of another program is refused, naming it, and the complete summary on disk is kept."""
+    cfg = config(setup, tmp_path, num_heads=0, limit=4)
+    record = run_validation(cfg, progress=False, log=lambda _: None)
+    summary = Path(record["json_path"])
+    before = summary.read_bytes()
+    answers = Path(record["folds"][1]["files"]["answers"])
+    whole = answers.read_text()
+    for broken, message in ((whole.splitlines(keepends=True)[0] + whole.splitlines(keepends=True)[1],
+                             "holds 1 answers, but its fold has 2 test questions"),
+                            ("", "is not a whole CSV table"), ("Question,x\nQ,1\nR,2\n", "lacks the column(s)")):
+        answers.write_text(broken)
+        with pytest.raises(UsageError, match=re.escape(f"answer file {answers} {message}")):
+            run_validation(cfg, progress=False, log=lambda _: None)
+        assert summary.read_bytes() == before
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"metrics": ("mc", "bleu")}, "unknown metric bleu"),
     ({"limit": 1}, "--limit 1 leaves fewer questions than the 2 folds"),

@@ -49,8 +49,9 @@ def comparison_table(records: list[dict]) -> str:
 
 def paired_lines(records: list[dict]) -> list[str]:
     """Per ITI run paired with the baseline among `records`: its difference on the headline metric with the 95%
-    interval, and whether the interval excludes 0 (nothing when there is no baseline or no per-question score)."""
-    from iti.collect import pair_with_baseline
+    interval, and whether the interval excludes 0, or which answer file is missing for it (nothing when there is
+    no baseline or no per-question score)."""
+    from iti.collect import absent_answer_files, pair_with_baseline
 
     baselines = [r for r in records if not r["resolved"]["intervenes"]]
     if not baselines:
@@ -58,6 +59,11 @@ def paired_lines(records: list[dict]) -> list[str]:
     lines = []
     for record in records:
         if not record["resolved"]["intervenes"]:
+            continue
+        absent = absent_answer_files([record, baselines[0]])
+        if absent:
+            lines.append(f"{run_label(record)} − baseline: no paired difference, the answer file {absent[0]} is "
+                         "missing; run validate_2fold with that run's settings again to remake it")
             continue
         paired = pair_with_baseline([record], baselines[:1], record["config"]["model_prefix"]
                                     + record["config"]["model_name"])
