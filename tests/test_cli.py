@@ -78,3 +78,21 @@ def test_scripts_parse_without_importing_torch(config_cls):
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_negative_numbers_in_scientific_notation_are_values():
+    cfg = parse_config(ValidationConfig, ["--alpha", "-1e3", "5", "-2.5E-1", "--num_heads", "8"])
+    assert cfg.alpha == (-1000.0, 5.0, -0.25)
+
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys):
+    from iti.cli import run_main
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(interrupted)
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err
+    assert err.startswith("interrupted; ") and len(err.strip().splitlines()) == 1
