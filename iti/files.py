@@ -182,8 +182,8 @@ def read_text(path: str | Path, what: str, remedy: str = "save it as UTF-8") -> 
     path = Path(path)
     try:
         data = path.read_bytes()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as err:
-        raise UsageError(f"{what} {path} cannot be read ({err.strerror}); give a readable file") from None
+    except OSError as err:  # any: missing, a folder, a symbolic link loop, forbidden, an I/O error
+        raise UsageError(f"{what} {path} cannot be read ({err.strerror or err}); give a readable file") from None
     body = data[len(UTF8_BOM):] if data.startswith(UTF8_BOM) else data
     try:
         return body.decode("utf-8")

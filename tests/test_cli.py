@@ -37,10 +37,10 @@ def test_every_field_is_a_flag_with_help(config_cls):
 def test_values_are_typed_as_the_fields():
     cfg = parse_config(ValidationConfig, [
         "--alpha", "2.5", "--num_heads", "8", "--limit", "40", "--metrics", "mc,ce", "kl",
-        "--use_center_of_mass", "--no-sequential_loading", "--judge_name", "judge/folder", "--model_path", "m.gguf"])
+        "--use_center_of_mass", "--no-sequential_loading", "--judge_name", "judge/folder", "--model_path", "org/model"])
     expected = dataclasses.replace(
         ValidationConfig(), alpha=2.5, num_heads=8, limit=40, metrics=("mc", "ce", "kl"), use_center_of_mass=True,
-        sequential_loading=False, judge_model="judge/folder", model_path="m.gguf")
+        sequential_loading=False, judge_model="judge/folder", model_path="org/model")
     assert cfg == expected
     assert cfg.method == "center_of_mass" and cfg.output_name == "smollm2_135M_instruct"
 

@@ -48,8 +48,10 @@ def truncate(path: Path) -> None:
 
 
 def model_args(root: Path) -> list[str]:
-    """A model given by folder: these cases fail before the folder is read."""
+    """A model given by folder (a config.json makes it one): these cases fail before the folder is read."""
     (root / "model").mkdir(exist_ok=True)
+    if not (root / "model" / "config.json").exists():
+        (root / "model" / "config.json").write_text("{}")
     return ["--model_name", MODEL, "--model_path", str(root / "model"), "--device", "cpu"]
 
 
@@ -271,6 +273,80 @@ def summary_cut_short(root, tqa):
     return [str(root / "run.json")]
 
 
+# options, paths and outputs
+
+def seed_beyond_numpy(root, tqa):
+    return [*model_args(root), "--seed", str(2**32), "--split_rng", "public", "--limit", "8", "--check_args"]
+
+
+def alpha_beyond_float16(root, tqa):
+    return [*model_args(root), "--alpha", "1e300", "--limit", "8", "--check_args"]
+
+
+def alpha_not_a_number(root, tqa):
+    return [*model_args(root), "--alpha", "5", "nan", "--limit", "8", "--check_args"]
+
+
+def val_ratio_leaving_no_training_question(root, tqa):
+    return [*model_args(root), "--val_ratio", "0.99", "--limit", "8", "--check_args"]
+
+
+def val_ratio_leaving_no_probe_to_plot(root, tqa):
+    return ["--model_name", MODEL, "--val_ratio", "0.99", "--limit", "8", "--check_args"]
+
+
+def select_ratio_leaving_nothing_to_build_on(root, tqa):
+    return [*model_args(root), "--select_ratio", "0.99", "--num_heads", "1", "2", "--limit", "8", "--check_args"]
+
+
+def tqa_path_that_is_not_there(root, tqa):
+    return [*model_args(root), "--tqa_path", str(root / "nowhere"), "--check_args"]
+
+
+def gpu_that_torch_does_not_see(root, tqa):
+    return [*model_args(root)[:-2], "--device", "cuda:99", "--check_args"]
+
+
+def empty_model_path(root, tqa):
+    return ["--model_name", MODEL, "--model_path", "", "--check_args"]
+
+
+def empty_folder_option(flag):
+    def make(root, tqa):
+        return [*model_args(root), flag, "", "--check_args"]
+    make.__name__ = f"empty_{flag[2:]}"
+    return make
+
+
+def folder_without_a_model(root, tqa):
+    (root / "empty").mkdir()
+    return ["--model_name", MODEL, "--model_path", str(root / "empty"), "--check_args"]
+
+
+def link_loop(root: Path, name: str) -> Path:
+    (root / f"{name}_a").symlink_to(root / f"{name}_b")
+    (root / f"{name}_b").symlink_to(root / f"{name}_a")
+    return root / f"{name}_a"
+
+
+def features_dir_in_a_link_loop(root, tqa):
+    return [*model_args(root), "--features_dir", str(link_loop(root, "features")), "--check_args"]
+
+
+def results_dir_a_dangling_link(root, tqa):
+    (root / "out").symlink_to(root / "gone")
+    return [*model_args(root), "--results_dir", str(root / "out"), "--check_args"]
+
+
+def summary_in_a_link_loop(root, tqa):
+    return [str(link_loop(root, "run.json"))]
+
+
+def path_with_a_newline(root, tqa):
+    (root / "a\nb").write_text("not a folder")
+    return [*model_args(root), "--features_dir", str(root / "a\nb"), "--check_args"]
+
+
 CASES = [
     ("get_activations", gguf_that_is_not, "model.gguf is a file but not a GGUF model"),
     ("get_activations", csv_short_row, "TruthfulQA.csv line 5 has 2 fields, the header 7"),
@@ -325,6 +401,30 @@ CASES = [
     ("compare_runs", summary_of_another_program,
      "{root}/run.json is not a validate_2fold summary JSON (config, resolved, folds, complete missing"),
     ("compare_runs", summary_cut_short, "{root}/run.json is not valid JSON (line 1, column 45"),
+    # options, paths and outputs
+    ("validate_2fold", seed_beyond_numpy, "--seed 4294967296 must be at most 4294967295"),
+    ("edit_weight", alpha_beyond_float16, "--alpha 1e+300 must be at most 65504"),
+    ("validate_2fold", alpha_not_a_number, "--alpha nan is not a number"),
+    ("validate_2fold", val_ratio_leaving_no_training_question,
+     "8 questions in 2 folds leave a fold 4 development questions, none to train on at --val_ratio 0.99"),
+    ("edit_weight", val_ratio_leaving_no_training_question, "--val_ratio 0.99 leaves none of 8 questions to train on"),
+    ("plot_head_accuracies", val_ratio_leaving_no_probe_to_plot,
+     "--val_ratio 0.99 leaves none of 8 questions to train on"),
+    ("validate_2fold", select_ratio_leaving_nothing_to_build_on,
+     "--select_ratio 0.99 sets aside 4 of the fold's 4 development questions"),
+    ("get_activations", tqa_path_that_is_not_there, "--tqa_path {root}/nowhere does not exist; give an existing folder"),
+    ("validate_2fold", tqa_path_that_is_not_there, "--tqa_path {root}/nowhere does not exist; give an existing folder"),
+    ("get_activations", gpu_that_torch_does_not_see, "--device cuda:99 names a GPU that torch does not see"),
+    ("validate_2fold", empty_model_path, "--model_path is empty; give a path"),
+    ("get_activations", empty_folder_option("--features_dir"), "--features_dir is empty; give a path"),
+    ("validate_2fold", empty_folder_option("--results_dir"), "--results_dir is empty; give a path"),
+    ("get_activations", folder_without_a_model, "--model_path {root}/empty is a folder without config.json"),
+    ("validate_2fold", features_dir_in_a_link_loop,
+     "--features_dir {root}/features_a cannot be used (Too many levels of symbolic links)"),
+    ("validate_2fold", results_dir_a_dangling_link,
+     "--results_dir {root}/out is a symbolic link to {root}/gone, which does not exist"),
+    ("compare_runs", summary_in_a_link_loop, "{root}/run.json_a cannot be read (Too many levels of symbolic links)"),
+    ("get_activations", path_with_a_newline, "--features_dir {root}/a\\nb is a file, not a folder"),
 ]
 
 

@@ -39,6 +39,7 @@ def test_unknown_name_lists_known_ones():
 
 
 def test_model_path_overrides_and_missing_path_errors(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
     assert resolve_model_source("anything", model_path=str(tmp_path)) == str(tmp_path)
     assert resolve_model_source("x", model_path="org/model") == "org/model"
     with pytest.raises(UsageError, match="does not exist"):
