@@ -4,8 +4,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -204,10 +206,58 @@ def get_o_proj(model, layer: int) -> torch.nn.Module:
     return model.get_submodule(f"{sites.layers}.{layer}.{sites.o_proj}")
 
 
+# What a model folder holds, for messages: what save_pretrained writes.
+MODEL_FOLDER = "config.json, the weights (model.safetensors) and the tokenizer files"
+
+
+# The files a tokenizer loads from (fast, SentencePiece, BPE, WordPiece), to say so when a folder has none.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
+@contextmanager
+def loading(source: str, what: str, cause: str | None = None) -> Iterator[None]:
+    """transformers' and safetensors' errors on a source that holds no loadable model (an empty folder, a config
+    alone, no tokenizer, a file cut short) as one line naming the source, what could not be loaded and why
+    (`cause`, else the first line of the error)."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, ValueError, SafetensorError) as err:
+        text = str(err).strip()
+        cause = cause or (text.splitlines()[0].rstrip(".:; ") if text else type(err).__name__)
+        raise UsageError(f"cannot load the {what} of model {source}: {cause}; give a folder that holds "
+                         f"{MODEL_FOLDER}, a .gguf file or a hub id") from err
+
+
+def check_weight_files(source: str) -> None:
+    """Every safetensors file of a local folder is whole (its header read, no weights): a truncated download is
+    named before loading starts."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(source).expanduser()
+    for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        try:
+            with safe_open(str(path), framework="np"):
+                pass
+        except (OSError, SafetensorError) as err:
+            raise UsageError(f"{path} is truncated or corrupt ({err}); download or save the model again") from None
+
+
+def load_config(source: str, trust_remote_code: bool = False):
+    from transformers import AutoConfig
+
+    with loading(source, "config"):
+        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+
+
 def load_tokenizer(source: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    folder = Path(source).expanduser()
+    none_there = folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES)
+    with loading(source, "tokenizer", f"the folder holds none of {', '.join(TOKENIZER_FILES)}" if none_there else None):
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -215,8 +265,10 @@ def load_tokenizer(source: str, trust_remote_code: bool = False):
 
 def load_model(source: str, device: str | int | None = "auto", dtype: str = "auto",
                trust_remote_code: bool = False):
-    """Load (model, tokenizer) in eval mode. A .gguf file is converted once to a folder first."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """Load (model, tokenizer) in eval mode. A .gguf file is converted once to a folder first. The config and
+    the tokenizer load first, and the weight files' headers are read, so a folder that is not a whole model
+    fails before its weights load."""
+    from transformers import AutoModelForCausalLM
 
     if source.endswith(".gguf"):
         if not Path(source).is_file():
@@ -224,19 +276,19 @@ def load_model(source: str, device: str | int | None = "auto", dtype: str = "aut
         check_gguf_file(Path(source))
         source = str(gguf_to_folder(source))
     device = resolve_device(device)
-    try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except OSError as err:
-        raise UsageError(f"cannot load model {source}: {str(err).splitlines()[0]}") from err
+    config = load_config(source, trust_remote_code)
+    tokenizer = load_tokenizer(source, trust_remote_code)
+    check_weight_files(source)
     torch_dtype = resolve_dtype(dtype, device, config)
     placement = {"device_map": "auto"} if device == "auto" else {}
-    model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=torch_dtype, trust_remote_code=trust_remote_code, **placement)
+    with loading(source, "weights"):
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch_dtype, trust_remote_code=trust_remote_code, **placement)
     if device != "auto":
         model.to(device)
     model.eval()
     model.requires_grad_(False)
-    return model, load_tokenizer(source, trust_remote_code)
+    return model, tokenizer
 
 
 def input_device(model) -> torch.device:

@@ -4,6 +4,7 @@ from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig, Mistra
 
 from iti.errors import UsageError
 from iti.models import HF_NAMES, head_geometry, load_model, model_sites, resolve_dtype, resolve_model_source
+from tests.conftest import make_tiny_model
 
 
 def test_geometry_reads_head_dim_from_config():
@@ -94,3 +95,36 @@ def test_a_file_that_is_not_gguf_is_refused(tmp_path):
         resolve_model_source("x", model_path=str(fake))
     with pytest.raises(UsageError, match=r"not a GGUF model"):
         load_model(str(fake), device="cpu")
+
+
+def without_tokenizer(folder):
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (folder / name).unlink(missing_ok=True)
+
+
+def cut_in_half(path):
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+
+
+def only_the_config(folder):
+    for path in folder.iterdir():
+        if path.name != "config.json":
+            path.unlink()
+
+
+@pytest.mark.parametrize("damage, phrase", [
+    (lambda folder: [p.unlink() for p in folder.iterdir()], "cannot load the config of model {folder}: Unrecognized"),
+    (only_the_config, "cannot load the tokenizer of model {folder}: the folder holds none of tokenizer.json"),
+    (without_tokenizer, "cannot load the tokenizer of model {folder}: the folder holds none of tokenizer.json"),
+    (lambda folder: cut_in_half(folder / "model.safetensors"), "{folder}/model.safetensors is truncated or corrupt"),
+    (lambda folder: (folder / "model.safetensors").unlink(),
+     "cannot load the weights of model {folder}: Error no file named model.safetensors"),
+], ids=["empty", "config_alone", "no_tokenizer", "truncated_weights", "no_weights"])
+def test_a_folder_that_is_no_whole_model_is_one_line_naming_it(damage, phrase, tmp_path, tokenizer):
+    folder = tmp_path / "model"
+    make_tiny_model("llama", len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    damage(folder)
+    with pytest.raises(UsageError) as refused:
+        load_model(str(folder), device="cpu")
+    assert phrase.format(folder=folder) in str(refused.value) and "\n" not in str(refused.value)
