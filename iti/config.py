@@ -278,7 +278,8 @@ class CollectConfig(ValidationConfig):
 @dataclass
 class EditConfig(HeadShiftOptions):
     output_dir: str | None = option(None, "default: validation/results_dump/edited_models_dump/"
-                                          "{model}_seed_{seed}_top_{K}_heads_alpha_{alpha}", EXECUTION)
+                                          "{model}_seed_{seed}_top_{K}_heads_alpha_{alpha}", EXECUTION,
+                                    folder="write")
     overwrite: bool = option(False, "replace --output_dir when it holds an earlier bake (a folder of anything "
                                     "else is never touched)", EXECUTION)
 
@@ -327,10 +328,12 @@ class HeadAccuracyConfig(Options):
 @dataclass
 class ExportConfig(ModelOptions):
     head_shifts: str | None = option(None, "head shifts to export: a folder from validate_2fold "
-                                           "(results_dump/head_shifts_dump/...) or edit_weight", NUMBERS)
+                                           "(results_dump/head_shifts_dump/...) or edit_weight", NUMBERS,
+                                     folder="existing")
     import_from: str | None = option(None, "a pyvene folder (IntervenableModel.save) to import as head shifts "
-                                           "instead", NUMBERS)
-    output_dir: str | None = option(None, "where the pyvene folder (export) or the head shifts (import) go", EXECUTION)
+                                           "instead", NUMBERS, folder="existing")
+    output_dir: str | None = option(None, "where the pyvene folder (export) or the head shifts (import) go", EXECUTION,
+                                    folder="write")
     allow_other_model: bool = option(False, "apply head shifts made for another model of the same geometry", EXECUTION)
 
     def _check(self) -> None:
@@ -348,4 +351,30 @@ def selection_options(select_metric: str) -> set[str]:
     names = metric.product_of or (metric.name,)
     return {BY_NAME[name].option for name in names}
 
+
+@dataclass
+class CompareConfig(Options):
+    summaries: tuple[str, ...] = option((), "summary JSON files of validate_2fold runs", EXECUTION, file="read",
+                                        positional=True)
+
+
+@dataclass
+class PushConfig(Options):
+    folder: str | None = option(None, "a baked model folder (edit_weight output) or a head-shift folder", EXECUTION,
+                                folder="existing", positional=True)
+    repo_id: str | None = option(None, "hub repository, e.g. your-name/honest_llama2_chat_7B", EXECUTION)
+    private: bool = option(False, "create the repository as private", EXECUTION)
+    dry_run: bool = option(False, "print the files and the model card; no network", EXECUTION)
+
+    def _check(self) -> None:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        super()._check()
+        if self.repo_id is None:
+            raise UsageError("--repo_id is needed: the hub repository to push to, e.g. your-name/honest_llama2_chat_7B")
+        try:
+            validate_repo_id(self.repo_id)
+        except HFValidationError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UsageError(f"--repo_id {self.repo_id} is not a valid repository id ({first}); use owner/name") from None
 

@@ -71,7 +71,8 @@ class Options:
 
     def _check(self) -> None:
         for f in dataclasses.fields(self):
-            value, flag = getattr(self, f.name), f"--{f.name}"
+            value = getattr(self, f.name)
+            flag = f.name.replace("_", " ") if f.metadata.get("positional") else f"--{f.name}"
             for item in values_of(value):
                 if item is None:
                     continue

@@ -25,6 +25,8 @@ SCRIPTS = {
     "plot_head_accuracies": REPO_ROOT / "validation" / "plot_head_accuracies.py",
     "export_head_shifts": REPO_ROOT / "validation" / "export_head_shifts.py",
     "compare_runs": REPO_ROOT / "validation" / "compare_runs.py",
+    "push_hf": REPO_ROOT / "validation" / "push_hf.py",
+    "write_local_text": REPO_ROOT / "validation" / "write_local_text.py",
 }
 MODEL = "tiny"
 
@@ -347,6 +349,51 @@ def path_with_a_newline(root, tqa):
     return [*model_args(root), "--features_dir", str(root / "a\nb"), "--check_args"]
 
 
+def summary_not_there_asked_to_check(root, tqa):
+    return ["--check_args", str(root / "none.json")]
+
+
+def push_of_no_folder(root, tqa):
+    return [str(root / "nowhere"), "--repo_id", "you/name", "--check_args"]
+
+
+def push_to_a_bad_repo_id(root, tqa):
+    return [str(root), "--repo_id", "you/a name", "--check_args"]
+
+
+def text_output_a_folder(root, tqa):
+    return ["--output", str(root)]
+
+
+def text_output_under_a_file(root, tqa):
+    (root / "notes.txt").write_text("mine")
+    return ["--output", str(root / "notes.txt" / "text.txt")]
+
+
+def text_output_empty(root, tqa):
+    return ["--output", ""]
+
+
+def text_with_no_paragraph_that_long(root, tqa):
+    return ["--output", str(root / "text.txt"), "--min_chars", "10000000"]
+
+
+def text_output_of_the_user(root, tqa):
+    (root / "text.txt").write_text("my own notes")
+    return ["--output", str(root / "text.txt")]
+
+
+def output_dir_under_a_file(root, tqa):
+    (root / "notes.txt").write_text("mine")
+    return [*model_args(root), "--output_dir", str(root / "notes.txt" / "out"), "--check_args"]
+
+
+def export_output_dir_under_a_file(root, tqa):
+    (root / "shifts").mkdir()
+    (root / "notes.txt").write_text("mine")
+    return ["--head_shifts", str(root / "shifts"), "--output_dir", str(root / "notes.txt" / "out"), "--check_args"]
+
+
 CASES = [
     ("get_activations", gguf_that_is_not, "model.gguf is a file but not a GGUF model"),
     ("get_activations", csv_short_row, "TruthfulQA.csv line 5 has 2 fields, the header 7"),
@@ -423,7 +470,18 @@ CASES = [
      "--features_dir {root}/features_a cannot be used (Too many levels of symbolic links)"),
     ("validate_2fold", results_dir_a_dangling_link,
      "--results_dir {root}/out is a symbolic link to {root}/gone, which does not exist"),
-    ("compare_runs", summary_in_a_link_loop, "{root}/run.json_a cannot be read (Too many levels of symbolic links)"),
+    ("compare_runs", summary_in_a_link_loop, "summaries {root}/run.json_a cannot be used (Too many levels of symbolic"),
+    ("compare_runs", summary_not_there_asked_to_check, "summaries {root}/none.json does not exist; give a file"),
+    ("push_hf", push_of_no_folder, "folder {root}/nowhere does not exist; give an existing folder"),
+    ("push_hf", push_to_a_bad_repo_id, "--repo_id you/a name is not a valid repository id"),
+    ("write_local_text", text_output_a_folder, "--output {root} is a folder, not a file"),
+    ("write_local_text", text_output_under_a_file, "{root}/notes.txt is a file, so no folder can be made there"),
+    ("write_local_text", text_output_empty, "--output is empty; give a path"),
+    ("write_local_text", text_with_no_paragraph_that_long,
+     "--min_chars 10000000: no paragraph of the text is that long, so there is nothing to write"),
+    ("write_local_text", text_output_of_the_user, "--output {root}/text.txt exists and holds other text; it is kept"),
+    ("edit_weight", output_dir_under_a_file, "{root}/notes.txt is a file, so no folder can be made there"),
+    ("export_head_shifts", export_output_dir_under_a_file, "{root}/notes.txt is a file, so no folder can be made"),
     ("get_activations", path_with_a_newline, "--features_dir {root}/a\\nb is a file, not a folder"),
 ]
 
