@@ -230,19 +230,35 @@ def bake_head_shifts(model, shifts: HeadShifts):
         _linear_weight(get_o_proj(model, layer))
     if any(p.device.type == "meta" for p in model.parameters()):
         raise UsageError("the model has weights offloaded to disk (device 'meta'); load it fully to bake it")
+    biases = _baked_biases(model, shifts)
     baked = model if plan.llama_config is None else _rebuilt_as_llama(model, plan.llama_config)
     for name, shape in plan.added.items():
         module = baked.get_submodule(name.rsplit(".", 1)[0])
         like = module.weight
         module.bias = torch.nn.Parameter(torch.zeros(shape, dtype=like.dtype, device=like.device), requires_grad=False)
-    for layer, offset in shifts.layer_offsets().items():
+    for layer, bias in biases.items():
         o_proj = get_o_proj(baked, layer)
-        # W_o·δ in float64, rounded once to the model's dtype.
-        shift = o_proj.weight.double() @ torch.as_tensor(offset, dtype=torch.float64, device=o_proj.weight.device)
-        o_proj.bias.copy_((o_proj.bias.double() + shift).to(o_proj.bias.dtype))
+        o_proj.bias.copy_(bias.to(o_proj.bias.dtype))
     if plan.switch is not None:
         setattr(_text_config(baked.config), plan.switch, True)
     return baked
+
+
+def _baked_biases(model, shifts: HeadShifts) -> dict[int, torch.Tensor]:
+    """Per edited layer, its o_proj bias once baked: W_o·δ in float64 added to any bias it has (rounded once, when
+    stored). A UsageError when a shift or a bias is beyond the model's dtype (it would be stored as infinite)."""
+    dtype = get_o_proj(model, 0).weight.dtype
+    shifts.check_fits(str(dtype), torch.finfo(dtype).max)
+    biases = {}
+    for layer, offset in shifts.layer_offsets().items():
+        o_proj = get_o_proj(model, layer)
+        shift = o_proj.weight.double() @ torch.as_tensor(offset, dtype=torch.float64, device=o_proj.weight.device)
+        biases[layer] = shift if o_proj.bias is None else o_proj.bias.double() + shift
+        if not biases[layer].abs().max() <= torch.finfo(dtype).max:
+            raise UsageError(f"alpha {shifts.alpha:g} makes layer {layer}'s baked o_proj bias reach "
+                             f"{float(biases[layer].abs().max()):.4g}, beyond the largest {dtype} number; use a "
+                             "smaller alpha")
+    return biases
 
 
 def is_bake(folder: Path) -> bool:
