@@ -277,11 +277,11 @@ class CollectConfig(ValidationConfig):
 
 @dataclass
 class EditConfig(HeadShiftOptions):
-    output_dir: str | None = option(None, "default: validation/results_dump/edited_models_dump/"
-                                          "{model}_seed_{seed}_top_{K}_heads_alpha_{alpha}", EXECUTION,
-                                    folder="write")
-    overwrite: bool = option(False, "replace --output_dir when it holds an earlier bake (a folder of anything "
-                                    "else is never touched)", EXECUTION)
+    output_dir: str | None = option(None, "default: validation/results_dump/edited_models_dump/{model}[_{dataset}]"
+                                          "_seed_{seed}_top_{K}_heads_alpha_{alpha}[_limit_{N}]_{hash}, the hash "
+                                          "naming every setting that changes a number", EXECUTION, folder="write")
+    overwrite: bool = option(False, "replace --output_dir when it holds an earlier bake of the same settings (a "
+                                    "folder of anything else is never touched)", EXECUTION)
 
     def _check(self) -> None:
         super()._check()

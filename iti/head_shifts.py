@@ -62,6 +62,8 @@ class ShiftProvenance:
     val_questions: int | None = None
     probe_report: dict | None = None
     imported_from: str | None = None
+    # A bake's identity (edit_weight): what its folder is named by, and what --overwrite must find there again.
+    identity: dict | None = None
     other: dict = field(default_factory=dict)
 
     @classmethod

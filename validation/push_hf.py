@@ -5,7 +5,7 @@ and head_shifts.*) is pushed as a model that loads with AutoModelForCausalLM; a 
 only head_shifts.* is pushed as an artifact to apply to its base model at run time. A README.md
 model card (base model, heads, α, data, seed, how to load) is generated and replaces any README.
 
-python validation/push_hf.py validation/results_dump/edited_models_dump/llama2_chat_7B_seed_42_top_48_heads_alpha_15 \\
+python validation/push_hf.py validation/results_dump/edited_models_dump/llama2_chat_7B_seed_42_top_48_heads_alpha_15_HASH \\
     --repo_id you/honest_llama2_chat_7B --private
 python validation/push_hf.py FOLDER --repo_id you/name --dry_run     # show files and card, no network
 """
