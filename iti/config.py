@@ -335,14 +335,26 @@ class ExportConfig(ModelOptions):
     output_dir: str | None = option(None, "where the pyvene folder (export) or the head shifts (import) go", EXECUTION,
                                     folder="write")
     allow_other_model: bool = option(False, "apply head shifts made for another model of the same geometry", EXECUTION)
+    overwrite: bool = option(False, "replace what --output_dir holds when that is only what this command writes (a "
+                                    "pyvene export; head shifts when importing)", EXECUTION)
 
     def _check(self) -> None:
+        import re
+
+        from iti.files import check_replaceable
+        from iti.head_shifts import METADATA_FILE, TENSORS_FILE
+
         super()._check()
         if (self.head_shifts is None) == (self.import_from is None):
             raise UsageError("give exactly one of --head_shifts FOLDER (export to pyvene) or --import_from FOLDER "
                              "(import from pyvene)")
         if self.output_dir is None:
             raise UsageError("--output_dir is needed: the folder to write")
+        shifts = "|".join(map(re.escape, (TENSORS_FILE, METADATA_FILE)))
+        # An export: pyvene's IntervenableModel.save files (config.json, one intkey_* state per layer) and the shifts.
+        ours = (shifts, "head shifts") if self.import_from else (rf"{shifts}|config\.json|intkey_.+\.(bin|safetensors)",
+                                                                 "a pyvene export")
+        check_replaceable("--output_dir", self.output_dir, self.overwrite, *ours)
 
 
 def selection_options(select_metric: str) -> set[str]:

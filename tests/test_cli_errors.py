@@ -394,6 +394,17 @@ def export_output_dir_under_a_file(root, tqa):
     return ["--head_shifts", str(root / "shifts"), "--output_dir", str(root / "notes.txt" / "out"), "--check_args"]
 
 
+def import_into_a_bake(*extra):
+    def make(root, tqa):
+        (root / "pyvene").mkdir()
+        (root / "bake").mkdir()
+        for name in ("config.json", "model.safetensors", "head_shifts.json", "head_shifts.safetensors"):
+            (root / "bake" / name).write_text("{}")
+        return ["--import_from", str(root / "pyvene"), "--output_dir", str(root / "bake"), *extra]
+    make.__name__ = "import_into_a_bake" + "".join(f"_with_{flag[2:]}" for flag in extra)
+    return make
+
+
 CASES = [
     ("get_activations", gguf_that_is_not, "model.gguf is a file but not a GGUF model"),
     ("get_activations", csv_short_row, "TruthfulQA.csv line 5 has 2 fields, the header 7"),
@@ -482,6 +493,9 @@ CASES = [
     ("write_local_text", text_output_of_the_user, "--output {root}/text.txt exists and holds other text; it is kept"),
     ("edit_weight", output_dir_under_a_file, "{root}/notes.txt is a file, so no folder can be made there"),
     ("export_head_shifts", export_output_dir_under_a_file, "{root}/notes.txt is a file, so no folder can be made"),
+    ("export_head_shifts", import_into_a_bake(), "--output_dir {root}/bake is not empty; it is kept"),
+    ("export_head_shifts", import_into_a_bake("--overwrite"),
+     "--output_dir {root}/bake holds more than head shifts (config.json, model.safetensors); it is kept, whatever"),
     ("get_activations", path_with_a_newline, "--features_dir {root}/a\\nb is a file, not a folder"),
 ]
 
