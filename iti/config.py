@@ -388,5 +388,6 @@ class PushConfig(Options):
             validate_repo_id(self.repo_id)
         except HFValidationError as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise UsageError(f"--repo_id {self.repo_id} is not a valid repository id ({first}); use owner/name") from None
+            raise UsageError(f"--repo_id {self.repo_id} is not a valid repository id ({first}); "
+                             "use owner/name") from None
 

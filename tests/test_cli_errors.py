@@ -470,8 +470,8 @@ CASES = [
      "--val_ratio 0.99 leaves none of 8 questions to train on"),
     ("validate_2fold", select_ratio_leaving_nothing_to_build_on,
      "--select_ratio 0.99 sets aside 4 of the fold's 4 development questions"),
-    ("get_activations", tqa_path_that_is_not_there, "--tqa_path {root}/nowhere does not exist; give an existing folder"),
-    ("validate_2fold", tqa_path_that_is_not_there, "--tqa_path {root}/nowhere does not exist; give an existing folder"),
+    *[(script, tqa_path_that_is_not_there, "--tqa_path {root}/nowhere does not exist; give an existing folder")
+      for script in ("get_activations", "validate_2fold")],
     ("get_activations", gpu_that_torch_does_not_see, "--device cuda:99 names a GPU that torch does not see"),
     ("validate_2fold", empty_model_path, "--model_path is empty; give a path"),
     ("get_activations", empty_folder_option("--features_dir"), "--features_dir is empty; give a path"),

@@ -68,7 +68,8 @@ def seeds(tiny_run):
 def test_table_and_plot(sweep, monkeypatch, capsys):
     root, records = sweep
     monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--model_name", "tq", "--model_path", "hub/tq",
-                                      "--use_center_of_mass", "--limit", "4", "--results_dir", str(root / "results"), "--metrics", "mc"])
+                                      "--use_center_of_mass", "--limit", "4", "--results_dir", str(root / "results"),
+                                      "--metrics", "mc"])
     runpy.run_path(str(SCRIPT), run_name="__main__")
     out_dir = root / "results" / "results_dump" / "sweep_dump"
     table = pd.read_csv(only_file(out_dir, "tq_center_of_mass_limit_4_????????.csv"))
@@ -295,6 +296,8 @@ def test_extraction_array_for_missing_features_only(tqa_path, stub_sbatch, tmp_p
     features.mkdir()
     for path in feature_files(FeatureSet(features, "tq", "tqa_mc2", 4)):
         path.touch()
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")  # a model folder: the flags are checked, not loaded
     flags = ["--features_dir", str(features), "--limit", "4", "--tqa_path", str(tqa_path), "--device", "cpu",
              "--model_path", str(tmp_path / "model")]
     sweeps.main(["slurm_activations", "tq", *flags], {"MAX_PARALLEL": "1", "LOG_DIR": str(tmp_path / "logs")})
@@ -426,7 +429,8 @@ def test_seeds_grouped_and_paired_with_the_baseline(seeds, monkeypatch, capsys):
 
     results, runs = seeds
     monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--model_name", "tq", "--model_path", "hub/tq",
-                                      "--use_center_of_mass", "--limit", "6", "--results_dir", str(results), "--by_category"])
+                                      "--use_center_of_mass", "--limit", "6", "--results_dir", str(results),
+                                      "--by_category"])
     runpy.run_path(str(SCRIPT), run_name="__main__")
     out_dir = results / "results_dump" / "sweep_dump"
     table = pd.read_csv(only_file(out_dir, "tq_center_of_mass_limit_6_????????.csv")).set_index("K")
