@@ -170,9 +170,9 @@ class HeadShifts:
         beyond it is infinite there and makes every later activation NaN."""
         reach = np.abs(self.sigmas[:, None] * self.directions.astype(np.float64)).max(initial=0.0)
         if not abs(self.alpha) * reach <= largest:
+            bound = f"{largest / reach:.4g}" if reach else "a finite number"
             raise UsageError(f"alpha {self.alpha:g} shifts a head by up to {abs(self.alpha) * reach:.4g} (alpha·σ·θ), "
-                             f"beyond the largest {dtype} number ({largest:.5g}); use |alpha| at most "
-                             f"{largest / reach:.4g}")
+                             f"beyond the largest {dtype} number ({largest:.5g}); use |alpha| at most {bound}")
 
     def check_geometry(self, num_layers: int, num_heads: int, head_dim: int) -> None:
         """UsageError unless these shifts were made for a model of this geometry."""
