@@ -394,6 +394,14 @@ def export_output_dir_under_a_file(root, tqa):
     return ["--head_shifts", str(root / "shifts"), "--output_dir", str(root / "notes.txt" / "out"), "--check_args"]
 
 
+def asked_to_check(make):
+    """The case with --check_args: it must be refused there already."""
+    def checked(root, tqa):
+        return [*make(root, tqa), "--check_args"]
+    checked.__name__ = f"{make.__name__}_asked_to_check"
+    return checked
+
+
 def import_into_a_bake(*extra):
     def make(root, tqa):
         (root / "pyvene").mkdir()
@@ -493,6 +501,7 @@ CASES = [
     ("write_local_text", text_output_of_the_user, "--output {root}/text.txt exists and holds other text; it is kept"),
     ("edit_weight", output_dir_under_a_file, "{root}/notes.txt is a file, so no folder can be made there"),
     ("export_head_shifts", export_output_dir_under_a_file, "{root}/notes.txt is a file, so no folder can be made"),
+    ("edit_weight", asked_to_check(earlier_bake_without_overwrite), "holds an earlier bake; add --overwrite"),
     ("export_head_shifts", import_into_a_bake(), "--output_dir {root}/bake is not empty; it is kept"),
     ("export_head_shifts", import_into_a_bake("--overwrite"),
      "--output_dir {root}/bake holds more than head shifts (config.json, model.safetensors); it is kept, whatever"),

@@ -44,8 +44,6 @@ def main() -> None:
     from iti.run_inputs import read_checked_features
 
     source = resolve_model_source(cfg.model_name, cfg.model_prefix, cfg.model_path, (cfg.seed, cfg.num_heads, cfg.alpha))
-    if cfg.output_dir:
-        check_output_dir(cfg.output_dir, cfg.overwrite)  # now, before the model loads; its identity is checked below
     common = dict(features_dir=Path(cfg.features_dir), model_name=cfg.output_name, limit=cfg.limit,
                   model_path=cfg.model_path, prompt_format=cfg.prompt_format)
     probing = FeatureSet(dataset=cfg.dataset_name, dataset_path=cfg.dataset_path, **common)
