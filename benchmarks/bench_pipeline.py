@@ -424,8 +424,8 @@ def ce_kl(bench: Bench) -> dict:
     """CE and KL on token rows of the prose validation/write_local_text.py writes (the stand-in for OpenWebText)."""
     from iti.batching import pad_token_id
     from iti.ce_kl import ce_and_kl, sample_token_rows
+    from iti.local_text import MIN_CHARS, reference_paragraphs
     from legacy.ce_kl import ce_kl as one_at_a_time_ce_kl
-    from validation.write_local_text import MIN_CHARS, reference_paragraphs
 
     model, tokenizer, options = bench.model, bench.tokenizer, bench.options
     shifts, shifted = bench.intervention.shifts, bench.intervention.shifted

@@ -26,10 +26,14 @@ from pathlib import Path
 
 import torch
 
+from iti.config import EditConfig
+from iti.constants import EDITED_MODELS_DIR
 from iti.errors import UsageError
-from iti.files import staged_folder
-from iti.head_shifts import METADATA_FILE, TENSORS_FILE, HeadShifts
+from iti.files import read_json, staged_folder
+from iti.head_shifts import METADATA_FILE, RESAVE, TENSORS_FILE, HeadShifts
+from iti.identity import identity, json_value, short_digest
 from iti.models import get_o_proj, head_geometry, model_sites
+from iti.runs import readable_name
 
 # Config flags that, in transformers' modeling code, give o_proj a bias (checked on a meta-device
 # copy of the model, never assumed): Llama-like families use attention_bias, Starcoder2 use_bias.
@@ -230,19 +234,35 @@ def bake_head_shifts(model, shifts: HeadShifts):
         _linear_weight(get_o_proj(model, layer))
     if any(p.device.type == "meta" for p in model.parameters()):
         raise UsageError("the model has weights offloaded to disk (device 'meta'); load it fully to bake it")
+    biases = _baked_biases(model, shifts)
     baked = model if plan.llama_config is None else _rebuilt_as_llama(model, plan.llama_config)
     for name, shape in plan.added.items():
         module = baked.get_submodule(name.rsplit(".", 1)[0])
         like = module.weight
         module.bias = torch.nn.Parameter(torch.zeros(shape, dtype=like.dtype, device=like.device), requires_grad=False)
-    for layer, offset in shifts.layer_offsets().items():
+    for layer, bias in biases.items():
         o_proj = get_o_proj(baked, layer)
-        # W_o·δ in float64, rounded once to the model's dtype.
-        shift = o_proj.weight.double() @ torch.as_tensor(offset, dtype=torch.float64, device=o_proj.weight.device)
-        o_proj.bias.copy_((o_proj.bias.double() + shift).to(o_proj.bias.dtype))
+        o_proj.bias.copy_(bias.to(o_proj.bias.dtype))
     if plan.switch is not None:
         setattr(_text_config(baked.config), plan.switch, True)
     return baked
+
+
+def _baked_biases(model, shifts: HeadShifts) -> dict[int, torch.Tensor]:
+    """Per edited layer, its o_proj bias once baked: W_o·δ in float64 added to any bias it has (rounded once, when
+    stored). A UsageError when a shift or a bias is beyond the model's dtype (it would be stored as infinite)."""
+    dtype = get_o_proj(model, 0).weight.dtype
+    shifts.check_fits(str(dtype), torch.finfo(dtype).max)
+    biases = {}
+    for layer, offset in shifts.layer_offsets().items():
+        o_proj = get_o_proj(model, layer)
+        shift = o_proj.weight.double() @ torch.as_tensor(offset, dtype=torch.float64, device=o_proj.weight.device)
+        biases[layer] = shift if o_proj.bias is None else o_proj.bias.double() + shift
+        if not biases[layer].abs().max() <= torch.finfo(dtype).max:
+            raise UsageError(f"alpha {shifts.alpha:g} makes layer {layer}'s baked o_proj bias reach "
+                             f"{float(biases[layer].abs().max()):.4g}, beyond the largest {dtype} number; use a "
+                             "smaller alpha")
+    return biases
 
 
 def is_bake(folder: Path) -> bool:
@@ -250,10 +270,25 @@ def is_bake(folder: Path) -> bool:
     return (folder / TENSORS_FILE).is_file() and (folder / METADATA_FILE).is_file()
 
 
-def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> None:
-    """UsageError unless a bake may go to `output_dir`: a new path, or an earlier bake with `overwrite`.
+def bake_identity(cfg: EditConfig, model_digest: str, dtype: str, features: dict) -> dict:
+    """What names a bake (iti.identity): every option that changes a number, the model as its fingerprint's digest,
+    `--dtype` as the dtype used, and the data as the features' record ids (which name the rows they hold, so the
+    dataset file or TruthfulQA folder enters through them)."""
+    return identity(cfg, {"model_path": model_digest, "dtype": dtype, "features_dir": features,
+                          "dataset_path": None, "tqa_path": None})
 
-    A folder that is not a bake is never replaced, whatever the flags: it may hold anything.
+
+def bake_dir(cfg: EditConfig, bake: dict) -> Path:
+    """The default folder of a bake, named as validate_2fold names runs: the readable settings, then the identity's
+    hash, so bakes that differ in any setting never share a folder."""
+    return EDITED_MODELS_DIR / f"{readable_name(cfg)}_{short_digest(bake)}"
+
+
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False, bake: dict | None = None) -> None:
+    """UsageError unless a bake may go to `output_dir`: a new path, or with `overwrite` an earlier bake of the same
+    identity `bake` (when it is known; the folder records its own).
+
+    A folder that is not a bake, or a bake of other settings, is never replaced, whatever the flags.
     """
     out = Path(output_dir)
     if not out.exists():
@@ -261,8 +296,18 @@ def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> 
     if not out.is_dir() or not is_bake(out):
         raise UsageError(f"--output_dir {out} exists and is not a baked model (no {TENSORS_FILE} and {METADATA_FILE}); "
                          "it is left as it is: give a new folder")
+    if bake is not None and recorded_identity(out) != json_value(bake):
+        raise UsageError(f"--output_dir {out} holds a bake made with other settings (or by a version that recorded "
+                         "none); it is kept: give a new folder")
     if not overwrite:
         raise UsageError(f"--output_dir {out} holds an earlier bake; add --overwrite to replace it, or give a new folder")
+
+
+def recorded_identity(folder: Path) -> dict | None:
+    """The identity an edit_weight folder's head shifts record (None before bakes recorded one)."""
+    metadata = read_json(folder / METADATA_FILE, "head shifts file", RESAVE)
+    provenance = metadata.get("provenance") if isinstance(metadata, dict) else None
+    return provenance.get("identity") if isinstance(provenance, dict) else None
 
 
 def save_baked_model(model, tokenizer, shifts: HeadShifts, output_dir: str | os.PathLike,
@@ -277,7 +322,7 @@ def save_baked_model(model, tokenizer, shifts: HeadShifts, output_dir: str | os.
         if get_o_proj(model, layer).bias is None:
             raise UsageError(f"layer {layer}'s o_proj has no bias: bake the head shifts (bake_head_shifts) before saving")
     out = Path(output_dir)
-    check_output_dir(out, overwrite)
+    check_output_dir(out, overwrite, shifts.provenance.identity)
     with staged_folder(out, replace=overwrite) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)

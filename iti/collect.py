@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +17,7 @@ import pandas as pd
 from iti.config import CollectConfig, ValidationConfig
 from iti.errors import UsageError
 from iti.evaluation import answer_scores, read_fold_answers
-from iti.identity import Role, declared, without
+from iti.identity import Role, declared, digest, short_digest, without
 from iti.metrics import METRICS, PER_QUESTION_OR_DERIVED, missing, with_products
 from iti.statistics import paired_differences
 from iti.summaries import read_summary
@@ -51,6 +52,21 @@ def selected_runs(cfg: CollectConfig, readable: list[tuple[Path, dict]]) -> list
                                  f"{', '.join(map(str, sorted(limits)))}: pass one of those")
             limit = limits.pop()
     return [run for run in runs if run["config"].get("limit") == limit]
+
+
+def table_stem(cfg: CollectConfig, runs: list[dict]) -> str:
+    """`{model}_{method}[_{dataset}][_limit_{N}][_seed_{S}]_{hash}`: the flags that selected the runs, then 8 hex
+    digits naming the runs themselves, so tables of other selections or other runs never share a file, and the
+    per-category files of a table always carry its stem."""
+    limit = runs[0]["config"].get("limit")
+    selection = ((f"_{cfg.dataset_name}" if cfg.custom else "") + (f"_limit_{limit}" if limit is not None else "")
+                 + (f"_seed_{cfg.seed}" if cfg.seed is not None else ""))
+    return f"{cfg.output_name}_{cfg.method}{selection}_{short_digest(sorted(digest(r['identity']) for r in runs))}"
+
+
+def category_tag(metric: str) -> str:
+    """`_by_category_{metric}` in file names, the metric as a plain name (True*Info -> True_Info)."""
+    return "_by_category_" + re.sub(r"[^\w.+-]", "_", metric)
 
 
 def _named_by(cfg: CollectConfig, config: dict) -> bool:

@@ -12,9 +12,7 @@ means to the shell (relative to the current directory).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from pathlib import Path
 
 from iti.constants import (
     BUNDLED_MODEL,
@@ -34,6 +32,7 @@ from iti.metrics import BY_NAME, METRIC_OPTIONS, PER_QUESTION_OR_DERIVED
 from iti.options import (
     DATASET_PATH_HELP,
     EXECUTION,
+    MAX_ALPHA,
     NUMBERS,
     SHIFTS,
     DatasetOptions,
@@ -43,6 +42,7 @@ from iti.options import (
     check_fraction,
     check_plain_name,
     option,
+    seed_option,
     values_of,
 )
 from iti.registry import DATASET_NAMES, PROBING_DATASETS, VALIDATION_DATASETS, check_dataset_name
@@ -59,10 +59,10 @@ class ActivationsConfig(DatasetOptions):
                                           "--dataset_path, the name of your dataset", NUMBERS, named=True)
     batch_size: int = option(16, "prompts per forward pass", EXECUTION, minimum=1)
     limit: int | None = option(None, "only the first N questions of the set's order", NUMBERS, named=True, minimum=1)
-    seed: int = option(42, "draws the extra question of tqa_gen_end_q", NUMBERS, minimum=0)
+    seed: int = seed_option("draws the extra question of tqa_gen_end_q")
     features_dir: str = option(str(FEATURES_DIR), "where the features go", EXECUTION, folder="write")
     tqa_path: str | None = option(None, "local TruthfulQA folder (default: ./TruthfulQA, else the hub)", NUMBERS,
-                                  folder="read")
+                                  folder="existing")
     mlp: bool = option(False, "also save each MLP's output (_mlp_wise.npy)", NUMBERS)
     overwrite: bool = option(False, "replace features of this name that were made differently (another model, "
                                     "dataset file, prompt format, limit or dtype); without it they are kept and "
@@ -86,22 +86,22 @@ class HeadShiftOptions(DatasetOptions):
                                                    "tqa_gen_end_q, or the probing set itself with --dataset_path)",
                                              SHIFTS)
     num_heads: int = option(48, "K, the number of heads to shift", SHIFTS, named=True, minimum=1)
-    alpha: float = option(15.0, "α, the shift strength: each head is shifted by α·σ·θ", SHIFTS, named=True)
+    alpha: float = option(15.0, "α, the shift strength: each head is shifted by α·σ·θ", SHIFTS, named=True,
+                          minimum=-MAX_ALPHA, maximum=MAX_ALPHA)
     val_ratio: float = option(0.2, "share of the development questions held out to rank the probes", SHIFTS,
                               split=True)
     use_center_of_mass: bool = option(False, "direction = mean of true rows minus mean of false rows (the paper's "
                                              "best)", SHIFTS, named=True)
     use_random_dir: bool = option(False, "K heads drawn at random and random directions (a control)", SHIFTS,
                                   named=True)
-    seed: int = option(42, "seeds the train/validation split and every random choice", NUMBERS, named=True,
-                       split=True, minimum=0)
+    seed: int = seed_option("seeds the train/validation split and every random choice", named=True, split=True)
     limit: int | None = option(None, "only the first N questions", NUMBERS, named=True, split=True, minimum=1)
     features_dir: str = option(str(FEATURES_DIR), "where get_activations put the features", SHIFTS, location=True,
                                folder="read")
     probe_backend: str = option("torch", "torch (all probes at once, same optimum) or sklearn (one per head, as "
                                          "the public workflow)", SHIFTS, choices=PROBE_BACKENDS)
     tqa_path: str | None = option(None, "local TruthfulQA folder (default: ./TruthfulQA, else the hub)", NUMBERS,
-                                  split=True, location=True, folder="read")
+                                  split=True, location=True, folder="existing")
 
     @property
     def method(self) -> str:
@@ -127,14 +127,23 @@ class HeadShiftOptions(DatasetOptions):
             raise UsageError("--use_center_of_mass and --use_random_dir exclude each other; pick one "
                              "(or neither for probe directions)")
         if self.custom:
-            self.check_custom_dataset(self.dataset_name, min_items=self.minimum_items, limit=self.limit)
+            self._questions = self.check_custom_dataset(self.dataset_name, min_items=self.minimum_items,
+                                                        limit=self.limit)
         elif self.dataset_name not in PROBING_DATASETS:
             raise UsageError(f"--dataset_name {self.dataset_name} cannot train probes on TruthfulQA folds; "
                              f"use one of {', '.join(PROBING_DATASETS)}")
-        for alpha in values_of(self.alpha):
-            if not math.isfinite(alpha):
-                raise UsageError(f"--alpha {alpha} must be a finite number, e.g. 15")
         check_fraction("--val_ratio", self.val_ratio)
+
+    @property
+    def known_questions(self) -> int | None:
+        """How many questions the work takes, where the options tell (--limit, a §9 file's items; after check())."""
+        return getattr(self, "_questions", None) if self.custom else self.limit
+
+    def _check_counts(self) -> None:
+        from iti.folds import num_train
+
+        if self.known_questions is not None:
+            num_train(self.known_questions, self.val_ratio)
 
 
 @dataclass
@@ -143,7 +152,8 @@ class ValidationConfig(HeadShiftOptions):
                                                "(with --alpha): each fold picks one setting on its validation "
                                                "questions (--select_metric)", SHIFTS, named=True, minimum=0)
     alpha: tuple[float, ...] = option((15.0,), "α, the shift strength; 0 evaluates the model as it is; several "
-                                               "values: see --num_heads", SHIFTS, named=True)
+                                               "values: see --num_heads", SHIFTS, named=True, minimum=-MAX_ALPHA,
+                                      maximum=MAX_ALPHA)
     select_metric: str = option("mc2", "with several K or α: the validation score each fold maximises "
                                        "(true*info needs --metrics judge info)", SHIFTS, choices=SELECT_METRICS)
     max_kl: float | None = option(None, "with several K or α: only settings whose KL wrt the original model stays "
@@ -170,7 +180,8 @@ class ValidationConfig(HeadShiftOptions):
     sequential_loading: bool = option(True, "move the model off the GPU and load one judge at a time (default); "
                                             "--no-sequential_loading keeps everything loaded", EXECUTION)
     owt_path: str | None = option(None, "OpenWebText for CE/KL: .txt (blank-line-separated documents) or .jsonl "
-                                        "with a \"text\" field; default: the hub", NUMBERS, location=True)
+                                        "with a \"text\" field; default: the hub", NUMBERS, location=True,
+                                  file="read")
     batch_size: int = option(16, "sequences per forward pass", EXECUTION, minimum=1)
     max_new_tokens: int = option(50, "longest generated answer, in tokens", NUMBERS, minimum=1)
     results_dir: str = option(str(RESULTS_DIR), "where splits/ and results_dump/ go", EXECUTION, folder="write")
@@ -210,6 +221,18 @@ class ValidationConfig(HeadShiftOptions):
     def intervenes(self) -> bool:
         return any(k > 0 and alpha != 0 for k, alpha in self.settings)
 
+    def _check_counts(self) -> None:
+        """The folds of a known number of questions, drawn as the run draws them (it is cheap), so that a split the
+        run would refuse is refused here."""
+        from iti.folds import all_fold_splits, held_for_selection
+
+        if self.known_questions is None:
+            return
+        for train, val, _ in all_fold_splits(self.known_questions, self.num_fold, self.val_ratio, self.seed,
+                                             self.split_rng):
+            if self.selects:
+                held_for_selection(len(train) + len(val), self.select_ratio, self.val_ratio)
+
     def _check(self) -> None:
         from iti.prompts import check_instruction_prompt
 
@@ -238,9 +261,6 @@ class ValidationConfig(HeadShiftOptions):
         if self.split_rng == "public" and self.use_random_dir:
             raise UsageError("--split_rng public cannot follow the public stream with --use_random_dir (the public "
                              "script draws its random heads and directions from the same stream); drop one of them")
-        if self.owt_path is not None and not Path(self.owt_path).expanduser().is_file():
-            raise UsageError(f"--owt_path {self.owt_path} is not a file; give a .txt or .jsonl file of documents "
-                             "(validation/write_local_text.py writes a stand-in)")
 
 
 @dataclass
@@ -248,7 +268,7 @@ class CollectConfig(ValidationConfig):
     """collect_sweep's options. Every validate_2fold flag is accepted, so a sweep passes its own on; those that
     name runs select them (model, prefix, method, dataset, limit, and the seed when given), and runs that
     differ in the others make rows of their own."""
-    seed: int | None = option(None, "only runs of this seed (default: every seed)", NUMBERS, named=True, minimum=0)
+    seed: int | None = seed_option("only runs of this seed (default: every seed)", default=None, named=True)
     by_category: bool = option(False, "also each category's difference from the baseline (table and one plot per "
                                       "setting)", EXECUTION)
     category_metric: str = option("MC2", "the metric of the per-category table and plots", EXECUTION,
@@ -257,16 +277,21 @@ class CollectConfig(ValidationConfig):
 
 @dataclass
 class EditConfig(HeadShiftOptions):
-    output_dir: str | None = option(None, "default: validation/results_dump/edited_models_dump/"
-                                          "{model}_seed_{seed}_top_{K}_heads_alpha_{alpha}", EXECUTION)
-    overwrite: bool = option(False, "replace --output_dir when it holds an earlier bake (a folder of anything "
-                                    "else is never touched)", EXECUTION)
+    output_dir: str | None = option(None, "default: validation/results_dump/edited_models_dump/{model}[_{dataset}]"
+                                          "_seed_{seed}_top_{K}_heads_alpha_{alpha}[_limit_{N}]_{hash}, the hash "
+                                          "naming every setting that changes a number", EXECUTION, folder="write")
+    overwrite: bool = option(False, "replace --output_dir when it holds an earlier bake of the same settings (a "
+                                    "folder of anything else is never touched)", EXECUTION)
 
     def _check(self) -> None:
         super()._check()
         if self.limit is not None and self.limit < 2:
             raise UsageError(f"--limit {self.limit} must be at least 2: the questions are split into training "
                              "and validation")
+        if self.output_dir is not None:
+            from iti.bake import check_output_dir
+
+            check_output_dir(self.output_dir, self.overwrite)  # the bake's identity is checked once it is known
 
 
 @dataclass
@@ -276,14 +301,14 @@ class HeadAccuracyConfig(Options):
     dataset_path: str | None = option(None, DATASET_PATH_HELP + " (checked against the features' record)", NUMBERS)
     tqa_path: str | None = option(None, "local TruthfulQA folder the features were made from (default: "
                                         "./TruthfulQA, else the hub; checked against the features' record)", NUMBERS,
-                                  folder="read")
+                                  folder="existing")
     metric: str = option("accuracy", "what the heatmap shows: the probes' validation accuracy or ROC AUC", NUMBERS,
                          choices=HEAD_METRICS)
     features_dir: str = option(str(FEATURES_DIR), "where get_activations put the features", NUMBERS, folder="read")
     limit: int | None = option(None, "only the first N questions (the `_limit_N` features, else the first N of "
                                      "the full set)", NUMBERS, named=True, minimum=2)
     val_ratio: float = option(0.2, "share of the questions held out to score the probes", NUMBERS)
-    seed: int = option(42, "seeds the train/validation split", NUMBERS, minimum=0)
+    seed: int = seed_option("seeds the train/validation split")
     probe_backend: str = option("torch", "torch (all probes at once) or sklearn (one per head)", NUMBERS,
                                 choices=PROBE_BACKENDS)
     output_dir: str = option(str(PLOTS_DIR), "where the accuracies and the heatmap go", EXECUTION, folder="write")
@@ -295,25 +320,45 @@ class HeadAccuracyConfig(Options):
         if self.dataset_path is not None:
             check_custom_dataset(self.dataset_path, self.dataset_name)
         else:
-                check_dataset_name(self.dataset_name)
+            check_dataset_name(self.dataset_name)
+
+    def _check_counts(self) -> None:
+        from iti.folds import num_train
+
+        if self.limit is not None:
+            num_train(self.limit, self.val_ratio)
 
 
 @dataclass
 class ExportConfig(ModelOptions):
     head_shifts: str | None = option(None, "head shifts to export: a folder from validate_2fold "
-                                           "(results_dump/head_shifts_dump/...) or edit_weight", NUMBERS)
+                                           "(results_dump/head_shifts_dump/...) or edit_weight", NUMBERS,
+                                     folder="existing")
     import_from: str | None = option(None, "a pyvene folder (IntervenableModel.save) to import as head shifts "
-                                           "instead", NUMBERS)
-    output_dir: str | None = option(None, "where the pyvene folder (export) or the head shifts (import) go", EXECUTION)
+                                           "instead", NUMBERS, folder="existing")
+    output_dir: str | None = option(None, "where the pyvene folder (export) or the head shifts (import) go", EXECUTION,
+                                    folder="write")
     allow_other_model: bool = option(False, "apply head shifts made for another model of the same geometry", EXECUTION)
+    overwrite: bool = option(False, "replace what --output_dir holds when that is only what this command writes (a "
+                                    "pyvene export; head shifts when importing)", EXECUTION)
 
     def _check(self) -> None:
+        import re
+
+        from iti.files import check_replaceable
+        from iti.head_shifts import METADATA_FILE, TENSORS_FILE
+
         super()._check()
         if (self.head_shifts is None) == (self.import_from is None):
             raise UsageError("give exactly one of --head_shifts FOLDER (export to pyvene) or --import_from FOLDER "
                              "(import from pyvene)")
         if self.output_dir is None:
             raise UsageError("--output_dir is needed: the folder to write")
+        shifts = "|".join(map(re.escape, (TENSORS_FILE, METADATA_FILE)))
+        # An export: pyvene's IntervenableModel.save files (config.json, one intkey_* state per layer) and the shifts.
+        ours = (shifts, "head shifts") if self.import_from else (rf"{shifts}|config\.json|intkey_.+\.(bin|safetensors)",
+                                                                 "a pyvene export")
+        check_replaceable("--output_dir", self.output_dir, self.overwrite, *ours)
 
 
 def selection_options(select_metric: str) -> set[str]:
@@ -322,4 +367,31 @@ def selection_options(select_metric: str) -> set[str]:
     names = metric.product_of or (metric.name,)
     return {BY_NAME[name].option for name in names}
 
+
+@dataclass
+class CompareConfig(Options):
+    summaries: tuple[str, ...] = option((), "summary JSON files of validate_2fold runs", EXECUTION, file="read",
+                                        positional=True)
+
+
+@dataclass
+class PushConfig(Options):
+    folder: str | None = option(None, "a baked model folder (edit_weight output) or a head-shift folder", EXECUTION,
+                                folder="existing", positional=True)
+    repo_id: str | None = option(None, "hub repository, e.g. your-name/honest_llama2_chat_7B", EXECUTION)
+    private: bool = option(False, "create the repository as private", EXECUTION)
+    dry_run: bool = option(False, "print the files and the model card; no network", EXECUTION)
+
+    def _check(self) -> None:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        super()._check()
+        if self.repo_id is None:
+            raise UsageError("--repo_id is needed: the hub repository to push to, e.g. your-name/honest_llama2_chat_7B")
+        try:
+            validate_repo_id(self.repo_id)
+        except HFValidationError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UsageError(f"--repo_id {self.repo_id} is not a valid repository id ({first}); "
+                             "use owner/name") from None
 

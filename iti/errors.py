@@ -1,6 +1,7 @@
 """The one error type for bad input: scripts turn it into one line on stderr and exit code 2, and so
 are faults of the storage a user is to fix (a full disk, a read-only or forbidden path)."""
 import errno
+import re
 import sys
 from contextlib import contextmanager
 from typing import NoReturn
@@ -32,6 +33,21 @@ def exit_on_usage_error():
         _exit(f"{err.strerror}{where}; {_STORAGE_REMEDIES[err.errno]}")
 
 
+# Characters that end a line for a terminal or for str.splitlines (C0 and C1 controls, the Unicode line and
+# paragraph separators): a path or value holding one is shown escaped, so a message stays one line.
+_LINE_BREAKING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """`text` with every character that could break or hide a line written as its escape (a newline as \\n)."""
+    return _LINE_BREAKING.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def print_error(message: str) -> None:
+    """The one place messages about bad input are printed: `error: ...`, on one line of stderr."""
+    print(f"error: {one_line(message)}", file=sys.stderr)
+
+
 def _exit(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
+    print_error(message)
     sys.exit(2)

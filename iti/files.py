@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import uuid
@@ -118,6 +119,23 @@ def staged_folder(target: str | Path, replace: bool = False) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def check_replaceable(flag: str, folder: str | Path, overwrite: bool, ours: str, what: str) -> None:
+    """A folder a command writes into must be new or empty; with `overwrite`, it may hold files whose names all
+    match `ours` (a regex: what the command itself writes, called `what`), which are replaced. Anything else is
+    never touched, whatever the flags."""
+    present = sorted(p.name for p in Path(folder).expanduser().iterdir()) if Path(folder).expanduser().is_dir() else []
+    if not present:
+        return
+    if not overwrite:
+        raise UsageError(f"{flag} {folder} is not empty; it is kept: give a new or empty folder, or add --overwrite to "
+                         f"replace {what} there")
+    others = [name for name in present if not re.fullmatch(ours, name)]
+    if others:
+        raise UsageError(f"{flag} {folder} holds more than {what} ({', '.join(others[:3])}"
+                         f"{', ...' if len(others) > 3 else ''}); it is kept, whatever the flags: give a new or empty "
+                         "folder")
+
+
 def write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
@@ -196,8 +214,8 @@ def read_text(path: str | Path, what: str, remedy: str = "save it as UTF-8") -> 
     path = Path(path)
     try:
         data = path.read_bytes()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as err:
-        raise UsageError(f"{what} {path} cannot be read ({err.strerror}); give a readable file") from None
+    except OSError as err:  # any: missing, a folder, a symbolic link loop, forbidden, an I/O error
+        raise UsageError(f"{what} {path} cannot be read ({err.strerror or err}); give a readable file") from None
     body = data[len(UTF8_BOM):] if data.startswith(UTF8_BOM) else data
     try:
         return body.decode("utf-8")

@@ -54,7 +54,7 @@ def _public_fold_splits(parts: list[np.ndarray], val_ratio: float, seed: int) ->
     splits = []
     for fold in range(len(parts)):
         development = _development(parts, fold)
-        train = development[rng.permutation(len(development))[:_num_train(len(development), val_ratio)]]
+        train = development[rng.permutation(len(development))[:num_train(len(development), val_ratio)]]
         val = development[~np.isin(development, train)]
         splits.append((train, val, parts[fold].copy()))
         for _ in ("ce", "kl"):
@@ -67,11 +67,11 @@ def train_val_split(
     questions: np.ndarray, val_ratio: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Training questions drawn without replacement (a share 1 - val_ratio, rounded down); the rest validate."""
-    train = np.sort(rng.choice(questions, size=_num_train(len(questions), val_ratio), replace=False))
+    train = np.sort(rng.choice(questions, size=num_train(len(questions), val_ratio), replace=False))
     return train, np.setdiff1d(questions, train)
 
 
-def _num_train(num_questions: int, val_ratio: float) -> int:
+def num_train(num_questions: int, val_ratio: float) -> int:
     """The training share of `num_questions` questions, leaving at least one to validate."""
     num_train = int(num_questions * (1 - val_ratio))
     if num_train == num_questions:
@@ -82,6 +82,17 @@ def _num_train(num_questions: int, val_ratio: float) -> int:
                          f"takes at least {_fewest_to_split(val_ratio)}; use more "
                          f"questions{_other_ratio(num_questions)}")
     return num_train
+
+
+def held_for_selection(num_development: int, select_ratio: float, val_ratio: float) -> int:
+    """How many of a fold's `num_development` questions are set aside to score the settings (iti.selection); a
+    UsageError when too few are left on either side, or the rest do not split into training and validation."""
+    held = int(round(num_development * select_ratio))
+    if held == 0 or num_development - held < 2:
+        raise UsageError(f"--select_ratio {select_ratio} sets aside {held} of the fold's {num_development} development "
+                         "questions to score the settings; use more questions or another --select_ratio")
+    num_train(num_development - held, val_ratio)
+    return held
 
 
 def fewest_questions(num_fold: int, val_ratio: float) -> int:

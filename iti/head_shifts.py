@@ -63,6 +63,8 @@ class ShiftProvenance:
     val_questions: int | None = None
     probe_report: dict | None = None
     imported_from: str | None = None
+    # A bake's identity (edit_weight): what its folder is named by, and what --overwrite must find there again.
+    identity: dict | None = None
     other: dict = field(default_factory=dict)
 
     @classmethod
@@ -202,6 +204,15 @@ class HeadShifts:
             delta[self.heads[mine]] = shifts[mine]
             offsets[layer] = delta.reshape(self.num_heads * d).astype(np.float32)
         return offsets
+
+    def check_fits(self, dtype: str, largest: float) -> None:
+        """UsageError unless every α·σ·θ_i is a number of the model's `dtype` (at most `largest` in magnitude): a shift
+        beyond it is infinite there and makes every later activation NaN."""
+        reach = np.abs(self.sigmas[:, None] * self.directions.astype(np.float64)).max(initial=0.0)
+        if not abs(self.alpha) * reach <= largest:
+            bound = f"{largest / reach:.4g}" if reach else "a finite number"
+            raise UsageError(f"alpha {self.alpha:g} shifts a head by up to {abs(self.alpha) * reach:.4g} (alpha·σ·θ), "
+                             f"beyond the largest {dtype} number ({largest:.5g}); use |alpha| at most {bound}")
 
     def check_geometry(self, num_layers: int, num_heads: int, head_dim: int) -> None:
         """UsageError unless these shifts were made for a model of this geometry."""

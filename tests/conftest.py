@@ -301,3 +301,9 @@ def right_padded_batch(vocab_size: int):
     mask[1, 9:] = 0
     mask[2, 10:] = 0
     return ids, mask
+
+
+def only_file(folder: Path, pattern: str) -> Path:
+    """The one file in `folder` whose name matches the glob `pattern` (names that end in a hash, as collect_sweep's)."""
+    [path] = folder.glob(pattern)
+    return path

@@ -277,3 +277,15 @@ def test_what_cannot_bake_is_refused_with_the_reason_and_left_alone(family, wind
     after = model.state_dict()
     assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
     assert model.model.layers[0].self_attn.o_proj.bias is None, "a refused bake must leave the model alone"
+
+
+@pytest.mark.parametrize("apply", [ShiftedModel, bake_head_shifts], ids=["applied", "baked"])
+def test_a_shift_beyond_the_models_dtype_is_refused_and_changes_nothing(apply):
+    model = model_from_config(family_config("llama"), dtype=torch.float16)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    shifts = make_shifts(model, alpha=60000.0, sigmas=[2.0, 2.0, 2.0])
+    with pytest.raises(UsageError, match=r"alpha 60000 shifts a head by up to .* beyond the largest torch.float16 "
+                                         r"number \(65504\); use \|alpha\| at most"):
+        apply(model, shifts)
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+    assert apply(model, make_shifts(model, alpha=600.0, sigmas=[2.0, 2.0, 2.0])) is not None

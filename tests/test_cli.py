@@ -37,10 +37,10 @@ def test_every_field_is_a_flag_with_help(config_cls):
 def test_values_are_typed_as_the_fields():
     cfg = parse_config(ValidationConfig, [
         "--alpha", "2.5", "--num_heads", "8", "--limit", "40", "--metrics", "mc,ce", "kl",
-        "--use_center_of_mass", "--no-sequential_loading", "--judge_name", "judge/folder", "--model_path", "m.gguf"])
+        "--use_center_of_mass", "--no-sequential_loading", "--judge_name", "judge/folder", "--model_path", "org/model"])
     expected = dataclasses.replace(
         ValidationConfig(), alpha=2.5, num_heads=8, limit=40, metrics=("mc", "ce", "kl"), use_center_of_mass=True,
-        sequential_loading=False, judge_model="judge/folder", model_path="m.gguf")
+        sequential_loading=False, judge_model="judge/folder", model_path="org/model")
     assert cfg == expected
     assert cfg.method == "center_of_mass" and cfg.output_name == "smollm2_135M_instruct"
 
@@ -78,3 +78,21 @@ def test_scripts_parse_without_importing_torch(config_cls):
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_negative_numbers_in_scientific_notation_are_values():
+    cfg = parse_config(ValidationConfig, ["--alpha", "-1e3", "5", "-2.5E-1", "--num_heads", "8"])
+    assert cfg.alpha == (-1000.0, 5.0, -0.25)
+
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys):
+    from iti.cli import run_main
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(interrupted)
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err
+    assert err.startswith("interrupted; ") and len(err.strip().splitlines()) == 1

@@ -26,6 +26,7 @@ SCRIPTS = {
     "export_head_shifts": REPO_ROOT / "validation" / "export_head_shifts.py",
     "compare_runs": REPO_ROOT / "validation" / "compare_runs.py",
     "push_hf": REPO_ROOT / "validation" / "push_hf.py",
+    "write_local_text": REPO_ROOT / "validation" / "write_local_text.py",
 }
 MODEL = "tiny"
 
@@ -49,8 +50,10 @@ def truncate(path: Path) -> None:
 
 
 def model_args(root: Path) -> list[str]:
-    """A model given by folder: these cases fail before the folder is read."""
+    """A model given by folder (a config.json makes it one): these cases fail before the folder is read."""
     (root / "model").mkdir(exist_ok=True)
+    if not (root / "model" / "config.json").exists():
+        (root / "model" / "config.json").write_text("{}")
     return ["--model_name", MODEL, "--model_path", str(root / "model"), "--device", "cpu"]
 
 
@@ -439,6 +442,144 @@ def paired_runs_whose_answers_are(name: str, content: bytes):
     return make
 
 
+# ----------------------------------------------------------------------------- options, paths and outputs
+
+def seed_beyond_numpy(root, tqa):
+    return [*model_args(root), "--seed", str(2**32), "--split_rng", "public", "--limit", "8", "--check_args"]
+
+
+def alpha_beyond_float16(root, tqa):
+    return [*model_args(root), "--alpha", "1e300", "--limit", "8", "--check_args"]
+
+
+def alpha_not_a_number(root, tqa):
+    return [*model_args(root), "--alpha", "5", "nan", "--limit", "8", "--check_args"]
+
+
+def val_ratio_leaving_no_training_question(root, tqa):
+    return [*model_args(root), "--val_ratio", "0.99", "--limit", "8", "--check_args"]
+
+
+def val_ratio_leaving_no_probe_to_plot(root, tqa):
+    return ["--model_name", MODEL, "--val_ratio", "0.99", "--limit", "8", "--check_args"]
+
+
+def select_ratio_leaving_nothing_to_build_on(root, tqa):
+    return [*model_args(root), "--select_ratio", "0.99", "--num_heads", "1", "2", "--limit", "8", "--check_args"]
+
+
+def tqa_path_that_is_not_there(root, tqa):
+    return [*model_args(root), "--tqa_path", str(root / "nowhere"), "--check_args"]
+
+
+def gpu_that_torch_does_not_see(root, tqa):
+    return [*model_args(root)[:-2], "--device", "cuda:99", "--check_args"]
+
+
+def empty_model_path(root, tqa):
+    return ["--model_name", MODEL, "--model_path", "", "--check_args"]
+
+
+def empty_folder_option(flag):
+    def make(root, tqa):
+        return [*model_args(root), flag, "", "--check_args"]
+    make.__name__ = f"empty_{flag[2:]}"
+    return make
+
+
+def folder_without_a_model(root, tqa):
+    (root / "empty").mkdir()
+    return ["--model_name", MODEL, "--model_path", str(root / "empty"), "--check_args"]
+
+
+def link_loop(root: Path, name: str) -> Path:
+    (root / f"{name}_a").symlink_to(root / f"{name}_b")
+    (root / f"{name}_b").symlink_to(root / f"{name}_a")
+    return root / f"{name}_a"
+
+
+def features_dir_in_a_link_loop(root, tqa):
+    return [*model_args(root), "--features_dir", str(link_loop(root, "features")), "--check_args"]
+
+
+def results_dir_a_dangling_link(root, tqa):
+    (root / "out").symlink_to(root / "gone")
+    return [*model_args(root), "--results_dir", str(root / "out"), "--check_args"]
+
+
+def summary_in_a_link_loop(root, tqa):
+    return [str(link_loop(root, "run.json"))]
+
+
+def path_with_a_newline(root, tqa):
+    (root / "a\nb").write_text("not a folder")
+    return [*model_args(root), "--features_dir", str(root / "a\nb"), "--check_args"]
+
+
+def summary_not_there_asked_to_check(root, tqa):
+    return ["--check_args", str(root / "none.json")]
+
+
+def push_of_no_folder(root, tqa):
+    return [str(root / "nowhere"), "--repo_id", "you/name", "--check_args"]
+
+
+def push_to_a_bad_repo_id(root, tqa):
+    return [str(root), "--repo_id", "you/a name", "--check_args"]
+
+
+def text_output_a_folder(root, tqa):
+    return ["--output", str(root)]
+
+
+def text_output_under_a_file(root, tqa):
+    (root / "notes.txt").write_text("mine")
+    return ["--output", str(root / "notes.txt" / "text.txt")]
+
+
+def text_output_empty(root, tqa):
+    return ["--output", ""]
+
+
+def text_with_no_paragraph_that_long(root, tqa):
+    return ["--output", str(root / "text.txt"), "--min_chars", "10000000"]
+
+
+def text_output_of_the_user(root, tqa):
+    (root / "text.txt").write_text("my own notes")
+    return ["--output", str(root / "text.txt")]
+
+
+def output_dir_under_a_file(root, tqa):
+    (root / "notes.txt").write_text("mine")
+    return [*model_args(root), "--output_dir", str(root / "notes.txt" / "out"), "--check_args"]
+
+
+def export_output_dir_under_a_file(root, tqa):
+    (root / "shifts").mkdir()
+    (root / "notes.txt").write_text("mine")
+    return ["--head_shifts", str(root / "shifts"), "--output_dir", str(root / "notes.txt" / "out"), "--check_args"]
+
+
+def asked_to_check(make):
+    """The case with --check_args: it must be refused there already."""
+    def checked(root, tqa):
+        return [*make(root, tqa), "--check_args"]
+    checked.__name__ = f"{make.__name__}_asked_to_check"
+    return checked
+
+
+def import_into_a_bake(*extra):
+    def make(root, tqa):
+        (root / "pyvene").mkdir()
+        (root / "bake").mkdir()
+        for name in ("config.json", "model.safetensors", "head_shifts.json", "head_shifts.safetensors"):
+            (root / "bake" / name).write_text("{}")
+        return ["--import_from", str(root / "pyvene"), "--output_dir", str(root / "bake"), *extra]
+    make.__name__ = "import_into_a_bake" + "".join(f"_with_{flag[2:]}" for flag in extra)
+    return make
+
+
 CASES = [
     ("get_activations", gguf_that_is_not, "model.gguf is a file but not a GGUF model"),
     ("get_activations", csv_short_row, "TruthfulQA.csv line 5 has 2 fields, the header 7"),
@@ -550,6 +691,45 @@ CASES = [
     ("compare_runs", paired_runs_whose_answers_are("unscored",
                                                    b"Category,Question,tiny MC2\nc,Q0?,0.5\nc,Q1?,\nc,Q2?,x\n"),
      "answer file {root}/iti_answers.csv lacks a score in some rows of tiny MC2"),
+    # options, paths and outputs
+    ("validate_2fold", seed_beyond_numpy, "--seed 4294967296 must be at most 4294967295"),
+    ("edit_weight", alpha_beyond_float16, "--alpha 1e+300 must be at most 65504"),
+    ("validate_2fold", alpha_not_a_number, "--alpha nan is not a number"),
+    ("validate_2fold", val_ratio_leaving_no_training_question,
+     "8 questions in 2 folds leave a fold 4 development questions, none to train on at --val_ratio 0.99"),
+    ("edit_weight", val_ratio_leaving_no_training_question, "--val_ratio 0.99 leaves none of 8 questions to train on"),
+    ("plot_head_accuracies", val_ratio_leaving_no_probe_to_plot,
+     "--val_ratio 0.99 leaves none of 8 questions to train on"),
+    ("validate_2fold", select_ratio_leaving_nothing_to_build_on,
+     "--select_ratio 0.99 sets aside 4 of the fold's 4 development questions"),
+    *[(script, tqa_path_that_is_not_there, "--tqa_path {root}/nowhere does not exist; give an existing folder")
+      for script in ("get_activations", "validate_2fold")],
+    ("get_activations", gpu_that_torch_does_not_see, "--device cuda:99 names a GPU that torch does not see"),
+    ("validate_2fold", empty_model_path, "--model_path is empty; give a path"),
+    ("get_activations", empty_folder_option("--features_dir"), "--features_dir is empty; give a path"),
+    ("validate_2fold", empty_folder_option("--results_dir"), "--results_dir is empty; give a path"),
+    ("get_activations", folder_without_a_model, "--model_path {root}/empty is a folder without config.json"),
+    ("validate_2fold", features_dir_in_a_link_loop,
+     "--features_dir {root}/features_a cannot be used (Too many levels of symbolic links)"),
+    ("validate_2fold", results_dir_a_dangling_link,
+     "--results_dir {root}/out is a symbolic link to {root}/gone, which does not exist"),
+    ("compare_runs", summary_in_a_link_loop, "summaries {root}/run.json_a cannot be used (Too many levels of symbolic"),
+    ("compare_runs", summary_not_there_asked_to_check, "summaries {root}/none.json does not exist; give a file"),
+    ("push_hf", push_of_no_folder, "folder {root}/nowhere does not exist; give an existing folder"),
+    ("push_hf", push_to_a_bad_repo_id, "--repo_id you/a name is not a valid repository id"),
+    ("write_local_text", text_output_a_folder, "--output {root} is a folder, not a file"),
+    ("write_local_text", text_output_under_a_file, "{root}/notes.txt is a file, so no folder can be made there"),
+    ("write_local_text", text_output_empty, "--output is empty; give a path"),
+    ("write_local_text", text_with_no_paragraph_that_long,
+     "--min_chars 10000000: no paragraph of the text is that long, so there is nothing to write"),
+    ("write_local_text", text_output_of_the_user, "--output {root}/text.txt exists and holds other text; it is kept"),
+    ("edit_weight", output_dir_under_a_file, "{root}/notes.txt is a file, so no folder can be made there"),
+    ("export_head_shifts", export_output_dir_under_a_file, "{root}/notes.txt is a file, so no folder can be made"),
+    ("edit_weight", asked_to_check(earlier_bake_without_overwrite), "holds an earlier bake; add --overwrite"),
+    ("export_head_shifts", import_into_a_bake(), "--output_dir {root}/bake is not empty; it is kept"),
+    ("export_head_shifts", import_into_a_bake("--overwrite"),
+     "--output_dir {root}/bake holds more than head shifts (config.json, model.safetensors); it is kept, whatever"),
+    ("get_activations", path_with_a_newline, "--features_dir {root}/a\\nb is a file, not a folder"),
 ]
 
 

@@ -10,11 +10,13 @@ import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from iti.errors import UsageError
 from tests.conftest import REPO_ROOT, family_config, logit_tolerance, make_tiny_model, model_from_config, write_features
 
 SCRIPT = REPO_ROOT / "validation" / "edit_weight.py"
@@ -215,3 +217,34 @@ def _load_script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_bakes_of_other_settings_never_share_a_folder_and_overwrite_replaces_only_the_same(setup, tmp_path,
+                                                                                           monkeypatch, capsys):
+    import iti.bake
+    import iti.models
+
+    for module in (iti.bake, iti.models):
+        monkeypatch.setattr(module, "EDITED_MODELS_DIR", tmp_path)
+    script = _load_script()
+
+    def bake(*extra) -> str:
+        """The folder the bake went to, or the error line."""
+        monkeypatch.setattr(sys, "argv", [str(SCRIPT), *base_args(setup, "--num_heads", "3", "--limit", "25", *extra)])
+        try:
+            script.run_main(script.main)
+        except SystemExit as stop:
+            assert stop.code == 2
+            return capsys.readouterr().err.strip()
+        return capsys.readouterr().out.split(" -> ")[1].splitlines()[0]
+
+    probe, com = bake(), bake("--use_center_of_mass")
+    assert probe != com and sorted(p.name for p in tmp_path.iterdir()) == sorted({Path(probe).name, Path(com).name})
+    assert Path(probe).name.startswith("tiny_synthetic_seed_42_top_3_heads_alpha_15_limit_25_")
+    assert "holds a bake made with other settings" in bake("--output_dir", com, "--overwrite")
+    assert "holds an earlier bake; add --overwrite" in bake("--use_center_of_mass")
+    weights = (Path(com) / "model.safetensors").stat().st_mtime_ns
+    assert bake("--use_center_of_mass", "--overwrite") == com
+    assert (Path(com) / "model.safetensors").stat().st_mtime_ns != weights
+    with pytest.raises(UsageError, match="2 edited models in .* could be the bake with seed 42, K 3, alpha 15"):
+        iti.models.find_bake("tiny_synthetic", (42, 3, 15.0))

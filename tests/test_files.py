@@ -67,3 +67,10 @@ def test_json_lines_break_only_at_line_ends(tmp_path):
     path = tmp_path / "set.jsonl"
     path.write_bytes('{"t": "a\u2028b\u2029c\x85d"}\r\n\r\n{"t": 2}\r{"t": 3}\n'.encode("utf-8"))
     assert read_jsonl(path, "--x") == [(1, {"t": "a\u2028b\u2029c\x85d"}), (3, {"t": 2}), (4, {"t": 3})]
+
+
+def test_a_file_that_cannot_be_read_for_any_reason_is_one_line_naming_it(tmp_path):
+    (tmp_path / "a.json").symlink_to(tmp_path / "b.json")
+    (tmp_path / "b.json").symlink_to(tmp_path / "a.json")
+    with pytest.raises(UsageError, match=r"a.json cannot be read \(Too many levels of symbolic links\)"):
+        read_json(tmp_path / "a.json", "--x", "fix it")

@@ -54,7 +54,7 @@ def test_model_path_folder_of_another_family(qwen_folder, tokenizer, tqa_path, t
     (["--model_path", "/no/such/model"], "does not exist"),
     (["--dataset_name", "tqa_mc3"], "unknown dataset 'tqa_mc3'"),
     (["--limit", "900"], "--limit 900 is out of range"),
-    (["--tqa_path", "/no/such/tqa"], "is not a TruthfulQA folder"),
+    (["--tqa_path", "/no/such/tqa"], "--tqa_path /no/such/tqa does not exist; give an existing folder"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
     result = run_script(*args, "--features_dir", str(tmp_path), "--device", "cpu")

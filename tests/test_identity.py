@@ -97,3 +97,23 @@ def test_repeats_and_baselines_share_what_the_roles_say():
 def test_other_scripts_declare_what_names_their_outputs(cls):
     assert {"model_name", "dataset_name", "limit"} <= set(f.name for f in dataclasses.fields(cls)
                                                          if f.metadata.get("named"))
+
+
+def test_a_bakes_folder_changes_with_each_number_changing_field_and_with_no_execution_setting():
+    from iti.bake import bake_dir, bake_identity
+
+    resolved = {"model_path": "m0", "dtype": "float32", "features_dir": {"probing": "p0", "tuning": "t0"}}
+
+    def folder(cfg, **other):
+        values = {**resolved, **other}
+        return bake_dir(cfg, bake_identity(cfg, values["model_path"], values["dtype"], values["features_dir"]))
+
+    base = config.EditConfig(limit=8)
+    for field in dataclasses.fields(config.EditConfig):
+        if field.name in resolved:
+            changed = folder(base, **{field.name: "other"})
+        elif field.name in ("dataset_path", "tqa_path"):
+            continue  # their items enter through the features' record ids
+        else:
+            changed = folder(dataclasses.replace(base, **{field.name: another_value(field, getattr(base, field.name))}))
+        assert (changed != folder(base)) == (field.metadata["role"] in IDENTITY_ROLES), field.name

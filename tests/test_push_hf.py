@@ -130,7 +130,7 @@ def test_unreachable_hub_is_one_line(folders, tmp_path):
 
 @pytest.mark.parametrize("folder, repo_id, expected", [
     ("empty", "someone/x", "holds neither a baked model"),
-    ("missing", "someone/x", "is not a folder"),
+    ("missing", "someone/x", "does not exist; give an existing folder"),
     ("shifts", "not a/valid id", "--repo_id not a/valid id is not a valid repository id"),
 ])
 def test_bad_input_is_one_line(folders, tmp_path, folder, repo_id, expected):

@@ -109,7 +109,7 @@ def test_script_refuses_shifts_of_another_model_unless_told(tmp_path_factory, to
     assert f"made for {made_for}, not {other}" in refused.stderr and not (tmp_path / "refused").exists()
     allowed = run("--model_path", str(other), "--output_dir", str(tmp_path / "export"), "--allow_other_model")
     assert allowed.returncode == 0, allowed.stderr
-    exported = run("--model_path", str(made_for), "--output_dir", str(tmp_path / "export"))
+    exported = run("--model_path", str(made_for), "--output_dir", str(tmp_path / "export"), "--overwrite")
     assert exported.returncode == 0, exported.stderr
     assert import_pyvene(tmp_path / "export", head_geometry(model.config)).head_list() == shifts.head_list()
 

@@ -16,7 +16,7 @@ from iti import sweep as sweeps
 from iti.errors import UsageError
 from iti.runs import earlier_run_path, readable_name
 from iti.validate import ValidationConfig, run_validation
-from tests.conftest import REPO_ROOT, make_tiny_model
+from tests.conftest import REPO_ROOT, make_tiny_model, only_file
 
 SCRIPT = REPO_ROOT / "validation" / "sweeping" / "collect_sweep.py"
 SLURM_SWEEP = REPO_ROOT / "validation" / "sweeping" / "sweep_slurm.sh"
@@ -67,25 +67,26 @@ def seeds(tiny_run):
 
 def test_table_and_plot(sweep, monkeypatch, capsys):
     root, records = sweep
-    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--model_name", "tq", "--model_path", "tq", "--use_center_of_mass",
-                                      "--limit", "4", "--results_dir", str(root / "results"), "--metrics", "mc"])
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--model_name", "tq", "--model_path", "hub/tq",
+                                      "--use_center_of_mass", "--limit", "4", "--results_dir", str(root / "results"),
+                                      "--metrics", "mc"])
     runpy.run_path(str(SCRIPT), run_name="__main__")
     out_dir = root / "results" / "results_dump" / "sweep_dump"
-    table = pd.read_csv(out_dir / "tq_center_of_mass_limit_4.csv")
+    table = pd.read_csv(only_file(out_dir, "tq_center_of_mass_limit_4_????????.csv"))
     assert table[["K", "alpha"]].astype(str).values.tolist() == [["0", "0"], ["2", "4"], ["2", "8"]]
     assert table["seeds"].astype(str).tolist() == ["42"] * 3 and table["MC2 std"].isna().all()
     for (_, row), record in zip(table.iterrows(), records):
         assert row["MC2"] == pytest.approx(record["final"]["MC2"])
         assert row["MC1"] == pytest.approx(record["final"]["MC1"])
     assert table["CE"].isna().all() and table["True*Info"].isna().all()
-    assert (out_dir / "tq_center_of_mass_limit_4.png").stat().st_size > 0
-    markdown = (out_dir / "tq_center_of_mass_limit_4.md").read_text()
+    assert (only_file(out_dir, "tq_center_of_mass_limit_4_????????.png")).stat().st_size > 0
+    markdown = (only_file(out_dir, "tq_center_of_mass_limit_4_????????.md")).read_text()
     assert markdown.count("\n") == 2 + len(table)
     assert "(MC2)" in capsys.readouterr().out  # only MC2 has values to plot
 
 
 def run_collect(monkeypatch, *args: str) -> None:
-    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *args, *(["--model_path", "tq"] if "tq" in args else [])])
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *args, *(["--model_path", "hub/tq"] if "tq" in args else [])])
     runpy.run_path(str(SCRIPT), run_name="__main__")
 
 
@@ -97,7 +98,7 @@ def test_without_limit_the_one_subset_is_collected(sweep, tmp_path, monkeypatch,
     shutil.copytree(root / "results" / "results_dump" / "summary_dump", results / "results_dump" / "summary_dump")
     run_collect(monkeypatch, "--model_name", "tq", "--use_center_of_mass", "--results_dir", str(results))
     assert "no full runs of tq: the runs made with --limit 4" in capsys.readouterr().out
-    table = pd.read_csv(results / "results_dump" / "sweep_dump" / "tq_center_of_mass_limit_4.csv")
+    table = pd.read_csv(only_file(results / "results_dump" / "sweep_dump", "tq_center_of_mass_limit_4_????????.csv"))
     assert sorted(table["json"]) == sorted(r["json_path"].replace(str(root / "results"), str(results)) for r in records)
     other = json.loads(open(records[0]["json_path"]).read())
     other["config"]["limit"] = 6
@@ -121,11 +122,11 @@ def test_runs_on_another_dataset_stay_out_of_the_table(sweep, tmp_path, monkeypa
     custom["config"].update(limit=None, dataset_name="my_set", dataset_path=str(data))
     (summaries / "custom.json").write_text(json.dumps(custom))
     run_collect(monkeypatch, "--model_name", "tq", "--use_center_of_mass", "--results_dir", str(results))
-    table = pd.read_csv(results / "results_dump" / "sweep_dump" / "tq_center_of_mass_limit_4.csv")
+    table = pd.read_csv(only_file(results / "results_dump" / "sweep_dump", "tq_center_of_mass_limit_4_????????.csv"))
     assert sorted(table["json"]) == sorted(r["json_path"].replace(str(root / "results"), str(results)) for r in records)
     run_collect(monkeypatch, "--model_name", "tq", "--use_center_of_mass", "--results_dir", str(results),
                 "--dataset_path", str(data), "--dataset_name", "my_set")
-    table = pd.read_csv(results / "results_dump" / "sweep_dump" / "tq_center_of_mass_my_set.csv")
+    table = pd.read_csv(only_file(results / "results_dump" / "sweep_dump", "tq_center_of_mass_my_set_????????.csv"))
     assert table["json"].tolist() == [str(summaries / "custom.json")]
 
 
@@ -147,12 +148,12 @@ def test_a_corrupt_summary_is_named_and_the_table_made_from_the_others(sweep, tm
     for note, name in zip(notes, sorted(bad)):
         assert note.startswith("note: left out of the table: ") and f"{summaries / name} is not " in note
     assert "truncated.json is not valid JSON (line" in notes[2] and "(a JSON list, not an object)" in notes[0]
-    table = pd.read_csv(results / "results_dump" / "sweep_dump" / "tq_center_of_mass_limit_4.csv")
+    table = pd.read_csv(only_file(results / "results_dump" / "sweep_dump", "tq_center_of_mass_limit_4_????????.csv"))
     assert sorted(table["json"]) == sorted(r["json_path"].replace(str(root / "results"), str(results)) for r in records)
 
 
 def test_no_runs_is_an_error(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--model_name", "nothing", "--model_path", "nothing",
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--model_name", "nothing", "--model_path", "hub/nothing",
                                       "--results_dir", str(tmp_path)])
     with pytest.raises(SystemExit) as stop:
         runpy.run_path(str(SCRIPT), run_name="__main__")
@@ -295,6 +296,8 @@ def test_extraction_array_for_missing_features_only(tqa_path, stub_sbatch, tmp_p
     features.mkdir()
     for path in feature_files(FeatureSet(features, "tq", "tqa_mc2", 4)):
         path.touch()
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")  # a model folder: the flags are checked, not loaded
     flags = ["--features_dir", str(features), "--limit", "4", "--tqa_path", str(tqa_path), "--device", "cpu",
              "--model_path", str(tmp_path / "model")]
     sweeps.main(["slurm_activations", "tq", *flags], {"MAX_PARALLEL": "1", "LOG_DIR": str(tmp_path / "logs")})
@@ -425,11 +428,12 @@ def test_seeds_grouped_and_paired_with_the_baseline(seeds, monkeypatch, capsys):
     from iti.statistics import paired_differences
 
     results, runs = seeds
-    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--model_name", "tq", "--model_path", "tq", "--use_center_of_mass",
-                                      "--limit", "6", "--results_dir", str(results), "--by_category"])
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--model_name", "tq", "--model_path", "hub/tq",
+                                      "--use_center_of_mass", "--limit", "6", "--results_dir", str(results),
+                                      "--by_category"])
     runpy.run_path(str(SCRIPT), run_name="__main__")
     out_dir = results / "results_dump" / "sweep_dump"
-    table = pd.read_csv(out_dir / "tq_center_of_mass_limit_6.csv").set_index("K")
+    table = pd.read_csv(only_file(out_dir, "tq_center_of_mass_limit_6_????????.csv")).set_index("K")
     treated, baseline = runs[(20.0, 3)], runs[(0.0, 0)]
     mc2 = [r["final"]["MC2"] for r in treated]
     assert (table.at[3, "seeds"], table.at[3, "paired seeds"]) == ("1 2 3", "1 2 3")
@@ -453,8 +457,29 @@ def test_seeds_grouped_and_paired_with_the_baseline(seeds, monkeypatch, capsys):
     shown = capsys.readouterr().out
     assert f"{np.mean(mc2):.4f} ± {np.std(mc2, ddof=1):.4f}" in shown
 
-    by_category = pd.read_csv(out_dir / "tq_center_of_mass_limit_6_by_category.csv")
+    by_category = pd.read_csv(only_file(out_dir, "tq_center_of_mass_limit_6_????????_by_category_MC2.csv"))
     difference = (ours - base.reindex(ours.index)).groupby(categories).mean()
     assert dict(zip(by_category["category"], by_category["ΔMC2"])) == pytest.approx(difference.to_dict())
     assert by_category["ΔMC2"].tolist() == sorted(by_category["ΔMC2"], reverse=True)
-    assert (out_dir / "tq_center_of_mass_limit_6_K3_alpha20_by_category.png").stat().st_size > 0
+    assert (only_file(out_dir, "tq_center_of_mass_limit_6_????????_K3_alpha20_by_category_MC2.png")).stat().st_size > 0
+
+
+def test_tables_of_other_selections_or_runs_never_share_a_file(seeds, tmp_path, monkeypatch):
+    results, _ = seeds
+    copy = tmp_path / "results"
+    shutil.copytree(results / "results_dump" / "summary_dump", copy / "results_dump" / "summary_dump")
+    flags = ["--model_name", "tq", "--use_center_of_mass", "--limit", "6", "--results_dir", str(copy), "--by_category"]
+    run_collect(monkeypatch, *flags)
+    run_collect(monkeypatch, *flags, "--seed", "1")
+    run_collect(monkeypatch, *flags, "--category_metric", "MC1")
+    out_dir = copy / "results_dump" / "sweep_dump"
+    tables = sorted(p.stem for p in out_dir.glob("*.csv") if "_by_category" not in p.name)
+    assert len(tables) == 2 and "_seed_1_" in tables[1] and "_seed_" not in tables[0]
+    assert sorted(p.stem for p in out_dir.glob("*_by_category_*.csv")) == sorted(
+        [f"{tables[0]}_by_category_MC1", f"{tables[0]}_by_category_MC2", f"{tables[1]}_by_category_MC2"])
+    # Runs of another seed added since: a new table, and no per-category file beside it but its own.
+    (copy / "results_dump" / "summary_dump" / "seed_7.json").write_text(
+        json.dumps({**seeds[1][(0.0, 0)][0], "identity": {**seeds[1][(0.0, 0)][0]["identity"], "seed": 7}}))
+    run_collect(monkeypatch, *flags[:-1])
+    [newest] = set(p.stem for p in out_dir.glob("*.csv") if "_by_category" not in p.name) - set(tables)
+    assert not list(out_dir.glob(f"{newest}_by_category*"))

@@ -251,7 +251,7 @@ def test_a_rerun_keeping_a_bad_answer_file_leaves_the_record_as_it_was(setup, tm
     ({"limit": 1}, "--limit 1 leaves fewer questions than the 2 folds"),
     ({"metrics": ("judge",), "judge_model": "/no/such/judge"}, "--judge_model /no/such/judge does not exist"),
     ({"metrics": ("info",), "info_model": "./missing_info"}, "--info_model ./missing_info does not exist"),
-    ({"metrics": ("ce",), "owt_path": "/no/such/owt.txt"}, "--owt_path /no/such/owt.txt is not a file"),
+    ({"metrics": ("ce",), "owt_path": "/no/such/owt.txt"}, "--owt_path /no/such/owt.txt does not exist; give a file"),
     ({"use_random_dir": True}, "exclude each other"),
     ({"dataset_name": "nq_open"}, "cannot train probes on TruthfulQA folds"),
     ({"limit": 8}, "missing features"),

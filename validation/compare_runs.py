@@ -12,7 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from iti.cli import ArgumentParser, run_main  # noqa: E402
+from iti.cli import parse_config, run_main  # noqa: E402
+from iti.config import CompareConfig  # noqa: E402
 
 # The metric the closing sentence speaks of when a run measured it; else the first per-question one.
 HEADLINE = "MC2"
@@ -91,10 +92,8 @@ def read_finished_run(path: Path) -> dict:
 
 
 def main() -> None:
-    parser = ArgumentParser(__doc__)
-    parser.add_argument("summaries", nargs="+", type=Path, help="summary JSON files of validate_2fold runs")
-    args = parser.parse_args()
-    records = [read_finished_run(path) for path in args.summaries]
+    cfg = parse_config(CompareConfig, description=__doc__)
+    records = [read_finished_run(Path(path)) for path in cfg.summaries]
     print(comparison_table(records))
     for line in paired_lines(records):
         print(line)

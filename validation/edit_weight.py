@@ -35,20 +35,15 @@ def main() -> None:
 
     import dataclasses
 
-    from iti.bake import bake_head_shifts, check_bakeable, check_output_dir, save_baked_model
+    from iti.bake import bake_dir, bake_head_shifts, bake_identity, check_bakeable, check_output_dir, save_baked_model
     from iti.errors import UsageError
     from iti.features import FeatureSet, require_feature_sets
-    from iti.fingerprint import model_fingerprint
+    from iti.fingerprint import model_digest, model_fingerprint
     from iti.fit import fit_head_shifts, recipe_of, seeded_split
-    from iti.models import edited_model_dir, head_geometry, load_model, resolve_model_source
+    from iti.models import head_geometry, load_model, resolve_model_source
     from iti.run_inputs import read_checked_features
 
     source = resolve_model_source(cfg.model_name, cfg.model_prefix, cfg.model_path, (cfg.seed, cfg.num_heads, cfg.alpha))
-    # A baked --dataset_path run carries its dataset's name, so it never replaces a TruthfulQA one.
-    folder_name = f"{cfg.output_name}_{cfg.dataset_name}" if cfg.custom else cfg.output_name
-    output_dir = Path(cfg.output_dir) if cfg.output_dir else edited_model_dir(folder_name, cfg.seed, cfg.num_heads,
-                                                                              cfg.alpha)
-    check_output_dir(output_dir, cfg.overwrite)
     common = dict(features_dir=Path(cfg.features_dir), model_name=cfg.output_name, limit=cfg.limit,
                   model_path=cfg.model_path, prompt_format=cfg.prompt_format)
     probing = FeatureSet(dataset=cfg.dataset_name, dataset_path=cfg.dataset_path, **common)
@@ -62,10 +57,13 @@ def main() -> None:
         raise UsageError(f"--num_heads {cfg.num_heads} exceeds the model's {geometry.num_layers} layers x "
                          f"{geometry.num_heads} heads = {total}; pick at most {total}")
     plan = check_bakeable(model)
-    features = read_checked_features(cfg, probing, tuning, geometry, tokenizer, model_fingerprint(model, tokenizer),
-                                     source)
+    fingerprint = model_fingerprint(model, tokenizer)
+    features = read_checked_features(cfg, probing, tuning, geometry, tokenizer, fingerprint, source)
+    bake = bake_identity(cfg, model_digest(fingerprint), str(model.dtype), features.provenance.features)
+    output_dir = Path(cfg.output_dir) if cfg.output_dir else bake_dir(cfg, bake)
+    check_output_dir(output_dir, cfg.overwrite, bake)
     made = dataclasses.replace(features.provenance, base_model=base_model_id(cfg, source),
-                               made_by="validation/edit_weight.py")
+                               made_by="validation/edit_weight.py", identity=bake)
     features = dataclasses.replace(features, provenance=made)
     shifts, _ = fit_head_shifts(features, seeded_split(features.question_ids, cfg.val_ratio, cfg.seed),
                                 recipe_of(cfg, cfg.num_heads, cfg.alpha))

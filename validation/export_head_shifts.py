@@ -45,21 +45,15 @@ def recorded_model(folder: str) -> str | None:
 def main() -> None:
     cfg = parse_config(ExportConfig, description=__doc__)
 
-    from transformers import AutoConfig
-
-    from iti.errors import UsageError
     from iti.head_shifts import HeadShifts
-    from iti.models import gguf_to_folder, head_geometry
+    from iti.models import gguf_to_folder, head_geometry, load_config
     from iti.pyvene_export import export_pyvene, import_pyvene
     from iti.report import report_table
 
     shifts = HeadShifts.load(cfg.head_shifts) if cfg.head_shifts is not None else None
     source = model_source(cfg, shifts.model_source if shifts is not None else recorded_model(cfg.import_from))
     folder = str(gguf_to_folder(source)) if source.endswith(".gguf") else source
-    try:
-        model_config = AutoConfig.from_pretrained(folder, trust_remote_code=cfg.trust_remote_code)
-    except OSError as err:
-        raise UsageError(f"cannot load the config of {source}: {str(err).splitlines()[0]}") from err
+    model_config = load_config(folder, cfg.trust_remote_code)
     geometry = head_geometry(model_config)
     if shifts is None:
         shifts = import_pyvene(cfg.import_from, geometry)

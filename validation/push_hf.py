@@ -5,7 +5,7 @@ and head_shifts.*) is pushed as a model that loads with AutoModelForCausalLM; a 
 only head_shifts.* is pushed as an artifact to apply to its base model at run time. A README.md
 model card (base model, heads, α, data, seed, how to load) is generated and replaces any README.
 
-python validation/push_hf.py validation/results_dump/edited_models_dump/llama2_chat_7B_seed_42_top_48_heads_alpha_15 \\
+python validation/push_hf.py validation/results_dump/edited_models_dump/llama2_chat_7B_seed_42_top_48_heads_alpha_15_HASH \\
     --repo_id you/honest_llama2_chat_7B --private
 python validation/push_hf.py FOLDER --repo_id you/name --dry_run     # show files and card, no network
 """
@@ -16,7 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from iti.cli import ArgumentParser, run_main  # noqa: E402
+from iti.cli import parse_config, run_main  # noqa: E402
+from iti.config import PushConfig  # noqa: E402
 from iti.errors import UsageError  # noqa: E402
 
 MODEL, HEAD_SHIFTS = "model", "head_shifts"
@@ -26,8 +27,6 @@ CARD = "README.md"
 def folder_kind(folder: Path) -> str:
     from iti.head_shifts import METADATA_FILE, TENSORS_FILE
 
-    if not folder.is_dir():
-        raise UsageError(f"{folder} is not a folder; give a folder made by validation/edit_weight.py")
     has_shifts = (folder / METADATA_FILE).is_file() and (folder / TENSORS_FILE).is_file()
     has_weights = (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
     if (folder / "config.json").is_file() and has_weights:
@@ -209,22 +208,10 @@ def _size(num_bytes: float) -> str:
 
 
 def main() -> None:
-    parser = ArgumentParser(__doc__)
-    parser.add_argument("folder", help="a baked model folder (edit_weight output) or a head-shift folder")
-    parser.add_argument("--repo_id", required=True, help="hub repository, e.g. your-name/honest_llama2_chat_7B")
-    parser.add_argument("--private", action="store_true", help="create the repository as private")
-    parser.add_argument("--dry_run", action="store_true", help="print the files and the model card; no network")
-    args = parser.parse_args()
-
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    args = parse_config(PushConfig, description=__doc__)
 
     from iti.head_shifts import HeadShifts
 
-    try:
-        validate_repo_id(args.repo_id)
-    except HFValidationError as err:
-        raise UsageError(f"--repo_id {args.repo_id} is not a valid repository id ({_first_line(err)}); "
-                         "use owner/name") from err
     folder = Path(args.folder)
     kind = folder_kind(folder)
     shifts = HeadShifts.load(folder)

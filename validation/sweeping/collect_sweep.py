@@ -13,9 +13,10 @@ the same folds) also gets the paired difference from it, Δ, with a 95% bootstra
 (iti.statistics), from the per-question answer files: each question's scores averaged over the seeds,
 folds pooled. CE and KL are not per-question and get no Δ. Runs that chose K and α per fold are rows
 labelled with their grid and the choices (iti.collect).
-Writes `{results_dir}/results_dump/sweep_dump/{model}_{method}[_limit_{N}].{csv,md,png}`;
-`--by_category` adds `…_by_category.{csv,md}` and one plot per setting of the per-category
-differences from the baseline (categories sorted by the difference).
+Writes `{results_dir}/results_dump/sweep_dump/{model}_{method}[_{dataset}][_limit_{N}][_seed_{S}]_{hash}.{csv,md,png}`,
+named by the flags that selected the runs and a hash of the runs themselves (tables of other selections or other
+runs never replace each other); `--by_category` adds `…_by_category_{metric}.{csv,md}` and one plot per setting
+of the per-category differences from the baseline (categories sorted by the difference), under the same stem.
 """
 import sys
 from pathlib import Path
@@ -33,8 +34,8 @@ def main() -> None:
 
     matplotlib.use("Agg")
 
-    from iti.collect import (category_markdown, category_table, collect_table, markdown, readable_summaries,
-                             selected_runs, single_settings)
+    from iti.collect import (category_markdown, category_table, category_tag, collect_table, markdown,
+                             readable_summaries, selected_runs, single_settings, table_stem)
     from iti.errors import UsageError
     from iti.files import write_text
     from iti.plots import category_differences, sweep_curves
@@ -52,8 +53,7 @@ def main() -> None:
         print(f"no full runs of {cfg.output_name}: the runs made with --limit {limit}")
     table, pairs = collect_table(runs, cfg.output_name)
     out_dir = results_dir / "results_dump" / "sweep_dump"
-    stem = (f"{cfg.output_name}_{cfg.method}" + (f"_{cfg.dataset_name}" if cfg.custom else "")
-            + (f"_limit_{limit}" if limit is not None else ""))
+    stem = table_stem(cfg, runs)
     write_text(out_dir / f"{stem}.csv", table.to_csv(index=False))
     write_text(out_dir / f"{stem}.md", markdown(table))
     plotted = sweep_curves(single_settings(table), out_dir / f"{stem}.png")
@@ -65,11 +65,12 @@ def main() -> None:
         if categories.empty:
             raise UsageError(f"no setting has a baseline run with {cfg.category_metric} answers to compare "
                              "categories against; run the same settings with --alpha 0 or --num_heads 0")
-        write_text(out_dir / f"{stem}_by_category.csv", categories.to_csv(index=False))
-        write_text(out_dir / f"{stem}_by_category.md", category_markdown(categories, cfg.category_metric))
+        tag = category_tag(cfg.category_metric)
+        write_text(out_dir / f"{stem}{tag}.csv", categories.to_csv(index=False))
+        write_text(out_dir / f"{stem}{tag}.md", category_markdown(categories, cfg.category_metric))
         figures = category_differences(categories, cfg.category_metric,
-                                       lambda k, alpha: out_dir / f"{stem}_K{k}_alpha{alpha}_by_category.png")
-        print(f"per category -> {out_dir / stem}_by_category.csv, .md and {len(figures)} plots")
+                                       lambda k, alpha: out_dir / f"{stem}_K{k}_alpha{alpha}{tag}.png")
+        print(f"per category -> {out_dir / stem}{tag}.csv, .md and {len(figures)} plots")
 
 
 if __name__ == "__main__":
