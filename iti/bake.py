@@ -26,12 +26,13 @@ from pathlib import Path
 
 import torch
 
+from iti.bake_folders import check_output_dir
 from iti.config import EditConfig
 from iti.constants import EDITED_MODELS_DIR
 from iti.errors import UsageError
-from iti.files import read_json, staged_folder
-from iti.head_shifts import METADATA_FILE, RESAVE, TENSORS_FILE, HeadShifts
-from iti.identity import identity, json_value, short_digest
+from iti.files import staged_folder
+from iti.head_shifts import HeadShifts
+from iti.identity import identity, short_digest
 from iti.models import get_o_proj, head_geometry, model_sites
 from iti.runs import readable_name
 
@@ -265,11 +266,6 @@ def _baked_biases(model, shifts: HeadShifts) -> dict[int, torch.Tensor]:
     return biases
 
 
-def is_bake(folder: Path) -> bool:
-    """A folder that save_baked_model wrote: its head-shift files are there."""
-    return (folder / TENSORS_FILE).is_file() and (folder / METADATA_FILE).is_file()
-
-
 def bake_identity(cfg: EditConfig, model_digest: str, dtype: str, features: dict) -> dict:
     """What names a bake (iti.identity): every option that changes a number, the model as its fingerprint's digest,
     `--dtype` as the dtype used, and the data as the features' record ids (which name the rows they hold, so the
@@ -282,32 +278,6 @@ def bake_dir(cfg: EditConfig, bake: dict) -> Path:
     """The default folder of a bake, named as validate_2fold names runs: the readable settings, then the identity's
     hash, so bakes that differ in any setting never share a folder."""
     return EDITED_MODELS_DIR / f"{readable_name(cfg)}_{short_digest(bake)}"
-
-
-def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False, bake: dict | None = None) -> None:
-    """UsageError unless a bake may go to `output_dir`: a new path, or with `overwrite` an earlier bake of the same
-    identity `bake` (when it is known; the folder records its own).
-
-    A folder that is not a bake, or a bake of other settings, is never replaced, whatever the flags.
-    """
-    out = Path(output_dir)
-    if not out.exists():
-        return
-    if not out.is_dir() or not is_bake(out):
-        raise UsageError(f"--output_dir {out} exists and is not a baked model (no {TENSORS_FILE} and {METADATA_FILE}); "
-                         "it is left as it is: give a new folder")
-    if bake is not None and recorded_identity(out) != json_value(bake):
-        raise UsageError(f"--output_dir {out} holds a bake made with other settings (or by a version that recorded "
-                         "none); it is kept: give a new folder")
-    if not overwrite:
-        raise UsageError(f"--output_dir {out} holds an earlier bake; add --overwrite to replace it, or give a new folder")
-
-
-def recorded_identity(folder: Path) -> dict | None:
-    """The identity an edit_weight folder's head shifts record (None before bakes recorded one)."""
-    metadata = read_json(folder / METADATA_FILE, "head shifts file", RESAVE)
-    provenance = metadata.get("provenance") if isinstance(metadata, dict) else None
-    return provenance.get("identity") if isinstance(provenance, dict) else None
 
 
 def save_baked_model(model, tokenizer, shifts: HeadShifts, output_dir: str | os.PathLike,

@@ -289,7 +289,7 @@ class EditConfig(HeadShiftOptions):
             raise UsageError(f"--limit {self.limit} must be at least 2: the questions are split into training "
                              "and validation")
         if self.output_dir is not None:
-            from iti.bake import check_output_dir
+            from iti.bake_folders import check_output_dir
 
             check_output_dir(self.output_dir, self.overwrite)  # the bake's identity is checked once it is known
 

@@ -35,7 +35,8 @@ def main() -> None:
 
     import dataclasses
 
-    from iti.bake import bake_dir, bake_head_shifts, bake_identity, check_bakeable, check_output_dir, save_baked_model
+    from iti.bake import bake_dir, bake_head_shifts, bake_identity, check_bakeable, save_baked_model
+    from iti.bake_folders import check_output_dir
     from iti.errors import UsageError
     from iti.features import FeatureSet, require_feature_sets
     from iti.fingerprint import model_digest, model_fingerprint
