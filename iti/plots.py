@@ -79,9 +79,11 @@ def category_differences(frame, metric: str, path_of) -> list[Path]:
         group = group.sort_values(f"Δ{metric}")
         fig, ax = plt.subplots(figsize=(6.5, 0.22 * len(group) + 1.4))
         values = group[f"Δ{metric}"].to_numpy()
-        ax.barh(group["category"], values, color=["tab:green" if v >= 0 else "tab:red" for v in values])
+        # The question count beside each name: a category of a few questions moves by a lot on one answer.
+        labels = [f"{category} ({count})" for category, count in zip(group["category"], group["questions"])]
+        ax.barh(labels, values, color=["tab:green" if v >= 0 else "tab:red" for v in values])
         ax.axvline(0, color="gray", linewidth=0.8)
-        ax.set_xlabel(f"{metric}: ITI minus baseline")
+        ax.set_xlabel(f"{metric}: ITI minus baseline (category mean; questions in brackets)")
         ax.set_title(f"K={k}, α={alpha}: per category", fontsize=10)
         ax.tick_params(axis="y", labelsize=7)
         fig.tight_layout()

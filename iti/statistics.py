@@ -34,6 +34,14 @@ class Interval:
     def as_dict(self) -> dict[str, float]:
         return {"value": self.value, "low": self.low, "high": self.high}
 
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+    def verdict(self) -> str:
+        """Whether the difference this interval bounds is beyond the spread of the questions, in words."""
+        return ("the interval excludes 0: a difference beyond the spread of questions" if self.excludes_zero()
+                else "no significant difference")
+
 
 def resampled_means(scores: Mapping[str, np.ndarray], resamples: int = BOOTSTRAP_RESAMPLES,
                     seed: int = BOOTSTRAP_SEED) -> dict[str, np.ndarray]:

@@ -60,3 +60,11 @@ def test_only_metrics_both_runs_have_and_same_questions():
         paired_differences({"MC2": np.ones(3)}, {"MC2": np.ones(4)})
     with pytest.raises(UsageError, match="one length"):
         intervals({"MC2": np.ones(3), "MC1": np.ones(2)})
+
+
+@pytest.mark.parametrize("low, high, excludes", [(0.01, 0.2, True), (-0.2, -0.01, True), (-0.01, 0.2, False),
+                                                 (0.0, 0.2, False)])
+def test_an_interval_says_whether_it_excludes_zero(low, high, excludes):
+    interval = Interval((low + high) / 2, low, high)
+    assert interval.excludes_zero() is excludes
+    assert ("excludes 0" in interval.verdict()) is excludes

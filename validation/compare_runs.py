@@ -73,10 +73,9 @@ def paired_lines(records: list[dict]) -> list[str]:
         _, differences, treated, _ = paired
         metric = HEADLINE if HEADLINE in differences else next(iter(differences))
         interval = differences[metric]
-        verdict = ("the interval excludes 0: a difference beyond the spread of questions" if interval.low > 0
-                   or interval.high < 0 else "no significant difference")
         lines.append(f"{run_label(record)} − baseline on {metric}: {interval.value:+.3f} "
-                     f"[{interval.low:+.3f}, {interval.high:+.3f}] (95% paired bootstrap interval): {verdict} on "
+                     f"[{interval.low:+.3f}, {interval.high:+.3f}] (95% paired bootstrap interval): "
+                     f"{interval.verdict()} on "
                      f"{len(treated)} questions; see iti_replication_results.md for the full run")
     return lines
 

@@ -63,6 +63,7 @@ def main() -> None:
     table, pairs = collect_table(main_runs, MODEL)
     print("## Main table\n")
     print(summary_table(table, markdown_rows, mean_std, difference))
+    print(verdicts(table, pairs))
     print("\n## Choices per fold\n")
     print(choices_table(variant(None, "auto", True), markdown_rows))
     categories = category_table(table, pairs, "MC2")
@@ -95,7 +96,9 @@ def main() -> None:
         members = runs_where(runs, dataset_name=dataset)
         if members:
             print(f"\n## {dataset}\n")
-            print(summary_table(collect_table(members, MODEL)[0], markdown_rows, mean_std, difference))
+            custom, custom_pairs = collect_table(members, MODEL)
+            print(summary_table(custom, markdown_rows, mean_std, difference))
+            print(verdicts(custom, custom_pairs))
 
     print("\n## Run times\n")
     print(markdown_rows(["run", "seed", "minutes"], [[Path(r["path"]).name, str(r["config"]["seed"]),
@@ -119,14 +122,40 @@ def paired_text(paired, difference) -> str:
 
 def summary_table(table, markdown_rows, mean_std, difference) -> str:
     """iti.collect's table, the columns this document shows."""
-    header = ["K", "α", "seeds", *SHOWN, "ΔMC1 [95%]", "ΔMC2 [95%]", "ΔMC3 [95%]"]
+    header = ["setting", "seeds", *SHOWN, "ΔMC1 [95%]", "ΔMC2 [95%]", "ΔMC3 [95%]"]
     rows = []
     for _, row in table.iterrows():
-        cells = [str(row["K"]), str(row["alpha"]), str(row["seeds"])]
+        cells = [setting_label(row), str(row["seeds"])]
         cells += [mean_std(row[key], row[f"{key} std"]) for key in SHOWN]
         cells += [difference(row[f"Δ{key}"], row[f"Δ{key} low"], row[f"Δ{key} high"]) for key in ("MC1", "MC2", "MC3")]
         rows.append(cells)
     return markdown_rows(header, rows)
+
+
+def setting_label(row) -> str:
+    """A table row's setting in words (a baseline's α is only the unused default)."""
+    if str(row["K"]) == "0":
+        return "baseline (no shift)"
+    if "/" in str(row["K"]) + str(row["alpha"]):
+        grid = [str(row[key]).replace("/", ", ") for key in ("K", "alpha")]
+        return f"ITI, K and α chosen per fold from K {{{grid[0]}}} × α {{{grid[1]}}}"
+    return f"ITI, K {row['K']}, α {row['alpha']}"
+
+
+def verdicts(table, pairs) -> str:
+    """Per ITI row paired with a baseline (iti.collect's pairs): its difference on MC2 and whether the interval
+    excludes 0."""
+    from iti.statistics import Interval
+
+    lines = []
+    for index, treated, _ in pairs:
+        row, questions = table.loc[index], len(treated)
+        if row["ΔMC2"] == row["ΔMC2"]:
+            interval = Interval(row["ΔMC2"], row["ΔMC2 low"], row["ΔMC2 high"])
+            lines.append(f"- {setting_label(row)} − baseline on MC2: {interval.value:+.3f} [{interval.low:+.3f}, "
+                         f"{interval.high:+.3f}] (95% paired bootstrap interval over {questions} questions, seeds "
+                         f"averaged per question): {interval.verdict()}.")
+    return "\n".join(lines) + "\n"
 
 
 def choices_table(runs: list[dict], markdown_rows) -> str:
