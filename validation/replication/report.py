@@ -2,6 +2,7 @@
 made: every number read from the runs' summary and answer files (iti.collect), none typed in.
 
 python validation/replication/report.py [--results_dir validation] [--output_dir results]
+    [--model_name smollm2_135M_instruct] [--limit N] [--num_heads 16 48] [--alpha 0 5 10 15]
 
 Prints markdown: the main table (seeds as mean ± std, ITI's paired difference from the baseline with its 95%
 bootstrap interval over questions), each fold's choice with its selection and test scores, the prompting
@@ -16,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from iti.cli import ArgumentParser, run_main  # noqa: E402
 
-MODEL = "smollm2_135M_instruct"
+# The grid of validation/replication/bundled_model.sh, fixed before any run.
 GRID = ([16, 48], [0.0, 5.0, 10.0, 15.0])
 # (label, instruction_prompt, qa_primer) of the paper's prompting comparison, in its table's order.
 PROMPTS = (("no instruction", "none", "no"), ("instruction", "default", "no"),
@@ -32,7 +33,12 @@ def main() -> None:
     parser = ArgumentParser(__doc__)
     parser.add_argument("--results_dir", type=Path, default=Path("validation"))
     parser.add_argument("--output_dir", type=Path, default=Path("results"))
+    parser.add_argument("--model_name", default="smollm2_135M_instruct")
+    parser.add_argument("--limit", type=int, default=None, help="the runs of the first N questions (default: all)")
+    parser.add_argument("--num_heads", type=int, nargs="+", default=GRID[0], help="the grid's K values")
+    parser.add_argument("--alpha", type=float, nargs="+", default=GRID[1], help="the grid's α values")
     args = parser.parse_args()
+    model, grid = args.model_name, (args.num_heads, args.alpha)
 
     import matplotlib
 
@@ -47,20 +53,21 @@ def main() -> None:
     for problem in unreadable:
         print(f"note: left out: {problem}", file=sys.stderr)
     runs = [{**record, "path": str(path)} for path, record in readable
-            if record["complete"] and "identity" in record and record["config"]["model_name"] == MODEL]
-    truthfulqa = runs_where(runs, dataset_path=None, limit=None, use_center_of_mass=True)
+            if record["complete"] and "identity" in record and record["config"]["model_name"] == model]
+    truthfulqa = runs_where(runs, dataset_path=None, limit=args.limit, use_center_of_mass=True)
     if not truthfulqa:
-        raise UsageError(f"no complete runs of {MODEL} on all TruthfulQA questions in {args.results_dir}; run "
+        questions = "all TruthfulQA questions" if args.limit is None else f"the first {args.limit} TruthfulQA questions"
+        raise UsageError(f"no complete runs of {model} on {questions} in {args.results_dir}; run "
                          "validation/replication/bundled_model.sh first")
 
-    def variant(instruction, primer, grid: bool) -> list[dict]:
-        heads = GRID[0] if grid else [0]
+    def variant(instruction, primer, selects: bool) -> list[dict]:
+        heads = grid[0] if selects else [0]
         chosen = runs_where(truthfulqa, instruction_prompt=instruction, qa_primer=primer, num_heads=heads)
-        return [run for run in chosen if not grid or run["config"]["alpha"] == GRID[1]]
+        return [run for run in chosen if not selects or run["config"]["alpha"] == grid[1]]
 
     # 1. The main comparison: default prompting, K and α chosen per fold, against the baseline.
     main_runs = variant(None, "auto", True) + variant(None, "auto", False)
-    table, pairs = collect_table(main_runs, MODEL)
+    table, pairs = collect_table(main_runs, model)
     print("## Main table\n")
     print(summary_table(table, markdown_rows, mean_std, difference))
     print(verdicts(table, pairs))
@@ -69,7 +76,7 @@ def main() -> None:
     categories = category_table(table, pairs, "MC2")
     args.output_dir.mkdir(parents=True, exist_ok=True)
     [figure] = category_differences(categories, "MC2",
-                                    lambda k, alpha: args.output_dir / f"{MODEL}_iti_minus_baseline_by_category.png")
+                                    lambda k, alpha: args.output_dir / f"{model}_iti_minus_baseline_by_category.png")
     print(f"\n(per-category figure: {figure})")
 
     # 2. The paper's prompting comparison: each prompt with and without ITI, on the same folds.
@@ -83,9 +90,9 @@ def main() -> None:
             final = {key: [r["final"][key] for r in members] for key in SHOWN}
             row = [label + (" + ITI" if with_iti else ""), " ".join(str(r["config"]["seed"]) for r in members)]
             row += [mean_std(*mean_and_std(final[key])) for key in ("MC1", "MC2")]
-            row.append(paired_text(pair_with_baseline(members, bare, MODEL), difference) if bare else "—")
+            row.append(paired_text(pair_with_baseline(members, bare, model), difference) if bare else "—")
             own = variant(instruction, primer, False)
-            row.append(paired_text(pair_with_baseline(members, own, MODEL), difference) if with_iti and own else "—")
+            row.append(paired_text(pair_with_baseline(members, own, model), difference) if with_iti and own else "—")
             rows.append(row)
     print("\n## Prompting and ITI\n")
     print(markdown_rows(["setting", "seeds", "MC1", "MC2", "ΔMC2 vs bare question [95%]",
@@ -96,7 +103,7 @@ def main() -> None:
         members = runs_where(runs, dataset_name=dataset)
         if members:
             print(f"\n## {dataset}\n")
-            custom, custom_pairs = collect_table(members, MODEL)
+            custom, custom_pairs = collect_table(members, model)
             print(summary_table(custom, markdown_rows, mean_std, difference))
             print(verdicts(custom, custom_pairs))
 

@@ -1,0 +1,102 @@
+"""validation/replication/report.py on real validate_2fold runs of a tiny model (the runs bundled_model.sh makes,
+on a few questions and a small grid): every number it prints is the runs' own, recomputed here from their
+summary files, and it writes the per-category figure."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT, tiny_model_folder
+
+SCRIPT = REPO_ROOT / "validation" / "replication" / "report.py"
+LIMIT, GRID = 20, ((2, 4), (0.0, 5.0))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tokenizer, tqa_path):
+    """Seeds 1 and 2: a selection over GRID and its baseline; seed 1 also with the bare question (no instruction,
+    no primer), with and without ITI."""
+    from iti.activations import save_features
+    from iti.data import build_prompt_set
+    from iti.models import load_model
+    from iti.validate import ValidationConfig, run_validation
+
+    root = tmp_path_factory.mktemp("replication")
+    folder = tiny_model_folder(tmp_path_factory, "report_model", "llama", tokenizer)
+    model, _ = load_model(str(folder), "cpu", "float32")
+    for dataset in ("tqa_mc2", "tqa_gen_end_q"):
+        save_features(model, tokenizer, build_prompt_set(dataset, tqa_path, limit=LIMIT), root / "features", "tiny",
+                      progress=False, limit=LIMIT)
+    common = dict(model_name="tiny", model_path=str(folder), features_dir=str(root / "features"),
+                  results_dir=str(root / "results"), tqa_path=str(tqa_path), limit=LIMIT, use_center_of_mass=True,
+                  metrics=("mc",), device="cpu", batch_size=8)
+    records = {}
+    for seed, prompt in ((1, {}), (2, {}), (1, {"instruction_prompt": "none", "qa_primer": "no"})):
+        bare = "bare " if prompt else ""
+        for label, heads, alphas in (("iti", GRID[0], GRID[1]), ("baseline", (0,), (15.0,))):
+            cfg = ValidationConfig(**common, seed=seed, num_heads=heads, alpha=alphas, **prompt)
+            records[f"{bare}{label} {seed}"] = run_validation(cfg, progress=False, log=lambda _: None)
+    return root, records
+
+
+def report(root) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), "--results_dir", str(root / "results"), "--output_dir",
+                           str(root / "figures"), "--model_name", "tiny", "--limit", str(LIMIT),
+                           "--num_heads", *map(str, GRID[0]), "--alpha", *map(str, GRID[1])],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+
+
+def table_row(text: str, section: str, first_cell: str) -> list[str]:
+    part = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    [line] = [line for line in part.splitlines() if line.startswith(f"| {first_cell} |")]
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def mean_std(values: list[float]) -> str:
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+
+
+def test_the_report_shows_the_runs_own_numbers(runs):
+    root, records = runs
+    result = report(root)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+
+    iti = table_row(text, "Main table", "ITI, K and α chosen per fold from K {2, 4} × α {0, 5}")
+    base = table_row(text, "Main table", "baseline (no shift)")
+    header = ["setting", "seeds", "MC1", "MC2", "MC3", "CE", "KL"]
+    for name in ("MC1", "MC2", "MC3"):
+        column = header.index(name)
+        assert iti[column] == mean_std([records[f"iti {s}"]["final"][name] for s in (1, 2)])
+        assert base[column] == mean_std([records[f"baseline {s}"]["final"][name] for s in (1, 2)])
+    assert iti[1] == "1 2" and iti[header.index("CE")] == "—"
+    assert re.search(r"^- ITI, K and α chosen .* − baseline on MC2: [+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] "
+                     rf"\(95% paired bootstrap interval over {LIMIT} questions, .*\): (the interval excludes 0|no "
+                     "significant difference)", text, re.M)
+
+    for seed in (1, 2):
+        for fold in records[f"iti {seed}"]["folds"]:
+            row = table_row(text, "Choices per fold", f"{seed} | {fold['fold']}")
+            selection = fold["selection"]
+            assert row[2:6] == [str(fold["K"]), f"{fold['alpha']:g}", f"{selection['chosen']['MC2']:.4f}",
+                                f"{fold['results']['MC2']:.4f}"]
+
+    bare = table_row(text, "Prompting and ITI", "no instruction + ITI")
+    assert bare[:2] == ["no instruction + ITI", "1"] and bare[3] == f"{records['bare iti 1']['final']['MC2']:.4f}"
+    assert (root / "figures" / "tiny_iti_minus_baseline_by_category.png").stat().st_size > 0
+
+
+def test_no_runs_of_the_asked_questions_is_one_line(runs):
+    root, _ = runs
+    result = subprocess.run([sys.executable, str(SCRIPT), "--results_dir", str(root / "results"), "--model_name",
+                             "tiny", "--output_dir", str(root / "elsewhere")], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: no complete runs of tiny on all TruthfulQA questions in {root / 'results'}; run "
+        "validation/replication/bundled_model.sh first"]
+    assert not (root / "elsewhere").exists()
