@@ -87,6 +87,12 @@ def test_the_report_shows_the_runs_own_numbers(runs):
 
     bare = table_row(text, "Prompting and ITI", "no instruction + ITI")
     assert bare[:2] == ["no instruction + ITI", "1"] and bare[3] == f"{records['bare iti 1']['final']['MC2']:.4f}"
+    # The default prompt's ITI row averages seeds 1 and 2; the bare question ran only on seed 1, so its difference
+    # from the bare question pairs seed 1 alone and says so, while the one from its own baseline pairs both.
+    default = table_row(text, "Prompting and ITI", "instruction + primer (default) + ITI")
+    assert default[1] == "1 2" and default[4].endswith(" (seed 1 only)") and "only" not in default[5]
+    assert "only" not in bare[4]
+    assert table_row(text, "Prompting and ITI", "no instruction")[4] == "—"  # the reference itself
     assert (root / "figures" / "tiny_iti_minus_baseline_by_category.png").stat().st_size > 0
 
 

@@ -90,9 +90,13 @@ def main() -> None:
             final = {key: [r["final"][key] for r in members] for key in SHOWN}
             row = [label + (" + ITI" if with_iti else ""), " ".join(str(r["config"]["seed"]) for r in members)]
             row += [mean_std(*mean_and_std(final[key])) for key in ("MC1", "MC2")]
-            row.append(paired_text(pair_with_baseline(members, bare, model), difference) if bare else "—")
+            seeds = sorted(r["config"]["seed"] for r in members)
+            reference = (instruction, primer, with_iti) == ("none", "no", False)
+            row.append(paired_text(pair_with_baseline(members, bare, model), difference, seeds)
+                       if bare and not reference else "—")
             own = variant(instruction, primer, False)
-            row.append(paired_text(pair_with_baseline(members, own, model), difference) if with_iti and own else "—")
+            row.append(paired_text(pair_with_baseline(members, own, model), difference, seeds)
+                       if with_iti and own else "—")
             rows.append(row)
     print("\n## Prompting and ITI\n")
     print(markdown_rows(["setting", "seeds", "MC1", "MC2", "ΔMC2 vs bare question [95%]",
@@ -120,11 +124,15 @@ def mean_and_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(array)), float(np.std(array, ddof=1)) if len(array) > 1 else float("nan")
 
 
-def paired_text(paired, difference) -> str:
+def paired_text(paired, difference, seeds: list[int]) -> str:
+    """The paired MC2 difference; the seeds it pairs on when the two sides share only some of the row's."""
     if paired is None or "MC2" not in paired[1]:
         return "—"
-    interval = paired[1]["MC2"]
-    return difference(interval.value, interval.low, interval.high)
+    interval, shared = paired[1]["MC2"], paired[0]
+    text = difference(interval.value, interval.low, interval.high)
+    if shared != seeds:
+        text += f" (seed{'s' if len(shared) > 1 else ''} {' '.join(map(str, shared))} only)"
+    return text
 
 
 def summary_table(table, markdown_rows, mean_std, difference) -> str:
