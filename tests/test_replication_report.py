@@ -74,6 +74,7 @@ def test_the_report_shows_the_runs_own_numbers(runs):
         assert iti[column] == mean_std([records[f"iti {s}"]["final"][name] for s in (1, 2)])
         assert base[column] == mean_std([records[f"baseline {s}"]["final"][name] for s in (1, 2)])
     assert iti[1] == "1 2" and iti[header.index("CE")] == "—"
+    assert iti[-1] == "1 2" and base[-1] == "—"  # the seeds the difference pairs on; a baseline has none
     assert re.search(r"^- ITI, K and α chosen .* − baseline on MC2: [+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] "
                      rf"\(95% paired bootstrap interval over {LIMIT} questions, .*\): (the interval excludes 0|no "
                      "significant difference)", text, re.M)
@@ -93,7 +94,8 @@ def test_the_report_shows_the_runs_own_numbers(runs):
     assert default[1] == "1 2" and default[4].endswith(" (seed 1 only)") and "only" not in default[5]
     assert "only" not in bare[4]
     assert table_row(text, "Prompting and ITI", "no instruction")[4] == "—"  # the reference itself
-    assert (root / "figures" / "tiny_iti_minus_baseline_by_category.png").stat().st_size > 0
+    # Named by the options that chose its runs: a report of other runs into the same folder leaves it alone.
+    assert (root / "figures" / "tiny_limit_20_K2-4_alpha0-5_iti_minus_baseline_by_category.png").stat().st_size > 0
 
 
 def test_no_runs_of_the_asked_questions_is_one_line(runs):

@@ -19,9 +19,10 @@ from iti.cli import ArgumentParser, run_main  # noqa: E402
 
 # The grid of validation/replication/bundled_model.sh, fixed before any run.
 GRID = ([16, 48], [0.0, 5.0, 10.0, 15.0])
+# (instruction_prompt, qa_primer) of the bare question, the prompting comparison's reference.
+BARE = ("none", "no")
 # (label, instruction_prompt, qa_primer) of the paper's prompting comparison, in its table's order.
-PROMPTS = (("no instruction", "none", "no"), ("instruction", "default", "no"),
-           ("instruction + primer (default)", None, "auto"))
+PROMPTS = (("no instruction", *BARE), ("instruction", "default", "no"), ("instruction + primer (default)", None, "auto"))
 SHOWN = ("MC1", "MC2", "MC3", "CE", "KL")
 
 
@@ -75,13 +76,12 @@ def main() -> None:
     print(choices_table(variant(None, "auto", True), markdown_rows))
     categories = category_table(table, pairs, "MC2")
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    [figure] = category_differences(categories, "MC2",
-                                    lambda k, alpha: args.output_dir / f"{model}_iti_minus_baseline_by_category.png")
+    [figure] = category_differences(categories, "MC2", lambda k, alpha: args.output_dir / figure_name(model, args))
     print(f"\n(per-category figure: {figure})")
 
     # 2. The paper's prompting comparison: each prompt with and without ITI, on the same folds.
     rows = []
-    bare = variant("none", "no", False)
+    bare = variant(*BARE, False)
     for label, instruction, primer in PROMPTS:
         for with_iti in (False, True):
             members = variant(instruction, primer, with_iti)
@@ -91,7 +91,7 @@ def main() -> None:
             row = [label + (" + ITI" if with_iti else ""), " ".join(str(r["config"]["seed"]) for r in members)]
             row += [mean_std(*mean_and_std(final[key])) for key in ("MC1", "MC2")]
             seeds = sorted(r["config"]["seed"] for r in members)
-            reference = (instruction, primer, with_iti) == ("none", "no", False)
+            reference = (instruction, primer) == BARE and not with_iti
             row.append(paired_text(pair_with_baseline(members, bare, model), difference, seeds)
                        if bare and not reference else "—")
             own = variant(instruction, primer, False)
@@ -117,6 +117,13 @@ def main() -> None:
         runs, key=lambda r: r["path"])]))
 
 
+def figure_name(model: str, args) -> str:
+    """Named by the options that select its runs, so reports of other runs into the same folder never replace it."""
+    limit = "" if args.limit is None else f"_limit_{args.limit}"
+    grid = "_K" + "-".join(map(str, args.num_heads)) + "_alpha" + "-".join(f"{a:g}" for a in args.alpha)
+    return f"{model}{limit}{grid}_iti_minus_baseline_by_category.png"
+
+
 def mean_and_std(values: list[float]) -> tuple[float, float]:
     import numpy as np
 
@@ -137,12 +144,13 @@ def paired_text(paired, difference, seeds: list[int]) -> str:
 
 def summary_table(table, markdown_rows, mean_std, difference) -> str:
     """iti.collect's table, the columns this document shows."""
-    header = ["setting", "seeds", *SHOWN, "ΔMC1 [95%]", "ΔMC2 [95%]", "ΔMC3 [95%]"]
+    header = ["setting", "seeds", *SHOWN, "ΔMC1 [95%]", "ΔMC2 [95%]", "ΔMC3 [95%]", "Δ on seeds"]
     rows = []
     for _, row in table.iterrows():
         cells = [setting_label(row), str(row["seeds"])]
         cells += [mean_std(row[key], row[f"{key} std"]) for key in SHOWN]
         cells += [difference(row[f"Δ{key}"], row[f"Δ{key} low"], row[f"Δ{key} high"]) for key in ("MC1", "MC2", "MC3")]
+        cells.append(row["paired seeds"] if isinstance(row["paired seeds"], str) else "—")
         rows.append(cells)
     return markdown_rows(header, rows)
 
