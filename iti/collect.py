@@ -165,6 +165,8 @@ def collect_table(runs: list[dict], tag: str) -> tuple[pd.DataFrame, list]:
         baseline = baselines.get(repeats_key(members[0], baseline=True))
         paired = None if baseline is None or not members[0]["resolved"]["intervenes"] else \
             pair_with_baseline(members, baseline, tag)
+        if paired is None and baseline is not None and members[0]["resolved"]["intervenes"]:
+            row["Δ missing"] = next(map(str, absent_answer_files(members + baseline)), math.nan)
         if paired is not None:
             seeds, differences, treated, base = paired
             row["paired seeds"] = " ".join(map(str, seeds))
@@ -177,7 +179,18 @@ def collect_table(runs: list[dict], tag: str) -> tuple[pd.DataFrame, list]:
     columns = ["K", "alpha", "chosen", "settings", "seeds", "limit"]
     columns += [name for key in METRIC_NAMES for name in (key, f"{key} std")]
     columns += ["paired seeds"] + [f"Δ{key}{end}" for key in PER_QUESTION_OR_DERIVED for end in ("", " low", " high")]
-    return pd.DataFrame(rows).reindex(columns=columns + ["folds", "json"]), pairs
+    return pd.DataFrame(rows).reindex(columns=columns + ["Δ missing", "folds", "json"]), pairs
+
+
+def missing_answer_notes(table: pd.DataFrame) -> list[str]:
+    """Per row whose Δ is empty because an answer file of it or its baseline is gone: which file, and what to do."""
+    return [f"note: K {row['K']}, α {row['alpha']}: {no_pair_reason(row['Δ missing'])}"
+            for _, row in table.iterrows() if isinstance(row["Δ missing"], str)]
+
+
+def no_pair_reason(absent: Path | str) -> str:
+    return (f"no paired difference, the answer file {absent} is missing; run validate_2fold with that run's settings "
+            "again to remake it")
 
 
 def category_table(table: pd.DataFrame, pairs: list, metric: str) -> pd.DataFrame:

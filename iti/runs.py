@@ -85,19 +85,21 @@ class Run:
     def probe_report_path(self, fold: int, table: str) -> Path:
         return self.dump / "probe_report" / f"{self.fold_name(fold)}_{table}.csv"
 
-    def finished_folds(self) -> dict[int, dict]:
-        """The folds an earlier run of this identity completed (its files all present), by index. A record at
-        this path of another identity (a hash collision, or not ours) is never overwritten."""
+    def finished_folds(self) -> tuple[dict[int, dict], float]:
+        """The folds an earlier run of this identity completed (its files all present), by index, and the seconds
+        that run took (0 when none is kept). A record at this path of another identity (a hash collision, or not
+        ours) is never overwritten."""
         previous = read_json(self.summary_path)
         if previous is None:
             if self.cfg.resume:
                 raise UsageError(f"--resume: no earlier run of these settings at {self.summary_path}; drop --resume "
                                  "to start it")
-            return {}
+            return {}, 0.0
         if previous.get("identity") != self.identity:
             raise UsageError(f"{self.summary_path} holds another run (its recorded settings differ from these); it is "
                              "kept: move it away or give another --results_dir")
-        return {entry["fold"]: entry for entry in previous.get("folds", []) if _fold_files_present(entry)}
+        kept = {entry["fold"]: entry for entry in previous.get("folds", []) if _fold_files_present(entry)}
+        return kept, float(previous.get("seconds") or 0.0) if kept else 0.0
 
     def write(self, record: dict) -> None:
         write_json(self.summary_path, record)

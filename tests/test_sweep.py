@@ -483,3 +483,25 @@ def test_tables_of_other_selections_or_runs_never_share_a_file(seeds, tmp_path, 
     run_collect(monkeypatch, *flags[:-1])
     [newest] = set(p.stem for p in out_dir.glob("*.csv") if "_by_category" not in p.name) - set(tables)
     assert not list(out_dir.glob(f"{newest}_by_category*"))
+
+
+def test_a_missing_answer_file_leaves_the_difference_empty_and_says_which(seeds, tmp_path, monkeypatch, capsys):
+    """One ITI run's answer file gone (deleted, or left on another machine): the row keeps its means, its Δ is
+    empty, and a note names the file and how to remake it."""
+    results, runs = seeds
+    copy = tmp_path / "results"
+    summaries = copy / "results_dump" / "summary_dump"
+    shutil.copytree(results / "results_dump" / "summary_dump", summaries)
+    treated = runs[(20.0, 3)][0]
+    record = json.loads(open(treated["json_path"]).read())
+    gone = tmp_path / "elsewhere" / "answers.csv"
+    record["folds"][0]["files"]["answers"] = str(gone)
+    (summaries / os.path.basename(treated["json_path"])).write_text(json.dumps(record))
+    capsys.readouterr()
+    run_collect(monkeypatch, "--model_name", "tq", "--use_center_of_mass", "--limit", "6", "--results_dir", str(copy))
+    table = pd.read_csv(only_file(copy / "results_dump" / "sweep_dump", "tq_center_of_mass_limit_6_????????.csv"))
+    row = table.set_index("K").loc[3]
+    assert np.isnan(row["ΔMC2"]) and row["MC2"] == pytest.approx(np.mean([r["final"]["MC2"] for r in runs[(20.0, 3)]]))
+    assert capsys.readouterr().err.splitlines() == [
+        f"note: K 3, α 20: no paired difference, the answer file {gone} is missing; run validate_2fold with that "
+        "run's settings again to remake it"]

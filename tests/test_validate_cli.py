@@ -189,7 +189,10 @@ def test_killed_run_leaves_earlier_folds_whole(setup, tmp_path, monkeypatch):
         again = run_validation(config(setup, tmp_path, num_heads=0, limit=4, batch_size=2, resume=resume),
                                progress=False, log=lambda _: None)
         assert again["json_path"] == resumed["json_path"]
+        # The record's time is what computed its folds: the kept folds' time carried on, a rerun adding nothing.
+        assert again["seconds"] == resumed["seconds"]
     assert calls == []
+    assert resumed["seconds"] > record["seconds"]
     # A setting that changes the numbers is another run: --resume finds none; without it, it runs beside the first.
     with pytest.raises(UsageError, match="--resume: no earlier run of these settings"):
         run_validation(config(setup, tmp_path, num_heads=0, limit=4, max_new_tokens=7, resume=True),

@@ -52,7 +52,7 @@ def paired_lines(records: list[dict]) -> list[str]:
     """Per ITI run paired with the baseline among `records`: its difference on the headline metric with the 95%
     interval, and whether the interval excludes 0, or which answer file is missing for it (nothing when there is
     no baseline or no per-question score)."""
-    from iti.collect import absent_answer_files, pair_with_baseline
+    from iti.collect import absent_answer_files, no_pair_reason, pair_with_baseline
 
     baselines = [r for r in records if not r["resolved"]["intervenes"]]
     if not baselines:
@@ -63,8 +63,7 @@ def paired_lines(records: list[dict]) -> list[str]:
             continue
         absent = absent_answer_files([record, baselines[0]])
         if absent:
-            lines.append(f"{run_label(record)} − baseline: no paired difference, the answer file {absent[0]} is "
-                         "missing; run validate_2fold with that run's settings again to remake it")
+            lines.append(f"{run_label(record)} − baseline: {no_pair_reason(absent[0])}")
             continue
         paired = pair_with_baseline([record], baselines[:1], record["config"]["model_prefix"]
                                     + record["config"]["model_name"])

@@ -46,7 +46,7 @@ def main() -> None:
     matplotlib.use("Agg")
 
     from iti.collect import category_table, collect_table, difference, markdown_rows, mean_std, pair_with_baseline
-    from iti.collect import readable_summaries
+    from iti.collect import missing_answer_notes, readable_summaries
     from iti.errors import UsageError
     from iti.plots import category_differences
 
@@ -69,6 +69,7 @@ def main() -> None:
     # 1. The main comparison: default prompting, K and α chosen per fold, against the baseline.
     main_runs = variant(None, "auto", True) + variant(None, "auto", False)
     table, pairs = collect_table(main_runs, model)
+    notes = missing_answer_notes(table)
     print("## Main table\n")
     print(summary_table(table, markdown_rows, mean_std, difference))
     print(verdicts(table, pairs))
@@ -108,8 +109,12 @@ def main() -> None:
         if members:
             print(f"\n## {dataset}\n")
             custom, custom_pairs = collect_table(members, model)
+            notes += missing_answer_notes(custom)
             print(summary_table(custom, markdown_rows, mean_std, difference))
             print(verdicts(custom, custom_pairs))
+
+    for note in notes:
+        print(note, file=sys.stderr)
 
     print("\n## Run times\n")
     print(markdown_rows(["run", "seed", "minutes"], [[Path(r["path"]).name, str(r["config"]["seed"]),

@@ -35,7 +35,7 @@ def main() -> None:
     matplotlib.use("Agg")
 
     from iti.collect import (category_markdown, category_table, category_tag, collect_table, markdown,
-                             readable_summaries, selected_runs, single_settings, table_stem)
+                             missing_answer_notes, readable_summaries, selected_runs, single_settings, table_stem)
     from iti.errors import UsageError
     from iti.files import write_text
     from iti.plots import category_differences, sweep_curves
@@ -52,6 +52,8 @@ def main() -> None:
     if limit != cfg.limit:
         print(f"no full runs of {cfg.output_name}: the runs made with --limit {limit}")
     table, pairs = collect_table(runs, cfg.output_name)
+    for note in missing_answer_notes(table):
+        print(note, file=sys.stderr)
     out_dir = results_dir / "results_dump" / "sweep_dump"
     stem = table_stem(cfg, runs)
     write_text(out_dir / f"{stem}.csv", table.to_csv(index=False))
