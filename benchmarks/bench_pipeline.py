@@ -207,7 +207,7 @@ def sklearn_label(options: BenchOptions) -> str:
 
 
 def probes(bench: Bench) -> dict:
-    from iti.fit import seeded_split
+    from iti.fitting import seeded_split
     from iti.models import head_geometry
     from iti.folds import rows_of_questions
 

@@ -28,7 +28,7 @@ def main() -> None:
 
     from benchmarks.probe_backends import compare_backends
     from iti.features import FeatureSet, load_features, read_record
-    from iti.fit import seeded_split
+    from iti.fitting import seeded_split
     from iti.folds import rows_of_questions
 
     features = FeatureSet(Path(args.features_dir), args.model_name, args.dataset_name)

@@ -14,7 +14,7 @@ import numpy as np
 from iti.activations import ActivationRecorder, extract_activations
 from iti.contrastive import dataset_from_records
 from iti.data import GenerationQuestion, items_prompt_set
-from iti.fit import Features, Recipe, fit_head_shifts, seeded_split
+from iti.fitting import Features, Recipe, fit_head_shifts, seeded_split
 from iti.generation import generate_answers
 from iti.head_shifts import HeadShifts, ShiftProvenance
 from iti.intervention import ShiftedModel, load_shifted_model
@@ -28,7 +28,7 @@ def fit(model, tokenizer, items: list[dict | GenerationQuestion], num_heads: int
         batch_size: int = 16, progress: bool = True) -> tuple[HeadShifts, ProbeReport]:
     """Head shifts from contrastive items (dicts in the keys of docs/method.md §9, e.g. `question`,
     `correct_answers`, `incorrect_answers`): their probe rows' activations read in memory, a seeded split of
-    the items into training and validation, then iti.fit.fit_head_shifts; the items' own rows set σ."""
+    the items into training and validation, then iti.fitting.fit_head_shifts; the items' own rows set σ."""
     records = [item if isinstance(item, dict) else vars(item) for item in items]
     dataset = dataset_from_records("items", records, "items in memory")
     probe_text = prompting_for(prompt_format, tokenizer, "the model").probe_text

@@ -37,7 +37,7 @@ RESAVE = "save the head shifts again"
 @dataclass
 class ShiftProvenance:
     """What made a set of head shifts, read by name: the model and data (from the run that built them), the
-    recipe and split (from iti.fit.fit_head_shifts, which writes the record), and the probe report. A file of
+    recipe and split (from iti.fitting.fit_head_shifts, which writes the record), and the probe report. A file of
     another version may record more: that is kept, as read, in `other`."""
 
     model_name: str | None = None

@@ -19,7 +19,7 @@ from iti.features import (
     require_feature_sets,
     verify_against_data,
 )
-from iti.fit import Features
+from iti.fitting import Features
 from iti.head_shifts import ShiftProvenance
 from iti.identity import digest
 from iti.models import HeadGeometry

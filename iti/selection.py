@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from iti.errors import UsageError
-from iti.fit import Features, Recipe, Split, fit_head_shifts, without_layers
+from iti.fitting import Features, Recipe, Split, fit_head_shifts, without_layers
 from iti.folds import held_for_selection, train_val_split
 
 # Seeds the set-aside draw apart from the fold's own split (with the run's seed), so that split, and the

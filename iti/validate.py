@@ -3,7 +3,7 @@
     set_up: check, load the items, the model, its features (checked against both), the judges and documents;
             resolve the run's identity (iti.runs), which names every file it writes
     per fold: write the split; choose (K, α) when several are given (iti.selection); fit the shifts
-            (iti.fit); evaluate them on the test questions (iti.evaluation); write the fold's files
+            (iti.fitting); evaluate them on the test questions (iti.evaluation); write the fold's files
     finish: means over folds, bootstrap intervals, per-category means, the final line, the record
 
 Features are read under the name of the model being run (`{model_prefix}{model_name}`, as get_activations
@@ -36,7 +36,7 @@ from iti.evaluation import (
 )
 from iti.files import plain, write_csv
 from iti.fingerprint import model_digest, model_fingerprint, text_digest
-from iti.fit import Features, Split, fit_head_shifts, recipe_of
+from iti.fitting import Features, Split, fit_head_shifts, recipe_of
 from iti.judges import JudgePanel, check_judge_source
 from iti.metrics import mean_over_folds, shown
 from iti.models import head_geometry, input_device, load_model, resolve_model_source

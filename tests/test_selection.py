@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from iti.errors import UsageError
-from iti.fit import Features, Recipe, Split
+from iti.fitting import Features, Recipe, Split
 from iti.selection import choose_setting, edge_note, score_settings, selection_split
 
 TABLE = [

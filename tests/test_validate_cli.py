@@ -504,7 +504,7 @@ def selection_run(setup, selection_features, tmp_path_factory):
 
 
 def test_each_fold_chooses_on_questions_set_aside(setup, selection_run):
-    from iti.fit import Split
+    from iti.fitting import Split
     from iti.selection import selection_split
 
     record = selection_run
@@ -564,7 +564,7 @@ def test_choice_never_reads_a_test_question(setup, selection_features, selection
     same (fold 1 trains on those questions, so it may move). Control: poisoning the questions that build fold
     0's scored shifts does move the table, so the check can fail."""
     from iti.evaluation import Evaluator
-    from iti.fit import Split
+    from iti.fitting import Split
     from iti.selection import selection_split
 
     clean = selection_run["folds"][0]

@@ -40,7 +40,7 @@ def main() -> None:
     from iti.errors import UsageError
     from iti.features import FeatureSet, require_feature_sets
     from iti.fingerprint import model_digest, model_fingerprint
-    from iti.fit import fit_head_shifts, recipe_of, seeded_split
+    from iti.fitting import fit_head_shifts, recipe_of, seeded_split
     from iti.models import head_geometry, load_model, resolve_model_source
     from iti.run_inputs import read_checked_features
 

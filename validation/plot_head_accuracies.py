@@ -30,7 +30,7 @@ def main() -> None:
     from iti.errors import UsageError
     from iti.features import FeatureSet, feature_stem, load_features, require_feature_sets, verify_against_data
     from iti.files import atomic_write, save_npy, write_json
-    from iti.fit import Features, Recipe, fit_head_shifts, seeded_split
+    from iti.fitting import Features, Recipe, fit_head_shifts, seeded_split
     from iti.identity import identity, short_digest
     from iti.plots import head_accuracy_heatmap
 

@@ -6,7 +6,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from iti.errors import UsageError
-from iti.fit import Features, Recipe, Split, fit_head_shifts, seeded_split
+from iti.fitting import Features, Recipe, Split, fit_head_shifts, seeded_split
 from iti.head_shifts import ShiftProvenance
 from iti.probes import random_heads
 
