@@ -55,6 +55,12 @@ def padded(tiny):
     return sequences, {side: pad(sequences, tokenizer.pad_token_id, side) for side in ("left", "right")}
 
 
+def greedy_with_scores(tokenizer, steps: int) -> dict:
+    """generate's options for `steps` greedy tokens, returned with every step's scores."""
+    return dict(max_new_tokens=steps, do_sample=False, output_scores=True, return_dict_in_generate=True,
+                pad_token_id=tokenizer.pad_token_id)
+
+
 def real_span(sequence: list[int], width: int, side: str) -> slice:
     return slice(width - len(sequence), width) if side == "left" else slice(0, len(sequence))
 
@@ -181,8 +187,7 @@ def test_leaving_or_removing_gives_the_plain_model_exactly(tiny, padded, tmp_pat
     shifts = make_shifts(model)
     _, batches = padded
     ids, mask = batches["left"]
-    kwargs = dict(max_new_tokens=4, do_sample=False, output_scores=True, return_dict_in_generate=True,
-                  pad_token_id=tokenizer.pad_token_id)
+    kwargs = greedy_with_scores(tokenizer, 4)
     hooks = hooks_on(model)
 
     def run():
@@ -227,8 +232,7 @@ def test_generation_schedule_generates_as_the_pyvene_engine(tiny, padded):
     shifts = make_shifts(model)
     _, batches = padded
     ids, mask = batches["left"]
-    kwargs = dict(max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True,
-                  pad_token_id=tokenizer.pad_token_id)
+    kwargs = greedy_with_scores(tokenizer, 6)
     expected = ShiftedModel(model, shifts).generate(ids, mask, **kwargs)
     with iti.applied(model, shifts, positions="generation"):
         got = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
@@ -266,7 +270,7 @@ def features_prompts(tokenizer, items: list[dict]) -> list[str]:
             for answer in item["correct_answers"] + item["incorrect_answers"]]
 
 
-def test_refusals_leave_no_hook_behind(tiny, padded):
+def test_refusals_leave_no_hook_behind(tiny):
     model, tokenizer = tiny
     hooks = hooks_on(model)
     other = make_shifts(model, num_layers=model.config.num_hidden_layers + 1)
@@ -280,6 +284,7 @@ def test_refusals_leave_no_hook_behind(tiny, padded):
         iti.generate(handle, tokenizer, QUESTIONS)
     handle.remove()
     layer = get_o_proj(model, 0)
-    with iti.applied(model, make_shifts(model), positions="generation"), pytest.raises(UsageError, match="call the model"):
-        layer(torch.zeros(1, 2, layer.in_features))
+    with iti.applied(model, make_shifts(model), positions="generation"):
+        with pytest.raises(UsageError, match="call the model"):
+            layer(torch.zeros(1, 2, layer.in_features))
     assert hooks_on(model) == hooks
