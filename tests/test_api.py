@@ -168,6 +168,21 @@ def test_applied_matches_plain_hooks_on_padded_batches(tiny, padded, side, posit
         assert torch.equal(logits[row, unshifted], plain[row, unshifted])
 
 
+def test_generation_schedule_shifts_every_new_token_on_a_filled_cache(tiny, padded):
+    model, _ = tiny
+    shifts = make_shifts(model)
+    sequences, _ = padded
+    prompt, new = sequences[2][:-3], sequences[2][-3:]
+    with torch.no_grad(), iti.applied(model, shifts, positions="generation"):
+        cache = model(input_ids=torch.tensor([prompt]), use_cache=True).cache
+        logits = model(input_ids=torch.tensor([new]), cache=cache).logits[0]
+    # One forward of the whole sequence, shifted from the prompt's last token on.
+    expected = shifted_logits(model, prompt + new, shifts, start=len(prompt) - 1)[-len(new):]
+    torch.testing.assert_close(logits, expected, rtol=0, atol=logit_tolerance(model, expected))
+    last_only = shifted_logits(model, prompt + new, shifts, start=len(prompt) + len(new) - 1)[-len(new):]
+    assert (expected[0] - last_only[0]).abs().max() > 100 * logit_tolerance(model, expected), "shift too small to test"
+
+
 def test_every_position_equals_the_baked_model(tiny, padded):
     model, _ = tiny
     shifts = make_shifts(model)
