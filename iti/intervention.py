@@ -143,8 +143,6 @@ class AppliedShifts:
         if positions not in POSITIONS:
             raise UsageError(f"positions {positions!r} is not one of {', '.join(POSITIONS)}")
         offsets = layer_offsets_on(model, shifts)  # every check before the first hook
-        self.model = model
-        self.shifts = shifts
         self.positions = positions
         # Under "generation", the [batch, seq] positions to shift in the forward under way (None between forwards).
         self._scheduled: torch.Tensor | None = None
@@ -185,8 +183,7 @@ class AppliedShifts:
         if tokens is None:
             tokens = call["inputs_embeds"]
         batch, width = tokens.shape[:2]
-        # transformers 5 names the cache `cache`; earlier versions `past_key_values`.
-        cache = call.get("cache", call.get("past_key_values"))
+        cache = call.get("cache")
         if cache is not None and cache.get_seq_length() > 0:
             self._scheduled = torch.ones(batch, width, dtype=torch.bool)
             return
