@@ -1,13 +1,15 @@
 """Inference-Time Intervention: activations, probes, head shifts, evaluation, baking.
 
-The library path (iti.api): `fit`, `apply`, `generate`; `HeadShifts` (`.save`, `.load`, `.scaled`);
-`export_pyvene`; `head_accuracy_heatmap`. They load on first use, so that importing a submodule (the
-command lines read iti.cli before torch) stays light.
+The library path (iti.api): `load_model`, `fit`, `apply` / `applied`, `generate`; `HeadShifts` (`.save`, `.load`,
+`.scaled`); `export_pyvene`; `head_accuracy_heatmap`. They load on first use, so that importing a submodule (the
+command lines read iti.cli before torch) stays light. No submodule is named like one of them: importing a
+submodule binds it on the package, where it would hide the function of the same name from then on.
 """
 from importlib import import_module
 
-_PUBLIC = {"fit": "iti.api", "apply": "iti.api", "generate": "iti.api", "HeadShifts": "iti.head_shifts",
-           "export_pyvene": "iti.pyvene_export", "head_accuracy_heatmap": "iti.plots"}
+_PUBLIC = {"load_model": "iti.api", "fit": "iti.api", "apply": "iti.api", "applied": "iti.api",
+           "generate": "iti.api", "HeadShifts": "iti.head_shifts", "export_pyvene": "iti.pyvene_export",
+           "head_accuracy_heatmap": "iti.plots"}
 __all__ = list(_PUBLIC)
 
 

@@ -9,16 +9,40 @@ schedule (docs/method.md §5), which travel with each call as data:
   every intervention through pyvene's per-call `subspaces` argument;
 - generation with a KV cache: no mask, meaning the last position of every forward, i.e. the prompt's
   last token, then each new token (prompts left-padded so that every row ends at the last position).
+
+ShiftedModel is the engine of the scripts (validate_2fold's scoring and generation). The library path
+(iti.apply, iti.applied) installs the same offsets as AppliedShifts instead: plain forward pre-hooks that
+stay on the model, so the user's own `model(...)` and `model.generate(...)` are shifted, until removed.
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
 
+from iti.errors import UsageError
 from iti.head_shifts import HeadShifts
 from iti.intervenable import IntervenableModel, pv
-from iti.models import head_geometry, input_device, model_sites
+from iti.models import get_o_proj, head_geometry, input_device, model_sites
+
+# Where AppliedShifts adds δ: "all" every position (as a baked model, and lm-eval's steered model); "generation"
+# the paper's schedule (docs/method.md §5).
+POSITIONS = ("all", "generation")
+
+
+def layer_offsets_on(model, shifts: HeadShifts) -> dict[int, torch.Tensor]:
+    """δ_l of each edited layer, on its o_proj's device and in its dtype, once the shifts are known to be made for
+    this model's geometry and to be numbers of its dtype (UsageError otherwise)."""
+    geo = head_geometry(model.config)
+    shifts.check_geometry(geo.num_layers, geo.num_heads, geo.head_dim)
+    dtype = model.get_input_embeddings().weight.dtype
+    shifts.check_fits(str(dtype), torch.finfo(dtype).max)
+    offsets = {}
+    for layer, offset in sorted(shifts.layer_offsets().items()):
+        weight = get_o_proj(model, layer).weight
+        offsets[layer] = torch.as_tensor(offset).to(weight.device, weight.dtype)
+    return offsets
 
 
 class LayerShift(pv.SourcelessIntervention):
@@ -49,17 +73,9 @@ class ShiftedModel:
         self.shifts = shifts
         self._intervenable = None
         if shifts is not None and len(shifts.layers) > 0:
-            geo = head_geometry(model.config)
-            shifts.check_geometry(geo.num_layers, geo.num_heads, geo.head_dim)
             sites = model_sites(model)
-            dtype = model.get_input_embeddings().weight.dtype
-            shifts.check_fits(str(dtype), torch.finfo(dtype).max)
-            components = []
-            for layer, offset in sorted(shifts.layer_offsets().items()):
-                o_proj = model.get_submodule(f"{sites.layers}.{layer}.{sites.o_proj}")
-                tensor = torch.as_tensor(offset).to(o_proj.weight.device, o_proj.weight.dtype)
-                components.append({"component": f"{sites.o_proj_of(layer)}.input",
-                                   "intervention": LayerShift(tensor)})
+            components = [{"component": f"{sites.o_proj_of(layer)}.input", "intervention": LayerShift(offset)}
+                          for layer, offset in layer_offsets_on(model, shifts).items()]
             self._intervenable = IntervenableModel(components, model)
 
     @property
@@ -100,9 +116,87 @@ def load_shifted_model(model, head_shifts: HeadShifts | str | Path, alpha: float
 
     Given `model_source` (the hub id or path the model was loaded from), shifts made for another model are refused.
     """
-    shifts = head_shifts if isinstance(head_shifts, HeadShifts) else HeadShifts.load(head_shifts)
+    shifts = shifts_at(head_shifts, alpha)
     if model_source is not None:
         shifts.check_model(model_source, allow_other_model)
-    if alpha is not None:
-        shifts = shifts.scaled(alpha)
     return ShiftedModel(model, shifts)
+
+
+def shifts_at(head_shifts: HeadShifts | str | Path, alpha: float | None = None) -> HeadShifts:
+    """Head shifts, or those saved in a folder, at their own strength or at `alpha`."""
+    shifts = head_shifts if isinstance(head_shifts, HeadShifts) else HeadShifts.load(head_shifts)
+    return shifts if alpha is None else shifts.scaled(alpha)
+
+
+class AppliedShifts:
+    """Head shifts installed on a model's own forward until `remove()` (or the end of a `with` block): forward
+    pre-hooks add δ_l to the o_proj input of each edited layer, so `model(...)` and `model.generate(...)` keep
+    Hugging Face's interface, with any padding. pyvene cannot do this: an IntervenableModel hooks the model only
+    around each call made through it, and strips every hook of the model (ours too) before and after.
+
+    `positions`: "all" shifts every position. "generation" is the paper's schedule: in a forward with no cache
+    (or an empty one, as generate's first step), each row's last real token, found from the attention mask, so
+    prompts may be padded on either side; in a forward on a filled cache, every new token.
+    """
+
+    def __init__(self, model, shifts: HeadShifts, positions: str = "all"):
+        if positions not in POSITIONS:
+            raise UsageError(f"positions {positions!r} is not one of {', '.join(POSITIONS)}")
+        offsets = layer_offsets_on(model, shifts)  # every check before the first hook
+        self.positions = positions
+        # Under "generation", the [batch, seq] positions to shift in the forward under way (None between forwards).
+        self._scheduled: torch.Tensor | None = None
+        self._handles = [get_o_proj(model, layer).register_forward_pre_hook(self._adder(offset))
+                         for layer, offset in offsets.items()]
+        if positions == "generation" and offsets:
+            self._signature = inspect.signature(model.forward)
+            self._handles.append(model.register_forward_pre_hook(self._schedule, with_kwargs=True))
+            self._handles.append(model.register_forward_hook(self._forget, always_call=True))
+
+    def remove(self) -> None:
+        """Take the shifts off: the model computes exactly as before they were applied."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> AppliedShifts:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.remove()
+
+    def _adder(self, offset: torch.Tensor):
+        def add(module, args):
+            inputs = args[0]
+            if self.positions == "all":
+                return (inputs + offset, *args[1:])
+            if self._scheduled is None:
+                raise UsageError("head shifts applied with positions='generation' take their positions from the "
+                                 "model's own call; call the model, not one of its layers")
+            scheduled = self._scheduled.to(inputs.device, inputs.dtype).unsqueeze(-1)
+            return (inputs + scheduled * offset, *args[1:])
+        return add
+
+    def _schedule(self, model, args, kwargs) -> None:
+        call = self._signature.bind_partial(*args, **kwargs).arguments
+        tokens = call.get("input_ids")
+        if tokens is None:
+            tokens = call["inputs_embeds"]
+        batch, width = tokens.shape[:2]
+        cache = call.get("cache")
+        if cache is not None and cache.get_seq_length() > 0:
+            self._scheduled = torch.ones(batch, width, dtype=torch.bool)
+            return
+        mask = call.get("attention_mask")
+        if mask is None:
+            last = torch.full((batch,), width - 1)
+        elif mask.dim() == 2:
+            last = width - 1 - mask.flip(-1).cpu().argmax(-1)
+        else:
+            raise UsageError("positions='generation' finds each row's last token from a [batch, seq] attention mask; "
+                             f"this call's mask has shape {tuple(mask.shape)}")
+        self._scheduled = torch.zeros(batch, width, dtype=torch.bool)
+        self._scheduled[torch.arange(batch), last] = True
+
+    def _forget(self, model, args, output) -> None:
+        self._scheduled = None
