@@ -76,6 +76,9 @@ def _fmt(value) -> str:
 
 # ----------------------------------------------------------------------------- what the stages share
 
+# The share of the benchmark's questions that validates the probes (the scripts' --val_ratio default).
+VAL_RATIO = 0.2
+
 @dataclass(frozen=True)
 class Intervention:
     """The random head shifts of the mc, generation and ce_kl stages, on the model, and how the report names them."""
@@ -123,24 +126,20 @@ class Bench:
         return self.features
 
     def prepare_intervention(self) -> None:
-        """Random head shifts (the package's `--use_random_heads --use_random_dir` draws), σ from the features."""
+        """The package's random head shifts (`--use_random_dir`: K heads and directions drawn at random), fitted
+        by iti.fitting.fit_head_shifts on the mc2 rows, σ from the same rows' features."""
         if self.intervention is not None:
             return
-        import numpy as np
-
-        from iti.directions import projection_stds, random_directions
-        from iti.head_shifts import HeadShifts
+        from iti.fitting import Features, Recipe, fit_head_shifts, seeded_split
         from iti.intervention import ShiftedModel
         from iti.models import head_geometry
-        from iti.probes import random_heads
 
         options, geo = self.options, head_geometry(self.model.config)
-        heads = random_heads(geo.num_layers, geo.num_heads, options.shift_heads, options.seed)
-        directions = random_directions(options.shift_heads, geo.head_dim, options.seed)
-        sigmas = projection_stds(self.head_wise(), heads, directions, geo.num_heads)
-        layers, head_ids = (np.array(column) for column in zip(*heads))
-        shifts = HeadShifts(layers, head_ids, directions, sigmas, np.full(options.shift_heads, 0.5), options.alpha,
-                            geo.num_layers, geo.num_heads, geo.head_dim, {"source": "bench_pipeline random heads"})
+        rows = self.head_wise()
+        features = Features(rows, self.mc2.labels, self.mc2.question_ids, rows, self.mc2.question_ids, geo.num_heads)
+        recipe = Recipe(options.shift_heads, options.alpha, "random", seed=options.seed,
+                        device="cuda" if options.device.startswith("cuda") else "cpu")
+        shifts, _ = fit_head_shifts(features, seeded_split(self.mc2.question_ids, VAL_RATIO, options.seed), recipe)
         label = (f"{options.shift_heads} random heads {shifts.head_list()}, alpha {options.alpha:g}, "
                  "sigma from the extracted activations")
         self.intervention = Intervention(shifts, ShiftedModel(self.model, shifts), label)
@@ -212,7 +211,7 @@ def probes(bench: Bench) -> dict:
     from iti.folds import rows_of_questions
 
     question_ids = bench.mc2.question_ids
-    split = seeded_split(question_ids, 0.2, bench.options.seed)
+    split = seeded_split(question_ids, VAL_RATIO, bench.options.seed)
     train_rows, val_rows = rows_of_questions(question_ids, split.train), rows_of_questions(question_ids, split.val)
     comparison = compare_probes(bench, bench.head_wise(), bench.mc2.labels, train_rows, val_rows,
                                 head_geometry(bench.model.config).num_heads)
@@ -509,9 +508,10 @@ class BenchOptions:
         unknown = [s for s in self.stage_names() if s not in STAGES]
         if unknown:
             raise UsageError(f"unknown stage(s) {unknown}; pick from {', '.join(STAGES)}")
-        if "probes" in self.stage_names() and self.num_questions < 2:
-            raise UsageError("the probes stage holds out a fifth of the questions to validate: use --num_questions 2 "
-                             "or more")
+        probing = [s for s in self.stage_names() if s == "probes" or STAGES[s].needs_shifts]
+        if probing and self.num_questions < 2:
+            raise UsageError(f"the {', '.join(probing)} stage(s) hold out a fifth of the questions to validate the "
+                             "probes: use --num_questions 2 or more")
 
 
 # ----------------------------------------------------------------------------- model, memory
