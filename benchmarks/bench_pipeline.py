@@ -284,6 +284,7 @@ def mc(bench: Bench) -> dict:
     import numpy as np
 
     from iti.mc import evaluate_mc
+    from iti.metrics import BY_NAME
     from iti.prompts import ANSWER_SEPARATOR
     from legacy.mc import mc_question
 
@@ -304,7 +305,7 @@ def mc(bench: Bench) -> dict:
     fast_results, fast_s = bench.timed(lambda: fast(len(records)))
     score_gap = max(max(abs(a - b) for a, b in zip(s["scores_true"] + s["scores_false"], f.true_scores + f.false_scores))
                     for s, f in zip(slow_results, fast_results))
-    metric_gap = {m: max(abs(s[m.upper()] - getattr(f, m)) for s, f in zip(slow_results, fast_results))
+    metric_gap = {m: max(abs(s[m.upper()] - BY_NAME[m.upper()].score(f)) for s, f in zip(slow_results, fast_results))
                   for m in ("mc1", "mc2", "mc3")}
     agreement = {
         "questions": len(records), "answers": sum(len(r.true) + len(r.false) for r in refs),
@@ -312,7 +313,7 @@ def mc(bench: Bench) -> dict:
         "max_abs_mc1_diff": metric_gap["mc1"], "max_abs_mc2_diff": float(metric_gap["mc2"]),
         "max_abs_mc3_diff": metric_gap["mc3"],
         "mean_mc2_one_at_a_time": float(np.mean([s["MC2"] for s in slow_results])),
-        "mean_mc2_fast": float(np.mean([f.mc2 for f in fast_results])),
+        "mean_mc2_fast": float(np.mean([BY_NAME["MC2"].score(f) for f in fast_results])),
     }
     return report("mc", slow_s, fast_s, agreement,
                   "one forward per answer with its full prompt (+1 for the best answer)",
@@ -390,7 +391,8 @@ def judge(bench: Bench) -> dict:
     evaluated model standing in for the judges."""
     import numpy as np
 
-    from iti.judges import ACCURACY_THRESHOLD, JUDGE_KINDS, judge_scores
+    from iti.judges import JUDGE_KINDS, judge_scores
+    from iti.metrics import ACCURACY_THRESHOLD
     from legacy.judge import judge_score
 
     judge_model, tokenizer = bench.model, bench.tokenizer
@@ -424,6 +426,7 @@ def ce_kl(bench: Bench) -> dict:
     from iti.batching import pad_token_id
     from iti.ce_kl import ce_and_kl, sample_token_rows
     from iti.local_text import MIN_CHARS, reference_paragraphs
+    from iti.metrics import document_mean
     from legacy.ce_kl import ce_kl as one_at_a_time_ce_kl
 
     model, tokenizer, options = bench.model, bench.tokenizer, bench.options
@@ -432,10 +435,14 @@ def ce_kl(bench: Bench) -> dict:
     pad_id = pad_token_id(tokenizer)
     batch = min(options.batch_size, 8) if options.ce_batch_size is None else options.ce_batch_size
 
+    def fast(count):
+        ce, kl = ce_and_kl(shifted, rows[:count], pad_id, batch, progress=False)
+        return document_mean(ce), document_mean(kl)
+
     one_at_a_time_ce_kl(model, rows[:1], shifts, progress=False)
-    ce_and_kl(shifted, rows[:2], pad_id, batch, progress=False)
+    fast(2)
     (slow_ce, slow_kl), slow_s = bench.timed(lambda: one_at_a_time_ce_kl(model, rows, shifts, progress=False))
-    (fast_ce, fast_kl), fast_s = bench.timed(lambda: ce_and_kl(shifted, rows, pad_id, batch, progress=False))
+    (fast_ce, fast_kl), fast_s = bench.timed(lambda: fast(len(rows)))
     agreement = {"samples": len(rows), "tokens_per_sample": max(len(r) for r in rows),
                  "ce_one_at_a_time": slow_ce, "ce_fast": fast_ce, "abs_ce_diff": abs(slow_ce - fast_ce),
                  "kl_one_at_a_time": slow_kl, "kl_fast": fast_kl, "abs_kl_diff": abs(slow_kl - fast_kl)}
