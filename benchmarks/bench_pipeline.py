@@ -76,6 +76,9 @@ def _fmt(value) -> str:
 
 # ----------------------------------------------------------------------------- what the stages share
 
+# The share of the benchmark's questions that validates the probes (the scripts' --val_ratio default).
+VAL_RATIO = 0.2
+
 @dataclass(frozen=True)
 class Intervention:
     """The random head shifts of the mc, generation and ce_kl stages, on the model, and how the report names them."""
@@ -123,24 +126,20 @@ class Bench:
         return self.features
 
     def prepare_intervention(self) -> None:
-        """Random head shifts (the package's `--use_random_heads --use_random_dir` draws), σ from the features."""
+        """The package's random head shifts (`--use_random_dir`: K heads and directions drawn at random), fitted
+        by iti.fitting.fit_head_shifts on the mc2 rows, σ from the same rows' features."""
         if self.intervention is not None:
             return
-        import numpy as np
-
-        from iti.directions import projection_stds, random_directions
-        from iti.head_shifts import HeadShifts
+        from iti.fitting import Features, Recipe, fit_head_shifts, seeded_split
         from iti.intervention import ShiftedModel
         from iti.models import head_geometry
-        from iti.probes import random_heads
 
         options, geo = self.options, head_geometry(self.model.config)
-        heads = random_heads(geo.num_layers, geo.num_heads, options.shift_heads, options.seed)
-        directions = random_directions(options.shift_heads, geo.head_dim, options.seed)
-        sigmas = projection_stds(self.head_wise(), heads, directions, geo.num_heads)
-        layers, head_ids = (np.array(column) for column in zip(*heads))
-        shifts = HeadShifts(layers, head_ids, directions, sigmas, np.full(options.shift_heads, 0.5), options.alpha,
-                            geo.num_layers, geo.num_heads, geo.head_dim, {"source": "bench_pipeline random heads"})
+        rows = self.head_wise()
+        features = Features(rows, self.mc2.labels, self.mc2.question_ids, rows, self.mc2.question_ids, geo.num_heads)
+        recipe = Recipe(options.shift_heads, options.alpha, "random", seed=options.seed,
+                        device="cuda" if options.device.startswith("cuda") else "cpu")
+        shifts, _ = fit_head_shifts(features, seeded_split(self.mc2.question_ids, VAL_RATIO, options.seed), recipe)
         label = (f"{options.shift_heads} random heads {shifts.head_list()}, alpha {options.alpha:g}, "
                  "sigma from the extracted activations")
         self.intervention = Intervention(shifts, ShiftedModel(self.model, shifts), label)
@@ -212,7 +211,7 @@ def probes(bench: Bench) -> dict:
     from iti.folds import rows_of_questions
 
     question_ids = bench.mc2.question_ids
-    split = seeded_split(question_ids, 0.2, bench.options.seed)
+    split = seeded_split(question_ids, VAL_RATIO, bench.options.seed)
     train_rows, val_rows = rows_of_questions(question_ids, split.train), rows_of_questions(question_ids, split.val)
     comparison = compare_probes(bench, bench.head_wise(), bench.mc2.labels, train_rows, val_rows,
                                 head_geometry(bench.model.config).num_heads)
@@ -285,6 +284,7 @@ def mc(bench: Bench) -> dict:
     import numpy as np
 
     from iti.mc import evaluate_mc
+    from iti.metrics import BY_NAME
     from iti.prompts import ANSWER_SEPARATOR
     from legacy.mc import mc_question
 
@@ -305,7 +305,7 @@ def mc(bench: Bench) -> dict:
     fast_results, fast_s = bench.timed(lambda: fast(len(records)))
     score_gap = max(max(abs(a - b) for a, b in zip(s["scores_true"] + s["scores_false"], f.true_scores + f.false_scores))
                     for s, f in zip(slow_results, fast_results))
-    metric_gap = {m: max(abs(s[m.upper()] - getattr(f, m)) for s, f in zip(slow_results, fast_results))
+    metric_gap = {m: max(abs(s[m.upper()] - BY_NAME[m.upper()].score(f)) for s, f in zip(slow_results, fast_results))
                   for m in ("mc1", "mc2", "mc3")}
     agreement = {
         "questions": len(records), "answers": sum(len(r.true) + len(r.false) for r in refs),
@@ -313,7 +313,7 @@ def mc(bench: Bench) -> dict:
         "max_abs_mc1_diff": metric_gap["mc1"], "max_abs_mc2_diff": float(metric_gap["mc2"]),
         "max_abs_mc3_diff": metric_gap["mc3"],
         "mean_mc2_one_at_a_time": float(np.mean([s["MC2"] for s in slow_results])),
-        "mean_mc2_fast": float(np.mean([f.mc2 for f in fast_results])),
+        "mean_mc2_fast": float(np.mean([BY_NAME["MC2"].score(f) for f in fast_results])),
     }
     return report("mc", slow_s, fast_s, agreement,
                   "one forward per answer with its full prompt (+1 for the best answer)",
@@ -391,7 +391,8 @@ def judge(bench: Bench) -> dict:
     evaluated model standing in for the judges."""
     import numpy as np
 
-    from iti.judges import ACCURACY_THRESHOLD, JUDGE_KINDS, judge_scores
+    from iti.judges import JUDGE_KINDS, judge_scores
+    from iti.metrics import ACCURACY_THRESHOLD
     from legacy.judge import judge_score
 
     judge_model, tokenizer = bench.model, bench.tokenizer
@@ -425,6 +426,7 @@ def ce_kl(bench: Bench) -> dict:
     from iti.batching import pad_token_id
     from iti.ce_kl import ce_and_kl, sample_token_rows
     from iti.local_text import MIN_CHARS, reference_paragraphs
+    from iti.metrics import document_mean
     from legacy.ce_kl import ce_kl as one_at_a_time_ce_kl
 
     model, tokenizer, options = bench.model, bench.tokenizer, bench.options
@@ -433,10 +435,14 @@ def ce_kl(bench: Bench) -> dict:
     pad_id = pad_token_id(tokenizer)
     batch = min(options.batch_size, 8) if options.ce_batch_size is None else options.ce_batch_size
 
+    def fast(count):
+        ce, kl = ce_and_kl(shifted, rows[:count], pad_id, batch, progress=False)
+        return document_mean(ce), document_mean(kl)
+
     one_at_a_time_ce_kl(model, rows[:1], shifts, progress=False)
-    ce_and_kl(shifted, rows[:2], pad_id, batch, progress=False)
+    fast(2)
     (slow_ce, slow_kl), slow_s = bench.timed(lambda: one_at_a_time_ce_kl(model, rows, shifts, progress=False))
-    (fast_ce, fast_kl), fast_s = bench.timed(lambda: ce_and_kl(shifted, rows, pad_id, batch, progress=False))
+    (fast_ce, fast_kl), fast_s = bench.timed(lambda: fast(len(rows)))
     agreement = {"samples": len(rows), "tokens_per_sample": max(len(r) for r in rows),
                  "ce_one_at_a_time": slow_ce, "ce_fast": fast_ce, "abs_ce_diff": abs(slow_ce - fast_ce),
                  "kl_one_at_a_time": slow_kl, "kl_fast": fast_kl, "abs_kl_diff": abs(slow_kl - fast_kl)}
@@ -509,9 +515,10 @@ class BenchOptions:
         unknown = [s for s in self.stage_names() if s not in STAGES]
         if unknown:
             raise UsageError(f"unknown stage(s) {unknown}; pick from {', '.join(STAGES)}")
-        if "probes" in self.stage_names() and self.num_questions < 2:
-            raise UsageError("the probes stage holds out a fifth of the questions to validate: use --num_questions 2 "
-                             "or more")
+        probing = [s for s in self.stage_names() if s == "probes" or STAGES[s].needs_shifts]
+        if probing and self.num_questions < 2:
+            raise UsageError(f"the {', '.join(probing)} stage(s) hold out a fifth of the questions to validate the "
+                             "probes: use --num_questions 2 or more")
 
 
 # ----------------------------------------------------------------------------- model, memory

@@ -20,6 +20,7 @@ every-position schedule, not the generation schedule.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +31,15 @@ from iti.bake_folders import check_output_dir
 from iti.config import EditConfig
 from iti.constants import EDITED_MODELS_DIR
 from iti.errors import UsageError
+from iti.features import FeatureSet, require_feature_sets
 from iti.files import staged_folder
+from iti.fingerprint import model_digest, model_fingerprint
+from iti.fitting import fit_head_shifts, recipe_of, seeded_split
 from iti.head_shifts import HeadShifts
 from iti.identity import identity, short_digest
-from iti.models import get_o_proj, head_geometry, model_sites
+from iti.models import get_o_proj, head_geometry, load_model, model_sites, resolve_model_source
+from iti.registry import HF_NAMES
+from iti.run_inputs import read_checked_features
 from iti.runs import readable_name
 
 # Config flags that, in transformers' modeling code, give o_proj a bias (checked on a meta-device
@@ -298,3 +304,49 @@ def save_baked_model(model, tokenizer, shifts: HeadShifts, output_dir: str | os.
         tokenizer.save_pretrained(staging)
         shifts.save(staging)
     return out
+
+
+@dataclass(frozen=True)
+class Bake:
+    """What bake_model made: the folder, the head shifts baked into it, and how the model was saved."""
+    folder: Path
+    shifts: HeadShifts
+    plan: BakePlan
+
+
+def bake_model(cfg: EditConfig) -> Bake:
+    """validation/edit_weight.py's work: probe every head on all questions of the probing set (a seeded
+    train/validation split, no test fold), fit the head shifts of the K best heads, bake them and save the folder."""
+    source = resolve_model_source(cfg.model_name, cfg.model_prefix, cfg.model_path, (cfg.seed, cfg.num_heads, cfg.alpha))
+    common = dict(features_dir=Path(cfg.features_dir), model_name=cfg.output_name, limit=cfg.limit,
+                  model_path=cfg.model_path, prompt_format=cfg.prompt_format)
+    probing = FeatureSet(dataset=cfg.dataset_name, dataset_path=cfg.dataset_path, **common)
+    tuning = FeatureSet(dataset=cfg.tuning_dataset,
+                        dataset_path=cfg.dataset_path if cfg.tuning_dataset == cfg.dataset_name else None, **common)
+    require_feature_sets([probing, tuning])
+    model, tokenizer = load_model(source, cfg.device, cfg.dtype, cfg.trust_remote_code)
+    geometry = head_geometry(model.config)
+    total = geometry.num_layers * geometry.num_heads
+    if cfg.num_heads > total:
+        raise UsageError(f"--num_heads {cfg.num_heads} exceeds the model's {geometry.num_layers} layers x "
+                         f"{geometry.num_heads} heads = {total}; pick at most {total}")
+    plan = check_bakeable(model)
+    fingerprint = model_fingerprint(model, tokenizer)
+    features = read_checked_features(cfg, probing, tuning, geometry, tokenizer, fingerprint, source)
+    bake = bake_identity(cfg, model_digest(fingerprint), str(model.dtype), features.provenance.features)
+    output_dir = Path(cfg.output_dir) if cfg.output_dir else bake_dir(cfg, bake)
+    check_output_dir(output_dir, cfg.overwrite, bake)
+    made = dataclasses.replace(features.provenance, base_model=_base_model_id(cfg, source),
+                               made_by="validation/edit_weight.py", identity=bake)
+    features = dataclasses.replace(features, provenance=made)
+    shifts, _ = fit_head_shifts(features, seeded_split(features.question_ids, cfg.val_ratio, cfg.seed),
+                                recipe_of(cfg, cfg.num_heads, cfg.alpha))
+    save_baked_model(bake_head_shifts(model, shifts), tokenizer, shifts, output_dir, cfg.overwrite)
+    return Bake(output_dir, shifts, plan)
+
+
+def _base_model_id(cfg: EditConfig, source: str) -> str | None:
+    """The hub id of the model being edited, when there is one (for the model card)."""
+    if cfg.model_path:
+        return None if Path(source).exists() else source
+    return HF_NAMES.get(cfg.output_name)

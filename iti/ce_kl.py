@@ -8,7 +8,6 @@ batches; padding is neither shifted nor counted.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -110,13 +109,14 @@ def reference_logits(model, token_rows: list[list[int]], pad_id: int, batch_size
 @torch.inference_mode()
 def ce_and_kl(shifted: ShiftedModel, token_rows: list[list[int]], pad_id: int, batch_size: int = 8,
               with_kl: bool = True, progress: bool = True,
-              reference: list[torch.Tensor] | None = None) -> tuple[float, float | None]:
-    """(mean CE of the shifted model, mean KL(original ‖ shifted)) over the rows; KL None unless `with_kl`.
+              reference: list[torch.Tensor] | None = None) -> tuple[list[float], list[float] | None]:
+    """Per row (document), in batch order: the shifted model's CE and KL(original ‖ shifted); KL None unless
+    `with_kl`. iti.metrics averages them over the documents.
 
     `reference`: the unshifted logits of these rows and batch size (reference_logits), else computed here.
     Without an active shift the model is its own original: KL is exactly 0, and CE comes from `reference`.
     """
-    ce_sum, kl_sum = 0.0, 0.0
+    ce, kl = [], []
     batches = length_sorted_batches([len(r) for r in token_rows], batch_size)
     if reference is not None and len(reference) != len(batches):
         raise ValueError(f"reference logits hold {len(reference)} batches, these rows make {len(batches)}")
@@ -136,12 +136,13 @@ def ce_and_kl(shifted: ShiftedModel, token_rows: list[list[int]], pad_id: int, b
         for b, length in enumerate(mask.sum(1).tolist()):
             log_p = torch.log_softmax(softmax_precision(logits[b, :length]), dim=-1)
             targets = ids[b, 1:length].to(log_p.device)
-            ce_sum += float(-log_p[torch.arange(length - 1, device=log_p.device), targets].double().mean())
+            ce.append(float(-log_p[torch.arange(length - 1, device=log_p.device), targets].double().mean()))
             if original is not None:
                 log_q = torch.log_softmax(softmax_precision(original[b, :length]), dim=-1)
-                kl_sum += float((log_q.exp() * (log_q - log_p)).double().sum() / length)
-    n = len(token_rows)
-    return ce_sum / n, (kl_sum / n if with_kl else None)
+                kl.append(float((log_q.exp() * (log_q - log_p)).double().sum() / length))
+            elif with_kl:
+                kl.append(0.0)
+    return ce, (kl if with_kl else None)
 
 
 class CeKl:
@@ -165,13 +166,13 @@ class CeKl:
             self._reference = (model, reference_logits(model, self.rows, self.pad_id, self.batch_size, progress))
         return self._reference[1]
 
-    def metrics(self, shifted: ShiftedModel, metrics: set[str], progress: bool = True) -> dict[str, float]:
-        """{"ce": …, "kl": …} for the metrics asked; NaN for each when there are no documents."""
-        wanted = {"ce", "kl"} & set(metrics)
+    def per_document(self, shifted: ShiftedModel, options: set[str], progress: bool = True) -> dict[str, list[float]]:
+        """{"ce": […], "kl": […]}: per sampled document, for the --metrics options asked; empty without documents."""
+        wanted = {"ce", "kl"} & set(options)
         if not wanted:
             return {}
         if self.rows is None:
-            return {name: math.nan for name in wanted}
+            return {name: [] for name in sorted(wanted)}
         with_kl = "kl" in wanted
         reference = None if shifted.active and not with_kl else self.reference(shifted.model, progress)
         ce, kl = ce_and_kl(shifted, self.rows, self.pad_id, self.batch_size, with_kl, progress, reference)

@@ -10,6 +10,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -21,14 +22,14 @@ from iti.files import read_text
 from iti.generation import generate_answers
 from iti.head_shifts import HeadShifts
 from iti.intervention import ShiftedModel
-from iti.judges import ACCURACY_THRESHOLD, JudgePanel
+from iti.judges import JudgePanel
 from iti.mc import evaluate_mc
 from iti.metrics import BY_NAME, METRICS, PER_QUESTION, missing, shown, with_products
 from iti.prompts import Prompting
 from iti.statistics import intervals
 
-# The generated answers' judge columns: (judge kind, metric, column stem of the public answer files).
-JUDGED = (("truth", "True", "GPT-judge"), ("info", "Info", "GPT-info"))
+# Per --metrics option scored by a judge: the judge kind, and the answer files' column of its P(" yes").
+JUDGED = {"judge": ("truth", "GPT-judge"), "info": ("info", "GPT-info")}
 # What to do with a fold's answer file that cannot be read back: a run of the same settings remakes a missing one.
 REMAKE_ANSWERS = "delete it and run validate_2fold with the same settings again: that fold is then recomputed"
 
@@ -58,11 +59,26 @@ class Evaluator:
 
     def evaluate(self, shifts: HeadShifts | None, records: list[GenerationQuestion], spec: EvalSpec | None = None,
                  progress: bool = True) -> tuple[pd.DataFrame, dict[str, float]]:
-        """(answer frame, means) of these questions; metrics not asked (or not computable) are NaN."""
+        """(answer frame, means) of these questions; metrics not asked (or not computable) are NaN. Each
+        registered metric (iti.metrics) scores the outputs of its option's pass."""
         spec = spec or self.spec
-        shifted = shifted_model(self.model, shifts)
         frame = questions_frame(records)
         results = {metric.name: math.nan for metric in METRICS}
+        for option, outputs in self._passes(shifted_model(self.model, shifts), records, spec, frame, progress):
+            for metric in (m for m in METRICS if m.option == option):
+                if metric.per_question:
+                    column = f"{spec.tag} {metric.column}"
+                    frame[column] = [metric.score(output) for output in outputs]
+                    results[metric.name] = float(frame[column].mean())
+                else:
+                    results[metric.name] = metric.score(outputs)
+        return frame, with_products(results)
+
+    def _passes(self, shifted: ShiftedModel, records: list[GenerationQuestion], spec: EvalSpec, frame: pd.DataFrame,
+                progress: bool) -> Iterator[tuple[str, list]]:
+        """Per --metrics option asked, the model's outputs its metrics score (one per question, or per document),
+        in the answer files' column order; a pass adds its own columns (log-probabilities, answers, judge
+        probabilities) to `frame` before its metrics' columns."""
         tag = spec.tag
         if "mc" in spec.metrics:
             mc = evaluate_mc(shifted, self.tokenizer, records, self.prompting, batch_size=spec.batch_size,
@@ -71,25 +87,19 @@ class Evaluator:
             frame[f"{tag} lprob diff"] = [max(r.true_scores) - max(r.false_scores) for r in mc]
             frame[f"{tag} lprob scores-true"] = [json.dumps(r.true_scores) for r in mc]
             frame[f"{tag} lprob scores-false"] = [json.dumps(r.false_scores) for r in mc]
-            for key in ("MC1", "MC2", "MC3"):
-                frame[f"{tag} {key}"] = [getattr(r, key.lower()) for r in mc]
-                results[key] = float(frame[f"{tag} {key}"].mean())
+            yield "mc", mc
         if self.ce_kl is not None:
-            measured = self.ce_kl.metrics(shifted, set(spec.metrics), progress)
-            results.update({key.upper(): value for key, value in measured.items()})
-        judges = self.judges if spec.metrics & {"judge", "info"} else None
-        if judges is not None:
+            yield from self.ce_kl.per_document(shifted, set(spec.metrics), progress).items()
+        if self.judges is not None and spec.metrics & set(JUDGED):
             questions = [r.question for r in records]
             frame[tag] = generate_answers(shifted, self.tokenizer, questions, self.prompting,
                                           max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size,
                                           progress=progress)
-            scores = judges.score(questions, frame[tag].tolist(), shifted.model, progress=progress)
-            for kind, key, column in JUDGED:
+            scores = self.judges.score(questions, frame[tag].tolist(), shifted.model, progress=progress)
+            for option, (kind, column) in JUDGED.items():
                 if kind in scores:
                     frame[f"{tag} {column}"] = scores[kind]
-                    frame[f"{tag} {column} acc"] = (scores[kind] >= ACCURACY_THRESHOLD).astype(float)
-                    results[key] = float(frame[f"{tag} {column} acc"].mean())
-        return frame, with_products(results)
+                    yield option, scores[kind]
 
 
 def shifted_model(model, shifts: HeadShifts | None) -> ShiftedModel:

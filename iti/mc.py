@@ -1,4 +1,4 @@
-"""Multiple-choice scores MC1/MC2/MC3 (docs/method.md §6), with prompt-prefix caching.
+"""The answer log-probabilities that MC1/MC2/MC3 score (docs/method.md §6; iti.metrics), with prompt-prefix caching.
 
 An answer's score is the summed log-probability of its tokens after `{prompt}\\nA: `. Its tokens
 are found by character offsets: every token that covers at least one character of the answer.
@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import copy
 import inspect
-import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -56,27 +54,10 @@ def mc_references(record: GenerationQuestion, add_period: bool = True) -> MCRefe
 
 @dataclass
 class MCResult:
+    """One question's summed answer log-probabilities, what iti.metrics scores as MC1, MC2 and MC3."""
     true_scores: list[float]
     false_scores: list[float]
     best_score: float
-    mc1: float
-    mc2: float
-    mc3: float
-
-
-def mc_metrics(true_scores: list[float], false_scores: list[float], best_score: float) -> tuple[float, float, float]:
-    """(MC1, MC2, MC3) from summed log-probabilities.
-
-    MC1: the best answer beats every false one. MC2: the true answers' share of the probability
-    mass, computed with log-sum-exp (exp of long answers' scores underflows to 0/0 in float64).
-    MC3: the fraction of true answers that beat every false one.
-    """
-    max_false = max(false_scores)
-    mc1 = float(best_score > max_false)
-    mc3 = float(np.mean([score > max_false for score in true_scores]))
-    log_true = np.logaddexp.reduce(np.asarray(true_scores, dtype=np.float64))
-    log_all = np.logaddexp.reduce(np.asarray(true_scores + false_scores, dtype=np.float64))
-    return mc1, float(math.exp(log_true - log_all)), mc3
 
 
 @dataclass
@@ -186,7 +167,7 @@ def score_answers(shifted: ShiftedModel, tokenizer, prompts: list[str], answers:
 
 def evaluate_mc(shifted: ShiftedModel, tokenizer, records: list[GenerationQuestion], prompting: Prompting = Prompting(),
                 batch_size: int = 32, progress: bool = True, add_period: bool = True) -> list[MCResult]:
-    """MC1/MC2/MC3 of each question from its reference answers (generation-order fields, or any §9 item)."""
+    """Each question's reference answers scored (generation-order fields, or any §9 item): what MC1/MC2/MC3 read."""
     references = [mc_references(record, add_period) for record in records]
     prompts = [prompting.prompt(ref.question) for ref in references]
     # The best answer is one of the true answers in TruthfulQA; scored on its own only if it is not.
@@ -197,5 +178,5 @@ def evaluate_mc(shifted: ShiftedModel, tokenizer, records: list[GenerationQuesti
         true_scores = scores[:len(ref.true)]
         false_scores = scores[len(ref.true):len(ref.true) + len(ref.false)]
         best = true_scores[ref.true.index(ref.best)] if ref.best in ref.true else scores[-1]
-        results.append(MCResult(true_scores, false_scores, best, *mc_metrics(true_scores, false_scores, best)))
+        results.append(MCResult(true_scores, false_scores, best))
     return results

@@ -17,6 +17,7 @@ import numpy as np
 from iti.errors import UsageError
 from iti.fitting import Features, Recipe, Split, fit_head_shifts, without_layers
 from iti.folds import held_for_selection, train_val_split
+from iti.metrics import BY_NAME
 
 # Seeds the set-aside draw apart from the fold's own split (with the run's seed), so that split, and the
 # shifts rebuilt from it, are those of a single-setting run.
@@ -56,7 +57,7 @@ def score_settings(features: Features, split: Split, settings: list[tuple[int, f
 
 def choose_setting(table: list[dict], metric: str, max_kl: float | None = None) -> tuple[dict, str | None]:
     """The row of `table` (one per (K, α) tried, each with `metric` and, under a budget, "KL") with the
-    best `metric` among those with KL ≤ `max_kl`; equal scores go to the weaker intervention (smaller
+    best `metric` (in its direction, iti.metrics) among those with KL ≤ `max_kl`; equal scores go to the weaker intervention (smaller
     α, then smaller K). With no row inside the budget, the row of smallest KL, and a note saying so."""
     if not table:
         raise UsageError("no (K, alpha) setting to choose from; give --num_heads and --alpha values")
@@ -68,7 +69,8 @@ def choose_setting(table: list[dict], metric: str, max_kl: float | None = None) 
     if any(math.isnan(row[metric]) for row in within):
         raise UsageError(f"--select_metric {metric} has no value on the selection questions; "
                          "add the metrics it needs to --metrics")
-    return min(within, key=lambda row: (-row[metric], row["alpha"], row["K"])), None
+    sign = -1 if BY_NAME[metric].higher_is_better else 1
+    return min(within, key=lambda row: (sign * row[metric], row["alpha"], row["K"])), None
 
 
 def edge_note(chosen: dict, settings: list[tuple[int, float]]) -> str | None:

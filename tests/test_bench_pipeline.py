@@ -84,3 +84,34 @@ def test_unknown_stage_is_a_usage_error():
 
     with pytest.raises(UsageError, match="unknown stage"):
         bench_pipeline.main(["--stages", "extraction,warp_speed"])
+
+
+def test_the_shifts_are_the_scripts_random_draw(model_dir, tqa_path):
+    """The mc/generation/ce_kl stages shift the heads and directions --use_random_dir draws, with σ the spread of
+    the extracted rows' projections (population std, by hand)."""
+    from iti.directions import random_directions
+    from iti.probes import random_heads
+
+    options = bench_pipeline.BenchOptions(model_path=str(model_dir), tqa_path=str(tqa_path), num_questions=2,
+                                          shift_heads=3, seed=7)
+    bench = bench_pipeline.open_bench(options, {})
+    bench.prepare_intervention()
+    shifts = bench.intervention.shifts
+    geo = head_geometry(bench.model.config)
+    heads = random_heads(geo.num_layers, geo.num_heads, 3, 7)
+    assert list(zip(shifts.layers.tolist(), shifts.heads.tolist())) == [tuple(map(int, h)) for h in heads]
+    np.testing.assert_allclose(shifts.directions, random_directions(3, geo.head_dim, 7), rtol=1e-6)
+    rows = bench.head_wise().astype(np.float64)
+    d = geo.head_dim
+    for (layer, head), direction, sigma in zip(heads, shifts.directions, shifts.sigmas):
+        projections = rows[:, layer, head * d:(head + 1) * d] @ direction
+        # The drawn directions are float32 and σ projects on them: agreement to float32 rounding.
+        assert sigma == pytest.approx(np.sqrt(np.mean((projections - projections.mean()) ** 2)), rel=1e-6)
+    assert shifts.alpha == options.alpha and shifts.provenance.method == "random"
+
+
+def test_shifted_stages_need_two_questions():
+    from iti.errors import UsageError
+
+    with pytest.raises(UsageError, match="the mc stage"):
+        bench_pipeline.main(["--stages", "mc", "--num_questions", "1"])

@@ -9,6 +9,7 @@ import pytest
 from iti.ce_kl import CeKl, ce_and_kl, load_owt_texts, read_owt_file, sample_token_rows
 from iti.errors import UsageError
 from iti.intervention import ShiftedModel
+from iti.metrics import document_mean
 from legacy.ce_kl import ce_kl as reference_ce_kl
 from tests.conftest import make_shifts
 
@@ -26,7 +27,9 @@ def test_batched_ce_kl_equal_document_by_document(tiny, with_shift):
     model, tokenizer = tiny
     shifts = make_shifts(model, alpha=6.0) if with_shift else None
     rows = [tokenizer(doc)["input_ids"][:20] for doc in DOCUMENTS]
-    ce, kl = ce_and_kl(ShiftedModel(model, shifts), rows, tokenizer.pad_token_id, batch_size=3, progress=False)
+    per_document = ce_and_kl(ShiftedModel(model, shifts), rows, tokenizer.pad_token_id, batch_size=3, progress=False)
+    assert [len(values) for values in per_document] == [len(rows), len(rows)]
+    ce, kl = map(document_mean, per_document)
     expected_ce, expected_kl = reference_ce_kl(model, rows, shifts, progress=False)
     assert ce == pytest.approx(expected_ce, abs=1e-4)
     assert kl == pytest.approx(expected_kl, abs=1e-4)
@@ -42,7 +45,7 @@ def test_kl_is_exactly_zero_at_alpha_zero(tiny):
     shifted = ShiftedModel(model, make_shifts(model).scaled(0.0))
     assert shifted.active
     rows = [tokenizer(doc)["input_ids"] for doc in DOCUMENTS]
-    ce, kl = ce_and_kl(shifted, rows, tokenizer.pad_token_id, batch_size=2, progress=False)
+    ce, kl = map(document_mean, ce_and_kl(shifted, rows, tokenizer.pad_token_id, batch_size=2, progress=False))
     assert kl == 0.0
     assert ce == pytest.approx(reference_ce_kl(model, rows, None, progress=False)[0], abs=1e-4)
 
@@ -60,11 +63,13 @@ def test_reference_computed_once_and_reused_across_settings(tiny, monkeypatch):
     base = make_shifts(model)
     for alpha in (1.0, 2.5):
         shifts = base.scaled(alpha)
-        values = ce_kl.metrics(ShiftedModel(model, shifts), {"ce", "kl"}, progress=False)
+        per_document = ce_kl.per_document(ShiftedModel(model, shifts), {"ce", "kl"}, progress=False)
+        values = {name: document_mean(v) for name, v in per_document.items()}
         expected_ce, expected_kl = reference_ce_kl(model, ce_kl.rows, shifts, progress=False)
         assert values["ce"] == pytest.approx(expected_ce, abs=1e-4)
         assert values["kl"] == pytest.approx(expected_kl, abs=1e-4) and values["kl"] > 1e-4
-    unshifted = ce_kl.metrics(ShiftedModel(model, None), {"ce", "kl"}, progress=False)
+    unshifted = {name: document_mean(v)
+                 for name, v in ce_kl.per_document(ShiftedModel(model, None), {"ce", "kl"}, progress=False).items()}
     assert unshifted["ce"] == pytest.approx(reference_ce_kl(model, ce_kl.rows, None, progress=False)[0], abs=1e-4)
     assert unshifted["kl"] == 0.0
     assert len(calls) == 1
@@ -128,6 +133,6 @@ def test_no_owt_leaves_metrics_empty(tiny, monkeypatch):
     texts, reason = load_owt_texts(None)
     assert texts is None and "stas/openwebtext-10k" in reason and "--owt_path" in reason
     model, tokenizer = tiny
-    values = CeKl(None, tokenizer).metrics(ShiftedModel(model, None), {"mc", "ce", "kl"})
-    assert set(values) == {"ce", "kl"} and all(math.isnan(v) for v in values.values())
-    assert CeKl(None, tokenizer).metrics(ShiftedModel(model, None), {"mc"}) == {}
+    values = CeKl(None, tokenizer).per_document(ShiftedModel(model, None), {"mc", "ce", "kl"})
+    assert values == {"ce": [], "kl": []} and all(math.isnan(document_mean(v)) for v in values.values())
+    assert CeKl(None, tokenizer).per_document(ShiftedModel(model, None), {"mc"}) == {}

@@ -1,5 +1,5 @@
-"""MC scores: the prefix-cached batched path against one plain forward per answer (legacy/mc.py: plain
-hooks for the shift), and MC1/MC2/MC3 against hand-computed cases."""
+"""MC answer scores: the prefix-cached batched path against one plain forward per answer (legacy/mc.py: plain
+hooks for the shift), and the registered MC1/MC2/MC3 of a real question against hand-computed ones."""
 import copy
 import math
 from types import MethodType
@@ -10,7 +10,8 @@ import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from iti.intervention import ShiftedModel
-from iti.mc import evaluate_mc, mc_metrics, mc_references, score_answers, with_period
+from iti.mc import evaluate_mc, mc_references, score_answers, with_period
+from iti.metrics import BY_NAME
 from iti.prompts import Prompting, question_prompt
 from legacy.mc import answer_log_prob, answer_positions
 from tests.conftest import make_shifts
@@ -116,27 +117,9 @@ def test_evaluate_mc_combines_scores_by_hand(tiny, two_questions):
     np.testing.assert_allclose(result.false_scores, false, atol=2e-4)
     best = true[[with_period(a) for a in record.correct_answers].index(with_period(record.best_answer))]
     mc2 = sum(math.exp(t) for t in true) / (sum(math.exp(t) for t in true) + sum(math.exp(f) for f in false))
-    assert result.mc1 == float(best > max(false))
-    assert result.mc2 == pytest.approx(mc2, abs=1e-4)
-    assert result.mc3 == pytest.approx(sum(t > max(false) for t in true) / len(true))
-
-
-@pytest.mark.parametrize("true, false, best, expected", [
-    ([-1.0, -2.0], [-3.0], -1.0,
-     (1.0, (math.exp(-1) + math.exp(-2)) / (math.exp(-1) + math.exp(-2) + math.exp(-3)), 1.0)),
-    ([-5.0, -1.0, -2.5], [-2.0, -4.0], -5.0,
-     (0.0, (math.exp(-5) + math.exp(-1) + math.exp(-2.5))
-      / (math.exp(-5) + math.exp(-1) + math.exp(-2.5) + math.exp(-2) + math.exp(-4)), 1 / 3)),
-    # A tie is not a win (strict >), as in TruthfulQA's MC_calcs.
-    ([-2.0], [-2.0, -7.0], -2.0, (0.0, math.exp(-2) / (2 * math.exp(-2) + math.exp(-7)), 0.0)),
-    # Long answers: exp underflows to 0/0 in float64; the shares are still 1/(1+e^-1) and its complement.
-    ([-2000.0], [-2001.0], -2000.0, (1.0, 1 / (1 + math.exp(-1)), 1.0)),
-])
-def test_mc_formulas_by_hand(true, false, best, expected):
-    got = mc_metrics(true, false, best)
-    assert got[0] == expected[0]
-    assert got[1] == pytest.approx(expected[1], rel=1e-12)
-    assert got[2] == pytest.approx(expected[2], rel=1e-12)
+    assert BY_NAME["MC1"].score(result) == float(best > max(false))
+    assert BY_NAME["MC2"].score(result) == pytest.approx(mc2, abs=1e-4)
+    assert BY_NAME["MC3"].score(result) == pytest.approx(sum(t > max(false) for t in true) / len(true))
 
 
 def test_references_get_periods(tqa):

@@ -1,0 +1,221 @@
+"""Publishing a baked model folder or a head-shift folder on the Hugging Face hub, with a generated model card.
+
+The kind is detected: a folder from validation/edit_weight.py (config.json, safetensors weights and head_shifts.*)
+is a model that loads with AutoModelForCausalLM; a folder holding only head_shifts.* is an artifact to apply to its
+base model at run time. The card (base model, heads, α, data, seed, how to load) replaces any README.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from huggingface_hub import CommitOperationAdd, HfApi, get_token
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+from iti.errors import UsageError
+from iti.files import read_json
+from iti.head_shifts import METADATA_FILE, TENSORS_FILE, HeadShifts
+from iti.pyvene_export import is_export
+from iti.report import report_table
+
+MODEL, HEAD_SHIFTS = "model", "head_shifts"
+CARD = "README.md"
+
+
+@dataclass(frozen=True)
+class Upload:
+    """What a push sends: the folder's files (hidden ones and any README.md left out) and the card written for it."""
+    folder: Path
+    kind: str
+    files: list[Path]
+    card: str
+
+    def dry_run_report(self, repo_id: str, private: bool) -> str:
+        """The files and the card that would be uploaded, with their sizes."""
+        total = sum(p.stat().st_size for p in self.files) + len(self.card.encode())
+        visibility = "private" if private else "public"
+        lines = [f"dry run: would upload {self.kind.replace('_', ' ')} {self.folder} to {visibility} repo {repo_id} "
+                 f"({len(self.files) + 1} files, {_size(total)}):"]
+        lines += [f"  {path.relative_to(self.folder).as_posix()}  {_size(path.stat().st_size)}" for path in self.files]
+        lines += [f"  {CARD}  {_size(len(self.card.encode()))} (generated model card)", f"--- {CARD} ---", self.card]
+        return "\n".join(lines)
+
+
+def prepare_upload(folder: Path, repo_id: str) -> Upload:
+    """The folder's kind, files and card; a UsageError for a folder that is neither a bake nor head shifts."""
+    kind = folder_kind(folder)
+    return Upload(folder, kind, files_to_upload(folder), model_card(kind, repo_id, HeadShifts.load(folder), folder))
+
+
+def folder_kind(folder: Path) -> str:
+    has_shifts = (folder / METADATA_FILE).is_file() and (folder / TENSORS_FILE).is_file()
+    has_weights = (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
+    if (folder / "config.json").is_file() and has_weights:
+        if not has_shifts:
+            raise UsageError(f"{folder} holds a model but no {METADATA_FILE}, so no card can describe its shifts; "
+                             "push folders made by validation/edit_weight.py")
+        return MODEL
+    if has_shifts:
+        return HEAD_SHIFTS
+    raise UsageError(f"{folder} holds neither a baked model (config.json, model.safetensors, {METADATA_FILE}) nor "
+                     f"head shifts ({METADATA_FILE}, {TENSORS_FILE}); make one with `python validation/edit_weight.py`")
+
+
+def files_to_upload(folder: Path) -> list[Path]:
+    """Every file under the folder but hidden ones (temporaries) and the README the card replaces."""
+    files = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if path.is_file() and not any(part.startswith(".") for part in relative.parts) and relative.as_posix() != CARD:
+            files.append(path)
+    return files
+
+
+def saved_architecture(folder: Path) -> str:
+    """The model class a baked folder's config.json names (a Qwen2 or Mistral bake is a Llama checkpoint)."""
+    path = folder / "config.json"
+    remake = "bake the model again with validation/edit_weight.py"
+    config = read_json(path, "model config", remake)
+    architectures = config.get("architectures") if isinstance(config, dict) else None
+    if not isinstance(config, dict) or not (architectures is None or isinstance(architectures, list)
+                                            and all(isinstance(name, str) for name in architectures)):
+        raise UsageError(f"{path} is not a model config (a JSON object whose architectures are a list of class "
+                         f"names); {remake}")
+    return ", ".join(architectures or ["unknown"])
+
+
+def model_card(kind: str, repo_id: str, shifts, folder: Path) -> str:
+    p = shifts.provenance
+    base = p.base_model
+    heads = "K heads drawn at random" if p.method == "random" else "the K heads of highest probe validation accuracy"
+    limit = f", first {p.limit} questions" if p.limit else ""
+    header = ["---", "tags:", "- inference-time-intervention"]
+    if not p.dataset_path:
+        header.append("- truthfulqa")
+    if kind == MODEL:
+        header.insert(1, "library_name: transformers")
+    if base:
+        header.insert(1, f"base_model: {base}")
+    header.append("---")
+    what = (
+        "a model with Inference-Time Intervention (ITI; Li et al., NeurIPS 2023) baked into its weights: each edited "
+        "layer's attention output projection carries the bias W_o·δ_l, which equals adding the head shifts α·σ·θ to its "
+        "input. The shift acts at every position, the prompt's included. The head shifts themselves are in "
+        "head_shifts.json / head_shifts.safetensors, to apply at run time at another α."
+        if kind == MODEL else
+        "Inference-Time Intervention (ITI; Li et al., NeurIPS 2023) head shifts: per selected attention head a unit "
+        "direction θ and spread σ; at run time α·σ·θ is added to that head's slice of the attention output projection's "
+        "input.")
+    rows = [
+        ("base model", base or p.model_source or "unknown"),
+        *([("saved as", saved_architecture(folder))] if kind == MODEL else []),
+        ("heads shifted (K)", str(shifts.k)),
+        ("alpha", f"{shifts.alpha:g}"),
+        ("head choice", heads),
+        ("directions", p.method or "unknown"),
+        ("probing data", f"{p.dataset_name or 'unknown'}{limit}, validation ratio {p.val_ratio or '?'}"),
+        ("prompt format", p.prompt_format or "raw"),
+        ("spread (σ) data", p.activations_dataset or "unknown"),
+        ("seed", "unknown" if p.seed is None else str(p.seed)),
+        ("geometry", f"{shifts.num_layers} layers x {shifts.num_heads} heads x head_dim {shifts.head_dim}"),
+    ]
+    lines = header + ["", f"# {repo_id.split('/')[-1]}", "", f"This is {what}", "", "| | |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in rows]
+    lines += probe_report_section(shifts)
+    lines += ["", "## Heads", "", "| layer | head | σ | probe validation accuracy |", "|---|---|---|---|"]
+    lines += [f"| {l} | {h} | {s:.4g} | {a:.3f} |"
+              for l, h, s, a in zip(shifts.layers, shifts.heads, shifts.sigmas, shifts.probe_accuracies)]
+    lines += ["", "## How to load", ""]
+    lines += baked_model_usage(repo_id) if kind == MODEL else head_shift_usage(repo_id, base or "BASE_MODEL", folder)
+    return "\n".join(lines)
+
+
+def baked_model_usage(repo_id: str) -> list[str]:
+    """transformers' loading code, and the llama.cpp conversion that keeps the bias tensors."""
+    local = repo_id.split("/")[-1]
+    return ["With transformers (an ordinary checkpoint: no extra code):", "", "```python",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+            f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")',
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")', "```", "",
+            "In llama.cpp: convert with llama.cpp's own converter, which keeps the bias tensors:", "",
+            "```bash", f"hf download {repo_id} --local-dir {local}",
+            f"python llama.cpp/convert_hf_to_gguf.py {local} --outtype f32 --outfile {local}.gguf", "```", ""]
+
+
+def head_shift_usage(repo_id: str, base: str, folder: Path) -> list[str]:
+    """pyvene alone (this folder's pyvene files, or an export of it), and this project's loader."""
+    if is_export(folder):
+        pyvene = ["# pyvene alone: this repository holds pyvene's IntervenableModel.save files",
+                  f'shifted = pyvene.IntervenableModel.load(snapshot_download("{repo_id}"), model)',
+                  "_, outputs = shifted({\"input_ids\": input_ids})  # every position; unit_locations picks positions"]
+    else:
+        pyvene = ["# pyvene: write its files first, with iti's exporter, from FOLDER = snapshot_download(...) below:",
+                  "#   python validation/export_head_shifts.py --head_shifts FOLDER --output_dir pyvene_folder",
+                  'shifted = pyvene.IntervenableModel.load("pyvene_folder", model)']
+    return ["```python", "import pyvene", "from huggingface_hub import snapshot_download",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+            f'model = AutoModelForCausalLM.from_pretrained("{base}")',
+            f'tokenizer = AutoTokenizer.from_pretrained("{base}")', "", *pyvene, "",
+            "# or with this project (iti) installed: pip install -e .",
+            "from iti.intervention import load_shifted_model", "",
+            f'shifted = load_shifted_model(model, snapshot_download("{repo_id}"))  # alpha=... to rescale',
+            "tokens = shifted.generate(input_ids, attention_mask, max_new_tokens=50)  # left-padded prompts",
+            "```", ""]
+
+
+def probe_report_section(shifts) -> list[str]:
+    """The probe report table (docs/method.md §9) that validate_2fold and edit_weight store with the shifts, if any."""
+    report = shifts.provenance.probe_report
+    if not report:
+        return []
+    return ["", "## Probe report", "",
+            "Training samples: items (rows) the probes were fitted on. Validation and test accuracy: mean accuracy of "
+            "the selected heads' probes (test: the fold's held-out items; a baked model has none). Best layer: a "
+            "probe on each layer's residual stream, ranked by validation accuracy. Top head: highest validation "
+            "accuracy, with its validation ROC AUC.", "",
+            report_table([report], shifts.alpha, shifts.k)]
+
+
+def upload(prepared: Upload, repo_id: str, private: bool) -> str:
+    """Create the repository if needed and commit the files and the card in one commit; its URL."""
+    token = get_token()
+    if not token:
+        raise UsageError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, then run this again "
+                         "(or add --dry_run to see what would be uploaded)")
+    api = HfApi(token=token)
+    operations = [CommitOperationAdd(path_in_repo=p.relative_to(prepared.folder).as_posix(), path_or_fileobj=str(p))
+                  for p in prepared.files]
+    operations.append(CommitOperationAdd(path_in_repo=CARD, path_or_fileobj=prepared.card.encode()))
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.create_commit(repo_id, operations, commit_message=f"Upload ITI {prepared.kind.replace('_', ' ')}")
+    except HfHubHTTPError as err:
+        raise UsageError(f"the hub refused the upload to {repo_id}: {_first_line(err)}; check the token's write "
+                         "access and the repo id") from err
+    except OfflineModeIsEnabled as err:
+        raise UsageError("HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it and run this again") from err
+    except Exception as err:
+        if not _is_network_error(err):
+            raise
+        raise UsageError(f"cannot reach the Hugging Face hub ({_first_line(err)}); check the network "
+                         "(or HF_ENDPOINT) and run this again") from err
+    return commit.commit_url
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _is_network_error(err: Exception) -> bool:
+    # huggingface_hub's HTTP client has been requests, httpx and httpx2; match any of their transport errors.
+    return isinstance(err, OSError) or type(err).__module__.split(".")[0] in ("httpx", "httpx2", "requests", "urllib3")
+
+
+def _size(num_bytes: float) -> str:
+    for unit in ("B", "kB", "MB"):
+        if num_bytes < 1000:
+            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1000
+    return f"{num_bytes:.1f} GB"
+
