@@ -16,6 +16,7 @@ import numpy as np
 
 from iti.directions import center_of_mass_directions, probe_directions, projection_stds, random_directions
 from iti.errors import UsageError
+from iti.geometry import HeadGeometry
 from iti.head_shifts import HeadShifts, ShiftProvenance
 from iti.models import resolve_device
 from iti.folds import rows_of_questions, train_val_split
@@ -40,12 +41,9 @@ class Features:
     provenance: ShiftProvenance = field(default_factory=ShiftProvenance)
 
     @property
-    def num_layers(self) -> int:
-        return self.acts.shape[1]
-
-    @property
-    def head_dim(self) -> int:
-        return self.acts.shape[2] // self.num_heads
+    def geometry(self) -> HeadGeometry:
+        """The heads the activations hold: per row, layers x (num_heads x head_dim)."""
+        return HeadGeometry(self.acts.shape[1], self.num_heads, self.acts.shape[2] // self.num_heads)
 
     def check(self) -> None:
         if self.acts.ndim != 3 or self.acts.shape[2] % self.num_heads:
@@ -116,10 +114,10 @@ def fit_head_shifts(features: Features, split: Split, recipe: Recipe) -> tuple[H
                                    recipe.device)
     report = probe_report(features.acts, features.labels, features.question_ids, probes, features.num_heads, *rows,
                           layers)
-    k = recipe.num_heads
+    k, geometry = recipe.num_heads, features.geometry
     if recipe.method == "random":
-        heads = random_heads(features.num_layers, features.num_heads, k, recipe.seed)
-        directions = random_directions(k, features.head_dim, recipe.seed)
+        heads = random_heads(geometry.num_layers, geometry.num_heads, k, recipe.seed)
+        directions = random_directions(k, geometry.head_dim, recipe.seed)
     else:
         heads = top_heads(probes.val_accuracies, k)
         directions = (center_of_mass_directions(features.acts, features.labels, np.concatenate(rows[:2]), heads,
@@ -136,7 +134,7 @@ def fit_head_shifts(features: Features, split: Split, recipe: Recipe) -> tuple[H
         layers=pairs[:, 0], heads=pairs[:, 1], directions=directions,
         sigmas=projection_stds(tuning, heads, directions, features.num_heads),
         probe_accuracies=probes.val_accuracies[pairs[:, 0], pairs[:, 1]], alpha=recipe.alpha,
-        num_layers=features.num_layers, num_heads=features.num_heads, head_dim=features.head_dim,
+        num_layers=geometry.num_layers, num_heads=geometry.num_heads, head_dim=geometry.head_dim,
         provenance=dataclasses.replace(
             features.provenance, K=k, method=recipe.method, probe_backend=recipe.probe_backend, seed=recipe.seed,
             fold=split.fold, train_questions=int(len(split.train)), val_questions=int(len(split.val)),

@@ -50,7 +50,7 @@ class ShiftedModel:
         self._intervenable = None
         if shifts is not None and len(shifts.layers) > 0:
             geo = head_geometry(model.config)
-            shifts.check_geometry(geo.num_layers, geo.num_heads, geo.head_dim)
+            shifts.check_geometry(geo)
             sites = model_sites(model)
             dtype = model.get_input_embeddings().weight.dtype
             shifts.check_fits(str(dtype), torch.finfo(dtype).max)
