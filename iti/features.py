@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from iti import records
 from iti.data import build_prompt_set
 from iti.errors import UsageError
 from iti.files import read_json
 from iti.fingerprint import differs
 from iti.geometry import HeadGeometry
 from iti.prompts import qa_prompt
-from iti import records
 
 FEATURE_KINDS = ("head_wise", "layer_wise", "mlp_wise")
 # The record's layout; features recorded otherwise (or not at all) are re-extracted, never guessed at.

@@ -20,7 +20,7 @@ from iti.geometry import HeadGeometry
 from iti.head_shifts import HeadShifts, ShiftProvenance
 from iti.models import resolve_device
 from iti.folds import rows_of_questions, train_val_split
-from iti.probes import random_heads, top_heads, train_probes
+from iti.probes import head_dim_of, random_heads, top_heads, train_probes
 from iti.report import ProbeReport, layer_probe_table, probe_report
 
 METHODS = ("center_of_mass", "probe", "random")
@@ -40,18 +40,14 @@ class Features:
     layer_acts: np.ndarray | None = None
     provenance: ShiftProvenance = field(default_factory=ShiftProvenance)
 
-    @property
-    def geometry(self) -> HeadGeometry:
-        """The heads the activations hold: per row, layers x (num_heads x head_dim)."""
-        return HeadGeometry(self.acts.shape[1], self.num_heads, self.acts.shape[2] // self.num_heads)
-
-    def check(self) -> None:
-        if self.acts.ndim != 3 or self.acts.shape[2] % self.num_heads:
-            raise UsageError(f"activations of shape {self.acts.shape} do not split into {self.num_heads} heads; "
-                             "take the number of heads from the model config")
+    def checked_geometry(self) -> HeadGeometry:
+        """The heads the rows hold, layers x (num_heads x head_dim); a UsageError when the probing rows do not split
+        into num_heads or the tuning rows are of another shape."""
+        geometry = HeadGeometry(self.acts.shape[1], self.num_heads, head_dim_of(self.acts, self.num_heads))
         if self.tuning_acts.ndim != 3 or self.tuning_acts.shape[1:] != self.acts.shape[1:]:
             raise UsageError(f"tuning activations {self.tuning_acts.shape} and probing activations {self.acts.shape} "
                              "differ in layers or width; extract both from the same model")
+        return geometry
 
 
 @dataclass(frozen=True)
@@ -104,7 +100,7 @@ def seeded_split(questions: np.ndarray, val_ratio: float, seed: int) -> Split:
 def fit_head_shifts(features: Features, split: Split, recipe: Recipe) -> tuple[HeadShifts, ProbeReport]:
     """Train a probe per head on the training questions' rows, keep the K heads of best accuracy on the
     validation rows (or K random heads), take their directions and σ; the probe report of the same probes."""
-    features.check()
+    geometry = features.checked_geometry()
     rows = [rows_of_questions(features.question_ids, part) for part in (split.train, split.val, split.test)]
     probes = train_probes(features.acts, features.labels, rows[0], rows[1], features.num_heads,
                           backend=recipe.probe_backend, device=recipe.device, seed=recipe.seed)
@@ -114,7 +110,7 @@ def fit_head_shifts(features: Features, split: Split, recipe: Recipe) -> tuple[H
                                    recipe.device)
     report = probe_report(features.acts, features.labels, features.question_ids, probes, features.num_heads, *rows,
                           layers)
-    k, geometry = recipe.num_heads, features.geometry
+    k = recipe.num_heads
     if recipe.method == "random":
         heads = random_heads(geometry.num_layers, geometry.num_heads, k, recipe.seed)
         directions = random_directions(k, geometry.head_dim, recipe.seed)

@@ -104,7 +104,7 @@ def _indices(values, name: str) -> np.ndarray:
 @dataclass(eq=False)
 class HeadShifts:
     """K selected heads (layers[i], heads[i]) with unit directions [K, d], spreads σ [K] and the
-    probe accuracy of each; alpha scales them all. Geometry: the model's L, H and head_dim d."""
+    probe accuracy of each; alpha scales them all. Geometry: the model's L, H and head_dim d (`geometry`)."""
 
     layers: np.ndarray
     heads: np.ndarray
@@ -252,12 +252,12 @@ class HeadShifts:
                 f"no head shifts at {path}: expected {TENSORS_FILE} and {METADATA_FILE} there; "
                 "make them first (probe the activations and save the HeadShifts)"
             )
-        metadata = read_json(metadata_path, "head shifts file", RESAVE)
-        if not isinstance(metadata, dict) or metadata.get("format") != _FORMAT:
+        values = read_json(metadata_path, "head shifts file", RESAVE)
+        if not isinstance(values, dict) or values.get("format") != _FORMAT:
             raise UsageError(f"{metadata_path} does not hold iti head shifts (format tag missing); {RESAVE}")
-        if metadata.get("version") != _VERSION:
-            raise UsageError(f"head shifts version {metadata.get('version')} is not {_VERSION}; re-make them")
-        metadata = read_record(ShiftsMetadata, metadata, str(metadata_path), RESAVE)
+        if values.get("version") != _VERSION:
+            raise UsageError(f"head shifts version {values.get('version')} is not {_VERSION}; re-make them")
+        metadata = read_record(ShiftsMetadata, values, str(metadata_path), RESAVE)
         try:
             with safe_open(str(tensors_path), framework="np") as f:
                 tensor_metadata = f.metadata() or {}

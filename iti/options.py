@@ -7,6 +7,7 @@ Standard library only at import (the CLI reads this before torch is imported).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import stat
@@ -144,13 +145,14 @@ def check_range(flag: str, value, minimum: float | None, maximum: float | None) 
         raise UsageError(f"{flag} {value} must be at most {_number(maximum)}")
 
 
-def check_alpha(alpha: float, what: str = "--alpha", reach: float = 0.0, largest: float = MAX_ALPHA,
-                dtype: str = "float16") -> None:
+def check_alpha(alpha: float, what: str = "--alpha", reach: float = 0.0, largest: float = math.inf,
+                dtype: str = "") -> None:
     """α's range, checked here alone (options, head shifts made or loaded, shifts meeting a model). |α| is at most
     float16's largest number: θ is a unit vector (|θ_i| ≤ 1) and σ the spread of activations that a half-precision
     model holds below 65504, so every α·σ·θ_i stays below 65504² ≈ 4.3e9, finite in float32, in which shifts are
-    built. Once σ is known, `reach` is the largest |σ·θ_i|: every shift α·σ·θ_i must then be at most `largest`, the
-    largest number of the `dtype` it is used in (beyond, it is infinite there and every later activation NaN)."""
+    built. Once σ is known (options know none: reach 0), `reach` is the largest |σ·θ_i|: every shift α·σ·θ_i must
+    then be at most `largest`, the largest number of the `dtype` it is used in (beyond, it is infinite there and
+    every later activation NaN)."""
     check_range(what, alpha, -MAX_ALPHA, MAX_ALPHA)
     if abs(alpha) * reach > largest:
         raise UsageError(f"{what} {alpha:g} shifts a head by up to {abs(alpha) * reach:.4g} (alpha·σ·θ), beyond the "
