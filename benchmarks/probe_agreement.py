@@ -37,10 +37,10 @@ def main() -> None:
     questions = np.unique(question_ids)
     split = seeded_split(questions, args.val_ratio, args.seed)
     result = compare_backends(acts, labels, rows_of_questions(question_ids, split.train),
-                              rows_of_questions(question_ids, split.val), meta["num_heads"], k=args.num_heads,
+                              rows_of_questions(question_ids, split.val), meta.num_heads, k=args.num_heads,
                               device=args.device, seed=args.seed)
     print(f"{args.model_name} {args.dataset_name}: {len(questions)} questions, {len(labels)} rows, "
-          f"{meta['num_layers']}x{meta['num_heads']} heads of {meta['head_dim']}")
+          f"{meta.num_layers}x{meta.num_heads} heads of {meta.head_dim}")
     print(f"top-{result.k} heads in common: {result.top_k_overlap}/{result.k}")
     print(f"validation accuracy |torch - sklearn|: mean {result.mean_abs_acc_diff:.4f}, max {result.max_abs_acc_diff:.4f}")
     print(f"wall time: torch {result.torch_seconds:.1f} s, sklearn {result.sklearn_seconds:.1f} s "

@@ -21,6 +21,7 @@ from iti.fingerprint import differs, model_fingerprint
 from iti.identity import short_digest
 from iti.intervenable import IntervenableModel, pv
 from iti.models import head_geometry, input_device, model_sites
+from iti.records import record_json
 
 
 def tokenize_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
@@ -131,7 +132,7 @@ def refuse_replacing(target: FeatureSet, record: dict, overwrite: bool) -> None:
     if overwrite or not any(target.path(kind).exists() for kind in (*FEATURE_KINDS, "labels", "meta")):
         return
     try:
-        existing = read_record(target)
+        existing = record_json(read_record(target))
     except UsageError:
         conflict = "by an older version or another program, without a record of what made them"
     else:

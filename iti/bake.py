@@ -35,6 +35,7 @@ from iti.features import FeatureSet, require_feature_sets
 from iti.files import staged_folder
 from iti.fingerprint import model_digest, model_fingerprint
 from iti.fitting import fit_head_shifts, recipe_of, seeded_split
+from iti.geometry import text_config
 from iti.head_shifts import HeadShifts
 from iti.identity import identity, short_digest
 from iti.models import get_o_proj, head_geometry, load_model, model_sites, resolve_model_source
@@ -90,10 +91,6 @@ class BakePlan:
         return f"saved as {self.architecture}{switch} ({self.reason})"
 
 
-def _text_config(config):
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
 def _parameter_shapes(module: torch.nn.Module) -> dict[str, torch.Size]:
     return {name: param.shape for name, param in module.named_parameters()}
 
@@ -115,10 +112,10 @@ def _biases_added(present: dict[str, torch.Size], rebuilt: dict[str, torch.Size]
 def _switch_plan(model, present: dict[str, torch.Size], o_proj_biases: set[str]) -> BakePlan | None:
     """The model's own class with the first bias switch that qualifies (tried on a meta-device copy), or None."""
     for switch in BIAS_SWITCHES:
-        if not hasattr(_text_config(model.config), switch):
+        if not hasattr(text_config(model.config), switch):
             continue
         config = copy.deepcopy(model.config)
-        setattr(_text_config(config), switch, True)
+        setattr(text_config(config), switch, True)
         with torch.device("meta"):
             skeleton = type(model)(config)
         added = _biases_added(present, _parameter_shapes(skeleton), o_proj_biases)
@@ -152,7 +149,7 @@ def _llama_config(config, head_dim: int):
     """The source's text config as a LlamaConfig: every setting kept (RoPE, norms, ids, tying) but the window's."""
     from transformers import LlamaConfig
 
-    values = {key: value for key, value in _text_config(config).to_dict().items()
+    values = {key: value for key, value in text_config(config).to_dict().items()
               if key not in _WINDOW_KEYS + _FAMILY_KEYS}
     # Llama's attention reads head_dim without a fallback, and its MLP takes a bias unless mlp_bias is off.
     values.update(attention_bias=True, mlp_bias=False, head_dim=head_dim, architectures=[LLAMA_CAUSAL_LM])
@@ -172,7 +169,7 @@ def _llama_plan(model, family: LlamaAttentionFamily, present: dict[str, torch.Si
     if type(model).__name__ != family.causal_lm_class:
         raise UsageError(f"a {family.label} model loaded as {type(model).__name__}, not {family.causal_lm_class}; "
                          "load it with AutoModelForCausalLM to bake it")
-    text = _text_config(model.config)
+    text = text_config(model.config)
     _check_no_short_window(text, family)
     config = _llama_config(model.config, head_geometry(model.config).head_dim)
     with torch.device("meta"):
@@ -195,7 +192,7 @@ def check_bakeable(model) -> BakePlan:
     plan = _switch_plan(model, present, o_proj_biases)
     if plan is not None:
         return plan
-    family = getattr(_text_config(model.config), "model_type", type(model).__name__)
+    family = getattr(text_config(model.config), "model_type", type(model).__name__)
     if family in LLAMA_ATTENTION_FAMILIES:
         return _llama_plan(model, LLAMA_ATTENTION_FAMILIES[family], present, o_proj_biases)
     raise UsageError(
@@ -234,7 +231,7 @@ def bake_head_shifts(model, shifts: HeadShifts):
     Mistral a LlamaForCausalLM that shares `model`'s weights, which are left unchanged.
     """
     geo = head_geometry(model.config)
-    shifts.check_geometry(geo.num_layers, geo.num_heads, geo.head_dim)
+    shifts.check_geometry(geo)
     plan = check_bakeable(model)
     # Every refusal comes before the first change, so a refused model is left as it was.
     for layer in range(geo.num_layers):
@@ -251,7 +248,7 @@ def bake_head_shifts(model, shifts: HeadShifts):
         o_proj = get_o_proj(baked, layer)
         o_proj.bias.copy_(bias.to(o_proj.bias.dtype))
     if plan.switch is not None:
-        setattr(_text_config(baked.config), plan.switch, True)
+        setattr(text_config(baked.config), plan.switch, True)
     return baked
 
 

@@ -32,12 +32,12 @@ from iti.metrics import BY_NAME, METRIC_OPTIONS, PER_QUESTION_OR_DERIVED
 from iti.options import (
     DATASET_PATH_HELP,
     EXECUTION,
-    MAX_ALPHA,
     NUMBERS,
     SHIFTS,
     DatasetOptions,
     ModelOptions,
     Options,
+    check_alpha,
     check_custom_dataset,
     check_fraction,
     check_plain_name,
@@ -86,8 +86,7 @@ class HeadShiftOptions(DatasetOptions):
                                                    "tqa_gen_end_q, or the probing set itself with --dataset_path)",
                                              SHIFTS)
     num_heads: int = option(48, "K, the number of heads to shift", SHIFTS, named=True, minimum=1)
-    alpha: float = option(15.0, "α, the shift strength: each head is shifted by α·σ·θ", SHIFTS, named=True,
-                          minimum=-MAX_ALPHA, maximum=MAX_ALPHA)
+    alpha: float = option(15.0, "α, the shift strength: each head is shifted by α·σ·θ", SHIFTS, named=True)
     val_ratio: float = option(0.2, "share of the development questions held out to rank the probes", SHIFTS,
                               split=True)
     use_center_of_mass: bool = option(False, "direction = mean of true rows minus mean of false rows (the paper's "
@@ -123,6 +122,8 @@ class HeadShiftOptions(DatasetOptions):
 
     def _check(self) -> None:
         super()._check()
+        for alpha in values_of(self.alpha):
+            check_alpha(alpha)
         if self.use_center_of_mass and self.use_random_dir:
             raise UsageError("--use_center_of_mass and --use_random_dir exclude each other; pick one "
                              "(or neither for probe directions)")
@@ -152,8 +153,7 @@ class ValidationConfig(HeadShiftOptions):
                                                "(with --alpha): each fold picks one setting on its validation "
                                                "questions (--select_metric)", SHIFTS, named=True, minimum=0)
     alpha: tuple[float, ...] = option((15.0,), "α, the shift strength; 0 evaluates the model as it is; several "
-                                               "values: see --num_heads", SHIFTS, named=True, minimum=-MAX_ALPHA,
-                                      maximum=MAX_ALPHA)
+                                               "values: see --num_heads", SHIFTS, named=True)
     select_metric: str = option("mc2", "with several K or α: the validation score each fold maximises "
                                        "(true*info needs --metrics judge info)", SHIFTS, choices=SELECT_METRICS)
     max_kl: float | None = option(None, "with several K or α: only settings whose KL wrt the original model stays "

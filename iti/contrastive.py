@@ -184,13 +184,6 @@ def load_dataset_file(path: str | Path, name: str) -> ContrastiveDataset:
                                 lambda i: f"line {numbered[i][0]}")
 
 
-def dataset_record(dataset_path: str | None) -> str | None:
-    """How features record their dataset: a file by its absolute path (so any working directory matches it)."""
-    if dataset_path is None or dataset_path.startswith(HUB_PREFIX):
-        return dataset_path
-    return str(Path(dataset_path).expanduser().resolve())
-
-
 def transfer_dataset(name: str) -> ContrastiveDataset:
     """nq_open / trivia_qa with a false answer per question (the paper's transfer sets)."""
     try:

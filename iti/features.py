@@ -12,28 +12,22 @@ from __future__ import annotations
 import dataclasses
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from iti import records
 from iti.data import build_prompt_set
 from iti.errors import UsageError
 from iti.files import read_json
 from iti.fingerprint import differs
+from iti.geometry import HeadGeometry
 from iti.prompts import qa_prompt
 
 FEATURE_KINDS = ("head_wise", "layer_wise", "mlp_wise")
 # The record's layout; features recorded otherwise (or not at all) are re-extracted, never guessed at.
 RECORD_VERSION = 2
-# What every record holds that its consumers read, and of which JSON types (NoneType: may be null); the counts
-# must be positive. A record of other keys or types describes no features a consumer can check or use.
-RECORD_FIELDS: dict[str, tuple[type, ...]] = {
-    "model_name": (str,), "dataset": (str,), "limit": (int, type(None)), "prompt_format": (str,),
-    "seed": (int, type(None)), "items": (str,), "rows": (str,), "id": (str,), "model": (dict,),
-    "row_count": (int,), "num_layers": (int,), "num_heads": (int,), "head_dim": (int,),
-}
-RECORD_COUNTS = ("row_count", "num_layers", "num_heads", "head_dim")
 
 
 def feature_stem(model_name: str, dataset: str, limit: int | None = None) -> str:
@@ -154,7 +148,33 @@ def load_features(wanted: FeatureSet, kind: str = "head_wise", mmap: bool = True
 
 # ----------------------------------------------------------------------------- what made them
 
-def read_record(found: FeatureSet) -> dict:
+@dataclass(frozen=True)
+class FeatureRecord:
+    """What made a feature set, as its `_meta.json` holds it (docs/method.md §10; written by
+    iti.activations.save_features): the fields its consumers read, then, in `other`, what they do not (the
+    residual width, the kinds extracted, the dataset's and the script's settings)."""
+    record_version: int
+    model_name: str
+    dataset: str
+    limit: int | None
+    prompt_format: str
+    seed: int | None
+    items: str
+    rows: str
+    id: str
+    model: dict
+    row_count: int
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    other: dict = field(default_factory=dict)
+
+    @property
+    def geometry(self) -> HeadGeometry:
+        return HeadGeometry(self.num_layers, self.num_heads, self.head_dim)
+
+
+def read_record(found: FeatureSet) -> FeatureRecord:
     """The set's `_meta.json`; one that is missing, unreadable or of another layout is a UsageError that
     says to re-extract (nothing is guessed about features that do not say what made them)."""
     path = found.path("meta")
@@ -162,31 +182,25 @@ def read_record(found: FeatureSet) -> dict:
     if not path.exists():
         raise UsageError(f"{found.path('head_wise')} has no record of what made it ({path.name} is missing); "
                          f"{remake}")
-    record = read_json(path, "feature record", remake)
-    if not isinstance(record, dict) or record.get("record_version") != RECORD_VERSION:
+    values = read_json(path, "feature record", remake)
+    if not isinstance(values, dict) or values.get("record_version") != RECORD_VERSION:
         raise UsageError(f"{path} was written by an older version or another program and does not record what "
                          f"made the features; {remake}")
-    wrong = [key for key, kinds in RECORD_FIELDS.items() if not _holds(record, key, kinds)]
-    if wrong:
-        raise UsageError(f"{path} is not a whole feature record ({', '.join(wrong)} missing or of the wrong type); "
-                         f"{remake}")
+    record = records.read_record(FeatureRecord, values, f"{path} is not a whole feature record", remake)
+    if min(record.row_count, record.num_layers, record.num_heads, record.head_dim) < 1:
+        raise UsageError(f"{path} is not a whole feature record: its counts of rows, layers, heads and head_dim must "
+                         f"be positive; {remake}")
     return record
 
 
-def _holds(record: dict, key: str, kinds: tuple[type, ...]) -> bool:
-    value = record.get(key)
-    if key not in record or isinstance(value, bool) or not isinstance(value, kinds):
-        return False
-    return key not in RECORD_COUNTS or value > 0
-
-
-def check_shapes(found: FeatureSet, record: dict) -> None:
+def check_shapes(found: FeatureSet, record: FeatureRecord) -> None:
     """The set's arrays as its record describes them: a row per recorded row, and head-wise rows of the recorded
     layers x (heads x head_dim) (residual streams: one layer more). Arrays of other shapes are not the features
     the record describes (copied over, or written by another program); only their headers are read."""
-    rows, layers, heads, head_dim = (record[key] for key in RECORD_COUNTS)
+    rows, geometry = record.row_count, record.geometry
+    layers, heads, head_dim = geometry.num_layers, geometry.num_heads, geometry.head_dim
     # Per kind: the leading dimensions, how many dimensions in all, and the same in words.
-    expected = {"head_wise": ((rows, layers, heads * head_dim), 3,
+    expected = {"head_wise": ((rows, layers, geometry.width), 3,
                               f"{rows} rows x {layers} layers x ({heads} heads x {head_dim})"),
                 "layer_wise": ((rows, layers + 1), 3, f"{rows} rows x {layers + 1} residual streams"),
                 "labels": ((rows,), 1, f"{rows} rows"), "question_ids": ((rows,), 1, f"{rows} rows")}
@@ -202,7 +216,7 @@ def check_shapes(found: FeatureSet, record: dict) -> None:
 
 
 def verify_feature_set(wanted: FeatureSet, expected=None, model_fingerprint: dict | None = None,
-                       prompts: bool = True, found: FeatureSet | None = None) -> dict:
+                       prompts: bool = True, found: FeatureSet | None = None) -> FeatureRecord:
     """The record of the set read for `wanted`, after checking it against the run: the model name and
     dataset in the record, the limit of the file, and, when given, the items the run expects (`expected`,
     an iti.data.PromptSet built as the run builds it, for the set's own limit), with `prompts` also its
@@ -213,24 +227,24 @@ def verify_feature_set(wanted: FeatureSet, expected=None, model_fingerprint: dic
     check_shapes(found, record)
     name = found.path("head_wise").name
     remake = f"re-extract them with `{found.command(overwrite=True)}`"
-    if record["model_name"] != wanted.model_name or record["dataset"] != wanted.dataset:
-        raise UsageError(f"{name} was made for model {record['model_name']}, dataset {record['dataset']} (its record), "
+    if record.model_name != wanted.model_name or record.dataset != wanted.dataset:
+        raise UsageError(f"{name} was made for model {record.model_name}, dataset {record.dataset} (its record), "
                          f"not {wanted.model_name}, {wanted.dataset}: copied or renamed from another set; {remake}")
-    if record["limit"] != found.limit:
-        held = "all questions" if record["limit"] is None else f"the first {record['limit']} questions"
+    if record.limit != found.limit:
+        held = "all questions" if record.limit is None else f"the first {record.limit} questions"
         raise UsageError(f"{name} holds {held} (its record), not what its name says: renamed from another set; "
                          f"{remake}")
     why = None
-    if expected is not None and record["items"] != expected.items_digest:
+    if expected is not None and record.items != expected.items_digest:
         why = "were extracted from other items: the dataset changed since, or another file has this name"
-    elif expected is not None and prompts and record["prompt_format"] != wanted.prompt_format:
-        why = f"were extracted with --prompt_format {record['prompt_format']}, this run asks for {wanted.prompt_format}"
-    elif expected is not None and prompts and record["rows"] != expected.rows_digest():
+    elif expected is not None and prompts and record.prompt_format != wanted.prompt_format:
+        why = f"were extracted with --prompt_format {record.prompt_format}, this run asks for {wanted.prompt_format}"
+    elif expected is not None and prompts and record.rows != expected.rows_digest():
         why = "were extracted from other prompts (another chat template or version)"
     if why:
         raise UsageError(f"the features {name} {why}; {remake}")
     if model_fingerprint is not None:
-        reason = differs(record["model"], model_fingerprint)
+        reason = differs(record.model, model_fingerprint)
         if reason is not None:
             raise UsageError(f"the features {name} come from another model than this run's: {reason}; {remake}")
     return record
@@ -238,12 +252,12 @@ def verify_feature_set(wanted: FeatureSet, expected=None, model_fingerprint: dic
 
 def verify_against_data(wanted: FeatureSet, tqa_path: str | None = None, probe_text=qa_prompt,
                         model_fingerprint: dict | None = None, prompts: bool = True,
-                        found: FeatureSet | None = None) -> dict:
+                        found: FeatureSet | None = None) -> FeatureRecord:
     """verify_feature_set against the rows this run would extract now (from `tqa_path` or the wanted set's
     dataset file, formatted by `probe_text`), for the limit of the set found and the seed its record names
     (tqa_gen_end_q's draw of extra questions, whichever the extraction used)."""
     found = found or find_feature_set(wanted) or wanted
-    seed = read_record(found)["seed"]
+    seed = read_record(found).seed
     expected = build_prompt_set(wanted.dataset, tqa_path, found.limit, 0 if seed is None else seed,
                                 wanted.dataset_path, probe_text)
     return verify_feature_set(wanted, expected, model_fingerprint, prompts, found)

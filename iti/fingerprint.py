@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+from iti.geometry import head_geometry, text_config
 from iti.identity import digest, short_digest
 
 SAMPLES_PER_TENSOR = 16
@@ -19,7 +20,8 @@ _UNIT_ROUNDOFF = {"torch.float64": 2.0 ** -53, "torch.float32": 2.0 ** -24, "tor
                   "torch.bfloat16": 2.0 ** -8}
 # The smallest normal float16: below it float16 keeps less relative precision.
 _FLOAT16_TINY = 2.0 ** -14
-# Config entries that fix the architecture; the weights sample stands for everything else.
+# Config entries that fix the architecture, as the config states them (a head geometry would fill in what it
+# leaves out, and change the fingerprints recorded); the weights sample stands for everything else.
 _CONFIG_KEYS = ("model_type", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "hidden_size",
                 "head_dim", "intermediate_size", "vocab_size")
 
@@ -28,12 +30,8 @@ def text_digest(texts: list[str]) -> str:
     return digest(list(texts))
 
 
-def _text_config(config):
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
 def config_summary(config) -> dict:
-    text = _text_config(config)
+    text = text_config(config)
     return {key: getattr(text, key, None) for key in _CONFIG_KEYS}
 
 
@@ -44,7 +42,7 @@ def tokenizer_digest(tokenizer) -> str:
 
 
 def _sampled_tensors(model) -> dict[str, object]:
-    from iti.models import get_o_proj, head_geometry
+    from iti.models import get_o_proj
 
     last = head_geometry(model.config).num_layers - 1
     return {"embedding": model.get_input_embeddings().weight, "o_proj_first": get_o_proj(model, 0).weight,

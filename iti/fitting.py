@@ -16,10 +16,11 @@ import numpy as np
 
 from iti.directions import center_of_mass_directions, probe_directions, projection_stds, random_directions
 from iti.errors import UsageError
+from iti.geometry import HeadGeometry
 from iti.head_shifts import HeadShifts, ShiftProvenance
 from iti.models import resolve_device
 from iti.folds import rows_of_questions, train_val_split
-from iti.probes import random_heads, top_heads, train_probes
+from iti.probes import head_dim_of, random_heads, top_heads, train_probes
 from iti.report import ProbeReport, layer_probe_table, probe_report
 
 METHODS = ("center_of_mass", "probe", "random")
@@ -39,21 +40,14 @@ class Features:
     layer_acts: np.ndarray | None = None
     provenance: ShiftProvenance = field(default_factory=ShiftProvenance)
 
-    @property
-    def num_layers(self) -> int:
-        return self.acts.shape[1]
-
-    @property
-    def head_dim(self) -> int:
-        return self.acts.shape[2] // self.num_heads
-
-    def check(self) -> None:
-        if self.acts.ndim != 3 or self.acts.shape[2] % self.num_heads:
-            raise UsageError(f"activations of shape {self.acts.shape} do not split into {self.num_heads} heads; "
-                             "take the number of heads from the model config")
+    def checked_geometry(self) -> HeadGeometry:
+        """The heads the rows hold, layers x (num_heads x head_dim); a UsageError when the probing rows do not split
+        into num_heads or the tuning rows are of another shape."""
+        geometry = HeadGeometry(self.acts.shape[1], self.num_heads, head_dim_of(self.acts, self.num_heads))
         if self.tuning_acts.ndim != 3 or self.tuning_acts.shape[1:] != self.acts.shape[1:]:
             raise UsageError(f"tuning activations {self.tuning_acts.shape} and probing activations {self.acts.shape} "
                              "differ in layers or width; extract both from the same model")
+        return geometry
 
 
 @dataclass(frozen=True)
@@ -106,7 +100,7 @@ def seeded_split(questions: np.ndarray, val_ratio: float, seed: int) -> Split:
 def fit_head_shifts(features: Features, split: Split, recipe: Recipe) -> tuple[HeadShifts, ProbeReport]:
     """Train a probe per head on the training questions' rows, keep the K heads of best accuracy on the
     validation rows (or K random heads), take their directions and σ; the probe report of the same probes."""
-    features.check()
+    geometry = features.checked_geometry()
     rows = [rows_of_questions(features.question_ids, part) for part in (split.train, split.val, split.test)]
     probes = train_probes(features.acts, features.labels, rows[0], rows[1], features.num_heads,
                           backend=recipe.probe_backend, device=recipe.device, seed=recipe.seed)
@@ -118,8 +112,8 @@ def fit_head_shifts(features: Features, split: Split, recipe: Recipe) -> tuple[H
                           layers)
     k = recipe.num_heads
     if recipe.method == "random":
-        heads = random_heads(features.num_layers, features.num_heads, k, recipe.seed)
-        directions = random_directions(k, features.head_dim, recipe.seed)
+        heads = random_heads(geometry.num_layers, geometry.num_heads, k, recipe.seed)
+        directions = random_directions(k, geometry.head_dim, recipe.seed)
     else:
         heads = top_heads(probes.val_accuracies, k)
         directions = (center_of_mass_directions(features.acts, features.labels, np.concatenate(rows[:2]), heads,
@@ -136,7 +130,7 @@ def fit_head_shifts(features: Features, split: Split, recipe: Recipe) -> tuple[H
         layers=pairs[:, 0], heads=pairs[:, 1], directions=directions,
         sigmas=projection_stds(tuning, heads, directions, features.num_heads),
         probe_accuracies=probes.val_accuracies[pairs[:, 0], pairs[:, 1]], alpha=recipe.alpha,
-        num_layers=features.num_layers, num_heads=features.num_heads, head_dim=features.head_dim,
+        num_layers=geometry.num_layers, num_heads=geometry.num_heads, head_dim=geometry.head_dim,
         provenance=dataclasses.replace(
             features.provenance, K=k, method=recipe.method, probe_backend=recipe.probe_backend, seed=recipe.seed,
             fold=split.fold, train_questions=int(len(split.train)), val_questions=int(len(split.val)),

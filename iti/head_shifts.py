@@ -7,10 +7,10 @@ shift of head (l, h) is α·σ·θ added to slice [h·d, (h+1)·d) of layer l's 
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
-import typing
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +21,9 @@ from safetensors.numpy import save_file
 
 from iti.errors import UsageError
 from iti.files import read_json, staged_files
+from iti.geometry import HeadGeometry
+from iti.options import check_alpha
+from iti.records import read_record, record_json
 
 TENSORS_FILE = "head_shifts.safetensors"
 METADATA_FILE = "head_shifts.json"
@@ -28,9 +31,6 @@ _FORMAT = "iti.head_shifts"
 _VERSION = 1
 _UNIT_TOLERANCE = 1e-4
 _ARRAY_FIELDS = ("layers", "heads", "directions", "sigmas", "probe_accuracies")
-# What head_shifts.json must hold besides its format tag and version, and of which JSON type.
-_METADATA_FIELDS = {"save_id": str, "alpha": (int, float), "num_layers": int, "num_heads": int, "head_dim": int,
-                    "heads": list, "provenance": dict}
 RESAVE = "save the head shifts again"
 
 
@@ -67,37 +67,25 @@ class ShiftProvenance:
     identity: dict | None = None
     other: dict = field(default_factory=dict)
 
-    @classmethod
-    def from_dict(cls, values: dict) -> ShiftProvenance:
-        """The record of a dict; a field of another type than the one declared here is a UsageError."""
-        wrong = cls.mistyped(values)
-        if wrong:
-            raise UsageError(f"head shift provenance: {', '.join(wrong)} of the wrong type; {RESAVE}")
-        names = {f.name for f in dataclasses.fields(cls)} - {"other"}
-        return cls(**{k: v for k, v in values.items() if k in names},
-                   other={k: v for k, v in values.items() if k not in names})
-
-    @classmethod
-    def mistyped(cls, values: dict) -> list[str]:
-        """The fields of `values` whose value is not of the JSON type the field declares (or null): the types
-        here are the schema, so every reader meets the types it expects."""
-        hints = typing.get_type_hints(cls)
-        return [name for name, value in values.items()
-                if name in hints and name != "other" and not _of_declared_type(value, hints[name])]
-
     def as_dict(self) -> dict:
         """The record as head_shifts.json holds it: the fields set, then what `other` kept."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "other"}
         return {**{k: v for k, v in values.items() if v is not None}, **self.other}
 
 
-def _of_declared_type(value, declared) -> bool:
-    """JSON's view of `str | None`, `int | None`, `float | None`, `dict | None`: a bool is no number, an int is
-    a float."""
-    allowed = typing.get_args(declared) or (declared,)
-    if value is None or isinstance(value, bool):
-        return value is None and type(None) in allowed
-    return isinstance(value, allowed) or (float in allowed and isinstance(value, int))
+@dataclass
+class ShiftsMetadata:
+    """head_shifts.json: the format tag and version, the save id shared with the tensors file, α, the geometry
+    (flat, as iti.geometry.HeadGeometry's first three fields), the heads as the tensors list them, provenance."""
+    format: str
+    version: int
+    save_id: str
+    alpha: float
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    heads: list[list[int]]
+    provenance: ShiftProvenance
 
 
 def _indices(values, name: str) -> np.ndarray:
@@ -116,7 +104,7 @@ def _indices(values, name: str) -> np.ndarray:
 @dataclass(eq=False)
 class HeadShifts:
     """K selected heads (layers[i], heads[i]) with unit directions [K, d], spreads σ [K] and the
-    probe accuracy of each; alpha scales them all. Geometry: the model's L, H and head_dim d."""
+    probe accuracy of each; alpha scales them all. Geometry: the model's L, H and head_dim d (`geometry`)."""
 
     layers: np.ndarray
     heads: np.ndarray
@@ -131,7 +119,7 @@ class HeadShifts:
 
     def __post_init__(self) -> None:
         if isinstance(self.provenance, dict):
-            self.provenance = ShiftProvenance.from_dict(self.provenance)
+            self.provenance = read_record(ShiftProvenance, self.provenance, "head shift provenance", RESAVE)
         self.layers, self.heads = _indices(self.layers, "layers"), _indices(self.heads, "heads")
         self.directions = np.asarray(self.directions, dtype=np.float32)
         self.sigmas = np.asarray(self.sigmas, dtype=np.float64)
@@ -165,14 +153,10 @@ class HeadShifts:
         norms = np.linalg.norm(self.directions.astype(np.float64), axis=1)
         if not (np.abs(norms - 1) <= _UNIT_TOLERANCE).all():
             raise UsageError("head shift directions must have unit length; normalise them before building HeadShifts")
-        if not (np.isfinite(self.sigmas).all() and (self.sigmas >= 0).all() and np.isfinite(self.alpha)):
-            raise UsageError("head shift sigmas must be finite and non-negative, and alpha finite")
-        with np.errstate(over="ignore"):
-            largest = max(abs(self.alpha), float(np.max(abs(self.alpha) * self.sigmas, initial=0.0)))
-        if largest > float(np.finfo(np.float32).max):
-            # α and the shifts α·σ·θ are used in float32 (layer_offsets, exports): beyond its range they are inf.
-            raise UsageError(f"head shift alpha {self.alpha:g} makes shifts of up to {largest:g}, beyond float32's "
-                             f"range; use a smaller alpha")
+        if not (np.isfinite(self.sigmas).all() and (self.sigmas >= 0).all()):
+            raise UsageError("head shift sigmas must be finite and non-negative")
+        # The shifts α·σ·θ are built in float32 (layer_offsets, exports).
+        check_alpha(self.alpha, "head shift alpha", self._reach(), float(np.finfo(np.float32).max), "float32")
         if not isinstance(self.provenance, ShiftProvenance):
             raise UsageError("head shift provenance must be a ShiftProvenance (or a dict of its fields)")
         try:
@@ -184,14 +168,21 @@ class HeadShifts:
     def k(self) -> int:
         return len(self.layers)
 
+    @property
+    def geometry(self) -> HeadGeometry:
+        return HeadGeometry(self.num_layers, self.num_heads, self.head_dim)
+
+    def _reach(self) -> float:
+        """The largest |σ·θ_i|: a head moves by at most |α| times it."""
+        return float(np.abs(self.sigmas[:, None] * self.directions.astype(np.float64)).max(initial=0.0))
+
     def head_list(self) -> list[tuple[int, int]]:
         return list(zip(self.layers.tolist(), self.heads.tolist()))
 
     def scaled(self, alpha: float) -> HeadShifts:
         """The same heads and directions at strength `alpha` (arrays copied, not shared)."""
         copies = {name: getattr(self, name).copy() for name in _ARRAY_FIELDS}
-        provenance = ShiftProvenance.from_dict(json.loads(json.dumps(self.provenance.as_dict())))
-        return dataclasses.replace(self, alpha=alpha, provenance=provenance, **copies)
+        return dataclasses.replace(self, alpha=alpha, provenance=copy.deepcopy(self.provenance), **copies)
 
     def layer_offsets(self) -> dict[int, np.ndarray]:
         """δ_l per layer with selected heads: float32 [H·d] holding α·σ·θ in each selected head's slice."""
@@ -206,22 +197,14 @@ class HeadShifts:
         return offsets
 
     def check_fits(self, dtype: str, largest: float) -> None:
-        """UsageError unless every α·σ·θ_i is a number of the model's `dtype` (at most `largest` in magnitude): a shift
-        beyond it is infinite there and makes every later activation NaN."""
-        reach = np.abs(self.sigmas[:, None] * self.directions.astype(np.float64)).max(initial=0.0)
-        if not abs(self.alpha) * reach <= largest:
-            bound = f"{largest / reach:.4g}" if reach else "a finite number"
-            raise UsageError(f"alpha {self.alpha:g} shifts a head by up to {abs(self.alpha) * reach:.4g} (alpha·σ·θ), "
-                             f"beyond the largest {dtype} number ({largest:.5g}); use |alpha| at most {bound}")
+        """UsageError unless every α·σ·θ_i is a number of the model's `dtype` (at most `largest` in magnitude)."""
+        check_alpha(self.alpha, "alpha", self._reach(), largest, dtype)
 
-    def check_geometry(self, num_layers: int, num_heads: int, head_dim: int) -> None:
+    def check_geometry(self, geometry: HeadGeometry) -> None:
         """UsageError unless these shifts were made for a model of this geometry."""
-        made = (self.num_layers, self.num_heads, self.head_dim)
-        if made != (num_layers, num_heads, head_dim):
-            raise UsageError(
-                "head shifts were made for {}×{}×{} (layers×heads×head_dim) but the model has {}×{}×{}; "
-                "make head shifts from this model's activations".format(*made, num_layers, num_heads, head_dim)
-            )
+        if self.geometry != geometry:
+            raise UsageError(f"head shifts were made for {self.geometry} (layers×heads×head_dim) but the model has "
+                             f"{geometry}; make head shifts from this model's activations")
 
     @property
     def model_source(self) -> str | None:
@@ -249,17 +232,10 @@ class HeadShifts:
         out.mkdir(parents=True, exist_ok=True)
         save_id = uuid.uuid4().hex
         tensors = {name: np.ascontiguousarray(getattr(self, name)) for name in _ARRAY_FIELDS}
-        metadata = {
-            "format": _FORMAT,
-            "version": _VERSION,
-            "save_id": save_id,
-            "alpha": self.alpha,
-            "num_layers": self.num_layers,
-            "num_heads": self.num_heads,
-            "head_dim": self.head_dim,
-            "heads": [list(pair) for pair in self.head_list()],
-            "provenance": self.provenance.as_dict(),
-        }
+        written = ShiftsMetadata(_FORMAT, _VERSION, save_id, self.alpha, self.num_layers, self.num_heads,
+                                 self.head_dim, [list(pair) for pair in self.head_list()], self.provenance)
+        # Provenance keeps only the fields set, as it always has.
+        metadata = {**record_json(written), "provenance": self.provenance.as_dict()}
         with staged_files([out / TENSORS_FILE, out / METADATA_FILE]) as (tensors_tmp, metadata_tmp):
             save_file(tensors, str(tensors_tmp), metadata={"format": _FORMAT, "save_id": save_id})
             metadata_tmp.write_text(json.dumps(metadata, indent=2) + "\n")
@@ -276,17 +252,12 @@ class HeadShifts:
                 f"no head shifts at {path}: expected {TENSORS_FILE} and {METADATA_FILE} there; "
                 "make them first (probe the activations and save the HeadShifts)"
             )
-        metadata = read_json(metadata_path, "head shifts file", RESAVE)
-        if not isinstance(metadata, dict) or metadata.get("format") != _FORMAT:
+        values = read_json(metadata_path, "head shifts file", RESAVE)
+        if not isinstance(values, dict) or values.get("format") != _FORMAT:
             raise UsageError(f"{metadata_path} does not hold iti head shifts (format tag missing); {RESAVE}")
-        if metadata.get("version") != _VERSION:
-            raise UsageError(f"head shifts version {metadata.get('version')} is not {_VERSION}; re-make them")
-        wrong = [key for key, kind in _METADATA_FIELDS.items()
-                 if not isinstance(metadata.get(key), kind) or isinstance(metadata.get(key), bool)]
-        if not wrong:
-            wrong = [f"provenance.{name}" for name in ShiftProvenance.mistyped(metadata["provenance"])]
-        if wrong:
-            raise UsageError(f"{metadata_path}: {', '.join(wrong)} missing or of the wrong type; {RESAVE}")
+        if values.get("version") != _VERSION:
+            raise UsageError(f"head shifts version {values.get('version')} is not {_VERSION}; re-make them")
+        metadata = read_record(ShiftsMetadata, values, str(metadata_path), RESAVE)
         try:
             with safe_open(str(tensors_path), framework="np") as f:
                 tensor_metadata = f.metadata() or {}
@@ -295,19 +266,13 @@ class HeadShifts:
             raise UsageError(f"{tensors_path} is not a readable safetensors file ({err}); {RESAVE}") from None
         if tensor_metadata.get("format") != _FORMAT:
             raise UsageError(f"{tensors_path} does not hold iti head shifts (format tag missing); {RESAVE}")
-        if metadata["save_id"] != tensor_metadata.get("save_id"):
+        if metadata.save_id != tensor_metadata.get("save_id"):
             raise UsageError(f"{TENSORS_FILE} and {METADATA_FILE} in {directory} come from different saves; save again")
         if set(tensors) != set(_ARRAY_FIELDS):
             raise UsageError(f"{tensors_path} holds {sorted(tensors)}; expected {sorted(_ARRAY_FIELDS)}")
-        shifts = cls(
-            **tensors,
-            alpha=metadata["alpha"],
-            num_layers=metadata["num_layers"],
-            num_heads=metadata["num_heads"],
-            head_dim=metadata["head_dim"],
-            provenance=metadata["provenance"],
-        )
-        if [list(pair) for pair in shifts.head_list()] != metadata["heads"]:
+        shifts = cls(**tensors, alpha=metadata.alpha, num_layers=metadata.num_layers, num_heads=metadata.num_heads,
+                     head_dim=metadata.head_dim, provenance=metadata.provenance)
+        if [list(pair) for pair in shifts.head_list()] != metadata.heads:
             raise UsageError(f"the heads listed in {metadata_path} differ from those in {tensors_path}; save again")
         return shifts
 

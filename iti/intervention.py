@@ -35,7 +35,7 @@ def layer_offsets_on(model, shifts: HeadShifts) -> dict[int, torch.Tensor]:
     """δ_l of each edited layer, on its o_proj's device and in its dtype, once the shifts are known to be made for
     this model's geometry and to be numbers of its dtype (UsageError otherwise)."""
     geo = head_geometry(model.config)
-    shifts.check_geometry(geo.num_layers, geo.num_heads, geo.head_dim)
+    shifts.check_geometry(geo)
     dtype = model.get_input_embeddings().weight.dtype
     shifts.check_fits(str(dtype), torch.finfo(dtype).max)
     offsets = {}

@@ -15,6 +15,8 @@ import torch
 from iti.constants import BUNDLED_MODEL, EDITED_MODELS_DIR, LOCAL_PREFIX
 from iti.errors import UsageError
 from iti.files import staged_folder
+# Head geometry is iti.geometry's; callers that load models find it here too.
+from iti.geometry import HeadGeometry, head_geometry  # noqa: F401
 from iti.options import check_device, check_gguf_file, check_model_path
 from iti.registry import HF_NAMES, known_model_names
 
@@ -134,34 +136,6 @@ def resolve_dtype(dtype: str, device: str, config) -> torch.dtype:
     if isinstance(stored, str):
         stored = named.get(stored)
     return stored if stored in (torch.float16, torch.bfloat16) else torch.float16
-
-
-@dataclass(frozen=True)
-class HeadGeometry:
-    num_layers: int
-    num_heads: int
-    head_dim: int
-    num_kv_heads: int
-    hidden_size: int
-
-    @property
-    def width(self) -> int:
-        """Size of the o_proj input: all heads side by side."""
-        return self.num_heads * self.head_dim
-
-
-def head_geometry(config) -> HeadGeometry:
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    num_heads = text.num_attention_heads
-    # Per head, the o_proj input holds its value vector: v_head_dim wide in multi-head latent attention (DeepSeek).
-    head_dim = getattr(text, "v_head_dim", None) or getattr(text, "head_dim", None) or text.hidden_size // num_heads
-    return HeadGeometry(
-        num_layers=text.num_hidden_layers,
-        num_heads=num_heads,
-        head_dim=head_dim,
-        num_kv_heads=getattr(text, "num_key_value_heads", None) or num_heads,
-        hidden_size=text.hidden_size,
-    )
 
 
 # (decoder-layer list, attention output projection, MLP) for the architectures we know.

@@ -7,6 +7,7 @@ Standard library only at import (the CLI reads this before torch is imported).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import stat
@@ -28,10 +29,7 @@ PLAIN_NAME = re.compile(r"[A-Za-z0-9][\w.+-]*")
 LIMIT_TAG = re.compile(r"(^|_)limit_\d+$")
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?|\d+")
 MAX_SEED = 2**32 - 1
-# |α| is at most float16's largest finite number. θ is a unit vector (|θ_i| ≤ 1) and σ the spread of activations
-# that a half-precision model holds below 65504, so every α·σ·θ_i then stays below 65504² ≈ 4.3e9: finite in
-# float32, in which the shifts are built. Whether a shift also fits a float16 model depends on σ, known only from
-# the features: that is checked where the shifts meet the model (HeadShifts.check_fits).
+# The largest |α|: float16's largest finite number (see check_alpha).
 MAX_ALPHA = 65504.0
 GGUF_MAGIC = b"GGUF"
 
@@ -145,6 +143,20 @@ def check_range(flag: str, value, minimum: float | None, maximum: float | None) 
         raise UsageError(f"{flag} {value} must be at least {_number(minimum)}")
     if maximum is not None and value > maximum:
         raise UsageError(f"{flag} {value} must be at most {_number(maximum)}")
+
+
+def check_alpha(alpha: float, what: str = "--alpha", reach: float = 0.0, largest: float = math.inf,
+                dtype: str = "") -> None:
+    """α's range, checked here alone (options, head shifts made or loaded, shifts meeting a model). |α| is at most
+    float16's largest number: θ is a unit vector (|θ_i| ≤ 1) and σ the spread of activations that a half-precision
+    model holds below 65504, so every α·σ·θ_i stays below 65504² ≈ 4.3e9, finite in float32, in which shifts are
+    built. Once σ is known (options know none: reach 0), `reach` is the largest |σ·θ_i|: every shift α·σ·θ_i must
+    then be at most `largest`, the largest number of the `dtype` it is used in (beyond, it is infinite there and
+    every later activation NaN)."""
+    check_range(what, alpha, -MAX_ALPHA, MAX_ALPHA)
+    if abs(alpha) * reach > largest:
+        raise UsageError(f"{what} {alpha:g} shifts a head by up to {abs(alpha) * reach:.4g} (alpha·σ·θ), beyond the "
+                         f"largest {dtype} number ({largest:.5g}); use |alpha| at most {largest / reach:.4g}")
 
 
 def _number(value: float) -> str:

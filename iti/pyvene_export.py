@@ -23,7 +23,8 @@ import torch
 from iti.errors import UsageError
 from iti.files import read_json, staged_folder
 from iti.head_shifts import METADATA_FILE, HeadShifts, ShiftProvenance
-from iti.models import HeadGeometry, model_sites
+from iti.geometry import HeadGeometry
+from iti.models import model_sites
 
 PYVENE_CONFIG = "config.json"
 _ADDITION = "AdditionIntervention"
@@ -56,10 +57,9 @@ def export_pyvene(shifts: HeadShifts, model_config, folder: str | os.PathLike) -
         raise UsageError(f"{target} exists and is not a pyvene export; give a new or empty folder")
     skeleton = _skeleton(model_config)
     sites = model_sites(skeleton)
-    width = shifts.num_heads * shifts.head_dim
     components = [{"component": f"{sites.o_proj_of(layer)}.input",
                    "intervention": pv.AdditionIntervention(source_representation=torch.as_tensor(offset),
-                                                           embed_dim=width)}
+                                                           embed_dim=shifts.geometry.width)}
                   for layer, offset in sorted(shifts.layer_offsets().items())]
     with staged_folder(target, replace=True) as staging:
         with contextlib.redirect_stdout(io.StringIO()):  # pyvene prints where it saves
@@ -130,7 +130,7 @@ def import_pyvene(folder: str | os.PathLike, geometry: HeadGeometry) -> HeadShif
     offsets = read_pyvene_offsets(folder)
     if (folder / METADATA_FILE).is_file():
         shifts = HeadShifts.load(folder)
-        shifts.check_geometry(geometry.num_layers, geometry.num_heads, geometry.head_dim)
+        shifts.check_geometry(geometry)
         ours = shifts.layer_offsets()
         if set(ours) == set(offsets) and all(np.allclose(ours[l], offsets[l], atol=_UNIT_TOLERANCE) for l in ours):
             return shifts

@@ -45,7 +45,7 @@ def _json(value):
 
 def _problem(cls, values, path: str) -> str | None:
     if not isinstance(values, dict):
-        return f"{path or 'the record'} is a JSON {_json_type(values)}, not an object"
+        return f"{path[:-1] or 'the record'} is a JSON {_json_type(values)}, not an object"
     hints = typing.get_type_hints(cls)
     declared = [f for f in dataclasses.fields(cls) if f.name != EXTRA_FIELD]
     if EXTRA_FIELD not in cls.__dataclass_fields__:

@@ -102,7 +102,7 @@ def read_checked_features(cfg: HeadShiftOptions, probing: FeatureSet, tuning: Fe
     provenance = ShiftProvenance(model_name=cfg.output_name, model_source=model_source, dataset_name=cfg.dataset_name,
                                  dataset_path=cfg.dataset_path, prompt_format=cfg.prompt_format,
                                  activations_dataset=cfg.tuning_dataset, val_ratio=cfg.val_ratio, limit=cfg.limit,
-                                 features={name: record["id"] for name, record in records.items()})
+                                 features={name: record.id for name, record in records.items()})
     return Features(acts, labels, question_ids, tuning_acts, tuning_question_ids, geometry.num_heads, layer_acts,
                     provenance)
 

@@ -628,7 +628,7 @@ CASES = [
      "two.jsonl has 2 items, fewer than the 4 the run needs to split them into folds and each fold's development "
      "items into training and validation ones"),
     ("export_head_shifts", head_shifts_keys_missing,
-     "{root}/shifts/head_shifts.json: alpha, heads missing or of the wrong type; save the head shifts again"),
+     "{root}/shifts/head_shifts.json: alpha is missing; save the head shifts again"),
     ("compare_runs", summary_that_is_an_array,
      "{root}/run.json is not a validate_2fold summary JSON (a JSON list, not an object)"),
     ("compare_runs", summary_of_another_program,
@@ -653,11 +653,11 @@ CASES = [
     ("get_activations", folder_as_dataset, "--dataset_path {root}/set.jsonl is a folder, not a file"),
     ("get_activations", dataset_link_that_loops, "--dataset_path {root}/set.jsonl is a symbolic link that loops"),
     ("plot_head_accuracies", record_with_heads_as_text,
-     "{root}/features/tiny_tqa_mc2_limit_2_meta.json is not a whole feature record (num_heads missing or of the wrong "
-     "type); re-extract them with `python get_activations/get_activations.py --model_name tiny --dataset_name tqa_mc2 "
-     "--limit 2 --features_dir {root}/features --overwrite`"),
+     "{root}/features/tiny_tqa_mc2_limit_2_meta.json is not a whole feature record: num_heads is a JSON string, not "
+     "a whole number; re-extract them with `python get_activations/get_activations.py --model_name tiny "
+     "--dataset_name tqa_mc2 --limit 2 --features_dir {root}/features --overwrite`"),
     ("plot_head_accuracies", record_without_its_geometry,
-     "tiny_tqa_mc2_limit_2_meta.json is not a whole feature record (num_layers, num_heads, head_dim missing"),
+     "tiny_tqa_mc2_limit_2_meta.json is not a whole feature record: num_layers is missing; re-extract them"),
     ("plot_head_accuracies", activations_wider_than_their_record,
      "{root}/features/tiny_tqa_mc2_limit_2_head_wise.npy holds an array of shape (12, 3, 40), not the 12 rows x 3 "
      "layers x (4 heads x 12) its record tiny_tqa_mc2_limit_2_meta.json describes; re-extract them"),
@@ -665,12 +665,13 @@ CASES = [
      "{root}/features/tiny_tqa_mc2_limit_2_labels.npy holds labels other than 0 and 1 (e.g. 2); labels must be 0 "
      "(false) or 1 (true)"),
     ("export_head_shifts", shifts_recording_a_number_as_model,
-     "{root}/shifts/head_shifts.json: provenance.model_source missing or of the wrong type; save the head shifts "
+     "{root}/shifts/head_shifts.json: provenance.model_source is a JSON number, not a string; save the head shifts "
      "again"),
     ("export_head_shifts", shifts_recording_text_as_probe_report,
-     "{root}/shifts/head_shifts.json: provenance.probe_report missing or of the wrong type"),
+     "{root}/shifts/head_shifts.json: provenance.probe_report is a JSON string, not an object; save the head shifts "
+     "again"),
     ("export_head_shifts", shifts_of_an_alpha_beyond_float32,
-     "head shift alpha 1e+300 makes shifts of up to 1e+300, beyond float32's range; use a smaller alpha"),
+     "head shift alpha 1e+300 must be at most 65504"),
     ("export_head_shifts", shifts_of_a_fractional_layer,
      "head shifts field layers holds 0.7, not a whole number: it indexes layers or heads; save the head shifts again"),
     ("push_hf", baked_folder_with_config("cut_short", '{"architectures": ["LlamaFor'),

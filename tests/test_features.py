@@ -13,8 +13,10 @@ import torch
 from iti.activations import save_features
 from iti.data import build_prompt_set
 from iti.errors import UsageError
-from iti.features import FeatureSet, feature_path, verify_against_data
+from iti.features import FeatureSet, feature_path, read_record, verify_against_data
 from iti.fingerprint import differs, model_fingerprint
+from iti.geometry import head_geometry
+from iti.records import record_json
 from tests.conftest import make_tiny_model
 
 ITEMS = [{"question": f"Question {i}?", "correct_answers": [f"Yes {i}."], "incorrect_answers": [f"No {i}."]}
@@ -46,6 +48,34 @@ def test_the_record_names_model_data_format_and_limit(tiny, tmp_path):
     assert record["model"] == model_fingerprint(*tiny)
     verify_against_data(FeatureSet(tmp_path / "f", "tiny", "d", 3, dataset_path=str(data)), None,
                         model_fingerprint=model_fingerprint(*tiny))
+
+
+def test_the_record_reads_back_whole_with_the_models_geometry(tiny, tmp_path):
+    data = write_items(tmp_path / "d.jsonl", ITEMS)
+    paths = extract(tiny, tmp_path / "f", dataset_path=str(data))
+    record = read_record(FeatureSet(tmp_path / "f", "tiny", "d"))
+    model_geometry = head_geometry(tiny[0].config)
+    assert record.geometry == model_geometry and record.other["hidden_size"] == model_geometry.hidden_size
+    assert record_json(record) == json.loads(paths["meta"].read_text())
+
+
+@pytest.mark.parametrize("change, phrase", [
+    (lambda meta: meta.update(record_version=1), "was written by an older version or another program"),
+    (lambda meta: meta.update(row_count=0), "its counts of rows, layers, heads and head_dim must be positive"),
+    (lambda meta: meta.update(seed="42"), "seed is a JSON string, not a whole number"),
+    (lambda meta: meta.pop("model"), "model is missing"),
+])
+def test_a_record_that_does_not_describe_the_features_is_refused(tiny, tmp_path, change, phrase):
+    data = write_items(tmp_path / "d.jsonl", ITEMS)
+    paths = extract(tiny, tmp_path / "f", dataset_path=str(data))
+    meta = json.loads(paths["meta"].read_text())
+    change(meta)
+    paths["meta"].write_text(json.dumps(meta))
+    wanted = FeatureSet(tmp_path / "f", "tiny", "d", dataset_path=str(data))
+    with pytest.raises(UsageError) as caught:
+        verify_against_data(wanted)
+    assert str(caught.value).startswith(str(paths["meta"])) and phrase in str(caught.value)
+    assert str(caught.value).endswith(f"re-extract them with `{wanted.command(overwrite=True)}`")
 
 
 def test_features_of_another_model_are_refused(tiny, tmp_path, tokenizer):

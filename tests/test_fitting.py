@@ -1,6 +1,8 @@
 """fit_head_shifts against hand loops and scikit-learn: heads, directions, σ, provenance, splits."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
@@ -83,3 +85,12 @@ def test_seeded_split_draws_the_share_of_questions():
     assert sorted(np.r_[split.train, split.val]) == list(range(50))
     again = seeded_split(np.arange(50), 0.2, seed=4)
     np.testing.assert_array_equal(split.train, again.train)
+
+
+def test_shifts_take_the_features_geometry_and_refuse_rows_that_do_not_split(features):
+    shifts, _ = fit_head_shifts(features, SPLIT, Recipe(2, 15.0))
+    assert (shifts.num_layers, shifts.num_heads, shifts.head_dim) == (L, H, D)
+    for wrong in (dataclasses.replace(features, num_heads=5),
+                  dataclasses.replace(features, tuning_acts=features.tuning_acts[:, :, :D])):
+        with pytest.raises(UsageError, match="not a multiple of num_heads=5|differ in layers or width"):
+            fit_head_shifts(wrong, SPLIT, Recipe(2, 15.0))

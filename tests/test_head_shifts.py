@@ -10,7 +10,8 @@ from safetensors.numpy import load_file
 
 from iti.errors import UsageError
 from iti.head_shifts import METADATA_FILE, TENSORS_FILE, HeadShifts
-from iti.models import HeadGeometry
+from iti.options import check_alpha
+from iti.geometry import HeadGeometry
 from tests.conftest import make_shifts
 
 L, H, D = 4, 3, 8
@@ -103,11 +104,15 @@ def test_load_errors(tmp_path):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda meta: meta.pop("alpha"), "alpha missing or of the wrong type"),
-    (lambda meta: [meta.pop("num_layers"), meta.pop("heads")], "num_layers, heads missing or of the wrong type"),
-    (lambda meta: meta.update(num_heads="4"), "num_heads missing or of the wrong type"),
-    (lambda meta: meta.update(alpha=None, provenance=[]), "alpha, provenance missing or of the wrong type"),
-    (lambda meta: meta.update(head_dim=True), "head_dim missing or of the wrong type"),
+    (lambda meta: meta.pop("alpha"), "alpha is missing"),
+    (lambda meta: [meta.pop("num_layers"), meta.pop("heads")], "num_layers is missing"),
+    (lambda meta: meta.update(num_heads="4"), "num_heads is a JSON string, not a whole number"),
+    (lambda meta: meta.update(alpha=None, provenance=[]), "alpha is a JSON null, not a number"),
+    (lambda meta: meta.update(provenance=[]), "provenance is a JSON list, not an object"),
+    (lambda meta: meta.update(heads=[[0, "1"]]), r"heads\[0\]\[1\] is a JSON string, not a whole number"),
+    (lambda meta: meta["provenance"].update(seed=4.5), "provenance.seed is a JSON number, not a whole number"),
+    (lambda meta: meta.update(head_dim=True), "head_dim is a JSON boolean, not a whole number"),
+    (lambda meta: meta.update(saved_by="me"), "saved_by is not a field of this record"),
     (lambda meta: meta.pop("format"), "does not hold iti head shifts"),
 ])
 def test_head_shifts_json_with_keys_missing_or_mistyped_is_named(tmp_path, edit, message):
@@ -159,11 +164,36 @@ def test_bad_head_shifts_raise_usage_error(overrides):
         example_shifts(**overrides)
 
 
+@pytest.mark.parametrize("alpha, accepted", [(65504.0, True), (-65504.0, True), (65504.5, False),
+                                             (float("-inf"), False), (float("nan"), False)])
+def test_alpha_has_one_range_for_the_options_and_the_head_shifts(alpha, accepted):
+    def accepts(check) -> bool:
+        try:
+            check()
+        except UsageError:
+            return False
+        return True
+    assert [accepts(lambda: check_alpha(alpha)), accepts(lambda: example_shifts(alpha=alpha))] == [accepted] * 2
+
+
+def test_shifts_beyond_float32_are_refused_and_those_within_kept():
+    """The largest shift α·σ·θ_i against float32's largest number, from σ chosen to land 4/3 of it or 2/3."""
+    largest = float(np.finfo(np.float32).max)
+    one = example_shifts(k=1, alpha=1.0)
+    reach = float(np.abs(one.sigmas[0] * one.directions[0].astype(np.float64)).max())
+    sigma = one.sigmas[0] * largest / reach / 1.5
+    assert example_shifts(k=1, alpha=1.0, sigmas=[sigma]).k == 1
+    with pytest.raises(UsageError, match=r"head shift alpha 2 shifts a head by up to 4\.5\d*e\+38 .* beyond the "
+                                         r"largest float32 number"):
+        example_shifts(k=1, alpha=2.0, sigmas=[sigma])
+
+
 def test_check_geometry_names_both_geometries():
     shifts = example_shifts()
-    shifts.check_geometry(L, H, D)
+    assert shifts.geometry == GEOMETRY
+    shifts.check_geometry(GEOMETRY)
     with pytest.raises(UsageError, match=r"made for 4×3×8 .* model has 4×3×16"):
-        shifts.check_geometry(L, H, 16)
+        shifts.check_geometry(HeadGeometry(L, H, 16))
 
 
 def test_shifts_refuse_another_model_unless_told(tmp_path):

@@ -3,17 +3,9 @@ import torch
 from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig, MistralConfig, Qwen2Config
 
 from iti.errors import UsageError
-from iti.models import HF_NAMES, head_geometry, load_model, model_sites, resolve_dtype, resolve_model_source
+from iti.geometry import head_geometry
+from iti.models import HF_NAMES, load_model, model_sites, resolve_dtype, resolve_model_source
 from tests.conftest import make_tiny_model
-
-
-def test_geometry_reads_head_dim_from_config():
-    geo = head_geometry(LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=24,
-                                    num_hidden_layers=5))
-    assert (geo.num_layers, geo.num_heads, geo.head_dim, geo.num_kv_heads, geo.width) == (5, 4, 24, 2, 96)
-    gemma = head_geometry(Gemma2Config(hidden_size=64, num_attention_heads=8, num_key_value_heads=4, head_dim=32,
-                                       num_hidden_layers=2))
-    assert gemma.width == 256 != gemma.hidden_size
 
 
 @pytest.mark.parametrize("config_class", [LlamaConfig, MistralConfig, Qwen2Config, Gemma2Config])

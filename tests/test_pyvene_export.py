@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from iti.errors import UsageError
+from iti.geometry import HeadGeometry, head_geometry
 from iti.head_shifts import METADATA_FILE, TENSORS_FILE, HeadShifts
 from iti.intervenable import pv
 from iti.intervention import ShiftedModel
-from iti.models import head_geometry
 from iti.pyvene_export import export_pyvene, import_pyvene
 from tests.conftest import (REPO_ROOT, family_config, logit_tolerance, make_shifts, model_from_config,
                             right_padded_batch, tiny_model_folder)
@@ -77,8 +77,7 @@ def test_import_gives_the_shifts_back(exported):
 def test_import_refuses_another_geometry_and_foreign_folders(exported, tmp_path):
     model, _, shifts, folder = exported
     geometry = head_geometry(model.config)
-    other = type(geometry)(geometry.num_layers, geometry.num_heads * 2, geometry.head_dim // 2,
-                           geometry.num_kv_heads, geometry.hidden_size)
+    other = HeadGeometry(geometry.num_layers, geometry.num_heads * 2, geometry.head_dim // 2)
     with pytest.raises(UsageError, match="made for"):
         import_pyvene(folder, other)
     (tmp_path / "notes").mkdir()

@@ -49,6 +49,7 @@ def test_round_trip_builds_nested_records_and_gives_back_the_same_json():
     ({"inner": {"name": "a"}}, "count is missing"),
     ({"count": True, "inner": {"name": "a"}}, "count is a JSON boolean, not a whole number"),
     ({"count": 1.5, "inner": {"name": "a"}}, "count is a JSON number, not a whole number"),
+    ({"count": 1, "inner": []}, "inner is a JSON list, not an object"),
     ({"count": 1, "inner": {"name": 3}}, "inner.name is a JSON number, not a string"),
     ({"count": 1, "inner": {"name": "a", "score": "1"}}, "inner.score is a JSON string, not a number"),
     ({"count": 1, "inner": {"name": "a"}, "rows": [{"name": "b"}, {}]}, "rows[1].name is missing"),

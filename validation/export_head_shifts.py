@@ -62,7 +62,7 @@ def main() -> None:
         print(f"imported {shifts.k} head shifts (alpha {shifts.alpha:g}) from {cfg.import_from} -> {cfg.output_dir}")
         return
     shifts.check_model(source, cfg.allow_other_model)
-    shifts.check_geometry(geometry.num_layers, geometry.num_heads, geometry.head_dim)
+    shifts.check_geometry(geometry)
     out = export_pyvene(shifts, model_config, cfg.output_dir)
     print(f"exported {shifts.k} head shifts over {len(set(shifts.layers.tolist()))} layers of {source} -> {out}; "
           f"apply with pyvene.IntervenableModel.load({str(out)!r}, model)")

@@ -40,17 +40,17 @@ def main() -> None:
     record = verify_against_data(wanted, cfg.tqa_path, prompts=False)
     acts, labels, question_ids = load_features(wanted)
     # σ is not plotted: the probing rows stand in for the tuning rows.
-    features = Features(acts, labels, question_ids, acts, question_ids, record["num_heads"])
+    features = Features(acts, labels, question_ids, acts, question_ids, record.num_heads)
     if len(np.unique(labels)) < 2:
         raise UsageError(f"the features of {cfg.dataset_name} hold one label only; probes need true and false rows")
     split = seeded_split(question_ids, cfg.val_ratio, cfg.seed)
     _, report = fit_head_shifts(features, split, Recipe(1, 0.0, "probe", cfg.probe_backend, cfg.seed))
     train, val = split.train, split.val
-    scores = report.heads[f"val_{cfg.metric}"].to_numpy().reshape(acts.shape[1], record["num_heads"])
+    scores = report.heads[f"val_{cfg.metric}"].to_numpy().reshape(acts.shape[1], record.num_heads)
     label = {"accuracy": "validation accuracy", "auc": "validation ROC AUC"}[cfg.metric]
 
     # The hash names the features (by their recorded content) and every setting that changes the scores.
-    settings = identity(cfg, {"features_dir": record["id"], "dataset_path": record["items"], "tqa_path": None})
+    settings = identity(cfg, {"features_dir": record.id, "dataset_path": record.items, "tqa_path": None})
     stem = (Path(cfg.output_dir) / f"{feature_stem(cfg.model_name, cfg.dataset_name, cfg.limit)}_"
                                    f"{short_digest(settings)}_head_{HEAD_FILE_NAMES[cfg.metric]}")
     save_npy(f"{stem}.npy", scores)
