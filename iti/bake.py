@@ -32,9 +32,8 @@ from iti.constants import EDITED_MODELS_DIR
 from iti.errors import UsageError
 from iti.files import staged_folder
 from iti.head_shifts import HeadShifts
-from iti.identity import identity, short_digest
+from iti.identity import identity, readable_name, short_digest
 from iti.models import get_o_proj, head_geometry, model_sites
-from iti.runs import readable_name
 
 # Config flags that, in transformers' modeling code, give o_proj a bias (checked on a meta-device
 # copy of the model, never assumed): Llama-like families use attention_bias, Starcoder2 use_bias.
