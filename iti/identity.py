@@ -53,8 +53,8 @@ def named_fields(config_cls) -> tuple[str, ...]:
     return fields_where(config_cls, lambda f: f.metadata.get("named", False))
 
 
-# Each part of a readable name as file names spell it. A part is a named field, or names two: the model is
-# `{model_prefix}{model_name}`, the method the word its two flags choose.
+# Each part of a readable name as file names spell it. A part is one named field, or for the model and the method
+# two: the model is `{model_prefix}{model_name}`, the method the word its two flags choose.
 NAME_PARTS = {"model": "{}", "method": "_{}", "dataset_name": "_{}", "seed": "_seed_{}", "num_heads": "_top_{}_heads",
               "alpha": "_alpha_{}", "limit": "_limit_{}"}
 PART_FIELDS = {"model": ("model_prefix", "model_name"), "method": ("use_center_of_mass", "use_random_dir")}

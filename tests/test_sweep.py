@@ -14,7 +14,8 @@ import pytest
 
 from iti import sweep as sweeps
 from iti.errors import UsageError
-from iti.runs import earlier_run_path, readable_name
+from iti.identity import readable_name
+from iti.runs import earlier_run_path
 from iti.validate import ValidationConfig, run_validation
 from tests.conftest import REPO_ROOT, make_tiny_model, only_file
 
