@@ -37,11 +37,10 @@ from iti.fingerprint import model_digest, model_fingerprint
 from iti.fitting import fit_head_shifts, recipe_of, seeded_split
 from iti.geometry import text_config
 from iti.head_shifts import HeadShifts
-from iti.identity import identity, short_digest
+from iti.identity import identity, readable_name, short_digest
 from iti.models import get_o_proj, head_geometry, load_model, model_sites, resolve_model_source
 from iti.registry import HF_NAMES
 from iti.run_inputs import read_checked_features
-from iti.runs import readable_name
 
 # Config flags that, in transformers' modeling code, give o_proj a bias (checked on a meta-device
 # copy of the model, never assumed): Llama-like families use attention_bias, Starcoder2 use_bias.

@@ -11,57 +11,57 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from iti.config import CollectConfig, ValidationConfig
 from iti.errors import UsageError
 from iti.evaluation import answer_scores, read_fold_answers
-from iti.identity import Role, declared, digest, short_digest, without
+from iti.identity import TABLE_NAME, Role, declared, digest, named_values, readable_name, short_digest, without
 from iti.metrics import METRICS, PER_QUESTION_OR_DERIVED, missing, with_products
+from iti.records import record_json
+from iti.runs import RunFile, RunRecord, read_run
 from iti.statistics import paired_differences
-from iti.summaries import read_summary
 
 METRIC_NAMES = [metric.name for metric in METRICS]
 
 
-def readable_summaries(results_dir: Path) -> tuple[list[tuple[Path, dict]], list[str]]:
-    """(path, record) of every summary JSON that reads as one, and for each file that does not (cut short,
-    another program's), one line saying which and why: one bad file leaves the others in the table."""
+def readable_summaries(results_dir: Path) -> tuple[list[RunFile], list[str]]:
+    """Every summary JSON that reads as a run record, and for each file that does not (cut short, another
+    program's), one line saying which and why: one bad file leaves the others in the table."""
     readable, unreadable = [], []
     for path in sorted((results_dir / "results_dump" / "summary_dump").glob("*.json")):
         try:
-            readable.append((path, read_summary(path)))
+            readable.append(RunFile(path, read_run(path)))
         except UsageError as err:
             unreadable.append(str(err))
     return readable, unreadable
 
 
-def selected_runs(cfg: CollectConfig, readable: list[tuple[Path, dict]]) -> list[dict]:
+def selected_runs(cfg: CollectConfig, readable: list[RunFile]) -> list[RunFile]:
     """The complete runs these flags name (model, prefix, method, dataset, seed when given, limit; records of
-    versions before runs recorded their identity are left out), each with its path. Without --limit: the
-    full runs, or the runs of the one --limit they all used."""
-    runs = [{**record, "path": str(path)} for path, record in readable
-            if record["complete"] and "identity" in record and _named_by(cfg, record["config"])]
+    versions before runs recorded their identity are left out). Without --limit: the full runs, or the runs
+    of the one --limit they all used."""
+    runs = [run for run in readable if run.record.complete and run.record.identity is not None
+            and _named_by(cfg, run.record.config)]
     limit = cfg.limit
     if limit is None:
-        limits = {run["config"].get("limit") for run in runs}
+        limits = {run.record.config.get("limit") for run in runs}
         if limits and None not in limits:
             if len(limits) > 1:
                 raise UsageError(f"no full runs of {cfg.output_name} ({cfg.method} directions), but runs with --limit "
                                  f"{', '.join(map(str, sorted(limits)))}: pass one of those")
             limit = limits.pop()
-    return [run for run in runs if run["config"].get("limit") == limit]
+    return [run for run in runs if run.record.config.get("limit") == limit]
 
 
-def table_stem(cfg: CollectConfig, runs: list[dict]) -> str:
-    """`{model}_{method}[_{dataset}][_limit_{N}][_seed_{S}]_{hash}`: the flags that selected the runs, then 8 hex
-    digits naming the runs themselves, so tables of other selections or other runs never share a file, and the
-    per-category files of a table always carry its stem."""
-    limit = runs[0]["config"].get("limit")
-    selection = ((f"_{cfg.dataset_name}" if cfg.custom else "") + (f"_limit_{limit}" if limit is not None else "")
-                 + (f"_seed_{cfg.seed}" if cfg.seed is not None else ""))
-    return f"{cfg.output_name}_{cfg.method}{selection}_{short_digest(sorted(digest(r['identity']) for r in runs))}"
+def table_stem(cfg: CollectConfig, runs: list[RunFile]) -> str:
+    """`{model}_{method}[_{dataset}][_limit_{N}][_seed_{S}]_{hash}`: the flags that selected the runs (the limit
+    the runs used), then 8 hex digits naming the runs themselves, so tables of other selections or other runs
+    never share a file, and the per-category files of a table always carry its stem."""
+    named = readable_name({**named_values(cfg), "limit": runs[0].record.config.get("limit")}, TABLE_NAME)
+    return f"{named}_{short_digest(sorted(digest(run.record.identity) for run in runs))}"
 
 
 def category_tag(metric: str) -> str:
@@ -69,7 +69,7 @@ def category_tag(metric: str) -> str:
     return "_by_category_" + re.sub(r"[^\w.+-]", "_", metric)
 
 
-def _named_by(cfg: CollectConfig, config: dict) -> bool:
+def _named_by(cfg: CollectConfig, config: dict[str, Any]) -> bool:
     method = ValidationConfig(use_center_of_mass=config.get("use_center_of_mass", False),
                               use_random_dir=config.get("use_random_dir", False)).method
     return (f"{config.get('model_prefix', '')}{config.get('model_name')}" == cfg.output_name
@@ -78,28 +78,27 @@ def _named_by(cfg: CollectConfig, config: dict) -> bool:
             and (cfg.seed is None or config.get("seed") == cfg.seed))
 
 
-def repeats_key(run: dict, baseline: bool = False) -> str:
+def repeats_key(run: RunRecord, baseline: bool = False) -> str:
     """What runs that repeat each other share: their identity but the seed; for pairing a baseline, also
     without every setting that acts only through the head shifts (an unshifted run ignores them)."""
     roles = (Role.SHIFTS,) if baseline else ()
-    return json.dumps(without(run["identity"], ValidationConfig, roles, ("seed",)), sort_keys=True)
+    return json.dumps(without(run.identity, ValidationConfig, roles, ("seed",)), sort_keys=True)
 
 
-def absent_answer_files(runs: list[dict]) -> list[Path]:
+def absent_answer_files(runs: list[RunRecord]) -> list[Path]:
     """The answer files these runs' folds list that are not there (deleted, or left on another machine)."""
-    return [Path(fold["files"]["answers"]) for run in runs for fold in run["folds"]
-            if not Path(fold["files"]["answers"]).is_file()]
+    return [Path(fold.files.answers) for run in runs for fold in run.folds if not Path(fold.files.answers).is_file()]
 
 
-def seed_averaged_answers(runs: list[dict], tag: str) -> pd.DataFrame | None:
+def seed_averaged_answers(runs: list[RunRecord], tag: str) -> pd.DataFrame | None:
     """Per question (index: the question text), each per-question score averaged over the runs (seeds),
     every run's folds pooled; `Category` kept. None if an answer file is missing; one that is not a fold's
     answers is a UsageError (iti.evaluation.read_fold_answers)."""
-    if absent_answer_files(runs) or not all(run["folds"] for run in runs):
+    if absent_answer_files(runs) or not all(run.folds for run in runs):
         return None
     per_seed = []
     for run in runs:
-        answers = pd.concat([read_fold_answers(fold, tag) for fold in run["folds"]], ignore_index=True)
+        answers = pd.concat([read_fold_answers(record_json(fold), tag) for fold in run.folds], ignore_index=True)
         scores = pd.DataFrame(answer_scores(answers, tag), index=answers["Question"])
         scores["Category"] = answers["Category"].to_numpy()
         per_seed.append(scores)
@@ -112,22 +111,22 @@ def _grid_text(values: list) -> str:
     return "/".join(f"{v:g}" for v in values)
 
 
-def _differing_settings(groups: list[list[dict]]) -> list[str]:
+def _differing_settings(groups: list[list[RunFile]]) -> list[str]:
     """Per group, the declared settings (not K, α, seed) in which the groups of the table differ."""
-    settings = [without(declared(runs[0]["config"], ValidationConfig), ValidationConfig,
+    settings = [without(declared(runs[0].record.config, ValidationConfig), ValidationConfig,
                         names=("num_heads", "alpha", "seed")) for runs in groups]
     varying = sorted({name for values in settings for name in values
                       if len({json.dumps(other.get(name)) for other in settings}) > 1})
     return [", ".join(f"{name}={json.dumps(values[name])}" for name in varying) for values in settings]
 
 
-def pair_with_baseline(runs: list[dict], baseline: list[dict], tag: str):
+def pair_with_baseline(runs: list[RunRecord], baseline: list[RunRecord], tag: str):
     """(seeds shared, per metric the paired Interval, the two seed-averaged answer frames), or None."""
-    seeds = {r["config"]["seed"] for r in runs} & {r["config"]["seed"] for r in baseline}
+    seeds = {r.config["seed"] for r in runs} & {r.config["seed"] for r in baseline}
     if not seeds:
         return None
-    treated = seed_averaged_answers([r for r in runs if r["config"]["seed"] in seeds], tag)
-    base = seed_averaged_answers([r for r in baseline if r["config"]["seed"] in seeds], tag)
+    treated = seed_averaged_answers([r for r in runs if r.config["seed"] in seeds], tag)
+    base = seed_averaged_answers([r for r in baseline if r.config["seed"] in seeds], tag)
     if treated is None or base is None:
         return None
     base = base.reindex(treated.index)
@@ -137,44 +136,45 @@ def pair_with_baseline(runs: list[dict], baseline: list[dict], tag: str):
     return sorted(seeds), differences, treated, base
 
 
-def collect_table(runs: list[dict], tag: str) -> tuple[pd.DataFrame, list]:
+def collect_table(runs: list[RunFile], tag: str) -> tuple[pd.DataFrame, list]:
     """(table, pairs): one row per setting (seeds averaged) with its paired difference from its baseline, and per
     row with one, (row index, the row's and the baseline's seed-averaged answers) for the per-category table."""
-    groups: dict[str, list[dict]] = {}
+    groups: dict[str, list[RunFile]] = {}
     for run in runs:
-        groups.setdefault(repeats_key(run), []).append(run)
+        groups.setdefault(repeats_key(run.record), []).append(run)
     baselines = {}
-    for members in sorted(groups.values(), key=lambda members: max(members[0]["config"]["num_heads"]), reverse=True):
-        if not members[0]["resolved"]["intervenes"]:  # K = 0 wins over α = 0 with heads: the plainer run
-            baselines[repeats_key(members[0], baseline=True)] = members
-    ordered = sorted(groups.values(), key=lambda members: (len(members[0]["config"]["num_heads"]) > 1,
-                                                           members[0]["config"]["num_heads"],
-                                                           members[0]["config"]["alpha"]))
+    for members in sorted(groups.values(), key=lambda members: max(members[0].record.config["num_heads"]),
+                          reverse=True):
+        if not members[0].record.resolved.intervenes:  # K = 0 wins over α = 0 with heads: the plainer run
+            baselines[repeats_key(members[0].record, baseline=True)] = [m.record for m in members]
+    ordered = sorted(groups.values(), key=lambda members: (len(members[0].record.config["num_heads"]) > 1,
+                                                           members[0].record.config["num_heads"],
+                                                           members[0].record.config["alpha"]))
     rows, pairs = [], []
     for members, settings in zip(ordered, _differing_settings(ordered)):
-        config = members[0]["config"]
-        finals = pd.DataFrame([{k: math.nan if v is None else v for k, v in r["final"].items()} for r in members])
+        records = [m.record for m in members]
+        config, intervenes = records[0].config, records[0].resolved.intervenes
+        finals = pd.DataFrame([{k: math.nan if v is None else v for k, v in r.final.items()} for r in records])
         row = {"K": _grid_text(config["num_heads"]), "alpha": _grid_text(config["alpha"]),
-               "chosen": "; ".join(" ".join(f"{f['K']}/{f['alpha']:g}" for f in r["folds"]) for r in members)
+               "chosen": "; ".join(" ".join(f"{f.K}/{f.alpha:g}" for f in r.folds) for r in records)
                if len(config["num_heads"]) * len(config["alpha"]) > 1 else "",
-               "settings": settings, "seeds": " ".join(str(r["config"]["seed"]) for r in members),
+               "settings": settings, "seeds": " ".join(str(r.config["seed"]) for r in records),
                "limit": config.get("limit")}
         for key in METRIC_NAMES:
             row[key] = finals[key].mean()
-            row[f"{key} std"] = finals[key].std(ddof=1) if len(members) > 1 else math.nan
-        baseline = baselines.get(repeats_key(members[0], baseline=True))
-        paired = None if baseline is None or not members[0]["resolved"]["intervenes"] else \
-            pair_with_baseline(members, baseline, tag)
-        if paired is None and baseline is not None and members[0]["resolved"]["intervenes"]:
-            row["Δ missing"] = next(map(str, absent_answer_files(members + baseline)), math.nan)
+            row[f"{key} std"] = finals[key].std(ddof=1) if len(records) > 1 else math.nan
+        baseline = baselines.get(repeats_key(records[0], baseline=True))
+        paired = pair_with_baseline(records, baseline, tag) if baseline is not None and intervenes else None
+        if paired is None and baseline is not None and intervenes:
+            row["Δ missing"] = next(map(str, absent_answer_files(records + baseline)), math.nan)
         if paired is not None:
             seeds, differences, treated, base = paired
             row["paired seeds"] = " ".join(map(str, seeds))
             for key, interval in differences.items():
                 row[f"Δ{key}"], row[f"Δ{key} low"], row[f"Δ{key} high"] = interval.value, interval.low, interval.high
             pairs.append((len(rows), treated, base))
-        row["folds"] = len(members[0]["folds"])
-        row["json"] = "; ".join(r["path"] for r in members)
+        row["folds"] = len(records[0].folds)
+        row["json"] = "; ".join(str(m.path) for m in members)
         rows.append(row)
     columns = ["K", "alpha", "chosen", "settings", "seeds", "limit"]
     columns += [name for key in METRIC_NAMES for name in (key, f"{key} std")]

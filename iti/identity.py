@@ -53,6 +53,49 @@ def named_fields(config_cls) -> tuple[str, ...]:
     return fields_where(config_cls, lambda f: f.metadata.get("named", False))
 
 
+# Each part of a readable name as file names spell it. A part is one named field, or for the model and the method
+# two: the model is `{model_prefix}{model_name}`, the method the word its two flags choose.
+NAME_PARTS = {"model": "{}", "method": "_{}", "dataset_name": "_{}", "seed": "_seed_{}", "num_heads": "_top_{}_heads",
+              "alpha": "_alpha_{}", "limit": "_limit_{}"}
+PART_FIELDS = {"model": ("model_prefix", "model_name"), "method": ("use_center_of_mass", "use_random_dir")}
+# The parts of a run's or a bake's name, in order (the public workflow's names, then the hash).
+RUN_NAME = ("model", "dataset_name", "seed", "num_heads", "alpha", "limit")
+# A sweep table's: the options that select its runs.
+TABLE_NAME = ("model", "method", "dataset_name", "limit", "seed")
+# A sweep log's label, as the sweep scripts have always named their logs.
+LOG_LABEL = ("model", "alpha", "num_heads", "seed")
+LOG_SPELLING = {**NAME_PARTS, "alpha": "_a{}", "num_heads": "_k{}"}
+
+
+def named_values(options) -> dict[str, Any]:
+    """The parts of names that `options` (an options dataclass) declares named, each as names spell its value: the
+    dataset only for a --dataset_path set (TruthfulQA runs keep the public names)."""
+    named = set(named_fields(type(options)))
+    values = {part: getattr(options, part) for part in NAME_PARTS if part in named}
+    if named >= set(PART_FIELDS["model"]):
+        values["model"] = options.output_name
+    if named >= set(PART_FIELDS["method"]):
+        values["method"] = options.method
+    if "dataset_name" in values and not options.custom:
+        del values["dataset_name"]
+    return values
+
+
+def readable_name(named, parts: Iterable[str] = RUN_NAME, spelling: Mapping[str, str] = NAME_PARTS) -> str:
+    """`parts` of a name, in order, from an options object's named fields (`named_values`) or from those values
+    given as a mapping; a part without a value (None, or not named) is left out. Several values (a grid of K or
+    α) are joined with `-`; a number is written with `:g` (α 15.0 -> "15": the public int(α) made sweeps over
+    fractional α collide); a string as it is (a glob's `*`, a value as the user typed it)."""
+    values = named if isinstance(named, Mapping) else named_values(named)
+    return "".join(spelling[part].format(_spelled(values[part])) for part in parts if values.get(part) is not None)
+
+
+def _spelled(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return "-".join(map(_spelled, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def json_value(value: Any) -> Any:
     """Tuples as lists, so a value read back from JSON compares equal to the one written."""
     return json.loads(json.dumps(value))

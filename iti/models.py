@@ -17,6 +17,7 @@ from iti.errors import UsageError
 from iti.files import staged_folder
 # Head geometry is iti.geometry's; callers that load models find it here too.
 from iti.geometry import HeadGeometry, head_geometry  # noqa: F401
+from iti.identity import readable_name
 from iti.options import check_device, check_gguf_file, check_model_path
 from iti.registry import HF_NAMES, known_model_names
 
@@ -59,12 +60,13 @@ def find_bake(base: str, bake: tuple[int, int, float] | None) -> Path:
     """The edit_weight folder of `base` made with `bake` = (seed, K, α), whose name starts with those (the limit
     and the identity's hash follow); with no bake named (or K = 0, which no bake has), the only folder of `base`.
     None or several: a UsageError that lists the folders there are."""
-    made = sorted(p for p in EDITED_MODELS_DIR.glob(f"{glob.escape(base)}_seed_*_top_*_heads_alpha_*") if p.is_dir())
+    made = sorted(p for p in EDITED_MODELS_DIR.glob(readable_name({"model": glob.escape(base), "seed": "*",
+                                                                    "num_heads": "*", "alpha": "*"})) if p.is_dir())
     if not made:
         raise UsageError(f"no edited model of {base} in {EDITED_MODELS_DIR}: make one with "
                          f"`python validation/edit_weight.py --model_name {base}`, or give its folder with --model_path")
     if bake is not None and bake[1] > 0:
-        named = f"{base}_seed_{bake[0]}_top_{bake[1]}_heads_alpha_{bake[2]:g}"
+        named = readable_name({"model": base, "seed": bake[0], "num_heads": bake[1], "alpha": float(bake[2])})
         matching = [p for p in made if p.name == named or p.name.startswith(f"{named}_")]
         wanted = f"the bake with seed {bake[0]}, K {bake[1]}, alpha {bake[2]:g} ({named}_...)"
     else:

@@ -13,7 +13,6 @@ from iti.data import TruthfulQA, load_truthfulqa, truthfulqa_dataset
 from iti.errors import UsageError
 from iti.features import (
     FeatureSet,
-    feature_files,
     find_feature_set,
     load_features,
     require_feature_sets,
@@ -64,12 +63,6 @@ def feature_sets(cfg: ValidationConfig) -> tuple[FeatureSet, FeatureSet]:
                        dataset_path=cfg.dataset_path if cfg.tuning_dataset == cfg.dataset_name else None, **common))
 
 
-def require_run_features(cfg: ValidationConfig) -> None:
-    """Before the model loads: the run's features exist and are readable, or one line naming the command."""
-    if max(cfg.num_heads) > 0:
-        require_feature_sets(list(feature_sets(cfg)))
-
-
 def mc_order_ids(question_ids: np.ndarray, dataset: str, tqa: TruthfulQA) -> np.ndarray:
     """Question ids of a TruthfulQA feature set in the multiple-choice order the folds use (the
     generation sets index questions in generation order); -1 for rows of no TruthfulQA question."""
@@ -81,11 +74,13 @@ def mc_order_ids(question_ids: np.ndarray, dataset: str, tqa: TruthfulQA) -> np.
 
 
 def read_checked_features(cfg: HeadShiftOptions, probing: FeatureSet, tuning: FeatureSet, geometry: HeadGeometry,
-                          tokenizer, fingerprint: dict, model_source: str) -> Features:
+                          tokenizer, fingerprint: dict, model_source: str,
+                          found_sets: list[FeatureSet] | None = None) -> Features:
     """The probing set (with its residual streams when they were extracted) and the tuning set, each checked
-    against the run's model (`fingerprint`), data and geometry; question ids as the sets store them."""
+    against the run's model (`fingerprint`), data and geometry; question ids as the sets store them.
+    `found_sets`: what require_feature_sets found for the two, when it was asked before the model loaded."""
     probe_text = prompting_for(cfg.prompt_format, tokenizer, model_source).probe_text
-    found = dict(zip(("probing", "tuning"), require_feature_sets([probing, tuning])))
+    found = dict(zip(("probing", "tuning"), found_sets or require_feature_sets([probing, tuning])))
     records = {name: verify_against_data(wanted, cfg.tqa_path, probe_text, fingerprint, found=found[name])
                for name, wanted in (("probing", probing), ("tuning", tuning))}
     acts, labels, question_ids = load_features(probing, found=found["probing"])
@@ -107,12 +102,14 @@ def read_checked_features(cfg: HeadShiftOptions, probing: FeatureSet, tuning: Fe
                     provenance)
 
 
-def load_run_features(cfg: ValidationConfig, tqa: TruthfulQA | None, num_questions: int, geometry: HeadGeometry,
-                      tokenizer, fingerprint: dict, model_source: str) -> Features:
-    """validate_2fold's features (read_checked_features), rows indexed by item in the folds' order (TruthfulQA's
-    MC order, a §9 file's order), covering every question of the run."""
-    probing, tuning = feature_sets(cfg)
-    features = read_checked_features(cfg, probing, tuning, geometry, tokenizer, fingerprint, model_source)
+def load_run_features(cfg: ValidationConfig, tqa: TruthfulQA | None, num_questions: int, wanted: list[FeatureSet],
+                      found: list[FeatureSet], geometry: HeadGeometry, tokenizer, fingerprint: dict,
+                      model_source: str) -> Features:
+    """validate_2fold's features (read_checked_features of the sets `found` for the `wanted` feature_sets), rows
+    indexed by item in the folds' order (TruthfulQA's MC order, a §9 file's order), covering every question of
+    the run."""
+    probing, tuning = wanted
+    features = read_checked_features(cfg, probing, tuning, geometry, tokenizer, fingerprint, model_source, found)
     question_ids, tuning_question_ids = features.question_ids, features.tuning_question_ids
     if tqa is not None:
         question_ids = mc_order_ids(question_ids, cfg.dataset_name, tqa)
@@ -127,8 +124,3 @@ def load_run_features(cfg: ValidationConfig, tqa: TruthfulQA | None, num_questio
     provenance = dataclasses.replace(features.provenance, sigma_questions=cfg.sigma_questions, num_fold=cfg.num_fold)
     return dataclasses.replace(features, question_ids=question_ids, tuning_question_ids=tuning_question_ids,
                                provenance=provenance)
-
-
-def feature_paths(cfg: ValidationConfig) -> list[Path]:
-    """Every feature file the run reads, for the provenance's content hashes."""
-    return [path for wanted in feature_sets(cfg) for path in feature_files(wanted)]

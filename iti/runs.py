@@ -1,5 +1,6 @@
-"""A validate_2fold run's identity and files: its name, where each file goes, which finished folds an
-earlier run of the same identity left, the JSON record, and finding complete runs for sweeps.
+"""A validate_2fold run's identity, its files and its record: its name, where each file goes, the record it
+writes (RunRecord: the dataclass is the JSON's schema, iti.records), which finished folds an earlier run of the
+same identity left, and finding complete runs for sweeps.
 
 Layout under `results_dir` (the public workflow's, with the identity hash added):
 - `splits/fold_{i}_{train|val|test|select}[_{dataset}]_seed_{seed}[_limit_{N}]_{split hash}.csv`;
@@ -7,39 +8,134 @@ Layout under `results_dir` (the public workflow's, with the identity hash added)
 - `results_dump/answer_dump/{name}_fold_{i}{method}.csv`: per test question the answer and every score;
 - `results_dump/summary_dump/{name}_fold_{i}{method}.csv` and `{name}{method}.json` (the record);
 - `results_dump/probe_report/{name}_fold_{i}{method}_{heads|layers}.csv`;
-where name = `{model}[_{dataset}]_seed_{seed}_top_{K}_heads_alpha_{α}[_limit_{N}]_{hash}`, the hash naming
-every setting that changes the numbers as resolved (iti.identity), and method `_com`, `_random` or nothing.
+where name = `{model}[_{dataset}]_seed_{seed}_top_{K}_heads_alpha_{α}[_limit_{N}]_{hash}` (iti.identity.readable_name),
+the hash naming every setting that changes the numbers as resolved (iti.identity), and method `_com`, `_random`
+or nothing.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from iti.config import HeadShiftOptions, ValidationConfig
+from iti.config import ValidationConfig
 from iti.errors import UsageError
-from iti.files import write_json
-from iti.identity import declared, identity, short_digest, split_fields
-from iti.options import values_of
-from iti.summaries import read_summary
+from iti.files import read_json, write_json
+from iti.identity import declared, identity, readable_name, short_digest, split_fields
+from iti.records import read_record, record_json
 
 METHOD_SUFFIX = {"center_of_mass": "_com", "random": "_random", "probe": ""}
+REMEDY = "give the files validate_2fold writes to results_dump/summary_dump/"
 
 
-def readable_name(cfg: HeadShiftOptions) -> str:
-    """`{model}[_{dataset}]_seed_{seed}_top_{K}_heads_alpha_{α}[_limit_{N}]`: the named settings (of a run, or of
-    an edit_weight bake). α is written with `:g` (15 → "15", 2.5 → "2.5"): the public int(α) made sweeps over
-    fractional α collide."""
-    heads = "-".join(str(k) for k in values_of(cfg.num_heads))
-    alphas = "-".join(f"{alpha:g}" for alpha in values_of(cfg.alpha))
-    name = f"{cfg.output_name}{dataset_tag(cfg)}_seed_{cfg.seed}_top_{heads}_heads_alpha_{alphas}"
-    return name + (f"_limit_{cfg.limit}" if cfg.limit is not None else "")
+# ----------------------------------------------------------------------------- the record
+# Fields that records of earlier versions (or the tests' hand-written ones) may lack are `T | None = None`;
+# validate_2fold always writes them.
+
+@dataclass(kw_only=True)
+class Resolved:
+    """What the run's options resolved to once the model and data were loaded."""
+    model_source: str | None = None
+    model_dtype: str | None = None
+    judges: dict[str, str] | None = None
+    owt_source: str | None = None
+    questions: int | None = None
+    tqa_source: str | None = None
+    tuning_dataset: str | None = None
+    prompt: str | None = None
+    method: str
+    intervenes: bool
 
 
-def dataset_tag(cfg: HeadShiftOptions) -> str:
-    """`_{dataset_name}` in a --dataset_path run's names; TruthfulQA runs keep the public names."""
-    return f"_{cfg.dataset_name}" if cfg.custom else ""
+@dataclass(kw_only=True)
+class Selection:
+    """How a fold chose (K, α) among several: every setting's scores on questions set aside, and the choice."""
+    scheme: str
+    metric: str
+    max_kl: float | None
+    select_ratio: float
+    counts: dict[str, int]
+    table: list[dict[str, float | None]]
+    chosen: dict[str, float | None]
+    note: str | None
+    edge_note: str | None
+    chosen_test: float | None = None
 
+
+@dataclass(kw_only=True)
+class FoldFiles:
+    splits: dict[str, str] | None = None
+    head_shifts: str | None = None
+    answers: str
+    summary: str | None = None
+    probe_report_heads: str | None = None
+    probe_report_layers: str | None = None
+
+
+@dataclass(kw_only=True)
+class FoldEntry:
+    """One fold: its questions, the setting it used, its means over its test questions and its files."""
+    fold: int
+    train: list[int] | None = None
+    val: list[int] | None = None
+    test: list[int]
+    K: int | None = None
+    alpha: float | None = None
+    selection: Selection | None = None
+    heads: list[list[int]] | None = None
+    results: dict[str, float | None]
+    files: FoldFiles
+    probe_report: dict[str, Any] | None = None
+
+
+@dataclass(kw_only=True)
+class Bootstrap:
+    intervals: dict[str, dict[str, float | None]]
+    level: float
+    resamples: int
+    seed: int
+    over: str
+
+
+@dataclass(kw_only=True)
+class RunRecord:
+    """validate_2fold's record of a run (`{name}{method}.json`): written after every fold, complete after the
+    last. `config` is the ValidationConfig as given (`dataclasses.asdict`), `identity` what it resolved to."""
+    config: dict[str, Any]
+    identity: dict[str, Any] | None = None
+    name: str | None = None
+    resolved: Resolved
+    notes: list[str] = field(default_factory=list)
+    folds: list[FoldEntry]
+    final: dict[str, float | None] | None = None
+    final_line: str | None = None
+    complete: bool
+    provenance: dict[str, Any] | None = None
+    seconds: float = 0.0
+    probe_report_table: str | None = None
+    bootstrap: Bootstrap | None = None
+    categories: dict[str, dict[str, float | None]] | None = None
+    other: dict[str, Any] = field(default_factory=dict)  # what a later version adds, kept as read
+
+
+@dataclass(frozen=True)
+class RunFile:
+    """A run record and the summary file it was read from."""
+    path: Path
+    record: RunRecord
+
+
+def read_run(path: str | Path) -> RunRecord:
+    """The record of one validate_2fold run; UsageError naming the file and what is wrong with it."""
+    what = f"{path} is not a validate_2fold summary JSON"
+    record = read_record(RunRecord, read_json(path, "validate_2fold summary", REMEDY), what, REMEDY)
+    if record.complete and record.final is None:
+        raise UsageError(f"{what}: complete, but final is missing; {REMEDY}")
+    return record
+
+
+# ----------------------------------------------------------------------------- the run's files
 
 @dataclass(frozen=True)
 class Run:
@@ -67,11 +163,10 @@ class Run:
         return self.dump / "summary_dump" / f"{self.name}{METHOD_SUFFIX[self.cfg.method]}.json"
 
     def split_path(self, fold: int, part: str) -> Path:
-        cfg = self.cfg
+        """Named by what decides the folds' questions alone, so runs that share their folds share these files."""
         split_hash = short_digest({name: self.identity[name] for name in split_fields(ValidationConfig)})
-        limit = f"_limit_{cfg.limit}" if cfg.limit is not None else ""
-        return (Path(cfg.results_dir) / "splits"
-                / f"fold_{fold}_{part}{dataset_tag(cfg)}_seed_{cfg.seed}{limit}_{split_hash}.csv")
+        named = readable_name(self.cfg, ("dataset_name", "seed", "limit"))
+        return Path(self.cfg.results_dir) / "splits" / f"fold_{fold}_{part}{named}_{split_hash}.csv"
 
     def answer_path(self, fold: int) -> Path:
         return self.dump / "answer_dump" / f"{self.fold_name(fold)}.csv"
@@ -85,39 +180,29 @@ class Run:
     def probe_report_path(self, fold: int, table: str) -> Path:
         return self.dump / "probe_report" / f"{self.fold_name(fold)}_{table}.csv"
 
-    def finished_folds(self) -> tuple[dict[int, dict], float]:
+    def finished_folds(self) -> tuple[dict[int, FoldEntry], float]:
         """The folds an earlier run of this identity completed (its files all present), by index, and the seconds
         that run took (0 when none is kept). A record at this path of another identity (a hash collision, or not
         ours) is never overwritten."""
-        previous = read_json(self.summary_path)
-        if previous is None:
+        if not self.summary_path.exists():
             if self.cfg.resume:
                 raise UsageError(f"--resume: no earlier run of these settings at {self.summary_path}; drop --resume "
                                  "to start it")
             return {}, 0.0
-        if previous.get("identity") != self.identity:
+        previous = read_run(self.summary_path)
+        if previous.identity != self.identity:
             raise UsageError(f"{self.summary_path} holds another run (its recorded settings differ from these); it is "
                              "kept: move it away or give another --results_dir")
-        kept = {entry["fold"]: entry for entry in previous.get("folds", []) if _fold_files_present(entry)}
-        return kept, float(previous.get("seconds") or 0.0) if kept else 0.0
+        kept = {entry.fold: entry for entry in previous.folds if _fold_files_present(entry.files)}
+        return kept, previous.seconds if kept else 0.0
 
-    def write(self, record: dict) -> None:
-        write_json(self.summary_path, record)
-
-
-def read_json(path: Path) -> dict | None:
-    """The run record at `path`; None when there is none. One that is not a validate_2fold summary (cut short,
-    another program's) is a UsageError naming it: it is not ours to replace."""
-    if not path.exists():
-        return None
-    return read_summary(path)
+    def write(self, record: RunRecord) -> None:
+        write_json(self.summary_path, record_json(record))
 
 
-def _fold_files_present(entry: dict) -> bool:
-    files = entry.get("files", {})
-    paths = [files.get("answers"), files.get("summary"), *files.get("splits", {}).values()]
-    shifts = files.get("head_shifts")
-    return all(p and Path(p).is_file() for p in paths) and (shifts is None or Path(shifts).is_dir())
+def _fold_files_present(files: FoldFiles) -> bool:
+    paths = [files.answers, files.summary, *(files.splits or {}).values()]
+    return all(p and Path(p).is_file() for p in paths) and (files.head_shifts is None or Path(files.head_shifts).is_dir())
 
 
 def earlier_run_path(cfg: ValidationConfig, complete: bool = True) -> Path | None:
@@ -128,10 +213,9 @@ def earlier_run_path(cfg: ValidationConfig, complete: bool = True) -> Path | Non
     wanted = declared(dataclasses.asdict(cfg), ValidationConfig)
     for path in sorted(folder.glob(f"{readable_name(cfg)}_????????{METHOD_SUFFIX[cfg.method]}.json")):
         try:
-            record = read_json(path)
+            record = read_run(path)
         except UsageError:  # not a summary: no earlier run of these settings
             continue
-        if record and (record.get("complete") is True or not complete) \
-                and declared(record.get("config", {}), ValidationConfig) == wanted:
+        if (record.complete or not complete) and declared(record.config, ValidationConfig) == wanted:
             return path
     return None

@@ -25,6 +25,7 @@ from typing import Mapping, Sequence
 
 from iti.constants import REPO_ROOT
 from iti.errors import UsageError, exit_on_usage_error
+from iti.identity import LOG_LABEL, LOG_SPELLING, readable_name
 
 VALIDATE_SCRIPT = REPO_ROOT / "validation" / "validate_2fold.py"
 EXTRACT_SCRIPT = REPO_ROOT / "get_activations" / "get_activations.py"
@@ -63,7 +64,8 @@ def grid(models: Sequence[str], env: Mapping[str, str], baseline_once: bool) -> 
         for seed in seeds:
             for alpha in alphas:
                 for k in (["0"] if once == "1" and float(alpha) == 0 else ks):
-                    name = f"{model}_a{alpha}_k{k}" + ("" if seed is None else f"_seed_{seed}")
+                    name = readable_name({"model": model, "alpha": alpha, "num_heads": k, "seed": seed}, LOG_LABEL,
+                                         LOG_SPELLING)
                     argv = ["--model_name", model, "--alpha", alpha, "--num_heads", k]
                     cells.setdefault((model, seed, float(alpha), int(k)),
                                      Task(name, tuple(argv + ([] if seed is None else ["--seed", seed]))))

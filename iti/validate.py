@@ -1,10 +1,11 @@
 """validate_2fold: per fold, head shifts from the development questions, evaluation on the test questions.
 
-    set_up: check, load the items, the model, its features (checked against both), the judges and documents;
-            resolve the run's identity (iti.runs), which names every file it writes
+    set_up: resolve the model and the data (local checks before anything loads a model), load the model and
+            the features checked against it, name the run (iti.runs) from what was loaded
     per fold: write the split; choose (K, α) when several are given (iti.selection); fit the shifts
             (iti.fitting); evaluate them on the test questions (iti.evaluation); write the fold's files
-    finish: means over folds, bootstrap intervals, per-category means, the final line, the record
+    write: the record (iti.runs.RunRecord, built by `run_record` only) after every fold; once all are done, with
+            means over folds, bootstrap intervals, per-category means and the final line
 
 Features are read under the name of the model being run (`{model_prefix}{model_name}`, as get_activations
 writes them). `--limit N` keeps the first N questions (MC order) for the folds and the first N questions of
@@ -16,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -34,76 +35,78 @@ from iti.evaluation import (
     read_fold_answers,
     summary_frame,
 )
+from iti.features import feature_files, require_feature_sets
 from iti.files import plain, write_csv
 from iti.fingerprint import model_digest, model_fingerprint, text_digest
 from iti.fitting import Features, Split, fit_head_shifts, recipe_of
+from iti.folds import all_fold_splits
 from iti.judges import JudgePanel, check_judge_source
 from iti.metrics import mean_over_folds, shown
 from iti.models import head_geometry, input_device, load_model, resolve_model_source
-from iti.folds import all_fold_splits
 from iti.provenance import run_provenance
+from iti.records import record_json
 from iti.report import report_table
-from iti.run_inputs import (
-    evaluation_prompting,
-    feature_paths,
-    items_digest,
-    load_items,
-    load_run_features,
-    require_run_features,
-)
-from iti.runs import Run, earlier_run_path
+from iti.run_inputs import evaluation_prompting, feature_sets, items_digest, load_items, load_run_features
+from iti.runs import Bootstrap, FoldEntry, FoldFiles, Resolved, Run, RunRecord, Selection, earlier_run_path
 from iti.selection import choose_setting, edge_note, score_settings, selection_split
 from iti.statistics import BOOTSTRAP_LEVEL, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+
+Log = Callable[[str], None]
 
 
 @dataclass
 class RunSetup:
-    """Everything a fold needs, loaded and checked once per run."""
+    """Everything a fold needs, loaded and checked once per run, and what the record says of the run."""
     cfg: ValidationConfig
     run: Run
-    records: list[GenerationQuestion]
+    items: list[GenerationQuestion]
     splits: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
     features: Features | None
     evaluator: Evaluator
-    finished: dict[int, dict]
-    finished_seconds: float  # what the earlier run that made `finished` took
-    record: dict
+    resolved: Resolved
+    notes: list[str]
+    provenance: dict
+    kept: dict[int, FoldEntry]  # the folds an earlier run of this identity finished
+    kept_seconds: float  # what that run took
 
 
-def run_validation(cfg: ValidationConfig, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+def run_validation(cfg: ValidationConfig, progress: bool = True, log: Log = print) -> dict:
     """The whole validate_2fold run; returns the JSON record as written (metrics not measured are None), and
     its path as `json_path`."""
     began = time.time()
     setup = set_up(cfg, log)
-    for entry in setup.finished.values():  # before anything is written, so that a bad one leaves the record as it was
-        read_fold_answers(entry, cfg.output_name)
+    for entry in setup.kept.values():  # before anything is written, so that a bad one leaves the record as it was
+        read_fold_answers(record_json(entry), cfg.output_name)
+    folds: list[FoldEntry] = []
     for fold, split in enumerate(setup.splits):
-        if fold in setup.finished:
+        if fold in setup.kept:
             log(f"Fold {fold}: kept from {setup.run.summary_path} (same settings; delete that file to recompute)")
-            setup.record["folds"].append(setup.finished[fold])
+            folds.append(setup.kept[fold])
             continue
-        setup.record["folds"].append(run_fold(setup, fold, split, progress, log))
+        folds.append(run_fold(setup, fold, split, progress, log))
         # Rewritten only once it holds something new: a rerun that fails never downgrades a complete record.
-        setup.record["seconds"] = setup.finished_seconds + time.time() - began
-        setup.run.write(setup.record)
-    record = finish(setup, log)
+        setup.run.write(run_record(setup, folds, setup.kept_seconds + time.time() - began))
     # The time that computed the record's folds: a rerun that keeps them all adds nothing to it.
-    computed = len(setup.finished) < len(setup.splits)
-    record["seconds"] = setup.finished_seconds + (time.time() - began if computed else 0.0)
+    computed = len(setup.kept) < len(setup.splits)
+    record = run_record(setup, folds, setup.kept_seconds + (time.time() - began if computed else 0.0),
+                        totals(setup, folds, log))
     setup.run.write(record)
-    return {**plain(record), "json_path": str(setup.run.summary_path)}
+    return {**plain(record_json(record)), "json_path": str(setup.run.summary_path)}
 
 
-def set_up(cfg: ValidationConfig, log: Callable[[str], None]) -> RunSetup:
-    """Local checks first (model name, items, features), then the judges (which may ask the hub), then the
-    model; the features are checked against it, and the run's identity is resolved from what was loaded."""
+def set_up(cfg: ValidationConfig, log: Log) -> RunSetup:
+    """Local checks first (options, model name, items, features, an earlier run), then the judges (which may ask
+    the hub) and the documents, then the model; the features are checked against it, and the run is named from
+    what was loaded. Each input is read once."""
+    # Resolve the model and the data, before anything loads a model.
     cfg.check()
     metrics = set(cfg.metrics)
     source = resolve_model_source(cfg.model_name, cfg.model_prefix, cfg.model_path,
                                   (cfg.seed, cfg.num_heads[0], cfg.alpha[0]) if not cfg.selects else None)
     dataset, tqa = load_items(cfg)
     splits = all_fold_splits(len(dataset.items), cfg.num_fold, cfg.val_ratio, cfg.seed, cfg.split_rng)
-    require_run_features(cfg)
+    wanted = list(feature_sets(cfg)) if max(cfg.num_heads) > 0 else []
+    found = require_feature_sets(wanted) if wanted else []
     if cfg.resume and earlier_run_path(cfg, complete=False) is None:
         raise UsageError(f"--resume: no earlier run of these settings in {cfg.results_dir}; drop --resume to start it")
     judge_sources = {kind: check_judge_source(getattr(cfg, field), f"--{field}")
@@ -118,18 +121,17 @@ def set_up(cfg: ValidationConfig, log: Callable[[str], None]) -> RunSetup:
                                  "give --owt_path (validation/write_local_text.py writes a stand-in)")
             notes.append(f"CE and KL left empty: {owt_source}")
             log(f"note: {notes[-1]}")
+
+    # The model, and the features checked against it.
     model, tokenizer = load_model(source, cfg.device, cfg.dtype, cfg.trust_remote_code)
     geometry, fingerprint = head_geometry(model.config), model_fingerprint(model, tokenizer)
     if max(cfg.num_heads) > geometry.num_layers * geometry.num_heads:
         raise UsageError(f"--num_heads {max(cfg.num_heads)} exceeds the model's "
                          f"{geometry.num_layers * geometry.num_heads} attention heads")
-    features = (load_run_features(cfg, tqa, len(dataset.items), geometry, tokenizer, fingerprint, source)
-                if max(cfg.num_heads) > 0 else None)
-    prompting = evaluation_prompting(cfg, tokenizer, source)
-    spec = EvalSpec(frozenset(metrics), cfg.output_name, cfg.batch_size, cfg.max_new_tokens, add_period=not cfg.custom)
-    judges = JudgePanel(judge_sources, cfg.device, cfg.dtype, cfg.sequential_loading, cfg.batch_size) \
-        if judge_sources else None
-    ce_kl = CeKl(owt_texts, tokenizer, cfg.seed, cfg.batch_size, cfg.owt_samples) if metrics & {"ce", "kl"} else None
+    features = (load_run_features(cfg, tqa, len(dataset.items), wanted, found, geometry, tokenizer, fingerprint,
+                                  source) if wanted else None)
+
+    # Name the run from what was loaded.
     data = items_digest(dataset)
     run = Run.resolve(cfg, {
         "model_path": model_digest(fingerprint), "dtype": str(model.dtype),
@@ -138,69 +140,73 @@ def set_up(cfg: ValidationConfig, log: Callable[[str], None]) -> RunSetup:
         "features_dir": features.provenance.features if features is not None else None,
         "judge_model": judge_sources.get("truth", cfg.judge_model), "info_model": judge_sources.get("info", cfg.info_model),
     })
-    record = {
-        "config": dataclasses.asdict(cfg), "identity": run.identity, "name": run.name,
-        "resolved": {"model_source": source, "model_dtype": str(model.dtype), "judges": judge_sources,
-                     "owt_source": owt_source, "questions": len(dataset.items), "tqa_source": dataset.source,
-                     "tuning_dataset": cfg.tuning_dataset, "prompt": prompting.prompt("{question}"),
-                     "method": cfg.method, "intervenes": cfg.intervenes},
-        "notes": notes, "folds": [], "final": None, "final_line": None, "complete": False,
-        "provenance": run_provenance(dataclasses.asdict(cfg), feature_paths(cfg) if features else [], source,
-                                     str(input_device(model))),
-    }
-    return RunSetup(cfg, run, dataset.items, splits, features,
-                    Evaluator(model, tokenizer, prompting, spec, judges, ce_kl), *run.finished_folds(), record)
+
+    # How the test questions are scored.
+    prompting = evaluation_prompting(cfg, tokenizer, source)
+    spec = EvalSpec(frozenset(metrics), cfg.output_name, cfg.batch_size, cfg.max_new_tokens, add_period=not cfg.custom)
+    judges = JudgePanel(judge_sources, cfg.device, cfg.dtype, cfg.sequential_loading, cfg.batch_size) \
+        if judge_sources else None
+    ce_kl = CeKl(owt_texts, tokenizer, cfg.seed, cfg.batch_size, cfg.owt_samples) if metrics & {"ce", "kl"} else None
+    resolved = Resolved(model_source=source, model_dtype=str(model.dtype), judges=judge_sources,
+                        owt_source=owt_source, questions=len(dataset.items), tqa_source=dataset.source,
+                        tuning_dataset=cfg.tuning_dataset, prompt=prompting.prompt("{question}"), method=cfg.method,
+                        intervenes=cfg.intervenes)
+    provenance = run_provenance(dataclasses.asdict(cfg), [path for each in found for path in feature_files(each)],
+                                source, str(input_device(model)))
+    return RunSetup(cfg, run, dataset.items, splits, features, Evaluator(model, tokenizer, prompting, spec, judges, ce_kl),
+                    resolved, notes, provenance, *run.finished_folds())
 
 
-def run_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], progress: bool,
-             log: Callable[[str], None]) -> dict:
+def run_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], progress: bool, log: Log) -> FoldEntry:
     """One fold: its split written, a setting chosen if several are given, the shifts fitted on the
     development questions and evaluated on the test questions; returns the fold's entry of the record."""
-    cfg, run, records = setup.cfg, setup.run, setup.records
+    cfg, run, items = setup.cfg, setup.run, setup.items
     train, val, test = questions
     log(f"Running fold {fold}")
     split = Split(train, val, test, sigma=np.concatenate([train, val]) if cfg.sigma_questions == "dev" else None,
                   fold=fold)
     parts = {"train": train, "val": val, "test": test}
-    selection = select_setting(setup, split, log) if cfg.selects else None
-    if selection is not None:
-        parts["select"] = np.asarray(selection.pop("questions"))
-    k, alpha = (selection["chosen"]["K"], selection["chosen"]["alpha"]) if selection else cfg.settings[0]
-    files = {"splits": {part: str(write_csv(run.split_path(fold, part), questions_frame([records[q] for q in ids])))
-                        for part, ids in parts.items()}, "head_shifts": None}
-    shifts = report = None
+    selection = None
+    if cfg.selects:
+        selection, parts["select"] = select_setting(setup, split, log)
+    k, alpha = (selection.chosen["K"], selection.chosen["alpha"]) if selection else cfg.settings[0]
+    splits = {part: str(write_csv(run.split_path(fold, part), questions_frame([items[q] for q in ids])))
+              for part, ids in parts.items()}
+    shifts, reports = None, {}
     if setup.features is not None:
         shifts, report = fit_head_shifts(setup.features, split, recipe_of(cfg, k, alpha))
-        files["probe_report_heads"] = str(write_csv(run.probe_report_path(fold, "heads"), report.heads))
+        reports["probe_report_heads"] = str(write_csv(run.probe_report_path(fold, "heads"), report.heads))
         if not report.layers.empty:
-            files["probe_report_layers"] = str(write_csv(run.probe_report_path(fold, "layers"), report.layers))
+            reports["probe_report_layers"] = str(write_csv(run.probe_report_path(fold, "layers"), report.layers))
     if k == 0:
         shifts = None
+    head_shifts = None
     if shifts is not None:
-        files["head_shifts"] = str(shifts.save(run.head_shifts_dir(fold)))
+        head_shifts = str(shifts.save(run.head_shifts_dir(fold)))
         log(f"Heads intervened: {sorted(shifts.head_list())}")
-    frame, results = setup.evaluator.evaluate(shifts, [records[q] for q in test], progress=progress)
-    files["answers"] = str(write_csv(run.answer_path(fold), frame))
-    files["summary"] = str(write_csv(run.fold_summary_path(fold), summary_frame(cfg.output_name, fold, (k, alpha),
-                                                                                 results)))
+    frame, results = setup.evaluator.evaluate(shifts, [items[q] for q in test], progress=progress)
+    files = FoldFiles(splits=splits, head_shifts=head_shifts, answers=str(write_csv(run.answer_path(fold), frame)),
+                      summary=str(write_csv(run.fold_summary_path(fold),
+                                            summary_frame(cfg.output_name, fold, (k, alpha), results))),
+                      **reports)
     log(f"FOLD {fold}: " + ", ".join(f"{key}: {shown(value)}" for key, value in results.items()))
     if selection is not None:
-        selection["chosen_test"] = results[selection["metric"]]
-    return {"fold": fold, "train": train.tolist(), "val": val.tolist(), "test": test.tolist(), "K": k, "alpha": alpha,
-            "selection": selection, "heads": shifts.head_list() if shifts is not None else [], "results": results,
-            "files": files, "probe_report": ({"fold": fold, "K": k, "alpha": alpha, **shifts.provenance.probe_report}
-                                             if shifts is not None else None)}
+        selection.chosen_test = results[selection.metric]
+    return FoldEntry(fold=fold, train=train.tolist(), val=val.tolist(), test=test.tolist(), K=k, alpha=alpha,
+                     selection=selection, heads=shifts.head_list() if shifts is not None else [], results=results,
+                     files=files, probe_report=({"fold": fold, "K": k, "alpha": alpha, **shifts.provenance.probe_report}
+                                                if shifts is not None else None))
 
 
-def select_setting(setup: RunSetup, split: Split, log: Callable[[str], None]) -> dict:
+def select_setting(setup: RunSetup, split: Split, log: Log) -> tuple[Selection, np.ndarray]:
     """Score every (K, α) on questions set aside from the fold's development questions, with shifts built from
-    the others (iti.selection), and choose one. Returns the table, the choice and the questions scored."""
+    the others (iti.selection), and choose one. Returns the table and the choice, and the questions scored."""
     cfg = setup.cfg
     metric = SELECT_METRIC_NAMES[cfg.select_metric]
     scoring = setup.evaluator.spec.only(selection_options(cfg.select_metric) | ({"kl"} if cfg.max_kl is not None
                                                                                  else set()))
     inner, selecting = selection_split(split, cfg.select_ratio, cfg.val_ratio, cfg.seed)
-    scored = [setup.records[q] for q in selecting]
+    scored = [setup.items[q] for q in selecting]
 
     def score(shifts) -> dict[str, float]:
         results = setup.evaluator.evaluate(shifts, scored, scoring, progress=False)[1]
@@ -217,31 +223,36 @@ def select_setting(setup: RunSetup, split: Split, log: Callable[[str], None]) ->
         if message:
             log(f"note: {message}")
     log(f"chosen on {len(scored)} set-aside questions: K {chosen['K']}, alpha {chosen['alpha']:g}")
-    return {"scheme": "three-way split of the development questions", "metric": metric, "max_kl": cfg.max_kl,
-            "select_ratio": cfg.select_ratio, "counts": {"train": len(inner.train), "val": len(inner.val),
-                                                         "select": len(selecting)},
-            "questions": selecting.tolist(), "table": table, "chosen": chosen, "note": note, "edge_note": edge}
+    return Selection(scheme="three-way split of the development questions", metric=metric, max_kl=cfg.max_kl,
+                     select_ratio=cfg.select_ratio, counts={"train": len(inner.train), "val": len(inner.val),
+                                                            "select": len(selecting)},
+                     table=table, chosen=chosen, note=note, edge_note=edge), selecting
 
 
-def finish(setup: RunSetup, log: Callable[[str], None]) -> dict:
-    """The record completed: means over folds, the probe report table, intervals and categories, the final line."""
-    cfg, record = setup.cfg, setup.record
-    folds = record["folds"]
-    final = mean_over_folds([{key: np.nan if value is None else float(value) for key, value in f["results"].items()}
+def run_record(setup: RunSetup, folds: list[FoldEntry], seconds: float, done: dict[str, Any] | None = None) -> RunRecord:
+    """The run's record, built here only: what set_up resolved, the folds so far and the time they took; `done`
+    (the totals once every fold is done) completes it."""
+    return RunRecord(config=dataclasses.asdict(setup.cfg), identity=setup.run.identity, name=setup.run.name,
+                     resolved=setup.resolved, notes=setup.notes, folds=list(folds), complete=done is not None,
+                     provenance=setup.provenance, seconds=seconds, **(done or {}))
+
+
+def totals(setup: RunSetup, folds: list[FoldEntry], log: Log) -> dict[str, Any]:
+    """What completes the record: means over folds, the probe report table, intervals and categories, the final line."""
+    cfg = setup.cfg
+    final = mean_over_folds([{key: np.nan if value is None else float(value) for key, value in f.results.items()}
                              for f in folds])
-    reported = [f["probe_report"] for f in folds if f.get("probe_report")]
-    if reported:
-        record["probe_report_table"] = report_table(reported, cfg.alpha[0], cfg.num_heads[0])
-        log("Probe report:\n" + record["probe_report_table"])
+    reported = [f.probe_report for f in folds if f.probe_report]
+    table = report_table(reported, cfg.alpha[0], cfg.num_heads[0]) if reported else None
+    if table:
+        log("Probe report:\n" + table)
     # From the answer files, so that folds kept from an earlier run count too.
-    answers = pd.concat([read_fold_answers(f, cfg.output_name) for f in folds], ignore_index=True)
+    answers = pd.concat([read_fold_answers(record_json(f), cfg.output_name) for f in folds], ignore_index=True)
     bootstrap, categories = pooled_statistics(answers, cfg.output_name)
     if cfg.selects:
-        line = final_line("/".join(f"{f['alpha']:g}" for f in folds), "/".join(str(f["K"]) for f in folds), final)
+        line = final_line("/".join(f"{f.alpha:g}" for f in folds), "/".join(str(f.K) for f in folds), final)
     else:
         line = final_line(cfg.alpha[0], cfg.num_heads[0], final)
-    record.update(final=final, final_line=line, complete=True,
-                  bootstrap={"intervals": bootstrap, "level": BOOTSTRAP_LEVEL, "resamples": BOOTSTRAP_RESAMPLES,
-                             "seed": BOOTSTRAP_SEED, "over": "test questions, folds pooled"},
-                  categories=categories)
-    return record
+    return dict(final=final, final_line=line, probe_report_table=table, categories=categories,
+                bootstrap=Bootstrap(intervals=bootstrap, level=BOOTSTRAP_LEVEL, resamples=BOOTSTRAP_RESAMPLES,
+                                    seed=BOOTSTRAP_SEED, over="test questions, folds pooled"))

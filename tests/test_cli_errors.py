@@ -630,9 +630,9 @@ CASES = [
     ("export_head_shifts", head_shifts_keys_missing,
      "{root}/shifts/head_shifts.json: alpha is missing; save the head shifts again"),
     ("compare_runs", summary_that_is_an_array,
-     "{root}/run.json is not a validate_2fold summary JSON (a JSON list, not an object)"),
+     "{root}/run.json is not a validate_2fold summary JSON: the record is a JSON list, not an object"),
     ("compare_runs", summary_of_another_program,
-     "{root}/run.json is not a validate_2fold summary JSON (config, resolved, folds, complete missing"),
+     "{root}/run.json is not a validate_2fold summary JSON: config is missing"),
     ("compare_runs", summary_cut_short, "{root}/run.json is not valid JSON (line 1, column 45"),
     # records and data readers
     ("get_activations", tqa_row_without_correct_answers,

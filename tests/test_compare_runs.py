@@ -46,12 +46,16 @@ def test_rows_columns_and_rounding(tmp_path):
 
 
 def test_label_of_a_run_that_chose_per_fold_and_of_an_old_summary():
+    from iti.records import read_record
+    from iti.runs import RunRecord
+
     module = load_script()
-    assert module.run_label(record(True, 0.5, 2.0, 0.1, num_heads=(8, 16), alpha=(0.0, 5.0, 15.0))) == \
+    label = lambda values: module.run_label(read_record(RunRecord, values, "test record", "write it again"))
+    assert label(record(True, 0.5, 2.0, 0.1, num_heads=(8, 16), alpha=(0.0, 5.0, 15.0))) == \
         "ITI (K=8/16, alpha=0/5/15, center_of_mass)"
     old = record(True, 0.5, 2.0, 0.1)
     old["config"].update(num_heads=48, alpha=15.0)
-    assert module.run_label(old) == "ITI (K=48, alpha=15, center_of_mass)"
+    assert label(old) == "ITI (K=48, alpha=15, center_of_mass)"
 
 
 def test_unfinished_run_refused(tmp_path):
@@ -69,17 +73,21 @@ def test_unfinished_run_refused(tmp_path):
 
 
 @pytest.mark.parametrize("content, why", [
-    ("[1, 2]", "a JSON list, not an object"),
-    ('{"name": "left-pad", "version": "1.3.0"}', "config, resolved, folds, complete missing or of the wrong type"),
-    ('{"config": {}, "resolved": {}, "folds": [], "complete": true, "final": {"MC1": "high"}}',
-     "complete, but its final metrics are not numbers"),
+    ("[1, 2]", "the record is a JSON list, not an object"),
+    ('{"name": "left-pad", "version": "1.3.0"}', "config is missing"),
+    ('{"config": {}, "resolved": {"method": "probe", "intervenes": true}, "folds": [], "complete": true, '
+     '"final": {"MC1": "high"}}', "final.MC1 is a JSON string, not a number"),
+    ('{"config": {}, "resolved": {"method": "probe", "intervenes": true}, "folds": [], "complete": true}',
+     "complete, but final is missing"),
+    ('{"config": {}, "resolved": {"method": "probe", "intervenes": true}, "complete": false, '
+     '"folds": [{"fold": 0, "test": [1], "results": {}, "files": {}}]}', "folds[0].files.answers is missing"),
 ])
 def test_foreign_json_is_named_in_one_line(tmp_path, content, why):
     path = tmp_path / "other.json"
     path.write_text(content)
     result = subprocess.run([sys.executable, str(SCRIPT), str(path)], capture_output=True, text=True)
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.splitlines() == [f"error: {path} is not a validate_2fold summary JSON ({why}); give the files "
+    assert result.stderr.splitlines() == [f"error: {path} is not a validate_2fold summary JSON: {why}; give the files "
                                           "validate_2fold writes to results_dump/summary_dump/"]
 
 

@@ -117,3 +117,37 @@ def test_a_bakes_folder_changes_with_each_number_changing_field_and_with_no_exec
         else:
             changed = folder(dataclasses.replace(base, **{field.name: another_value(field, getattr(base, field.name))}))
         assert (changed != folder(base)) == (field.metadata["role"] in IDENTITY_ROLES), field.name
+
+
+def test_every_named_field_is_a_part_of_names():
+    from iti.identity import NAME_PARTS, PART_FIELDS, named_fields
+
+    spelled = set(NAME_PARTS) | {name for fields in PART_FIELDS.values() for name in fields}
+    for cls in OPTION_CLASSES:
+        assert set(named_fields(cls)) <= spelled, cls.__name__
+
+
+def test_names_spell_the_named_settings_as_the_public_workflow_does():
+    """Each name written out by hand: a run's, a --dataset_path run's, a bake's, a split file's, a sweep table's and a
+    sweep log's."""
+    from iti.collect import table_stem
+    from iti.identity import LOG_LABEL, LOG_SPELLING, readable_name
+    from iti.runs import RunFile, RunRecord, Resolved
+
+    cfg = config.ValidationConfig(model_name="m", model_prefix="p_", num_heads=(16, 48), alpha=(0.0, 2.5), seed=3,
+                                  limit=8, use_center_of_mass=True)
+    assert readable_name(cfg) == "p_m_seed_3_top_16-48_heads_alpha_0-2.5_limit_8"
+    assert readable_name(dataclasses.replace(cfg, dataset_path="mine.jsonl", dataset_name="my_set")) == \
+        "p_m_my_set_seed_3_top_16-48_heads_alpha_0-2.5_limit_8"
+    run = Run.resolve(cfg, RESOLVED)
+    assert run.summary_path.name == f"{run.name}_com.json" and run.name.startswith("p_m_seed_3_top_16-48_heads_")
+    assert run.split_path(1, "val").name.startswith("fold_1_val_seed_3_limit_8_")
+    edit = config.EditConfig(model_name="m", num_heads=8, alpha=15.0, use_random_dir=True)
+    assert readable_name(edit) == "m_seed_42_top_8_heads_alpha_15"  # a bake's folder spells no method
+    collect = config.CollectConfig(model_name="m", use_center_of_mass=True, seed=2)
+    record = RunRecord(config={"limit": 8}, identity={"seed": 2}, resolved=Resolved(method="x", intervenes=True),
+                       folds=[], complete=True)
+    assert table_stem(collect, [RunFile(Run.resolve(cfg, RESOLVED).summary_path, record)]).startswith(
+        "m_center_of_mass_limit_8_seed_2_")
+    assert readable_name({"model": "m", "alpha": "0.0", "num_heads": "4", "seed": None}, LOG_LABEL,
+                         LOG_SPELLING) == "m_a0.0_k4"

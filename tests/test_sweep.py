@@ -14,7 +14,8 @@ import pytest
 
 from iti import sweep as sweeps
 from iti.errors import UsageError
-from iti.runs import earlier_run_path, readable_name
+from iti.identity import readable_name
+from iti.runs import earlier_run_path
 from iti.validate import ValidationConfig, run_validation
 from tests.conftest import REPO_ROOT, make_tiny_model, only_file
 
@@ -147,7 +148,7 @@ def test_a_corrupt_summary_is_named_and_the_table_made_from_the_others(sweep, tm
     assert len(notes) == len(bad)
     for note, name in zip(notes, sorted(bad)):
         assert note.startswith("note: left out of the table: ") and f"{summaries / name} is not " in note
-    assert "truncated.json is not valid JSON (line" in notes[2] and "(a JSON list, not an object)" in notes[0]
+    assert "truncated.json is not valid JSON (line" in notes[2] and ": the record is a JSON list, not an object" in notes[0]
     table = pd.read_csv(only_file(results / "results_dump" / "sweep_dump", "tq_center_of_mass_limit_4_????????.csv"))
     assert sorted(table["json"]) == sorted(r["json_path"].replace(str(root / "results"), str(results)) for r in records)
 

@@ -15,6 +15,8 @@ from iti.errors import UsageError
 from iti.head_shifts import HeadShifts
 from iti.folds import all_fold_splits
 from iti.prompts import question_prompt
+from iti.records import record_json
+from iti.runs import read_run
 from iti.validate import ValidationConfig, run_validation
 from legacy.mc import answer_log_prob
 from tests.conftest import REPO_ROOT, make_tiny_model
@@ -217,6 +219,7 @@ def test_a_rerun_that_changes_a_number_keeps_both_results(setup, tmp_path, chang
     for run in runs:
         record = json.loads(Path(run["json_path"]).read_text())
         assert record["complete"] and record == {k: v for k, v in run.items() if k != "json_path"}
+        assert record_json(read_run(run["json_path"])) == record  # the RunRecord type reads back what was written
         for fold in record["folds"]:
             files = [fold["files"][key] for key in ("answers", "summary", "probe_report_heads")]
             assert all(Path(f).is_file() for f in files) and Path(fold["files"]["head_shifts"]).is_dir()

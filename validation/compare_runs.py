@@ -19,27 +19,26 @@ from iti.config import CompareConfig  # noqa: E402
 HEADLINE = "MC2"
 
 
-def run_label(record: dict) -> str:
-    """`ITI (K=8, alpha=5, center_of_mass)`; a run that chose among several values per fold lists them
-    (`K=8/16`)."""
-    config = record["config"]
-    if not record["resolved"]["intervenes"]:
+def run_label(record) -> str:
+    """`ITI (K=8, alpha=5, center_of_mass)` of a RunRecord; a run that chose among several values per fold lists
+    them (`K=8/16`)."""
+    if not record.resolved.intervenes:
         return "baseline"
-    return (f"ITI (K={_values_text(config['num_heads'])}, alpha={_values_text(config['alpha'])}, "
-            f"{record['resolved']['method']})")
+    return (f"ITI (K={_values_text(record.config['num_heads'])}, alpha={_values_text(record.config['alpha'])}, "
+            f"{record.resolved.method})")
 
 
 def _values_text(value) -> str:
     return "/".join(f"{v:g}" for v in (value if isinstance(value, list) else [value]))
 
 
-def comparison_table(records: list[dict]) -> str:
+def comparison_table(records: list) -> str:
     """A plain-text table: runs as rows, the metrics any run computed as columns, "—" where a run has none."""
     from iti.metrics import METRICS, missing, shown
 
-    metrics = [m.name for m in METRICS if any(not missing(r["final"].get(m.name)) for r in records)]
+    metrics = [m.name for m in METRICS if any(not missing(r.final.get(m.name)) for r in records)]
     labels = [run_label(r) for r in records]
-    cells = [[shown(r["final"].get(m)) for m in metrics] for r in records]
+    cells = [[shown(r.final.get(m)) for m in metrics] for r in records]
     widths = [max(len(m), *(len(row[i]) for row in cells)) for i, m in enumerate(metrics)]
     first = max(len("run"), *(len(label) for label in labels))
     lines = ["  ".join(["run".ljust(first)] + [m.rjust(w) for m, w in zip(metrics, widths)])]
@@ -48,25 +47,25 @@ def comparison_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def paired_lines(records: list[dict]) -> list[str]:
+def paired_lines(records: list) -> list[str]:
     """Per ITI run paired with the baseline among `records`: its difference on the headline metric with the 95%
     interval, and whether the interval excludes 0, or which answer file is missing for it (nothing when there is
     no baseline or no per-question score)."""
     from iti.collect import absent_answer_files, no_pair_reason, pair_with_baseline
 
-    baselines = [r for r in records if not r["resolved"]["intervenes"]]
+    baselines = [r for r in records if not r.resolved.intervenes]
     if not baselines:
         return []
     lines = []
     for record in records:
-        if not record["resolved"]["intervenes"]:
+        if not record.resolved.intervenes:
             continue
         absent = absent_answer_files([record, baselines[0]])
         if absent:
             lines.append(f"{run_label(record)} − baseline: {no_pair_reason(absent[0])}")
             continue
-        paired = pair_with_baseline([record], baselines[:1], record["config"]["model_prefix"]
-                                    + record["config"]["model_name"])
+        paired = pair_with_baseline([record], baselines[:1], record.config["model_prefix"]
+                                    + record.config["model_name"])
         if paired is None or not paired[1]:
             continue
         _, differences, treated, _ = paired
@@ -79,12 +78,13 @@ def paired_lines(records: list[dict]) -> list[str]:
     return lines
 
 
-def read_finished_run(path: Path) -> dict:
+def read_finished_run(path: Path):
+    """The RunRecord of a complete run."""
     from iti.errors import UsageError
-    from iti.summaries import read_summary
+    from iti.runs import read_run
 
-    record = read_summary(path)
-    if not record["complete"]:
+    record = read_run(path)
+    if not record.complete:
         raise UsageError(f"{path} holds an unfinished run; run validate_2fold with the same settings to finish it")
     return record
 

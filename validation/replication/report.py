@@ -26,8 +26,9 @@ PROMPTS = (("no instruction", *BARE), ("instruction", "default", "no"), ("instru
 SHOWN = ("MC1", "MC2", "MC3", "CE", "KL")
 
 
-def runs_where(runs: list[dict], **config) -> list[dict]:
-    return [run for run in runs if all(run["config"].get(key) == value for key, value in config.items())]
+def runs_where(runs: list, **config) -> list:
+    """The runs (iti.runs.RunFile) whose options have these values."""
+    return [run for run in runs if all(run.record.config.get(key) == value for key, value in config.items())]
 
 
 def main() -> None:
@@ -53,8 +54,8 @@ def main() -> None:
     readable, unreadable = readable_summaries(args.results_dir)
     for problem in unreadable:
         print(f"note: left out: {problem}", file=sys.stderr)
-    runs = [{**record, "path": str(path)} for path, record in readable
-            if record["complete"] and "identity" in record and record["config"]["model_name"] == model]
+    runs = [run for run in readable if run.record.complete and run.record.identity is not None
+            and run.record.config["model_name"] == model]
     truthfulqa = runs_where(runs, dataset_path=None, limit=args.limit, use_center_of_mass=True)
     if not truthfulqa:
         questions = "all TruthfulQA questions" if args.limit is None else f"the first {args.limit} TruthfulQA questions"
@@ -64,7 +65,7 @@ def main() -> None:
     def variant(instruction, primer, selects: bool) -> list[dict]:
         heads = grid[0] if selects else [0]
         chosen = runs_where(truthfulqa, instruction_prompt=instruction, qa_primer=primer, num_heads=heads)
-        return [run for run in chosen if not selects or run["config"]["alpha"] == grid[1]]
+        return [run for run in chosen if not selects or run.record.config["alpha"] == grid[1]]
 
     # 1. The main comparison: default prompting, K and α chosen per fold, against the baseline.
     main_runs = variant(None, "auto", True) + variant(None, "auto", False)
@@ -82,20 +83,20 @@ def main() -> None:
 
     # 2. The paper's prompting comparison: each prompt with and without ITI, on the same folds.
     rows = []
-    bare = variant(*BARE, False)
+    bare = [run.record for run in variant(*BARE, False)]
     for label, instruction, primer in PROMPTS:
         for with_iti in (False, True):
-            members = variant(instruction, primer, with_iti)
+            members = [run.record for run in variant(instruction, primer, with_iti)]
             if not members:
                 continue
-            final = {key: [r["final"][key] for r in members] for key in SHOWN}
-            row = [label + (" + ITI" if with_iti else ""), " ".join(str(r["config"]["seed"]) for r in members)]
+            final = {key: [r.final[key] for r in members] for key in SHOWN}
+            row = [label + (" + ITI" if with_iti else ""), " ".join(str(r.config["seed"]) for r in members)]
             row += [mean_std(*mean_and_std(final[key])) for key in ("MC1", "MC2")]
-            seeds = sorted(r["config"]["seed"] for r in members)
+            seeds = sorted(r.config["seed"] for r in members)
             reference = (instruction, primer) == BARE and not with_iti
             row.append(paired_text(pair_with_baseline(members, bare, model), difference, seeds)
                        if bare and not reference else "—")
-            own = variant(instruction, primer, False)
+            own = [run.record for run in variant(instruction, primer, False)]
             row.append(paired_text(pair_with_baseline(members, own, model), difference, seeds)
                        if with_iti and own else "—")
             rows.append(row)
@@ -117,9 +118,9 @@ def main() -> None:
         print(note, file=sys.stderr)
 
     print("\n## Run times\n")
-    print(markdown_rows(["run", "seed", "minutes"], [[Path(r["path"]).name, str(r["config"]["seed"]),
-                                                      f"{r['seconds'] / 60:.1f}"] for r in sorted(
-        runs, key=lambda r: r["path"])]))
+    print(markdown_rows(["run", "seed", "minutes"], [[run.path.name, str(run.record.config["seed"]),
+                                                      f"{run.record.seconds / 60:.1f}"] for run in sorted(
+        runs, key=lambda run: run.path)]))
 
 
 def figure_name(model: str, args) -> str:
@@ -186,15 +187,15 @@ def verdicts(table, pairs) -> str:
     return "\n".join(lines) + "\n"
 
 
-def choices_table(runs: list[dict], markdown_rows) -> str:
+def choices_table(runs: list, markdown_rows) -> str:
     """Per seed and fold: the setting chosen, its selection score (set-aside questions) and its test score."""
     rows = []
-    for run in sorted(runs, key=lambda r: r["config"]["seed"]):
-        for fold in run["folds"]:
-            selection = fold["selection"]
-            rows.append([str(run["config"]["seed"]), str(fold["fold"]), f"{fold['K']}", f"{fold['alpha']:g}",
-                         f"{selection['chosen'][selection['metric']]:.4f}", f"{selection['chosen_test']:.4f}",
-                         str(selection["counts"]["select"]), selection.get("edge_note") or ""])
+    for run in sorted((run.record for run in runs), key=lambda record: record.config["seed"]):
+        for fold in run.folds:
+            selection = fold.selection
+            rows.append([str(run.config["seed"]), str(fold.fold), f"{fold.K}", f"{fold.alpha:g}",
+                         f"{selection.chosen[selection.metric]:.4f}", f"{selection.chosen_test:.4f}",
+                         str(selection.counts["select"]), selection.edge_note or ""])
     return markdown_rows(["seed", "fold", "K", "α", "MC2 on set-aside questions", "MC2 on test questions",
                           "set-aside questions", "note"], rows)
 

@@ -48,7 +48,7 @@ def main() -> None:
     if not runs:
         raise UsageError(f"no completed runs of {cfg.output_name} ({cfg.method} directions, limit {cfg.limit}) under "
                          f"{results_dir / 'results_dump' / 'summary_dump'}")
-    limit = runs[0]["config"].get("limit")
+    limit = runs[0].record.config.get("limit")
     if limit != cfg.limit:
         print(f"no full runs of {cfg.output_name}: the runs made with --limit {limit}")
     table, pairs = collect_table(runs, cfg.output_name)
