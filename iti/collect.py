@@ -1,9 +1,7 @@
-"""Completed validate_2fold runs as one table: runs that differ only by seed make one row (each metric's
-mean ± std over the seeds), and a row with a baseline (an unshifted run that agrees with it on everything
-but the settings that act through the head shifts, and shares its seeds, hence its folds) gets the
-paired difference from it with a 95% bootstrap interval over questions (each question's scores averaged
-over the seeds, folds pooled). Runs that chose K and α per fold make rows of their own, labelled with
-their grid and the choices. Which runs belong together is read from their identities (iti.identity).
+"""Completed validate_2fold runs as one table: runs that differ only by seed make one row, and a row with a
+baseline (an unshifted run that agrees with it on everything but the settings that act through the head shifts,
+and shares its seeds, hence its folds) gets the paired difference from it. Which runs belong together is read
+from their identities (iti.identity); validation/sweeping/collect_sweep.py says what the table holds.
 """
 from __future__ import annotations
 
@@ -19,7 +17,7 @@ from iti.config import CollectConfig, ValidationConfig
 from iti.errors import UsageError
 from iti.evaluation import answer_scores, read_fold_answers
 from iti.identity import TABLE_NAME, Role, declared, digest, named_values, readable_name, short_digest, without
-from iti.metrics import METRICS, PER_QUESTION_OR_DERIVED, missing, with_products
+from iti.metrics import METRICS, PER_QUESTION_OR_DERIVED, missing, shown, with_products
 from iti.records import record_json
 from iti.runs import RunFile, RunRecord, read_run
 from iti.statistics import paired_differences
@@ -27,24 +25,23 @@ from iti.statistics import paired_differences
 METRIC_NAMES = [metric.name for metric in METRICS]
 
 
-def readable_summaries(results_dir: Path) -> tuple[list[RunFile], list[str]]:
-    """Every summary JSON that reads as a run record, and for each file that does not (cut short, another
-    program's), one line saying which and why: one bad file leaves the others in the table."""
-    readable, unreadable = [], []
+def finished_runs(results_dir: Path) -> tuple[list[RunFile], list[str]]:
+    """Every complete run under `results_dir` (records of versions before runs recorded their identity are left
+    out), and for each summary JSON that is no run record (cut short, another program's), one line saying which
+    and why: one bad file leaves the others in the table."""
+    finished, unreadable = [], []
     for path in sorted((results_dir / "results_dump" / "summary_dump").glob("*.json")):
         try:
-            readable.append(RunFile(path, read_run(path)))
+            finished.append(RunFile(path, read_run(path)))
         except UsageError as err:
             unreadable.append(str(err))
-    return readable, unreadable
+    return [run for run in finished if run.record.complete and run.record.identity is not None], unreadable
 
 
-def selected_runs(cfg: CollectConfig, readable: list[RunFile]) -> list[RunFile]:
-    """The complete runs these flags name (model, prefix, method, dataset, seed when given, limit; records of
-    versions before runs recorded their identity are left out). Without --limit: the full runs, or the runs
-    of the one --limit they all used."""
-    runs = [run for run in readable if run.record.complete and run.record.identity is not None
-            and _named_by(cfg, run.record.config)]
+def selected_runs(cfg: CollectConfig, finished: list[RunFile]) -> list[RunFile]:
+    """The runs these flags name (model, prefix, method, dataset, seed when given, limit). Without --limit: the
+    full runs, or the runs of the one --limit they all used."""
+    runs = [run for run in finished if _named_by(cfg, run.record.config)]
     limit = cfg.limit
     if limit is None:
         limits = {run.record.config.get("limit") for run in runs}
@@ -57,9 +54,8 @@ def selected_runs(cfg: CollectConfig, readable: list[RunFile]) -> list[RunFile]:
 
 
 def table_stem(cfg: CollectConfig, runs: list[RunFile]) -> str:
-    """`{model}_{method}[_{dataset}][_limit_{N}][_seed_{S}]_{hash}`: the flags that selected the runs (the limit
-    the runs used), then 8 hex digits naming the runs themselves, so tables of other selections or other runs
-    never share a file, and the per-category files of a table always carry its stem."""
+    """`{model}_{method}[_{dataset}][_limit_{N}][_seed_{S}]_{hash}`: the flags that selected the runs, then a hash
+    of the runs themselves, so tables of other selections or other runs never share a file."""
     named = readable_name({**named_values(cfg), "limit": runs[0].record.config.get("limit")}, TABLE_NAME)
     return f"{named}_{short_digest(sorted(digest(run.record.identity) for run in runs))}"
 
@@ -91,9 +87,8 @@ def absent_answer_files(runs: list[RunRecord]) -> list[Path]:
 
 
 def seed_averaged_answers(runs: list[RunRecord], tag: str) -> pd.DataFrame | None:
-    """Per question (index: the question text), each per-question score averaged over the runs (seeds),
-    every run's folds pooled; `Category` kept. None if an answer file is missing; one that is not a fold's
-    answers is a UsageError (iti.evaluation.read_fold_answers)."""
+    """Per question (index: its text), each score averaged over the runs (seeds), folds pooled, `Category` kept;
+    None if an answer file is missing."""
     if absent_answer_files(runs) or not all(run.folds for run in runs):
         return None
     per_seed = []
@@ -107,8 +102,9 @@ def seed_averaged_answers(runs: list[RunRecord], tag: str) -> pd.DataFrame | Non
         {column: "first" if column == "Category" else "mean" for column in merged.columns})
 
 
-def _grid_text(values: list) -> str:
-    return "/".join(f"{v:g}" for v in values)
+def grid_text(values: list | float) -> str:
+    """K or α of a run, `8/16` for a grid it chose from per fold (one number in records of older versions)."""
+    return "/".join(f"{v:g}" for v in (values if isinstance(values, list) else [values]))
 
 
 def _differing_settings(groups: list[list[RunFile]]) -> list[str]:
@@ -153,28 +149,26 @@ def collect_table(runs: list[RunFile], tag: str) -> tuple[pd.DataFrame, list]:
     rows, pairs = [], []
     for members, settings in zip(ordered, _differing_settings(ordered)):
         records = [m.record for m in members]
-        config, intervenes = records[0].config, records[0].resolved.intervenes
+        config = records[0].config
         finals = pd.DataFrame([{k: math.nan if v is None else v for k, v in r.final.items()} for r in records])
-        row = {"K": _grid_text(config["num_heads"]), "alpha": _grid_text(config["alpha"]),
+        row = {"K": grid_text(config["num_heads"]), "alpha": grid_text(config["alpha"]),
                "chosen": "; ".join(" ".join(f"{f.K}/{f.alpha:g}" for f in r.folds) for r in records)
                if len(config["num_heads"]) * len(config["alpha"]) > 1 else "",
                "settings": settings, "seeds": " ".join(str(r.config["seed"]) for r in records),
-               "limit": config.get("limit")}
-        for key in METRIC_NAMES:
-            row[key] = finals[key].mean()
-            row[f"{key} std"] = finals[key].std(ddof=1) if len(records) > 1 else math.nan
-        baseline = baselines.get(repeats_key(records[0], baseline=True))
-        paired = pair_with_baseline(records, baseline, tag) if baseline is not None and intervenes else None
-        if paired is None and baseline is not None and intervenes:
+               "limit": config.get("limit"), "folds": len(records[0].folds),
+               "json": "; ".join(str(m.path) for m in members)}
+        for key in METRIC_NAMES:  # the std of one seed is NaN
+            row[key], row[f"{key} std"] = finals[key].mean(), finals[key].std(ddof=1)
+        baseline = baselines.get(repeats_key(records[0], baseline=True)) if records[0].resolved.intervenes else None
+        paired = pair_with_baseline(records, baseline, tag) if baseline else None
+        if baseline and paired is None:
             row["Δ missing"] = next(map(str, absent_answer_files(records + baseline)), math.nan)
-        if paired is not None:
+        elif paired is not None:
             seeds, differences, treated, base = paired
             row["paired seeds"] = " ".join(map(str, seeds))
             for key, interval in differences.items():
                 row[f"Δ{key}"], row[f"Δ{key} low"], row[f"Δ{key} high"] = interval.value, interval.low, interval.high
             pairs.append((len(rows), treated, base))
-        row["folds"] = len(records[0].folds)
-        row["json"] = "; ".join(str(m.path) for m in members)
         rows.append(row)
     columns = ["K", "alpha", "chosen", "settings", "seeds", "limit"]
     columns += [name for key in METRIC_NAMES for name in (key, f"{key} std")]
@@ -242,17 +236,8 @@ def markdown_rows(header: list[str], rows: list[list[str]]) -> str:
 
 
 def mean_std(mean: float, std: float) -> str:
-    if missing(mean):
-        return "—"
-    return f"{mean:.4f}" if missing(std) else f"{mean:.4f} ± {std:.4f}"
+    return shown(mean) if missing(mean) or missing(std) else f"{mean:.4f} ± {std:.4f}"
 
 
 def difference(value: float, low: float, high: float) -> str:
     return "—" if missing(value) else f"{value:+.4f} [{low:+.4f}, {high:+.4f}]"
-
-
-def single_settings(table: pd.DataFrame) -> pd.DataFrame:
-    """The rows of one K and one α each, those numeric: what the α-curve plot draws."""
-    single = table[~table["K"].str.contains("/") & ~table["alpha"].str.contains("/")].copy()
-    single["K"], single["alpha"] = single["K"].astype(int), single["alpha"].astype(float)
-    return single

@@ -14,6 +14,7 @@ asked of the package: the summary JSON that validate_2fold writes for the run's 
 """
 from __future__ import annotations
 
+import itertools
 import os
 import shlex
 import shutil
@@ -36,6 +37,8 @@ DEFAULT_KS = "16 32 48 64"
 # Environment variable -> sbatch option; each is left to the cluster's default when unset.
 RESOURCE_OPTIONS = {"PARTITION": "--partition", "ACCOUNT": "--account", "QOS": "--qos",
                     "CPUS_PER_TASK": "--cpus-per-task", "MEM": "--mem", "TIME": "--time"}
+# Where to run and who pays, all the collect job takes of them: collecting needs one CPU for seconds.
+PLACEMENT = ("PARTITION", "ACCOUNT", "QOS")
 
 
 @dataclass(frozen=True)
@@ -60,15 +63,12 @@ def grid(models: Sequence[str], env: Mapping[str, str], baseline_once: bool) -> 
     if spaced:
         raise UsageError(f"model name {spaced[0]!r} holds spaces; give registry names or --model_path")
     cells: dict[tuple, Task] = {}
-    for model in models:
-        for seed in seeds:
-            for alpha in alphas:
-                for k in (["0"] if once == "1" and float(alpha) == 0 else ks):
-                    name = readable_name({"model": model, "alpha": alpha, "num_heads": k, "seed": seed}, LOG_LABEL,
-                                         LOG_SPELLING)
-                    argv = ["--model_name", model, "--alpha", alpha, "--num_heads", k]
-                    cells.setdefault((model, seed, float(alpha), int(k)),
-                                     Task(name, tuple(argv + ([] if seed is None else ["--seed", seed]))))
+    for model, seed, alpha in itertools.product(models, seeds, alphas):
+        for k in (["0"] if once == "1" and float(alpha) == 0 else ks):
+            name = readable_name({"model": model, "alpha": alpha, "num_heads": k, "seed": seed}, LOG_LABEL,
+                                 LOG_SPELLING)
+            argv = ("--model_name", model, "--alpha", alpha, "--num_heads", k, *given({"--seed": seed}))
+            cells.setdefault((model, seed, float(alpha), int(k)), Task(name, argv))
     if not cells:
         raise UsageError(f"the grid has no cells (models: {' '.join(models) or 'none'}; ALPHAS={' '.join(alphas)!r}, "
                          f"KS={' '.join(ks)!r}): give at least one model, α and K, e.g. ALPHAS=\"0 5\" KS=\"16 32\"")
@@ -88,54 +88,42 @@ def _numbers(env: Mapping[str, str], key: str, default: str, kind: type) -> list
 
 def split_models(args: Sequence[str]) -> tuple[list[str], list[str]]:
     """`MODEL [MODEL ...] [flags ...]`: the leading words before the first flag are models."""
-    models = []
-    for arg in args:
-        if arg.startswith("-"):
-            break
-        models.append(arg)
-    return models, list(args[len(models):])
+    count = next((i for i, arg in enumerate(args) if arg.startswith("-")), len(args))
+    return list(args[:count]), list(args[count:])
 
 
 # ----------------------------------------------------------------------------- what is done
 
-def validation_config(argv: Sequence[str]):
-    """The ValidationConfig validate_2fold builds from these flags, checked as it checks them."""
+def task_options(script: Path, options_cls: type, tasks: Sequence[Task], flags: Sequence[str]) -> dict[Task, object]:
+    """Each task's options as `script` builds them from its flags and then `flags`, once the script itself has
+    accepted the flags (`--check_args` parses them and exits)."""
     from iti.cli import parse_config
-    from iti.config import ValidationConfig
 
-    return parse_config(ValidationConfig, list(argv))
-
-
-def run_done(cfg) -> bool:
-    """A complete summary of a run made from these settings exists (validate_2fold's own record of them)."""
-    from iti.runs import earlier_run_path
-
-    return earlier_run_path(cfg) is not None
-
-
-def check_script_flags(script: Path, task: Task, flags: Sequence[str]) -> None:
-    """Ask the script itself whether it accepts the flags (`--check_args` parses them and exits)."""
-    result = subprocess.run([sys.executable, str(script), *task.argv, *flags, "--check_args"],
+    result = subprocess.run([sys.executable, str(script), *tasks[0].argv, *flags, "--check_args"],
                             capture_output=True, text=True)
     if result.returncode != 0:
         lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
         message = lines[-1].removeprefix("error: ") if lines else f"exit code {result.returncode}"
         raise UsageError(f"{script.name} refuses the sweep's flags: {message}")
+    return {task: parse_config(options_cls, [*task.argv, *flags]) for task in tasks}
 
 
 def pending_runs(models: Sequence[str], flags: Sequence[str], env: Mapping[str, str],
                  baseline_once: bool) -> tuple[list[Task], list[Task], dict[Task, object]]:
-    """(all cells, cells without a complete summary, each cell's ValidationConfig)."""
+    """(all cells, cells without a complete summary of their settings, each cell's ValidationConfig)."""
+    from iti.config import ValidationConfig
+    from iti.runs import earlier_run_path
+
     cells = grid(models, env, baseline_once)
-    check_script_flags(VALIDATE_SCRIPT, cells[0], flags)
-    configs = {cell: validation_config([*cell.argv, *flags]) for cell in cells}
-    return cells, [cell for cell in cells if not run_done(configs[cell])], configs
+    configs = task_options(VALIDATE_SCRIPT, ValidationConfig, cells, flags)
+    return cells, [cell for cell in cells if earlier_run_path(configs[cell]) is None], configs
 
 
 def extraction_tasks(configs: Sequence) -> list[Task]:
-    """get_activations runs for the features these validation runs read and do not find: the probing
-    set and the σ set of each model (K = 0 runs read none), with the flags both scripts share. Features
-    that exist are checked against the runs' data now (their model is checked when a run loads it)."""
+    """get_activations runs for the features these validation runs read and do not find: the probing set and the
+    σ set of each model (K = 0 runs read none), with the settings get_activations takes with the same meaning
+    (both name features `{model_prefix}{model_name}`). Features that exist are checked against the runs' data now
+    (their model is checked when a run loads it)."""
     from iti.features import find_feature_set, verify_feature_set
     from iti.run_inputs import feature_sets
 
@@ -147,33 +135,30 @@ def extraction_tasks(configs: Sequence) -> list[Task]:
             if find_feature_set(wanted) is not None:
                 verify_feature_set(wanted)
                 continue
-            argv = ["--model_name", cfg.model_name, "--dataset_name", wanted.dataset, *shared_extraction_flags(cfg)]
-            for flag, value in (("--dataset_path", wanted.dataset_path), ("--limit", wanted.limit)):
-                if value is not None:
-                    argv += [flag, str(value)]
+            argv = ["--model_name", cfg.model_name, "--dataset_name", wanted.dataset,
+                    "--features_dir", str(cfg.features_dir), "--device", cfg.device, "--dtype", cfg.dtype,
+                    "--prompt_format", cfg.prompt_format,
+                    *given({"--model_prefix": cfg.model_prefix or None, "--model_path": cfg.model_path,
+                            "--tqa_path": cfg.tqa_path}), *(["--trust_remote_code"] if cfg.trust_remote_code else []),
+                    *given({"--dataset_path": wanted.dataset_path, "--limit": wanted.limit})]
             tasks.setdefault(shlex.join(argv), Task(f"{cfg.output_name}_{wanted.dataset}", tuple(argv)))
     return list(tasks.values())
 
 
-def shared_extraction_flags(cfg) -> list[str]:
-    """The validate_2fold settings that get_activations takes with the same meaning (both name features
-    `{model_prefix}{model_name}`); the dataset and limit are each feature set's own."""
-    flags = ["--features_dir", str(cfg.features_dir), "--device", cfg.device, "--dtype", cfg.dtype,
-             "--prompt_format", cfg.prompt_format]
-    for flag, value in (("--model_prefix", cfg.model_prefix or None), ("--model_path", cfg.model_path),
-                        ("--tqa_path", cfg.tqa_path)):
-        if value is not None:
-            flags += [flag, str(value)]
-    return flags + (["--trust_remote_code"] if cfg.trust_remote_code else [])
+def given(flags: Mapping[str, object]) -> list[str]:
+    """`flag value` for each flag that has a value (None: the script's default)."""
+    return [word for flag, value in flags.items() if value is not None for word in (flag, str(value))]
 
 
 # ----------------------------------------------------------------------------- SLURM
 
 @dataclass(frozen=True)
 class Submission:
-    """One sbatch call: the batch script, its options, and how it waits for the submission before it."""
+    """One sbatch call: the batch script, its options, what it runs (in words), and how it waits for the
+    submission before it."""
     script: str
     options: tuple[str, ...]
+    what: str
     waits: str = "afterok"
 
 
@@ -193,7 +178,8 @@ def array_submission(job_name: str, script: Path, tasks: Sequence[Task], flags: 
         raise UsageError(f"MAX_PARALLEL={max_parallel!r}: give the most tasks to run at once, e.g. MAX_PARALLEL=8")
     array = f"0-{len(tasks) - 1}" + (f"%{max_parallel}" if max_parallel else "")
     options = [f"--job-name={job_name}", f"--array={array}", f"--output={log_dir}/%x_%A_%a.log", *resource_options(env)]
-    return Submission("\n".join(lines) + "\n", tuple(options))
+    what = f"{script.stem}, {len(tasks)} task{'' if len(tasks) == 1 else 's'}: {', '.join(t.name for t in tasks)}"
+    return Submission("\n".join(lines) + "\n", tuple(options), what)
 
 
 def collect_submission(models: Sequence[str], flags: Sequence[str], env: Mapping[str, str],
@@ -204,11 +190,10 @@ def collect_submission(models: Sequence[str], flags: Sequence[str], env: Mapping
              f"PYTHONPATH={shlex.quote(str(REPO_ROOT))} {python} -m iti.sweep status {shlex.join([*models, *flags])} || rc=1"]
     lines += [f"{python} {shlex.quote(str(COLLECT_SCRIPT))} --model_name {shlex.quote(model)} {shlex.join(flags)} || rc=1"
               for model in models]
-    # Where to run and who pays, but not the runs' resources: collecting needs one CPU for seconds.
-    placement = [f"{option}={env[key]}" for key, option in RESOURCE_OPTIONS.items()
-                 if key in ("PARTITION", "ACCOUNT", "QOS") and env.get(key)]
-    options = ["--job-name=iti_collect", f"--output={log_dir}/%x_%j.log", *placement]
-    return Submission("\n".join([*lines, "exit $rc"]) + "\n", tuple(options), waits="afterany")
+    options = ["--job-name=iti_collect", f"--output={log_dir}/%x_%j.log",
+               *resource_options({key: env[key] for key in PLACEMENT if key in env})]
+    return Submission("\n".join([*lines, "exit $rc"]) + "\n", tuple(options),
+                      "collect (missing runs by name, then collect_sweep.py)", waits="afterany")
 
 
 def resource_options(env: Mapping[str, str]) -> list[str]:
@@ -247,8 +232,9 @@ def require_sbatch() -> None:
 
 
 def submit_chain(submissions: Sequence[Submission], after: Sequence[str]) -> list[str]:
-    """Submit in order, each waiting for the one before it (the first for `after`). All are checked
-    with `sbatch --test-only` first, so a refused one (an unknown partition, say) leaves nothing submitted."""
+    """Submit in order, each waiting for the one before it (the first for `after`), and say what each job runs.
+    All are checked with `sbatch --test-only` first, so a refused one (an unknown partition, say) leaves nothing
+    submitted."""
     for submission in submissions:
         sbatch(submission.script, submission.options, test_only=True)
     ids: list[str] = []
@@ -256,6 +242,7 @@ def submit_chain(submissions: Sequence[Submission], after: Sequence[str]) -> lis
         on = ids[-1:] or list(after)
         waits = [f"--dependency={submission.waits}:{':'.join(on)}", "--kill-on-invalid-dep=yes"] if on else []
         ids.append(sbatch(submission.script, [*submission.options, *waits]))
+        print(f"submitted job {ids[-1]}: {submission.what}")
     return ids
 
 
@@ -277,6 +264,14 @@ def print_cells(args: Sequence[str], env: Mapping[str, str]) -> None:
         print(cell.name, *cell.argv)
 
 
+def none_missing(total: int, missing: Sequence, done: str) -> bool:
+    """Say how many of `total` are `done` already; True (and nothing to submit) when all are."""
+    print(f"{total - len(missing)} of {total} {done}")
+    if not missing:
+        print("nothing to submit")
+    return not missing
+
+
 def print_status(args: Sequence[str], env: Mapping[str, str]) -> int:
     models, flags = split_models(args)
     cells, missing, _ = pending_runs(models, flags, env, baseline_once=False)
@@ -293,28 +288,18 @@ def submit_validation(args: Sequence[str], env: Mapping[str, str]) -> None:
     models, flags = split_models(args)
     after = job_ids(env.get("AFTER", ""))
     cells, missing, configs = pending_runs(models, flags, env, baseline_once=False)
-    print(f"{len(cells) - len(missing)} of {len(cells)} runs already complete")
-    if not missing:
-        print("nothing to submit")
+    if none_missing(len(cells), missing, "runs already complete"):
         return
     logs = log_dir(env)
-    submissions, described = [], []
     extraction = [] if after else extraction_tasks([configs[cell] for cell in missing])
-    if extraction:
-        submissions.append(array_submission("iti_activations", EXTRACT_SCRIPT, extraction, [], env, logs))
-        described.append(f"get_activations, {tasks_of(extraction)}")
-    submissions.append(array_submission("iti_validate", VALIDATE_SCRIPT, missing, flags, env, logs))
-    described.append(f"validate_2fold, {tasks_of(missing)}")
-    submissions.append(collect_submission(models, flags, env, logs))
-    described.append("collect (missing runs by name, then collect_sweep.py)")
-    for job, what in zip(submit_chain(submissions, after), described):
-        print(f"submitted job {job}: {what}")
+    first = [array_submission("iti_activations", EXTRACT_SCRIPT, extraction, [], env, logs)] if extraction else []
+    submit_chain([*first, array_submission("iti_validate", VALIDATE_SCRIPT, missing, flags, env, logs),
+                  collect_submission(models, flags, env, logs)], after)
     print(f"logs: {logs}/<job name>_<job>_<task>.log")
 
 
 def submit_activations(args: Sequence[str], env: Mapping[str, str]) -> None:
     """get_activations over models × DATASETS, for the features not extracted yet."""
-    from iti.cli import parse_config
     from iti.config import ActivationsConfig, ValidationConfig
     from iti.features import FeatureSet
 
@@ -327,28 +312,17 @@ def submit_activations(args: Sequence[str], env: Mapping[str, str]) -> None:
     if not tasks:
         raise UsageError(f"no extraction to run (models: {' '.join(models) or 'none'}; DATASETS={' '.join(datasets)!r}): "
                          "give at least one model and dataset")
-    check_script_flags(EXTRACT_SCRIPT, tasks[0], flags)
-    missing = []
-    for task in tasks:
-        cfg = parse_config(ActivationsConfig, [*task.argv, *flags])
-        wanted = FeatureSet(Path(cfg.features_dir), cfg.output_name, cfg.dataset_name, cfg.limit)
-        if not wanted.exists():
-            missing.append(task)
-    print(f"{len(tasks) - len(missing)} of {len(tasks)} feature sets already extracted")
-    if not missing:
-        print("nothing to submit")
+    configs = task_options(EXTRACT_SCRIPT, ActivationsConfig, tasks, flags)
+    wanted = {task: FeatureSet(Path(cfg.features_dir), cfg.output_name, cfg.dataset_name, cfg.limit)
+              for task, cfg in configs.items()}
+    missing = [task for task in tasks if not wanted[task].exists()]
+    if none_missing(len(tasks), missing, "feature sets already extracted"):
         return
     logs = log_dir(env)
     [job] = submit_chain([array_submission("iti_activations", EXTRACT_SCRIPT, missing, flags, env, logs)],
                          job_ids(env.get("AFTER", "")))
-    print(f"submitted job {job}: get_activations, {tasks_of(missing)}")
     print(f"logs: {logs}/iti_activations_{job}_<task>.log")
     print(f"validation can wait for it: AFTER={job} bash validation/sweeping/sweep_slurm.sh ...")
-
-
-def tasks_of(tasks: Sequence[Task]) -> str:
-    """"2 tasks: a, b" in the order of their array indices."""
-    return f"{len(tasks)} task{'' if len(tasks) == 1 else 's'}: {', '.join(task.name for task in tasks)}"
 
 
 COMMANDS = {"cells": print_cells, "status": print_status, "slurm": submit_validation,

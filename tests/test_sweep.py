@@ -410,11 +410,11 @@ def test_slurm_sweep_equals_sequential_runs(slurm, tqa_path, tmp_path):
 
 def collected(results_dir):
     """collect_sweep's table of the bundled model's center-of-mass runs on 8 questions in `results_dir`."""
-    from iti.collect import collect_table, readable_summaries, selected_runs
+    from iti.collect import collect_table, finished_runs, selected_runs
     from iti.config import CollectConfig
 
     cfg = CollectConfig(use_center_of_mass=True, limit=8, results_dir=str(results_dir))
-    return collect_table(selected_runs(cfg, readable_summaries(results_dir)[0]), cfg.output_name)[0]
+    return collect_table(selected_runs(cfg, finished_runs(results_dir)[0]), cfg.output_name)[0]
 
 
 def per_question(records, column):

@@ -22,14 +22,12 @@ HEADLINE = "MC2"
 def run_label(record) -> str:
     """`ITI (K=8, alpha=5, center_of_mass)` of a RunRecord; a run that chose among several values per fold lists
     them (`K=8/16`)."""
+    from iti.collect import grid_text
+
     if not record.resolved.intervenes:
         return "baseline"
-    return (f"ITI (K={_values_text(record.config['num_heads'])}, alpha={_values_text(record.config['alpha'])}, "
+    return (f"ITI (K={grid_text(record.config['num_heads'])}, alpha={grid_text(record.config['alpha'])}, "
             f"{record.resolved.method})")
-
-
-def _values_text(value) -> str:
-    return "/".join(f"{v:g}" for v in (value if isinstance(value, list) else [value]))
 
 
 def comparison_table(records: list) -> str:

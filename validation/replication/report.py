@@ -46,16 +46,15 @@ def main() -> None:
 
     matplotlib.use("Agg")
 
-    from iti.collect import category_table, collect_table, difference, markdown_rows, mean_std, pair_with_baseline
-    from iti.collect import missing_answer_notes, readable_summaries
+    from iti.collect import (category_table, collect_table, difference, finished_runs, markdown_rows, mean_std,
+                             missing_answer_notes, pair_with_baseline)
     from iti.errors import UsageError
     from iti.plots import category_differences
 
-    readable, unreadable = readable_summaries(args.results_dir)
+    finished, unreadable = finished_runs(args.results_dir)
     for problem in unreadable:
         print(f"note: left out: {problem}", file=sys.stderr)
-    runs = [run for run in readable if run.record.complete and run.record.identity is not None
-            and run.record.config["model_name"] == model]
+    runs = [run for run in finished if run.record.config["model_name"] == model]
     truthfulqa = runs_where(runs, dataset_path=None, limit=args.limit, use_center_of_mass=True)
     if not truthfulqa:
         questions = "all TruthfulQA questions" if args.limit is None else f"the first {args.limit} TruthfulQA questions"
@@ -72,10 +71,10 @@ def main() -> None:
     table, pairs = collect_table(main_runs, model)
     notes = missing_answer_notes(table)
     print("## Main table\n")
-    print(summary_table(table, markdown_rows, mean_std, difference))
+    print(summary_table(table))
     print(verdicts(table, pairs))
     print("\n## Choices per fold\n")
-    print(choices_table(variant(None, "auto", True), markdown_rows))
+    print(choices_table(variant(None, "auto", True)))
     categories = category_table(table, pairs, "MC2")
     args.output_dir.mkdir(parents=True, exist_ok=True)
     [figure] = category_differences(categories, "MC2", lambda k, alpha: args.output_dir / figure_name(model, args))
@@ -94,11 +93,9 @@ def main() -> None:
             row += [mean_std(*mean_and_std(final[key])) for key in ("MC1", "MC2")]
             seeds = sorted(r.config["seed"] for r in members)
             reference = (instruction, primer) == BARE and not with_iti
-            row.append(paired_text(pair_with_baseline(members, bare, model), difference, seeds)
-                       if bare and not reference else "—")
+            row.append(paired_text(pair_with_baseline(members, bare, model), seeds) if bare and not reference else "—")
             own = [run.record for run in variant(instruction, primer, False)]
-            row.append(paired_text(pair_with_baseline(members, own, model), difference, seeds)
-                       if with_iti and own else "—")
+            row.append(paired_text(pair_with_baseline(members, own, model), seeds) if with_iti and own else "—")
             rows.append(row)
     print("\n## Prompting and ITI\n")
     print(markdown_rows(["setting", "seeds", "MC1", "MC2", "ΔMC2 vs bare question [95%]",
@@ -111,7 +108,7 @@ def main() -> None:
             print(f"\n## {dataset}\n")
             custom, custom_pairs = collect_table(members, model)
             notes += missing_answer_notes(custom)
-            print(summary_table(custom, markdown_rows, mean_std, difference))
+            print(summary_table(custom))
             print(verdicts(custom, custom_pairs))
 
     for note in notes:
@@ -137,8 +134,10 @@ def mean_and_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(array)), float(np.std(array, ddof=1)) if len(array) > 1 else float("nan")
 
 
-def paired_text(paired, difference, seeds: list[int]) -> str:
+def paired_text(paired, seeds: list[int]) -> str:
     """The paired MC2 difference; the seeds it pairs on when the two sides share only some of the row's."""
+    from iti.collect import difference
+
     if paired is None or "MC2" not in paired[1]:
         return "—"
     interval, shared = paired[1]["MC2"], paired[0]
@@ -148,8 +147,10 @@ def paired_text(paired, difference, seeds: list[int]) -> str:
     return text
 
 
-def summary_table(table, markdown_rows, mean_std, difference) -> str:
+def summary_table(table) -> str:
     """iti.collect's table, the columns this document shows."""
+    from iti.collect import difference, markdown_rows, mean_std
+
     header = ["setting", "seeds", *SHOWN, "ΔMC1 [95%]", "ΔMC2 [95%]", "ΔMC3 [95%]", "Δ on seeds"]
     rows = []
     for _, row in table.iterrows():
@@ -187,8 +188,10 @@ def verdicts(table, pairs) -> str:
     return "\n".join(lines) + "\n"
 
 
-def choices_table(runs: list, markdown_rows) -> str:
+def choices_table(runs: list) -> str:
     """Per seed and fold: the setting chosen, its selection score (set-aside questions) and its test score."""
+    from iti.collect import markdown_rows
+
     rows = []
     for run in sorted((run.record for run in runs), key=lambda record: record.config["seed"]):
         for fold in run.folds:

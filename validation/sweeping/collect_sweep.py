@@ -34,17 +34,17 @@ def main() -> None:
 
     matplotlib.use("Agg")
 
-    from iti.collect import (category_markdown, category_table, category_tag, collect_table, markdown,
-                             missing_answer_notes, readable_summaries, selected_runs, single_settings, table_stem)
+    from iti.collect import (category_markdown, category_table, category_tag, collect_table, finished_runs, markdown,
+                             missing_answer_notes, selected_runs, table_stem)
     from iti.errors import UsageError
     from iti.files import write_text
     from iti.plots import category_differences, sweep_curves
 
     results_dir = Path(cfg.results_dir)
-    readable, unreadable = readable_summaries(results_dir)
+    finished, unreadable = finished_runs(results_dir)
     for problem in unreadable:
         print(f"note: left out of the table: {problem}", file=sys.stderr)
-    runs = selected_runs(cfg, readable)
+    runs = selected_runs(cfg, finished)
     if not runs:
         raise UsageError(f"no completed runs of {cfg.output_name} ({cfg.method} directions, limit {cfg.limit}) under "
                          f"{results_dir / 'results_dump' / 'summary_dump'}")
@@ -58,7 +58,7 @@ def main() -> None:
     stem = table_stem(cfg, runs)
     write_text(out_dir / f"{stem}.csv", table.to_csv(index=False))
     write_text(out_dir / f"{stem}.md", markdown(table))
-    plotted = sweep_curves(single_settings(table), out_dir / f"{stem}.png")
+    plotted = sweep_curves(table, out_dir / f"{stem}.png")
     print(markdown(table))
     print(f"{len(table)} settings -> {out_dir / stem}.csv, .md"
           + (f", .png ({', '.join(plotted)})" if plotted else " (no metric to plot)"))
