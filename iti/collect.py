@@ -208,19 +208,19 @@ def category_table(table: pd.DataFrame, pairs: list, metric: str) -> pd.DataFram
 def markdown(table: pd.DataFrame) -> str:
     """The table as people read it: mean ± std over seeds, Δ [95% interval]; metrics never measured are left
     out, a value a row lacks is "—"."""
-    shown = {"K": table["K"], "alpha": table["alpha"]}
+    columns = {"K": table["K"], "alpha": table["alpha"]}
     for column in ("chosen", "settings", "limit"):
         if table[column].map(lambda v: not missing(v) and v != "").any():
-            shown[column] = table[column].map(lambda v: "—" if missing(v) or v == "" else str(v))
-    shown["seeds"] = table["seeds"]
+            columns[column] = table[column].map(lambda v: "—" if missing(v) or v == "" else str(v))
+    columns["seeds"] = table["seeds"]
     for key in METRIC_NAMES:
         if table[key].notna().any():
-            shown[key] = [mean_std(m, s) for m, s in zip(table[key], table[f"{key} std"])]
+            columns[key] = [mean_std(m, s) for m, s in zip(table[key], table[f"{key} std"])]
     for key in PER_QUESTION_OR_DERIVED:
         if table[f"Δ{key}"].notna().any():
-            shown[f"Δ{key} [95%]"] = [difference(v, lo, hi) for v, lo, hi in
-                                      zip(table[f"Δ{key}"], table[f"Δ{key} low"], table[f"Δ{key} high"])]
-    return markdown_rows(list(shown), [list(cells) for cells in zip(*shown.values())])
+            columns[f"Δ{key} [95%]"] = [difference(v, lo, hi) for v, lo, hi in
+                                        zip(table[f"Δ{key}"], table[f"Δ{key} low"], table[f"Δ{key} high"])]
+    return markdown_rows(list(columns), [list(cells) for cells in zip(*columns.values())])
 
 
 def category_markdown(frame: pd.DataFrame, metric: str) -> str:

@@ -40,10 +40,9 @@ def save_figure(fig, path: Path) -> Path:
 
 
 def sweep_curves(table, path: Path) -> list[str]:
-    """One panel per metric with values; each K's means over seeds against α (bars: std over seeds), starting
-    from the baseline (α = 0 or K = 0, the same unshifted model for every K) at α = 0, also drawn as a dashed
-    line. `table`: iti.collect.collect_table's; rows that chose among several K or α are left out. Returns the
-    metrics plotted."""
+    """One panel per metric with values; each K's means over seeds against α (bars: std over seeds), from the
+    baseline (α = 0 or K = 0, the same unshifted model for every K) at α = 0, also a dashed line. `table`:
+    iti.collect's; rows that chose K or α per fold are left out. Returns the metrics plotted."""
     import matplotlib.pyplot as plt
 
     table = table[~table["K"].str.contains("/") & ~table["alpha"].str.contains("/")].astype({"K": int, "alpha": float})

@@ -120,10 +120,9 @@ def pending_runs(models: Sequence[str], flags: Sequence[str], env: Mapping[str, 
 
 
 def extraction_tasks(configs: Sequence) -> list[Task]:
-    """get_activations runs for the features these validation runs read and do not find: the probing set and the
-    σ set of each model (K = 0 runs read none), with the settings get_activations takes with the same meaning
-    (both name features `{model_prefix}{model_name}`). Features that exist are checked against the runs' data now
-    (their model is checked when a run loads it)."""
+    """get_activations runs for the features these validation runs read (K = 0 runs read none) and do not find, with
+    the settings both scripts take with one meaning (both name features `{model_prefix}{model_name}`). Features that
+    exist are checked against the runs' data now (their model is checked when a run loads it)."""
     from iti.features import find_feature_set, verify_feature_set
     from iti.run_inputs import feature_sets
 
@@ -154,8 +153,7 @@ def given(flags: Mapping[str, object]) -> list[str]:
 
 @dataclass(frozen=True)
 class Submission:
-    """One sbatch call: the batch script, its options, what it runs (in words), and how it waits for the
-    submission before it."""
+    """One sbatch call: its batch script and options, what it runs (in words), how it waits for the one before."""
     script: str
     options: tuple[str, ...]
     what: str
@@ -215,8 +213,8 @@ def job_ids(text: str) -> list[str]:
 
 
 def sbatch(script: str, options: Sequence[str], test_only: bool = False) -> str:
-    """Submit (with `test_only`: only check) a batch script; returns the job id. A refusal is bad
-    input, reported with the scheduler's own message on one line."""
+    """Submit (with `test_only`: only check) a batch script; its job id. A refusal is bad input, in the
+    scheduler's own words on one line."""
     command = ["sbatch", "--parsable", *options, *(["--test-only"] if test_only else [])]
     result = subprocess.run(command, input=script, capture_output=True, text=True)
     if result.returncode != 0:
