@@ -138,11 +138,10 @@ def collect_table(runs: list[RunFile], tag: str) -> tuple[pd.DataFrame, list]:
     groups: dict[str, list[RunFile]] = {}
     for run in runs:
         groups.setdefault(repeats_key(run.record), []).append(run)
-    baselines = {}
-    for members in sorted(groups.values(), key=lambda members: max(members[0].record.config["num_heads"]),
-                          reverse=True):
-        if not members[0].record.resolved.intervenes:  # K = 0 wins over α = 0 with heads: the plainer run
-            baselines[repeats_key(members[0].record, baseline=True)] = [m.record for m in members]
+    # Per pairing key, the plainest unshifted group: K = 0 wins over α = 0 with heads.
+    unshifted = sorted((members for members in groups.values() if not members[0].record.resolved.intervenes),
+                       key=lambda members: max(members[0].record.config["num_heads"]), reverse=True)
+    baselines = {repeats_key(members[0].record, baseline=True): [m.record for m in members] for members in unshifted}
     ordered = sorted(groups.values(), key=lambda members: (len(members[0].record.config["num_heads"]) > 1,
                                                            members[0].record.config["num_heads"],
                                                            members[0].record.config["alpha"]))

@@ -34,9 +34,9 @@ COLLECT_SCRIPT = REPO_ROOT / "validation" / "sweeping" / "collect_sweep.py"
 LOG_DIR = REPO_ROOT / "validation" / "sweeping" / "logs"
 DEFAULT_ALPHAS = "0 5 10 15 20"
 DEFAULT_KS = "16 32 48 64"
-# Environment variable -> sbatch option; each is left to the cluster's default when unset.
-RESOURCE_OPTIONS = {"PARTITION": "--partition", "ACCOUNT": "--account", "QOS": "--qos",
-                    "CPUS_PER_TASK": "--cpus-per-task", "MEM": "--mem", "TIME": "--time"}
+# Environment variable -> the sbatch option its value completes; each is left to the cluster's default when unset.
+RESOURCE_OPTIONS = {"PARTITION": "--partition=", "ACCOUNT": "--account=", "QOS": "--qos=", "CPUS_PER_TASK":
+                    "--cpus-per-task=", "MEM": "--mem=", "TIME": "--time=", "GPUS_PER_TASK": "--gres=gpu:"}
 # Where to run and who pays, all the collect job takes of them: collecting needs one CPU for seconds.
 PLACEMENT = ("PARTITION", "ACCOUNT", "QOS")
 
@@ -84,12 +84,6 @@ def _numbers(env: Mapping[str, str], key: str, default: str, kind: type) -> list
             raise UsageError(f"{key}: {value!r} is not {'an integer' if kind is int else 'a number'}; "
                              f"give space-separated values, e.g. {key}=\"{default or '1 2 3'}\"") from None
     return values
-
-
-def split_models(args: Sequence[str]) -> tuple[list[str], list[str]]:
-    """`MODEL [MODEL ...] [flags ...]`: the leading words before the first flag are models."""
-    count = next((i for i, arg in enumerate(args) if arg.startswith("-")), len(args))
-    return list(args[:count]), list(args[count:])
 
 
 # ----------------------------------------------------------------------------- what is done
@@ -195,11 +189,8 @@ def collect_submission(models: Sequence[str], flags: Sequence[str], env: Mapping
 
 
 def resource_options(env: Mapping[str, str]) -> list[str]:
-    """sbatch options from PARTITION, ACCOUNT, QOS, CPUS_PER_TASK, MEM, TIME, GPUS_PER_TASK and
-    SBATCH_ARGS (anything else, e.g. "--constraint=a100"); unset ones are left to the cluster."""
-    options = [f"{option}={env[key]}" for key, option in RESOURCE_OPTIONS.items() if env.get(key)]
-    if env.get("GPUS_PER_TASK"):
-        options.append(f"--gres=gpu:{env['GPUS_PER_TASK']}")
+    """sbatch options from the RESOURCE_OPTIONS variables and SBATCH_ARGS (anything else, e.g. "--constraint=a100")."""
+    options = [f"{option}{env[key]}" for key, option in RESOURCE_OPTIONS.items() if env.get(key)]
     return options + shlex.split(env.get("SBATCH_ARGS", ""))
 
 
@@ -253,9 +244,8 @@ def log_dir(env: Mapping[str, str]) -> Path:
 
 # ----------------------------------------------------------------------------- commands
 
-def print_cells(args: Sequence[str], env: Mapping[str, str]) -> None:
+def print_cells(models: list[str], flags: list[str], env: Mapping[str, str]) -> None:
     """The sequential scripts' grid: one `name flags` line per run (model names hold no spaces)."""
-    models, flags = split_models(args)
     if len(models) != 1 or flags:
         raise UsageError("usage: python -m iti.sweep cells MODEL_NAME (the grid from ALPHAS, KS, SEEDS)")
     for cell in grid(models, env, baseline_once=True):
@@ -270,8 +260,7 @@ def none_missing(total: int, missing: Sequence, done: str) -> bool:
     return not missing
 
 
-def print_status(args: Sequence[str], env: Mapping[str, str]) -> int:
-    models, flags = split_models(args)
+def print_status(models: list[str], flags: list[str], env: Mapping[str, str]) -> int:
     cells, missing, _ = pending_runs(models, flags, env, baseline_once=False)
     print(f"{len(cells) - len(missing)} of {len(cells)} runs complete")
     for cell in missing:
@@ -279,11 +268,10 @@ def print_status(args: Sequence[str], env: Mapping[str, str]) -> int:
     return 1 if missing else 0
 
 
-def submit_validation(args: Sequence[str], env: Mapping[str, str]) -> None:
+def submit_validation(models: list[str], flags: list[str], env: Mapping[str, str]) -> None:
     """validate_2fold's missing runs as one array, then the collect job. The array waits for the jobs
     in AFTER if given, else for an extraction array of the features it needs and does not find."""
     require_sbatch()
-    models, flags = split_models(args)
     after = job_ids(env.get("AFTER", ""))
     cells, missing, configs = pending_runs(models, flags, env, baseline_once=False)
     if none_missing(len(cells), missing, "runs already complete"):
@@ -296,13 +284,12 @@ def submit_validation(args: Sequence[str], env: Mapping[str, str]) -> None:
     print(f"logs: {logs}/<job name>_<job>_<task>.log")
 
 
-def submit_activations(args: Sequence[str], env: Mapping[str, str]) -> None:
+def submit_activations(models: list[str], flags: list[str], env: Mapping[str, str]) -> None:
     """get_activations over models × DATASETS, for the features not extracted yet."""
     from iti.config import ActivationsConfig, ValidationConfig
     from iti.features import FeatureSet
 
     require_sbatch()
-    models, flags = split_models(args)
     defaults = ValidationConfig()
     datasets = env.get("DATASETS", f"{defaults.dataset_name} {defaults.tuning_dataset}").split()
     tasks = [Task(f"{model}_{dataset}", ("--model_name", model, "--dataset_name", dataset))
@@ -331,7 +318,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in COMMANDS:
         raise UsageError(f"usage: python -m iti.sweep {{{','.join(COMMANDS)}}} MODEL [MODEL ...] [flags ...]")
-    return COMMANDS[argv[0]](argv[1:], os.environ if env is None else env) or 0
+    # MODEL [MODEL ...] [flags ...]: the leading words before the first flag are models.
+    count = next((i for i, arg in enumerate(argv) if arg.startswith("-")), len(argv))
+    return COMMANDS[argv[0]](argv[1:count], argv[count:], os.environ if env is None else env) or 0
 
 
 if __name__ == "__main__":
