@@ -17,9 +17,7 @@ def head_accuracy_heatmap(scores: np.ndarray, title: str, label: str = "validati
     if ax is None:
         _, ax = plt.subplots(figsize=(max(4, 0.45 * ordered.shape[1] + 2), max(4, 0.22 * ordered.shape[0] + 1)))
     image = ax.imshow(ordered, aspect="auto", origin="lower", cmap="viridis")
-    ax.set_xlabel("head (sorted by score within its layer)")
-    ax.set_ylabel("layer")
-    ax.set_title(title)
+    ax.set(xlabel="head (sorted by score within its layer)", ylabel="layer", title=title)
     ax.figure.colorbar(image, ax=ax, label=label)
     ax.figure.tight_layout()
     return ax.figure
@@ -61,8 +59,7 @@ def sweep_curves(table, path: Path) -> list[str]:
             ax.errorbar(alphas, values, yerr=spread, marker="o", capsize=3, label=f"K={k}")
         if base is not None:
             ax.axhline(base, color="gray", linestyle="--", label="baseline")
-        ax.set_xlabel("α")
-        ax.set_title(label)
+        ax.set(xlabel="α", title=label)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()

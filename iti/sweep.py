@@ -35,8 +35,9 @@ LOG_DIR = REPO_ROOT / "validation" / "sweeping" / "logs"
 DEFAULT_ALPHAS = "0 5 10 15 20"
 DEFAULT_KS = "16 32 48 64"
 # Environment variable -> the sbatch option its value completes; each is left to the cluster's default when unset.
-RESOURCE_OPTIONS = {"PARTITION": "--partition=", "ACCOUNT": "--account=", "QOS": "--qos=", "CPUS_PER_TASK":
-                    "--cpus-per-task=", "MEM": "--mem=", "TIME": "--time=", "GPUS_PER_TASK": "--gres=gpu:"}
+RESOURCE_OPTIONS = {"PARTITION": "--partition=", "ACCOUNT": "--account=", "QOS": "--qos=",
+                    "CPUS_PER_TASK": "--cpus-per-task=", "MEM": "--mem=", "TIME": "--time=",
+                    "GPUS_PER_TASK": "--gres=gpu:"}
 # Where to run and who pays, all the collect job takes of them: collecting needs one CPU for seconds.
 PLACEMENT = ("PARTITION", "ACCOUNT", "QOS")
 
