@@ -1,14 +1,8 @@
 """Every script's options, defaults and help, written once: the command lines are generated from these
-dataclasses (iti.cli.parse_config) and the code reads the same objects.
-
-Each field declares its role (iti.identity.Role: changes the numbers, changes them only through the head
-shifts, or only changes how the work runs), whether readable file names spell it out (`named`), whether it
-decides the folds' questions (`split`), and what `check()` verifies without data: a `minimum`, `choices`,
-a folder to read or to write (iti.options). Run names, hashes, grouping and resume derive from these roles.
-
-Standard library only at import, so that `--help` and a bad flag are answered before torch is imported.
-A path option's default is the project's own folder (absolute); a path the user gives means what it
-means to the shell (relative to the current directory).
+dataclasses (iti.cli.parse_config) and the code reads the same objects; each field's metadata (iti.options.option)
+gives its role in identities and what `check()` verifies without data. Standard library only at import, so that
+`--help` and a bad flag are answered before torch is imported. A path option's default is the project's own folder
+(absolute); a path the user gives means what it means to the shell (relative to the current directory).
 """
 from __future__ import annotations
 
@@ -39,7 +33,6 @@ from iti.options import (
     Options,
     check_alpha,
     check_custom_dataset,
-    check_fraction,
     check_plain_name,
     option,
     seed_option,
@@ -71,7 +64,7 @@ class ActivationsConfig(DatasetOptions):
     def _check(self) -> None:
         super()._check()
         if self.custom:
-            self.check_custom_dataset(self.dataset_name, limit=self.limit)
+            check_custom_dataset(self.dataset_path, self.dataset_name, limit=self.limit)
         else:
             check_dataset_name(self.dataset_name)
 
@@ -88,7 +81,7 @@ class HeadShiftOptions(DatasetOptions):
     num_heads: int = option(48, "K, the number of heads to shift", SHIFTS, named=True, minimum=1)
     alpha: float = option(15.0, "α, the shift strength: each head is shifted by α·σ·θ", SHIFTS, named=True)
     val_ratio: float = option(0.2, "share of the development questions held out to rank the probes", SHIFTS,
-                              split=True)
+                              split=True, fraction=True)
     use_center_of_mass: bool = option(False, "direction = mean of true rows minus mean of false rows (the paper's "
                                              "best)", SHIFTS, named=True)
     use_random_dir: bool = option(False, "K heads drawn at random and random directions (a control)", SHIFTS,
@@ -108,10 +101,7 @@ class HeadShiftOptions(DatasetOptions):
             return "random"
         return "center_of_mass" if self.use_center_of_mass else "probe"
 
-    @property
-    def minimum_items(self) -> int:
-        """Items the questions are split into: training and validation."""
-        return 2
+    minimum_items = 2  # the questions are split into training and validation ones
 
     @property
     def tuning_dataset(self) -> str:
@@ -128,12 +118,10 @@ class HeadShiftOptions(DatasetOptions):
             raise UsageError("--use_center_of_mass and --use_random_dir exclude each other; pick one "
                              "(or neither for probe directions)")
         if self.custom:
-            self._questions = self.check_custom_dataset(self.dataset_name, min_items=self.minimum_items,
-                                                        limit=self.limit)
+            self._questions = check_custom_dataset(self.dataset_path, self.dataset_name, self.minimum_items, self.limit)
         elif self.dataset_name not in PROBING_DATASETS:
             raise UsageError(f"--dataset_name {self.dataset_name} cannot train probes on TruthfulQA folds; "
                              f"use one of {', '.join(PROBING_DATASETS)}")
-        check_fraction("--val_ratio", self.val_ratio)
 
     @property
     def known_questions(self) -> int | None:
@@ -160,7 +148,7 @@ class ValidationConfig(HeadShiftOptions):
                                         "within this budget may be chosen (needs kl in --metrics)", SHIFTS, minimum=0)
     select_ratio: float = option(0.2, "with several K or α: share of each fold's development questions set aside to "
                                       "score the settings; the shifts scored are built from the others", SHIFTS,
-                                 split=True)
+                                 split=True, fraction=True)
     sigma_questions: str = option("all", "rows of the tuning set that set σ: all (the public workflow's, default) "
                                          "or dev (only the fold's development questions)", SHIFTS,
                                   choices=SIGMA_QUESTIONS)
@@ -257,7 +245,6 @@ class ValidationConfig(HeadShiftOptions):
         if self.limit is not None and self.limit < self.num_fold:
             raise UsageError(f"--limit {self.limit} leaves fewer questions than the {self.num_fold} folds; "
                              f"use --limit {self.num_fold} or more")
-        check_fraction("--select_ratio", self.select_ratio)
         if self.split_rng == "public" and self.use_random_dir:
             raise UsageError("--split_rng public cannot follow the public stream with --use_random_dir (the public "
                              "script draws its random heads and directions from the same stream); drop one of them")
@@ -285,9 +272,6 @@ class EditConfig(HeadShiftOptions):
 
     def _check(self) -> None:
         super()._check()
-        if self.limit is not None and self.limit < 2:
-            raise UsageError(f"--limit {self.limit} must be at least 2: the questions are split into training "
-                             "and validation")
         if self.output_dir is not None:
             from iti.bake_folders import check_output_dir
 
@@ -307,7 +291,7 @@ class HeadAccuracyConfig(Options):
     features_dir: str = option(str(FEATURES_DIR), "where get_activations put the features", NUMBERS, folder="read")
     limit: int | None = option(None, "only the first N questions (the `_limit_N` features, else the first N of "
                                      "the full set)", NUMBERS, named=True, minimum=2)
-    val_ratio: float = option(0.2, "share of the questions held out to score the probes", NUMBERS)
+    val_ratio: float = option(0.2, "share of the questions held out to score the probes", NUMBERS, fraction=True)
     seed: int = seed_option("seeds the train/validation split")
     probe_backend: str = option("torch", "torch (all probes at once) or sklearn (one per head)", NUMBERS,
                                 choices=PROBE_BACKENDS)
@@ -316,7 +300,6 @@ class HeadAccuracyConfig(Options):
     def _check(self) -> None:
         super()._check()
         check_plain_name("--model_name", self.model_name)
-        check_fraction("--val_ratio", self.val_ratio)
         if self.dataset_path is not None:
             check_custom_dataset(self.dataset_path, self.dataset_name)
         else:

@@ -87,12 +87,12 @@ def readable_name(named, parts: Iterable[str] = RUN_NAME, spelling: Mapping[str,
     α) are joined with `-`; a number is written with `:g` (α 15.0 -> "15": the public int(α) made sweeps over
     fractional α collide); a string as it is (a glob's `*`, a value as the user typed it)."""
     values = named if isinstance(named, Mapping) else named_values(named)
-    return "".join(spelling[part].format(_spelled(values[part])) for part in parts if values.get(part) is not None)
+    return "".join(spelling[part].format(spelled(values[part])) for part in parts if values.get(part) is not None)
 
 
-def _spelled(value: Any) -> str:
+def spelled(value: Any) -> str:
     if isinstance(value, (tuple, list)):
-        return "-".join(map(_spelled, value))
+        return "-".join(map(spelled, value))
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 

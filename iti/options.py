@@ -17,7 +17,7 @@ from pathlib import Path
 
 from iti.constants import BUNDLED_MODEL, DTYPES, PROMPT_FORMATS
 from iti.errors import UsageError
-from iti.identity import Role
+from iti.identity import Role, spelled
 from iti.registry import DATASET_NAMES, is_known_model, known_model_names
 
 NUMBERS, SHIFTS, EXECUTION = Role.NUMBERS, Role.SHIFTS, Role.EXECUTION
@@ -35,17 +35,16 @@ GGUF_MAGIC = b"GGUF"
 
 
 def option(default, help: str, role: Role, *, named: bool = False, split: bool = False, location: bool = False,
-           minimum: float | None = None, maximum: float | None = None, folder: str | None = None,
-           file: str | None = None, path: bool = False, **cli):
+           minimum: float | None = None, maximum: float | None = None, fraction: bool = False,
+           folder: str | None = None, file: str | None = None, **cli):
     """A dataclass field with its help and role; `cli` may hold `aliases`, `choices` and `positional`.
-    `minimum`/`maximum`: the range of every value. `path`: the value is a path or a source (never empty);
-    `folder` is "read" (must be a folder if it exists), "existing" (must be a folder) or "write" (a folder, or a
-    path where one can be made, that can be written); `file` is "read" (a readable file) or "write" (a file that
-    can be written, never a folder); `location`: a path or source whose content, resolved when the work runs, is
-    what enters an identity."""
+    `minimum`/`maximum`: the range of every value; `fraction`: strictly between 0 and 1. `folder` is "read" (must
+    be a folder if it exists), "existing" (must be a folder) or "write" (a folder, or a path where one can be made,
+    that can be written); `file` is "read" (a readable file) or "write" (a file that can be written, never a
+    folder); `location`: a path or source whose content, resolved when the work runs, is what enters an identity.
+    Every path is refused when empty."""
     metadata = {"help": help, "role": role, "named": named, "split": split, "location": location,
-                "minimum": minimum, "maximum": maximum, "folder": folder, "file": file,
-                "path": path or location or bool(folder or file), **cli}
+                "minimum": minimum, "maximum": maximum, "fraction": fraction, "folder": folder, "file": file, **cli}
     return field(default=default, metadata=metadata)
 
 
@@ -77,7 +76,9 @@ class Options:
                 if "choices" in f.metadata and item not in f.metadata["choices"]:
                     raise UsageError(f"{flag} {item} is not one of {', '.join(map(str, f.metadata['choices']))}")
                 check_range(flag, item, f.metadata["minimum"], f.metadata["maximum"])
-                if f.metadata["path"]:
+                if f.metadata["fraction"] and not 0 < item < 1:
+                    raise UsageError(f"{flag} {item} must lie strictly between 0 and 1, e.g. 0.2")
+                if f.metadata["location"] or f.metadata["folder"] or f.metadata["file"]:
                     check_path(flag, item, f.metadata["folder"], f.metadata["file"])
 
 
@@ -123,11 +124,6 @@ class DatasetOptions(ModelOptions):
     def custom(self) -> bool:
         return self.dataset_path is not None
 
-    def check_custom_dataset(self, dataset_name: str, min_items: int = 1, limit: int | None = None) -> int | None:
-        """A §9 file is read in full here (it is small and needs no heavy import), so bad items fail at once;
-        the number of items the run takes (None for a hub set)."""
-        return check_custom_dataset(self.dataset_path, dataset_name, min_items, limit)
-
 
 def check_plain_name(flag: str, name: str) -> None:
     """Names that become parts of file names must stay inside their folder: no `/`, no `..`, no spaces."""
@@ -140,9 +136,9 @@ def check_range(flag: str, value, minimum: float | None, maximum: float | None) 
     if value != value:  # NaN: compares false with every bound
         raise UsageError(f"{flag} {value} is not a number")
     if minimum is not None and value < minimum:
-        raise UsageError(f"{flag} {value} must be at least {_number(minimum)}")
+        raise UsageError(f"{flag} {value} must be at least {spelled(minimum)}")
     if maximum is not None and value > maximum:
-        raise UsageError(f"{flag} {value} must be at most {_number(maximum)}")
+        raise UsageError(f"{flag} {value} must be at most {spelled(maximum)}")
 
 
 def check_alpha(alpha: float, what: str = "--alpha", reach: float = 0.0, largest: float = math.inf,
@@ -159,19 +155,22 @@ def check_alpha(alpha: float, what: str = "--alpha", reach: float = 0.0, largest
                          f"largest {dtype} number ({largest:.5g}); use |alpha| at most {largest / reach:.4g}")
 
 
-def _number(value: float) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
 def check_path(flag: str, path: str, folder: str | None = None, file: str | None = None) -> None:
     """A path option: never empty (an empty path would silently mean the current folder), then what `folder`
-    or `file` asks for (see `option`)."""
+    or `file` asks for (see `option`); a folder to write is probed with a temporary file, removed at once."""
     if not path.strip():
         raise UsageError(f"{flag} is empty; give a path" + (" (. for the current folder)" if folder else ""))
-    if folder is not None:
-        check_folder(flag, path, folder)
-    if file is not None:
-        check_file(flag, path, file == "write")
+    kind = path_kind(flag, path) if folder or file else None
+    if folder and kind not in (None, "folder"):
+        raise UsageError(f"{flag} {path} is a file, not a folder; give a folder")
+    if file and kind == "folder":
+        raise UsageError(f"{flag} {path} is a folder, not a file; give a file")
+    if kind is None and (folder == "existing" or file == "read"):
+        raise UsageError(f"{flag} {path} does not exist; give {'an existing folder' if folder else 'a file'}")
+    if file == "read" and not os.access(Path(path).expanduser(), os.R_OK):
+        raise UsageError(f"{flag} {path} cannot be read (permission denied); check its permissions")
+    if "write" in (folder, file):
+        check_writable(flag, path, Path(path).expanduser() if folder else Path(path).expanduser().parent)
 
 
 def path_kind(flag: str, path: str | Path) -> str | None:
@@ -190,19 +189,6 @@ def path_kind(flag: str, path: str | Path) -> str | None:
     return "folder" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"
 
 
-def check_folder(flag: str, path: str, use: str) -> None:
-    """A folder option (`use`: see `option`): an existing file is refused; a folder to write must be writable,
-    or creatable where its nearest existing parent is writable (probed with a temporary file, removed at once:
-    nothing is left)."""
-    kind = path_kind(flag, path)
-    if kind not in (None, "folder"):
-        raise UsageError(f"{flag} {path} is a file, not a folder; give a folder")
-    if kind is None and use == "existing":
-        raise UsageError(f"{flag} {path} does not exist; give an existing folder")
-    if use == "write":
-        check_writable(flag, path, Path(path).expanduser())
-
-
 def check_writable(flag: str, path: str, folder: Path) -> None:
     """Files can be written in `folder`, or in the folder that can be made there."""
     existing = folder
@@ -217,19 +203,6 @@ def check_writable(flag: str, path: str, folder: Path) -> None:
                          "write to") from None
     os.close(handle)
     os.unlink(probe)
-
-
-def check_file(flag: str, path: str, write: bool) -> None:
-    """A file to read must be a readable file; one to write must not be a folder, in a folder that can be written."""
-    kind = path_kind(flag, path)
-    if kind == "folder":
-        raise UsageError(f"{flag} {path} is a folder, not a file; give a file")
-    if write:
-        check_writable(flag, path, Path(path).expanduser().parent)
-    elif kind is None:
-        raise UsageError(f"{flag} {path} does not exist; give a file")
-    elif not os.access(Path(path).expanduser(), os.R_OK):
-        raise UsageError(f"{flag} {path} cannot be read (permission denied); check its permissions")
 
 
 def check_device(device: str) -> None:
@@ -310,8 +283,3 @@ def check_custom_dataset(dataset_path: str, dataset_name: str, min_items: int = 
 
 def values_of(value) -> tuple:
     return tuple(value) if isinstance(value, (tuple, list)) else (value,)
-
-
-def check_fraction(flag: str, value: float) -> None:
-    if not 0 < value < 1:
-        raise UsageError(f"{flag} {value} must lie strictly between 0 and 1, e.g. 0.2")
