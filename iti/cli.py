@@ -62,17 +62,13 @@ def build_parser(config_cls: type[Config], description: str | None = None) -> Ar
     for f in dataclasses.fields(config_cls):
         positional = f.metadata.get("positional", False)
         flags = [f.name] if positional else [f"--{f.name}", *f.metadata.get("aliases", ())]
-        kwargs = {"help": f.metadata.get("help")} if positional else {"dest": f.name, "default": f.default,
-                                                                      "help": f.metadata.get("help")}
+        kwargs = {"help": f.metadata["help"]} if positional else {"dest": f.name, "default": f.default,
+                                                                  "help": f.metadata["help"]}
         value_type, is_tuple = _value_type(hints[f.name])
         if value_type is bool:
             kwargs["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
         else:
-            kwargs["type"] = value_type
-            if is_tuple:
-                kwargs["nargs"] = "+"
-            if "choices" in f.metadata:
-                kwargs["choices"] = f.metadata["choices"]
+            kwargs.update(type=value_type, nargs="+" if is_tuple else None, choices=f.metadata.get("choices"))
         parser.add_argument(*flags, **kwargs)
     return parser
 
@@ -80,8 +76,8 @@ def build_parser(config_cls: type[Config], description: str | None = None) -> Ar
 def _checked_config(config_cls: type[Config], values: dict) -> Config:
     for name, value in values.items():
         if isinstance(value, list):  # nargs="+": `--metrics mc ce` and `--metrics mc,ce` both work
-            values[name] = tuple(part for item in value for part in (item.split(",") if isinstance(item, str) else [item])
-                                 if part != "")
+            parts = (item.split(",") if isinstance(item, str) else [item] for item in value)
+            values[name] = tuple(part for split in parts for part in split if part != "")
     config = config_cls(**values)
     config.check()
     return config

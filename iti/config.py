@@ -32,13 +32,13 @@ from iti.options import (
     ModelOptions,
     Options,
     check_alpha,
-    check_custom_dataset,
+    check_dataset,
     check_plain_name,
     option,
     seed_option,
     values_of,
 )
-from iti.registry import DATASET_NAMES, PROBING_DATASETS, VALIDATION_DATASETS, check_dataset_name
+from iti.registry import DATASET_NAMES, PROBING_DATASETS, VALIDATION_DATASETS
 
 METRICS = METRIC_OPTIONS
 # --select_metric choices: the metrics scored per question or derived from them.
@@ -63,10 +63,7 @@ class ActivationsConfig(DatasetOptions):
 
     def _check(self) -> None:
         super()._check()
-        if self.custom:
-            check_custom_dataset(self.dataset_path, self.dataset_name, limit=self.limit)
-        else:
-            check_dataset_name(self.dataset_name)
+        check_dataset(self.dataset_path, self.dataset_name, limit=self.limit)
 
 
 @dataclass
@@ -118,7 +115,7 @@ class HeadShiftOptions(DatasetOptions):
             raise UsageError("--use_center_of_mass and --use_random_dir exclude each other; pick one "
                              "(or neither for probe directions)")
         if self.custom:
-            self._questions = check_custom_dataset(self.dataset_path, self.dataset_name, self.minimum_items, self.limit)
+            self._questions = check_dataset(self.dataset_path, self.dataset_name, self.minimum_items, self.limit)
         elif self.dataset_name not in PROBING_DATASETS:
             raise UsageError(f"--dataset_name {self.dataset_name} cannot train probes on TruthfulQA folds; "
                              f"use one of {', '.join(PROBING_DATASETS)}")
@@ -300,10 +297,7 @@ class HeadAccuracyConfig(Options):
     def _check(self) -> None:
         super()._check()
         check_plain_name("--model_name", self.model_name)
-        if self.dataset_path is not None:
-            check_custom_dataset(self.dataset_path, self.dataset_name)
-        else:
-            check_dataset_name(self.dataset_name)
+        check_dataset(self.dataset_path, self.dataset_name)
 
     def _check_counts(self) -> None:
         from iti.folds import num_train

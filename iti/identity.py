@@ -1,14 +1,9 @@
-"""What identifies a run or a feature set: every option field declares its role in its metadata, and
-names, hashes, grouping and resume are derived from those roles (docs/method.md §10).
-
-- NUMBERS: changes the numbers of every run (the model, the dtype, the data, the seed, the metrics);
-- SHIFTS: changes the numbers only through the head shifts (which features, heads, directions, α): an
-  unshifted baseline's numbers do not depend on it;
-- EXECUTION: changes only how or where the work runs (batch size, device, folders, progress, resume).
-
-An identity is every NUMBERS and SHIFTS field, each with its value as resolved: a field whose value
-stands for something else (a model name, `--dtype auto`, a data file, a folder of features) enters as
-what it resolved to, so two runs that could hold different numbers never share an identity.
+"""What identifies a run or a feature set (docs/method.md §10): each option field's metadata declares its role, and
+names, hashes, grouping and resume follow from the roles. NUMBERS changes every run's numbers (model, dtype, data,
+seed, metrics); SHIFTS changes them only through the head shifts (features, heads, directions, α), so an unshifted
+baseline does not depend on it; EXECUTION changes only how or where the work runs (batch size, device, folders).
+An identity is every NUMBERS and SHIFTS field with its value as resolved (a model name, `--dtype auto`, a data file,
+a folder of features enter as what they resolved to), so two runs that could hold different numbers never share one.
 Standard library only (the CLI reads the roles before torch is imported).
 """
 from __future__ import annotations
@@ -29,10 +24,6 @@ class Role(enum.Enum):
 IDENTITY_ROLES = (Role.NUMBERS, Role.SHIFTS)
 
 
-def role(field: dataclasses.Field) -> Role:
-    return field.metadata["role"]
-
-
 def fields_where(config_cls, keep: Callable[[dataclasses.Field], bool]) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(config_cls) if keep(f))
 
@@ -40,7 +31,7 @@ def fields_where(config_cls, keep: Callable[[dataclasses.Field], bool]) -> tuple
 def identity_fields(config_cls, roles: Iterable[Role] = IDENTITY_ROLES) -> tuple[str, ...]:
     """The fields of these roles, in declaration order."""
     wanted = set(roles)
-    return fields_where(config_cls, lambda f: role(f) in wanted)
+    return fields_where(config_cls, lambda f: f.metadata["role"] in wanted)
 
 
 def split_fields(config_cls) -> tuple[str, ...]:

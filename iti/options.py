@@ -18,7 +18,7 @@ from pathlib import Path
 from iti.constants import BUNDLED_MODEL, DTYPES, PROMPT_FORMATS
 from iti.errors import UsageError
 from iti.identity import Role, spelled
-from iti.registry import DATASET_NAMES, is_known_model, known_model_names
+from iti.registry import DATASET_NAMES, check_dataset_name, is_known_model, known_model_names
 
 NUMBERS, SHIFTS, EXECUTION = Role.NUMBERS, Role.SHIFTS, Role.EXECUTION
 DATASET_PATH_HELP = ("a contrastive dataset of your own (docs/method.md §9): .jsonl, .csv in TruthfulQA.csv's columns, "
@@ -256,12 +256,15 @@ def check_gguf_file(path: Path) -> None:
                          "give --model_path a .gguf file, a model folder or a hub id")
 
 
-def check_custom_dataset(dataset_path: str, dataset_name: str, min_items: int = 1,
-                         limit: int | None = None) -> int | None:
-    """--dataset_name must be a plain new name, and the file a §9 dataset with enough items (hub sets load later):
-    the number of items a run takes from it (None for a hub set)."""
+def check_dataset(dataset_path: str | None, dataset_name: str, min_items: int = 1,
+                  limit: int | None = None) -> int | None:
+    """A built-in --dataset_name, or for --dataset_path a plain new name and a §9 dataset with enough items, read in
+    full here (it is small and needs no heavy import; hub sets load later): the number of items a run takes from it
+    (None for a built-in or hub set)."""
     from iti.contrastive import HUB_PREFIX, load_dataset_file
 
+    if dataset_path is None:
+        return check_dataset_name(dataset_name)
     check_plain_name("--dataset_name", dataset_name)
     if dataset_name in DATASET_NAMES:
         raise UsageError(f"--dataset_name {dataset_name!r} names your dataset's files: use a new name, not one of "
@@ -274,11 +277,11 @@ def check_custom_dataset(dataset_path: str, dataset_name: str, min_items: int = 
     items = len(load_dataset_file(dataset_path, dataset_name))
     if limit is not None and limit > items:
         raise UsageError(f"--limit {limit} is more than the {items} items of {dataset_path}; use --limit {items} or less")
-    if min(items, limit or items) < min_items:
-        raise UsageError(f"{dataset_path} has {min(items, limit or items)} items, fewer than the {min_items} the run "
-                         "needs to split them into folds and each fold's development items into training and "
-                         "validation ones; add items, or use fewer folds")
-    return min(items, limit or items)
+    if (limit or items) < min_items:
+        raise UsageError(f"{dataset_path} has {limit or items} items, fewer than the {min_items} the run needs to "
+                         "split them into folds and each fold's development items into training and validation ones; "
+                         "add items, or use fewer folds")
+    return limit or items
 
 
 def values_of(value) -> tuple:
