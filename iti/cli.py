@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import re
 import sys
-import types
 import typing
 from typing import Any, Callable, TypeVar
 
@@ -46,15 +45,6 @@ class ArgumentParser(argparse.ArgumentParser):
         return checked
 
 
-def _value_type(annotation):
-    """(element type, is_tuple) of a field's annotation: `int | None` -> int, `tuple[str, ...]` -> str."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        annotation = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
-    if typing.get_origin(annotation) is tuple:
-        return typing.get_args(annotation)[0], True
-    return annotation, False
-
-
 def build_parser(config_cls: type[Config], description: str | None = None) -> ArgumentParser:
     """A parser whose parse_args returns the config, checked (config.check())."""
     parser = ArgumentParser(description, check=lambda values: _checked_config(config_cls, vars(values)))
@@ -64,11 +54,14 @@ def build_parser(config_cls: type[Config], description: str | None = None) -> Ar
         flags = [f.name] if positional else [f"--{f.name}", *f.metadata.get("aliases", ())]
         kwargs = {"help": f.metadata["help"]} if positional else {"dest": f.name, "default": f.default,
                                                                   "help": f.metadata["help"]}
-        value_type, is_tuple = _value_type(hints[f.name])
+        hint = hints[f.name]
+        # X of `X | None` and of `tuple[X, ...]`
+        value_type = next((arg for arg in typing.get_args(hint) if arg not in (type(None), ...)), hint)
         if value_type is bool:
             kwargs["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
         else:
-            kwargs.update(type=value_type, nargs="+" if is_tuple else None, choices=f.metadata.get("choices"))
+            kwargs.update(type=value_type, nargs="+" if typing.get_origin(hint) is tuple else None,
+                          choices=f.metadata.get("choices"))
         parser.add_argument(*flags, **kwargs)
     return parser
 

@@ -6,6 +6,7 @@ gives its role in identities and what `check()` verifies without data. Standard 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from iti.constants import (
@@ -94,18 +95,15 @@ class HeadShiftOptions(DatasetOptions):
 
     @property
     def method(self) -> str:
-        if self.use_random_dir:
-            return "random"
-        return "center_of_mass" if self.use_center_of_mass else "probe"
+        return "random" if self.use_random_dir else "center_of_mass" if self.use_center_of_mass else "probe"
 
     minimum_items = 2  # the questions are split into training and validation ones
 
     @property
     def tuning_dataset(self) -> str:
         """The features σ is measured on (docs/method.md §4; §9: a custom probing set is its own σ set)."""
-        if self.activations_dataset is not None:
-            return self.activations_dataset
-        return self.dataset_name if self.custom else VALIDATION_DATASETS[1]
+        default = self.dataset_name if self.custom else VALIDATION_DATASETS[1]
+        return default if self.activations_dataset is None else self.activations_dataset
 
     def _check(self) -> None:
         super()._check()
@@ -114,16 +112,12 @@ class HeadShiftOptions(DatasetOptions):
         if self.use_center_of_mass and self.use_random_dir:
             raise UsageError("--use_center_of_mass and --use_random_dir exclude each other; pick one "
                              "(or neither for probe directions)")
+        self.known_questions = self.limit  # how many questions the work takes, where the options tell
         if self.custom:
-            self._questions = check_dataset(self.dataset_path, self.dataset_name, self.minimum_items, self.limit)
+            self.known_questions = check_dataset(self.dataset_path, self.dataset_name, self.minimum_items, self.limit)
         elif self.dataset_name not in PROBING_DATASETS:
             raise UsageError(f"--dataset_name {self.dataset_name} cannot train probes on TruthfulQA folds; "
                              f"use one of {', '.join(PROBING_DATASETS)}")
-
-    @property
-    def known_questions(self) -> int | None:
-        """How many questions the work takes, where the options tell (--limit, a §9 file's items; after check())."""
-        return getattr(self, "_questions", None) if self.custom else self.limit
 
     def _check_counts(self) -> None:
         from iti.folds import num_train
@@ -295,13 +289,11 @@ class HeadAccuracyConfig(Options):
     output_dir: str = option(str(PLOTS_DIR), "where the accuracies and the heatmap go", EXECUTION, folder="write")
 
     def _check(self) -> None:
+        from iti.folds import num_train
+
         super()._check()
         check_plain_name("--model_name", self.model_name)
         check_dataset(self.dataset_path, self.dataset_name)
-
-    def _check_counts(self) -> None:
-        from iti.folds import num_train
-
         if self.limit is not None:
             num_train(self.limit, self.val_ratio)
 
@@ -320,8 +312,6 @@ class ExportConfig(ModelOptions):
                                     "pyvene export; head shifts when importing)", EXECUTION)
 
     def _check(self) -> None:
-        import re
-
         from iti.files import check_replaceable
         from iti.head_shifts import METADATA_FILE, TENSORS_FILE
 

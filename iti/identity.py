@@ -101,9 +101,8 @@ def identity(config, resolved: Mapping[str, Any] | None = None, names: Iterable[
 
 
 def declared(record: Mapping[str, Any], config_cls) -> dict[str, Any]:
-    """The identity fields of a config as written in a record (`dataclasses.asdict`), as given, without the
-    locations (paths and sources whose content only a run resolves): what a sweep can compare without
-    loading anything."""
+    """The identity fields of a config as written in a record (`dataclasses.asdict`), without the locations (paths
+    and sources whose content only a run resolves): what a sweep can compare without loading anything."""
     locations = set(fields_where(config_cls, lambda f: f.metadata.get("location", False)))
     return {name: json_value(record.get(name)) for name in identity_fields(config_cls) if name not in locations}
 

@@ -1,9 +1,6 @@
-"""The building blocks of every script's options: a field with its role and checks (`option`), the checks
-every options class runs from that metadata (`Options`), the model and dataset options scripts share, and
-the checks that need no data (names that become file names, folders, a §9 dataset file).
-
-Standard library only at import (the CLI reads this before torch is imported).
-"""
+"""The building blocks of every script's options: a field with its role and checks (`option`), the checks every
+options class runs from that metadata (`Options`), the model and dataset options scripts share, and the checks that
+need no data. Standard library only at import (the CLI reads this before torch is imported)."""
 from __future__ import annotations
 
 import dataclasses
@@ -28,7 +25,6 @@ PLAIN_NAME = re.compile(r"[A-Za-z0-9][\w.+-]*")
 # The tag of a `--limit` subset in feature file names: no dataset name may end with it.
 LIMIT_TAG = re.compile(r"(^|_)limit_\d+$")
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?|\d+")
-MAX_SEED = 2**32 - 1
 # The largest |α|: float16's largest finite number (see check_alpha).
 MAX_ALPHA = 65504.0
 GGUF_MAGIC = b"GGUF"
@@ -50,7 +46,7 @@ def option(default, help: str, role: Role, *, named: bool = False, split: bool =
 
 def seed_option(help: str, default: int | None = 42, **kwargs):
     """A seed: NumPy takes 0 to 2**32 - 1 (`np.random.seed`, the public split generator), so every seed does."""
-    return option(default, help, NUMBERS, minimum=0, maximum=MAX_SEED, **kwargs)
+    return option(default, help, NUMBERS, minimum=0, maximum=2**32 - 1, **kwargs)
 
 
 class Options:
@@ -70,9 +66,7 @@ class Options:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             flag = f.name.replace("_", " ") if f.metadata.get("positional") else f"--{f.name}"
-            for item in values_of(value):
-                if item is None:
-                    continue
+            for item in () if value is None else values_of(value):
                 if "choices" in f.metadata and item not in f.metadata["choices"]:
                     raise UsageError(f"{flag} {item} is not one of {', '.join(map(str, f.metadata['choices']))}")
                 check_range(flag, item, f.metadata["minimum"], f.metadata["maximum"])
@@ -177,12 +171,13 @@ def path_kind(flag: str, path: str | Path) -> str | None:
     """"folder", "file", "other" (a device, a socket...) or None when nothing is there (a parent that is a file
     included). A symbolic link that leads nowhere or into a loop, or a path that cannot be looked at, is a
     UsageError: Path.exists() says False for those, and writing there fails later."""
+    local = Path(path).expanduser()
     try:
-        mode = os.stat(Path(path).expanduser()).st_mode
+        mode = os.stat(local).st_mode
     except (FileNotFoundError, NotADirectoryError):
-        if os.path.islink(Path(path).expanduser()):
-            raise UsageError(f"{flag} {path} is a symbolic link to {os.readlink(Path(path).expanduser())}, which "
-                             "does not exist; give another path or fix the link") from None
+        if os.path.islink(local):
+            raise UsageError(f"{flag} {path} is a symbolic link to {os.readlink(local)}, which does not exist; give "
+                             "another path or fix the link") from None
         return None
     except OSError as err:
         raise UsageError(f"{flag} {path} cannot be used ({err.strerror}); give another path") from None

@@ -1,7 +1,6 @@
 """What is known by name: the models (the public workflow's names, then current families; values are hub ids)
 and the built-in datasets. Standard library only, so `--check_args` can tell an unknown name before torch is
-imported; `python -m iti.registry datasets [--probing | --validation]` lists dataset names for the shell scripts.
-"""
+imported; `python -m iti.registry datasets [--probing | --validation]` lists dataset names for the shell scripts."""
 from __future__ import annotations
 
 import sys
