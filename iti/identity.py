@@ -93,8 +93,7 @@ def json_value(value: Any) -> Any:
 
 
 def identity(config, resolved: Mapping[str, Any] | None = None, names: Iterable[str] | None = None) -> dict[str, Any]:
-    """{field: value} over `names` (default: every NUMBERS and SHIFTS field), each value replaced by
-    its resolved form where `resolved` has one."""
+    """{field: value} over `names` (default: every NUMBERS and SHIFTS field), each as resolved where `resolved` says."""
     resolved = resolved or {}
     names = identity_fields(type(config)) if names is None else names
     return {name: json_value(resolved[name] if name in resolved else getattr(config, name)) for name in names}
