@@ -1,24 +1,20 @@
-"""Command lines generated from the option dataclasses of iti.config, with one-line errors.
-
-Imports only the standard library and iti.config, so a script parses its arguments, answers `--help`
-and rejects a bad flag before it imports torch.
-"""
+"""Command lines generated from the option dataclasses of iti.config, with one-line errors. Standard library only,
+so a script answers `--help` and rejects a bad flag before it imports torch."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import re
 import sys
-import types
 import typing
 from typing import Any, Callable, TypeVar
 
+from iti.errors import exit_on_usage_error, print_error
+
 Config = TypeVar("Config")
-# argparse takes every argument that starts with "-" for an option unless it looks like -1 or -0.5, so
-# `--alpha -1e3` would lose its value. Such a number reaches argparse behind a leading space (no option
-# starts with one) and loses the space again before it is converted.
-NEGATIVE_SCIENTIFIC = re.compile(r"-(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
-VALUE_MARK = " "
+# What argparse takes for a negative number rather than an option: its own -1 and -0.5, and scientific notation
+# (`--alpha -1e3`), which it would otherwise refuse as an unknown option.
+NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$|^-(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 INTERRUPTED = "interrupted; the files finished before are kept, and the ones being written were removed"
 
 
@@ -30,25 +26,14 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, description: str | None = None, check: Callable[[argparse.Namespace], Any] | None = None,
                  **kwargs):
         super().__init__(description=description, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBER
         self.check = check
         self.add_argument("--check_args", action="store_true",
                           help="only check the arguments: exit 0 if they are usable, else one line and exit 2")
 
     def error(self, message: str) -> typing.NoReturn:
-        from iti.errors import print_error
-
         print_error(f"{message}; see `{self.prog} --help`")
         sys.exit(2)
-
-    def add_argument(self, *args, **kwargs):
-        if kwargs.get("action", "store") in ("store", "append"):
-            kwargs["type"] = _unmarked(kwargs.get("type", str))
-        return super().add_argument(*args, **kwargs)
-
-    def parse_known_args(self, args=None, namespace=None):
-        args = sys.argv[1:] if args is None else list(args)
-        marked = [VALUE_MARK + arg if NEGATIVE_SCIENTIFIC.fullmatch(arg) else arg for arg in args]
-        return super().parse_known_args(marked, namespace)
 
     def parse_args(self, args=None, namespace=None):
         values = super().parse_args(args, namespace)
@@ -60,29 +45,6 @@ class ArgumentParser(argparse.ArgumentParser):
         return checked
 
 
-def _unmarked(convert: Callable[[str], Any]) -> Callable[[str], Any]:
-    """`convert` of the argument as the user wrote it (without the mark parse_known_args may have added)."""
-    def value(text: str):
-        original = text[len(VALUE_MARK):] if text.startswith(VALUE_MARK) and NEGATIVE_SCIENTIFIC.fullmatch(
-            text[len(VALUE_MARK):]) else text
-        try:
-            return convert(original)
-        except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"invalid {value.__name__} value: {original!r}") from None
-
-    value.__name__ = getattr(convert, "__name__", "argument")
-    return value
-
-
-def _value_type(annotation):
-    """(element type, is_tuple) of a field's annotation: `int | None` -> int, `tuple[str, ...]` -> str."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        annotation = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
-    if typing.get_origin(annotation) is tuple:
-        return typing.get_args(annotation)[0], True
-    return annotation, False
-
-
 def build_parser(config_cls: type[Config], description: str | None = None) -> ArgumentParser:
     """A parser whose parse_args returns the config, checked (config.check())."""
     parser = ArgumentParser(description, check=lambda values: _checked_config(config_cls, vars(values)))
@@ -90,30 +52,25 @@ def build_parser(config_cls: type[Config], description: str | None = None) -> Ar
     for f in dataclasses.fields(config_cls):
         positional = f.metadata.get("positional", False)
         flags = [f.name] if positional else [f"--{f.name}", *f.metadata.get("aliases", ())]
-        kwargs = {"help": f.metadata.get("help")} if positional else {"dest": f.name, "default": f.default,
-                                                                      "help": f.metadata.get("help")}
-        value_type, is_tuple = _value_type(hints[f.name])
+        kwargs = {"help": f.metadata["help"]} if positional else {"dest": f.name, "default": f.default,
+                                                                  "help": f.metadata["help"]}
+        hint = hints[f.name]
+        # X of `X | None` and of `tuple[X, ...]`
+        value_type = next((arg for arg in typing.get_args(hint) if arg not in (type(None), ...)), hint)
         if value_type is bool:
             kwargs["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
         else:
-            kwargs["type"] = value_type
-            if is_tuple:
-                kwargs["nargs"] = "+"
-            if "choices" in f.metadata:
-                kwargs["choices"] = f.metadata["choices"]
+            kwargs.update(type=value_type, nargs="+" if typing.get_origin(hint) is tuple else None,
+                          choices=f.metadata.get("choices"))
         parser.add_argument(*flags, **kwargs)
     return parser
 
 
 def _checked_config(config_cls: type[Config], values: dict) -> Config:
-    hints = typing.get_type_hints(config_cls)
     for name, value in values.items():
-        value_type, is_tuple = _value_type(hints[name])
-        if is_tuple and value_type is str:
-            # `--metrics mc ce` and `--metrics mc,ce` both work.
-            values[name] = tuple(part for item in value for part in item.split(",") if part)
-        elif is_tuple:
-            values[name] = tuple(value)
+        if isinstance(value, list):  # nargs="+": `--metrics mc ce` and `--metrics mc,ce` both work
+            parts = (item.split(",") if isinstance(item, str) else [item] for item in value)
+            values[name] = tuple(part for split in parts for part in split if part != "")
     config = config_cls(**values)
     config.check()
     return config
@@ -127,8 +84,6 @@ def parse_config(config_cls: type[Config], argv: list[str] | None = None, descri
 def run_main(main) -> None:
     """Run a script's main with bad input turned into one line on stderr and exit code 2, and Ctrl-C into one
     line and exit code 130 (the temporaries of what was being written are removed on the way out)."""
-    from iti.errors import exit_on_usage_error
-
     try:
         with exit_on_usage_error():
             main()

@@ -1,17 +1,12 @@
 """Every script's options, defaults and help, written once: the command lines are generated from these
-dataclasses (iti.cli.parse_config) and the code reads the same objects.
-
-Each field declares its role (iti.identity.Role: changes the numbers, changes them only through the head
-shifts, or only changes how the work runs), whether readable file names spell it out (`named`), whether it
-decides the folds' questions (`split`), and what `check()` verifies without data: a `minimum`, `choices`,
-a folder to read or to write (iti.options). Run names, hashes, grouping and resume derive from these roles.
-
-Standard library only at import, so that `--help` and a bad flag are answered before torch is imported.
-A path option's default is the project's own folder (absolute); a path the user gives means what it
-means to the shell (relative to the current directory).
+dataclasses (iti.cli.parse_config) and the code reads the same objects; each field's metadata (iti.options.option)
+gives its role in identities and what `check()` verifies without data. Standard library only at import, so that
+`--help` and a bad flag are answered before torch is imported. A path option's default is the project's own folder
+(absolute); a path the user gives means what it means to the shell (relative to the current directory).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from iti.constants import (
@@ -38,14 +33,13 @@ from iti.options import (
     ModelOptions,
     Options,
     check_alpha,
-    check_custom_dataset,
-    check_fraction,
+    check_dataset,
     check_plain_name,
     option,
     seed_option,
     values_of,
 )
-from iti.registry import DATASET_NAMES, PROBING_DATASETS, VALIDATION_DATASETS, check_dataset_name
+from iti.registry import DATASET_NAMES, PROBING_DATASETS, VALIDATION_DATASETS
 
 METRICS = METRIC_OPTIONS
 # --select_metric choices: the metrics scored per question or derived from them.
@@ -70,10 +64,7 @@ class ActivationsConfig(DatasetOptions):
 
     def _check(self) -> None:
         super()._check()
-        if self.custom:
-            self.check_custom_dataset(self.dataset_name, limit=self.limit)
-        else:
-            check_dataset_name(self.dataset_name)
+        check_dataset(self.dataset_path, self.dataset_name, limit=self.limit)
 
 
 @dataclass
@@ -88,7 +79,7 @@ class HeadShiftOptions(DatasetOptions):
     num_heads: int = option(48, "K, the number of heads to shift", SHIFTS, named=True, minimum=1)
     alpha: float = option(15.0, "α, the shift strength: each head is shifted by α·σ·θ", SHIFTS, named=True)
     val_ratio: float = option(0.2, "share of the development questions held out to rank the probes", SHIFTS,
-                              split=True)
+                              split=True, fraction=True)
     use_center_of_mass: bool = option(False, "direction = mean of true rows minus mean of false rows (the paper's "
                                              "best)", SHIFTS, named=True)
     use_random_dir: bool = option(False, "K heads drawn at random and random directions (a control)", SHIFTS,
@@ -104,21 +95,15 @@ class HeadShiftOptions(DatasetOptions):
 
     @property
     def method(self) -> str:
-        if self.use_random_dir:
-            return "random"
-        return "center_of_mass" if self.use_center_of_mass else "probe"
+        return "random" if self.use_random_dir else "center_of_mass" if self.use_center_of_mass else "probe"
 
-    @property
-    def minimum_items(self) -> int:
-        """Items the questions are split into: training and validation."""
-        return 2
+    minimum_items = 2  # the questions are split into training and validation ones
 
     @property
     def tuning_dataset(self) -> str:
         """The features σ is measured on (docs/method.md §4; §9: a custom probing set is its own σ set)."""
-        if self.activations_dataset is not None:
-            return self.activations_dataset
-        return self.dataset_name if self.custom else VALIDATION_DATASETS[1]
+        default = self.dataset_name if self.custom else VALIDATION_DATASETS[1]
+        return default if self.activations_dataset is None else self.activations_dataset
 
     def _check(self) -> None:
         super()._check()
@@ -127,18 +112,12 @@ class HeadShiftOptions(DatasetOptions):
         if self.use_center_of_mass and self.use_random_dir:
             raise UsageError("--use_center_of_mass and --use_random_dir exclude each other; pick one "
                              "(or neither for probe directions)")
+        self.known_questions = self.limit  # how many questions the work takes, where the options tell
         if self.custom:
-            self._questions = self.check_custom_dataset(self.dataset_name, min_items=self.minimum_items,
-                                                        limit=self.limit)
+            self.known_questions = check_dataset(self.dataset_path, self.dataset_name, self.minimum_items, self.limit)
         elif self.dataset_name not in PROBING_DATASETS:
             raise UsageError(f"--dataset_name {self.dataset_name} cannot train probes on TruthfulQA folds; "
                              f"use one of {', '.join(PROBING_DATASETS)}")
-        check_fraction("--val_ratio", self.val_ratio)
-
-    @property
-    def known_questions(self) -> int | None:
-        """How many questions the work takes, where the options tell (--limit, a §9 file's items; after check())."""
-        return getattr(self, "_questions", None) if self.custom else self.limit
 
     def _check_counts(self) -> None:
         from iti.folds import num_train
@@ -160,7 +139,7 @@ class ValidationConfig(HeadShiftOptions):
                                         "within this budget may be chosen (needs kl in --metrics)", SHIFTS, minimum=0)
     select_ratio: float = option(0.2, "with several K or α: share of each fold's development questions set aside to "
                                       "score the settings; the shifts scored are built from the others", SHIFTS,
-                                 split=True)
+                                 split=True, fraction=True)
     sigma_questions: str = option("all", "rows of the tuning set that set σ: all (the public workflow's, default) "
                                          "or dev (only the fold's development questions)", SHIFTS,
                                   choices=SIGMA_QUESTIONS)
@@ -257,7 +236,6 @@ class ValidationConfig(HeadShiftOptions):
         if self.limit is not None and self.limit < self.num_fold:
             raise UsageError(f"--limit {self.limit} leaves fewer questions than the {self.num_fold} folds; "
                              f"use --limit {self.num_fold} or more")
-        check_fraction("--select_ratio", self.select_ratio)
         if self.split_rng == "public" and self.use_random_dir:
             raise UsageError("--split_rng public cannot follow the public stream with --use_random_dir (the public "
                              "script draws its random heads and directions from the same stream); drop one of them")
@@ -285,9 +263,6 @@ class EditConfig(HeadShiftOptions):
 
     def _check(self) -> None:
         super()._check()
-        if self.limit is not None and self.limit < 2:
-            raise UsageError(f"--limit {self.limit} must be at least 2: the questions are split into training "
-                             "and validation")
         if self.output_dir is not None:
             from iti.bake_folders import check_output_dir
 
@@ -307,24 +282,18 @@ class HeadAccuracyConfig(Options):
     features_dir: str = option(str(FEATURES_DIR), "where get_activations put the features", NUMBERS, folder="read")
     limit: int | None = option(None, "only the first N questions (the `_limit_N` features, else the first N of "
                                      "the full set)", NUMBERS, named=True, minimum=2)
-    val_ratio: float = option(0.2, "share of the questions held out to score the probes", NUMBERS)
+    val_ratio: float = option(0.2, "share of the questions held out to score the probes", NUMBERS, fraction=True)
     seed: int = seed_option("seeds the train/validation split")
     probe_backend: str = option("torch", "torch (all probes at once) or sklearn (one per head)", NUMBERS,
                                 choices=PROBE_BACKENDS)
     output_dir: str = option(str(PLOTS_DIR), "where the accuracies and the heatmap go", EXECUTION, folder="write")
 
     def _check(self) -> None:
-        super()._check()
-        check_plain_name("--model_name", self.model_name)
-        check_fraction("--val_ratio", self.val_ratio)
-        if self.dataset_path is not None:
-            check_custom_dataset(self.dataset_path, self.dataset_name)
-        else:
-            check_dataset_name(self.dataset_name)
-
-    def _check_counts(self) -> None:
         from iti.folds import num_train
 
+        super()._check()
+        check_plain_name("--model_name", self.model_name)
+        check_dataset(self.dataset_path, self.dataset_name)
         if self.limit is not None:
             num_train(self.limit, self.val_ratio)
 
@@ -343,8 +312,6 @@ class ExportConfig(ModelOptions):
                                     "pyvene export; head shifts when importing)", EXECUTION)
 
     def _check(self) -> None:
-        import re
-
         from iti.files import check_replaceable
         from iti.head_shifts import METADATA_FILE, TENSORS_FILE
 

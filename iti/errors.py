@@ -4,7 +4,6 @@ import errno
 import re
 import sys
 from contextlib import contextmanager
-from typing import NoReturn
 
 
 class UsageError(Exception):
@@ -20,34 +19,27 @@ _STORAGE_REMEDIES = {
 }
 
 
-@contextmanager
-def exit_on_usage_error():
-    try:
-        yield
-    except UsageError as err:
-        _exit(str(err))
-    except OSError as err:
-        if err.errno not in _STORAGE_REMEDIES:
-            raise
-        where = f": {err.filename}" if err.filename else ""
-        _exit(f"{err.strerror}{where}; {_STORAGE_REMEDIES[err.errno]}")
-
-
 # Characters that end a line for a terminal or for str.splitlines (C0 and C1 controls, the Unicode line and
 # paragraph separators): a path or value holding one is shown escaped, so a message stays one line.
 _LINE_BREAKING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
-def one_line(text: str) -> str:
-    """`text` with every character that could break or hide a line written as its escape (a newline as \\n)."""
-    return _LINE_BREAKING.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
-
-
 def print_error(message: str) -> None:
-    """The one place messages about bad input are printed: `error: ...`, on one line of stderr."""
-    print(f"error: {one_line(message)}", file=sys.stderr)
+    """The one place messages about bad input are printed: `error: ...` on one line of stderr, every character that
+    could break or hide a line written as its escape (a newline as \\n)."""
+    escaped = _LINE_BREAKING.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), message)
+    print(f"error: {escaped}", file=sys.stderr)
 
 
-def _exit(message: str) -> NoReturn:
-    print_error(message)
-    sys.exit(2)
+@contextmanager
+def exit_on_usage_error():
+    try:
+        yield
+    except UsageError as err:
+        print_error(str(err))
+        sys.exit(2)
+    except OSError as err:
+        if err.errno not in _STORAGE_REMEDIES:
+            raise
+        print_error(f"{err.strerror}{f': {err.filename}' if err.filename else ''}; {_STORAGE_REMEDIES[err.errno]}")
+        sys.exit(2)

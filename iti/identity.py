@@ -1,14 +1,9 @@
-"""What identifies a run or a feature set: every option field declares its role in its metadata, and
-names, hashes, grouping and resume are derived from those roles (docs/method.md §10).
-
-- NUMBERS: changes the numbers of every run (the model, the dtype, the data, the seed, the metrics);
-- SHIFTS: changes the numbers only through the head shifts (which features, heads, directions, α): an
-  unshifted baseline's numbers do not depend on it;
-- EXECUTION: changes only how or where the work runs (batch size, device, folders, progress, resume).
-
-An identity is every NUMBERS and SHIFTS field, each with its value as resolved: a field whose value
-stands for something else (a model name, `--dtype auto`, a data file, a folder of features) enters as
-what it resolved to, so two runs that could hold different numbers never share an identity.
+"""What identifies a run or a feature set (docs/method.md §10): each option field's metadata declares its role, and
+names, hashes, grouping and resume follow from the roles. NUMBERS changes every run's numbers (model, dtype, data,
+seed, metrics); SHIFTS changes them only through the head shifts (features, heads, directions, α), so an unshifted
+baseline does not depend on it; EXECUTION changes only how or where the work runs (batch size, device, folders).
+An identity is every NUMBERS and SHIFTS field with its value as resolved (a model name, `--dtype auto`, a data file,
+a folder of features enter as what they resolved to), so two runs that could hold different numbers never share one.
 Standard library only (the CLI reads the roles before torch is imported).
 """
 from __future__ import annotations
@@ -29,10 +24,6 @@ class Role(enum.Enum):
 IDENTITY_ROLES = (Role.NUMBERS, Role.SHIFTS)
 
 
-def role(field: dataclasses.Field) -> Role:
-    return field.metadata["role"]
-
-
 def fields_where(config_cls, keep: Callable[[dataclasses.Field], bool]) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(config_cls) if keep(f))
 
@@ -40,7 +31,7 @@ def fields_where(config_cls, keep: Callable[[dataclasses.Field], bool]) -> tuple
 def identity_fields(config_cls, roles: Iterable[Role] = IDENTITY_ROLES) -> tuple[str, ...]:
     """The fields of these roles, in declaration order."""
     wanted = set(roles)
-    return fields_where(config_cls, lambda f: role(f) in wanted)
+    return fields_where(config_cls, lambda f: f.metadata["role"] in wanted)
 
 
 def split_fields(config_cls) -> tuple[str, ...]:
@@ -87,12 +78,12 @@ def readable_name(named, parts: Iterable[str] = RUN_NAME, spelling: Mapping[str,
     α) are joined with `-`; a number is written with `:g` (α 15.0 -> "15": the public int(α) made sweeps over
     fractional α collide); a string as it is (a glob's `*`, a value as the user typed it)."""
     values = named if isinstance(named, Mapping) else named_values(named)
-    return "".join(spelling[part].format(_spelled(values[part])) for part in parts if values.get(part) is not None)
+    return "".join(spelling[part].format(spelled(values[part])) for part in parts if values.get(part) is not None)
 
 
-def _spelled(value: Any) -> str:
+def spelled(value: Any) -> str:
     if isinstance(value, (tuple, list)):
-        return "-".join(map(_spelled, value))
+        return "-".join(map(spelled, value))
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -102,17 +93,15 @@ def json_value(value: Any) -> Any:
 
 
 def identity(config, resolved: Mapping[str, Any] | None = None, names: Iterable[str] | None = None) -> dict[str, Any]:
-    """{field: value} over `names` (default: every NUMBERS and SHIFTS field), each value replaced by
-    its resolved form where `resolved` has one."""
+    """{field: value} over `names` (default: every NUMBERS and SHIFTS field), each as resolved where `resolved` says."""
     resolved = resolved or {}
     names = identity_fields(type(config)) if names is None else names
     return {name: json_value(resolved[name] if name in resolved else getattr(config, name)) for name in names}
 
 
 def declared(record: Mapping[str, Any], config_cls) -> dict[str, Any]:
-    """The identity fields of a config as written in a record (`dataclasses.asdict`), as given, without the
-    locations (paths and sources whose content only a run resolves): what a sweep can compare without
-    loading anything."""
+    """The identity fields of a config as written in a record (`dataclasses.asdict`), without the locations (paths
+    and sources whose content only a run resolves): what a sweep can compare without loading anything."""
     locations = set(fields_where(config_cls, lambda f: f.metadata.get("location", False)))
     return {name: json_value(record.get(name)) for name in identity_fields(config_cls) if name not in locations}
 

@@ -1,9 +1,6 @@
-"""The building blocks of every script's options: a field with its role and checks (`option`), the checks
-every options class runs from that metadata (`Options`), the model and dataset options scripts share, and
-the checks that need no data (names that become file names, folders, a §9 dataset file).
-
-Standard library only at import (the CLI reads this before torch is imported).
-"""
+"""The building blocks of every script's options: a field with its role and checks (`option`), the checks every
+options class runs from that metadata (`Options`), the model and dataset options scripts share, and the checks that
+need no data. Standard library only at import (the CLI reads this before torch is imported)."""
 from __future__ import annotations
 
 import dataclasses
@@ -17,8 +14,8 @@ from pathlib import Path
 
 from iti.constants import BUNDLED_MODEL, DTYPES, PROMPT_FORMATS
 from iti.errors import UsageError
-from iti.identity import Role
-from iti.registry import DATASET_NAMES, is_known_model, known_model_names
+from iti.identity import Role, spelled
+from iti.registry import DATASET_NAMES, check_dataset_name, is_known_model, known_model_names
 
 NUMBERS, SHIFTS, EXECUTION = Role.NUMBERS, Role.SHIFTS, Role.EXECUTION
 DATASET_PATH_HELP = ("a contrastive dataset of your own (docs/method.md §9): .jsonl, .csv in TruthfulQA.csv's columns, "
@@ -28,30 +25,28 @@ PLAIN_NAME = re.compile(r"[A-Za-z0-9][\w.+-]*")
 # The tag of a `--limit` subset in feature file names: no dataset name may end with it.
 LIMIT_TAG = re.compile(r"(^|_)limit_\d+$")
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?|\d+")
-MAX_SEED = 2**32 - 1
 # The largest |α|: float16's largest finite number (see check_alpha).
 MAX_ALPHA = 65504.0
 GGUF_MAGIC = b"GGUF"
 
 
 def option(default, help: str, role: Role, *, named: bool = False, split: bool = False, location: bool = False,
-           minimum: float | None = None, maximum: float | None = None, folder: str | None = None,
-           file: str | None = None, path: bool = False, **cli):
+           minimum: float | None = None, maximum: float | None = None, fraction: bool = False,
+           folder: str | None = None, file: str | None = None, **cli):
     """A dataclass field with its help and role; `cli` may hold `aliases`, `choices` and `positional`.
-    `minimum`/`maximum`: the range of every value. `path`: the value is a path or a source (never empty);
-    `folder` is "read" (must be a folder if it exists), "existing" (must be a folder) or "write" (a folder, or a
-    path where one can be made, that can be written); `file` is "read" (a readable file) or "write" (a file that
-    can be written, never a folder); `location`: a path or source whose content, resolved when the work runs, is
-    what enters an identity."""
+    `minimum`/`maximum`: the range of every value; `fraction`: strictly between 0 and 1. `folder` is "read" (must
+    be a folder if it exists), "existing" (must be a folder) or "write" (a folder, or a path where one can be made,
+    that can be written); `file` is "read" (a readable file) or "write" (a file that can be written, never a
+    folder); `location`: a path or source whose content, resolved when the work runs, is what enters an identity.
+    Every path is refused when empty."""
     metadata = {"help": help, "role": role, "named": named, "split": split, "location": location,
-                "minimum": minimum, "maximum": maximum, "folder": folder, "file": file,
-                "path": path or location or bool(folder or file), **cli}
+                "minimum": minimum, "maximum": maximum, "fraction": fraction, "folder": folder, "file": file, **cli}
     return field(default=default, metadata=metadata)
 
 
 def seed_option(help: str, default: int | None = 42, **kwargs):
     """A seed: NumPy takes 0 to 2**32 - 1 (`np.random.seed`, the public split generator), so every seed does."""
-    return option(default, help, NUMBERS, minimum=0, maximum=MAX_SEED, **kwargs)
+    return option(default, help, NUMBERS, minimum=0, maximum=2**32 - 1, **kwargs)
 
 
 class Options:
@@ -71,13 +66,13 @@ class Options:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             flag = f.name.replace("_", " ") if f.metadata.get("positional") else f"--{f.name}"
-            for item in values_of(value):
-                if item is None:
-                    continue
+            for item in () if value is None else values_of(value):
                 if "choices" in f.metadata and item not in f.metadata["choices"]:
                     raise UsageError(f"{flag} {item} is not one of {', '.join(map(str, f.metadata['choices']))}")
                 check_range(flag, item, f.metadata["minimum"], f.metadata["maximum"])
-                if f.metadata["path"]:
+                if f.metadata["fraction"] and not 0 < item < 1:
+                    raise UsageError(f"{flag} {item} must lie strictly between 0 and 1, e.g. 0.2")
+                if f.metadata["location"] or f.metadata["folder"] or f.metadata["file"]:
                     check_path(flag, item, f.metadata["folder"], f.metadata["file"])
 
 
@@ -123,11 +118,6 @@ class DatasetOptions(ModelOptions):
     def custom(self) -> bool:
         return self.dataset_path is not None
 
-    def check_custom_dataset(self, dataset_name: str, min_items: int = 1, limit: int | None = None) -> int | None:
-        """A §9 file is read in full here (it is small and needs no heavy import), so bad items fail at once;
-        the number of items the run takes (None for a hub set)."""
-        return check_custom_dataset(self.dataset_path, dataset_name, min_items, limit)
-
 
 def check_plain_name(flag: str, name: str) -> None:
     """Names that become parts of file names must stay inside their folder: no `/`, no `..`, no spaces."""
@@ -140,9 +130,9 @@ def check_range(flag: str, value, minimum: float | None, maximum: float | None) 
     if value != value:  # NaN: compares false with every bound
         raise UsageError(f"{flag} {value} is not a number")
     if minimum is not None and value < minimum:
-        raise UsageError(f"{flag} {value} must be at least {_number(minimum)}")
+        raise UsageError(f"{flag} {value} must be at least {spelled(minimum)}")
     if maximum is not None and value > maximum:
-        raise UsageError(f"{flag} {value} must be at most {_number(maximum)}")
+        raise UsageError(f"{flag} {value} must be at most {spelled(maximum)}")
 
 
 def check_alpha(alpha: float, what: str = "--alpha", reach: float = 0.0, largest: float = math.inf,
@@ -159,48 +149,39 @@ def check_alpha(alpha: float, what: str = "--alpha", reach: float = 0.0, largest
                          f"largest {dtype} number ({largest:.5g}); use |alpha| at most {largest / reach:.4g}")
 
 
-def _number(value: float) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
 def check_path(flag: str, path: str, folder: str | None = None, file: str | None = None) -> None:
     """A path option: never empty (an empty path would silently mean the current folder), then what `folder`
-    or `file` asks for (see `option`)."""
+    or `file` asks for (see `option`); a folder to write is probed with a temporary file, removed at once."""
     if not path.strip():
         raise UsageError(f"{flag} is empty; give a path" + (" (. for the current folder)" if folder else ""))
-    if folder is not None:
-        check_folder(flag, path, folder)
-    if file is not None:
-        check_file(flag, path, file == "write")
+    kind = path_kind(flag, path) if folder or file else None
+    if folder and kind not in (None, "folder"):
+        raise UsageError(f"{flag} {path} is a file, not a folder; give a folder")
+    if file and kind == "folder":
+        raise UsageError(f"{flag} {path} is a folder, not a file; give a file")
+    if kind is None and (folder == "existing" or file == "read"):
+        raise UsageError(f"{flag} {path} does not exist; give {'an existing folder' if folder else 'a file'}")
+    if file == "read" and not os.access(Path(path).expanduser(), os.R_OK):
+        raise UsageError(f"{flag} {path} cannot be read (permission denied); check its permissions")
+    if "write" in (folder, file):
+        check_writable(flag, path, Path(path).expanduser() if folder else Path(path).expanduser().parent)
 
 
 def path_kind(flag: str, path: str | Path) -> str | None:
     """"folder", "file", "other" (a device, a socket...) or None when nothing is there (a parent that is a file
     included). A symbolic link that leads nowhere or into a loop, or a path that cannot be looked at, is a
     UsageError: Path.exists() says False for those, and writing there fails later."""
+    local = Path(path).expanduser()
     try:
-        mode = os.stat(Path(path).expanduser()).st_mode
+        mode = os.stat(local).st_mode
     except (FileNotFoundError, NotADirectoryError):
-        if os.path.islink(Path(path).expanduser()):
-            raise UsageError(f"{flag} {path} is a symbolic link to {os.readlink(Path(path).expanduser())}, which "
-                             "does not exist; give another path or fix the link") from None
+        if os.path.islink(local):
+            raise UsageError(f"{flag} {path} is a symbolic link to {os.readlink(local)}, which does not exist; give "
+                             "another path or fix the link") from None
         return None
     except OSError as err:
         raise UsageError(f"{flag} {path} cannot be used ({err.strerror}); give another path") from None
     return "folder" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"
-
-
-def check_folder(flag: str, path: str, use: str) -> None:
-    """A folder option (`use`: see `option`): an existing file is refused; a folder to write must be writable,
-    or creatable where its nearest existing parent is writable (probed with a temporary file, removed at once:
-    nothing is left)."""
-    kind = path_kind(flag, path)
-    if kind not in (None, "folder"):
-        raise UsageError(f"{flag} {path} is a file, not a folder; give a folder")
-    if kind is None and use == "existing":
-        raise UsageError(f"{flag} {path} does not exist; give an existing folder")
-    if use == "write":
-        check_writable(flag, path, Path(path).expanduser())
 
 
 def check_writable(flag: str, path: str, folder: Path) -> None:
@@ -217,19 +198,6 @@ def check_writable(flag: str, path: str, folder: Path) -> None:
                          "write to") from None
     os.close(handle)
     os.unlink(probe)
-
-
-def check_file(flag: str, path: str, write: bool) -> None:
-    """A file to read must be a readable file; one to write must not be a folder, in a folder that can be written."""
-    kind = path_kind(flag, path)
-    if kind == "folder":
-        raise UsageError(f"{flag} {path} is a folder, not a file; give a file")
-    if write:
-        check_writable(flag, path, Path(path).expanduser().parent)
-    elif kind is None:
-        raise UsageError(f"{flag} {path} does not exist; give a file")
-    elif not os.access(Path(path).expanduser(), os.R_OK):
-        raise UsageError(f"{flag} {path} cannot be read (permission denied); check its permissions")
 
 
 def check_device(device: str) -> None:
@@ -283,12 +251,15 @@ def check_gguf_file(path: Path) -> None:
                          "give --model_path a .gguf file, a model folder or a hub id")
 
 
-def check_custom_dataset(dataset_path: str, dataset_name: str, min_items: int = 1,
-                         limit: int | None = None) -> int | None:
-    """--dataset_name must be a plain new name, and the file a §9 dataset with enough items (hub sets load later):
-    the number of items a run takes from it (None for a hub set)."""
+def check_dataset(dataset_path: str | None, dataset_name: str, min_items: int = 1,
+                  limit: int | None = None) -> int | None:
+    """A built-in --dataset_name, or for --dataset_path a plain new name and a §9 dataset with enough items, read in
+    full here (it is small and needs no heavy import; hub sets load later): the number of items a run takes from it
+    (None for a built-in or hub set)."""
     from iti.contrastive import HUB_PREFIX, load_dataset_file
 
+    if dataset_path is None:
+        return check_dataset_name(dataset_name)
     check_plain_name("--dataset_name", dataset_name)
     if dataset_name in DATASET_NAMES:
         raise UsageError(f"--dataset_name {dataset_name!r} names your dataset's files: use a new name, not one of "
@@ -301,17 +272,12 @@ def check_custom_dataset(dataset_path: str, dataset_name: str, min_items: int = 
     items = len(load_dataset_file(dataset_path, dataset_name))
     if limit is not None and limit > items:
         raise UsageError(f"--limit {limit} is more than the {items} items of {dataset_path}; use --limit {items} or less")
-    if min(items, limit or items) < min_items:
-        raise UsageError(f"{dataset_path} has {min(items, limit or items)} items, fewer than the {min_items} the run "
-                         "needs to split them into folds and each fold's development items into training and "
-                         "validation ones; add items, or use fewer folds")
-    return min(items, limit or items)
+    if (limit or items) < min_items:
+        raise UsageError(f"{dataset_path} has {limit or items} items, fewer than the {min_items} the run needs to "
+                         "split them into folds and each fold's development items into training and validation ones; "
+                         "add items, or use fewer folds")
+    return limit or items
 
 
 def values_of(value) -> tuple:
     return tuple(value) if isinstance(value, (tuple, list)) else (value,)
-
-
-def check_fraction(flag: str, value: float) -> None:
-    if not 0 < value < 1:
-        raise UsageError(f"{flag} {value} must lie strictly between 0 and 1, e.g. 0.2")

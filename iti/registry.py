@@ -1,11 +1,9 @@
 """What is known by name: the models (the public workflow's names, then current families; values are hub ids)
 and the built-in datasets. Standard library only, so `--check_args` can tell an unknown name before torch is
-imported; `python -m iti.registry datasets [--probing | --validation]` lists dataset names for the shell scripts.
-"""
+imported; `python -m iti.registry datasets [--probing | --validation]` lists dataset names for the shell scripts."""
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 
 from iti.constants import BUNDLED_MODEL, LOCAL_PREFIX
 from iti.errors import UsageError
@@ -55,37 +53,19 @@ def is_known_model(name: str) -> bool:
     return name in HF_NAMES or (name.startswith(LOCAL_PREFIX) and name[len(LOCAL_PREFIX):] in HF_NAMES)
 
 
-@dataclass(frozen=True)
-class BuiltinDataset:
-    """A dataset known by name: a TruthfulQA prompt set (its questions in the benchmark's `order`) or a transfer
-    set on the hub (`hub_id`), docs/method.md §2."""
-    name: str
-    description: str
-    order: str | None = None
-    hub_id: str | None = None
-
-    @property
-    def probing(self) -> bool:
-        """Its rows can train probes on TruthfulQA's folds."""
-        return self.order is not None
-
-
-DATASETS = {dataset.name: dataset for dataset in (
-    BuiltinDataset("tqa_mc2", "each question with each of its mc2 choices", order="multiple_choice"),
-    BuiltinDataset("tqa_gen", "each question with each correct, then each incorrect answer", order="generation"),
-    BuiltinDataset("tqa_gen_end_q", "tqa_gen followed by another question (sets σ)", order="generation"),
-    BuiltinDataset("nq_open", "Natural Questions with a false answer per question", hub_id="OamPatel/iti_nq_open_val"),
-    BuiltinDataset("trivia_qa", "TriviaQA with a false answer per question", hub_id="OamPatel/iti_trivia_qa_val"),
-)}
-DATASET_NAMES = tuple(DATASETS)
+# The datasets known by name (docs/method.md §2): TruthfulQA's prompt sets, whose rows can train probes on its folds
+# (tqa_mc2: each question with each of its mc2 choices; tqa_gen: with each correct, then each incorrect answer;
+# tqa_gen_end_q: tqa_gen followed by another question, which sets σ), and transfer sets on the hub (a false answer
+# per question of Natural Questions and TriviaQA).
+PROBING_DATASETS = ("tqa_mc2", "tqa_gen", "tqa_gen_end_q")
+TRANSFER_SETS = {"nq_open": "OamPatel/iti_nq_open_val", "trivia_qa": "OamPatel/iti_trivia_qa_val"}
+DATASET_NAMES = (*PROBING_DATASETS, *TRANSFER_SETS)
 # What validate_2fold reads by default: the set that trains the probes, and the one that sets σ.
 VALIDATION_DATASETS = ("tqa_mc2", "tqa_gen_end_q")
-PROBING_DATASETS = tuple(name for name, dataset in DATASETS.items() if dataset.probing)
-TRANSFER_SETS = {name: dataset.hub_id for name, dataset in DATASETS.items() if dataset.hub_id}
 
 
 def check_dataset_name(name: str) -> None:
-    if name not in DATASETS:
+    if name not in DATASET_NAMES:
         raise UsageError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")
 
 

@@ -464,6 +464,16 @@ def val_ratio_leaving_no_probe_to_plot(root, tqa):
     return ["--model_name", MODEL, "--val_ratio", "0.99", "--limit", "8", "--check_args"]
 
 
+def one_question_to_split(root, tqa):
+    return [*model_args(root), "--limit", "1", "--check_args"]
+
+
+def val_ratio_beyond_1_with_a_set_of_its_own(root, tqa):
+    items = b"".join(b'{"question": "Q%d?", "correct_answers": ["a"], "incorrect_answers": ["b"]}\n' % i
+                     for i in range(8))
+    return [*model_args(root), *custom_set(root, "set.jsonl", items), "--val_ratio", "1.5", "--check_args"]
+
+
 def select_ratio_leaving_nothing_to_build_on(root, tqa):
     return [*model_args(root), "--select_ratio", "0.99", "--num_heads", "1", "2", "--limit", "8", "--check_args"]
 
@@ -699,6 +709,8 @@ CASES = [
     ("validate_2fold", val_ratio_leaving_no_training_question,
      "8 questions in 2 folds leave a fold 4 development questions, none to train on at --val_ratio 0.99"),
     ("edit_weight", val_ratio_leaving_no_training_question, "--val_ratio 0.99 leaves none of 8 questions to train on"),
+    ("edit_weight", one_question_to_split, "--val_ratio 0.2 leaves none of 1 questions to train on"),
+    ("validate_2fold", val_ratio_beyond_1_with_a_set_of_its_own, "--val_ratio 1.5 must lie strictly between 0 and 1"),
     ("plot_head_accuracies", val_ratio_leaving_no_probe_to_plot,
      "--val_ratio 0.99 leaves none of 8 questions to train on"),
     ("validate_2fold", select_ratio_leaving_nothing_to_build_on,
