@@ -26,6 +26,7 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, description: str | None = None, check: Callable[[argparse.Namespace], Any] | None = None,
                  **kwargs):
         super().__init__(description=description, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+        # argparse's own pattern (a private attribute it reads in 3.11-3.13); tests/test_cli.py fails if it stops.
         self._negative_number_matcher = NEGATIVE_NUMBER
         self.check = check
         self.add_argument("--check_args", action="store_true",
