@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from iti.config import ExportConfig
 from iti.errors import UsageError
 from iti.files import read_json, staged_folder
-from iti.head_shifts import METADATA_FILE, HeadShifts, ShiftProvenance
 from iti.geometry import HeadGeometry
-from iti.models import model_sites
+from iti.head_shifts import METADATA_FILE, HeadShifts, ShiftProvenance
+from iti.models import model_sites, resolve_model_source
 
 PYVENE_CONFIG = "config.json"
 _ADDITION = "AdditionIntervention"
@@ -32,12 +33,19 @@ REEXPORT = "export the head shifts again with validation/export_head_shifts.py"
 _UNIT_TOLERANCE = 1e-5
 
 
-def _skeleton(config):
-    """The model's module tree without weights: pyvene needs the modules to name, not their values."""
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
+def model_source(cfg: ExportConfig, shifts: HeadShifts | None) -> str:
+    """--model_path if given, else the model the head shifts record (`shifts`, or those beside an import; a folder
+    pyvene wrote holds none), else --model_name's."""
+    if shifts is None and (Path(cfg.import_from) / METADATA_FILE).is_file():
+        shifts = HeadShifts.load(cfg.import_from)
+    recorded = shifts.model_source if shifts is not None else None
+    if cfg.model_path or recorded is None:
+        return resolve_model_source(cfg.model_name, cfg.model_prefix, cfg.model_path)
+    try:
+        return resolve_model_source(cfg.model_name, model_path=recorded)
+    except UsageError as err:
+        raise UsageError(f"the head shifts were made from {recorded}, which is not there any more; give that model's "
+                         "place with --model_path") from err
 
 
 def is_export(folder: Path) -> bool:
@@ -50,12 +58,15 @@ def export_pyvene(shifts: HeadShifts, model_config, folder: str | os.PathLike) -
 
     An existing folder is replaced only when it is an earlier export (never other files).
     """
+    from transformers import AutoModelForCausalLM
+
     from iti.intervenable import pv
 
     target = Path(folder)
     if target.exists() and any(target.iterdir()) and not is_export(target):
         raise UsageError(f"{target} exists and is not a pyvene export; give a new or empty folder")
-    skeleton = _skeleton(model_config)
+    with torch.device("meta"):  # pyvene needs the modules to name, not their weights
+        skeleton = AutoModelForCausalLM.from_config(model_config)
     sites = model_sites(skeleton)
     components = [{"component": f"{sites.o_proj_of(layer)}.input",
                    "intervention": pv.AdditionIntervention(source_representation=torch.as_tensor(offset),
