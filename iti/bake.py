@@ -100,20 +100,6 @@ def _biases_added(model_class, config, present: dict[str, torch.Size], o_proj_bi
     return None
 
 
-def _switch_plan(model, present: dict[str, torch.Size], o_proj_biases: set[str]) -> BakePlan | None:
-    """The model's own class with the first bias switch that qualifies, or None."""
-    for switch in BIAS_SWITCHES:
-        if not hasattr(text_config(model.config), switch):
-            continue
-        config = copy.deepcopy(model.config)
-        setattr(text_config(config), switch, True)
-        added = _biases_added(type(model), config, present, o_proj_biases)
-        if added is not None:
-            return BakePlan(type(model).__name__, switch, added,
-                            f"its own architecture: {switch} gives every o_proj a bias")
-    return None
-
-
 def _check_no_short_window(text, family: LlamaAttentionFamily) -> None:
     """A window at least as long as the context masks nothing there; a shorter one has no place in a Llama checkpoint.
     The layers windowed are those transformers' modeling code of the family windows."""
@@ -167,9 +153,14 @@ def check_bakeable(model) -> BakePlan:
     present = {name: param.shape for name, param in model.named_parameters()}
     if o_proj_biases <= set(present):
         return BakePlan(type(model).__name__, None, {}, "its own architecture: every o_proj already has a bias")
-    plan = _switch_plan(model, present, o_proj_biases)
-    if plan is not None:
-        return plan
+    for switch in BIAS_SWITCHES:  # the model's own class, with the first switch that qualifies
+        if hasattr(text_config(model.config), switch):
+            config = copy.deepcopy(model.config)
+            setattr(text_config(config), switch, True)
+            added = _biases_added(type(model), config, present, o_proj_biases)
+            if added is not None:
+                return BakePlan(type(model).__name__, switch, added,
+                                f"its own architecture: {switch} gives every o_proj a bias")
     family = getattr(text_config(model.config), "model_type", type(model).__name__)
     if family in LLAMA_ATTENTION_FAMILIES:
         return _llama_plan(model, LLAMA_ATTENTION_FAMILIES[family], present, o_proj_biases)
