@@ -54,10 +54,8 @@ def is_export(folder: Path) -> bool:
 
 
 def export_pyvene(shifts: HeadShifts, model_config, folder: str | os.PathLike) -> Path:
-    """Write the pyvene folder for `shifts` on a model with `model_config`; the folder appears whole or not at all.
-
-    An existing folder is replaced only when it is an earlier export (never other files).
-    """
+    """Write the pyvene folder for `shifts` on a model with `model_config`; the folder appears whole or not at all,
+    and replaces an existing one only when that is an earlier export (never other files)."""
     from transformers import AutoModelForCausalLM
 
     from iti.intervenable import pv
