@@ -78,13 +78,8 @@ def export_pyvene(shifts: HeadShifts, model_config, folder: str | os.PathLike) -
 
 
 def _read_state(folder: Path, key: str) -> dict[str, torch.Tensor]:
-    """One intervention's state: safetensors if present, else pyvene's .bin through the weights-only loader."""
-    stem = folder / f"intkey_{key}"
-    if stem.with_suffix(".safetensors").is_file():
-        from safetensors.torch import load_file
-
-        return load_file(str(stem.with_suffix(".safetensors")))
-    path = Path(f"{stem}.bin")
+    """One intervention's state from its .bin (the only form pyvene writes and loads), read weights-only."""
+    path = folder / f"intkey_{key}.bin"
     if not path.is_file():
         raise UsageError(f"{folder} lacks the state file {path.name} that its {PYVENE_CONFIG} lists; export again")
     try:
