@@ -75,10 +75,8 @@ _FAMILY_KEYS = ("model_type", "architectures", "transformers_version")
 
 @dataclass(frozen=True)
 class BakePlan:
-    """How a model is baked: the class saved, the config switch turned on and the (zero) biases that appear.
-
-    `llama_config` is set when the model is rebuilt as a Llama checkpoint, None when it keeps its class.
-    """
+    """How a model is baked: the class saved, the config switch turned on, the (zero) biases that appear, and the
+    config of the Llama checkpoint it is rebuilt as (None when it keeps its class)."""
     architecture: str
     switch: str | None
     added: dict[str, torch.Size]
@@ -90,17 +88,11 @@ class BakePlan:
         return f"saved as {self.architecture}{switch} ({self.reason})"
 
 
-def _parameter_shapes(module: torch.nn.Module) -> dict[str, torch.Size]:
-    return {name: param.shape for name, param in module.named_parameters()}
-
-
-def _o_proj_bias_names(model) -> set[str]:
-    sites = model_sites(model)
-    return {f"{sites.layers}.{layer}.{sites.o_proj}.bias" for layer in range(head_geometry(model.config).num_layers)}
-
-
-def _biases_added(present: dict[str, torch.Size], rebuilt: dict[str, torch.Size], o_proj_biases: set[str]):
-    """The biases `rebuilt` adds to `present`, if it adds every o_proj bias and changes nothing else, else None."""
+def _biases_added(model_class, config, present: dict[str, torch.Size], o_proj_biases: set[str]):
+    """The biases a `model_class(config)` (built on the meta device) adds to `present`, if it adds every o_proj bias
+    and changes nothing else, else None."""
+    with torch.device("meta"):
+        rebuilt = {name: param.shape for name, param in model_class(config).named_parameters()}
     added = set(rebuilt) - set(present)
     same = all(rebuilt.get(name) == shape for name, shape in present.items())
     if same and o_proj_biases <= added | set(present) and all(name.endswith(".bias") for name in added):
@@ -108,72 +100,43 @@ def _biases_added(present: dict[str, torch.Size], rebuilt: dict[str, torch.Size]
     return None
 
 
-def _switch_plan(model, present: dict[str, torch.Size], o_proj_biases: set[str]) -> BakePlan | None:
-    """The model's own class with the first bias switch that qualifies (tried on a meta-device copy), or None."""
-    for switch in BIAS_SWITCHES:
-        if not hasattr(text_config(model.config), switch):
-            continue
-        config = copy.deepcopy(model.config)
-        setattr(text_config(config), switch, True)
-        with torch.device("meta"):
-            skeleton = type(model)(config)
-        added = _biases_added(present, _parameter_shapes(skeleton), o_proj_biases)
-        if added is not None:
-            return BakePlan(type(model).__name__, switch, added,
-                            f"its own architecture: {switch} gives every o_proj a bias")
-    return None
-
-
-def _windowed_layers(text_config, family: LlamaAttentionFamily) -> list[int]:
-    """The layers whose attention a sliding window limits, as transformers' modeling code of the family applies it."""
-    if getattr(text_config, "sliding_window", None) is None:
-        return []
-    if family.window_on_every_layer:
-        return list(range(text_config.num_hidden_layers))
-    return [i for i, kind in enumerate(getattr(text_config, "layer_types", None) or []) if kind == "sliding_attention"]
-
-
-def _check_no_short_window(text_config, family: LlamaAttentionFamily) -> None:
-    """A window at least as long as the context masks nothing there; a shorter one has no place in a Llama checkpoint."""
-    windowed = _windowed_layers(text_config, family)
-    window, context = getattr(text_config, "sliding_window", None), text_config.max_position_embeddings
-    if windowed and window < context:
+def _check_no_short_window(text, family: LlamaAttentionFamily) -> None:
+    """A window at least as long as the context masks nothing there; a shorter one has no place in a Llama checkpoint.
+    The layers windowed are those transformers' modeling code of the family windows."""
+    window, context = getattr(text, "sliding_window", None), text.max_position_embeddings
+    if window is None or window >= context:
+        return
+    windowed = (text.num_hidden_layers if family.window_on_every_layer else
+                sum(kind == "sliding_attention" for kind in getattr(text, "layer_types", None) or []))
+    if windowed:
         raise UsageError(
-            f"this {family.label} model attends through a sliding window of {window} tokens on {len(windowed)} of its "
-            f"{text_config.num_hidden_layers} layers, shorter than its context of {context}; a Llama checkpoint cannot "
+            f"this {family.label} model attends through a sliding window of {window} tokens on {windowed} of its "
+            f"{text.num_hidden_layers} layers, shorter than its context of {context}; a Llama checkpoint cannot "
             f"express that window, so baking would change what the model computes: {RUN_TIME_INSTEAD}")
-
-
-def _llama_config(config, head_dim: int):
-    """The source's text config as a LlamaConfig: every setting kept (RoPE, norms, ids, tying) but the window's."""
-    from transformers import LlamaConfig
-
-    values = {key: value for key, value in text_config(config).to_dict().items()
-              if key not in _WINDOW_KEYS + _FAMILY_KEYS}
-    # Llama's attention reads head_dim without a fallback, and its MLP takes a bias unless mlp_bias is off.
-    values.update(attention_bias=True, mlp_bias=False, head_dim=head_dim, architectures=[LLAMA_CAUSAL_LM])
-    try:
-        llama = LlamaConfig(**values)
-    except ValueError as err:
-        raise UsageError(f"this model's config cannot be written as a Llama config ({str(err).splitlines()[0]}); "
-                         f"{RUN_TIME_INSTEAD}") from err
-    llama._attn_implementation = config._attn_implementation
-    return llama
 
 
 def _llama_plan(model, family: LlamaAttentionFamily, present: dict[str, torch.Size],
                 o_proj_biases: set[str]) -> BakePlan:
-    from transformers import LlamaForCausalLM
+    """The model rebuilt as a Llama checkpoint: every setting of its text config kept (RoPE, norms, ids, tying)
+    but the window's."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     if type(model).__name__ != family.causal_lm_class:
         raise UsageError(f"a {family.label} model loaded as {type(model).__name__}, not {family.causal_lm_class}; "
                          "load it with AutoModelForCausalLM to bake it")
     text = text_config(model.config)
     _check_no_short_window(text, family)
-    config = _llama_config(model.config, head_geometry(model.config).head_dim)
-    with torch.device("meta"):
-        skeleton = LlamaForCausalLM(config)
-    added = _biases_added(present, _parameter_shapes(skeleton), o_proj_biases)
+    values = {key: value for key, value in text.to_dict().items() if key not in _WINDOW_KEYS + _FAMILY_KEYS}
+    # Llama's attention reads head_dim without a fallback, and its MLP takes a bias unless mlp_bias is off.
+    values.update(attention_bias=True, mlp_bias=False, head_dim=head_geometry(model.config).head_dim,
+                  architectures=[LLAMA_CAUSAL_LM])
+    try:
+        config = LlamaConfig(**values)
+    except ValueError as err:
+        raise UsageError(f"this model's config cannot be written as a Llama config ({str(err).splitlines()[0]}); "
+                         f"{RUN_TIME_INSTEAD}") from err
+    config._attn_implementation = model.config._attn_implementation
+    added = _biases_added(LlamaForCausalLM, config, present, o_proj_biases)
     if added is None:
         raise UsageError(f"this {family.label} model's weights do not map one to one onto a Llama checkpoint's; "
                          f"{RUN_TIME_INSTEAD}")
@@ -184,26 +147,26 @@ def _llama_plan(model, family: LlamaAttentionFamily, present: dict[str, torch.Si
 
 def check_bakeable(model) -> BakePlan:
     """How this model can carry an o_proj bias; a UsageError that says why not, naming the families that can."""
-    o_proj_biases = _o_proj_bias_names(model)
-    present = _parameter_shapes(model)
+    sites = model_sites(model)
+    o_proj_biases = {f"{sites.layers}.{layer}.{sites.o_proj}.bias"
+                     for layer in range(head_geometry(model.config).num_layers)}
+    present = {name: param.shape for name, param in model.named_parameters()}
     if o_proj_biases <= set(present):
         return BakePlan(type(model).__name__, None, {}, "its own architecture: every o_proj already has a bias")
-    plan = _switch_plan(model, present, o_proj_biases)
-    if plan is not None:
-        return plan
+    for switch in BIAS_SWITCHES:  # the model's own class, with the first switch that qualifies
+        if hasattr(text_config(model.config), switch):
+            config = copy.deepcopy(model.config)
+            setattr(text_config(config), switch, True)
+            added = _biases_added(type(model), config, present, o_proj_biases)
+            if added is not None:
+                return BakePlan(type(model).__name__, switch, added,
+                                f"its own architecture: {switch} gives every o_proj a bias")
     family = getattr(text_config(model.config), "model_type", type(model).__name__)
     if family in LLAMA_ATTENTION_FAMILIES:
         return _llama_plan(model, LLAMA_ATTENTION_FAMILIES[family], present, o_proj_biases)
     raise UsageError(
         f"model family {family} has no config switch for an o_proj bias, so head shifts cannot be baked into "
         f"its weights; families that can: {', '.join(BAKEABLE_FAMILIES)}; {RUN_TIME_INSTEAD}")
-
-
-def _linear_weight(module: torch.nn.Module) -> torch.Tensor:
-    """W_o as [out, in], so that the output is W_o·x (+ bias)."""
-    if isinstance(module, torch.nn.Linear):
-        return module.weight
-    raise UsageError(f"the attention output projection is a {type(module).__name__}, not a Linear layer; cannot bake")
 
 
 def _rebuilt_as_llama(model, config):
@@ -224,28 +187,25 @@ def _rebuilt_as_llama(model, config):
 
 @torch.no_grad()
 def bake_head_shifts(model, shifts: HeadShifts):
-    """Give each edited layer's o_proj the bias W_o·δ_l (added to any bias it had) and return the baked model.
-
-    That is `model` itself, changed in place, when its own class can carry the bias; for Qwen2 and
-    Mistral a LlamaForCausalLM that shares `model`'s weights, which are left unchanged.
-    """
+    """Give each edited layer's o_proj the bias W_o·δ_l (added to any bias it had) and return the baked model:
+    `model` itself, changed in place, or for Qwen2 and Mistral a LlamaForCausalLM sharing its (unchanged) weights."""
     geo = head_geometry(model.config)
     shifts.check_geometry(geo)
     plan = check_bakeable(model)
     # Every refusal comes before the first change, so a refused model is left as it was.
     for layer in range(geo.num_layers):
-        _linear_weight(get_o_proj(model, layer))
+        if not isinstance(get_o_proj(model, layer), torch.nn.Linear):
+            raise UsageError(f"the attention output projection is a {type(get_o_proj(model, layer)).__name__}, not a "
+                             "Linear layer; cannot bake")
     if any(p.device.type == "meta" for p in model.parameters()):
         raise UsageError("the model has weights offloaded to disk (device 'meta'); load it fully to bake it")
     biases = _baked_biases(model, shifts)
     baked = model if plan.llama_config is None else _rebuilt_as_llama(model, plan.llama_config)
     for name, shape in plan.added.items():
         module = baked.get_submodule(name.rsplit(".", 1)[0])
-        like = module.weight
-        module.bias = torch.nn.Parameter(torch.zeros(shape, dtype=like.dtype, device=like.device), requires_grad=False)
+        module.bias = torch.nn.Parameter(module.weight.new_zeros(shape), requires_grad=False)
     for layer, bias in biases.items():
-        o_proj = get_o_proj(baked, layer)
-        o_proj.bias.copy_(bias.to(o_proj.bias.dtype))
+        get_o_proj(baked, layer).bias.copy_(bias)  # rounded once, to the bias's dtype
     if plan.switch is not None:
         setattr(text_config(baked.config), plan.switch, True)
     return baked
@@ -269,27 +229,21 @@ def _baked_biases(model, shifts: HeadShifts) -> dict[int, torch.Tensor]:
 
 
 def bake_identity(cfg: EditConfig, model_digest: str, dtype: str, features: dict) -> dict:
-    """What names a bake (iti.identity): every option that changes a number, the model as its fingerprint's digest,
-    `--dtype` as the dtype used, and the data as the features' record ids (which name the rows they hold, so the
-    dataset file or TruthfulQA folder enters through them)."""
+    """What names a bake (iti.identity): the model as its fingerprint's digest, `--dtype` as the dtype used, and the
+    data as the features' record ids (which name the rows they hold, so the dataset file enters through them)."""
     return identity(cfg, {"model_path": model_digest, "dtype": dtype, "features_dir": features,
                           "dataset_path": None, "tqa_path": None})
 
 
 def bake_dir(cfg: EditConfig, bake: dict) -> Path:
-    """The default folder of a bake, named as validate_2fold names runs: the readable settings, then the identity's
-    hash, so bakes that differ in any setting never share a folder."""
+    """The readable settings, then the identity's hash: bakes that differ in any setting never share a folder."""
     return EDITED_MODELS_DIR / f"{readable_name(cfg)}_{short_digest(bake)}"
 
 
 def save_baked_model(model, tokenizer, shifts: HeadShifts, output_dir: str | os.PathLike,
                      overwrite: bool = False) -> Path:
-    """Save a baked model (safetensors), its tokenizer and its head shifts in one folder, atomically.
-
-    Everything is written to a temporary folder beside `output_dir` and renamed into place, so the
-    folder is either the previous one or the complete new one; an earlier bake is replaced only
-    with `overwrite`, anything else never (check_output_dir).
-    """
+    """Save a baked model (safetensors), its tokenizer and its head shifts in one folder, which appears whole or
+    not at all; an earlier bake is replaced only with `overwrite`, anything else never (check_output_dir)."""
     for layer in sorted(set(shifts.layers.tolist())):
         if get_o_proj(model, layer).bias is None:
             raise UsageError(f"layer {layer}'s o_proj has no bias: bake the head shifts (bake_head_shifts) before saving")
@@ -312,13 +266,12 @@ class Bake:
 
 def bake_model(cfg: EditConfig) -> Bake:
     """validation/edit_weight.py's work: probe every head on all questions of the probing set (a seeded
-    train/validation split, no test fold), fit the head shifts of the K best heads, bake them and save the folder."""
+    train/validation split, no test fold), fit the K best heads' shifts, bake them and save the folder."""
     source = resolve_model_source(cfg.model_name, cfg.model_prefix, cfg.model_path, (cfg.seed, cfg.num_heads, cfg.alpha))
-    common = dict(features_dir=Path(cfg.features_dir), model_name=cfg.output_name, limit=cfg.limit,
-                  model_path=cfg.model_path, prompt_format=cfg.prompt_format)
-    probing = FeatureSet(dataset=cfg.dataset_name, dataset_path=cfg.dataset_path, **common)
-    tuning = FeatureSet(dataset=cfg.tuning_dataset,
-                        dataset_path=cfg.dataset_path if cfg.tuning_dataset == cfg.dataset_name else None, **common)
+    probing = FeatureSet(Path(cfg.features_dir), cfg.output_name, cfg.dataset_name, cfg.limit, cfg.model_path,
+                         cfg.dataset_path, cfg.prompt_format)
+    tuning = dataclasses.replace(probing, dataset=cfg.tuning_dataset,
+                                 dataset_path=cfg.dataset_path if cfg.tuning_dataset == cfg.dataset_name else None)
     require_feature_sets([probing, tuning])
     model, tokenizer = load_model(source, cfg.device, cfg.dtype, cfg.trust_remote_code)
     geometry = head_geometry(model.config)
@@ -332,17 +285,12 @@ def bake_model(cfg: EditConfig) -> Bake:
     bake = bake_identity(cfg, model_digest(fingerprint), str(model.dtype), features.provenance.features)
     output_dir = Path(cfg.output_dir) if cfg.output_dir else bake_dir(cfg, bake)
     check_output_dir(output_dir, cfg.overwrite, bake)
-    made = dataclasses.replace(features.provenance, base_model=_base_model_id(cfg, source),
-                               made_by="validation/edit_weight.py", identity=bake)
+    # The hub id of the model being edited, when there is one (for the model card).
+    base_model = (None if Path(source).exists() else source) if cfg.model_path else HF_NAMES.get(cfg.output_name)
+    made = dataclasses.replace(features.provenance, base_model=base_model, made_by="validation/edit_weight.py",
+                               identity=bake)
     features = dataclasses.replace(features, provenance=made)
     shifts, _ = fit_head_shifts(features, seeded_split(features.question_ids, cfg.val_ratio, cfg.seed),
                                 recipe_of(cfg, cfg.num_heads, cfg.alpha))
     save_baked_model(bake_head_shifts(model, shifts), tokenizer, shifts, output_dir, cfg.overwrite)
     return Bake(output_dir, shifts, plan)
-
-
-def _base_model_id(cfg: EditConfig, source: str) -> str | None:
-    """The hub id of the model being edited, when there is one (for the model card)."""
-    if cfg.model_path:
-        return None if Path(source).exists() else source
-    return HF_NAMES.get(cfg.output_name)

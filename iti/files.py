@@ -27,8 +27,7 @@ UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def temporary_path(path: Path) -> Path:
-    """A hidden, unique name in the target's folder (same file system, so os.replace is atomic):
-    `.{name}.{host}-{pid}.{random}.tmp`."""
+    """`.{name}.{host}-{pid}.{random}.tmp` in the target's folder (the same file system: os.replace is atomic)."""
     return path.with_name(f".{path.name}.{_host()}-{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
 
 
@@ -51,8 +50,8 @@ def writer_running(temporary: Path) -> bool:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, another user's
+        pass
     return True
 
 
@@ -89,11 +88,8 @@ def staged_files(paths: list[Path]) -> Iterator[list[Path]]:
 
 @contextmanager
 def staged_folder(target: str | Path, replace: bool = False) -> Iterator[Path]:
-    """A new folder beside `target`, renamed to `target` once the block finishes.
-
-    An existing target is a FileExistsError unless `replace`: then the old folder is swapped out and
-    deleted only after the new one is in place (callers decide what they may replace).
-    """
+    """A new folder beside `target`, renamed to `target` once the block finishes. An existing target is a
+    FileExistsError unless `replace` (callers decide what they may replace): then it is deleted once the new is in."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Not tempfile.mkdtemp: its folders are private (0700) and outputs should follow the umask.
@@ -206,11 +202,8 @@ def why_not_a_file(path: Path) -> str:
 
 
 def read_text(path: str | Path, what: str, remedy: str = "save it as UTF-8") -> str:
-    """A text file we are given or read back, as UTF-8; a leading byte-order mark is dropped.
-
-    Anything else is a UsageError naming `what` (the option or kind of file), the file, and the offset of
-    its first byte that is not UTF-8; so is a path that is no readable file.
-    """
+    """A text file as UTF-8, without a leading byte-order mark; a UsageError naming `what` (the option or kind of
+    file) and the file when it cannot be read, or the offset of its first byte that is not UTF-8."""
     path = Path(path)
     try:
         data = path.read_bytes()

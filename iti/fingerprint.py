@@ -30,32 +30,18 @@ def text_digest(texts: list[str]) -> str:
     return digest(list(texts))
 
 
-def config_summary(config) -> dict:
-    text = text_config(config)
-    return {key: getattr(text, key, None) for key in _CONFIG_KEYS}
-
-
-def tokenizer_digest(tokenizer) -> str:
-    """The vocabulary and the special tokens the tokenizer adds (BOS, EOS)."""
-    vocab = sorted(tokenizer.get_vocab().items())
-    return digest({"vocab": vocab, "bos": tokenizer.bos_token, "eos": tokenizer.eos_token})
-
-
-def _sampled_tensors(model) -> dict[str, object]:
-    from iti.models import get_o_proj
-
-    last = head_geometry(model.config).num_layers - 1
-    return {"embedding": model.get_input_embeddings().weight, "o_proj_first": get_o_proj(model, 0).weight,
-            "o_proj_last": get_o_proj(model, last).weight}
-
-
 def weight_sample(model) -> dict:
     """16 evenly spaced values of each sampled tensor, as Python floats, and the dtype they were read in.
     A tensor offloaded to disk ("meta" device) is recorded as None and not compared."""
     import torch
 
+    from iti.models import get_o_proj
+
+    last = head_geometry(model.config).num_layers - 1
+    sampled = {"embedding": model.get_input_embeddings().weight, "o_proj_first": get_o_proj(model, 0).weight,
+               "o_proj_last": get_o_proj(model, last).weight}
     values = {}
-    for name, tensor in _sampled_tensors(model).items():
+    for name, tensor in sampled.items():
         if tensor.device.type == "meta":
             values[name] = None
             continue
@@ -66,8 +52,12 @@ def weight_sample(model) -> dict:
 
 
 def model_fingerprint(model, tokenizer) -> dict:
-    """The record that tells this model apart from any other: config, tokenizer and weight sample."""
-    return {"config": config_summary(model.config), "tokenizer": tokenizer_digest(tokenizer),
+    """The record that tells this model apart from any other: config, the tokenizer's vocabulary and the special
+    tokens it adds (BOS, EOS), and the weight sample."""
+    text = text_config(model.config)
+    vocab = sorted(tokenizer.get_vocab().items())
+    return {"config": {key: getattr(text, key, None) for key in _CONFIG_KEYS},
+            "tokenizer": digest({"vocab": vocab, "bos": tokenizer.bos_token, "eos": tokenizer.eos_token}),
             "weights": weight_sample(model)}
 
 
@@ -84,10 +74,9 @@ def differs(recorded: dict, current: dict) -> str | None:
         return f"another architecture ({', '.join(changed)} differ)"
     if recorded.get("tokenizer") != current.get("tokenizer"):
         return "another tokenizer"
-    rounding = 2 * max(_UNIT_ROUNDOFF.get(recorded["weights"]["dtype"], 2.0 ** -8),
-                       _UNIT_ROUNDOFF.get(current["weights"]["dtype"], 2.0 ** -8))
-    half = "torch.float16" in (recorded["weights"]["dtype"], current["weights"]["dtype"])
-    floor = _FLOAT16_TINY * rounding if half else 0.0
+    dtypes = (recorded["weights"]["dtype"], current["weights"]["dtype"])
+    rounding = 2 * max(_UNIT_ROUNDOFF.get(dtype, 2.0 ** -8) for dtype in dtypes)
+    floor = _FLOAT16_TINY * rounding if "torch.float16" in dtypes else 0.0
     for name, values in current["weights"]["values"].items():
         before = recorded["weights"]["values"].get(name)
         if values is None or before is None:

@@ -30,14 +30,11 @@ def git_state(repo: Path = REPO_ROOT) -> dict[str, str | bool | None]:
     return {"commit": commit, "dirty": None if changes is None else bool(changes)}
 
 
-def package_versions(names: Iterable[str] = RECORDED_PACKAGES) -> dict[str, str | None]:
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def file_sha256(path: Path) -> str:
@@ -60,7 +57,7 @@ def run_provenance(config: dict, feature_files: Iterable[Path], model_source: st
     content hash of each features file read, the model source and the full configuration."""
     return {
         "git": git_state(),
-        "versions": {"python": platform.python_version(), **package_versions()},
+        "versions": {"python": platform.python_version(), **{name: _version(name) for name in RECORDED_PACKAGES}},
         "device": describe_device(device),
         "features_sha256": {str(path): file_sha256(Path(path)) for path in feature_files},
         "model_source": model_source,

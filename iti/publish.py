@@ -1,9 +1,5 @@
-"""Publishing a baked model folder or a head-shift folder on the Hugging Face hub, with a generated model card.
-
-The kind is detected: a folder from validation/edit_weight.py (config.json, safetensors weights and head_shifts.*)
-is a model that loads with AutoModelForCausalLM; a folder holding only head_shifts.* is an artifact to apply to its
-base model at run time. The card (base model, heads, α, data, seed, how to load) replaces any README.md.
-"""
+"""Publishing a baked model folder (validation/edit_weight.py's) or a head-shift folder on the Hugging Face hub, with
+a generated model card (base model, heads, α, data, seed, how to load) in place of any README.md."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -63,12 +59,9 @@ def folder_kind(folder: Path) -> str:
 
 def files_to_upload(folder: Path) -> list[Path]:
     """Every file under the folder but hidden ones (temporaries) and the README the card replaces."""
-    files = []
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder)
-        if path.is_file() and not any(part.startswith(".") for part in relative.parts) and relative.as_posix() != CARD:
-            files.append(path)
-    return files
+    relative = {path: path.relative_to(folder) for path in sorted(folder.rglob("*")) if path.is_file()}
+    return [path for path, rel in relative.items()
+            if not any(part.startswith(".") for part in rel.parts) and rel.as_posix() != CARD]
 
 
 def saved_architecture(folder: Path) -> str:
@@ -89,14 +82,9 @@ def model_card(kind: str, repo_id: str, shifts, folder: Path) -> str:
     base = p.base_model
     heads = "K heads drawn at random" if p.method == "random" else "the K heads of highest probe validation accuracy"
     limit = f", first {p.limit} questions" if p.limit else ""
-    header = ["---", "tags:", "- inference-time-intervention"]
-    if not p.dataset_path:
-        header.append("- truthfulqa")
-    if kind == MODEL:
-        header.insert(1, "library_name: transformers")
-    if base:
-        header.insert(1, f"base_model: {base}")
-    header.append("---")
+    header = ["---", *([f"base_model: {base}"] if base else []),
+              *(["library_name: transformers"] if kind == MODEL else []), "tags:", "- inference-time-intervention",
+              *([] if p.dataset_path else ["- truthfulqa"]), "---"]
     what = (
         "a model with Inference-Time Intervention (ITI; Li et al., NeurIPS 2023) baked into its weights: each edited "
         "layer's attention output projection carries the bias W_o·δ_l, which equals adding the head shifts α·σ·θ to its "

@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from iti.config import ExportConfig
 from iti.errors import UsageError
 from iti.files import read_json, staged_folder
-from iti.head_shifts import METADATA_FILE, HeadShifts, ShiftProvenance
 from iti.geometry import HeadGeometry
-from iti.models import model_sites
+from iti.head_shifts import METADATA_FILE, HeadShifts, ShiftProvenance
+from iti.models import model_sites, resolve_model_source
 
 PYVENE_CONFIG = "config.json"
 _ADDITION = "AdditionIntervention"
@@ -32,12 +33,19 @@ REEXPORT = "export the head shifts again with validation/export_head_shifts.py"
 _UNIT_TOLERANCE = 1e-5
 
 
-def _skeleton(config):
-    """The model's module tree without weights: pyvene needs the modules to name, not their values."""
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
+def model_source(cfg: ExportConfig, shifts: HeadShifts | None) -> str:
+    """--model_path if given, else the model the head shifts record (`shifts`, or those beside an import; a folder
+    pyvene wrote holds none), else --model_name's."""
+    if shifts is None and (Path(cfg.import_from) / METADATA_FILE).is_file():
+        shifts = HeadShifts.load(cfg.import_from)
+    recorded = shifts.model_source if shifts is not None else None
+    if cfg.model_path or recorded is None:
+        return resolve_model_source(cfg.model_name, cfg.model_prefix, cfg.model_path)
+    try:
+        return resolve_model_source(cfg.model_name, model_path=recorded)
+    except UsageError as err:
+        raise UsageError(f"the head shifts were made from {recorded}, which is not there any more; give that model's "
+                         "place with --model_path") from err
 
 
 def is_export(folder: Path) -> bool:
@@ -46,16 +54,17 @@ def is_export(folder: Path) -> bool:
 
 
 def export_pyvene(shifts: HeadShifts, model_config, folder: str | os.PathLike) -> Path:
-    """Write the pyvene folder for `shifts` on a model with `model_config`; the folder appears whole or not at all.
+    """Write the pyvene folder for `shifts` on a model with `model_config`; the folder appears whole or not at all,
+    and replaces an existing one only when that is an earlier export (never other files)."""
+    from transformers import AutoModelForCausalLM
 
-    An existing folder is replaced only when it is an earlier export (never other files).
-    """
     from iti.intervenable import pv
 
     target = Path(folder)
     if target.exists() and any(target.iterdir()) and not is_export(target):
         raise UsageError(f"{target} exists and is not a pyvene export; give a new or empty folder")
-    skeleton = _skeleton(model_config)
+    with torch.device("meta"):  # pyvene needs the modules to name, not their weights
+        skeleton = AutoModelForCausalLM.from_config(model_config)
     sites = model_sites(skeleton)
     components = [{"component": f"{sites.o_proj_of(layer)}.input",
                    "intervention": pv.AdditionIntervention(source_representation=torch.as_tensor(offset),
@@ -69,13 +78,8 @@ def export_pyvene(shifts: HeadShifts, model_config, folder: str | os.PathLike) -
 
 
 def _read_state(folder: Path, key: str) -> dict[str, torch.Tensor]:
-    """One intervention's state: safetensors if present, else pyvene's .bin through the weights-only loader."""
-    stem = folder / f"intkey_{key}"
-    if stem.with_suffix(".safetensors").is_file():
-        from safetensors.torch import load_file
-
-        return load_file(str(stem.with_suffix(".safetensors")))
-    path = Path(f"{stem}.bin")
+    """One intervention's state from its .bin (the only form pyvene writes and loads), read weights-only."""
+    path = folder / f"intkey_{key}.bin"
     if not path.is_file():
         raise UsageError(f"{folder} lacks the state file {path.name} that its {PYVENE_CONFIG} lists; export again")
     try:

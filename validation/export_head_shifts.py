@@ -21,37 +21,16 @@ from iti.cli import parse_config, run_main  # noqa: E402
 from iti.config import ExportConfig  # noqa: E402
 
 
-def model_source(cfg: ExportConfig, recorded: str | None) -> str:
-    """--model_path if given, else the model the head shifts record, else --model_name's."""
-    from iti.errors import UsageError
-    from iti.models import resolve_model_source
-
-    if cfg.model_path or recorded is None:
-        return resolve_model_source(cfg.model_name, cfg.model_prefix, cfg.model_path)
-    try:
-        return resolve_model_source(cfg.model_name, model_path=recorded)
-    except UsageError as err:
-        raise UsageError(f"the head shifts were made from {recorded}, which is not there any more; give that model's "
-                         "place with --model_path") from err
-
-
-def recorded_model(folder: str) -> str | None:
-    """The model a folder's head shifts record, if it holds head shifts (a pyvene folder may not)."""
-    from iti.head_shifts import METADATA_FILE, HeadShifts
-
-    return HeadShifts.load(folder).model_source if (Path(folder) / METADATA_FILE).is_file() else None
-
-
 def main() -> None:
     cfg = parse_config(ExportConfig, description=__doc__)
 
     from iti.head_shifts import HeadShifts
     from iti.models import gguf_to_folder, head_geometry, load_config
-    from iti.pyvene_export import export_pyvene, import_pyvene
+    from iti.pyvene_export import export_pyvene, import_pyvene, model_source
     from iti.report import report_table
 
     shifts = HeadShifts.load(cfg.head_shifts) if cfg.head_shifts is not None else None
-    source = model_source(cfg, shifts.model_source if shifts is not None else recorded_model(cfg.import_from))
+    source = model_source(cfg, shifts)
     folder = str(gguf_to_folder(source)) if source.endswith(".gguf") else source
     model_config = load_config(folder, cfg.trust_remote_code)
     geometry = head_geometry(model_config)
