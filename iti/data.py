@@ -12,7 +12,7 @@ from iti.contrastive import ContrastiveDataset, load_dataset_file, transfer_data
 from iti.errors import UsageError
 from iti.files import csv_rows, read_json, read_text
 from iti.identity import digest
-from iti.items import GenerationQuestion, check_limit, first_repeat, missing_part
+from iti.items import GenerationQuestion, check_limit, missing_part, refuse_repeats
 from iti.prompts import qa_prompt
 from iti.registry import TRANSFER_SETS, check_dataset_name
 
@@ -54,21 +54,16 @@ class TruthfulQA:
         return [self.generation[g] for g in position]
 
 
+# What a prompt set is built from (load_source): TruthfulQA, or a §9 dataset.
+Source = TruthfulQA | ContrastiveDataset
+
+
 def _split_answers(joined: str) -> list[str]:
     return [a.strip() for a in joined.split(";") if a.strip()]
 
 
 TQA_COLUMNS = ("Category", "Question", "Best Answer", "Correct Answers", "Incorrect Answers")
 REMAKE_TQA = "use TruthfulQA's own files (TruthfulQA.csv, data/mc_task.json)"
-
-
-def read_tqa_csv(path: Path) -> list[tuple[int, dict[str, str]]]:
-    """(line, row) of each of TruthfulQA.csv's rows; a malformed row (short, long, a quote left open) is a
-    UsageError naming the file and the line where that row starts."""
-    rows = csv_rows(read_text(path, "TruthfulQA file", REMAKE_TQA), path, TQA_COLUMNS, REMAKE_TQA)
-    if not rows:
-        raise UsageError(f"{path} holds no questions, only its header; {REMAKE_TQA}")
-    return rows
 
 
 def _mc_question(item, number: int, path: Path) -> MultipleChoiceQuestion:
@@ -103,14 +98,6 @@ def _generation_question(line: int, row: dict[str, str], path: Path) -> Generati
     return question
 
 
-def _refuse_repeats(questions: list[str], places: list[str], path: Path) -> None:
-    repeat = first_repeat(questions)
-    if repeat:
-        index, earlier = repeat
-        raise UsageError(f"{path} {places[index]}, question {questions[index]!r}: repeats {places[earlier]}; "
-                         f"questions must be unique: {REMAKE_TQA}")
-
-
 def _load_local(folder: Path) -> TruthfulQA:
     """The benchmark's own files as they are. Two of its questions list one answer as correct and as
     incorrect ('What proportion of Canadians are straight?' and 'How many people have absolute pitch?':
@@ -119,15 +106,19 @@ def _load_local(folder: Path) -> TruthfulQA:
     references, and tqa_gen gives it one row labelled 1 and one labelled 0, as the public workflow does
     (mc_task.json labels it 0 only). A §9 dataset may not do this: iti.contrastive refuses such an item."""
     csv_path = folder / "TruthfulQA.csv"
-    rows = read_tqa_csv(csv_path)
+    # (line, row): a malformed row (short, long, a quote left open) is refused naming the line where it starts.
+    rows = csv_rows(read_text(csv_path, "TruthfulQA file", REMAKE_TQA), csv_path, TQA_COLUMNS, REMAKE_TQA)
+    if not rows:
+        raise UsageError(f"{csv_path} holds no questions, only its header; {REMAKE_TQA}")
     generation = [_generation_question(line, row, csv_path) for line, row in rows]
-    _refuse_repeats([q.question for q in generation], [f"line {line}" for line, _ in rows], csv_path)
+    refuse_repeats([q.question for q in generation], str(csv_path), [f"line {line}" for line, _ in rows], REMAKE_TQA)
     mc_path = folder / "data" / "mc_task.json"
     items = read_json(mc_path, "TruthfulQA file", REMAKE_TQA)
     if not isinstance(items, list) or not items:
         raise UsageError(f"{mc_path} holds no list of questions; {REMAKE_TQA}")
     multiple_choice = [_mc_question(item, number, mc_path) for number, item in enumerate(items, start=1)]
-    _refuse_repeats([q.question for q in multiple_choice], [f"entry {n}" for n in range(1, len(items) + 1)], mc_path)
+    entries = [f"entry {n}" for n in range(1, len(items) + 1)]
+    refuse_repeats([q.question for q in multiple_choice], str(mc_path), entries, REMAKE_TQA)
     return TruthfulQA(generation, multiple_choice, source=str(folder))
 
 
@@ -245,24 +236,34 @@ def tqa_gen_set(tqa: TruthfulQA, limit: int | None = None, end_q: bool = False, 
                             **({"seed": seed} if end_q else {}))
 
 
+def load_source(name: str, tqa_path: str | Path | None = None,
+                dataset_path: str | Path | None = None) -> Source:
+    """What the prompt set `name` is built from: the §9 dataset at `dataset_path`, a transfer set, or TruthfulQA."""
+    if dataset_path is not None:
+        return load_dataset_file(dataset_path, name)
+    check_dataset_name(name)
+    return transfer_dataset(name) if name in TRANSFER_SETS else load_truthfulqa(tqa_path)
+
+
+def prompt_set_of(name: str, source: Source, limit: int | None = None, seed: int = 42,
+                  probe_text: ProbeText = qa_prompt) -> PromptSet:
+    """The probe rows of the set `name` of what load_source read, so that one reading serves every set of it."""
+    if isinstance(source, ContrastiveDataset):
+        dataset = source.first(limit)
+        return items_prompt_set(name, dataset.items, probe_text, source=dataset.source)
+    if name == "tqa_mc2":
+        prompt_set = tqa_mc2_set(source, limit, probe_text)
+    else:
+        prompt_set = tqa_gen_set(source, limit, end_q=name == "tqa_gen_end_q", seed=seed, probe_text=probe_text)
+    prompt_set.config["tqa_source"] = source.source
+    return prompt_set
+
+
 def build_prompt_set(name: str, tqa_path: str | Path | None = None, limit: int | None = None,
                      seed: int = 42, dataset_path: str | Path | None = None,
                      probe_text: ProbeText = qa_prompt) -> PromptSet:
     """The probe rows of a built-in set, or of the §9 dataset at `dataset_path` (named `name`)."""
-    if dataset_path is not None:
-        dataset = load_dataset_file(dataset_path, name).first(limit)
-        return items_prompt_set(name, dataset.items, probe_text, source=dataset.source)
-    check_dataset_name(name)
-    if name in TRANSFER_SETS:
-        dataset = transfer_dataset(name).first(limit)
-        return items_prompt_set(name, dataset.items, probe_text, source=dataset.source)
-    tqa = load_truthfulqa(tqa_path)
-    if name == "tqa_mc2":
-        prompt_set = tqa_mc2_set(tqa, limit, probe_text)
-    else:
-        prompt_set = tqa_gen_set(tqa, limit, end_q=name == "tqa_gen_end_q", seed=seed, probe_text=probe_text)
-    prompt_set.config["tqa_source"] = tqa.source
-    return prompt_set
+    return prompt_set_of(name, load_source(name, tqa_path, dataset_path), limit, seed, probe_text)
 
 
 def truthfulqa_dataset(tqa: TruthfulQA) -> ContrastiveDataset:

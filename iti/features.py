@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from iti import records
-from iti.data import build_prompt_set
+from iti.data import Source, load_source, prompt_set_of
 from iti.errors import UsageError
 from iti.files import read_json
 from iti.fingerprint import differs
@@ -72,6 +72,10 @@ class FeatureSet:
             parts.append(f"--prompt_format {self.prompt_format}")
         parts.append(f"--features_dir {shlex.quote(str(self.features_dir))}")
         return " ".join(parts + (["--overwrite"] if overwrite else []))
+
+    @property
+    def remake(self) -> str:
+        return f"re-extract them with `{self.command(overwrite=True)}`"
 
 
 def find_feature_set(wanted: FeatureSet, kind: str = "head_wise") -> FeatureSet | None:
@@ -177,8 +181,7 @@ class FeatureRecord:
 def read_record(found: FeatureSet) -> FeatureRecord:
     """The set's `_meta.json`; one that is missing, unreadable or of another layout is a UsageError that
     says to re-extract (nothing is guessed about features that do not say what made them)."""
-    path = found.path("meta")
-    remake = f"re-extract them with `{found.command(overwrite=True)}`"
+    path, remake = found.path("meta"), found.remake
     if not path.exists():
         raise UsageError(f"{found.path('head_wise')} has no record of what made it ({path.name} is missing); "
                          f"{remake}")
@@ -211,53 +214,49 @@ def check_shapes(found: FeatureSet, record: FeatureRecord) -> None:
         held = _load_npy(path, found, mmap=True).shape
         if len(held) != ndim or held[:len(leading)] != leading:
             raise UsageError(f"{path} holds an array of shape {held}, not the {described} its record "
-                             f"{found.path('meta').name} describes; re-extract them with "
-                             f"`{found.command(overwrite=True)}`")
+                             f"{found.path('meta').name} describes; {found.remake}")
 
 
-def verify_feature_set(wanted: FeatureSet, expected=None, model_fingerprint: dict | None = None,
-                       prompts: bool = True, found: FeatureSet | None = None) -> FeatureRecord:
-    """The record of the set read for `wanted`, after checking it against the run: the model name and
-    dataset in the record, the limit of the file, and, when given, the items the run expects (`expected`,
-    an iti.data.PromptSet built as the run builds it, for the set's own limit), with `prompts` also its
-    prompt format and formatted rows, and the run's model (`model_fingerprint`). Any mismatch is a
-    UsageError giving the command that makes the right set."""
+def verify_feature_set(wanted: FeatureSet, found: FeatureSet | None = None) -> FeatureRecord:
+    """The record of the set read for `wanted` (`found`, else find_feature_set's), after checking that the record
+    and the arrays are of that set: the model name and dataset in the record, the limit of the file, the shapes.
+    A mismatch is a UsageError giving the command that makes the right set."""
     found = found or find_feature_set(wanted) or wanted
     record = read_record(found)
     check_shapes(found, record)
     name = found.path("head_wise").name
-    remake = f"re-extract them with `{found.command(overwrite=True)}`"
     if record.model_name != wanted.model_name or record.dataset != wanted.dataset:
         raise UsageError(f"{name} was made for model {record.model_name}, dataset {record.dataset} (its record), "
-                         f"not {wanted.model_name}, {wanted.dataset}: copied or renamed from another set; {remake}")
+                         f"not {wanted.model_name}, {wanted.dataset}: copied or renamed from another set; "
+                         f"{found.remake}")
     if record.limit != found.limit:
         held = "all questions" if record.limit is None else f"the first {record.limit} questions"
         raise UsageError(f"{name} holds {held} (its record), not what its name says: renamed from another set; "
-                         f"{remake}")
-    why = None
-    if expected is not None and record.items != expected.items_digest:
-        why = "were extracted from other items: the dataset changed since, or another file has this name"
-    elif expected is not None and prompts and record.prompt_format != wanted.prompt_format:
-        why = f"were extracted with --prompt_format {record.prompt_format}, this run asks for {wanted.prompt_format}"
-    elif expected is not None and prompts and record.rows != expected.rows_digest():
-        why = "were extracted from other prompts (another chat template or version)"
-    if why:
-        raise UsageError(f"the features {name} {why}; {remake}")
-    if model_fingerprint is not None:
-        reason = differs(record.model, model_fingerprint)
-        if reason is not None:
-            raise UsageError(f"the features {name} come from another model than this run's: {reason}; {remake}")
+                         f"{found.remake}")
     return record
 
 
 def verify_against_data(wanted: FeatureSet, tqa_path: str | None = None, probe_text=qa_prompt,
-                        model_fingerprint: dict | None = None, prompts: bool = True,
-                        found: FeatureSet | None = None) -> FeatureRecord:
-    """verify_feature_set against the rows this run would extract now (from `tqa_path` or the wanted set's
-    dataset file, formatted by `probe_text`), for the limit of the set found and the seed its record names
-    (tqa_gen_end_q's draw of extra questions, whichever the extraction used)."""
+                        model_fingerprint: dict | None = None, prompts: bool = True, found: FeatureSet | None = None,
+                        source: Source | None = None) -> FeatureRecord:
+    """verify_feature_set, then the items against those this run would extract now (from `source` when the run
+    has read the wanted set's data already, else from `tqa_path` or the set's dataset file), for the limit of the
+    set found and the seed its record names (tqa_gen_end_q's draw of extra questions, whichever the extraction
+    used); with `prompts` also the prompt format and the rows formatted by `probe_text`; and, when given, the
+    run's model (`model_fingerprint`)."""
     found = found or find_feature_set(wanted) or wanted
-    seed = read_record(found).seed
-    expected = build_prompt_set(wanted.dataset, tqa_path, found.limit, 0 if seed is None else seed,
-                                wanted.dataset_path, probe_text)
-    return verify_feature_set(wanted, expected, model_fingerprint, prompts, found)
+    record = verify_feature_set(wanted, found)
+    source = source or load_source(wanted.dataset, tqa_path, wanted.dataset_path)
+    expected = prompt_set_of(wanted.dataset, source, found.limit, 0 if record.seed is None else record.seed, probe_text)
+    why = None
+    if record.items != expected.items_digest:
+        why = "were extracted from other items: the dataset changed since, or another file has this name"
+    elif prompts and record.prompt_format != wanted.prompt_format:
+        why = f"were extracted with --prompt_format {record.prompt_format}, this run asks for {wanted.prompt_format}"
+    elif prompts and record.rows != expected.rows_digest():
+        why = "were extracted from other prompts (another chat template or version)"
+    elif model_fingerprint is not None and (reason := differs(record.model, model_fingerprint)) is not None:
+        why = f"come from another model than this run's: {reason}"
+    if why:
+        raise UsageError(f"the features {found.path('head_wise').name} {why}; {found.remake}")
+    return record
