@@ -57,8 +57,6 @@ class ContrastiveDataset:
         return ContrastiveDataset(self.name, self.items[:n], self.source)
 
 
-# ----------------------------------------------------------------------------- records → items
-
 def _answers(value, key: str) -> list[str]:
     """A list of answers, or one answer string (pair-style records, nq_open's single answer)."""
     if value is None:
@@ -128,8 +126,6 @@ def dataset_from_records(name: str, records: Iterable[dict], source: str,
         raise UsageError(f"{source} holds no items; give a JSONL or CSV file with at least one item per fold")
     return ContrastiveDataset(name, items, source)
 
-
-# ----------------------------------------------------------------------------- files
 
 def _tqa_csv_records(path: Path) -> list[tuple[int, dict]]:
     """(line, record) of each row: TruthfulQA.csv's columns (Category optional), answers joined with "; ",

@@ -57,21 +57,22 @@ class FeatureSet:
     def path(self, kind: str) -> Path:
         return feature_path(self.features_dir, self.model_name, self.dataset, kind, self.limit)
 
+    def files(self, kind: str = "head_wise") -> list[Path]:
+        """What load_features reads: the activations, their labels and their question ids."""
+        return [self.path(k) for k in (kind, "labels", "question_ids")]
+
     def exists(self, kind: str = "head_wise") -> bool:
-        return all(self.path(k).is_file() for k in (kind, "labels", "question_ids"))
+        return all(path.is_file() for path in self.files(kind))
 
     def command(self, overwrite: bool = False) -> str:
         """The get_activations call that writes exactly this set."""
-        parts = ["python get_activations/get_activations.py", f"--model_name {self.model_name}",
-                 f"--dataset_name {self.dataset}"]
-        for flag, value in (("--model_path", self.model_path), ("--dataset_path", self.dataset_path),
-                            ("--limit", self.limit)):
-            if value is not None:
-                parts.append(f"{flag} {shlex.quote(str(value))}")
-        if self.prompt_format != "raw":
-            parts.append(f"--prompt_format {self.prompt_format}")
-        parts.append(f"--features_dir {shlex.quote(str(self.features_dir))}")
-        return " ".join(parts + (["--overwrite"] if overwrite else []))
+        given = {"--model_path": self.model_path, "--dataset_path": self.dataset_path, "--limit": self.limit}
+        return " ".join(["python get_activations/get_activations.py", f"--model_name {self.model_name}",
+                         f"--dataset_name {self.dataset}",
+                         *(f"{flag} {shlex.quote(str(value))}" for flag, value in given.items() if value is not None),
+                         *([f"--prompt_format {self.prompt_format}"] if self.prompt_format != "raw" else []),
+                         f"--features_dir {shlex.quote(str(self.features_dir))}",
+                         *(["--overwrite"] if overwrite else [])])
 
     @property
     def remake(self) -> str:
@@ -103,24 +104,22 @@ def require_feature_sets(wanted: list[FeatureSet], kind: str = "head_wise") -> l
         raise UsageError(f"missing features {names}: make them with `{commands}`")
     for each in found:
         for k in (kind, "labels", "question_ids"):
-            _load_npy(each.path(k), each, mmap=True)
+            _load_npy(each, k, mmap=True)
     return found
 
 
-def _load_npy(path: Path, remake: FeatureSet, mmap: bool = False) -> np.ndarray:
+def _load_npy(found: FeatureSet, kind: str, mmap: bool = False) -> np.ndarray:
     try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        return np.load(found.path(kind), mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UsageError(f"features file {path} is truncated or corrupt ({reason}); "
-                         f"remake it with `{remake.command(overwrite=True)}`") from err
+        raise UsageError(f"features file {found.path(kind)} is truncated or corrupt ({reason}); "
+                         f"remake it with `{found.command(overwrite=True)}`") from err
 
 
 def feature_files(wanted: FeatureSet, kind: str = "head_wise") -> list[Path]:
-    """What load_features reads: the activations, their labels and their question ids (of the set
-    find_feature_set picks; of the wanted one when none exists)."""
-    found = find_feature_set(wanted, kind) or wanted
-    return [found.path(k) for k in (kind, "labels", "question_ids")]
+    """FeatureSet.files of the set find_feature_set picks (of the wanted one when none exists)."""
+    return (find_feature_set(wanted, kind) or wanted).files(kind)
 
 
 def load_features(wanted: FeatureSet, kind: str = "head_wise", mmap: bool = True,
@@ -131,8 +130,8 @@ def load_features(wanted: FeatureSet, kind: str = "head_wise", mmap: bool = True
     found = found or find_feature_set(wanted, kind)
     if found is None:
         require_feature_sets([wanted], kind)
-    acts = _load_npy(found.path(kind), found, mmap)
-    labels, question_ids = _load_npy(found.path("labels"), found), _load_npy(found.path("question_ids"), found)
+    acts = _load_npy(found, kind, mmap)
+    labels, question_ids = _load_npy(found, "labels"), _load_npy(found, "question_ids")
     if not len(acts) == len(labels) == len(question_ids):
         raise UsageError(f"features {found.path(kind)} hold {len(acts)} rows but their labels {len(labels)} and question "
                          f"ids {len(question_ids)}; remake them with `{found.command(overwrite=True)}`")
@@ -149,8 +148,6 @@ def load_features(wanted: FeatureSet, kind: str = "head_wise", mmap: bool = True
     rows = np.flatnonzero(question_ids < wanted.limit)
     return np.asarray(acts[rows]), labels[rows], question_ids[rows]
 
-
-# ----------------------------------------------------------------------------- what made them
 
 @dataclass(frozen=True)
 class FeatureRecord:
@@ -196,34 +193,26 @@ def read_record(found: FeatureSet) -> FeatureRecord:
     return record
 
 
-def check_shapes(found: FeatureSet, record: FeatureRecord) -> None:
-    """The set's arrays as its record describes them: a row per recorded row, and head-wise rows of the recorded
-    layers x (heads x head_dim) (residual streams: one layer more). Arrays of other shapes are not the features
-    the record describes (copied over, or written by another program); only their headers are read."""
-    rows, geometry = record.row_count, record.geometry
-    layers, heads, head_dim = geometry.num_layers, geometry.num_heads, geometry.head_dim
+def verify_feature_set(wanted: FeatureSet, found: FeatureSet | None = None) -> FeatureRecord:
+    """The record of the set read for `wanted` (`found`, else find_feature_set's), after checking that the record
+    and the arrays are of that set: the model name and dataset in the record, the limit of the file, and the arrays'
+    shapes (arrays of other shapes, copied over or written by another program, are not the features the record
+    describes; only their headers are read). A mismatch is a UsageError giving the command that makes the right set."""
+    found = found or find_feature_set(wanted) or wanted
+    record = read_record(found)
+    rows, layers, heads, head_dim = record.row_count, record.num_layers, record.num_heads, record.head_dim
     # Per kind: the leading dimensions, how many dimensions in all, and the same in words.
-    expected = {"head_wise": ((rows, layers, geometry.width), 3,
+    expected = {"head_wise": ((rows, layers, record.geometry.width), 3,
                               f"{rows} rows x {layers} layers x ({heads} heads x {head_dim})"),
                 "layer_wise": ((rows, layers + 1), 3, f"{rows} rows x {layers + 1} residual streams"),
                 "labels": ((rows,), 1, f"{rows} rows"), "question_ids": ((rows,), 1, f"{rows} rows")}
     for kind, (leading, ndim, described) in expected.items():
-        path = found.path(kind)
-        if not path.is_file():  # the residual streams are optional; the others were required before
+        if not found.path(kind).is_file():  # the residual streams are optional; the others were required before
             continue
-        held = _load_npy(path, found, mmap=True).shape
+        held = _load_npy(found, kind, mmap=True).shape
         if len(held) != ndim or held[:len(leading)] != leading:
-            raise UsageError(f"{path} holds an array of shape {held}, not the {described} its record "
+            raise UsageError(f"{found.path(kind)} holds an array of shape {held}, not the {described} its record "
                              f"{found.path('meta').name} describes; {found.remake}")
-
-
-def verify_feature_set(wanted: FeatureSet, found: FeatureSet | None = None) -> FeatureRecord:
-    """The record of the set read for `wanted` (`found`, else find_feature_set's), after checking that the record
-    and the arrays are of that set: the model name and dataset in the record, the limit of the file, the shapes.
-    A mismatch is a UsageError giving the command that makes the right set."""
-    found = found or find_feature_set(wanted) or wanted
-    record = read_record(found)
-    check_shapes(found, record)
     name = found.path("head_wise").name
     if record.model_name != wanted.model_name or record.dataset != wanted.dataset:
         raise UsageError(f"{name} was made for model {record.model_name}, dataset {record.dataset} (its record), "

@@ -16,14 +16,10 @@ from iti.errors import UsageError
 PUBLIC_OWT_SAMPLES = 100
 
 
-def all_fold_splits(
-    num_questions: int, num_fold: int, val_ratio: float, seed: int, split_rng: str = "default"
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(train, val, test) question indices for every fold, from one generator seeded once.
-
-    Fold i's draw depends on the draws of folds before it, as in the public workflow,
-    so a single fold is always taken from this list.
-    """
+def all_fold_splits(num_questions: int, num_fold: int, val_ratio: float, seed: int,
+                    split_rng: str = "default") -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(train, val, test) question indices for every fold, from one generator seeded once: fold i's draw depends
+    on the draws of folds before it, as in the public workflow, so a single fold is always taken from this list."""
     _check_fold_arguments(num_questions, num_fold, val_ratio)
     if split_rng not in SPLIT_RNGS:
         raise UsageError(f"unknown split generator {split_rng!r}; use one of {', '.join(SPLIT_RNGS)}")
@@ -63,9 +59,7 @@ def _public_fold_splits(parts: list[np.ndarray], val_ratio: float, seed: int) ->
     return splits
 
 
-def train_val_split(
-    questions: np.ndarray, val_ratio: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def train_val_split(questions: np.ndarray, val_ratio: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Training questions drawn without replacement (a share 1 - val_ratio, rounded down); the rest validate."""
     train = np.sort(rng.choice(questions, size=num_train(len(questions), val_ratio), replace=False))
     return train, np.setdiff1d(questions, train)
@@ -120,25 +114,19 @@ def _other_ratio(num_questions: int) -> str:
     return f" or a --val_ratio of at most {ratio:g}" if ratio > 0 else ""
 
 
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" + ("" if number == 1 else "s")
-
-
 def _check_fold_arguments(num_questions: int, num_fold: int, val_ratio: float) -> None:
     if num_fold < 2:
         raise UsageError(f"num_fold must be at least 2 (got {num_fold}); use the default 2")
     if num_questions < num_fold:
-        raise UsageError(
-            f"{num_questions} questions cannot fill {num_fold} folds; use fewer folds or more questions"
-        )
+        raise UsageError(f"{num_questions} questions cannot fill {num_fold} folds; use fewer folds or more questions")
     if not 0 < val_ratio < 1:
         raise UsageError(f"val_ratio must lie strictly between 0 and 1 (got {val_ratio}); the default is 0.2")
     development = num_questions - math.ceil(num_questions / num_fold)  # the fewest any fold develops on
     if int(development * (1 - val_ratio)) < 1:
-        raise UsageError(f"{num_questions} questions in {num_fold} folds leave a fold "
-                         f"{_count(development, 'development question')}, none to train on at --val_ratio "
-                         f"{val_ratio}: that takes at least {fewest_questions(num_fold, val_ratio)} questions; use "
-                         f"more questions{_other_ratio(development)}")
+        raise UsageError(f"{num_questions} questions in {num_fold} folds leave a fold {development} development "
+                         f"question{'' if development == 1 else 's'}, none to train on at --val_ratio {val_ratio}: "
+                         f"that takes at least {fewest_questions(num_fold, val_ratio)} questions; use more "
+                         f"questions{_other_ratio(development)}")
 
 
 def rows_of_questions(question_ids_per_row: np.ndarray, questions: np.ndarray | Sequence[int]) -> np.ndarray:

@@ -63,8 +63,10 @@ def feature_sets(cfg: ValidationConfig) -> tuple[FeatureSet, FeatureSet]:
 
 
 def mc_order_ids(question_ids: np.ndarray, dataset: str, tqa: TruthfulQA) -> np.ndarray:
-    """Question ids of a TruthfulQA feature set in the multiple-choice order the folds use (the
-    generation sets index questions in generation order); -1 for rows of no TruthfulQA question."""
+    """Question ids of a feature set of TruthfulQA in the multiple-choice order the folds use (the generation sets
+    index questions in generation order); -1 for rows of no TruthfulQA question (all rows of a transfer set)."""
+    if dataset not in PROBING_DATASETS:
+        return np.full(len(question_ids), -1)
     if dataset == "tqa_mc2":
         return question_ids
     to_mc = tqa.mc_index_of_generation()
@@ -122,8 +124,7 @@ def load_run_features(cfg: ValidationConfig, source: Source, num_questions: int,
     question_ids, tuning_question_ids = features.question_ids, features.tuning_question_ids
     if isinstance(source, TruthfulQA):
         question_ids = mc_order_ids(question_ids, cfg.dataset_name, source)
-        tuning_question_ids = (mc_order_ids(tuning_question_ids, cfg.tuning_dataset, source)
-                               if cfg.tuning_dataset in PROBING_DATASETS else np.full(len(tuning_question_ids), -1))
+        tuning_question_ids = mc_order_ids(tuning_question_ids, cfg.tuning_dataset, source)
     covered = np.unique(question_ids[(question_ids >= 0) & (question_ids < num_questions)])
     if len(covered) < num_questions:
         raise UsageError(
