@@ -1,12 +1,11 @@
 """Any contrastive dataset (docs/method.md §9): items of a question with correct and incorrect answers.
 
-An item is a `GenerationQuestion` (question, category, best answer, correct and incorrect answers),
-the same record TruthfulQA's generation order is made of, so every stage that takes TruthfulQA takes
-any such dataset. Files: JSONL (one item per line, the §9 keys), CSV in TruthfulQA.csv's columns, a
-hub dataset (`hub:owner/name` or `hub:owner/name:split`) with the JSONL keys. Records laid out as
-pairs (`question` + `answer_matching_behavior` / `answer_not_matching_behavior`, or `prompt` +
-`positive` / `negative`) and nq_open / trivia_qa records (`question`, `answer` list, `false_answer`)
-map to one correct and one incorrect answer. Items keep file order; questions are unique.
+An item is a `GenerationQuestion` (question, category, best answer, correct and incorrect answers), the same record
+TruthfulQA's generation order is made of, so every stage that takes TruthfulQA takes any such dataset. Files: JSONL
+(one item per line, the §9 keys), CSV in TruthfulQA.csv's columns, a hub dataset (`hub:owner/name` or
+`hub:owner/name:split`) with the JSONL keys. Records laid out as pairs (`question` + `answer_matching_behavior` /
+`answer_not_matching_behavior`, or `prompt` + `positive` / `negative`) and nq_open / trivia_qa records (`question`,
+`answer` list, `false_answer`) map to one correct and one incorrect answer. Items keep file order, questions unique.
 """
 from __future__ import annotations
 

@@ -44,14 +44,11 @@ class TruthfulQA:
 
     def generation_in_mc_order(self) -> list[GenerationQuestion]:
         """Generation-order records re-ordered to the MC order (folds are made in MC order)."""
-        position = np.full(len(self.multiple_choice), -1)
-        for generation_index, mc_index in enumerate(self.mc_index_of_generation()):
-            if mc_index >= 0:
-                position[mc_index] = generation_index
-        missing = [q.question for q, g in zip(self.multiple_choice, position) if g < 0]
+        position = {mc: g for g, mc in enumerate(self.mc_index_of_generation().tolist()) if mc >= 0}
+        missing = [q.question for mc, q in enumerate(self.multiple_choice) if mc not in position]
         if missing:
             raise UsageError(f"{len(missing)} MC questions have no generation record (first: {missing[0]!r}) in {self.source}")
-        return [self.generation[g] for g in position]
+        return [self.generation[position[mc]] for mc in range(len(self.multiple_choice))]
 
 
 # What a prompt set is built from (load_source): TruthfulQA, or a §9 dataset.
@@ -127,16 +124,12 @@ def _load_hub() -> TruthfulQA:
 
     gen = load_dataset(TQA_HUB_ID, "generation")["validation"]
     mc = load_dataset(TQA_HUB_ID, "multiple_choice")["validation"]
-    generation = [
-        GenerationQuestion(r["question"], r["category"], r["best_answer"].strip(),
-                           [a.strip() for a in r["correct_answers"]], [a.strip() for a in r["incorrect_answers"]])
-        for r in gen
-    ]
-    multiple_choice = [
-        MultipleChoiceQuestion(r["question"], list(r["mc1_targets"]["choices"]), list(r["mc1_targets"]["labels"]),
-                               list(r["mc2_targets"]["choices"]), list(r["mc2_targets"]["labels"]))
-        for r in mc
-    ]
+    generation = [GenerationQuestion(r["question"], r["category"], r["best_answer"].strip(),
+                                     [a.strip() for a in r["correct_answers"]],
+                                     [a.strip() for a in r["incorrect_answers"]]) for r in gen]
+    multiple_choice = [MultipleChoiceQuestion(r["question"], list(r["mc1_targets"]["choices"]),
+                                              list(r["mc1_targets"]["labels"]), list(r["mc2_targets"]["choices"]),
+                                              list(r["mc2_targets"]["labels"])) for r in mc]
     return TruthfulQA(generation, multiple_choice, source=f"hub:{TQA_HUB_ID}")
 
 
@@ -156,10 +149,9 @@ def load_truthfulqa(tqa_path: str | Path | None = None) -> TruthfulQA:
     try:
         return _load_hub()
     except Exception as err:
-        raise UsageError(
-            f"TruthfulQA not found: looked in {DEFAULT_TQA_DIR} and on the hub ({TQA_HUB_ID}: "
-            f"{type(err).__name__}); link a local copy there (`ln -s /path/to/TruthfulQA TruthfulQA`) "
-            "or pass --tqa_path") from err
+        raise UsageError(f"TruthfulQA not found: looked in {DEFAULT_TQA_DIR} and on the hub ({TQA_HUB_ID}: "
+                         f"{type(err).__name__}); link a local copy there (`ln -s /path/to/TruthfulQA TruthfulQA`) "
+                         "or pass --tqa_path") from err
 
 
 @dataclass
@@ -264,8 +256,3 @@ def build_prompt_set(name: str, tqa_path: str | Path | None = None, limit: int |
                      probe_text: ProbeText = qa_prompt) -> PromptSet:
     """The probe rows of a built-in set, or of the §9 dataset at `dataset_path` (named `name`)."""
     return prompt_set_of(name, load_source(name, tqa_path, dataset_path), limit, seed, probe_text)
-
-
-def truthfulqa_dataset(tqa: TruthfulQA) -> ContrastiveDataset:
-    """TruthfulQA as a §9 dataset in multiple-choice order (the order its folds use)."""
-    return ContrastiveDataset("truthfulqa", tqa.generation_in_mc_order(), tqa.source)

@@ -1,11 +1,10 @@
 """Feature sets on disk: their names, finding and reading them, and checking that they are what a run needs.
 
-get_activations writes, per model and dataset, `{model}_{dataset}[_limit_{N}]_{kind}.npy` (the public
-workflow's names; `_limit_{N}` for the first N questions) and a `_meta.json` that records what made them
-(docs/method.md §10): the model's fingerprint (config, tokenizer, a weight sample; iti.fingerprint), the rows'
-content before and after formatting, the prompt format, the limit and the seed. Every consumer checks the
-record against its own run (`verify_feature_set`) and refuses a mismatch in one line that gives the
-get_activations command to run. NumPy only: sweeps check features on a login node without torch.
+get_activations writes, per model and dataset, `{model}_{dataset}[_limit_{N}]_{kind}.npy` (the public workflow's
+names; `_limit_{N}` for the first N questions) and a `_meta.json` that records what made them (docs/method.md §10):
+the model's fingerprint (iti.fingerprint), the rows' content before and after formatting, the prompt format, the
+limit and the seed. Every consumer checks the record against its own run and refuses a mismatch in one line that
+gives the get_activations command to run. NumPy only: sweeps check features on a login node without torch.
 """
 from __future__ import annotations
 
@@ -127,9 +126,7 @@ def load_features(wanted: FeatureSet, kind: str = "head_wise", mmap: bool = True
     """(activations, labels, question_ids) of all questions, or of the first `limit` (the `_limit_{N}`
     set, else the full set's first N questions), read from `found` when the caller has found the set already;
     a missing or damaged file names the command that makes it."""
-    found = found or find_feature_set(wanted, kind)
-    if found is None:
-        require_feature_sets([wanted], kind)
+    found = found or require_feature_sets([wanted], kind)[0]
     acts = _load_npy(found, kind, mmap)
     labels, question_ids = _load_npy(found, "labels"), _load_npy(found, "question_ids")
     if not len(acts) == len(labels) == len(question_ids):

@@ -1,9 +1,8 @@
 """HeadShifts: the selected heads, their unit directions, spreads σ and strength α.
 
-Everything downstream (intervention hooks, baking, evaluation) consumes this one type. The
-shift of head (l, h) is α·σ·θ added to slice [h·d, (h+1)·d) of layer l's `o_proj` input
-(docs/method.md §4 and §7). On disk: `head_shifts.safetensors` (arrays) beside
-`head_shifts.json` (α, geometry, heads, provenance); no pickle.
+Everything downstream (intervention hooks, baking, evaluation) consumes this one type. The shift of head (l, h) is
+α·σ·θ added to slice [h·d, (h+1)·d) of layer l's `o_proj` input (docs/method.md §4 and §7). On disk:
+`head_shifts.safetensors` (arrays) beside `head_shifts.json` (α, geometry, heads, provenance); no pickle.
 """
 from __future__ import annotations
 
@@ -91,10 +90,8 @@ class ShiftsMetadata:
 def _indices(values, name: str) -> np.ndarray:
     """Layer or head indices as int64; a value that is no whole number is refused, never truncated."""
     array = np.asarray(values)
-    if array.dtype.kind == "f":
-        whole = np.isfinite(array) & (array == np.round(array))
-    else:
-        whole = np.full(array.shape, array.dtype.kind in "iu")
+    kind = array.dtype.kind
+    whole = np.isfinite(array) & (array == np.round(array)) if kind == "f" else np.full(array.shape, kind in "iu")
     if not whole.all():
         raise UsageError(f"head shifts field {name} holds {array[~whole].tolist()[0]!r}, not a whole number: it "
                          f"indexes layers or heads; {RESAVE}")

@@ -9,15 +9,9 @@ import numpy as np
 
 from iti.config import HeadShiftOptions, ValidationConfig
 from iti.contrastive import ContrastiveDataset
-from iti.data import Source, TruthfulQA, load_source, truthfulqa_dataset
+from iti.data import Source, TruthfulQA, load_source
 from iti.errors import UsageError
-from iti.features import (
-    FeatureSet,
-    find_feature_set,
-    load_features,
-    require_feature_sets,
-    verify_against_data,
-)
+from iti.features import FeatureSet, find_feature_set, load_features, require_feature_sets, verify_against_data
 from iti.fitting import Features
 from iti.head_shifts import ShiftProvenance
 from iti.identity import digest
@@ -31,7 +25,8 @@ def load_items(cfg: ValidationConfig) -> tuple[ContrastiveDataset, Source]:
     """The run's items, first `--limit` of them: a §9 file in file order, else TruthfulQA in MC order; and all that
     was read, which the features are checked against (each input is read once a run)."""
     source = load_source(cfg.dataset_name, cfg.tqa_path, cfg.dataset_path)
-    return (source if cfg.custom else truthfulqa_dataset(source)).first(cfg.limit), source
+    items = source if cfg.custom else ContrastiveDataset("truthfulqa", source.generation_in_mc_order(), source.source)
+    return items.first(cfg.limit), source
 
 
 def items_digest(dataset: ContrastiveDataset) -> str:
@@ -127,10 +122,9 @@ def load_run_features(cfg: ValidationConfig, source: Source, num_questions: int,
         tuning_question_ids = mc_order_ids(tuning_question_ids, cfg.tuning_dataset, source)
     covered = np.unique(question_ids[(question_ids >= 0) & (question_ids < num_questions)])
     if len(covered) < num_questions:
-        raise UsageError(
-            f"the {cfg.dataset_name} features of {cfg.output_name} in {probing.features_dir} cover {len(covered)} of the "
-            f"{num_questions} questions this run uses; extract them for all questions with "
-            f"`{dataclasses.replace(probing, limit=None).command()}`")
+        raise UsageError(f"the {cfg.dataset_name} features of {cfg.output_name} in {probing.features_dir} cover "
+                         f"{len(covered)} of the {num_questions} questions this run uses; extract them for all "
+                         f"questions with `{dataclasses.replace(probing, limit=None).command()}`")
     provenance = dataclasses.replace(features.provenance, sigma_questions=cfg.sigma_questions, num_fold=cfg.num_fold)
     return dataclasses.replace(features, question_ids=question_ids, tuning_question_ids=tuning_question_ids,
                                provenance=provenance)
