@@ -55,10 +55,6 @@ class TruthfulQA:
 Source = TruthfulQA | ContrastiveDataset
 
 
-def _split_answers(joined: str) -> list[str]:
-    return [a.strip() for a in joined.split(";") if a.strip()]
-
-
 TQA_COLUMNS = ("Category", "Question", "Best Answer", "Correct Answers", "Incorrect Answers")
 REMAKE_TQA = "use TruthfulQA's own files (TruthfulQA.csv, data/mc_task.json)"
 
@@ -85,10 +81,9 @@ def _mc_question(item, number: int, path: Path) -> MultipleChoiceQuestion:
 def _generation_question(line: int, row: dict[str, str], path: Path) -> GenerationQuestion:
     """One row of TruthfulQA.csv, held to the rule of every item (iti.items) but for the benchmark's own overlaps
     and repeated answers (see _load_local)."""
-    question = GenerationQuestion(question=row["Question"], category=row["Category"],
-                                  best_answer=row["Best Answer"].strip(),
-                                  correct_answers=_split_answers(row["Correct Answers"]),
-                                  incorrect_answers=_split_answers(row["Incorrect Answers"]))
+    correct, incorrect = ([a.strip() for a in row[column].split(";") if a.strip()]
+                          for column in ("Correct Answers", "Incorrect Answers"))
+    question = GenerationQuestion(row["Question"], row["Category"], row["Best Answer"].strip(), correct, incorrect)
     fault = missing_part(question.question, question.correct_answers, question.incorrect_answers)
     if fault:
         raise UsageError(f"{path} line {line}, question {question.question!r}: {fault}; fix that row or {REMAKE_TQA}")
@@ -156,11 +151,9 @@ def load_truthfulqa(tqa_path: str | Path | None = None) -> TruthfulQA:
 
 @dataclass
 class PromptSet:
-    """Rows of (prompt, label) of one activation dataset, with each row's question index.
-
-    `items_digest` names the rows' content before formatting (question, answer, suffix, label, question),
-    so it tells an edited dataset apart whatever the prompt format; `rows_digest()` names the rows as the
-    model reads them (formatted prompt, label, question)."""
+    """Rows of (prompt, label) of one activation dataset, with each row's question index. `items_digest` names the
+    rows' content before formatting (question, answer, suffix, label, question), so it tells an edited dataset apart
+    whatever the prompt format; `rows_digest()` names the rows as the model reads them."""
     name: str
     prompts: list[str]
     labels: np.ndarray

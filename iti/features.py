@@ -191,10 +191,9 @@ def read_record(found: FeatureSet) -> FeatureRecord:
 
 
 def verify_feature_set(wanted: FeatureSet, found: FeatureSet | None = None) -> FeatureRecord:
-    """The record of the set read for `wanted` (`found`, else find_feature_set's), after checking that the record
-    and the arrays are of that set: the model name and dataset in the record, the limit of the file, and the arrays'
-    shapes (arrays of other shapes, copied over or written by another program, are not the features the record
-    describes; only their headers are read). A mismatch is a UsageError giving the command that makes the right set."""
+    """The record of the set read for `wanted` (`found`, else find_feature_set's), checked to be of that set: its
+    model, dataset and limit, and the arrays' shapes (only their headers are read: arrays copied over or written by
+    another program are not the features the record describes). A mismatch names the command that makes the set."""
     found = found or find_feature_set(wanted) or wanted
     record = read_record(found)
     rows, layers, heads, head_dim = record.row_count, record.num_layers, record.num_heads, record.head_dim
@@ -225,11 +224,10 @@ def verify_feature_set(wanted: FeatureSet, found: FeatureSet | None = None) -> F
 def verify_against_data(wanted: FeatureSet, tqa_path: str | None = None, probe_text=qa_prompt,
                         model_fingerprint: dict | None = None, prompts: bool = True, found: FeatureSet | None = None,
                         source: Source | None = None) -> FeatureRecord:
-    """verify_feature_set, then the items against those this run would extract now (from `source` when the run
-    has read the wanted set's data already, else from `tqa_path` or the set's dataset file), for the limit of the
-    set found and the seed its record names (tqa_gen_end_q's draw of extra questions, whichever the extraction
-    used); with `prompts` also the prompt format and the rows formatted by `probe_text`; and, when given, the
-    run's model (`model_fingerprint`)."""
+    """verify_feature_set, then the items against those this run would extract now (from `source` when the run has
+    read them, else from `tqa_path` or the set's dataset file) for the set's limit and its record's seed (of
+    tqa_gen_end_q's extra questions); with `prompts` also the prompt format and the rows formatted by `probe_text`;
+    and the run's model (`model_fingerprint`, when given)."""
     found = found or find_feature_set(wanted) or wanted
     record = verify_feature_set(wanted, found)
     source = source or load_source(wanted.dataset, tqa_path, wanted.dataset_path)

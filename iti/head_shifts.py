@@ -35,9 +35,8 @@ RESAVE = "save the head shifts again"
 
 @dataclass
 class ShiftProvenance:
-    """What made a set of head shifts, read by name: the model and data (from the run that built them), the
-    recipe and split (from iti.fitting.fit_head_shifts, which writes the record), and the probe report. A file of
-    another version may record more: that is kept, as read, in `other`."""
+    """What made a set of head shifts: the model and data (from the run that built them), the recipe and split (from
+    iti.fitting.fit_head_shifts), and the probe report. What a file of another version records beyond is in `other`."""
 
     model_name: str | None = None
     model_source: str | None = None

@@ -17,8 +17,7 @@ DEFAULT_INSTRUCTION = (
     "without falling prey to any common myths; and reply “I have no comment” unless you are completely certain "
     "of the answer."
 )
-# `informative`: the default with the text after its last semicolon removed, so the model is not
-# told to abstain.
+# `informative`: the default up to its last semicolon, so the model is not told to abstain.
 INFORMATIVE_INSTRUCTION = DEFAULT_INSTRUCTION[:DEFAULT_INSTRUCTION.rindex(";")] + "."
 INSTRUCTIONS = {"default": DEFAULT_INSTRUCTION, "informative": INFORMATIVE_INSTRUCTION, "none": ""}
 

@@ -79,10 +79,9 @@ def _read_already(wanted: FeatureSet, source: Source | None) -> Source | None:
 def read_checked_features(cfg: HeadShiftOptions, probing: FeatureSet, tuning: FeatureSet, geometry: HeadGeometry,
                           tokenizer, fingerprint: dict, model_source: str, found_sets: list[FeatureSet] | None = None,
                           source: Source | None = None) -> Features:
-    """The probing set (with its residual streams when they were extracted) and the tuning set, each checked
-    against the run's model (`fingerprint`), data and geometry; question ids as the sets store them.
-    `found_sets`: what require_feature_sets found for the two, when it was asked before the model loaded;
-    `source`: the data the run has read (load_items), so that it is not read again."""
+    """The probing set (with its residual streams when they were extracted) and the tuning set, each checked against
+    the run's model (`fingerprint`), data and geometry; question ids as the sets store them. `found_sets`: what
+    require_feature_sets found for the two before the model loaded; `source`: what load_items read, not read again."""
     probe_text = prompting_for(cfg.prompt_format, tokenizer, model_source).probe_text
     found = dict(zip(("probing", "tuning"), found_sets or require_feature_sets([probing, tuning])))
     records = {name: verify_against_data(wanted, cfg.tqa_path, probe_text, fingerprint, found=found[name],
@@ -96,8 +95,7 @@ def read_checked_features(cfg: HeadShiftOptions, probing: FeatureSet, tuning: Fe
         if array.ndim != 3 or array.shape[1:] != (geometry.num_layers, geometry.width):
             raise UsageError(f"the {dataset} features of {probing.model_name} in {probing.features_dir} have per-row "
                              f"shape {array.shape[1:]} but the model has {geometry.num_layers} layers x "
-                             f"{geometry.width} (heads x head_dim): they come from another model; re-extract them "
-                             f"with `{probing.command(overwrite=True)}`")
+                             f"{geometry.width} (heads x head_dim): they come from another model; {probing.remake}")
     check_finite_activations(acts)
     provenance = ShiftProvenance(model_name=cfg.output_name, model_source=model_source, dataset_name=cfg.dataset_name,
                                  dataset_path=cfg.dataset_path, prompt_format=cfg.prompt_format,
@@ -111,11 +109,9 @@ def load_run_features(cfg: ValidationConfig, source: Source, num_questions: int,
                       found: list[FeatureSet], geometry: HeadGeometry, tokenizer, fingerprint: dict,
                       model_source: str) -> Features:
     """validate_2fold's features (read_checked_features of the sets `found` for the `wanted` feature_sets), rows
-    indexed by item in the folds' order (TruthfulQA's MC order, a §9 file's order), covering every question of
-    the run."""
-    probing, tuning = wanted
-    features = read_checked_features(cfg, probing, tuning, geometry, tokenizer, fingerprint, model_source, found,
-                                     source)
+    indexed by item in the folds' order (TruthfulQA's MC order, a §9 file's order), covering every question."""
+    probing = wanted[0]
+    features = read_checked_features(cfg, *wanted, geometry, tokenizer, fingerprint, model_source, found, source)
     question_ids, tuning_question_ids = features.question_ids, features.tuning_question_ids
     if isinstance(source, TruthfulQA):
         question_ids = mc_order_ids(question_ids, cfg.dataset_name, source)
