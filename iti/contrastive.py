@@ -1,12 +1,11 @@
 """Any contrastive dataset (docs/method.md §9): items of a question with correct and incorrect answers.
 
-An item is a `GenerationQuestion` (question, category, best answer, correct and incorrect answers),
-the same record TruthfulQA's generation order is made of, so every stage that takes TruthfulQA takes
-any such dataset. Files: JSONL (one item per line, the §9 keys), CSV in TruthfulQA.csv's columns, a
-hub dataset (`hub:owner/name` or `hub:owner/name:split`) with the JSONL keys. Records laid out as
-pairs (`question` + `answer_matching_behavior` / `answer_not_matching_behavior`, or `prompt` +
-`positive` / `negative`) and nq_open / trivia_qa records (`question`, `answer` list, `false_answer`)
-map to one correct and one incorrect answer. Items keep file order; questions are unique.
+An item is a `GenerationQuestion` (question, category, best answer, correct and incorrect answers), the same record
+TruthfulQA's generation order is made of, so every stage that takes TruthfulQA takes any such dataset. Files: JSONL
+(one item per line, the §9 keys), CSV in TruthfulQA.csv's columns, a hub dataset (`hub:owner/name` or
+`hub:owner/name:split`) with the JSONL keys. Records laid out as pairs (`question` + `answer_matching_behavior` /
+`answer_not_matching_behavior`, or `prompt` + `positive` / `negative`) and nq_open / trivia_qa records (`question`,
+`answer` list, `false_answer`) map to one correct and one incorrect answer. Items keep file order, questions unique.
 """
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from iti.items import GenerationQuestion, check_limit, first_repeat, missing_part
+from iti.items import GenerationQuestion, check_limit, missing_part, refuse_repeats
 from iti.registry import TRANSFER_SETS
 from iti.errors import UsageError
 from iti.files import csv_rows, read_jsonl, read_text, why_not_a_file
@@ -24,6 +23,12 @@ FILE_SUFFIXES = (".jsonl", ".csv")
 TQA_CSV_COLUMNS = ("Question", "Best Answer", "Correct Answers", "Incorrect Answers")
 UNKNOWN_CATEGORY = ""
 SHAPE_OF_AN_ITEM = "every item needs a question, at least one correct and one incorrect answer (see docs/method.md §9)"
+# The record layouts: the keys that mark one, then its keys of the question, the correct and the incorrect answers.
+LAYOUTS = ((("correct_answers", "incorrect_answers"), "question", "correct_answers", "incorrect_answers"),
+           (("answer_matching_behavior", "answer_not_matching_behavior"), "question", "answer_matching_behavior",
+            "answer_not_matching_behavior"),
+           (("positive", "negative"), "prompt", "positive", "negative"),
+           (("false_answer",), "question", "answer", "false_answer"))
 
 
 class DatasetError(ValueError):
@@ -51,8 +56,6 @@ class ContrastiveDataset:
         return ContrastiveDataset(self.name, self.items[:n], self.source)
 
 
-# ----------------------------------------------------------------------------- records → items
-
 def _answers(value, key: str) -> list[str]:
     """A list of answers, or one answer string (pair-style records, nq_open's single answer)."""
     if value is None:
@@ -75,26 +78,16 @@ def item_from_record(record: dict) -> GenerationQuestion:
     """One §9 item from any of the accepted record layouts (see the module docstring)."""
     if not isinstance(record, dict):
         raise DatasetError("a record must be a JSON object")
-    if "correct_answers" in record or "incorrect_answers" in record:
-        question = _question(record, "question")
-        correct = _answers(record.get("correct_answers"), "correct_answers")
-        incorrect = _answers(record.get("incorrect_answers"), "incorrect_answers")
-    elif "answer_matching_behavior" in record or "answer_not_matching_behavior" in record:
-        question = _question(record, "question")
-        correct = _answers(record.get("answer_matching_behavior"), "answer_matching_behavior")
-        incorrect = _answers(record.get("answer_not_matching_behavior"), "answer_not_matching_behavior")
-    elif "positive" in record or "negative" in record:
-        question = _question(record, "prompt")
-        correct = _answers(record.get("positive"), "positive")
-        incorrect = _answers(record.get("negative"), "negative")
-    elif "false_answer" in record:
-        question = _question(record, "question")
-        correct = _answers(record.get("answer"), "answer")[:1]
-        incorrect = _answers(record.get("false_answer"), "false_answer")
-    else:
+    layout = next((layout for layout in LAYOUTS if any(key in record for key in layout[0])), None)
+    if layout is None:
         raise DatasetError("no answers: expected `correct_answers` + `incorrect_answers`, "
                            "`answer_matching_behavior` + `answer_not_matching_behavior`, `positive` + `negative`, "
                            "or `answer` + `false_answer`")
+    _, question_key, correct_key, incorrect_key = layout
+    question = _question(record, question_key)
+    correct = _answers(record.get(correct_key), correct_key)
+    correct = correct[:1] if correct_key == "answer" else correct  # nq_open / trivia_qa: the first answer only
+    incorrect = _answers(record.get(incorrect_key), incorrect_key)
     fault = missing_part(question, correct, incorrect)
     if fault:
         raise DatasetError(fault)
@@ -126,17 +119,12 @@ def dataset_from_records(name: str, records: Iterable[dict], source: str,
             items.append(item_from_record(record))
         except DatasetError as err:
             raise UsageError(f"{source}, {where(index)}: {err}; {err.remedy}") from None
-    repeat = first_repeat([item.question for item in items])
-    if repeat:
-        index, earlier = repeat
-        raise UsageError(f"{source}, {where(index)}: question {items[index].question!r} repeats {where(earlier)}; "
-                         "questions must be unique (merge their answers into one item)")
+    refuse_repeats([item.question for item in items], f"{source},", [where(i) for i in range(len(items))],
+                   "merge their answers into one item")
     if not items:
         raise UsageError(f"{source} holds no items; give a JSONL or CSV file with at least one item per fold")
     return ContrastiveDataset(name, items, source)
 
-
-# ----------------------------------------------------------------------------- files
 
 def _tqa_csv_records(path: Path) -> list[tuple[int, dict]]:
     """(line, record) of each row: TruthfulQA.csv's columns (Category optional), answers joined with "; ",
@@ -155,23 +143,24 @@ def load_hub_records(hub_id: str, split: str):
     return load_dataset(hub_id, split=split)
 
 
-def _hub_dataset(name: str, spec: str) -> ContrastiveDataset:
-    hub_id, _, split = spec.partition(":")
-    split = split or "train"
+def _hub_dataset(name: str, hub_id: str, split: str, source: str, failure: Callable[[str], str]) -> ContrastiveDataset:
+    """The rows of a hub dataset split as items; `failure` of the error's type when they cannot be loaded."""
     try:
         rows = load_hub_records(hub_id, split)
     except Exception as err:
-        raise UsageError(f"cannot load the hub dataset {hub_id} (split {split}): {type(err).__name__}; check the id "
-                         "and split (hub:owner/name:split) or download it and give the JSONL file") from err
-    return dataset_from_records(name, (dict(row) for row in rows), f"{HUB_PREFIX}{hub_id}:{split}",
-                                lambda i: f"row {i}")
+        raise UsageError(failure(type(err).__name__)) from err
+    return dataset_from_records(name, (dict(row) for row in rows), source, lambda i: f"row {i}")
 
 
 def load_dataset_file(path: str | Path, name: str) -> ContrastiveDataset:
     """A §9 dataset from a JSONL or CSV file, or from the hub with `hub:owner/name[:split]`."""
     text = str(path)
     if text.startswith(HUB_PREFIX):
-        return _hub_dataset(name, text[len(HUB_PREFIX):])
+        hub_id, _, split = text[len(HUB_PREFIX):].partition(":")
+        split = split or "train"
+        return _hub_dataset(name, hub_id, split, f"{HUB_PREFIX}{hub_id}:{split}",
+                            lambda error: f"cannot load the hub dataset {hub_id} (split {split}): {error}; check the "
+                            "id and split (hub:owner/name:split) or download it and give the JSONL file")
     file = Path(text).expanduser()
     if not file.is_file():
         raise UsageError(f"--dataset_path {text} {why_not_a_file(file)}; give a .jsonl or .csv file (or "
@@ -186,10 +175,6 @@ def load_dataset_file(path: str | Path, name: str) -> ContrastiveDataset:
 
 def transfer_dataset(name: str) -> ContrastiveDataset:
     """nq_open / trivia_qa with a false answer per question (the paper's transfer sets)."""
-    try:
-        rows = load_hub_records(TRANSFER_SETS[name], "validation")
-    except Exception as err:
-        raise UsageError(f"cannot load {name} from the hub ({TRANSFER_SETS[name]}): {type(err).__name__}") from err
-    return dataset_from_records(name, (dict(row) for row in rows), f"{HUB_PREFIX}{TRANSFER_SETS[name]}",
-                                lambda i: f"row {i}")
-
+    hub_id = TRANSFER_SETS[name]
+    return _hub_dataset(name, hub_id, "validation", f"{HUB_PREFIX}{hub_id}",
+                        lambda error: f"cannot load {name} from the hub ({hub_id}): {error}")

@@ -12,7 +12,7 @@ from iti.contrastive import ContrastiveDataset, load_dataset_file, transfer_data
 from iti.errors import UsageError
 from iti.files import csv_rows, read_json, read_text
 from iti.identity import digest
-from iti.items import GenerationQuestion, check_limit, first_repeat, missing_part
+from iti.items import GenerationQuestion, check_limit, missing_part, refuse_repeats
 from iti.prompts import qa_prompt
 from iti.registry import TRANSFER_SETS, check_dataset_name
 
@@ -44,31 +44,19 @@ class TruthfulQA:
 
     def generation_in_mc_order(self) -> list[GenerationQuestion]:
         """Generation-order records re-ordered to the MC order (folds are made in MC order)."""
-        position = np.full(len(self.multiple_choice), -1)
-        for generation_index, mc_index in enumerate(self.mc_index_of_generation()):
-            if mc_index >= 0:
-                position[mc_index] = generation_index
-        missing = [q.question for q, g in zip(self.multiple_choice, position) if g < 0]
+        position = {mc: g for g, mc in enumerate(self.mc_index_of_generation().tolist()) if mc >= 0}
+        missing = [q.question for mc, q in enumerate(self.multiple_choice) if mc not in position]
         if missing:
             raise UsageError(f"{len(missing)} MC questions have no generation record (first: {missing[0]!r}) in {self.source}")
-        return [self.generation[g] for g in position]
+        return [self.generation[position[mc]] for mc in range(len(self.multiple_choice))]
 
 
-def _split_answers(joined: str) -> list[str]:
-    return [a.strip() for a in joined.split(";") if a.strip()]
+# What a prompt set is built from (load_source): TruthfulQA, or a §9 dataset.
+Source = TruthfulQA | ContrastiveDataset
 
 
 TQA_COLUMNS = ("Category", "Question", "Best Answer", "Correct Answers", "Incorrect Answers")
 REMAKE_TQA = "use TruthfulQA's own files (TruthfulQA.csv, data/mc_task.json)"
-
-
-def read_tqa_csv(path: Path) -> list[tuple[int, dict[str, str]]]:
-    """(line, row) of each of TruthfulQA.csv's rows; a malformed row (short, long, a quote left open) is a
-    UsageError naming the file and the line where that row starts."""
-    rows = csv_rows(read_text(path, "TruthfulQA file", REMAKE_TQA), path, TQA_COLUMNS, REMAKE_TQA)
-    if not rows:
-        raise UsageError(f"{path} holds no questions, only its header; {REMAKE_TQA}")
-    return rows
 
 
 def _mc_question(item, number: int, path: Path) -> MultipleChoiceQuestion:
@@ -93,22 +81,13 @@ def _mc_question(item, number: int, path: Path) -> MultipleChoiceQuestion:
 def _generation_question(line: int, row: dict[str, str], path: Path) -> GenerationQuestion:
     """One row of TruthfulQA.csv, held to the rule of every item (iti.items) but for the benchmark's own overlaps
     and repeated answers (see _load_local)."""
-    question = GenerationQuestion(question=row["Question"], category=row["Category"],
-                                  best_answer=row["Best Answer"].strip(),
-                                  correct_answers=_split_answers(row["Correct Answers"]),
-                                  incorrect_answers=_split_answers(row["Incorrect Answers"]))
+    correct, incorrect = ([a.strip() for a in row[column].split(";") if a.strip()]
+                          for column in ("Correct Answers", "Incorrect Answers"))
+    question = GenerationQuestion(row["Question"], row["Category"], row["Best Answer"].strip(), correct, incorrect)
     fault = missing_part(question.question, question.correct_answers, question.incorrect_answers)
     if fault:
         raise UsageError(f"{path} line {line}, question {question.question!r}: {fault}; fix that row or {REMAKE_TQA}")
     return question
-
-
-def _refuse_repeats(questions: list[str], places: list[str], path: Path) -> None:
-    repeat = first_repeat(questions)
-    if repeat:
-        index, earlier = repeat
-        raise UsageError(f"{path} {places[index]}, question {questions[index]!r}: repeats {places[earlier]}; "
-                         f"questions must be unique: {REMAKE_TQA}")
 
 
 def _load_local(folder: Path) -> TruthfulQA:
@@ -119,15 +98,19 @@ def _load_local(folder: Path) -> TruthfulQA:
     references, and tqa_gen gives it one row labelled 1 and one labelled 0, as the public workflow does
     (mc_task.json labels it 0 only). A §9 dataset may not do this: iti.contrastive refuses such an item."""
     csv_path = folder / "TruthfulQA.csv"
-    rows = read_tqa_csv(csv_path)
+    # (line, row): a malformed row (short, long, a quote left open) is refused naming the line where it starts.
+    rows = csv_rows(read_text(csv_path, "TruthfulQA file", REMAKE_TQA), csv_path, TQA_COLUMNS, REMAKE_TQA)
+    if not rows:
+        raise UsageError(f"{csv_path} holds no questions, only its header; {REMAKE_TQA}")
     generation = [_generation_question(line, row, csv_path) for line, row in rows]
-    _refuse_repeats([q.question for q in generation], [f"line {line}" for line, _ in rows], csv_path)
+    refuse_repeats([q.question for q in generation], str(csv_path), [f"line {line}" for line, _ in rows], REMAKE_TQA)
     mc_path = folder / "data" / "mc_task.json"
     items = read_json(mc_path, "TruthfulQA file", REMAKE_TQA)
     if not isinstance(items, list) or not items:
         raise UsageError(f"{mc_path} holds no list of questions; {REMAKE_TQA}")
     multiple_choice = [_mc_question(item, number, mc_path) for number, item in enumerate(items, start=1)]
-    _refuse_repeats([q.question for q in multiple_choice], [f"entry {n}" for n in range(1, len(items) + 1)], mc_path)
+    entries = [f"entry {n}" for n in range(1, len(items) + 1)]
+    refuse_repeats([q.question for q in multiple_choice], str(mc_path), entries, REMAKE_TQA)
     return TruthfulQA(generation, multiple_choice, source=str(folder))
 
 
@@ -136,16 +119,12 @@ def _load_hub() -> TruthfulQA:
 
     gen = load_dataset(TQA_HUB_ID, "generation")["validation"]
     mc = load_dataset(TQA_HUB_ID, "multiple_choice")["validation"]
-    generation = [
-        GenerationQuestion(r["question"], r["category"], r["best_answer"].strip(),
-                           [a.strip() for a in r["correct_answers"]], [a.strip() for a in r["incorrect_answers"]])
-        for r in gen
-    ]
-    multiple_choice = [
-        MultipleChoiceQuestion(r["question"], list(r["mc1_targets"]["choices"]), list(r["mc1_targets"]["labels"]),
-                               list(r["mc2_targets"]["choices"]), list(r["mc2_targets"]["labels"]))
-        for r in mc
-    ]
+    generation = [GenerationQuestion(r["question"], r["category"], r["best_answer"].strip(),
+                                     [a.strip() for a in r["correct_answers"]],
+                                     [a.strip() for a in r["incorrect_answers"]]) for r in gen]
+    multiple_choice = [MultipleChoiceQuestion(r["question"], list(r["mc1_targets"]["choices"]),
+                                              list(r["mc1_targets"]["labels"]), list(r["mc2_targets"]["choices"]),
+                                              list(r["mc2_targets"]["labels"])) for r in mc]
     return TruthfulQA(generation, multiple_choice, source=f"hub:{TQA_HUB_ID}")
 
 
@@ -165,19 +144,16 @@ def load_truthfulqa(tqa_path: str | Path | None = None) -> TruthfulQA:
     try:
         return _load_hub()
     except Exception as err:
-        raise UsageError(
-            f"TruthfulQA not found: looked in {DEFAULT_TQA_DIR} and on the hub ({TQA_HUB_ID}: "
-            f"{type(err).__name__}); link a local copy there (`ln -s /path/to/TruthfulQA TruthfulQA`) "
-            "or pass --tqa_path") from err
+        raise UsageError(f"TruthfulQA not found: looked in {DEFAULT_TQA_DIR} and on the hub ({TQA_HUB_ID}: "
+                         f"{type(err).__name__}); link a local copy there (`ln -s /path/to/TruthfulQA TruthfulQA`) "
+                         "or pass --tqa_path") from err
 
 
 @dataclass
 class PromptSet:
-    """Rows of (prompt, label) of one activation dataset, with each row's question index.
-
-    `items_digest` names the rows' content before formatting (question, answer, suffix, label, question),
-    so it tells an edited dataset apart whatever the prompt format; `rows_digest()` names the rows as the
-    model reads them (formatted prompt, label, question)."""
+    """Rows of (prompt, label) of one activation dataset, with each row's question index. `items_digest` names the
+    rows' content before formatting (question, answer, suffix, label, question), so it tells an edited dataset apart
+    whatever the prompt format; `rows_digest()` names the rows as the model reads them."""
     name: str
     prompts: list[str]
     labels: np.ndarray
@@ -245,26 +221,31 @@ def tqa_gen_set(tqa: TruthfulQA, limit: int | None = None, end_q: bool = False, 
                             **({"seed": seed} if end_q else {}))
 
 
+def load_source(name: str, tqa_path: str | Path | None = None,
+                dataset_path: str | Path | None = None) -> Source:
+    """What the prompt set `name` is built from: the §9 dataset at `dataset_path`, a transfer set, or TruthfulQA."""
+    if dataset_path is not None:
+        return load_dataset_file(dataset_path, name)
+    check_dataset_name(name)
+    return transfer_dataset(name) if name in TRANSFER_SETS else load_truthfulqa(tqa_path)
+
+
+def prompt_set_of(name: str, source: Source, limit: int | None = None, seed: int = 42,
+                  probe_text: ProbeText = qa_prompt) -> PromptSet:
+    """The probe rows of the set `name` of what load_source read, so that one reading serves every set of it."""
+    if isinstance(source, ContrastiveDataset):
+        dataset = source.first(limit)
+        return items_prompt_set(name, dataset.items, probe_text, source=dataset.source)
+    if name == "tqa_mc2":
+        prompt_set = tqa_mc2_set(source, limit, probe_text)
+    else:
+        prompt_set = tqa_gen_set(source, limit, end_q=name == "tqa_gen_end_q", seed=seed, probe_text=probe_text)
+    prompt_set.config["tqa_source"] = source.source
+    return prompt_set
+
+
 def build_prompt_set(name: str, tqa_path: str | Path | None = None, limit: int | None = None,
                      seed: int = 42, dataset_path: str | Path | None = None,
                      probe_text: ProbeText = qa_prompt) -> PromptSet:
     """The probe rows of a built-in set, or of the §9 dataset at `dataset_path` (named `name`)."""
-    if dataset_path is not None:
-        dataset = load_dataset_file(dataset_path, name).first(limit)
-        return items_prompt_set(name, dataset.items, probe_text, source=dataset.source)
-    check_dataset_name(name)
-    if name in TRANSFER_SETS:
-        dataset = transfer_dataset(name).first(limit)
-        return items_prompt_set(name, dataset.items, probe_text, source=dataset.source)
-    tqa = load_truthfulqa(tqa_path)
-    if name == "tqa_mc2":
-        prompt_set = tqa_mc2_set(tqa, limit, probe_text)
-    else:
-        prompt_set = tqa_gen_set(tqa, limit, end_q=name == "tqa_gen_end_q", seed=seed, probe_text=probe_text)
-    prompt_set.config["tqa_source"] = tqa.source
-    return prompt_set
-
-
-def truthfulqa_dataset(tqa: TruthfulQA) -> ContrastiveDataset:
-    """TruthfulQA as a §9 dataset in multiple-choice order (the order its folds use)."""
-    return ContrastiveDataset("truthfulqa", tqa.generation_in_mc_order(), tqa.source)
+    return prompt_set_of(name, load_source(name, tqa_path, dataset_path), limit, seed, probe_text)

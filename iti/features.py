@@ -1,11 +1,10 @@
 """Feature sets on disk: their names, finding and reading them, and checking that they are what a run needs.
 
-get_activations writes, per model and dataset, `{model}_{dataset}[_limit_{N}]_{kind}.npy` (the public
-workflow's names; `_limit_{N}` for the first N questions) and a `_meta.json` that records what made them
-(docs/method.md §10): the model's fingerprint (config, tokenizer, a weight sample; iti.fingerprint), the rows'
-content before and after formatting, the prompt format, the limit and the seed. Every consumer checks the
-record against its own run (`verify_feature_set`) and refuses a mismatch in one line that gives the
-get_activations command to run. NumPy only: sweeps check features on a login node without torch.
+get_activations writes, per model and dataset, `{model}_{dataset}[_limit_{N}]_{kind}.npy` (the public workflow's
+names; `_limit_{N}` for the first N questions) and a `_meta.json` that records what made them (docs/method.md §10):
+the model's fingerprint (iti.fingerprint), the rows' content before and after formatting, the prompt format, the
+limit and the seed. Every consumer checks the record against its own run and refuses a mismatch in one line that
+gives the get_activations command to run. NumPy only: sweeps check features on a login node without torch.
 """
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from iti import records
-from iti.data import build_prompt_set
+from iti.data import Source, load_source, prompt_set_of
 from iti.errors import UsageError
 from iti.files import read_json
 from iti.fingerprint import differs
@@ -57,21 +56,26 @@ class FeatureSet:
     def path(self, kind: str) -> Path:
         return feature_path(self.features_dir, self.model_name, self.dataset, kind, self.limit)
 
+    def files(self, kind: str = "head_wise") -> list[Path]:
+        """What load_features reads: the activations, their labels and their question ids."""
+        return [self.path(k) for k in (kind, "labels", "question_ids")]
+
     def exists(self, kind: str = "head_wise") -> bool:
-        return all(self.path(k).is_file() for k in (kind, "labels", "question_ids"))
+        return all(path.is_file() for path in self.files(kind))
 
     def command(self, overwrite: bool = False) -> str:
         """The get_activations call that writes exactly this set."""
-        parts = ["python get_activations/get_activations.py", f"--model_name {self.model_name}",
-                 f"--dataset_name {self.dataset}"]
-        for flag, value in (("--model_path", self.model_path), ("--dataset_path", self.dataset_path),
-                            ("--limit", self.limit)):
-            if value is not None:
-                parts.append(f"{flag} {shlex.quote(str(value))}")
-        if self.prompt_format != "raw":
-            parts.append(f"--prompt_format {self.prompt_format}")
-        parts.append(f"--features_dir {shlex.quote(str(self.features_dir))}")
-        return " ".join(parts + (["--overwrite"] if overwrite else []))
+        given = {"--model_path": self.model_path, "--dataset_path": self.dataset_path, "--limit": self.limit}
+        return " ".join(["python get_activations/get_activations.py", f"--model_name {self.model_name}",
+                         f"--dataset_name {self.dataset}",
+                         *(f"{flag} {shlex.quote(str(value))}" for flag, value in given.items() if value is not None),
+                         *([f"--prompt_format {self.prompt_format}"] if self.prompt_format != "raw" else []),
+                         f"--features_dir {shlex.quote(str(self.features_dir))}",
+                         *(["--overwrite"] if overwrite else [])])
+
+    @property
+    def remake(self) -> str:
+        return f"re-extract them with `{self.command(overwrite=True)}`"
 
 
 def find_feature_set(wanted: FeatureSet, kind: str = "head_wise") -> FeatureSet | None:
@@ -99,24 +103,22 @@ def require_feature_sets(wanted: list[FeatureSet], kind: str = "head_wise") -> l
         raise UsageError(f"missing features {names}: make them with `{commands}`")
     for each in found:
         for k in (kind, "labels", "question_ids"):
-            _load_npy(each.path(k), each, mmap=True)
+            _load_npy(each, k, mmap=True)
     return found
 
 
-def _load_npy(path: Path, remake: FeatureSet, mmap: bool = False) -> np.ndarray:
+def _load_npy(found: FeatureSet, kind: str, mmap: bool = False) -> np.ndarray:
     try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        return np.load(found.path(kind), mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UsageError(f"features file {path} is truncated or corrupt ({reason}); "
-                         f"remake it with `{remake.command(overwrite=True)}`") from err
+        raise UsageError(f"features file {found.path(kind)} is truncated or corrupt ({reason}); "
+                         f"remake it with `{found.command(overwrite=True)}`") from err
 
 
 def feature_files(wanted: FeatureSet, kind: str = "head_wise") -> list[Path]:
-    """What load_features reads: the activations, their labels and their question ids (of the set
-    find_feature_set picks; of the wanted one when none exists)."""
-    found = find_feature_set(wanted, kind) or wanted
-    return [found.path(k) for k in (kind, "labels", "question_ids")]
+    """FeatureSet.files of the set find_feature_set picks (of the wanted one when none exists)."""
+    return (find_feature_set(wanted, kind) or wanted).files(kind)
 
 
 def load_features(wanted: FeatureSet, kind: str = "head_wise", mmap: bool = True,
@@ -124,11 +126,9 @@ def load_features(wanted: FeatureSet, kind: str = "head_wise", mmap: bool = True
     """(activations, labels, question_ids) of all questions, or of the first `limit` (the `_limit_{N}`
     set, else the full set's first N questions), read from `found` when the caller has found the set already;
     a missing or damaged file names the command that makes it."""
-    found = found or find_feature_set(wanted, kind)
-    if found is None:
-        require_feature_sets([wanted], kind)
-    acts = _load_npy(found.path(kind), found, mmap)
-    labels, question_ids = _load_npy(found.path("labels"), found), _load_npy(found.path("question_ids"), found)
+    found = found or require_feature_sets([wanted], kind)[0]
+    acts = _load_npy(found, kind, mmap)
+    labels, question_ids = _load_npy(found, "labels"), _load_npy(found, "question_ids")
     if not len(acts) == len(labels) == len(question_ids):
         raise UsageError(f"features {found.path(kind)} hold {len(acts)} rows but their labels {len(labels)} and question "
                          f"ids {len(question_ids)}; remake them with `{found.command(overwrite=True)}`")
@@ -145,8 +145,6 @@ def load_features(wanted: FeatureSet, kind: str = "head_wise", mmap: bool = True
     rows = np.flatnonzero(question_ids < wanted.limit)
     return np.asarray(acts[rows]), labels[rows], question_ids[rows]
 
-
-# ----------------------------------------------------------------------------- what made them
 
 @dataclass(frozen=True)
 class FeatureRecord:
@@ -177,8 +175,7 @@ class FeatureRecord:
 def read_record(found: FeatureSet) -> FeatureRecord:
     """The set's `_meta.json`; one that is missing, unreadable or of another layout is a UsageError that
     says to re-extract (nothing is guessed about features that do not say what made them)."""
-    path = found.path("meta")
-    remake = f"re-extract them with `{found.command(overwrite=True)}`"
+    path, remake = found.path("meta"), found.remake
     if not path.exists():
         raise UsageError(f"{found.path('head_wise')} has no record of what made it ({path.name} is missing); "
                          f"{remake}")
@@ -193,71 +190,57 @@ def read_record(found: FeatureSet) -> FeatureRecord:
     return record
 
 
-def check_shapes(found: FeatureSet, record: FeatureRecord) -> None:
-    """The set's arrays as its record describes them: a row per recorded row, and head-wise rows of the recorded
-    layers x (heads x head_dim) (residual streams: one layer more). Arrays of other shapes are not the features
-    the record describes (copied over, or written by another program); only their headers are read."""
-    rows, geometry = record.row_count, record.geometry
-    layers, heads, head_dim = geometry.num_layers, geometry.num_heads, geometry.head_dim
+def verify_feature_set(wanted: FeatureSet, found: FeatureSet | None = None) -> FeatureRecord:
+    """The record of the set read for `wanted` (`found`, else find_feature_set's), checked to be of that set: its
+    model, dataset and limit, and the arrays' shapes (only their headers are read: arrays copied over or written by
+    another program are not the features the record describes). A mismatch names the command that makes the set."""
+    found = found or find_feature_set(wanted) or wanted
+    record = read_record(found)
+    rows, layers, heads, head_dim = record.row_count, record.num_layers, record.num_heads, record.head_dim
     # Per kind: the leading dimensions, how many dimensions in all, and the same in words.
-    expected = {"head_wise": ((rows, layers, geometry.width), 3,
+    expected = {"head_wise": ((rows, layers, record.geometry.width), 3,
                               f"{rows} rows x {layers} layers x ({heads} heads x {head_dim})"),
                 "layer_wise": ((rows, layers + 1), 3, f"{rows} rows x {layers + 1} residual streams"),
                 "labels": ((rows,), 1, f"{rows} rows"), "question_ids": ((rows,), 1, f"{rows} rows")}
     for kind, (leading, ndim, described) in expected.items():
-        path = found.path(kind)
-        if not path.is_file():  # the residual streams are optional; the others were required before
+        if not found.path(kind).is_file():  # the residual streams are optional; the others were required before
             continue
-        held = _load_npy(path, found, mmap=True).shape
+        held = _load_npy(found, kind, mmap=True).shape
         if len(held) != ndim or held[:len(leading)] != leading:
-            raise UsageError(f"{path} holds an array of shape {held}, not the {described} its record "
-                             f"{found.path('meta').name} describes; re-extract them with "
-                             f"`{found.command(overwrite=True)}`")
-
-
-def verify_feature_set(wanted: FeatureSet, expected=None, model_fingerprint: dict | None = None,
-                       prompts: bool = True, found: FeatureSet | None = None) -> FeatureRecord:
-    """The record of the set read for `wanted`, after checking it against the run: the model name and
-    dataset in the record, the limit of the file, and, when given, the items the run expects (`expected`,
-    an iti.data.PromptSet built as the run builds it, for the set's own limit), with `prompts` also its
-    prompt format and formatted rows, and the run's model (`model_fingerprint`). Any mismatch is a
-    UsageError giving the command that makes the right set."""
-    found = found or find_feature_set(wanted) or wanted
-    record = read_record(found)
-    check_shapes(found, record)
+            raise UsageError(f"{found.path(kind)} holds an array of shape {held}, not the {described} its record "
+                             f"{found.path('meta').name} describes; {found.remake}")
     name = found.path("head_wise").name
-    remake = f"re-extract them with `{found.command(overwrite=True)}`"
     if record.model_name != wanted.model_name or record.dataset != wanted.dataset:
         raise UsageError(f"{name} was made for model {record.model_name}, dataset {record.dataset} (its record), "
-                         f"not {wanted.model_name}, {wanted.dataset}: copied or renamed from another set; {remake}")
+                         f"not {wanted.model_name}, {wanted.dataset}: copied or renamed from another set; "
+                         f"{found.remake}")
     if record.limit != found.limit:
         held = "all questions" if record.limit is None else f"the first {record.limit} questions"
         raise UsageError(f"{name} holds {held} (its record), not what its name says: renamed from another set; "
-                         f"{remake}")
-    why = None
-    if expected is not None and record.items != expected.items_digest:
-        why = "were extracted from other items: the dataset changed since, or another file has this name"
-    elif expected is not None and prompts and record.prompt_format != wanted.prompt_format:
-        why = f"were extracted with --prompt_format {record.prompt_format}, this run asks for {wanted.prompt_format}"
-    elif expected is not None and prompts and record.rows != expected.rows_digest():
-        why = "were extracted from other prompts (another chat template or version)"
-    if why:
-        raise UsageError(f"the features {name} {why}; {remake}")
-    if model_fingerprint is not None:
-        reason = differs(record.model, model_fingerprint)
-        if reason is not None:
-            raise UsageError(f"the features {name} come from another model than this run's: {reason}; {remake}")
+                         f"{found.remake}")
     return record
 
 
 def verify_against_data(wanted: FeatureSet, tqa_path: str | None = None, probe_text=qa_prompt,
-                        model_fingerprint: dict | None = None, prompts: bool = True,
-                        found: FeatureSet | None = None) -> FeatureRecord:
-    """verify_feature_set against the rows this run would extract now (from `tqa_path` or the wanted set's
-    dataset file, formatted by `probe_text`), for the limit of the set found and the seed its record names
-    (tqa_gen_end_q's draw of extra questions, whichever the extraction used)."""
+                        model_fingerprint: dict | None = None, prompts: bool = True, found: FeatureSet | None = None,
+                        source: Source | None = None) -> FeatureRecord:
+    """verify_feature_set, then the items against those this run would extract now (from `source` when the run has
+    read them, else from `tqa_path` or the set's dataset file) for the set's limit and its record's seed (of
+    tqa_gen_end_q's extra questions); with `prompts` also the prompt format and the rows formatted by `probe_text`;
+    and the run's model (`model_fingerprint`, when given)."""
     found = found or find_feature_set(wanted) or wanted
-    seed = read_record(found).seed
-    expected = build_prompt_set(wanted.dataset, tqa_path, found.limit, 0 if seed is None else seed,
-                                wanted.dataset_path, probe_text)
-    return verify_feature_set(wanted, expected, model_fingerprint, prompts, found)
+    record = verify_feature_set(wanted, found)
+    source = source or load_source(wanted.dataset, tqa_path, wanted.dataset_path)
+    expected = prompt_set_of(wanted.dataset, source, found.limit, 0 if record.seed is None else record.seed, probe_text)
+    why = None
+    if record.items != expected.items_digest:
+        why = "were extracted from other items: the dataset changed since, or another file has this name"
+    elif prompts and record.prompt_format != wanted.prompt_format:
+        why = f"were extracted with --prompt_format {record.prompt_format}, this run asks for {wanted.prompt_format}"
+    elif prompts and record.rows != expected.rows_digest():
+        why = "were extracted from other prompts (another chat template or version)"
+    elif model_fingerprint is not None and (reason := differs(record.model, model_fingerprint)) is not None:
+        why = f"come from another model than this run's: {reason}"
+    if why:
+        raise UsageError(f"the features {found.path('head_wise').name} {why}; {found.remake}")
+    return record

@@ -16,56 +16,49 @@ from iti.errors import UsageError
 PUBLIC_OWT_SAMPLES = 100
 
 
-def all_fold_splits(
-    num_questions: int, num_fold: int, val_ratio: float, seed: int, split_rng: str = "default"
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(train, val, test) question indices for every fold, from one generator seeded once.
+def all_fold_splits(num_questions: int, num_fold: int, val_ratio: float, seed: int,
+                    split_rng: str = "default") -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(train, val, test) question indices for every fold, from one generator seeded once: fold i's draw depends
+    on the draws of folds before it, as in the public workflow, so a single fold is always taken from this list.
 
-    Fold i's draw depends on the draws of folds before it, as in the public workflow,
-    so a single fold is always taken from this list.
-    """
-    _check_fold_arguments(num_questions, num_fold, val_ratio)
+    `public`: the splits of the public validate_2fold.py, which seeds NumPy's global legacy generator once
+    (np.random.seed) and draws from it, per fold: the training questions (a draw without replacement, i.e. the first
+    entries of a permutation of the development questions; kept in drawn order, as its split files list them), then,
+    evaluating the fold, twice (CE, then KL): one uniform number (the `datasets` shuffle without a seed takes one to
+    make its own seed) and a permutation of the 100 OpenWebText samples. The public script always measures CE and
+    KL, so these draws happen whatever this run measures."""
+    if num_fold < 2:
+        raise UsageError(f"num_fold must be at least 2 (got {num_fold}); use the default 2")
+    if num_questions < num_fold:
+        raise UsageError(f"{num_questions} questions cannot fill {num_fold} folds; use fewer folds or more questions")
+    if not 0 < val_ratio < 1:
+        raise UsageError(f"val_ratio must lie strictly between 0 and 1 (got {val_ratio}); the default is 0.2")
+    fewest = num_questions - math.ceil(num_questions / num_fold)  # the fewest questions any fold develops on
+    if int(fewest * (1 - val_ratio)) < 1:
+        raise UsageError(f"{num_questions} questions in {num_fold} folds leave a fold {fewest} development "
+                         f"question{'' if fewest == 1 else 's'}, none to train on at --val_ratio {val_ratio}: "
+                         f"that takes at least {fewest_questions(num_fold, val_ratio)} questions; use more "
+                         f"questions{_other_ratio(fewest)}")
     if split_rng not in SPLIT_RNGS:
         raise UsageError(f"unknown split generator {split_rng!r}; use one of {', '.join(SPLIT_RNGS)}")
     parts = np.array_split(np.arange(num_questions), num_fold)
-    if split_rng == "public":
-        return _public_fold_splits(parts, val_ratio, seed)
-    rng = np.random.default_rng(seed)
+    public = split_rng == "public"
+    rng = np.random.RandomState(seed) if public else np.random.default_rng(seed)
     splits = []
     for fold in range(num_fold):
-        train, val = train_val_split(_development(parts, fold), val_ratio, rng)
-        splits.append((train, val, parts[fold].copy()))
-    return splits
-
-
-def _development(parts: list[np.ndarray], fold: int) -> np.ndarray:
-    return np.concatenate([part for j, part in enumerate(parts) if j != fold])
-
-
-def _public_fold_splits(parts: list[np.ndarray], val_ratio: float, seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The splits of the public validate_2fold.py, which seeds NumPy's global legacy generator once
-    (np.random.seed) and draws from it, per fold: the training questions (a draw without
-    replacement, i.e. the first entries of a permutation of the development questions; kept in
-    drawn order, as its split files list them), then, evaluating the fold, twice (CE, then KL):
-    one uniform number (the `datasets` shuffle without a seed takes one to make its own seed) and
-    a permutation of the 100 OpenWebText samples. The public script always measures CE and KL,
-    so these draws happen whatever this run measures."""
-    rng = np.random.RandomState(seed)
-    splits = []
-    for fold in range(len(parts)):
-        development = _development(parts, fold)
+        development = np.concatenate([part for j, part in enumerate(parts) if j != fold])
+        if not public:
+            splits.append((*train_val_split(development, val_ratio, rng), parts[fold].copy()))
+            continue
         train = development[rng.permutation(len(development))[:num_train(len(development), val_ratio)]]
-        val = development[~np.isin(development, train)]
-        splits.append((train, val, parts[fold].copy()))
+        splits.append((train, development[~np.isin(development, train)], parts[fold].copy()))
         for _ in ("ce", "kl"):
             rng.random_sample()
             rng.permutation(PUBLIC_OWT_SAMPLES)
     return splits
 
 
-def train_val_split(
-    questions: np.ndarray, val_ratio: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def train_val_split(questions: np.ndarray, val_ratio: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Training questions drawn without replacement (a share 1 - val_ratio, rounded down); the rest validate."""
     train = np.sort(rng.choice(questions, size=num_train(len(questions), val_ratio), replace=False))
     return train, np.setdiff1d(questions, train)
@@ -78,9 +71,8 @@ def num_train(num_questions: int, val_ratio: float) -> int:
         raise UsageError(f"--val_ratio {val_ratio} holds out none of {num_questions} questions; use a larger one, "
                          "e.g. 0.2")
     if num_train == 0:
-        raise UsageError(f"--val_ratio {val_ratio} leaves none of {num_questions} questions to train on: that "
-                         f"takes at least {_fewest_to_split(val_ratio)}; use more "
-                         f"questions{_other_ratio(num_questions)}")
+        raise UsageError(f"--val_ratio {val_ratio} leaves none of {num_questions} questions to train on: that takes at "
+                         f"least {_fewest_to_split(val_ratio)}; use more questions{_other_ratio(num_questions)}")
     return num_train
 
 
@@ -118,27 +110,6 @@ def _other_ratio(num_questions: int) -> str:
     while ratio > 0 and int(num_questions * (1 - ratio)) < 1:
         ratio = round(ratio - 0.01, 2)
     return f" or a --val_ratio of at most {ratio:g}" if ratio > 0 else ""
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" + ("" if number == 1 else "s")
-
-
-def _check_fold_arguments(num_questions: int, num_fold: int, val_ratio: float) -> None:
-    if num_fold < 2:
-        raise UsageError(f"num_fold must be at least 2 (got {num_fold}); use the default 2")
-    if num_questions < num_fold:
-        raise UsageError(
-            f"{num_questions} questions cannot fill {num_fold} folds; use fewer folds or more questions"
-        )
-    if not 0 < val_ratio < 1:
-        raise UsageError(f"val_ratio must lie strictly between 0 and 1 (got {val_ratio}); the default is 0.2")
-    development = num_questions - math.ceil(num_questions / num_fold)  # the fewest any fold develops on
-    if int(development * (1 - val_ratio)) < 1:
-        raise UsageError(f"{num_questions} questions in {num_fold} folds leave a fold "
-                         f"{_count(development, 'development question')}, none to train on at --val_ratio "
-                         f"{val_ratio}: that takes at least {fewest_questions(num_fold, val_ratio)} questions; use "
-                         f"more questions{_other_ratio(development)}")
 
 
 def rows_of_questions(question_ids_per_row: np.ndarray, questions: np.ndarray | Sequence[int]) -> np.ndarray:

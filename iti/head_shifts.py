@@ -1,9 +1,8 @@
 """HeadShifts: the selected heads, their unit directions, spreads σ and strength α.
 
-Everything downstream (intervention hooks, baking, evaluation) consumes this one type. The
-shift of head (l, h) is α·σ·θ added to slice [h·d, (h+1)·d) of layer l's `o_proj` input
-(docs/method.md §4 and §7). On disk: `head_shifts.safetensors` (arrays) beside
-`head_shifts.json` (α, geometry, heads, provenance); no pickle.
+Everything downstream (intervention hooks, baking, evaluation) consumes this one type. The shift of head (l, h) is
+α·σ·θ added to slice [h·d, (h+1)·d) of layer l's `o_proj` input (docs/method.md §4 and §7). On disk:
+`head_shifts.safetensors` (arrays) beside `head_shifts.json` (α, geometry, heads, provenance); no pickle.
 """
 from __future__ import annotations
 
@@ -36,9 +35,8 @@ RESAVE = "save the head shifts again"
 
 @dataclass
 class ShiftProvenance:
-    """What made a set of head shifts, read by name: the model and data (from the run that built them), the
-    recipe and split (from iti.fitting.fit_head_shifts, which writes the record), and the probe report. A file of
-    another version may record more: that is kept, as read, in `other`."""
+    """What made a set of head shifts: the model and data (from the run that built them), the recipe and split (from
+    iti.fitting.fit_head_shifts), and the probe report. What a file of another version records beyond is in `other`."""
 
     model_name: str | None = None
     model_source: str | None = None
@@ -91,10 +89,8 @@ class ShiftsMetadata:
 def _indices(values, name: str) -> np.ndarray:
     """Layer or head indices as int64; a value that is no whole number is refused, never truncated."""
     array = np.asarray(values)
-    if array.dtype.kind == "f":
-        whole = np.isfinite(array) & (array == np.round(array))
-    else:
-        whole = np.full(array.shape, array.dtype.kind in "iu")
+    kind = array.dtype.kind
+    whole = np.isfinite(array) & (array == np.round(array)) if kind == "f" else np.full(array.shape, kind in "iu")
     if not whole.all():
         raise UsageError(f"head shifts field {name} holds {array[~whole].tolist()[0]!r}, not a whole number: it "
                          f"indexes layers or heads; {RESAVE}")
@@ -126,28 +122,19 @@ class HeadShifts:
         self.probe_accuracies = np.asarray(self.probe_accuracies, dtype=np.float64)
         self.alpha = float(self.alpha)
         self.num_layers, self.num_heads, self.head_dim = int(self.num_layers), int(self.num_heads), int(self.head_dim)
-        self._validate()
-
-    def _validate(self) -> None:
         k = len(self.layers)
-        expected = {
-            "layers": (k,), "heads": (k,), "directions": (k, self.head_dim), "sigmas": (k,), "probe_accuracies": (k,),
-        }
-        for name, shape in expected.items():
+        for name in _ARRAY_FIELDS:
+            shape = (k, self.head_dim) if name == "directions" else (k,)
             if getattr(self, name).shape != shape:
-                raise UsageError(
-                    f"head shifts field {name} has shape {getattr(self, name).shape}, expected {shape} "
-                    f"for {k} heads of dimension {self.head_dim}"
-                )
+                raise UsageError(f"head shifts field {name} has shape {getattr(self, name).shape}, expected {shape} "
+                                 f"for {k} heads of dimension {self.head_dim}")
         if min(self.num_layers, self.num_heads, self.head_dim) <= 0:
             raise UsageError("head shifts need positive num_layers, num_heads and head_dim")
         in_range = (self.layers >= 0) & (self.layers < self.num_layers) & (self.heads >= 0) & (self.heads < self.num_heads)
         if not in_range.all():
             i = int(np.argmin(in_range))
-            raise UsageError(
-                f"head ({self.layers[i]}, {self.heads[i]}) lies outside the geometry "
-                f"{self.num_layers} layers x {self.num_heads} heads"
-            )
+            raise UsageError(f"head ({self.layers[i]}, {self.heads[i]}) lies outside the geometry "
+                             f"{self.num_layers} layers x {self.num_heads} heads")
         if len(set(zip(self.layers.tolist(), self.heads.tolist()))) != k:
             raise UsageError("a head is listed twice in the head shifts; each (layer, head) may appear once")
         norms = np.linalg.norm(self.directions.astype(np.float64), axis=1)
@@ -212,11 +199,8 @@ class HeadShifts:
         return self.provenance.model_source
 
     def check_model(self, model_source: str, allow_other_model: bool = False) -> None:
-        """UsageError when these shifts record a model other than `model_source`, unless allowed.
-
-        Geometry alone cannot tell two models of one family apart, and another model's heads and
-        directions mean nothing; `allow_other_model` is for deliberate transfer experiments.
-        """
+        """UsageError when these shifts record a model other than `model_source`, unless allowed (for transfer
+        experiments): geometry alone cannot tell two models of one family apart."""
         made_for = self.model_source
         if allow_other_model or made_for is None or same_model_source(made_for, model_source):
             return
@@ -224,10 +208,8 @@ class HeadShifts:
                          "they were made from, or pass --allow_other_model to use them anyway")
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write both files (under temporary names, renamed together); returns the directory.
-
-        A shared random save id in both files lets `load` detect a pair from different saves.
-        """
+        """Write both files (under temporary names, renamed together); returns the directory. A random save id in
+        both files lets `load` detect a pair from different saves."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         save_id = uuid.uuid4().hex
@@ -248,10 +230,8 @@ class HeadShifts:
         directory = location.parent if location.name in (TENSORS_FILE, METADATA_FILE) else location
         tensors_path, metadata_path = directory / TENSORS_FILE, directory / METADATA_FILE
         if not (tensors_path.is_file() and metadata_path.is_file()):
-            raise UsageError(
-                f"no head shifts at {path}: expected {TENSORS_FILE} and {METADATA_FILE} there; "
-                "make them first (probe the activations and save the HeadShifts)"
-            )
+            raise UsageError(f"no head shifts at {path}: expected {TENSORS_FILE} and {METADATA_FILE} there; "
+                             "make them first (probe the activations and save the HeadShifts)")
         values = read_json(metadata_path, "head shifts file", RESAVE)
         if not isinstance(values, dict) or values.get("format") != _FORMAT:
             raise UsageError(f"{metadata_path} does not hold iti head shifts (format tag missing); {RESAVE}")
@@ -275,7 +255,6 @@ class HeadShifts:
         if [list(pair) for pair in shifts.head_list()] != metadata.heads:
             raise UsageError(f"the heads listed in {metadata_path} differ from those in {tensors_path}; save again")
         return shifts
-
 
 
 def same_model_source(first: str, second: str) -> bool:

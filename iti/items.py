@@ -28,15 +28,15 @@ def missing_part(question: str, correct: list, incorrect: list) -> str | None:
     return None
 
 
-def first_repeat(questions: list[str]) -> tuple[int, int] | None:
-    """(index, index of its first occurrence) of the first question (stripped) that repeats an earlier one, or None:
-    two items of one question would be split apart into different folds."""
+def refuse_repeats(questions: list[str], source: str, places: list[str], remedy: str) -> None:
+    """UsageError at the first question (stripped) that repeats an earlier one, naming both `places`: two items
+    of one question would be split apart into different folds."""
     seen: dict[str, int] = {}
     for index, question in enumerate(questions):
         earlier = seen.setdefault(question.strip(), index)
         if earlier != index:
-            return index, earlier
-    return None
+            raise UsageError(f"{source} {places[index]}, question {question!r}: repeats {places[earlier]}; "
+                             f"questions must be unique: {remedy}")
 
 
 def check_limit(limit: int | None, num_questions: int) -> int:

@@ -103,7 +103,7 @@ def set_up(cfg: ValidationConfig, log: Log) -> RunSetup:
     metrics = set(cfg.metrics)
     source = resolve_model_source(cfg.model_name, cfg.model_prefix, cfg.model_path,
                                   (cfg.seed, cfg.num_heads[0], cfg.alpha[0]) if not cfg.selects else None)
-    dataset, tqa = load_items(cfg)
+    dataset, read = load_items(cfg)
     splits = all_fold_splits(len(dataset.items), cfg.num_fold, cfg.val_ratio, cfg.seed, cfg.split_rng)
     wanted = list(feature_sets(cfg)) if max(cfg.num_heads) > 0 else []
     found = require_feature_sets(wanted) if wanted else []
@@ -128,7 +128,7 @@ def set_up(cfg: ValidationConfig, log: Log) -> RunSetup:
     if max(cfg.num_heads) > geometry.num_layers * geometry.num_heads:
         raise UsageError(f"--num_heads {max(cfg.num_heads)} exceeds the model's "
                          f"{geometry.num_layers * geometry.num_heads} attention heads")
-    features = (load_run_features(cfg, tqa, len(dataset.items), wanted, found, geometry, tokenizer, fingerprint,
+    features = (load_run_features(cfg, read, len(dataset.items), wanted, found, geometry, tokenizer, fingerprint,
                                   source) if wanted else None)
 
     # Name the run from what was loaded.
