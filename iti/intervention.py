@@ -24,7 +24,8 @@ import torch
 from iti.errors import UsageError
 from iti.head_shifts import HeadShifts
 from iti.intervenable import IntervenableModel, pv
-from iti.models import get_o_proj, head_geometry, input_device, model_sites
+from iti.geometry import head_geometry
+from iti.models import get_o_proj, input_device, model_sites
 
 # Where AppliedShifts adds δ: "all" every position (as a baked model, and lm-eval's steered model); "generation"
 # the paper's schedule (docs/method.md §5).

@@ -37,12 +37,14 @@ from iti.evaluation import (
 )
 from iti.features import feature_files, require_feature_sets
 from iti.files import plain, write_csv
-from iti.fingerprint import model_digest, model_fingerprint, text_digest
+from iti.fingerprint import model_fingerprint
 from iti.fitting import Features, Split, fit_head_shifts, recipe_of
 from iti.folds import all_fold_splits
 from iti.judges import JudgePanel, check_judge_source
 from iti.metrics import mean_over_folds, shown
-from iti.models import head_geometry, input_device, load_model, resolve_model_source
+from iti.geometry import head_geometry
+from iti.identity import digest, short_digest
+from iti.models import input_device, load_model, resolve_model_source
 from iti.provenance import run_provenance
 from iti.records import record_json
 from iti.report import report_table
@@ -134,9 +136,10 @@ def set_up(cfg: ValidationConfig, log: Log) -> RunSetup:
     # Name the run from what was loaded.
     data = items_digest(dataset)
     run = Run.resolve(cfg, {
-        "model_path": model_digest(fingerprint), "dtype": str(model.dtype),
+        # The model as loaded (config, tokenizer, weight sample in its dtype): the same bits on any machine.
+        "model_path": short_digest(fingerprint), "dtype": str(model.dtype),
         "dataset_path": data if cfg.custom else None, "tqa_path": None if cfg.custom else data,
-        "owt_path": text_digest(owt_texts) if owt_texts is not None else owt_source,
+        "owt_path": digest(owt_texts) if owt_texts is not None else owt_source,
         "features_dir": features.provenance.features if features is not None else None,
         "judge_model": judge_sources.get("truth", cfg.judge_model), "info_model": judge_sources.get("info", cfg.info_model),
     })
