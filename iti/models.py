@@ -178,10 +178,6 @@ def get_o_proj(model, layer: int) -> torch.nn.Module:
     return model.get_submodule(f"{sites.layers}.{layer}.{sites.o_proj}")
 
 
-# What a model folder holds, for messages: what save_pretrained writes.
-MODEL_FOLDER = "config.json, the weights (model.safetensors) and the tokenizer files"
-
-
 # The files a tokenizer loads from (fast, SentencePiece, BPE, WordPiece), to say so when a folder has none.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 
@@ -198,8 +194,8 @@ def loading(source: str, what: str, cause: str | None = None) -> Iterator[None]:
     except (OSError, ValueError, SafetensorError) as err:
         text = str(err).strip()
         cause = cause or (text.splitlines()[0].rstrip(".:; ") if text else type(err).__name__)
-        raise UsageError(f"cannot load the {what} of model {source}: {cause}; give a folder that holds "
-                         f"{MODEL_FOLDER}, a .gguf file or a hub id") from err
+        raise UsageError(f"cannot load the {what} of model {source}: {cause}; give a folder that holds config.json, "
+                         "the weights (model.safetensors) and the tokenizer files, a .gguf file or a hub id") from err
 
 
 def check_weight_files(source: str) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 from iti.config import ValidationConfig
 from iti.errors import UsageError
 from iti.files import read_json, write_json
-from iti.identity import declared, identity, readable_name, short_digest, split_fields
+from iti.identity import declared, flagged_fields, identity, readable_name, short_digest
 from iti.records import read_record, record_json
 
 METHOD_SUFFIX = {"center_of_mass": "_com", "random": "_random", "probe": ""}
@@ -164,7 +164,7 @@ class Run:
 
     def split_path(self, fold: int, part: str) -> Path:
         """Named by what decides the folds' questions alone, so runs that share their folds share these files."""
-        split_hash = short_digest({name: self.identity[name] for name in split_fields(ValidationConfig)})
+        split_hash = short_digest({name: self.identity[name] for name in flagged_fields(ValidationConfig, "split")})
         named = readable_name(self.cfg, ("dataset_name", "seed", "limit"))
         return Path(self.cfg.results_dir) / "splits" / f"fold_{fold}_{part}{named}_{split_hash}.csv"
 

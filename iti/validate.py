@@ -26,15 +26,8 @@ from iti.ce_kl import CeKl, load_owt_texts
 from iti.config import SELECT_METRIC_NAMES, ValidationConfig, selection_options
 from iti.data import GenerationQuestion
 from iti.errors import UsageError
-from iti.evaluation import (
-    EvalSpec,
-    Evaluator,
-    final_line,
-    pooled_statistics,
-    questions_frame,
-    read_fold_answers,
-    summary_frame,
-)
+from iti.evaluation import (EvalSpec, Evaluator, final_line, pooled_statistics, questions_frame, read_fold_answers,
+                            summary_frame)
 from iti.features import feature_files, require_feature_sets
 from iti.files import plain, write_csv
 from iti.fingerprint import model_fingerprint

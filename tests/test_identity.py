@@ -120,11 +120,11 @@ def test_a_bakes_folder_changes_with_each_number_changing_field_and_with_no_exec
 
 
 def test_every_named_field_is_a_part_of_names():
-    from iti.identity import NAME_PARTS, PART_FIELDS, named_fields
+    from iti.identity import NAME_PARTS, PART_FIELDS, flagged_fields
 
     spelled = set(NAME_PARTS) | {name for fields in PART_FIELDS.values() for name in fields}
     for cls in OPTION_CLASSES:
-        assert set(named_fields(cls)) <= spelled, cls.__name__
+        assert set(flagged_fields(cls, "named")) <= spelled, cls.__name__
 
 
 def test_names_spell_the_named_settings_as_the_public_workflow_does():
