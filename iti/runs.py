@@ -151,9 +151,6 @@ class Run:
     def name(self) -> str:
         return f"{readable_name(self.cfg)}_{short_digest(self.identity)}"
 
-    def fold_name(self, fold: int) -> str:
-        return f"{self.name}_fold_{fold}{METHOD_SUFFIX[self.cfg.method]}"
-
     @property
     def dump(self) -> Path:
         return Path(self.cfg.results_dir) / "results_dump"
@@ -168,17 +165,9 @@ class Run:
         named = readable_name(self.cfg, ("dataset_name", "seed", "limit"))
         return Path(self.cfg.results_dir) / "splits" / f"fold_{fold}_{part}{named}_{split_hash}.csv"
 
-    def answer_path(self, fold: int) -> Path:
-        return self.dump / "answer_dump" / f"{self.fold_name(fold)}.csv"
-
-    def fold_summary_path(self, fold: int) -> Path:
-        return self.dump / "summary_dump" / f"{self.fold_name(fold)}.csv"
-
-    def head_shifts_dir(self, fold: int) -> Path:
-        return self.dump / "head_shifts_dump" / self.fold_name(fold)
-
-    def probe_report_path(self, fold: int, table: str) -> Path:
-        return self.dump / "probe_report" / f"{self.fold_name(fold)}_{table}.csv"
+    def fold_file(self, fold: int, folder: str, suffix: str = ".csv") -> Path:
+        """`results_dump/{folder}/{name}_fold_{i}{method}{suffix}`: a fold's answers, summary, shifts, probe report."""
+        return self.dump / folder / f"{self.name}_fold_{fold}{METHOD_SUFFIX[self.cfg.method]}{suffix}"
 
     def finished_folds(self) -> tuple[dict[int, FoldEntry], float]:
         """The folds an earlier run of this identity completed (its files all present), by index, and the seconds

@@ -171,18 +171,20 @@ def run_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], prog
     shifts, reports = None, {}
     if setup.features is not None:
         shifts, report = fit_head_shifts(setup.features, split, recipe_of(cfg, k, alpha))
-        reports["probe_report_heads"] = str(write_csv(run.probe_report_path(fold, "heads"), report.heads))
-        if not report.layers.empty:
-            reports["probe_report_layers"] = str(write_csv(run.probe_report_path(fold, "layers"), report.layers))
+        for table, rows in (("heads", report.heads), ("layers", report.layers)):
+            if table == "heads" or not rows.empty:
+                path = run.fold_file(fold, "probe_report", f"_{table}.csv")
+                reports[f"probe_report_{table}"] = str(write_csv(path, rows))
     if k == 0:
         shifts = None
     head_shifts = None
     if shifts is not None:
-        head_shifts = str(shifts.save(run.head_shifts_dir(fold)))
+        head_shifts = str(shifts.save(run.fold_file(fold, "head_shifts_dump", "")))
         log(f"Heads intervened: {sorted(shifts.head_list())}")
     frame, results = setup.evaluator.evaluate(shifts, [items[q] for q in test], progress=progress)
-    files = FoldFiles(splits=splits, head_shifts=head_shifts, answers=str(write_csv(run.answer_path(fold), frame)),
-                      summary=str(write_csv(run.fold_summary_path(fold),
+    answers = str(write_csv(run.fold_file(fold, "answer_dump"), frame))
+    files = FoldFiles(splits=splits, head_shifts=head_shifts, answers=answers,
+                      summary=str(write_csv(run.fold_file(fold, "summary_dump"),
                                             summary_frame(cfg.output_name, fold, (k, alpha), results))),
                       **reports)
     log(f"FOLD {fold}: " + ", ".join(f"{key}: {shown(value)}" for key, value in results.items()))

@@ -49,7 +49,8 @@ def another_value(field: dataclasses.Field, value):
 def test_each_number_changing_field_changes_every_file_name():
     base = config.ValidationConfig(limit=8)
     run = Run.resolve(base, RESOLVED)
-    files = lambda r: [r.name, r.summary_path, r.answer_path(0), r.head_shifts_dir(1), r.probe_report_path(0, "heads")]
+    files = lambda r: [r.name, r.summary_path, r.fold_file(0, "answer_dump"), r.fold_file(1, "head_shifts_dump", ""),
+                       r.fold_file(0, "probe_report", "_heads.csv")]
     reference = files(run)
     for field in dataclasses.fields(config.ValidationConfig):
         if field.metadata["role"] not in IDENTITY_ROLES:
