@@ -90,9 +90,7 @@ def run_validation(cfg: ValidationConfig, progress: bool = True, log: Log = prin
 
 
 def set_up(cfg: ValidationConfig, log: Log) -> RunSetup:
-    """Local checks first (options, model name, items, features, an earlier run), then the judges (which may ask
-    the hub) and the documents, then the model; the features are checked against it, and the run is named from
-    what was loaded. Each input is read once."""
+    """Local checks first, then the judges (which may ask the hub) and the documents, then the model."""
     # Resolve the model and the data, before anything loads a model.
     cfg.check()
     metrics = set(cfg.metrics)
@@ -154,8 +152,7 @@ def set_up(cfg: ValidationConfig, log: Log) -> RunSetup:
 
 
 def run_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], progress: bool, log: Log) -> FoldEntry:
-    """One fold: its split written, a setting chosen if several are given, the shifts fitted on the
-    development questions and evaluated on the test questions; returns the fold's entry of the record."""
+    """One fold, as the module docstring says; returns the fold's entry of the record."""
     cfg, run, items = setup.cfg, setup.run, setup.items
     train, val, test = questions
     log(f"Running fold {fold}")
@@ -198,7 +195,7 @@ def run_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], prog
 
 def select_setting(setup: RunSetup, split: Split, log: Log) -> tuple[Selection, np.ndarray]:
     """Score every (K, α) on questions set aside from the fold's development questions, with shifts built from
-    the others (iti.selection), and choose one. Returns the table and the choice, and the questions scored."""
+    the others (iti.selection), and choose one; also returns the questions scored."""
     cfg = setup.cfg
     metric = SELECT_METRIC_NAMES[cfg.select_metric]
     scoring = setup.evaluator.spec.only(selection_options(cfg.select_metric) | ({"kl"} if cfg.max_kl is not None
