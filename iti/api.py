@@ -25,7 +25,8 @@ from iti.fitting import Features, Recipe, fit_head_shifts, seeded_split
 from iti.generation import generate_answers
 from iti.head_shifts import HeadShifts, ShiftProvenance
 from iti.intervention import AppliedShifts, ShiftedModel, shifts_at
-from iti.models import head_geometry, resolve_model_source
+from iti.geometry import head_geometry
+from iti.models import resolve_model_source
 from iti.models import load_model as load_model_source
 from iti.prompts import Prompting, prompting_for
 from iti.registry import is_known_model

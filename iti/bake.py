@@ -33,7 +33,7 @@ from iti.constants import EDITED_MODELS_DIR
 from iti.errors import UsageError
 from iti.features import FeatureSet, require_feature_sets
 from iti.files import staged_folder
-from iti.fingerprint import model_digest, model_fingerprint
+from iti.fingerprint import model_fingerprint
 from iti.fitting import fit_head_shifts, recipe_of, seeded_split
 from iti.geometry import text_config
 from iti.head_shifts import HeadShifts
@@ -282,7 +282,7 @@ def bake_model(cfg: EditConfig) -> Bake:
     plan = check_bakeable(model)
     fingerprint = model_fingerprint(model, tokenizer)
     features = read_checked_features(cfg, probing, tuning, geometry, tokenizer, fingerprint, source)
-    bake = bake_identity(cfg, model_digest(fingerprint), str(model.dtype), features.provenance.features)
+    bake = bake_identity(cfg, short_digest(fingerprint), str(model.dtype), features.provenance.features)
     output_dir = Path(cfg.output_dir) if cfg.output_dir else bake_dir(cfg, bake)
     check_output_dir(output_dir, cfg.overwrite, bake)
     # The hub id of the model being edited, when there is one (for the model card).

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from iti.geometry import head_geometry, text_config
-from iti.identity import digest, short_digest
+from iti.identity import digest
 
 SAMPLES_PER_TENSOR = 16
 # Unit roundoff of each floating-point type a model may be loaded in.
@@ -24,10 +24,6 @@ _FLOAT16_TINY = 2.0 ** -14
 # leaves out, and change the fingerprints recorded); the weights sample stands for everything else.
 _CONFIG_KEYS = ("model_type", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "hidden_size",
                 "head_dim", "intermediate_size", "vocab_size")
-
-
-def text_digest(texts: list[str]) -> str:
-    return digest(list(texts))
 
 
 def weight_sample(model) -> dict:
@@ -59,12 +55,6 @@ def model_fingerprint(model, tokenizer) -> dict:
     return {"config": {key: getattr(text, key, None) for key in _CONFIG_KEYS},
             "tokenizer": digest({"vocab": vocab, "bos": tokenizer.bos_token, "eos": tokenizer.eos_token}),
             "weights": weight_sample(model)}
-
-
-def model_digest(fingerprint: dict) -> str:
-    """8 hex digits naming the model as loaded: config, tokenizer and the weight sample in its dtype
-    (the same checkpoint loaded in the same dtype reads the same bits on any machine)."""
-    return short_digest(fingerprint)
 
 
 def differs(recorded: dict, current: dict) -> str | None:

@@ -12,7 +12,7 @@ import dataclasses
 import enum
 import hashlib
 import json
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 
 class Role(enum.Enum):
@@ -24,24 +24,16 @@ class Role(enum.Enum):
 IDENTITY_ROLES = (Role.NUMBERS, Role.SHIFTS)
 
 
-def fields_where(config_cls, keep: Callable[[dataclasses.Field], bool]) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(config_cls) if keep(f))
-
-
 def identity_fields(config_cls, roles: Iterable[Role] = IDENTITY_ROLES) -> tuple[str, ...]:
     """The fields of these roles, in declaration order."""
     wanted = set(roles)
-    return fields_where(config_cls, lambda f: f.metadata["role"] in wanted)
+    return tuple(f.name for f in dataclasses.fields(config_cls) if f.metadata["role"] in wanted)
 
 
-def split_fields(config_cls) -> tuple[str, ...]:
-    """The fields that decide which questions each fold trains, validates and tests on."""
-    return fields_where(config_cls, lambda f: f.metadata.get("split", False))
-
-
-def named_fields(config_cls) -> tuple[str, ...]:
-    """The fields spelled out in readable file names (the rest enter through the hash)."""
-    return fields_where(config_cls, lambda f: f.metadata.get("named", False))
+def flagged_fields(config_cls, flag: str) -> tuple[str, ...]:
+    """The fields whose metadata sets `flag`: "split" (they decide which questions each fold trains, validates and
+    tests on), "named" (spelled out in readable file names; the rest enter through the hash) or "location"."""
+    return tuple(f.name for f in dataclasses.fields(config_cls) if f.metadata.get(flag, False))
 
 
 # Each part of a readable name as file names spell it. A part is one named field, or for the model and the method
@@ -61,7 +53,7 @@ LOG_SPELLING = {**NAME_PARTS, "alpha": "_a{}", "num_heads": "_k{}"}
 def named_values(options) -> dict[str, Any]:
     """The parts of names that `options` (an options dataclass) declares named, each as names spell its value: the
     dataset only for a --dataset_path set (TruthfulQA runs keep the public names)."""
-    named = set(named_fields(type(options)))
+    named = set(flagged_fields(type(options), "named"))
     values = {part: getattr(options, part) for part in NAME_PARTS if part in named}
     if named >= set(PART_FIELDS["model"]):
         values["model"] = options.output_name
@@ -102,7 +94,7 @@ def identity(config, resolved: Mapping[str, Any] | None = None, names: Iterable[
 def declared(record: Mapping[str, Any], config_cls) -> dict[str, Any]:
     """The identity fields of a config as written in a record (`dataclasses.asdict`), without the locations (paths
     and sources whose content only a run resolves): what a sweep can compare without loading anything."""
-    locations = set(fields_where(config_cls, lambda f: f.metadata.get("location", False)))
+    locations = set(flagged_fields(config_cls, "location"))
     return {name: json_value(record.get(name)) for name in identity_fields(config_cls) if name not in locations}
 
 

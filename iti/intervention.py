@@ -10,9 +10,7 @@ schedule (docs/method.md §5), which travel with each call as data:
 - generation with a KV cache: no mask, meaning the last position of every forward, i.e. the prompt's
   last token, then each new token (prompts left-padded so that every row ends at the last position).
 
-ShiftedModel is the engine of the scripts (validate_2fold's scoring and generation). The library path
-(iti.apply, iti.applied) installs the same offsets as AppliedShifts instead: plain forward pre-hooks that
-stay on the model, so the user's own `model(...)` and `model.generate(...)` are shifted, until removed.
+ShiftedModel serves the scripts; the library path (iti.apply) installs the same offsets as AppliedShifts.
 """
 from __future__ import annotations
 
@@ -24,7 +22,8 @@ import torch
 from iti.errors import UsageError
 from iti.head_shifts import HeadShifts
 from iti.intervenable import IntervenableModel, pv
-from iti.models import get_o_proj, head_geometry, input_device, model_sites
+from iti.geometry import head_geometry
+from iti.models import get_o_proj, input_device, model_sites
 
 # Where AppliedShifts adds δ: "all" every position (as a baked model, and lm-eval's steered model); "generation"
 # the paper's schedule (docs/method.md §5).
@@ -62,11 +61,7 @@ class LayerShift(pv.SourcelessIntervention):
 
 
 class ShiftedModel:
-    """A causal LM with a set of head shifts applied through pyvene.
-
-    `shifted(...)` runs a forward with the shift at the given positions; `generate(...)` decodes
-    with the generation schedule. Without shifts (None or no heads) both run the plain model.
-    """
+    """A causal LM with head shifts applied through pyvene; without shifts (None or no heads) the plain model."""
 
     def __init__(self, model, shifts: HeadShifts | None):
         self.model = model

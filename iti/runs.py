@@ -22,7 +22,7 @@ from typing import Any
 from iti.config import ValidationConfig
 from iti.errors import UsageError
 from iti.files import read_json, write_json
-from iti.identity import declared, identity, readable_name, short_digest, split_fields
+from iti.identity import declared, flagged_fields, identity, readable_name, short_digest
 from iti.records import read_record, record_json
 
 METHOD_SUFFIX = {"center_of_mass": "_com", "random": "_random", "probe": ""}
@@ -151,9 +151,6 @@ class Run:
     def name(self) -> str:
         return f"{readable_name(self.cfg)}_{short_digest(self.identity)}"
 
-    def fold_name(self, fold: int) -> str:
-        return f"{self.name}_fold_{fold}{METHOD_SUFFIX[self.cfg.method]}"
-
     @property
     def dump(self) -> Path:
         return Path(self.cfg.results_dir) / "results_dump"
@@ -164,21 +161,13 @@ class Run:
 
     def split_path(self, fold: int, part: str) -> Path:
         """Named by what decides the folds' questions alone, so runs that share their folds share these files."""
-        split_hash = short_digest({name: self.identity[name] for name in split_fields(ValidationConfig)})
+        split_hash = short_digest({name: self.identity[name] for name in flagged_fields(ValidationConfig, "split")})
         named = readable_name(self.cfg, ("dataset_name", "seed", "limit"))
         return Path(self.cfg.results_dir) / "splits" / f"fold_{fold}_{part}{named}_{split_hash}.csv"
 
-    def answer_path(self, fold: int) -> Path:
-        return self.dump / "answer_dump" / f"{self.fold_name(fold)}.csv"
-
-    def fold_summary_path(self, fold: int) -> Path:
-        return self.dump / "summary_dump" / f"{self.fold_name(fold)}.csv"
-
-    def head_shifts_dir(self, fold: int) -> Path:
-        return self.dump / "head_shifts_dump" / self.fold_name(fold)
-
-    def probe_report_path(self, fold: int, table: str) -> Path:
-        return self.dump / "probe_report" / f"{self.fold_name(fold)}_{table}.csv"
+    def fold_file(self, fold: int, folder: str, suffix: str = ".csv") -> Path:
+        """`results_dump/{folder}/{name}_fold_{i}{method}{suffix}`: a fold's answers, summary, shifts, probe report."""
+        return self.dump / folder / f"{self.name}_fold_{fold}{METHOD_SUFFIX[self.cfg.method]}{suffix}"
 
     def finished_folds(self) -> tuple[dict[int, FoldEntry], float]:
         """The folds an earlier run of this identity completed (its files all present), by index, and the seconds

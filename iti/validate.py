@@ -26,23 +26,18 @@ from iti.ce_kl import CeKl, load_owt_texts
 from iti.config import SELECT_METRIC_NAMES, ValidationConfig, selection_options
 from iti.data import GenerationQuestion
 from iti.errors import UsageError
-from iti.evaluation import (
-    EvalSpec,
-    Evaluator,
-    final_line,
-    pooled_statistics,
-    questions_frame,
-    read_fold_answers,
-    summary_frame,
-)
+from iti.evaluation import (EvalSpec, Evaluator, final_line, pooled_statistics, questions_frame, read_fold_answers,
+                            summary_frame)
 from iti.features import feature_files, require_feature_sets
 from iti.files import plain, write_csv
-from iti.fingerprint import model_digest, model_fingerprint, text_digest
+from iti.fingerprint import model_fingerprint
 from iti.fitting import Features, Split, fit_head_shifts, recipe_of
 from iti.folds import all_fold_splits
 from iti.judges import JudgePanel, check_judge_source
 from iti.metrics import mean_over_folds, shown
-from iti.models import head_geometry, input_device, load_model, resolve_model_source
+from iti.geometry import head_geometry
+from iti.identity import digest, short_digest
+from iti.models import input_device, load_model, resolve_model_source
 from iti.provenance import run_provenance
 from iti.records import record_json
 from iti.report import report_table
@@ -95,9 +90,7 @@ def run_validation(cfg: ValidationConfig, progress: bool = True, log: Log = prin
 
 
 def set_up(cfg: ValidationConfig, log: Log) -> RunSetup:
-    """Local checks first (options, model name, items, features, an earlier run), then the judges (which may ask
-    the hub) and the documents, then the model; the features are checked against it, and the run is named from
-    what was loaded. Each input is read once."""
+    """Local checks first, then the judges (which may ask the hub) and the documents, then the model."""
     # Resolve the model and the data, before anything loads a model.
     cfg.check()
     metrics = set(cfg.metrics)
@@ -134,9 +127,10 @@ def set_up(cfg: ValidationConfig, log: Log) -> RunSetup:
     # Name the run from what was loaded.
     data = items_digest(dataset)
     run = Run.resolve(cfg, {
-        "model_path": model_digest(fingerprint), "dtype": str(model.dtype),
+        # The model as loaded (config, tokenizer, weight sample in its dtype): the same bits on any machine.
+        "model_path": short_digest(fingerprint), "dtype": str(model.dtype),
         "dataset_path": data if cfg.custom else None, "tqa_path": None if cfg.custom else data,
-        "owt_path": text_digest(owt_texts) if owt_texts is not None else owt_source,
+        "owt_path": digest(owt_texts) if owt_texts is not None else owt_source,
         "features_dir": features.provenance.features if features is not None else None,
         "judge_model": judge_sources.get("truth", cfg.judge_model), "info_model": judge_sources.get("info", cfg.info_model),
     })
@@ -158,8 +152,7 @@ def set_up(cfg: ValidationConfig, log: Log) -> RunSetup:
 
 
 def run_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], progress: bool, log: Log) -> FoldEntry:
-    """One fold: its split written, a setting chosen if several are given, the shifts fitted on the
-    development questions and evaluated on the test questions; returns the fold's entry of the record."""
+    """One fold, as the module docstring says; returns the fold's entry of the record."""
     cfg, run, items = setup.cfg, setup.run, setup.items
     train, val, test = questions
     log(f"Running fold {fold}")
@@ -175,18 +168,20 @@ def run_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], prog
     shifts, reports = None, {}
     if setup.features is not None:
         shifts, report = fit_head_shifts(setup.features, split, recipe_of(cfg, k, alpha))
-        reports["probe_report_heads"] = str(write_csv(run.probe_report_path(fold, "heads"), report.heads))
-        if not report.layers.empty:
-            reports["probe_report_layers"] = str(write_csv(run.probe_report_path(fold, "layers"), report.layers))
+        for table, rows in (("heads", report.heads), ("layers", report.layers)):
+            if table == "heads" or not rows.empty:
+                path = run.fold_file(fold, "probe_report", f"_{table}.csv")
+                reports[f"probe_report_{table}"] = str(write_csv(path, rows))
     if k == 0:
         shifts = None
     head_shifts = None
     if shifts is not None:
-        head_shifts = str(shifts.save(run.head_shifts_dir(fold)))
+        head_shifts = str(shifts.save(run.fold_file(fold, "head_shifts_dump", "")))
         log(f"Heads intervened: {sorted(shifts.head_list())}")
     frame, results = setup.evaluator.evaluate(shifts, [items[q] for q in test], progress=progress)
-    files = FoldFiles(splits=splits, head_shifts=head_shifts, answers=str(write_csv(run.answer_path(fold), frame)),
-                      summary=str(write_csv(run.fold_summary_path(fold),
+    answers = str(write_csv(run.fold_file(fold, "answer_dump"), frame))
+    files = FoldFiles(splits=splits, head_shifts=head_shifts, answers=answers,
+                      summary=str(write_csv(run.fold_file(fold, "summary_dump"),
                                             summary_frame(cfg.output_name, fold, (k, alpha), results))),
                       **reports)
     log(f"FOLD {fold}: " + ", ".join(f"{key}: {shown(value)}" for key, value in results.items()))
@@ -200,7 +195,7 @@ def run_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], prog
 
 def select_setting(setup: RunSetup, split: Split, log: Log) -> tuple[Selection, np.ndarray]:
     """Score every (K, α) on questions set aside from the fold's development questions, with shifts built from
-    the others (iti.selection), and choose one. Returns the table and the choice, and the questions scored."""
+    the others (iti.selection), and choose one; also returns the questions scored."""
     cfg = setup.cfg
     metric = SELECT_METRIC_NAMES[cfg.select_metric]
     scoring = setup.evaluator.spec.only(selection_options(cfg.select_metric) | ({"kl"} if cfg.max_kl is not None

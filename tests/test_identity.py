@@ -49,7 +49,8 @@ def another_value(field: dataclasses.Field, value):
 def test_each_number_changing_field_changes_every_file_name():
     base = config.ValidationConfig(limit=8)
     run = Run.resolve(base, RESOLVED)
-    files = lambda r: [r.name, r.summary_path, r.answer_path(0), r.head_shifts_dir(1), r.probe_report_path(0, "heads")]
+    files = lambda r: [r.name, r.summary_path, r.fold_file(0, "answer_dump"), r.fold_file(1, "head_shifts_dump", ""),
+                       r.fold_file(0, "probe_report", "_heads.csv")]
     reference = files(run)
     for field in dataclasses.fields(config.ValidationConfig):
         if field.metadata["role"] not in IDENTITY_ROLES:
@@ -120,11 +121,11 @@ def test_a_bakes_folder_changes_with_each_number_changing_field_and_with_no_exec
 
 
 def test_every_named_field_is_a_part_of_names():
-    from iti.identity import NAME_PARTS, PART_FIELDS, named_fields
+    from iti.identity import NAME_PARTS, PART_FIELDS, flagged_fields
 
     spelled = set(NAME_PARTS) | {name for fields in PART_FIELDS.values() for name in fields}
     for cls in OPTION_CLASSES:
-        assert set(named_fields(cls)) <= spelled, cls.__name__
+        assert set(flagged_fields(cls, "named")) <= spelled, cls.__name__
 
 
 def test_names_spell_the_named_settings_as_the_public_workflow_does():
