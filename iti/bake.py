@@ -49,7 +49,7 @@ BIAS_SWITCHES = ("attention_bias", "use_bias")
 BAKEABLE_FAMILIES = ("llama (Llama 1/2/3, SmolLM2, Alpaca, Vicuna)", "qwen2 (Qwen2/2.5, saved as Llama)",
                      "mistral (without a sliding window, saved as Llama)", "qwen3", "gemma", "gemma2", "gemma3", "olmo",
                      "olmo2", "granite", "cohere", "smollm3", "deepseek_v3", "starcoder2")
-RUN_TIME_INSTEAD = ("apply the saved head shifts at run time instead (iti.intervention.load_shifted_model) or export "
+RUN_TIME_INSTEAD = ("apply the saved head shifts at run time instead (iti.apply) or export "
                     "them for pyvene (validation/export_head_shifts.py)")
 
 

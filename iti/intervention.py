@@ -105,18 +105,6 @@ class ShiftedModel:
         return sequences
 
 
-def load_shifted_model(model, head_shifts: HeadShifts | str | Path, alpha: float | None = None,
-                       model_source: str | None = None, allow_other_model: bool = False) -> ShiftedModel:
-    """Put a saved set of head shifts (a folder from edit_weight/validate_2fold) on a model, optionally at another α.
-
-    Given `model_source` (the hub id or path the model was loaded from), shifts made for another model are refused.
-    """
-    shifts = shifts_at(head_shifts, alpha)
-    if model_source is not None:
-        shifts.check_model(model_source, allow_other_model)
-    return ShiftedModel(model, shifts)
-
-
 def shifts_at(head_shifts: HeadShifts | str | Path, alpha: float | None = None) -> HeadShifts:
     """Head shifts, or those saved in a folder, at their own strength or at `alpha`."""
     shifts = head_shifts if isinstance(head_shifts, HeadShifts) else HeadShifts.load(head_shifts)

@@ -145,9 +145,9 @@ def head_shift_usage(repo_id: str, base: str, folder: Path) -> list[str]:
             f'model = AutoModelForCausalLM.from_pretrained("{base}")',
             f'tokenizer = AutoTokenizer.from_pretrained("{base}")', "", *pyvene, "",
             "# or with this project (iti) installed: pip install -e .",
-            "from iti.intervention import load_shifted_model", "",
-            f'shifted = load_shifted_model(model, snapshot_download("{repo_id}"))  # alpha=... to rescale',
-            "tokens = shifted.generate(input_ids, attention_mask, max_new_tokens=50)  # left-padded prompts",
+            "import iti", "",
+            f'with iti.applied(model, snapshot_download("{repo_id}"), positions="generation"):  # alpha=... rescales',
+            "    tokens = model.generate(**inputs, max_new_tokens=50)  # the paper's schedule; default: every position",
             "```", ""]
 
 

@@ -271,7 +271,7 @@ def test_what_cannot_bake_is_refused_with_the_reason_and_left_alone(family, wind
         bake_head_shifts(model, make_shifts(model, [(0, 0)]))
     message = str(err.value)
     assert phrase in message and "\n" not in message
-    assert "load_shifted_model" in message and "export_head_shifts.py" in message
+    assert "iti.apply" in message and "export_head_shifts.py" in message
     with pytest.raises(UsageError):
         check_bakeable(model)
     after = model.state_dict()

@@ -96,7 +96,7 @@ def test_dry_run_of_head_shifts(folders, tmp_path):
     assert "head shifts" in listing and "private repo" in listing
     assert "library_name" not in card and _card_heads(card) == shifts.head_list()
     assert f'AutoModelForCausalLM.from_pretrained("{BASE}")' in card
-    assert 'load_shifted_model(model, snapshot_download("someone/tiny_shifts"))' in card
+    assert 'iti.applied(model, snapshot_download("someone/tiny_shifts")' in card
     assert "python validation/export_head_shifts.py --head_shifts FOLDER --output_dir pyvene_folder" in card
     assert 'shifted = pyvene.IntervenableModel.load("pyvene_folder", model)' in card
 
@@ -112,7 +112,7 @@ def test_card_of_a_pyvene_export_loads_it_with_pyvene_alone(folders, tmp_path):
     listing, card = result.stdout.split("--- README.md ---\n")
     assert "intkey_" in listing and "head shifts" in listing
     assert 'shifted = pyvene.IntervenableModel.load(snapshot_download("someone/tiny_pyvene"), model)' in card
-    assert 'load_shifted_model(model, snapshot_download("someone/tiny_pyvene"))' in card
+    assert 'iti.applied(model, snapshot_download("someone/tiny_pyvene")' in card
 
 
 def test_no_token_is_one_line(folders, tmp_path):
