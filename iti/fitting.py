@@ -97,17 +97,19 @@ def seeded_split(questions: np.ndarray, val_ratio: float, seed: int) -> Split:
     return Split(train, val)
 
 
-def fit_head_shifts(features: Features, split: Split, recipe: Recipe) -> tuple[HeadShifts, ProbeReport]:
+def fit_head_shifts(features: Features, split: Split, recipe: Recipe,
+                    progress: bool = True) -> tuple[HeadShifts, ProbeReport]:
     """Train a probe per head on the training questions' rows, keep the K heads of best accuracy on the
-    validation rows (or K random heads), take their directions and σ; the probe report of the same probes."""
+    validation rows (or K random heads), take their directions and σ; the probe report of the same probes.
+    `progress`: the probes' progress bars."""
     geometry = features.checked_geometry()
     rows = [rows_of_questions(features.question_ids, part) for part in (split.train, split.val, split.test)]
     probes = train_probes(features.acts, features.labels, rows[0], rows[1], features.num_heads,
-                          backend=recipe.probe_backend, device=recipe.device, seed=recipe.seed)
+                          recipe.probe_backend, recipe.device, recipe.seed, progress)
     layers = None
     if features.layer_acts is not None:
         layers = layer_probe_table(features.layer_acts, features.labels, *rows, recipe.probe_backend, recipe.seed,
-                                   recipe.device)
+                                   recipe.device, progress)
     report = probe_report(features.acts, features.labels, features.question_ids, probes, features.num_heads, *rows,
                           layers)
     k = recipe.num_heads
@@ -134,10 +136,5 @@ def fit_head_shifts(features: Features, split: Split, recipe: Recipe) -> tuple[H
         provenance=dataclasses.replace(
             features.provenance, K=k, method=recipe.method, probe_backend=recipe.probe_backend, seed=recipe.seed,
             fold=split.fold, train_questions=int(len(split.train)), val_questions=int(len(split.val)),
-            probe_report=report.summary(list(zip(pairs[:, 0].tolist(), pairs[:, 1].tolist())))))
+            probe_report=report.summary(heads)))
     return shifts, report
-
-
-def without_layers(features: Features) -> Features:
-    """The same features without residual streams: shifts whose probe report needs no best layer."""
-    return dataclasses.replace(features, layer_acts=None)

@@ -9,13 +9,14 @@ fold's own split, exactly as a run of that one setting builds it, and evaluated 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable
 
 import numpy as np
 
 from iti.errors import UsageError
-from iti.fitting import Features, Recipe, Split, fit_head_shifts, without_layers
+from iti.fitting import Features, Recipe, Split, fit_head_shifts
 from iti.folds import held_for_selection, train_val_split
 from iti.metrics import BY_NAME
 
@@ -41,8 +42,9 @@ def score_settings(features: Features, split: Split, settings: list[tuple[int, f
     """Per (K, α): the shifts built from `split` (probes, heads and directions fitted once per K, scaled per
     α) and `score(shifts)`'s values, one table row each, in the given order. K = 0 or α = 0 is the unshifted
     model, scored once for all such rows."""
-    fitted = {k: fit_head_shifts(without_layers(features), split, Recipe(k, 1.0, recipe.method, recipe.probe_backend,
-                                                                          recipe.seed, recipe.device))[0]
+    # Without the residual streams: these shifts' probe reports need no best layer.
+    features = dataclasses.replace(features, layer_acts=None)
+    fitted = {k: fit_head_shifts(features, split, dataclasses.replace(recipe, num_heads=k, alpha=1.0))[0]
               for k in sorted({k for k, alpha in settings if k > 0 and alpha != 0})}
     unshifted: dict[str, float] = {}
     table = []
