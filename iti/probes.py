@@ -23,8 +23,6 @@ _CPU_CHUNK_BYTES = 256 << 20
 _GPU_CHUNK_BYTES = 4 << 30
 
 
-# ----------------------------------------------------------------------------- heads
-
 def layer_head_to_flattened_idx(layer: int, head: int, num_heads: int) -> int:
     return layer * num_heads + head
 
@@ -59,20 +57,14 @@ def _check_k(k: int, total: int) -> None:
         raise UsageError(f"cannot select {k} heads out of {total}; pick between 0 and {total}")
 
 
-# ----------------------------------------------------------------------------- activations
-
 def head_dim_of(acts: np.ndarray, num_heads: int) -> int:
     """d for activations [N, L, H*d]; rejects arrays that are not head-wise features."""
     if acts.ndim != 3:
-        raise UsageError(
-            f"head-wise activations must be [rows, layers, heads*head_dim], got shape {acts.shape}; "
-            "load the *_head_wise.npy file"
-        )
+        raise UsageError(f"head-wise activations must be [rows, layers, heads*head_dim], got shape {acts.shape}; "
+                         "load the *_head_wise.npy file")
     if num_heads <= 0 or acts.shape[2] % num_heads:
-        raise UsageError(
-            f"activation width {acts.shape[2]} is not a multiple of num_heads={num_heads}; "
-            "pass the model's number of attention heads"
-        )
+        raise UsageError(f"activation width {acts.shape[2]} is not a multiple of num_heads={num_heads}; "
+                         "pass the model's number of attention heads")
     return acts.shape[2] // num_heads
 
 
@@ -96,8 +88,6 @@ def _require_finite(finite, where: str = "") -> None:
                          "(float16 overflow is the usual cause: use bfloat16 or float32)")
 
 
-# ----------------------------------------------------------------------------- probes
-
 @dataclass
 class ProbeResult:
     """One logistic probe per head: validation accuracy [L, H], weights [L, H, d], bias [L, H]."""
@@ -118,9 +108,8 @@ def train_probes(acts: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, v
         return fit_sklearn_probes(acts, labels, train_rows, val_rows, num_heads, seed, progress)[1]
     if backend != "torch":
         raise UsageError(f"unknown probe backend {backend!r}; use 'torch' or 'sklearn'")
-    labels, train_rows, val_rows = _check_probe_inputs(acts, labels, train_rows, val_rows, num_heads)
+    d, labels, train_rows, val_rows = _check_probe_inputs(acts, labels, train_rows, val_rows, num_heads)
     torch_device = _torch_device(device)
-    d = head_dim_of(acts, num_heads)
     num_layers = acts.shape[1]
     total = num_layers * num_heads
     budget = _GPU_CHUNK_BYTES if torch_device.type == "cuda" else _CPU_CHUNK_BYTES
@@ -155,16 +144,14 @@ def _torch_device(name: str) -> torch.device:
     return device
 
 
-def _check_probe_inputs(
-    acts: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray, num_heads: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    head_dim_of(acts, num_heads)
+def _check_probe_inputs(acts: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray,
+                        num_heads: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """(head_dim, labels, train rows, val rows), each checked."""
+    d = head_dim_of(acts, num_heads)
     y = np.asarray(labels)
     if y.shape != (acts.shape[0],):
-        raise UsageError(
-            f"labels have shape {y.shape} but activations have {acts.shape[0]} rows; "
-            "load the *_labels.npy file made with these activations"
-        )
+        raise UsageError(f"labels have shape {y.shape} but activations have {acts.shape[0]} rows; "
+                         "load the *_labels.npy file made with these activations")
     if not np.isin(y, (0, 1)).all():
         raise UsageError("labels must be 0 (false) or 1 (true)")
     rows = []
@@ -175,22 +162,18 @@ def _check_probe_inputs(
         rows.append(r)
     if len(np.unique(y[rows[0]])) < 2:
         raise UsageError("the training rows hold only one label; probes need true and false answers")
-    return y, rows[0], rows[1]
+    return d, y, rows[0], rows[1]
 
 
-def fit_sklearn_probes(
-    acts: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray, num_heads: int, seed: int,
-    progress: bool = True,
-) -> tuple[list[LogisticRegression], ProbeResult]:
+def fit_sklearn_probes(acts: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray,
+                       num_heads: int, seed: int, progress: bool = True
+                       ) -> tuple[list[LogisticRegression], ProbeResult]:
     """scikit-learn probes one head at a time, as the public workflow fits them; models in flattened order."""
-    labels, train_rows, val_rows = _check_probe_inputs(acts, labels, train_rows, val_rows, num_heads)
-    d = head_dim_of(acts, num_heads)
+    d, labels, train_rows, val_rows = _check_probe_inputs(acts, labels, train_rows, val_rows, num_heads)
     num_layers = acts.shape[1]
     y_train, y_val = labels[train_rows], labels[val_rows]
     models: list[LogisticRegression] = []
     accs = np.empty((num_layers, num_heads))
-    coefs = np.empty((num_layers, num_heads, d))
-    intercepts = np.empty((num_layers, num_heads))
     with tqdm(total=num_layers * num_heads, desc="train_probes (sklearn)", disable=not progress) as bar:
         for layer in range(num_layers):
             x_train = layer_heads(acts, train_rows, layer, num_heads)
@@ -199,11 +182,10 @@ def fit_sklearn_probes(
             for head in range(num_heads):
                 clf = LogisticRegression(random_state=seed, max_iter=1000).fit(x_train[:, head], y_train)
                 accs[layer, head] = np.mean(clf.predict(x_val[:, head]) == y_val)
-                coefs[layer, head] = clf.coef_[0]
-                intercepts[layer, head] = clf.intercept_[0]
                 models.append(clf)
                 bar.update()
-    return models, ProbeResult(accs, coefs, intercepts)
+    coefs = np.stack([clf.coef_[0] for clf in models]).reshape(num_layers, num_heads, d)
+    return models, ProbeResult(accs, coefs, np.array([clf.intercept_[0] for clf in models]).reshape(accs.shape))
 
 
 def _gather_heads(acts: np.ndarray, rows: np.ndarray, start: int, stop: int, num_heads: int) -> np.ndarray:
@@ -300,10 +282,8 @@ def _objective(z: torch.Tensor, y: torch.Tensor, theta: torch.Tensor, penalty: t
     return (torch.logaddexp(zero, z) - y * z).sum(-1) + 0.5 * (penalty * theta * theta).sum(-1)
 
 
-def _backtrack(
-    z: torch.Tensor, step_margins: torch.Tensor, y: torch.Tensor, theta: torch.Tensor, step: torch.Tensor,
-    f0: torch.Tensor, slope: torch.Tensor, penalty: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _backtrack(z: torch.Tensor, step_margins: torch.Tensor, y: torch.Tensor, theta: torch.Tensor, step: torch.Tensor,
+               f0: torch.Tensor, slope: torch.Tensor, penalty: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Armijo step sizes per problem, halving from 1, and the objective there. Margins move
     linearly (z + size * x.step), so no candidate needs a product with x. The slack of 1e-12*f0
     absorbs rounding in f so that the tiny steps near the optimum are not refused for noise."""

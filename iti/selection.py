@@ -58,9 +58,9 @@ def score_settings(features: Features, split: Split, settings: list[tuple[int, f
 
 
 def choose_setting(table: list[dict], metric: str, max_kl: float | None = None) -> tuple[dict, str | None]:
-    """The row of `table` (one per (K, α) tried, each with `metric` and, under a budget, "KL") with the
-    best `metric` (in its direction, iti.metrics) among those with KL ≤ `max_kl`; equal scores go to the weaker intervention (smaller
-    α, then smaller K). With no row inside the budget, the row of smallest KL, and a note saying so."""
+    """The row of `table` (one per (K, α) tried, each with `metric` and, under a budget, "KL") with the best
+    `metric` (in its direction, iti.metrics) among those with KL ≤ `max_kl`; equal scores go to the weaker
+    intervention (smaller α, then smaller K). With no row inside the budget, the row of smallest KL, and a note."""
     if not table:
         raise UsageError("no (K, alpha) setting to choose from; give --num_heads and --alpha values")
     within = table if max_kl is None else [row for row in table if row["KL"] <= max_kl]
