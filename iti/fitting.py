@@ -16,7 +16,6 @@ import numpy as np
 
 from iti.directions import center_of_mass_directions, probe_directions, projection_stds, random_directions
 from iti.errors import UsageError
-from iti.geometry import HeadGeometry
 from iti.head_shifts import HeadShifts, ShiftProvenance
 from iti.models import resolve_device
 from iti.folds import rows_of_questions, train_val_split
@@ -39,15 +38,6 @@ class Features:
     num_heads: int
     layer_acts: np.ndarray | None = None
     provenance: ShiftProvenance = field(default_factory=ShiftProvenance)
-
-    def checked_geometry(self) -> HeadGeometry:
-        """The heads the rows hold, layers x (num_heads x head_dim); a UsageError when the probing rows do not split
-        into num_heads or the tuning rows are of another shape."""
-        geometry = HeadGeometry(self.acts.shape[1], self.num_heads, head_dim_of(self.acts, self.num_heads))
-        if self.tuning_acts.ndim != 3 or self.tuning_acts.shape[1:] != self.acts.shape[1:]:
-            raise UsageError(f"tuning activations {self.tuning_acts.shape} and probing activations {self.acts.shape} "
-                             "differ in layers or width; extract both from the same model")
-        return geometry
 
 
 @dataclass(frozen=True)
@@ -102,7 +92,10 @@ def fit_head_shifts(features: Features, split: Split, recipe: Recipe,
     """Train a probe per head on the training questions' rows, keep the K heads of best accuracy on the
     validation rows (or K random heads), take their directions and σ; the probe report of the same probes.
     `progress`: the probes' progress bars."""
-    geometry = features.checked_geometry()
+    num_layers, head_dim = features.acts.shape[1], head_dim_of(features.acts, features.num_heads)
+    if features.tuning_acts.ndim != 3 or features.tuning_acts.shape[1:] != features.acts.shape[1:]:
+        raise UsageError(f"tuning activations {features.tuning_acts.shape} and probing activations "
+                         f"{features.acts.shape} differ in layers or width; extract both from the same model")
     rows = [rows_of_questions(features.question_ids, part) for part in (split.train, split.val, split.test)]
     probes = train_probes(features.acts, features.labels, rows[0], rows[1], features.num_heads,
                           recipe.probe_backend, recipe.device, recipe.seed, progress)
@@ -114,8 +107,8 @@ def fit_head_shifts(features: Features, split: Split, recipe: Recipe,
                           layers)
     k = recipe.num_heads
     if recipe.method == "random":
-        heads = random_heads(geometry.num_layers, geometry.num_heads, k, recipe.seed)
-        directions = random_directions(k, geometry.head_dim, recipe.seed)
+        heads = random_heads(num_layers, features.num_heads, k, recipe.seed)
+        directions = random_directions(k, head_dim, recipe.seed)
     else:
         heads = top_heads(probes.val_accuracies, k)
         directions = (center_of_mass_directions(features.acts, features.labels, np.concatenate(rows[:2]), heads,
@@ -132,7 +125,7 @@ def fit_head_shifts(features: Features, split: Split, recipe: Recipe,
         layers=pairs[:, 0], heads=pairs[:, 1], directions=directions,
         sigmas=projection_stds(tuning, heads, directions, features.num_heads),
         probe_accuracies=probes.val_accuracies[pairs[:, 0], pairs[:, 1]], alpha=recipe.alpha,
-        num_layers=geometry.num_layers, num_heads=geometry.num_heads, head_dim=geometry.head_dim,
+        num_layers=num_layers, num_heads=features.num_heads, head_dim=head_dim,
         provenance=dataclasses.replace(
             features.provenance, K=k, method=recipe.method, probe_backend=recipe.probe_backend, seed=recipe.seed,
             fold=split.fold, train_questions=int(len(split.train)), val_questions=int(len(split.val)),
