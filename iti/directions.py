@@ -34,9 +34,8 @@ def unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / norms
 
 
-def mean_differences(
-    acts: np.ndarray, labels: np.ndarray, rows: np.ndarray, heads: Sequence[Head], num_heads: int
-) -> np.ndarray:
+def mean_differences(acts: np.ndarray, labels: np.ndarray, rows: np.ndarray, heads: Sequence[Head],
+                     num_heads: int) -> np.ndarray:
     """[K, d]: mean of the true rows minus mean of the false rows, per head, not normalised."""
     rows = np.asarray(rows, dtype=np.int64)
     y = np.asarray(labels)[rows]
@@ -48,9 +47,8 @@ def mean_differences(
     return out
 
 
-def center_of_mass_directions(
-    acts: np.ndarray, labels: np.ndarray, rows: np.ndarray, heads: Sequence[Head], num_heads: int
-) -> np.ndarray:
+def center_of_mass_directions(acts: np.ndarray, labels: np.ndarray, rows: np.ndarray, heads: Sequence[Head],
+                              num_heads: int) -> np.ndarray:
     """[K, d] unit vectors from the false rows' mean to the true rows' mean (train + val rows)."""
     return unit(mean_differences(acts, labels, rows, heads, num_heads))
 
@@ -69,9 +67,8 @@ def random_directions(k: int, d: int, seed: int) -> np.ndarray:
     return unit(np.random.default_rng(seed).standard_normal((k, d)))
 
 
-def projection_stds(
-    tuning_acts: np.ndarray, heads: Sequence[Head], directions: np.ndarray, num_heads: int
-) -> np.ndarray:
+def projection_stds(tuning_acts: np.ndarray, heads: Sequence[Head], directions: np.ndarray,
+                    num_heads: int) -> np.ndarray:
     """[K]: population std (ddof=0, np.std) of all tuning rows projected on each head's direction."""
     d = head_dim_of(tuning_acts, num_heads)
     if directions.shape != (len(heads), d):

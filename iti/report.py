@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from iti.probes import ProbeResult, head_dim_of, top_heads, train_probes
+from iti.probes import ProbeResult, layer_heads, top_heads, train_probes
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -27,24 +27,17 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
-def head_scores(acts: np.ndarray, rows: np.ndarray, probes: ProbeResult, num_heads: int) -> np.ndarray:
-    """Probe logits [L, H, n] of every head on `rows` (one layer of a memmap read at a time)."""
-    d = head_dim_of(acts, num_heads)
-    out = np.empty((acts.shape[1], num_heads, len(rows)))
-    for layer in range(acts.shape[1]):
-        x = np.asarray(acts[rows, layer, :], dtype=np.float64).reshape(len(rows), num_heads, d)
-        out[layer] = np.einsum("nhd,hd->hn", x, probes.coefs[layer]) + probes.intercepts[layer][:, None]
-    return out
-
-
 def _scored(acts: np.ndarray, probes: ProbeResult, num_heads: int, labels: np.ndarray, val_rows: np.ndarray,
             test_rows: np.ndarray) -> dict[str, np.ndarray]:
     """Per probe in flattened order, the accuracy of `logit > 0` and the ROC AUC on the validation rows and on the
-    test rows (when there are any)."""
+    test rows (when there are any); one layer of a memmap is read at a time."""
     table = {}
     for part, rows in (("val", val_rows), ("test", test_rows)):
         if len(rows):
-            scores = head_scores(acts, rows, probes, num_heads).reshape(-1, len(rows))
+            scores = np.concatenate([
+                np.einsum("nhd,hd->hn", layer_heads(acts, rows, layer, num_heads).astype(np.float64),
+                          probes.coefs[layer]) + probes.intercepts[layer][:, None]
+                for layer in range(acts.shape[1])])
             table[f"{part}_accuracy"] = ((scores > 0) == labels[rows].astype(bool)).mean(axis=1)
             table[f"{part}_auc"] = np.array([roc_auc(labels[rows], row) for row in scores])
     return table
