@@ -4,8 +4,7 @@
 
 `features` are the probing rows (head-wise activations, labels, each row's question) and the tuning
 rows that set σ; `split` names the questions that train the probes and those that rank the heads; the
-`recipe` says how many heads, how strong, which directions. validate_2fold, edit_weight,
-plot_head_accuracies, the notebook and the benchmarks all build shifts here.
+`recipe` says how many heads, how strong, which directions.
 """
 from __future__ import annotations
 
@@ -51,10 +50,6 @@ class Split:
     sigma: np.ndarray | None = None
     fold: int | None = None
 
-    @property
-    def development(self) -> np.ndarray:
-        return np.concatenate([self.train, self.val])
-
 
 @dataclass(frozen=True)
 class Recipe:
@@ -99,10 +94,9 @@ def fit_head_shifts(features: Features, split: Split, recipe: Recipe,
     rows = [rows_of_questions(features.question_ids, part) for part in (split.train, split.val, split.test)]
     probes = train_probes(features.acts, features.labels, rows[0], rows[1], features.num_heads,
                           recipe.probe_backend, recipe.device, recipe.seed, progress)
-    layers = None
-    if features.layer_acts is not None:
-        layers = layer_probe_table(features.layer_acts, features.labels, *rows, recipe.probe_backend, recipe.seed,
-                                   recipe.device, progress)
+    layers = (None if features.layer_acts is None else
+              layer_probe_table(features.layer_acts, features.labels, *rows, recipe.probe_backend, recipe.seed,
+                                recipe.device, progress))
     report = probe_report(features.acts, features.labels, features.question_ids, probes, features.num_heads, *rows,
                           layers)
     k = recipe.num_heads

@@ -122,8 +122,8 @@ def train_probes(acts: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, v
     accs = torch.empty(total, dtype=torch.float64)
     for start in tqdm(range(0, total, chunk), desc="train_probes (torch)", disable=not progress):
         stop = min(start + chunk, total)
-        x_train = _with_bias_column(_gather_heads(acts, train_rows, start, stop, num_heads), torch_device)
-        x_val = _with_bias_column(_gather_heads(acts, val_rows, start, stop, num_heads), torch_device)
+        x_train = _design(acts, train_rows, start, stop, num_heads, torch_device)
+        x_val = _design(acts, val_rows, start, stop, num_heads, torch_device)
         # One float64 sum per block finds any NaN/inf: float32 inputs cannot overflow it.
         _require_finite(torch.isfinite(x_train.sum()) and torch.isfinite(x_val.sum()))
         fitted = newton_logistic(x_train, y_train)
@@ -188,20 +188,17 @@ def fit_sklearn_probes(acts: np.ndarray, labels: np.ndarray, train_rows: np.ndar
     return models, ProbeResult(accs, coefs, np.array([clf.intercept_[0] for clf in models]).reshape(accs.shape))
 
 
-def _gather_heads(acts: np.ndarray, rows: np.ndarray, start: int, stop: int, num_heads: int) -> np.ndarray:
-    """Heads with flattened indices [start, stop) as [stop-start, n, d], one layer read at a time."""
+def _design(acts: np.ndarray, rows: np.ndarray, start: int, stop: int, num_heads: int,
+            device: torch.device) -> torch.Tensor:
+    """Heads with flattened indices [start, stop) on `rows` as float64 [stop-start, n, d+1] on `device`, a ones
+    column last for the intercept; one layer read at a time."""
     d = acts.shape[2] // num_heads
     blocks = []
     for layer in range(start // num_heads, (stop - 1) // num_heads + 1):
         first, last = max(start - layer * num_heads, 0), min(stop - layer * num_heads, num_heads)
         blocks.append(np.asarray(acts[rows, layer, first * d:last * d]).reshape(len(rows), last - first, d))
-    return np.concatenate(blocks, axis=1).transpose(1, 0, 2)
-
-
-def _with_bias_column(x: np.ndarray, device: torch.device) -> torch.Tensor:
-    """[B, n, d] -> float64 [B, n, d+1] with a ones column for the intercept, on `device`."""
-    out = torch.ones(*x.shape[:-1], x.shape[-1] + 1, dtype=torch.float64, device=device)
-    out[..., :-1] = torch.as_tensor(x, device=device)
+    out = torch.ones(stop - start, len(rows), d + 1, dtype=torch.float64, device=device)
+    out[..., :-1] = torch.as_tensor(np.concatenate(blocks, axis=1).transpose(1, 0, 2), device=device)
     return out
 
 

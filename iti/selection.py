@@ -27,7 +27,7 @@ SELECTION_STREAM = 1
 
 def selection_split(split: Split, select_ratio: float, val_ratio: float, seed: int) -> tuple[Split, np.ndarray]:
     """(the split that builds the shifts to be scored, the questions that score them) from a fold's split."""
-    development = np.sort(split.development)
+    development = np.sort(np.concatenate([split.train, split.val]))
     rng = np.random.default_rng([seed, SELECTION_STREAM, split.fold or 0])
     held = held_for_selection(len(development), select_ratio, val_ratio)
     selecting = np.sort(rng.choice(development, size=held, replace=False))
@@ -86,6 +86,5 @@ def edge_note(chosen: dict, settings: list[tuple[int, float]]) -> str | None:
             sides.append(f"{key} {chosen[key]:g} is the largest tried")
         elif chosen[key] == values[0] and values[0] > 0:
             sides.append(f"{key} {chosen[key]:g} is the smallest tried")
-    if not sides:
-        return None
-    return f"the choice lies on the grid's edge ({'; '.join(sides)}): a better setting may lie beyond the grid"
+    return (f"the choice lies on the grid's edge ({'; '.join(sides)}): a better setting may lie beyond the grid"
+            if sides else None)
