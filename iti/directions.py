@@ -36,7 +36,8 @@ def unit(vectors: np.ndarray) -> np.ndarray:
 
 def mean_differences(acts: np.ndarray, labels: np.ndarray, rows: np.ndarray, heads: Sequence[Head],
                      num_heads: int) -> np.ndarray:
-    """[K, d]: mean of the true rows minus mean of the false rows, per head, not normalised."""
+    """[K, d]: mean of the true rows minus mean of the false rows, per head, not normalised (unit() of it is the
+    center-of-mass direction)."""
     rows = np.asarray(rows, dtype=np.int64)
     y = np.asarray(labels)[rows]
     if not ((y == 1).any() and (y == 0).any()):
@@ -45,12 +46,6 @@ def mean_differences(acts: np.ndarray, labels: np.ndarray, rows: np.ndarray, hea
     for positions, block in _head_blocks(acts, rows, heads, num_heads):
         out[positions] = block[y == 1].mean(axis=0) - block[y == 0].mean(axis=0)
     return out
-
-
-def center_of_mass_directions(acts: np.ndarray, labels: np.ndarray, rows: np.ndarray, heads: Sequence[Head],
-                              num_heads: int) -> np.ndarray:
-    """[K, d] unit vectors from the false rows' mean to the true rows' mean (train + val rows)."""
-    return unit(mean_differences(acts, labels, rows, heads, num_heads))
 
 
 def probe_directions(probe_result: ProbeResult, heads: Sequence[Head]) -> np.ndarray:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from iti.directions import center_of_mass_directions, probe_directions, projection_stds, random_directions
+from iti.directions import mean_differences, probe_directions, projection_stds, random_directions, unit
 from iti.errors import UsageError
 from iti.head_shifts import HeadShifts, ShiftProvenance
 from iti.models import resolve_device
@@ -105,8 +105,8 @@ def fit_head_shifts(features: Features, split: Split, recipe: Recipe,
         directions = random_directions(k, head_dim, recipe.seed)
     else:
         heads = top_heads(probes.val_accuracies, k)
-        directions = (center_of_mass_directions(features.acts, features.labels, np.concatenate(rows[:2]), heads,
-                                                features.num_heads)
+        directions = (unit(mean_differences(features.acts, features.labels, np.concatenate(rows[:2]), heads,
+                                            features.num_heads))
                       if recipe.method == "center_of_mass" else probe_directions(probes, heads))
     tuning = features.tuning_acts
     if split.sigma is not None:

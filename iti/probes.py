@@ -1,7 +1,6 @@
 """Per-head logistic probes and head selection (docs/method.md §4); the folds are iti.folds.
 
-Activations are head-wise `o_proj` inputs stored as [N, L, H*d]; head (l, h) is the slice
-[h*d, (h+1)*d) of layer l. Questions are indexed in TruthfulQA's multiple-choice order.
+Activations are head-wise `o_proj` inputs stored as [N, L, H*d]; head (l, h) is the slice [h*d, (h+1)*d) of layer l.
 """
 from __future__ import annotations
 

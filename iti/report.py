@@ -56,9 +56,7 @@ class ProbeReport:
 
     def best_layer(self) -> dict | None:
         """The first layer of highest validation accuracy (None without layer-wise features)."""
-        if self.layers.empty:
-            return None
-        return _row(self.layers, int(np.argmax(self.layers.val_accuracy.to_numpy())))
+        return None if self.layers.empty else _row(self.layers, int(np.argmax(self.layers.val_accuracy.to_numpy())))
 
     def summary(self, selected: list[tuple[int, int]] | None = None) -> dict:
         """What the run's JSON and a model card show; `selected` heads add their mean accuracies."""
