@@ -51,7 +51,7 @@ def fit(model, tokenizer, items_or_features: list[dict | GenerationQuestion] | F
     features = (items_or_features if isinstance(items_or_features, Features)
                 else item_features(model, tokenizer, items_or_features, prompt_format, batch_size, progress))
     return fit_head_shifts(features, seeded_split(features.question_ids, val_ratio, seed),
-                           Recipe(num_heads, alpha, method, seed=seed))
+                           Recipe(num_heads, alpha, method, seed=seed), progress)
 
 
 def item_features(model, tokenizer, items: list[dict | GenerationQuestion], prompt_format: str = "raw",

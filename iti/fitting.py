@@ -4,8 +4,7 @@
 
 `features` are the probing rows (head-wise activations, labels, each row's question) and the tuning
 rows that set σ; `split` names the questions that train the probes and those that rank the heads; the
-`recipe` says how many heads, how strong, which directions. validate_2fold, edit_weight,
-plot_head_accuracies, the notebook and the benchmarks all build shifts here.
+`recipe` says how many heads, how strong, which directions.
 """
 from __future__ import annotations
 
@@ -14,9 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from iti.directions import center_of_mass_directions, probe_directions, projection_stds, random_directions
+from iti.directions import mean_differences, probe_directions, projection_stds, random_directions, unit
 from iti.errors import UsageError
-from iti.geometry import HeadGeometry
 from iti.head_shifts import HeadShifts, ShiftProvenance
 from iti.models import resolve_device
 from iti.folds import rows_of_questions, train_val_split
@@ -40,15 +38,6 @@ class Features:
     layer_acts: np.ndarray | None = None
     provenance: ShiftProvenance = field(default_factory=ShiftProvenance)
 
-    def checked_geometry(self) -> HeadGeometry:
-        """The heads the rows hold, layers x (num_heads x head_dim); a UsageError when the probing rows do not split
-        into num_heads or the tuning rows are of another shape."""
-        geometry = HeadGeometry(self.acts.shape[1], self.num_heads, head_dim_of(self.acts, self.num_heads))
-        if self.tuning_acts.ndim != 3 or self.tuning_acts.shape[1:] != self.acts.shape[1:]:
-            raise UsageError(f"tuning activations {self.tuning_acts.shape} and probing activations {self.acts.shape} "
-                             "differ in layers or width; extract both from the same model")
-        return geometry
-
 
 @dataclass(frozen=True)
 class Split:
@@ -60,10 +49,6 @@ class Split:
     test: np.ndarray = field(default_factory=lambda: np.array([], dtype=np.int64))
     sigma: np.ndarray | None = None
     fold: int | None = None
-
-    @property
-    def development(self) -> np.ndarray:
-        return np.concatenate([self.train, self.val])
 
 
 @dataclass(frozen=True)
@@ -97,27 +82,31 @@ def seeded_split(questions: np.ndarray, val_ratio: float, seed: int) -> Split:
     return Split(train, val)
 
 
-def fit_head_shifts(features: Features, split: Split, recipe: Recipe) -> tuple[HeadShifts, ProbeReport]:
+def fit_head_shifts(features: Features, split: Split, recipe: Recipe,
+                    progress: bool = True) -> tuple[HeadShifts, ProbeReport]:
     """Train a probe per head on the training questions' rows, keep the K heads of best accuracy on the
-    validation rows (or K random heads), take their directions and σ; the probe report of the same probes."""
-    geometry = features.checked_geometry()
+    validation rows (or K random heads), take their directions and σ; the probe report of the same probes.
+    `progress`: the probes' progress bars."""
+    num_layers, head_dim = features.acts.shape[1], head_dim_of(features.acts, features.num_heads)
+    if features.tuning_acts.ndim != 3 or features.tuning_acts.shape[1:] != features.acts.shape[1:]:
+        raise UsageError(f"tuning activations {features.tuning_acts.shape} and probing activations "
+                         f"{features.acts.shape} differ in layers or width; extract both from the same model")
     rows = [rows_of_questions(features.question_ids, part) for part in (split.train, split.val, split.test)]
     probes = train_probes(features.acts, features.labels, rows[0], rows[1], features.num_heads,
-                          backend=recipe.probe_backend, device=recipe.device, seed=recipe.seed)
-    layers = None
-    if features.layer_acts is not None:
-        layers = layer_probe_table(features.layer_acts, features.labels, *rows, recipe.probe_backend, recipe.seed,
-                                   recipe.device)
+                          recipe.probe_backend, recipe.device, recipe.seed, progress)
+    layers = (None if features.layer_acts is None else
+              layer_probe_table(features.layer_acts, features.labels, *rows, recipe.probe_backend, recipe.seed,
+                                recipe.device, progress))
     report = probe_report(features.acts, features.labels, features.question_ids, probes, features.num_heads, *rows,
                           layers)
     k = recipe.num_heads
     if recipe.method == "random":
-        heads = random_heads(geometry.num_layers, geometry.num_heads, k, recipe.seed)
-        directions = random_directions(k, geometry.head_dim, recipe.seed)
+        heads = random_heads(num_layers, features.num_heads, k, recipe.seed)
+        directions = random_directions(k, head_dim, recipe.seed)
     else:
         heads = top_heads(probes.val_accuracies, k)
-        directions = (center_of_mass_directions(features.acts, features.labels, np.concatenate(rows[:2]), heads,
-                                                features.num_heads)
+        directions = (unit(mean_differences(features.acts, features.labels, np.concatenate(rows[:2]), heads,
+                                            features.num_heads))
                       if recipe.method == "center_of_mass" else probe_directions(probes, heads))
     tuning = features.tuning_acts
     if split.sigma is not None:
@@ -130,14 +119,9 @@ def fit_head_shifts(features: Features, split: Split, recipe: Recipe) -> tuple[H
         layers=pairs[:, 0], heads=pairs[:, 1], directions=directions,
         sigmas=projection_stds(tuning, heads, directions, features.num_heads),
         probe_accuracies=probes.val_accuracies[pairs[:, 0], pairs[:, 1]], alpha=recipe.alpha,
-        num_layers=geometry.num_layers, num_heads=geometry.num_heads, head_dim=geometry.head_dim,
+        num_layers=num_layers, num_heads=features.num_heads, head_dim=head_dim,
         provenance=dataclasses.replace(
             features.provenance, K=k, method=recipe.method, probe_backend=recipe.probe_backend, seed=recipe.seed,
             fold=split.fold, train_questions=int(len(split.train)), val_questions=int(len(split.val)),
-            probe_report=report.summary(list(zip(pairs[:, 0].tolist(), pairs[:, 1].tolist())))))
+            probe_report=report.summary(heads)))
     return shifts, report
-
-
-def without_layers(features: Features) -> Features:
-    """The same features without residual streams: shifts whose probe report needs no best layer."""
-    return dataclasses.replace(features, layer_acts=None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from iti.files import atomic_write
 
@@ -28,28 +29,23 @@ SWEEP_PANELS = (("True*Info", "True*Info"), ("MC2", "MC2"), ("CE", "CE loss"), (
 
 
 def save_figure(fig, path: Path) -> Path:
-    """The figure as a PNG under a temporary name, renamed into place; the figure is closed."""
-    import matplotlib.pyplot as plt
-
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    finally:
-        plt.close(fig)
+    """The figure as a PNG under a temporary name, renamed into place."""
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
 def sweep_curves(table, path: Path) -> list[str]:
     """One panel per metric with values; each K's means over seeds against α (bars: std over seeds), from the
     baseline (α = 0 or K = 0, the same unshifted model for every K) at α = 0, also a dashed line. `table`:
     iti.collect's; rows that chose K or α per fold are left out. Returns the metrics plotted."""
-    import matplotlib.pyplot as plt
-
     table = table[~table["K"].str.contains("/") & ~table["alpha"].str.contains("/")].astype({"K": int, "alpha": float})
     panels = [(key, label) for key, label in SWEEP_PANELS if table[key].notna().any()]
     if not panels:
         return []
     baseline = table[(table["alpha"] == 0) | (table["K"] == 0)]
     shifted = table[(table["alpha"] != 0) & (table["K"] > 0)].sort_values("alpha")
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    # Figures made outside pyplot: a script's figures are freed with the figure, and a notebook shows none.
+    fig = Figure(figsize=(4.2 * len(panels), 3.6))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (key, label) in zip(axes[0], panels):
         base = baseline[key].mean() if baseline[key].notna().any() else None
         for k, group in shifted.groupby("K"):
@@ -70,12 +66,11 @@ def sweep_curves(table, path: Path) -> list[str]:
 def category_differences(frame, metric: str, path_of) -> list[Path]:
     """One horizontal bar chart per setting (K, α) of `frame` (iti.collect.category_table): each category's
     difference from the baseline, sorted; `path_of(K, α)` names each file."""
-    import matplotlib.pyplot as plt
-
     paths = []
     for (k, alpha), group in frame.groupby(["K", "alpha"], sort=True):
         group = group.sort_values(f"Δ{metric}")
-        fig, ax = plt.subplots(figsize=(6.5, 0.22 * len(group) + 1.4))
+        fig = Figure(figsize=(6.5, 0.22 * len(group) + 1.4))
+        ax = fig.subplots()
         values = group[f"Δ{metric}"].to_numpy()
         # The question count beside each name: a category of a few questions moves by a lot on one answer.
         labels = [f"{category} ({count})" for category, count in zip(group["category"], group["questions"])]

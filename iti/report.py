@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from iti.probes import ProbeResult, head_dim_of, top_heads, train_probes
+from iti.probes import ProbeResult, layer_heads, top_heads, train_probes
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -27,22 +27,20 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
-def head_scores(acts: np.ndarray, rows: np.ndarray, probes: ProbeResult, num_heads: int) -> np.ndarray:
-    """Probe logits [L, H, n] of every head on `rows` (one layer of a memmap read at a time)."""
-    d = head_dim_of(acts, num_heads)
-    out = np.empty((acts.shape[1], num_heads, len(rows)))
-    for layer in range(acts.shape[1]):
-        x = np.asarray(acts[rows, layer, :], dtype=np.float64).reshape(len(rows), num_heads, d)
-        out[layer] = np.einsum("nhd,hd->hn", x, probes.coefs[layer]) + probes.intercepts[layer][:, None]
-    return out
-
-
-def _accuracy_and_auc(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per probe (leading axes of `scores`, rows last): accuracy of `score > 0`, and ROC AUC."""
-    flat = scores.reshape(-1, scores.shape[-1])
-    accuracy = ((flat > 0) == labels.astype(bool)).mean(axis=1)
-    auc = np.array([roc_auc(labels, row) for row in flat])
-    return accuracy.reshape(scores.shape[:-1]), auc.reshape(scores.shape[:-1])
+def _scored(acts: np.ndarray, probes: ProbeResult, num_heads: int, labels: np.ndarray, val_rows: np.ndarray,
+            test_rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Per probe in flattened order, the accuracy of `logit > 0` and the ROC AUC on the validation rows and on the
+    test rows (when there are any); one layer of a memmap is read at a time."""
+    table = {}
+    for part, rows in (("val", val_rows), ("test", test_rows)):
+        if len(rows):
+            scores = np.concatenate([
+                np.einsum("nhd,hd->hn", layer_heads(acts, rows, layer, num_heads).astype(np.float64),
+                          probes.coefs[layer]) + probes.intercepts[layer][:, None]
+                for layer in range(acts.shape[1])])
+            table[f"{part}_accuracy"] = ((scores > 0) == labels[rows].astype(bool)).mean(axis=1)
+            table[f"{part}_auc"] = np.array([roc_auc(labels[rows], row) for row in scores])
+    return table
 
 
 @dataclass
@@ -58,9 +56,7 @@ class ProbeReport:
 
     def best_layer(self) -> dict | None:
         """The first layer of highest validation accuracy (None without layer-wise features)."""
-        if self.layers.empty:
-            return None
-        return _row(self.layers, int(np.argmax(self.layers.val_accuracy.to_numpy())))
+        return None if self.layers.empty else _row(self.layers, int(np.argmax(self.layers.val_accuracy.to_numpy())))
 
     def summary(self, selected: list[tuple[int, int]] | None = None) -> dict:
         """What the run's JSON and a model card show; `selected` heads add their mean accuracies."""
@@ -77,19 +73,15 @@ def _row(frame: pd.DataFrame, index: int) -> dict:
 
 
 def layer_probe_table(layer_acts: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray,
-                      test_rows: np.ndarray, backend: str, seed: int, device: str = "cpu") -> pd.DataFrame:
+                      test_rows: np.ndarray, backend: str, seed: int, device: str = "cpu",
+                      progress: bool = True) -> pd.DataFrame:
     """One probe per decoder layer's residual stream (layer-wise features without the embedding output);
     accuracy and AUC on the validation rows and, when there are any, the test rows."""
     streams = layer_acts[:, 1:, :]
     probes = train_probes(streams, labels, train_rows, val_rows, num_heads=1, backend=backend, device=device,
-                          seed=seed)
-    table = {"layer": np.arange(streams.shape[1])}
-    for part, rows in (("val", val_rows), ("test", test_rows)):
-        if len(rows) == 0:
-            continue
-        accuracy, auc = _accuracy_and_auc(head_scores(streams, rows, probes, 1)[:, 0], labels[rows])
-        table[f"{part}_accuracy"], table[f"{part}_auc"] = accuracy, auc
-    return pd.DataFrame(table)
+                          seed=seed, progress=progress)
+    scored = _scored(streams, probes, 1, labels, val_rows, test_rows)
+    return pd.DataFrame({"layer": np.arange(streams.shape[1]), **scored})
 
 
 def probe_report(acts: np.ndarray, labels: np.ndarray, item_ids: np.ndarray, probes: ProbeResult, num_heads: int,
@@ -98,12 +90,8 @@ def probe_report(acts: np.ndarray, labels: np.ndarray, item_ids: np.ndarray, pro
     """The fold's report from its head probes (trained on `train_rows`) and, when given, its layer probes."""
     labels = np.asarray(labels)
     num_layers = acts.shape[1]
-    table = {"layer": np.repeat(np.arange(num_layers), num_heads), "head": np.tile(np.arange(num_heads), num_layers)}
-    for part, rows in (("val", val_rows), ("test", test_rows)):
-        if len(rows) == 0:
-            continue
-        accuracy, auc = _accuracy_and_auc(head_scores(acts, rows, probes, num_heads), labels[rows])
-        table[f"{part}_accuracy"], table[f"{part}_auc"] = accuracy.ravel(), auc.ravel()
+    table = {"layer": np.repeat(np.arange(num_layers), num_heads), "head": np.tile(np.arange(num_heads), num_layers),
+             **_scored(acts, probes, num_heads, labels, val_rows, test_rows)}
     counts = {}
     for part, rows in (("train", train_rows), ("val", val_rows), ("test", test_rows)):
         counts[f"{part}_items"] = int(len(np.unique(item_ids[rows])))
@@ -116,8 +104,9 @@ REPORT_COLUMNS = ("fold", "training items (rows)", "val accuracy", "test accurac
 
 
 def report_table(rows: list[dict], alpha: float, num_heads: int) -> str:
-    """The shared artifact's table (markdown): per fold ("-" for a baked model's single split), training samples, the selected heads' mean probe
-    validation and test accuracy, α, K (a fold's own where it chose them), the best single layer and the top head with its AUC."""
+    """The shared artifact's table (markdown): per fold ("-" for a baked model's single split), training samples,
+    the selected heads' mean probe validation and test accuracy, α, K (a fold's own where it chose them), the best
+    single layer and the top head with its AUC."""
     lines = ["| " + " | ".join(REPORT_COLUMNS) + " |", "|" + "---|" * len(REPORT_COLUMNS)]
     for summary in rows:
         selected = summary.get("selected_heads") or summary["top_head"]
@@ -125,7 +114,8 @@ def report_table(rows: list[dict], alpha: float, num_heads: int) -> str:
         top = summary["top_head"]
         cells = [
             str(summary.get("fold", "-")), f"{summary['train_items']} ({summary['train_rows']})",
-            _fmt(selected.get("val_accuracy")), _fmt(selected.get("test_accuracy")), f"{summary.get('alpha', alpha):g}", str(summary.get("K", num_heads)),
+            _fmt(selected.get("val_accuracy")), _fmt(selected.get("test_accuracy")),
+            f"{summary.get('alpha', alpha):g}", str(summary.get("K", num_heads)),
             f"{best['layer']} ({_fmt(best['val_accuracy'])})" if best else "-",
             f"L{top['layer']}H{top['head']} ({_fmt(top.get('val_auc'))})",
         ]

@@ -9,13 +9,14 @@ fold's own split, exactly as a run of that one setting builds it, and evaluated 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable
 
 import numpy as np
 
 from iti.errors import UsageError
-from iti.fitting import Features, Recipe, Split, fit_head_shifts, without_layers
+from iti.fitting import Features, Recipe, Split, fit_head_shifts
 from iti.folds import held_for_selection, train_val_split
 from iti.metrics import BY_NAME
 
@@ -26,7 +27,7 @@ SELECTION_STREAM = 1
 
 def selection_split(split: Split, select_ratio: float, val_ratio: float, seed: int) -> tuple[Split, np.ndarray]:
     """(the split that builds the shifts to be scored, the questions that score them) from a fold's split."""
-    development = np.sort(split.development)
+    development = np.sort(np.concatenate([split.train, split.val]))
     rng = np.random.default_rng([seed, SELECTION_STREAM, split.fold or 0])
     held = held_for_selection(len(development), select_ratio, val_ratio)
     selecting = np.sort(rng.choice(development, size=held, replace=False))
@@ -41,8 +42,9 @@ def score_settings(features: Features, split: Split, settings: list[tuple[int, f
     """Per (K, α): the shifts built from `split` (probes, heads and directions fitted once per K, scaled per
     α) and `score(shifts)`'s values, one table row each, in the given order. K = 0 or α = 0 is the unshifted
     model, scored once for all such rows."""
-    fitted = {k: fit_head_shifts(without_layers(features), split, Recipe(k, 1.0, recipe.method, recipe.probe_backend,
-                                                                          recipe.seed, recipe.device))[0]
+    # Without the residual streams: these shifts' probe reports need no best layer.
+    features = dataclasses.replace(features, layer_acts=None)
+    fitted = {k: fit_head_shifts(features, split, dataclasses.replace(recipe, num_heads=k, alpha=1.0))[0]
               for k in sorted({k for k, alpha in settings if k > 0 and alpha != 0})}
     unshifted: dict[str, float] = {}
     table = []
@@ -56,9 +58,9 @@ def score_settings(features: Features, split: Split, settings: list[tuple[int, f
 
 
 def choose_setting(table: list[dict], metric: str, max_kl: float | None = None) -> tuple[dict, str | None]:
-    """The row of `table` (one per (K, α) tried, each with `metric` and, under a budget, "KL") with the
-    best `metric` (in its direction, iti.metrics) among those with KL ≤ `max_kl`; equal scores go to the weaker intervention (smaller
-    α, then smaller K). With no row inside the budget, the row of smallest KL, and a note saying so."""
+    """The row of `table` (one per (K, α) tried, each with `metric` and, under a budget, "KL") with the best
+    `metric` (in its direction, iti.metrics) among those with KL ≤ `max_kl`; equal scores go to the weaker
+    intervention (smaller α, then smaller K). With no row inside the budget, the row of smallest KL, and a note."""
     if not table:
         raise UsageError("no (K, alpha) setting to choose from; give --num_heads and --alpha values")
     within = table if max_kl is None else [row for row in table if row["KL"] <= max_kl]
@@ -84,6 +86,5 @@ def edge_note(chosen: dict, settings: list[tuple[int, float]]) -> str | None:
             sides.append(f"{key} {chosen[key]:g} is the largest tried")
         elif chosen[key] == values[0] and values[0] > 0:
             sides.append(f"{key} {chosen[key]:g} is the smallest tried")
-    if not sides:
-        return None
-    return f"the choice lies on the grid's edge ({'; '.join(sides)}): a better setting may lie beyond the grid"
+    return (f"the choice lies on the grid's edge ({'; '.join(sides)}): a better setting may lie beyond the grid"
+            if sides else None)

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 from iti.directions import (
-    center_of_mass_directions,
     mean_differences,
     probe_directions,
     projection_stds,
     random_directions,
+    unit,
 )
 from iti.errors import UsageError
 from iti.probes import ProbeResult
@@ -35,7 +35,7 @@ def head_vector(acts, row, layer, head):
 
 def test_center_of_mass_matches_a_loop(acts, labels):
     rows = np.arange(5, 45)
-    got = center_of_mass_directions(acts, labels, rows, HEADS, H)
+    got = unit(mean_differences(acts, labels, rows, HEADS, H))
     raw = mean_differences(acts, labels, rows, HEADS, H)
     for i, (layer, head) in enumerate(HEADS):
         sums, counts = {0: np.zeros(D), 1: np.zeros(D)}, {0: 0, 1: 0}
@@ -89,13 +89,13 @@ def test_projection_stds_work_on_a_memmap(tmp_path, acts):
 
 def test_bad_inputs_raise_usage_error(acts, labels):
     with pytest.raises(UsageError):
-        center_of_mass_directions(acts, labels, np.flatnonzero(labels == 1), HEADS, H)
+        unit(mean_differences(acts, labels, np.flatnonzero(labels == 1), HEADS, H))
     with pytest.raises(UsageError):
-        center_of_mass_directions(acts, labels, np.arange(50), [(0, H)], H)
+        unit(mean_differences(acts, labels, np.arange(50), [(0, H)], H))
     with pytest.raises(UsageError):
         projection_stds(acts, HEADS, random_directions(len(HEADS), D + 1, seed=0), H)
     with pytest.raises(UsageError):
         projection_stds(acts, HEADS, random_directions(len(HEADS), D, seed=0), 5)
     same = np.repeat(acts[:1], 50, axis=0)
     with pytest.raises(UsageError, match="zero vector"):
-        center_of_mass_directions(same, labels, np.arange(50), HEADS, H)
+        unit(mean_differences(same, labels, np.arange(50), HEADS, H))

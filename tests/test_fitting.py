@@ -94,3 +94,15 @@ def test_shifts_take_the_features_geometry_and_refuse_rows_that_do_not_split(fea
                   dataclasses.replace(features, tuning_acts=features.tuning_acts[:, :, :D])):
         with pytest.raises(UsageError, match="not a multiple of num_heads=5|differ in layers or width"):
             fit_head_shifts(wrong, SPLIT, Recipe(2, 15.0))
+
+
+@pytest.mark.parametrize("backend", ["torch", "sklearn"])
+def test_progress_false_silences_every_probe_bar(features, backend, capsys):
+    """iti.fit(progress=False) hands its flag down here: neither the head probes nor the layer probes draw a bar."""
+    layered = dataclasses.replace(features, layer_acts=np.concatenate([features.acts[:, :1, :D]] * 3, axis=1))
+    recipe = Recipe(2, 15.0, probe_backend=backend)
+    quiet, _ = fit_head_shifts(layered, SPLIT, recipe, progress=False)
+    assert capsys.readouterr().err == ""
+    shown, _ = fit_head_shifts(layered, SPLIT, recipe)
+    assert capsys.readouterr().err.count("train_probes") >= 2
+    np.testing.assert_array_equal(quiet.directions, shown.directions)
