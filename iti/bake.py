@@ -275,10 +275,7 @@ def bake_model(cfg: EditConfig) -> Bake:
     require_feature_sets([probing, tuning])
     model, tokenizer = load_model(source, cfg.device, cfg.dtype, cfg.trust_remote_code)
     geometry = head_geometry(model.config)
-    total = geometry.num_layers * geometry.num_heads
-    if cfg.num_heads > total:
-        raise UsageError(f"--num_heads {cfg.num_heads} exceeds the model's {geometry.num_layers} layers x "
-                         f"{geometry.num_heads} heads = {total}; pick at most {total}")
+    geometry.check_num_heads(cfg.num_heads)
     plan = check_bakeable(model)
     fingerprint = model_fingerprint(model, tokenizer)
     features = read_checked_features(cfg, probing, tuning, geometry, tokenizer, fingerprint, source)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from iti.errors import UsageError
+
 
 def text_config(config):
     """The language model's part of a config: a multimodal model nests it, a text model is its own."""
@@ -29,6 +31,13 @@ class HeadGeometry:
 
     def __str__(self) -> str:
         return f"{self.num_layers}×{self.num_heads}×{self.head_dim}"
+
+    def check_num_heads(self, num_heads: int) -> None:
+        """--num_heads picks at most every head of the model."""
+        total = self.num_layers * self.num_heads
+        if num_heads > total:
+            raise UsageError(f"--num_heads {num_heads} exceeds the model's {self.num_layers} layers x "
+                             f"{self.num_heads} heads = {total}; pick at most {total}")
 
 
 def head_geometry(config) -> HeadGeometry:

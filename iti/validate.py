@@ -118,9 +118,7 @@ def set_up(cfg: ValidationConfig, log: Log) -> RunSetup:
     # The model, and the features checked against it.
     model, tokenizer = load_model(source, cfg.device, cfg.dtype, cfg.trust_remote_code)
     geometry, fingerprint = head_geometry(model.config), model_fingerprint(model, tokenizer)
-    if max(cfg.num_heads) > geometry.num_layers * geometry.num_heads:
-        raise UsageError(f"--num_heads {max(cfg.num_heads)} exceeds the model's "
-                         f"{geometry.num_layers * geometry.num_heads} attention heads")
+    geometry.check_num_heads(max(cfg.num_heads))
     features = (load_run_features(cfg, read, len(dataset.items), wanted, found, geometry, tokenizer, fingerprint,
                                   source) if wanted else None)
 

@@ -1,7 +1,10 @@
 """iti.geometry: a model's head geometry read from its config (head_dim as the config states it, else hidden size
 over heads), the language part of a multimodal config, and geometries compared by layers, heads and head_dim."""
+import pytest
+
 from transformers import Gemma2Config, LlamaConfig, LlavaConfig
 
+from iti.errors import UsageError
 from iti.geometry import HeadGeometry, head_geometry, text_config
 
 
@@ -27,3 +30,10 @@ def test_geometries_compare_by_layers_heads_and_head_dim():
     model = HeadGeometry(4, 3, 8, num_kv_heads=1, hidden_size=24)
     assert model == HeadGeometry(4, 3, 8) and str(model) == "4×3×8"
     assert model != HeadGeometry(4, 3, 16) and model != HeadGeometry(5, 3, 8)
+
+
+def test_num_heads_may_pick_every_head_and_no_more():
+    geometry = HeadGeometry(3, 4, 8)
+    geometry.check_num_heads(12)
+    with pytest.raises(UsageError, match=r"--num_heads 13 exceeds the model's 3 layers x 4 heads = 12; pick at most 12"):
+        geometry.check_num_heads(13)
