@@ -1,7 +1,6 @@
 """iti.geometry: a model's head geometry read from its config (head_dim as the config states it, else hidden size
 over heads), the language part of a multimodal config, and geometries compared by layers, heads and head_dim."""
 import pytest
-
 from transformers import Gemma2Config, LlamaConfig, LlavaConfig
 
 from iti.errors import UsageError
