@@ -114,10 +114,10 @@ def gguf_to_folder(gguf_file: str | Path) -> Path:
 
 @contextmanager
 def gguf_parsed_once() -> Iterator[None]:
-    """transformers parses a GGUF file's metadata (its whole vocabulary) once for the config, again for the
-    weights and twice for the tokenizer, and builds gguf's tensor-name table once per submodule: the conversion
-    spent half its time there. Within the block each file is parsed once and each table built once; both are
-    read-only, so the results are the same objects transformers would have built."""
+    """transformers parses a GGUF file's metadata (its whole vocabulary) three times in a conversion (config,
+    weights, tokenizer) and builds gguf's tensor-name table once per submodule: half the conversion's time. Within
+    the block each file is parsed once and each table built once; both are only read, so transformers builds
+    the same model and tokenizer from them."""
     import functools
 
     import gguf
