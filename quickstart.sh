@@ -30,16 +30,14 @@ VALIDATE=(validation/validate_2fold.py --model_name "$MODEL" --use_center_of_mas
           --metrics mc ce kl --owt_path "$TEXT" --owt_samples "$OWT_SAMPLES" --device cpu)
 # The two validations are independent: they run side by side, the threads shared between them.
 THREADS=$OMP_NUM_THREADS
-export OMP_NUM_THREADS=$(( THREADS > 1 ? THREADS / 2 : 1 ))
 step 4 "ITI, 2 folds: 8 heads, alpha 5, center-of-mass directions; MC, CE and KL ($OWT_SAMPLES documents); the baseline runs beside it"
-"$PYTHON" "${VALIDATE[@]}" --num_heads 0 > "$LOGS/baseline.log" 2>&1 &
+OMP_NUM_THREADS=$(( THREADS > 1 ? THREADS / 2 : 1 )) "$PYTHON" "${VALIDATE[@]}" --num_heads 0 > "$LOGS/baseline.log" 2>&1 &
 BASELINE_PID=$!
-"$PYTHON" "${VALIDATE[@]}" --num_heads 8 | tee "$LOGS/iti.log"
+OMP_NUM_THREADS=$(( THREADS - THREADS / 2 )) "$PYTHON" "${VALIDATE[@]}" --num_heads 8 | tee "$LOGS/iti.log"
 step 5 "baseline: the unshifted model on the same folds and documents (its output, from beside step 4)"
 wait "$BASELINE_PID" || { cat "$LOGS/baseline.log"; exit 1; }
 BASELINE_PID=
 cat "$LOGS/baseline.log"
-export OMP_NUM_THREADS=$THREADS
 step 6 "baseline and ITI side by side (means over the 2 folds)"
 "$PYTHON" validation/compare_runs.py "$(sed -n 's/^results: //p' "$LOGS/baseline.log")" \
   "$(sed -n 's/^results: //p' "$LOGS/iti.log")"
