@@ -15,23 +15,29 @@ TEXT=features/python_reference_text.txt
 # threads, 18 s with one, on a loaded 2-core machine); on idle cores a second thread saves time.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$("$PYTHON" -c 'import os; print(max(1, os.cpu_count() - round(os.getloadavg()[0])))')}
 LOGS=$(mktemp -d)
-trap 'rm -rf "$LOGS"' EXIT
-step() { echo "==> [$1/7] $2 ($(date +%T))"; }
+BASELINE_PID=
+trap 'if [ -n "$BASELINE_PID" ]; then kill "$BASELINE_PID" 2>/dev/null || true; fi; rm -rf "$LOGS"' EXIT
+step() { echo "==> [$1/6] $2 ($(date +%T))"; }
 
 step 1 "install (setup.sh): torch if missing, this package, the bundled model"
 bash setup.sh
-step 2 "activations of tqa_mc2, first $LIMIT questions (the probes' training set)"
-"$PYTHON" get_activations/get_activations.py --model_name "$MODEL" --dataset_name tqa_mc2 --limit "$LIMIT" --device cpu
-step 3 "activations of tqa_gen_end_q, first $LIMIT questions (sets the spread of each shift)"
-"$PYTHON" get_activations/get_activations.py --model_name "$MODEL" --dataset_name tqa_gen_end_q --limit "$LIMIT" --device cpu
-step 4 "text for CE and KL: real prose that ships with Python (no hub here, so no OpenWebText)"
+step 2 "activations of tqa_mc2 (the probes' training set) and tqa_gen_end_q (sets the spread of each shift), first $LIMIT questions"
+"$PYTHON" get_activations/get_activations.py --model_name "$MODEL" --dataset_name tqa_mc2 tqa_gen_end_q \
+  --limit "$LIMIT" --device cpu
+step 3 "text for CE and KL: real prose that ships with Python (no hub here, so no OpenWebText)"
 "$PYTHON" validation/write_local_text.py --output "$TEXT"
 VALIDATE=(validation/validate_2fold.py --model_name "$MODEL" --use_center_of_mass --alpha 5 --limit "$LIMIT"
           --metrics mc ce kl --owt_path "$TEXT" --owt_samples "$OWT_SAMPLES" --device cpu)
-step 5 "ITI, 2 folds: 8 heads, alpha 5, center-of-mass directions; MC, CE and KL ($OWT_SAMPLES documents)"
-"$PYTHON" "${VALIDATE[@]}" --num_heads 8 | tee "$LOGS/iti.log"
-step 6 "baseline: the unshifted model on the same folds and documents"
-"$PYTHON" "${VALIDATE[@]}" --num_heads 0 | tee "$LOGS/baseline.log"
-step 7 "baseline and ITI side by side (means over the 2 folds)"
+# The two validations are independent: they run side by side, the threads shared between them.
+THREADS=$OMP_NUM_THREADS
+step 4 "ITI, 2 folds: 8 heads, alpha 5, center-of-mass directions; MC, CE and KL ($OWT_SAMPLES documents); the baseline runs beside it"
+OMP_NUM_THREADS=$(( THREADS > 1 ? THREADS / 2 : 1 )) "$PYTHON" "${VALIDATE[@]}" --num_heads 0 > "$LOGS/baseline.log" 2>&1 &
+BASELINE_PID=$!
+OMP_NUM_THREADS=$(( THREADS - THREADS / 2 )) "$PYTHON" "${VALIDATE[@]}" --num_heads 8 | tee "$LOGS/iti.log"
+step 5 "baseline: the unshifted model on the same folds and documents (its output, from beside step 4)"
+wait "$BASELINE_PID" || { cat "$LOGS/baseline.log"; exit 1; }
+BASELINE_PID=
+cat "$LOGS/baseline.log"
+step 6 "baseline and ITI side by side (means over the 2 folds)"
 "$PYTHON" validation/compare_runs.py "$(sed -n 's/^results: //p' "$LOGS/baseline.log")" \
   "$(sed -n 's/^results: //p' "$LOGS/iti.log")"

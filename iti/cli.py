@@ -46,9 +46,17 @@ class ArgumentParser(argparse.ArgumentParser):
         return checked
 
 
-def build_parser(config_cls: type[Config], description: str | None = None) -> ArgumentParser:
-    """A parser whose parse_args returns the config, checked (config.check())."""
-    parser = ArgumentParser(description, check=lambda values: _checked_config(config_cls, vars(values)))
+def build_parser(config_cls: type[Config], description: str | None = None,
+                 several: str | None = None) -> ArgumentParser:
+    """A parser whose parse_args returns the config, checked (config.check()); with `several`, the name of a field,
+    that flag takes one or more values and parse_args returns a list of checked configs, one per value."""
+    def check(values: argparse.Namespace):
+        if several is None:
+            return _checked_config(config_cls, vars(values))
+        return [_checked_config(config_cls, {**vars(values), several: value})
+                for value in dict.fromkeys(getattr(values, several))]
+
+    parser = ArgumentParser(description, check=check)
     hints = typing.get_type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
         positional = f.metadata.get("positional", False)
@@ -61,8 +69,11 @@ def build_parser(config_cls: type[Config], description: str | None = None) -> Ar
         if value_type is bool:
             kwargs["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
         else:
-            kwargs.update(type=value_type, nargs="+" if typing.get_origin(hint) is tuple else None,
+            several_values = f.name == several
+            kwargs.update(type=value_type, nargs="+" if typing.get_origin(hint) is tuple or several_values else None,
                           choices=f.metadata.get("choices"))
+            if several_values:
+                kwargs["default"] = [f.default]
         parser.add_argument(*flags, **kwargs)
     return parser
 
@@ -80,6 +91,13 @@ def _checked_config(config_cls: type[Config], values: dict) -> Config:
 def parse_config(config_cls: type[Config], argv: list[str] | None = None, description: str | None = None) -> Config:
     """The config a command line asks for, checked (config.check()); `--check_args` stops here with exit 0."""
     return build_parser(config_cls, description).parse_args(argv)
+
+
+def parse_configs(config_cls: type[Config], several: str, argv: list[str] | None = None,
+                  description: str | None = None) -> list[Config]:
+    """One checked config per value of the flag `several` (`--dataset_name a b`: two configs, the other options
+    the same), repeated values once; `--check_args` checks them all."""
+    return build_parser(config_cls, description, several).parse_args(argv)
 
 
 def run_main(main) -> None:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from iti.cli import build_parser, parse_config
+from iti.cli import build_parser, parse_config, parse_configs
 from iti.errors import UsageError
 from iti.config import ActivationsConfig, EditConfig, HeadAccuracyConfig, ValidationConfig
 from tests.conftest import REPO_ROOT
@@ -60,6 +60,26 @@ def test_bad_input_is_one_line_and_exit_2(argv, phrase):
     assert result.returncode == 2
     assert phrase in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_a_flag_given_several_values_gives_one_config_per_value():
+    argv = ["--limit", "3", "--dataset_name", "tqa_mc2", "tqa_gen_end_q", "tqa_mc2", "--batch_size", "4"]
+    configs = parse_configs(ActivationsConfig, "dataset_name", argv)
+    assert configs == [parse_config(ActivationsConfig, ["--limit", "3", "--batch_size", "4", "--dataset_name", name])
+                       for name in ("tqa_mc2", "tqa_gen_end_q")]
+    assert parse_configs(ActivationsConfig, "dataset_name", []) == [ActivationsConfig()]
+    with pytest.raises(UsageError, match="unknown dataset 'tqa_mc3'"):
+        parse_configs(ActivationsConfig, "dataset_name", ["--dataset_name", "tqa_mc2", "tqa_mc3"])
+
+
+def test_check_args_checks_every_value_of_a_several_valued_flag():
+    script = REPO_ROOT / SCRIPTS[ActivationsConfig]
+    good, bad = (subprocess.run([sys.executable, str(script), "--dataset_name", "tqa_mc2", last, "--check_args"],
+                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+                 for last in ("tqa_gen_end_q", "tqa_mc3"))
+    assert (good.returncode, good.stdout.strip()) == (0, "arguments ok")
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: unknown dataset 'tqa_mc3'")
 
 
 def test_edit_weight_refuses_both_direction_flags_like_validate():

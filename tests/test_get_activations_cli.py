@@ -1,4 +1,5 @@
 """The get_activations script as a user runs it: outputs, another family by --model_path, bad input."""
+import json
 import os
 import subprocess
 import sys
@@ -47,6 +48,31 @@ def test_model_path_folder_of_another_family(qwen_folder, tokenizer, tqa_path, t
     for row in (0, len(prompt_set) - 1):
         head_wise, _ = prompt_activations(model, tokenizer, prompt_set.prompts[row])
         np.testing.assert_allclose(acts[row], head_wise, rtol=1e-4, atol=1e-4)
+
+
+def test_several_datasets_in_one_run_equal_one_run_each(tiny_llama_folder, tqa_path, tmp_path):
+    """`--dataset_name a b` loads the model once and writes, byte for byte, what a run per dataset writes; the
+    records differ only in the folder they name."""
+    common = ["--model_name", "tiny", "--model_path", str(tiny_llama_folder), "--limit", "2", "--device", "cpu",
+              "--tqa_path", str(tqa_path)]
+    together = run_script(*common, "--dataset_name", "tqa_mc2", "tqa_gen_end_q", "--features_dir",
+                          str(tmp_path / "together"))
+    assert together.returncode == 0, together.stderr
+    assert [line.split(" -> ")[1].split(" ")[0] for line in together.stdout.splitlines() if " -> " in line] == [
+        str(tmp_path / "together" / f"tiny_{name}_limit_2_head_wise.npy") for name in ("tqa_mc2", "tqa_gen_end_q")]
+    for name in ("tqa_mc2", "tqa_gen_end_q"):
+        alone = run_script(*common, "--dataset_name", name, "--features_dir", str(tmp_path / "alone"))
+        assert alone.returncode == 0, alone.stderr
+    files = sorted(path.name for path in (tmp_path / "together").iterdir())
+    assert files == sorted(path.name for path in (tmp_path / "alone").iterdir())
+    assert {"tiny_tqa_mc2_limit_2_head_wise.npy", "tiny_tqa_gen_end_q_limit_2_layer_wise.npy"} <= set(files)
+    for name in files:
+        mine, theirs = ((tmp_path / folder / name).read_bytes() for folder in ("together", "alone"))
+        if name.endswith("_meta.json"):
+            mine, theirs = (json.loads(text) for text in (mine, theirs))
+            assert mine["config"].pop("features_dir") == str(tmp_path / "together")
+            assert theirs["config"].pop("features_dir") == str(tmp_path / "alone")
+        assert mine == theirs, name
 
 
 @pytest.mark.parametrize("args, message", [
