@@ -8,6 +8,7 @@ batches; padding is neither shifted nor counted.
 """
 from __future__ import annotations
 
+from itertools import groupby
 from pathlib import Path
 
 import numpy as np
@@ -47,16 +48,8 @@ def read_owt_file(path: str | Path) -> list[str]:
 
 
 def _blank_line_blocks(content: str) -> list[str]:
-    blocks, current = [], []
-    for line in content.splitlines():
-        if line.strip():
-            current.append(line)
-        elif current:
-            blocks.append("\n".join(current))
-            current = []
-    if current:
-        blocks.append("\n".join(current))
-    return blocks
+    return ["\n".join(lines) for filled, lines in groupby(content.splitlines(), key=lambda line: bool(line.strip()))
+            if filled]
 
 
 def load_owt_texts(owt_path: str | Path | None) -> tuple[list[str] | None, str]:
@@ -118,20 +111,14 @@ def ce_and_kl(shifted: ShiftedModel, token_rows: list[list[int]], pad_id: int, b
     """
     ce, kl = [], []
     batches = length_sorted_batches([len(r) for r in token_rows], batch_size)
-    if reference is not None and len(reference) != len(batches):
-        raise ValueError(f"reference logits hold {len(reference)} batches, these rows make {len(batches)}")
+    if reference is None and with_kl and shifted.active:
+        reference = reference_logits(shifted.model, token_rows, pad_id, batch_size, progress=False)
     for number, batch in enumerate(tqdm(batches, desc="CE/KL", disable=not progress)):
         ids, mask = pad_batch([token_rows[i] for i in batch], pad_id)
         # An inactive shift leaves the model its own original: the reference logits are its logits.
         logits = reference[number] if reference is not None and not shifted.active \
             else shifted(ids, mask, shift_mask=mask).logits
-        original = None
-        if with_kl and shifted.active:
-            if reference is not None:
-                original = reference[number].to(logits.device)
-            else:
-                device = input_device(shifted.model)
-                original = shifted.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.to(logits.device)
+        original = reference[number].to(logits.device) if with_kl and shifted.active else None
         # Row by row, so float32 log-probabilities of one [seq, vocab] slice exist at a time.
         for b, length in enumerate(mask.sum(1).tolist()):
             log_p = torch.log_softmax(softmax_precision(logits[b, :length]), dim=-1)

@@ -28,8 +28,9 @@ from iti.metrics import BY_NAME, METRICS, PER_QUESTION, missing, shown, with_pro
 from iti.prompts import Prompting
 from iti.statistics import intervals
 
-# Per --metrics option scored by a judge: the judge kind, and the answer files' column of its P(" yes").
-JUDGED = {"judge": ("truth", "GPT-judge"), "info": ("info", "GPT-info")}
+# Per --metrics option scored by a judge: the judge kind, the answer files' column of its P(" yes"), and the
+# option that names the judge model.
+JUDGED = {"judge": ("truth", "GPT-judge", "judge_model"), "info": ("info", "GPT-info", "info_model")}
 # What to do with a fold's answer file that cannot be read back: a run of the same settings remakes a missing one.
 REMAKE_ANSWERS = "delete it and run validate_2fold with the same settings again: that fold is then recomputed"
 
@@ -64,7 +65,9 @@ class Evaluator:
         spec = spec or self.spec
         frame = questions_frame(records)
         results = {metric.name: math.nan for metric in METRICS}
-        for option, outputs in self._passes(shifted_model(self.model, shifts), records, spec, frame, progress):
+        # α = 0 adds nothing, so the plain model is that baseline (KL exactly 0).
+        shifted = ShiftedModel(self.model, shifts if shifts is not None and shifts.alpha != 0 else None)
+        for option, outputs in self._passes(shifted, records, spec, frame, progress):
             for metric in (m for m in METRICS if m.option == option):
                 if metric.per_question:
                     column = f"{spec.tag} {metric.column}"
@@ -96,15 +99,10 @@ class Evaluator:
                                           max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size,
                                           progress=progress)
             scores = self.judges.score(questions, frame[tag].tolist(), shifted.model, progress=progress)
-            for option, (kind, column) in JUDGED.items():
+            for option, (kind, column, _) in JUDGED.items():
                 if kind in scores:
                     frame[f"{tag} {column}"] = scores[kind]
                     yield option, scores[kind]
-
-
-def shifted_model(model, shifts: HeadShifts | None) -> ShiftedModel:
-    """The model with these shifts; α = 0 adds nothing, so the plain model is that baseline (KL exactly 0)."""
-    return ShiftedModel(model, shifts if shifts is not None and shifts.alpha != 0 else None)
 
 
 def questions_frame(records: list[GenerationQuestion]) -> pd.DataFrame:

@@ -25,14 +25,8 @@ def extract_answer(text: str) -> str:
     return (text if end < 0 else text[:end]).strip()
 
 
-def answer_complete(text: str) -> bool:
-    """True once more tokens cannot change `extract_answer(text)`: a `Q:` follows the first `A:`."""
-    start = text.find("A:")
-    return start >= 0 and "Q:" in text[start + 2:]
-
-
 class _AnswerComplete(StoppingCriteria):
-    """Stops each row once its answer is complete; later tokens would be cut off by extraction anyway."""
+    """Stops each row once a `Q:` follows its first `A:`: more tokens cannot change `extract_answer`."""
 
     def __init__(self, tokenizer, prompt_width: int):
         self.tokenizer = tokenizer
@@ -40,7 +34,8 @@ class _AnswerComplete(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width:], skip_special_tokens=True)
-        return torch.tensor([answer_complete(t) for t in texts], device=input_ids.device)
+        return torch.tensor([0 <= t.find("A:") < t.find("Q:", t.find("A:") + 2) for t in texts],
+                            device=input_ids.device)
 
 
 @torch.inference_mode()

@@ -129,9 +129,6 @@ class JudgePanel:
 
     def __init__(self, sources: dict[str, str], device: str = "auto", dtype: str = "auto", sequential: bool = True,
                  batch_size: int = 16, loader: Callable | None = None):
-        unknown = set(sources) - set(JUDGE_KINDS)
-        if unknown:
-            raise UsageError(f"unknown judge kind(s) {sorted(unknown)}; use {', '.join(JUDGE_KINDS)}")
         self.sources = dict(sources)
         self.sequential = sequential
         self.batch_size = batch_size

@@ -32,22 +32,19 @@ class Metric:
 _REGISTERED: list[Metric] = []  # in the order of the summary files' columns
 
 
-def _add(metric: Metric) -> None:
-    if any(known.name == metric.name for known in _REGISTERED):
-        raise ValueError(f"metric {metric.name} is registered twice")
-    _REGISTERED.append(metric)
-
-
 def register_metric(name: str, column: str, option: str, *, per_question: bool = True,
                     higher_is_better: bool = True) -> Callable[[Callable[..., float]], Callable[..., float]]:
     """Register the decorated function as the scoring function of metric `name`; the function is returned as is."""
     def register(score: Callable[..., float]) -> Callable[..., float]:
-        _add(Metric(name, column, option, score, per_question=per_question, higher_is_better=higher_is_better))
+        if any(known.name == name for known in _REGISTERED):
+            raise ValueError(f"metric {name} is registered twice")
+        _REGISTERED.append(Metric(name, column, option, score, per_question=per_question,
+                                  higher_is_better=higher_is_better))
         return score
     return register
 
 
-_add(Metric("True*Info", "True*Info", None, None, product_of=("True", "Info")))
+_REGISTERED.append(Metric("True*Info", "True*Info", None, None, product_of=("True", "Info")))
 
 
 def judged_yes(p_yes: float) -> float:

@@ -59,8 +59,7 @@ def resampled_means(scores: Mapping[str, np.ndarray], resamples: int = BOOTSTRAP
 def intervals(scores: Mapping[str, np.ndarray], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
               level: float = BOOTSTRAP_LEVEL) -> dict[str, Interval]:
     """Per metric (per-question scores, and the derived products), its value and bootstrap interval."""
-    point = with_products({name: float(np.mean(values)) for name, values in scores.items()})
-    samples = with_products(resampled_means(scores, resamples, seed))
+    point, samples = _estimates(scores, resamples, seed)
     return {name: _interval(point[name], samples[name], level) for name in point}
 
 
@@ -75,14 +74,16 @@ def paired_differences(treated: Mapping[str, np.ndarray], baseline: Mapping[str,
     if _num_questions(treated) != _num_questions(baseline):
         raise UsageError(f"paired runs must score the same questions: {_num_questions(treated)} against "
                          f"{_num_questions(baseline)}; compare runs with the same seed, folds and --limit")
-    treated = {name: treated[name] for name in shared}
-    baseline = {name: baseline[name] for name in shared}
-    point_t = with_products({name: float(np.mean(v)) for name, v in treated.items()})
-    point_b = with_products({name: float(np.mean(v)) for name, v in baseline.items()})
-    samples_t = with_products(resampled_means(treated, resamples, seed))
-    samples_b = with_products(resampled_means(baseline, resamples, seed))
+    point_t, samples_t = _estimates({name: treated[name] for name in shared}, resamples, seed)
+    point_b, samples_b = _estimates({name: baseline[name] for name in shared}, resamples, seed)
     return {name: _interval(point_t[name] - point_b[name], samples_t[name] - samples_b[name], level)
             for name in point_t}
+
+
+def _estimates(scores: Mapping[str, np.ndarray], resamples: int, seed: int) -> tuple[dict, dict]:
+    """Per metric and product: its mean over the questions, and its means over the resampled draws."""
+    return (with_products({name: float(np.mean(values)) for name, values in scores.items()}),
+            with_products(resampled_means(scores, resamples, seed)))
 
 
 def _interval(value: float, samples: np.ndarray, level: float) -> Interval:

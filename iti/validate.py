@@ -27,6 +27,7 @@ from iti.config import SELECT_METRIC_NAMES, ValidationConfig, selection_options
 from iti.data import GenerationQuestion
 from iti.errors import UsageError
 from iti.evaluation import (
+    JUDGED,
     EvalSpec,
     Evaluator,
     final_line,
@@ -110,8 +111,7 @@ def set_up(cfg: ValidationConfig, log: Log) -> RunSetup:
     if cfg.resume and earlier_run_path(cfg, complete=False) is None:
         raise UsageError(f"--resume: no earlier run of these settings in {cfg.results_dir}; drop --resume to start it")
     judge_sources = {kind: check_judge_source(getattr(cfg, field), f"--{field}")
-                     for kind, field, option in (("truth", "judge_model", "judge"), ("info", "info_model", "info"))
-                     if option in metrics}
+                     for option, (kind, _, field) in JUDGED.items() if option in metrics}
     notes, owt_texts, owt_source = [], None, None
     if metrics & {"ce", "kl"}:
         owt_texts, owt_source = load_owt_texts(cfg.owt_path)
