@@ -29,10 +29,7 @@ MAX_TOKENS = 128
 def read_owt_file(path: str | Path) -> list[str]:
     """Documents of a local file: `.jsonl` (one JSON object with a "text" field per line) or
     plain text (documents separated by blank lines)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UsageError(f"--owt_path {path} does not exist (give a .txt file of blank-line-separated "
-                         "documents or a .jsonl file with a \"text\" field)")
+    path = Path(path).expanduser()  # its existence is an option check (iti.options, file="read")
     if path.suffix == ".jsonl":
         texts = []
         for number, record in read_jsonl(path, "--owt_path"):
@@ -53,11 +50,8 @@ def _blank_line_blocks(content: str) -> list[str]:
 
 
 def load_owt_texts(owt_path: str | Path | None) -> tuple[list[str] | None, str]:
-    """(documents, where from) from `owt_path`, else the hub; (None, why) when the hub cannot be reached.
-
-    A path given but unusable is the user's error (UsageError); a hub that cannot be reached
-    only leaves CE and KL empty.
-    """
+    """(documents, where from) from `owt_path`, else the hub; (None, why) when the hub cannot be reached: that
+    only leaves CE and KL empty, while a path given but unusable is the user's error (UsageError)."""
     if owt_path is not None:
         return read_owt_file(owt_path), str(owt_path)
     from datasets import load_dataset
@@ -85,11 +79,8 @@ def sample_token_rows(texts: list[str], tokenizer, num_samples: int = OWT_SAMPLE
 @torch.inference_mode()
 def reference_logits(model, token_rows: list[list[int]], pad_id: int, batch_size: int = 8,
                      progress: bool = True) -> list[torch.Tensor]:
-    """The unshifted model's logits per length-sorted batch of `token_rows`, in the model's dtype on CPU.
-
-    What KL compares every shifted model with; they depend on neither fold nor α/K, so a run
-    computes them once (CeKl) instead of once per evaluation.
-    """
+    """The unshifted model's logits per length-sorted batch of `token_rows`, in the model's dtype on CPU: what KL
+    compares every shifted model with. They depend on neither fold nor α/K, so a run computes them once (CeKl)."""
     device = input_device(model)
     logits = []
     for batch in tqdm(length_sorted_batches([len(r) for r in token_rows], batch_size), desc="CE/KL reference",
@@ -104,11 +95,7 @@ def ce_and_kl(shifted: ShiftedModel, token_rows: list[list[int]], pad_id: int, b
               with_kl: bool = True, progress: bool = True,
               reference: list[torch.Tensor] | None = None) -> tuple[list[float], list[float] | None]:
     """Per row (document), in batch order: the shifted model's CE and KL(original ‖ shifted); KL None unless
-    `with_kl`. iti.metrics averages them over the documents.
-
-    `reference`: the unshifted logits of these rows and batch size (reference_logits), else computed here.
-    Without an active shift the model is its own original: KL is exactly 0, and CE comes from `reference`.
-    """
+    `with_kl`. `reference`: reference_logits of these rows and batch size, else computed here when KL needs it."""
     ce, kl = [], []
     batches = length_sorted_batches([len(r) for r in token_rows], batch_size)
     if reference is None and with_kl and shifted.active:

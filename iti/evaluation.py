@@ -60,8 +60,7 @@ class Evaluator:
 
     def evaluate(self, shifts: HeadShifts | None, records: list[GenerationQuestion], spec: EvalSpec | None = None,
                  progress: bool = True) -> tuple[pd.DataFrame, dict[str, float]]:
-        """(answer frame, means) of these questions; metrics not asked (or not computable) are NaN. Each
-        registered metric (iti.metrics) scores the outputs of its option's pass."""
+        """(answer frame, means) of these questions; metrics not asked (or not computable) are NaN."""
         spec = spec or self.spec
         frame = questions_frame(records)
         results = {metric.name: math.nan for metric in METRICS}
@@ -79,9 +78,8 @@ class Evaluator:
 
     def _passes(self, shifted: ShiftedModel, records: list[GenerationQuestion], spec: EvalSpec, frame: pd.DataFrame,
                 progress: bool) -> Iterator[tuple[str, list]]:
-        """Per --metrics option asked, the model's outputs its metrics score (one per question, or per document),
-        in the answer files' column order; a pass adds its own columns (log-probabilities, answers, judge
-        probabilities) to `frame` before its metrics' columns."""
+        """Per --metrics option asked, the outputs its metrics score (per question, or per document), in the
+        answer files' column order; a pass adds its own columns to `frame` before its metrics' columns."""
         tag = spec.tag
         if "mc" in spec.metrics:
             mc = evaluate_mc(shifted, self.tokenizer, records, self.prompting, batch_size=spec.batch_size,

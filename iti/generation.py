@@ -41,11 +41,8 @@ class _AnswerComplete(StoppingCriteria):
 @torch.inference_mode()
 def generate_texts(shifted: ShiftedModel, tokenizer, prompts: list[str], max_new_tokens: int = 50,
                    batch_size: int = 16, stop_when_answered: bool = True, progress: bool = True) -> list[str]:
-    """Greedy continuations of `prompts` (new tokens only, special tokens dropped), in prompt order.
-
-    With `stop_when_answered` a row stops as soon as its extracted answer is final, which gives the
-    same `extract_answer` as decoding all `max_new_tokens`, sooner.
-    """
+    """Greedy continuations of `prompts` (new tokens only, special tokens dropped), in prompt order; with
+    `stop_when_answered` a row stops once its extracted answer is final (the same answer, sooner)."""
     sequences = tokenizer(prompts)["input_ids"]
     pad_id = pad_token_id(tokenizer)
     texts: list[str] = [""] * len(prompts)

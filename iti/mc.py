@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from iti.batching import pad_batch
 from iti.data import GenerationQuestion
 from iti.errors import UsageError
 from iti.intervention import ShiftedModel
@@ -110,19 +111,14 @@ def _extend_cache(model, cache, ids: list[int], past: int):
 def _score_batch(shifted: ShiftedModel, rows: list[_Row], cache, past: int) -> list[float]:
     """Summed answer log-probabilities of rows that share their first `past` tokens (held in `cache`)."""
     suffixes = [row.ids[past:] for row in rows]
-    width = max(len(s) for s in suffixes)
-    batch = len(rows)
-    ids = torch.zeros(batch, width, dtype=torch.long)
-    mask = torch.zeros(batch, past + width, dtype=torch.long)
-    shift = torch.zeros(batch, width, dtype=torch.long)
-    mask[:, :past] = 1
+    ids, suffix_mask = pad_batch(suffixes, 0)
+    mask = torch.cat([torch.ones(len(rows), past, dtype=torch.long), suffix_mask], dim=1)
+    shift = torch.zeros_like(ids)
     for b, (row, suffix) in enumerate(zip(rows, suffixes)):
-        ids[b, :len(suffix)] = torch.tensor(suffix)
-        mask[b, past:past + len(suffix)] = 1
         shift[b, row.first - past:len(suffix)] = 1
     kwargs = {}
     if cache is not None:
-        cache.batch_repeat_interleave(batch)
+        cache.batch_repeat_interleave(len(rows))
         kwargs = {"cache": cache, "use_cache": True}
     logits = shifted(ids, mask, shift_mask=shift, **kwargs).logits
     log_probs = torch.log_softmax(softmax_precision(logits), dim=-1).cpu()
@@ -137,11 +133,8 @@ def _score_batch(shifted: ShiftedModel, rows: list[_Row], cache, past: int) -> l
 
 def score_answers(shifted: ShiftedModel, tokenizer, prompts: list[str], answers: list[list[str]],
                   batch_size: int = 32, progress: bool = True, separator: str = ANSWER_SEPARATOR) -> list[list[float]]:
-    """Summed log-probability of each answer after `{prompt}{separator}`, the shift on answer tokens only.
-
-    `answers[i]` are the candidate answers of `prompts[i]`. Equal, up to float noise, to one
-    forward of the full text per answer.
-    """
+    """Summed log-probability of each answer (`answers[i]` those of `prompts[i]`) after `{prompt}{separator}`, the
+    shift on answer tokens only; equal, up to float noise, to one forward of the full text per answer."""
     model = shifted.model
     rows = [[tokenize_answer(tokenizer, prompt, answer, separator) for answer in group]
             for prompt, group in zip(prompts, answers)]

@@ -45,12 +45,9 @@ class Interval:
 
 def resampled_means(scores: Mapping[str, np.ndarray], resamples: int = BOOTSTRAP_RESAMPLES,
                     seed: int = BOOTSTRAP_SEED) -> dict[str, np.ndarray]:
-    """Per metric, its mean in each of `resamples` draws of the questions with replacement ([resamples]).
-
-    Every metric uses the same draws (row b of one [resamples, questions] index array), and two
-    calls with the same seed and number of questions draw the same questions: that is what pairs
-    a run with its baseline.
-    """
+    """Per metric, its mean in each of `resamples` draws of the questions with replacement. Every metric uses the
+    same draws, and two calls with the same seed and number of questions draw the same questions: that is what
+    pairs a run with its baseline."""
     num_questions = _num_questions(scores)
     draws = np.random.default_rng(seed).integers(0, num_questions, size=(resamples, num_questions))
     return {name: np.asarray(values, dtype=np.float64)[draws].mean(axis=1) for name, values in scores.items()}
@@ -66,10 +63,8 @@ def intervals(scores: Mapping[str, np.ndarray], resamples: int = BOOTSTRAP_RESAM
 def paired_differences(treated: Mapping[str, np.ndarray], baseline: Mapping[str, np.ndarray],
                        resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
                        level: float = BOOTSTRAP_LEVEL) -> dict[str, Interval]:
-    """Per metric both runs have, treated minus baseline and its paired bootstrap interval.
-
-    Row i of every array is the same question in both runs (align them before calling).
-    """
+    """Per metric both runs have, treated minus baseline and its paired bootstrap interval; row i of every array
+    is the same question in both runs (align them before calling)."""
     shared = [name for name in treated if name in baseline]
     if _num_questions(treated) != _num_questions(baseline):
         raise UsageError(f"paired runs must score the same questions: {_num_questions(treated)} against "
