@@ -1,10 +1,8 @@
 """Cross-entropy on OpenWebText and KL from the unshifted model (docs/method.md §6).
 
-100 documents drawn with the run's seed, each cut to its first 128 tokens (BOS as the tokenizer
-adds it), the shift at every position. Per document: CE is the mean next-token cross-entropy of
-the shifted model; KL is Σ over positions and vocabulary of p_orig·log(p_orig/p_shifted) divided
-by the number of positions. Both are averaged over documents. Documents run in right-padded
-batches; padding is neither shifted nor counted.
+Documents drawn with the run's seed, each cut to its first 128 tokens, the shift at every position. Per document:
+CE is the mean next-token cross-entropy of the shifted model; KL is Σ over positions and vocabulary of
+p_orig·log(p_orig/p_shifted) divided by the positions. Right-padded batches; padding is neither shifted nor counted.
 """
 from __future__ import annotations
 
@@ -37,16 +35,12 @@ def read_owt_file(path: str | Path) -> list[str]:
                 raise UsageError(f"{path} line {number} has no string field \"text\"")
             texts.append(record["text"])
     else:
-        texts = _blank_line_blocks(read_text(path, "--owt_path"))
+        lines = read_text(path, "--owt_path").splitlines()
+        texts = ["\n".join(block) for filled, block in groupby(lines, key=lambda line: bool(line.strip())) if filled]
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise UsageError(f"--owt_path {path} holds no documents")
     return texts
-
-
-def _blank_line_blocks(content: str) -> list[str]:
-    return ["\n".join(lines) for filled, lines in groupby(content.splitlines(), key=lambda line: bool(line.strip()))
-            if filled]
 
 
 def load_owt_texts(owt_path: str | Path | None) -> tuple[list[str] | None, str]:
@@ -120,13 +114,9 @@ def ce_and_kl(shifted: ShiftedModel, token_rows: list[list[int]], pad_id: int, b
 
 
 class CeKl:
-    """CE and KL of shifted versions of one model on one seeded sample of documents (docs/method.md §6).
-
-    One per run: the unshifted reference logits are computed on first use and reused for every fold
-    and every α/K setting of that model, and give the unshifted model's CE. They stay in CPU memory:
-    documents × tokens × vocabulary values in the model's dtype (0.5 GB for 20 documents of the
-    bundled model, 2.5 GB for docs/method.md's 100).
-    """
+    """CE and KL of shifted versions of one model on one seeded sample of documents, one per run: the unshifted
+    reference logits, computed on first use, serve every fold and α/K setting. They stay in CPU memory (0.5 GB
+    for 20 documents of the bundled model, 2.5 GB for docs/method.md's 100)."""
 
     def __init__(self, texts: list[str] | None, tokenizer, seed: int = 42, batch_size: int = 8,
                  num_samples: int = OWT_SAMPLES):

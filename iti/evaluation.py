@@ -4,11 +4,10 @@ and the means. What to compute is an EvalSpec, not a run's whole configuration.
 """
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -45,7 +44,7 @@ class EvalSpec:
     add_period: bool = True   # TruthfulQA's convention for its reference answers (docs/method.md §9)
 
     def only(self, metrics) -> EvalSpec:
-        return dataclasses.replace(self, metrics=frozenset(metrics))
+        return replace(self, metrics=frozenset(metrics))
 
 
 @dataclass
@@ -126,10 +125,9 @@ def answer_scores(frame: pd.DataFrame, tag: str) -> dict[str, np.ndarray]:
 
 
 def read_fold_answers(fold: dict, tag: str) -> pd.DataFrame:
-    """The answer file of a fold of a run record, as validate_2fold wrote it: the questions' columns and a score
-    column per metric the fold measured, a number in each of its rows, one row per test question of the fold.
-    Any other file (empty, not UTF-8, cut short, another fold's or program's) is a UsageError naming it:
-    intervals and categories over it would silently be over other questions, or none."""
+    """The answer file of a fold of a run record as validate_2fold wrote it (a number in each row of each measured
+    metric's column, one row per test question); any other file is a UsageError naming it, since intervals and
+    categories over it would silently be over other questions, or none."""
     path = Path(fold["files"]["answers"])
     text = read_text(path, "answer file", REMAKE_ANSWERS)
     try:
@@ -154,9 +152,8 @@ def read_fold_answers(fold: dict, tag: str) -> pd.DataFrame:
 
 def summary_frame(tag: str, fold: int, setting: tuple[int, float], results: dict[str, float]) -> pd.DataFrame:
     """A fold's means in the public summary file's columns."""
-    row = {"Model": tag, "alpha": setting[1], "K": setting[0], "fold": fold}
-    row.update({metric.column: results[metric.name] for metric in METRICS})
-    return pd.DataFrame([row])
+    return pd.DataFrame([{"Model": tag, "alpha": setting[1], "K": setting[0], "fold": fold,
+                          **{metric.column: results[metric.name] for metric in METRICS}}])
 
 
 def final_line(alpha, num_heads, results: dict[str, float]) -> str:

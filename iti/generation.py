@@ -1,9 +1,7 @@
-"""Greedy answers to TruthfulQA prompts (docs/method.md §6), batched, with the generation schedule.
+"""Greedy answers to TruthfulQA prompts (docs/method.md §6), batched by length.
 
-Prompts end with `Q: {question}` and no `A:`, so a model continues with `\\nA: ...` and usually
-goes on with a new `\\n\\nQ: ...`; the answer is the text after the first `A:` and before the next
-`Q:`, stripped. Prompts are left-padded (every row's last prompt token sits at the last position,
-where the shift goes: the last prompt token, then each new token) and batched by length.
+Prompts end with `Q: {question}` and no `A:`, so a model continues with `\\nA: ...` and usually goes on with a
+new `\\n\\nQ: ...`. Prompts are left-padded: every row's last prompt token, where the shift starts, sits last.
 """
 from __future__ import annotations
 
@@ -49,11 +47,9 @@ def generate_texts(shifted: ShiftedModel, tokenizer, prompts: list[str], max_new
     with tqdm(total=len(prompts), desc="generation", unit="answer", disable=not progress) as bar:
         for batch in length_sorted_batches([len(s) for s in sequences], batch_size):
             ids, mask = pad_batch([sequences[i] for i in batch], pad_id, side="left")
-            extra = {}
-            if stop_when_answered:
-                extra["stopping_criteria"] = StoppingCriteriaList([_AnswerComplete(tokenizer, ids.shape[1])])
+            stopping = StoppingCriteriaList([_AnswerComplete(tokenizer, ids.shape[1])] if stop_when_answered else [])
             output = shifted.generate(ids, mask, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                      pad_token_id=pad_id, **extra)
+                                      pad_token_id=pad_id, stopping_criteria=stopping)
             decoded = tokenizer.batch_decode(output[:, ids.shape[1]:], skip_special_tokens=True)
             for i, text in zip(batch, decoded):
                 texts[i] = text

@@ -1,10 +1,8 @@
 """The evaluation metrics, each registered on the function that scores it (lm-evaluation-harness's register_metric).
 
-A metric is one `@register_metric` here: its name, the public workflow's column, the --metrics option whose
-model pass feeds it, and its scoring function. evaluation.py runs the pass of each option asked and scores every
-metric registered for it; the answer files, the summary files, the means over folds and the products follow
-this registry. A per-question metric scores one question from its pass's output, and a fold's number is the mean
-over the test questions; a per-run metric (CE, KL) makes the fold's number from the pass's per-document values.
+evaluation.py runs the model pass of each --metrics option asked and scores every metric registered for it; the
+answer files, summary files, means over folds and products follow this registry. A per-question metric's fold
+number is the mean over the test questions; a per-run metric (CE, KL) makes it from per-document values.
 """
 from __future__ import annotations
 

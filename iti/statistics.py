@@ -1,12 +1,9 @@
-"""Uncertainty of per-question means: a seeded percentile bootstrap over questions, and paired
-differences between two runs scored on the same questions.
+"""Uncertainty of per-question means: a seeded percentile bootstrap over questions, and paired differences
+between two runs scored on the same questions (folds pooled: each question is in exactly one test fold).
 
-Every metric of a run is a mean over test questions (folds pooled: each question is in exactly
-one test fold), except True*Info, the product of the mean True and the mean Info. A bootstrap
-resample draws the questions with replacement and recomputes every metric from the same draw,
-so True*Info and paired differences keep their correlations. Paired differences resample the
-questions jointly: run and baseline are scored on one draw, so the question-to-question spread
-that both runs share cancels.
+A resample draws the questions with replacement and recomputes every metric from the same draw, so True*Info (the
+product of mean True and mean Info) keeps its correlations; paired differences score run and baseline on one
+draw, so the question-to-question spread that both share cancels.
 """
 from __future__ import annotations
 
