@@ -138,7 +138,7 @@ def set_up(cfg: ValidationConfig, log: Log) -> RunSetup:
         "dataset_path": data if cfg.custom else None, "tqa_path": None if cfg.custom else data,
         "owt_path": text_digest(owt_texts) if owt_texts is not None else owt_source,
         "features_dir": features.provenance.features if features is not None else None,
-        "judge_model": judge_sources.get("truth", cfg.judge_model), "info_model": judge_sources.get("info", cfg.info_model),
+        **{field: judge_sources.get(kind, getattr(cfg, field)) for kind, _, field in JUDGED.values()},
     })
 
     # How the test questions are scored.
