@@ -18,11 +18,8 @@ def pad_token_id(tokenizer) -> int:
 
 
 def pad_batch(sequences: list[list[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, attention mask), both [len(sequences), longest].
-
-    Right padding keeps every real token's position id, so a padded row equals the row alone (scoring,
-    extraction); left padding puts every row's last token at the last position (generation).
-    """
+    """(ids, attention mask), both [len(sequences), longest]. Right padding keeps every real token's position id,
+    so a padded row equals the row alone (scoring); left padding puts every last token last (generation)."""
     if side not in ("left", "right"):
         raise ValueError(f"side must be 'left' or 'right', not {side!r}")
     width = max(len(s) for s in sequences)

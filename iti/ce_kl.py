@@ -1,13 +1,12 @@
 """Cross-entropy on OpenWebText and KL from the unshifted model (docs/method.md §6).
 
-100 documents drawn with the run's seed, each cut to its first 128 tokens (BOS as the tokenizer
-adds it), the shift at every position. Per document: CE is the mean next-token cross-entropy of
-the shifted model; KL is Σ over positions and vocabulary of p_orig·log(p_orig/p_shifted) divided
-by the number of positions. Both are averaged over documents. Documents run in right-padded
-batches; padding is neither shifted nor counted.
+Documents drawn with the run's seed, each cut to its first 128 tokens, the shift at every position. Per document:
+CE is the mean next-token cross-entropy of the shifted model; KL is Σ over positions and vocabulary of
+p_orig·log(p_orig/p_shifted) divided by the positions. Right-padded batches; padding is neither shifted nor counted.
 """
 from __future__ import annotations
 
+from itertools import groupby
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +27,7 @@ MAX_TOKENS = 128
 def read_owt_file(path: str | Path) -> list[str]:
     """Documents of a local file: `.jsonl` (one JSON object with a "text" field per line) or
     plain text (documents separated by blank lines)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UsageError(f"--owt_path {path} does not exist (give a .txt file of blank-line-separated "
-                         "documents or a .jsonl file with a \"text\" field)")
+    path = Path(path).expanduser()  # its existence is an option check (iti.options, file="read")
     if path.suffix == ".jsonl":
         texts = []
         for number, record in read_jsonl(path, "--owt_path"):
@@ -39,32 +35,17 @@ def read_owt_file(path: str | Path) -> list[str]:
                 raise UsageError(f"{path} line {number} has no string field \"text\"")
             texts.append(record["text"])
     else:
-        texts = _blank_line_blocks(read_text(path, "--owt_path"))
+        lines = read_text(path, "--owt_path").splitlines()
+        texts = ["\n".join(block) for filled, block in groupby(lines, key=lambda line: bool(line.strip())) if filled]
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise UsageError(f"--owt_path {path} holds no documents")
     return texts
 
 
-def _blank_line_blocks(content: str) -> list[str]:
-    blocks, current = [], []
-    for line in content.splitlines():
-        if line.strip():
-            current.append(line)
-        elif current:
-            blocks.append("\n".join(current))
-            current = []
-    if current:
-        blocks.append("\n".join(current))
-    return blocks
-
-
 def load_owt_texts(owt_path: str | Path | None) -> tuple[list[str] | None, str]:
-    """(documents, where from) from `owt_path`, else the hub; (None, why) when the hub cannot be reached.
-
-    A path given but unusable is the user's error (UsageError); a hub that cannot be reached
-    only leaves CE and KL empty.
-    """
+    """(documents, where from) from `owt_path`, else the hub; (None, why) when the hub cannot be reached: that
+    only leaves CE and KL empty, while a path given but unusable is the user's error (UsageError)."""
     if owt_path is not None:
         return read_owt_file(owt_path), str(owt_path)
     from datasets import load_dataset
@@ -92,11 +73,8 @@ def sample_token_rows(texts: list[str], tokenizer, num_samples: int = OWT_SAMPLE
 @torch.inference_mode()
 def reference_logits(model, token_rows: list[list[int]], pad_id: int, batch_size: int = 8,
                      progress: bool = True) -> list[torch.Tensor]:
-    """The unshifted model's logits per length-sorted batch of `token_rows`, in the model's dtype on CPU.
-
-    What KL compares every shifted model with; they depend on neither fold nor α/K, so a run
-    computes them once (CeKl) instead of once per evaluation.
-    """
+    """The unshifted model's logits per length-sorted batch of `token_rows`, in the model's dtype on CPU: what KL
+    compares every shifted model with. They depend on neither fold nor α/K, so a run computes them once (CeKl)."""
     device = input_device(model)
     logits = []
     for batch in tqdm(length_sorted_batches([len(r) for r in token_rows], batch_size), desc="CE/KL reference",
@@ -111,27 +89,17 @@ def ce_and_kl(shifted: ShiftedModel, token_rows: list[list[int]], pad_id: int, b
               with_kl: bool = True, progress: bool = True,
               reference: list[torch.Tensor] | None = None) -> tuple[list[float], list[float] | None]:
     """Per row (document), in batch order: the shifted model's CE and KL(original ‖ shifted); KL None unless
-    `with_kl`. iti.metrics averages them over the documents.
-
-    `reference`: the unshifted logits of these rows and batch size (reference_logits), else computed here.
-    Without an active shift the model is its own original: KL is exactly 0, and CE comes from `reference`.
-    """
+    `with_kl`. `reference`: reference_logits of these rows and batch size, else computed here when KL needs it."""
     ce, kl = [], []
     batches = length_sorted_batches([len(r) for r in token_rows], batch_size)
-    if reference is not None and len(reference) != len(batches):
-        raise ValueError(f"reference logits hold {len(reference)} batches, these rows make {len(batches)}")
+    if reference is None and with_kl and shifted.active:
+        reference = reference_logits(shifted.model, token_rows, pad_id, batch_size, progress=False)
     for number, batch in enumerate(tqdm(batches, desc="CE/KL", disable=not progress)):
         ids, mask = pad_batch([token_rows[i] for i in batch], pad_id)
         # An inactive shift leaves the model its own original: the reference logits are its logits.
         logits = reference[number] if reference is not None and not shifted.active \
             else shifted(ids, mask, shift_mask=mask).logits
-        original = None
-        if with_kl and shifted.active:
-            if reference is not None:
-                original = reference[number].to(logits.device)
-            else:
-                device = input_device(shifted.model)
-                original = shifted.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.to(logits.device)
+        original = reference[number].to(logits.device) if with_kl and shifted.active else None
         # Row by row, so float32 log-probabilities of one [seq, vocab] slice exist at a time.
         for b, length in enumerate(mask.sum(1).tolist()):
             log_p = torch.log_softmax(softmax_precision(logits[b, :length]), dim=-1)
@@ -146,13 +114,9 @@ def ce_and_kl(shifted: ShiftedModel, token_rows: list[list[int]], pad_id: int, b
 
 
 class CeKl:
-    """CE and KL of shifted versions of one model on one seeded sample of documents (docs/method.md §6).
-
-    One per run: the unshifted reference logits are computed on first use and reused for every fold
-    and every α/K setting of that model, and give the unshifted model's CE. They stay in CPU memory:
-    documents × tokens × vocabulary values in the model's dtype (0.5 GB for 20 documents of the
-    bundled model, 2.5 GB for docs/method.md's 100).
-    """
+    """CE and KL of shifted versions of one model on one seeded sample of documents, one per run: the unshifted
+    reference logits, computed on first use, serve every fold and α/K setting. They stay in CPU memory (0.5 GB
+    for 20 documents of the bundled model, 2.5 GB for docs/method.md's 100)."""
 
     def __init__(self, texts: list[str] | None, tokenizer, seed: int = 42, batch_size: int = 8,
                  num_samples: int = OWT_SAMPLES):

@@ -4,11 +4,10 @@ and the means. What to compute is an EvalSpec, not a run's whole configuration.
 """
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -28,8 +27,9 @@ from iti.metrics import BY_NAME, METRICS, PER_QUESTION, missing, shown, with_pro
 from iti.prompts import Prompting
 from iti.statistics import intervals
 
-# Per --metrics option scored by a judge: the judge kind, and the answer files' column of its P(" yes").
-JUDGED = {"judge": ("truth", "GPT-judge"), "info": ("info", "GPT-info")}
+# Per --metrics option scored by a judge: the judge kind, the answer files' column of its P(" yes"), and the
+# option that names the judge model.
+JUDGED = {"judge": ("truth", "GPT-judge", "judge_model"), "info": ("info", "GPT-info", "info_model")}
 # What to do with a fold's answer file that cannot be read back: a run of the same settings remakes a missing one.
 REMAKE_ANSWERS = "delete it and run validate_2fold with the same settings again: that fold is then recomputed"
 
@@ -44,7 +44,7 @@ class EvalSpec:
     add_period: bool = True   # TruthfulQA's convention for its reference answers (docs/method.md §9)
 
     def only(self, metrics) -> EvalSpec:
-        return dataclasses.replace(self, metrics=frozenset(metrics))
+        return replace(self, metrics=frozenset(metrics))
 
 
 @dataclass
@@ -59,12 +59,13 @@ class Evaluator:
 
     def evaluate(self, shifts: HeadShifts | None, records: list[GenerationQuestion], spec: EvalSpec | None = None,
                  progress: bool = True) -> tuple[pd.DataFrame, dict[str, float]]:
-        """(answer frame, means) of these questions; metrics not asked (or not computable) are NaN. Each
-        registered metric (iti.metrics) scores the outputs of its option's pass."""
+        """(answer frame, means) of these questions; metrics not asked (or not computable) are NaN."""
         spec = spec or self.spec
         frame = questions_frame(records)
         results = {metric.name: math.nan for metric in METRICS}
-        for option, outputs in self._passes(shifted_model(self.model, shifts), records, spec, frame, progress):
+        # α = 0 adds nothing, so the plain model is that baseline (KL exactly 0).
+        shifted = ShiftedModel(self.model, shifts if shifts is not None and shifts.alpha != 0 else None)
+        for option, outputs in self._passes(shifted, records, spec, frame, progress):
             for metric in (m for m in METRICS if m.option == option):
                 if metric.per_question:
                     column = f"{spec.tag} {metric.column}"
@@ -76,9 +77,8 @@ class Evaluator:
 
     def _passes(self, shifted: ShiftedModel, records: list[GenerationQuestion], spec: EvalSpec, frame: pd.DataFrame,
                 progress: bool) -> Iterator[tuple[str, list]]:
-        """Per --metrics option asked, the model's outputs its metrics score (one per question, or per document),
-        in the answer files' column order; a pass adds its own columns (log-probabilities, answers, judge
-        probabilities) to `frame` before its metrics' columns."""
+        """Per --metrics option asked, the outputs its metrics score (per question, or per document), in the
+        answer files' column order; a pass adds its own columns to `frame` before its metrics' columns."""
         tag = spec.tag
         if "mc" in spec.metrics:
             mc = evaluate_mc(shifted, self.tokenizer, records, self.prompting, batch_size=spec.batch_size,
@@ -96,15 +96,10 @@ class Evaluator:
                                           max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size,
                                           progress=progress)
             scores = self.judges.score(questions, frame[tag].tolist(), shifted.model, progress=progress)
-            for option, (kind, column) in JUDGED.items():
+            for option, (kind, column, _) in JUDGED.items():
                 if kind in scores:
                     frame[f"{tag} {column}"] = scores[kind]
                     yield option, scores[kind]
-
-
-def shifted_model(model, shifts: HeadShifts | None) -> ShiftedModel:
-    """The model with these shifts; α = 0 adds nothing, so the plain model is that baseline (KL exactly 0)."""
-    return ShiftedModel(model, shifts if shifts is not None and shifts.alpha != 0 else None)
 
 
 def questions_frame(records: list[GenerationQuestion]) -> pd.DataFrame:
@@ -130,10 +125,9 @@ def answer_scores(frame: pd.DataFrame, tag: str) -> dict[str, np.ndarray]:
 
 
 def read_fold_answers(fold: dict, tag: str) -> pd.DataFrame:
-    """The answer file of a fold of a run record, as validate_2fold wrote it: the questions' columns and a score
-    column per metric the fold measured, a number in each of its rows, one row per test question of the fold.
-    Any other file (empty, not UTF-8, cut short, another fold's or program's) is a UsageError naming it:
-    intervals and categories over it would silently be over other questions, or none."""
+    """The answer file of a fold of a run record as validate_2fold wrote it (a number in each row of each measured
+    metric's column, one row per test question); any other file is a UsageError naming it, since intervals and
+    categories over it would silently be over other questions, or none."""
     path = Path(fold["files"]["answers"])
     text = read_text(path, "answer file", REMAKE_ANSWERS)
     try:
@@ -158,9 +152,8 @@ def read_fold_answers(fold: dict, tag: str) -> pd.DataFrame:
 
 def summary_frame(tag: str, fold: int, setting: tuple[int, float], results: dict[str, float]) -> pd.DataFrame:
     """A fold's means in the public summary file's columns."""
-    row = {"Model": tag, "alpha": setting[1], "K": setting[0], "fold": fold}
-    row.update({metric.column: results[metric.name] for metric in METRICS})
-    return pd.DataFrame([row])
+    return pd.DataFrame([{"Model": tag, "alpha": setting[1], "K": setting[0], "fold": fold,
+                          **{metric.column: results[metric.name] for metric in METRICS}}])
 
 
 def final_line(alpha, num_heads, results: dict[str, float]) -> str:

@@ -1,9 +1,7 @@
-"""Greedy answers to TruthfulQA prompts (docs/method.md §6), batched, with the generation schedule.
+"""Greedy answers to TruthfulQA prompts (docs/method.md §6), batched by length.
 
-Prompts end with `Q: {question}` and no `A:`, so a model continues with `\\nA: ...` and usually
-goes on with a new `\\n\\nQ: ...`; the answer is the text after the first `A:` and before the next
-`Q:`, stripped. Prompts are left-padded (every row's last prompt token sits at the last position,
-where the shift goes: the last prompt token, then each new token) and batched by length.
+Prompts end with `Q: {question}` and no `A:`, so a model continues with `\\nA: ...` and usually goes on with a
+new `\\n\\nQ: ...`. Prompts are left-padded: every row's last prompt token, where the shift starts, sits last.
 """
 from __future__ import annotations
 
@@ -25,14 +23,8 @@ def extract_answer(text: str) -> str:
     return (text if end < 0 else text[:end]).strip()
 
 
-def answer_complete(text: str) -> bool:
-    """True once more tokens cannot change `extract_answer(text)`: a `Q:` follows the first `A:`."""
-    start = text.find("A:")
-    return start >= 0 and "Q:" in text[start + 2:]
-
-
 class _AnswerComplete(StoppingCriteria):
-    """Stops each row once its answer is complete; later tokens would be cut off by extraction anyway."""
+    """Stops each row once a `Q:` follows its first `A:`: more tokens cannot change `extract_answer`."""
 
     def __init__(self, tokenizer, prompt_width: int):
         self.tokenizer = tokenizer
@@ -40,28 +32,24 @@ class _AnswerComplete(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width:], skip_special_tokens=True)
-        return torch.tensor([answer_complete(t) for t in texts], device=input_ids.device)
+        return torch.tensor([0 <= t.find("A:") < t.find("Q:", t.find("A:") + 2) for t in texts],
+                            device=input_ids.device)
 
 
 @torch.inference_mode()
 def generate_texts(shifted: ShiftedModel, tokenizer, prompts: list[str], max_new_tokens: int = 50,
                    batch_size: int = 16, stop_when_answered: bool = True, progress: bool = True) -> list[str]:
-    """Greedy continuations of `prompts` (new tokens only, special tokens dropped), in prompt order.
-
-    With `stop_when_answered` a row stops as soon as its extracted answer is final, which gives the
-    same `extract_answer` as decoding all `max_new_tokens`, sooner.
-    """
+    """Greedy continuations of `prompts` (new tokens only, special tokens dropped), in prompt order; with
+    `stop_when_answered` a row stops once its extracted answer is final (the same answer, sooner)."""
     sequences = tokenizer(prompts)["input_ids"]
     pad_id = pad_token_id(tokenizer)
     texts: list[str] = [""] * len(prompts)
     with tqdm(total=len(prompts), desc="generation", unit="answer", disable=not progress) as bar:
         for batch in length_sorted_batches([len(s) for s in sequences], batch_size):
             ids, mask = pad_batch([sequences[i] for i in batch], pad_id, side="left")
-            extra = {}
-            if stop_when_answered:
-                extra["stopping_criteria"] = StoppingCriteriaList([_AnswerComplete(tokenizer, ids.shape[1])])
+            stopping = StoppingCriteriaList([_AnswerComplete(tokenizer, ids.shape[1])] if stop_when_answered else [])
             output = shifted.generate(ids, mask, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                      pad_token_id=pad_id, **extra)
+                                      pad_token_id=pad_id, stopping_criteria=stopping)
             decoded = tokenizer.batch_decode(output[:, ids.shape[1]:], skip_special_tokens=True)
             for i, text in zip(batch, decoded):
                 texts[i] = text

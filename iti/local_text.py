@@ -48,8 +48,8 @@ class LocalTextConfig(Options):
             raise UsageError(f"--min_chars {self.min_chars}: no paragraph of the text is that long, so there is "
                              f"nothing to write (the longest has {longest} characters); use --min_chars {longest} "
                              "or less")
-        if Path(self.output).expanduser().is_file() and not _holds(Path(self.output).expanduser(),
-                                                                  reference_text(paragraphs)):
+        output = Path(self.output).expanduser()
+        if output.is_file() and not _holds(output, reference_text(paragraphs)):
             raise UsageError(f"--output {self.output} exists and holds other text; it is kept: give another path")
 
 

@@ -1,26 +1,25 @@
 """The answer log-probabilities that MC1/MC2/MC3 score (docs/method.md §6; iti.metrics), with prompt-prefix caching.
 
-An answer's score is the summed log-probability of its tokens after `{prompt}\\nA: `. Its tokens
-are found by character offsets: every token that covers at least one character of the answer.
-(Byte-level tokenizers report " The" from the space before the answer, so "tokens that start at
-or after the answer" would miss the first one.) The shift goes on the answer's tokens only
-(docs/method.md §5); the logits that score the first answer token come from the unshifted position before it.
+An answer's tokens are every token that covers at least one of its characters (byte-level tokenizers report
+" The" from the space before the answer, so "tokens that start at or after it" would miss the first one). The
+shift goes on the answer's tokens only (docs/method.md §5).
 
-Fast path, equal to one forward per answer: every row is tokenized in full, so a merge of tokens
-across the prompt/answer boundary is whatever the tokenizer does for that row. The token prefix
-common to all rows (instruction and primer) runs once; per question, the tokens its rows share
-(up to the position before their first answer token) extend a copy of that cache; then all of
-the question's rows run as one right-padded batch on that cache, expanded over the batch.
+Fast path, equal to one forward per answer: every row is tokenized in full (a merge of tokens across the
+prompt/answer boundary is the tokenizer's, per row). The prefix common to all rows runs once; per question, the
+tokens its rows share (up to the position before their first answer token) extend a copy of that cache, and the
+question's rows run as one right-padded batch on it.
 """
 from __future__ import annotations
 
 import copy
 import inspect
+import os
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
+from iti.batching import pad_batch
 from iti.data import GenerationQuestion
 from iti.errors import UsageError
 from iti.intervention import ShiftedModel
@@ -81,17 +80,7 @@ def tokenize_answer(tokenizer, prompt: str, answer: str, separator: str = ANSWER
 def _shared_length(rows: list[_Row]) -> int:
     """Length of the token prefix all rows share, kept before each row's first answer token's
     predecessor, so every scored logit comes from the batch's own (suffix) positions."""
-    limit = min(row.first for row in rows) - 1
-    first = rows[0].ids
-    length = 0
-    while length < limit and all(row.ids[length] == first[length] for row in rows):
-        length += 1
-    return length
-
-
-def _last_logit_only(model) -> dict:
-    """Prefix runs need only the cache; skip the [seq, vocab] logits where the model allows it."""
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    return min(len(os.path.commonprefix([row.ids for row in rows])), min(row.first for row in rows) - 1)
 
 
 @torch.inference_mode()
@@ -102,27 +91,23 @@ def _extend_cache(model, cache, ids: list[int], past: int):
     device = input_device(model)
     input_ids = torch.tensor([ids], device=device)
     mask = torch.ones(1, past + len(ids), dtype=torch.long, device=device)
-    return model(input_ids=input_ids, attention_mask=mask, cache=cache, use_cache=True,
-                 **_last_logit_only(model)).cache
+    # Prefix runs need only the cache; skip the [seq, vocab] logits where the model allows it.
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    return model(input_ids=input_ids, attention_mask=mask, cache=cache, use_cache=True, **last_only).cache
 
 
 @torch.inference_mode()
 def _score_batch(shifted: ShiftedModel, rows: list[_Row], cache, past: int) -> list[float]:
     """Summed answer log-probabilities of rows that share their first `past` tokens (held in `cache`)."""
     suffixes = [row.ids[past:] for row in rows]
-    width = max(len(s) for s in suffixes)
-    batch = len(rows)
-    ids = torch.zeros(batch, width, dtype=torch.long)
-    mask = torch.zeros(batch, past + width, dtype=torch.long)
-    shift = torch.zeros(batch, width, dtype=torch.long)
-    mask[:, :past] = 1
+    ids, suffix_mask = pad_batch(suffixes, 0)
+    mask = torch.cat([torch.ones(len(rows), past, dtype=torch.long), suffix_mask], dim=1)
+    shift = torch.zeros_like(ids)
     for b, (row, suffix) in enumerate(zip(rows, suffixes)):
-        ids[b, :len(suffix)] = torch.tensor(suffix)
-        mask[b, past:past + len(suffix)] = 1
         shift[b, row.first - past:len(suffix)] = 1
     kwargs = {}
     if cache is not None:
-        cache.batch_repeat_interleave(batch)
+        cache.batch_repeat_interleave(len(rows))
         kwargs = {"cache": cache, "use_cache": True}
     logits = shifted(ids, mask, shift_mask=shift, **kwargs).logits
     log_probs = torch.log_softmax(softmax_precision(logits), dim=-1).cpu()
@@ -137,11 +122,8 @@ def _score_batch(shifted: ShiftedModel, rows: list[_Row], cache, past: int) -> l
 
 def score_answers(shifted: ShiftedModel, tokenizer, prompts: list[str], answers: list[list[str]],
                   batch_size: int = 32, progress: bool = True, separator: str = ANSWER_SEPARATOR) -> list[list[float]]:
-    """Summed log-probability of each answer after `{prompt}{separator}`, the shift on answer tokens only.
-
-    `answers[i]` are the candidate answers of `prompts[i]`. Equal, up to float noise, to one
-    forward of the full text per answer.
-    """
+    """Summed log-probability of each answer (`answers[i]` those of `prompts[i]`) after `{prompt}{separator}`, the
+    shift on answer tokens only; equal, up to float noise, to one forward of the full text per answer."""
     model = shifted.model
     rows = [[tokenize_answer(tokenizer, prompt, answer, separator) for answer in group]
             for prompt, group in zip(prompts, answers)]

@@ -1,10 +1,8 @@
 """The evaluation metrics, each registered on the function that scores it (lm-evaluation-harness's register_metric).
 
-A metric is one `@register_metric` here: its name, the public workflow's column, the --metrics option whose
-model pass feeds it, and its scoring function. evaluation.py runs the pass of each option asked and scores every
-metric registered for it; the answer files, the summary files, the means over folds and the products follow
-this registry. A per-question metric scores one question from its pass's output, and a fold's number is the mean
-over the test questions; a per-run metric (CE, KL) makes the fold's number from the pass's per-document values.
+evaluation.py runs the model pass of each --metrics option asked and scores every metric registered for it; the
+answer files, summary files, means over folds and products follow this registry. A per-question metric's fold
+number is the mean over the test questions; a per-run metric (CE, KL) makes it from per-document values.
 """
 from __future__ import annotations
 
@@ -32,22 +30,19 @@ class Metric:
 _REGISTERED: list[Metric] = []  # in the order of the summary files' columns
 
 
-def _add(metric: Metric) -> None:
-    if any(known.name == metric.name for known in _REGISTERED):
-        raise ValueError(f"metric {metric.name} is registered twice")
-    _REGISTERED.append(metric)
-
-
 def register_metric(name: str, column: str, option: str, *, per_question: bool = True,
                     higher_is_better: bool = True) -> Callable[[Callable[..., float]], Callable[..., float]]:
     """Register the decorated function as the scoring function of metric `name`; the function is returned as is."""
     def register(score: Callable[..., float]) -> Callable[..., float]:
-        _add(Metric(name, column, option, score, per_question=per_question, higher_is_better=higher_is_better))
+        if any(known.name == name for known in _REGISTERED):
+            raise ValueError(f"metric {name} is registered twice")
+        _REGISTERED.append(Metric(name, column, option, score, per_question=per_question,
+                                  higher_is_better=higher_is_better))
         return score
     return register
 
 
-_add(Metric("True*Info", "True*Info", None, None, product_of=("True", "Info")))
+_REGISTERED.append(Metric("True*Info", "True*Info", None, None, product_of=("True", "Info")))
 
 
 def judged_yes(p_yes: float) -> float:

@@ -1,12 +1,9 @@
-"""Uncertainty of per-question means: a seeded percentile bootstrap over questions, and paired
-differences between two runs scored on the same questions.
+"""Uncertainty of per-question means: a seeded percentile bootstrap over questions, and paired differences
+between two runs scored on the same questions (folds pooled: each question is in exactly one test fold).
 
-Every metric of a run is a mean over test questions (folds pooled: each question is in exactly
-one test fold), except True*Info, the product of the mean True and the mean Info. A bootstrap
-resample draws the questions with replacement and recomputes every metric from the same draw,
-so True*Info and paired differences keep their correlations. Paired differences resample the
-questions jointly: run and baseline are scored on one draw, so the question-to-question spread
-that both runs share cancels.
+A resample draws the questions with replacement and recomputes every metric from the same draw, so True*Info (the
+product of mean True and mean Info) keeps its correlations; paired differences score run and baseline on one
+draw, so the question-to-question spread that both share cancels.
 """
 from __future__ import annotations
 
@@ -45,12 +42,9 @@ class Interval:
 
 def resampled_means(scores: Mapping[str, np.ndarray], resamples: int = BOOTSTRAP_RESAMPLES,
                     seed: int = BOOTSTRAP_SEED) -> dict[str, np.ndarray]:
-    """Per metric, its mean in each of `resamples` draws of the questions with replacement ([resamples]).
-
-    Every metric uses the same draws (row b of one [resamples, questions] index array), and two
-    calls with the same seed and number of questions draw the same questions: that is what pairs
-    a run with its baseline.
-    """
+    """Per metric, its mean in each of `resamples` draws of the questions with replacement. Every metric uses the
+    same draws, and two calls with the same seed and number of questions draw the same questions: that is what
+    pairs a run with its baseline."""
     num_questions = _num_questions(scores)
     draws = np.random.default_rng(seed).integers(0, num_questions, size=(resamples, num_questions))
     return {name: np.asarray(values, dtype=np.float64)[draws].mean(axis=1) for name, values in scores.items()}
@@ -59,30 +53,29 @@ def resampled_means(scores: Mapping[str, np.ndarray], resamples: int = BOOTSTRAP
 def intervals(scores: Mapping[str, np.ndarray], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
               level: float = BOOTSTRAP_LEVEL) -> dict[str, Interval]:
     """Per metric (per-question scores, and the derived products), its value and bootstrap interval."""
-    point = with_products({name: float(np.mean(values)) for name, values in scores.items()})
-    samples = with_products(resampled_means(scores, resamples, seed))
+    point, samples = _estimates(scores, resamples, seed)
     return {name: _interval(point[name], samples[name], level) for name in point}
 
 
 def paired_differences(treated: Mapping[str, np.ndarray], baseline: Mapping[str, np.ndarray],
                        resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
                        level: float = BOOTSTRAP_LEVEL) -> dict[str, Interval]:
-    """Per metric both runs have, treated minus baseline and its paired bootstrap interval.
-
-    Row i of every array is the same question in both runs (align them before calling).
-    """
+    """Per metric both runs have, treated minus baseline and its paired bootstrap interval; row i of every array
+    is the same question in both runs (align them before calling)."""
     shared = [name for name in treated if name in baseline]
     if _num_questions(treated) != _num_questions(baseline):
         raise UsageError(f"paired runs must score the same questions: {_num_questions(treated)} against "
                          f"{_num_questions(baseline)}; compare runs with the same seed, folds and --limit")
-    treated = {name: treated[name] for name in shared}
-    baseline = {name: baseline[name] for name in shared}
-    point_t = with_products({name: float(np.mean(v)) for name, v in treated.items()})
-    point_b = with_products({name: float(np.mean(v)) for name, v in baseline.items()})
-    samples_t = with_products(resampled_means(treated, resamples, seed))
-    samples_b = with_products(resampled_means(baseline, resamples, seed))
+    point_t, samples_t = _estimates({name: treated[name] for name in shared}, resamples, seed)
+    point_b, samples_b = _estimates({name: baseline[name] for name in shared}, resamples, seed)
     return {name: _interval(point_t[name] - point_b[name], samples_t[name] - samples_b[name], level)
             for name in point_t}
+
+
+def _estimates(scores: Mapping[str, np.ndarray], resamples: int, seed: int) -> tuple[dict, dict]:
+    """Per metric and product: its mean over the questions, and its means over the resampled draws."""
+    return (with_products({name: float(np.mean(values)) for name, values in scores.items()}),
+            with_products(resampled_means(scores, resamples, seed)))
 
 
 def _interval(value: float, samples: np.ndarray, level: float) -> Interval:

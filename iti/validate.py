@@ -26,8 +26,8 @@ from iti.ce_kl import CeKl, load_owt_texts
 from iti.config import SELECT_METRIC_NAMES, ValidationConfig, selection_options
 from iti.data import GenerationQuestion
 from iti.errors import UsageError
-from iti.evaluation import (EvalSpec, Evaluator, final_line, pooled_statistics, questions_frame, read_fold_answers,
-                            summary_frame)
+from iti.evaluation import (JUDGED, EvalSpec, Evaluator, final_line, pooled_statistics, questions_frame,
+                            read_fold_answers, summary_frame)
 from iti.features import feature_files, require_feature_sets
 from iti.files import plain, write_csv
 from iti.fingerprint import model_fingerprint
@@ -103,8 +103,7 @@ def set_up(cfg: ValidationConfig, log: Log) -> RunSetup:
     if cfg.resume and earlier_run_path(cfg, complete=False) is None:
         raise UsageError(f"--resume: no earlier run of these settings in {cfg.results_dir}; drop --resume to start it")
     judge_sources = {kind: check_judge_source(getattr(cfg, field), f"--{field}")
-                     for kind, field, option in (("truth", "judge_model", "judge"), ("info", "info_model", "info"))
-                     if option in metrics}
+                     for option, (kind, _, field) in JUDGED.items() if option in metrics}
     notes, owt_texts, owt_source = [], None, None
     if metrics & {"ce", "kl"}:
         owt_texts, owt_source = load_owt_texts(cfg.owt_path)
@@ -130,7 +129,7 @@ def set_up(cfg: ValidationConfig, log: Log) -> RunSetup:
         "dataset_path": data if cfg.custom else None, "tqa_path": None if cfg.custom else data,
         "owt_path": digest(owt_texts) if owt_texts is not None else owt_source,
         "features_dir": features.provenance.features if features is not None else None,
-        "judge_model": judge_sources.get("truth", cfg.judge_model), "info_model": judge_sources.get("info", cfg.info_model),
+        **{field: judge_sources.get(kind, getattr(cfg, field)) for kind, _, field in JUDGED.values()},
     })
 
     # How the test questions are scored.

@@ -94,7 +94,7 @@ def test_owt_file_with_a_byte_order_mark(tmp_path, suffix):
 
 
 @pytest.mark.parametrize("content, suffix, message", [
-    (None, ".txt", "does not exist"),
+    (None, ".txt", r"cannot be read \(No such file or directory\)"),
     ("\n\n  \n", ".txt", "holds no documents"),
     ('{"text": "ok"}\nnot json\n', ".jsonl", "line 2 is not JSON"),
     ('{"body": "no text field"}\n', ".jsonl", 'line 1 has no string field "text"'),
