@@ -181,7 +181,6 @@ class ValidationConfig(HeadShiftOptions):
 
     @property
     def settings(self) -> list[tuple[int, float]]:
-        """Every (K, α) to try, K outer."""
         return [(k, alpha) for k in self.num_heads for alpha in self.alpha]
 
     @property
