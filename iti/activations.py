@@ -18,14 +18,11 @@ from iti.errors import UsageError
 from iti.features import FEATURE_KINDS, RECORD_VERSION, FeatureSet, feature_path, read_record
 from iti.files import remove, reserve_space, staged_files, temporaries_of, write_npy, writer_running
 from iti.fingerprint import differs, model_fingerprint
+from iti.geometry import head_geometry
 from iti.identity import short_digest
 from iti.intervenable import IntervenableModel, pv
-from iti.models import head_geometry, input_device, model_sites
+from iti.models import input_device, model_sites
 from iti.records import record_json
-
-
-def tokenize_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
-    return tokenizer(prompts, add_special_tokens=True)["input_ids"]
 
 
 class ActivationRecorder:
@@ -86,7 +83,7 @@ def clear_leftovers(finals: list[Path], log: Callable[[str], None]) -> None:
 def extract_activations(recorder: ActivationRecorder, tokenizer, prompts: list[str], outputs: dict[str, np.ndarray],
                         batch_size: int = 16, progress: bool = True) -> None:
     """Fill `outputs[kind][row]` (arrays or memmaps preallocated by the caller) batch by batch."""
-    sequences = tokenize_prompts(tokenizer, prompts)
+    sequences = tokenizer(prompts, add_special_tokens=True)["input_ids"]
     pad_id = pad_token_id(tokenizer)
     with tqdm(total=len(prompts), desc="activations", unit="prompt", disable=not progress) as bar:
         for batch in length_sorted_batches([len(s) for s in sequences], batch_size):

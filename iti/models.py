@@ -273,9 +273,7 @@ def load_model(source: str, device: str | int | None = "auto", dtype: str = "aut
             source, dtype=torch_dtype, trust_remote_code=trust_remote_code, **placement)
     if device != "auto":
         model.to(device)
-    model.eval()
-    model.requires_grad_(False)
-    return model, tokenizer
+    return model.eval().requires_grad_(False), tokenizer
 
 
 def input_device(model) -> torch.device:
