@@ -26,11 +26,8 @@ from iti.records import record_json
 
 
 class ActivationRecorder:
-    """Reads each row's o_proj input (all heads), residual stream and optionally MLP output at one position.
-
-    The o_proj inputs and MLP outputs come through pyvene collect interventions, declared once;
-    the residual stream is the model's own hidden states.
-    """
+    """Reads each row's o_proj input (all heads), residual stream and optionally MLP output at one position: the
+    first and last through pyvene collect interventions, declared once; the residual stream from the hidden states."""
 
     def __init__(self, model, mlp: bool = False):
         self.model = model
@@ -194,10 +191,8 @@ def save_features(model, tokenizer, prompt_set, features_dir: str | Path, model_
         write_npy(tmp["question_ids"], prompt_set.question_ids)
         if prompt_set.categories:
             tmp["categories"].write_text(json.dumps(prompt_set.categories))
-        meta = {
-            **record, "num_layers": geo.num_layers, "num_heads": geo.num_heads, "head_dim": geo.head_dim,
-            "num_kv_heads": geo.num_kv_heads, "hidden_size": geo.hidden_size, "kinds": list(shapes),
-            "dataset_config": prompt_set.config, "config": config or {},
-        }
+        meta = {**record, "num_layers": geo.num_layers, "num_heads": geo.num_heads, "head_dim": geo.head_dim,
+                "num_kv_heads": geo.num_kv_heads, "hidden_size": geo.hidden_size, "kinds": list(shapes),
+                "dataset_config": prompt_set.config, "config": config or {}}
         tmp["meta"].write_text(json.dumps(meta, indent=2))
     return finals
