@@ -34,13 +34,11 @@ class ActivationRecorder:
         self.geometry = head_geometry(model.config)
         sites = model_sites(model)
         layers = range(self.geometry.num_layers)
-        components = [{"component": f"{sites.o_proj_of(layer)}.input", "intervention": pv.CollectIntervention()}
-                      for layer in layers]
-        if mlp:
-            components += [{"component": f"{sites.mlp_of(layer)}.output", "intervention": pv.CollectIntervention()}
-                           for layer in layers]
+        read = [f"{sites.o_proj_of(layer)}.input" for layer in layers]
+        read += [f"{sites.mlp_of(layer)}.output" for layer in layers] if mlp else []
         self.mlp = mlp
-        self.collectors = IntervenableModel(components, model)
+        self.collectors = IntervenableModel([{"component": site, "intervention": pv.CollectIntervention()}
+                                             for site in read], model)
         self.extra_inputs = {"output_hidden_states": True}
         if "logits_to_keep" in inspect.signature(model.forward).parameters:
             self.extra_inputs["logits_to_keep"] = 1
