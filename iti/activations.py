@@ -18,35 +18,27 @@ from iti.errors import UsageError
 from iti.features import FEATURE_KINDS, RECORD_VERSION, FeatureSet, feature_path, read_record
 from iti.files import remove, reserve_space, staged_files, temporaries_of, write_npy, writer_running
 from iti.fingerprint import differs, model_fingerprint
+from iti.geometry import head_geometry
 from iti.identity import short_digest
 from iti.intervenable import IntervenableModel, pv
-from iti.models import head_geometry, input_device, model_sites
+from iti.models import input_device, model_sites
 from iti.records import record_json
 
 
-def tokenize_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
-    return tokenizer(prompts, add_special_tokens=True)["input_ids"]
-
-
 class ActivationRecorder:
-    """Reads each row's o_proj input (all heads), residual stream and optionally MLP output at one position.
-
-    The o_proj inputs and MLP outputs come through pyvene collect interventions, declared once;
-    the residual stream is the model's own hidden states.
-    """
+    """Reads each row's o_proj input (all heads), residual stream and optionally MLP output at one position: the
+    first and last through pyvene collect interventions, declared once; the residual stream from the hidden states."""
 
     def __init__(self, model, mlp: bool = False):
         self.model = model
         self.geometry = head_geometry(model.config)
         sites = model_sites(model)
         layers = range(self.geometry.num_layers)
-        components = [{"component": f"{sites.o_proj_of(layer)}.input", "intervention": pv.CollectIntervention()}
-                      for layer in layers]
-        if mlp:
-            components += [{"component": f"{sites.mlp_of(layer)}.output", "intervention": pv.CollectIntervention()}
-                           for layer in layers]
+        read = [f"{sites.o_proj_of(layer)}.input" for layer in layers]
+        read += [f"{sites.mlp_of(layer)}.output" for layer in layers] if mlp else []
         self.mlp = mlp
-        self.collectors = IntervenableModel(components, model)
+        self.collectors = IntervenableModel([{"component": site, "intervention": pv.CollectIntervention()}
+                                             for site in read], model)
         self.extra_inputs = {"output_hidden_states": True}
         if "logits_to_keep" in inspect.signature(model.forward).parameters:
             self.extra_inputs["logits_to_keep"] = 1
@@ -86,7 +78,7 @@ def clear_leftovers(finals: list[Path], log: Callable[[str], None]) -> None:
 def extract_activations(recorder: ActivationRecorder, tokenizer, prompts: list[str], outputs: dict[str, np.ndarray],
                         batch_size: int = 16, progress: bool = True) -> None:
     """Fill `outputs[kind][row]` (arrays or memmaps preallocated by the caller) batch by batch."""
-    sequences = tokenize_prompts(tokenizer, prompts)
+    sequences = tokenizer(prompts, add_special_tokens=True)["input_ids"]
     pad_id = pad_token_id(tokenizer)
     with tqdm(total=len(prompts), desc="activations", unit="prompt", disable=not progress) as bar:
         for batch in length_sorted_batches([len(s) for s in sequences], batch_size):
@@ -197,10 +189,8 @@ def save_features(model, tokenizer, prompt_set, features_dir: str | Path, model_
         write_npy(tmp["question_ids"], prompt_set.question_ids)
         if prompt_set.categories:
             tmp["categories"].write_text(json.dumps(prompt_set.categories))
-        meta = {
-            **record, "num_layers": geo.num_layers, "num_heads": geo.num_heads, "head_dim": geo.head_dim,
-            "num_kv_heads": geo.num_kv_heads, "hidden_size": geo.hidden_size, "kinds": list(shapes),
-            "dataset_config": prompt_set.config, "config": config or {},
-        }
+        meta = {**record, "num_layers": geo.num_layers, "num_heads": geo.num_heads, "head_dim": geo.head_dim,
+                "num_kv_heads": geo.num_kv_heads, "hidden_size": geo.hidden_size, "kinds": list(shapes),
+                "dataset_config": prompt_set.config, "config": config or {}}
         tmp["meta"].write_text(json.dumps(meta, indent=2))
     return finals

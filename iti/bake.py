@@ -35,10 +35,10 @@ from iti.features import FeatureSet, require_feature_sets
 from iti.files import staged_folder
 from iti.fingerprint import model_fingerprint
 from iti.fitting import fit_head_shifts, recipe_of, seeded_split
-from iti.geometry import text_config
+from iti.geometry import head_geometry, text_config
 from iti.head_shifts import HeadShifts
 from iti.identity import identity, readable_name, short_digest
-from iti.models import get_o_proj, head_geometry, load_model, model_sites, resolve_model_source
+from iti.models import get_o_proj, load_model, model_sites, resolve_model_source
 from iti.registry import HF_NAMES
 from iti.run_inputs import read_checked_features
 

@@ -67,13 +67,6 @@ def _answers(value, key: str) -> list[str]:
     return [a.strip() for a in value if a.strip()]
 
 
-def _question(record: dict, key: str) -> str:
-    value = record.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise DatasetError(f"`{key}` is missing or empty")
-    return value.strip()
-
-
 def item_from_record(record: dict) -> GenerationQuestion:
     """One §9 item from any of the accepted record layouts (see the module docstring)."""
     if not isinstance(record, dict):
@@ -84,7 +77,10 @@ def item_from_record(record: dict) -> GenerationQuestion:
                            "`answer_matching_behavior` + `answer_not_matching_behavior`, `positive` + `negative`, "
                            "or `answer` + `false_answer`")
     _, question_key, correct_key, incorrect_key = layout
-    question = _question(record, question_key)
+    question = record.get(question_key)
+    if not isinstance(question, str) or not question.strip():
+        raise DatasetError(f"`{question_key}` is missing or empty")
+    question = question.strip()
     correct = _answers(record.get(correct_key), correct_key)
     correct = correct[:1] if correct_key == "answer" else correct  # nq_open / trivia_qa: the first answer only
     incorrect = _answers(record.get(incorrect_key), incorrect_key)

@@ -83,11 +83,8 @@ def cache_dir() -> Path:
 
 
 def gguf_to_folder(gguf_file: str | Path) -> Path:
-    """Convert a GGUF file once into an ordinary model folder (config, safetensors, tokenizer).
-
-    transformers refuses to save a model it loaded from GGUF, yet baking, pushing and reloading
-    all need a plain folder, so every later step loads the converted copy instead.
-    """
+    """Convert a GGUF file once into an ordinary model folder (config, safetensors, tokenizer): transformers
+    refuses to save a model it loaded from GGUF, yet baking, pushing and reloading all need a plain folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_file = Path(gguf_file).resolve()
@@ -156,12 +153,12 @@ def resolve_dtype(dtype: str, device: str, config) -> torch.dtype:
     return stored if stored in (torch.float16, torch.bfloat16) else torch.float16
 
 
-# (decoder-layer list, attention output projection, MLP) for the architectures we know.
+# (decoder-layer list, attention output projection) for the architectures we know; each one's MLP is `mlp`.
 _SITE_LAYOUTS = (
-    ("model.layers", "self_attn.o_proj", "mlp"),
-    ("model.language_model.layers", "self_attn.o_proj", "mlp"),
-    ("transformer.h", "attn.c_proj", "mlp"),
-    ("gpt_neox.layers", "attention.dense", "mlp"),
+    ("model.layers", "self_attn.o_proj"),
+    ("model.language_model.layers", "self_attn.o_proj"),
+    ("transformer.h", "attn.c_proj"),
+    ("gpt_neox.layers", "attention.dense"),
 )
 
 
@@ -170,26 +167,24 @@ class ModelSites:
     """Dotted module paths, in the form pyvene's component strings take."""
     layers: str
     o_proj: str
-    mlp: str
 
     def o_proj_of(self, layer: int) -> str:
         return f"{self.layers}[{layer}].{self.o_proj}"
 
     def mlp_of(self, layer: int) -> str:
-        return f"{self.layers}[{layer}].{self.mlp}"
+        return f"{self.layers}[{layer}].mlp"
 
 
 def model_sites(model) -> ModelSites:
-    for layers, o_proj, mlp in _SITE_LAYOUTS:
+    for layers, o_proj in _SITE_LAYOUTS:
         try:
-            first = model.get_submodule(f"{layers}.0")
-            first.get_submodule(o_proj)
+            model.get_submodule(f"{layers}.0.{o_proj}")
         except AttributeError:
             continue
-        return ModelSites(layers, o_proj, mlp)
+        return ModelSites(layers, o_proj)
     raise UsageError(
         f"cannot find the attention output projection of {type(model).__name__}; supported layouts: "
-        + ", ".join(f"{layers}[i].{o_proj}" for layers, o_proj, _ in _SITE_LAYOUTS))
+        + ", ".join(f"{layers}[i].{o_proj}" for layers, o_proj in _SITE_LAYOUTS))
 
 
 def get_o_proj(model, layer: int) -> torch.nn.Module:
@@ -273,9 +268,7 @@ def load_model(source: str, device: str | int | None = "auto", dtype: str = "aut
             source, dtype=torch_dtype, trust_remote_code=trust_remote_code, **placement)
     if device != "auto":
         model.to(device)
-    model.eval()
-    model.requires_grad_(False)
-    return model, tokenizer
+    return model.eval().requires_grad_(False), tokenizer
 
 
 def input_device(model) -> torch.device:

@@ -17,7 +17,7 @@ from iti.bake import bake_head_shifts, check_bakeable, save_baked_model
 from iti.errors import UsageError
 from iti.head_shifts import HeadShifts
 from iti.intervention import ShiftedModel
-from iti.models import head_geometry
+from iti.geometry import head_geometry
 from tests.conftest import (FAMILIES, PROMPTS, family_config, logit_tolerance, make_shifts, make_tiny_model,
                             model_from_config, pad, right_padded_batch)
 
