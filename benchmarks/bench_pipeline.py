@@ -109,7 +109,7 @@ class Bench:
         import numpy as np
 
         from iti.activations import ActivationRecorder, extract_activations
-        from iti.models import head_geometry
+        from iti.geometry import head_geometry
 
         geo = head_geometry(self.model.config)
         out = {"head_wise": np.empty((len(prompts), geo.num_layers, geo.width), np.float32)}
@@ -131,8 +131,8 @@ class Bench:
         if self.intervention is not None:
             return
         from iti.fitting import Features, Recipe, fit_head_shifts, seeded_split
+        from iti.geometry import head_geometry
         from iti.intervention import ShiftedModel
-        from iti.models import head_geometry
 
         options, geo = self.options, head_geometry(self.model.config)
         rows = self.head_wise()
@@ -207,8 +207,8 @@ def sklearn_label(options: BenchOptions) -> str:
 
 def probes(bench: Bench) -> dict:
     from iti.fitting import seeded_split
-    from iti.models import head_geometry
     from iti.folds import rows_of_questions
+    from iti.geometry import head_geometry
 
     question_ids = bench.mc2.question_ids
     split = seeded_split(question_ids, VAL_RATIO, bench.options.seed)

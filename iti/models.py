@@ -15,8 +15,6 @@ import torch
 from iti.constants import BUNDLED_MODEL, EDITED_MODELS_DIR, LOCAL_PREFIX
 from iti.errors import UsageError
 from iti.files import staged_folder
-# Head geometry is iti.geometry's; callers that load models find it here too.
-from iti.geometry import HeadGeometry, head_geometry  # noqa: F401
 from iti.identity import readable_name
 from iti.options import check_device, check_gguf_file, check_model_path
 from iti.registry import HF_NAMES, check_model_name

@@ -13,9 +13,9 @@ from iti.data import Source, TruthfulQA, load_source
 from iti.errors import UsageError
 from iti.features import FeatureSet, find_feature_set, load_features, require_feature_sets, verify_against_data
 from iti.fitting import Features
+from iti.geometry import HeadGeometry
 from iti.head_shifts import ShiftProvenance
 from iti.identity import digest
-from iti.models import HeadGeometry
 from iti.probes import check_finite_activations
 from iti.prompts import Prompting, prompting_for
 from iti.registry import PROBING_DATASETS

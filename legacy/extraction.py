@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from iti.models import get_o_proj, head_geometry, input_device
+from iti.geometry import head_geometry
+from iti.models import get_o_proj, input_device
 
 
 @torch.no_grad()

@@ -173,7 +173,7 @@ def write_features(folder: Path, name: str, prompt_set, acts, model, tokenizer, 
     record get_activations writes (the model's fingerprint, the rows' digests), so every consumer's checks
     pass and the test knows exactly what the features hold."""
     from iti.fingerprint import model_fingerprint
-    from iti.models import head_geometry
+    from iti.geometry import head_geometry
 
     geometry = head_geometry(model.config)
     assert acts.shape == (len(prompt_set), geometry.num_layers, geometry.width)
@@ -247,8 +247,8 @@ def make_shifts(model, pairs=None, alpha: float = 3.0, seed: int = 0, **fields):
     from `seed`; `fields` replace any HeadShifts field."""
     import numpy as np
 
+    from iti.geometry import HeadGeometry, head_geometry
     from iti.head_shifts import HeadShifts
-    from iti.models import HeadGeometry, head_geometry
 
     geo = model if isinstance(model, HeadGeometry) else head_geometry(model.config)
     if pairs is None:
@@ -281,7 +281,7 @@ def logit_tolerance(model, logits: torch.Tensor) -> float:
     the gap appears in each layer's widest sum and is carried to the logits, whose scale bounds the terms.
     The factor 10 leaves room for other summation orders (AVX2, AVX-512); a wrong bias shows at 1e-2.
     """
-    from iti.models import head_geometry
+    from iti.geometry import head_geometry
 
     geo = head_geometry(model.config)
     text = model.config.get_text_config()

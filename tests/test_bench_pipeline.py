@@ -15,7 +15,7 @@ import pytest
 from transformers import AutoConfig
 
 from benchmarks import bench_pipeline
-from iti.models import head_geometry
+from iti.geometry import head_geometry
 from tests.conftest import tiny_model_folder
 
 MODEL_STAGES = ("extraction", "probes", "mc", "generation", "judge", "ce_kl")

@@ -131,7 +131,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(bundled_folder, tqa_path, tm
     from transformers import AutoConfig
 
     from iti.data import build_prompt_set
-    from iti.models import head_geometry
+    from iti.geometry import head_geometry
 
     geometry = head_geometry(AutoConfig.from_pretrained(bundled_folder))
     rows = len(build_prompt_set("tqa_mc2", tqa_path, limit=5))

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from iti.geometry import head_geometry
 from iti.intervention import ShiftedModel
-from iti.models import get_o_proj, head_geometry
+from iti.models import get_o_proj
 from legacy.ce_kl import sample_ce, sample_kl
 from legacy.generation import greedy_generate
 from legacy.intervention import shifted_logits

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from iti.bake import bake_head_shifts, save_baked_model
-from iti.models import head_geometry
+from iti.geometry import head_geometry
 from tests.conftest import PROMPTS, family_config, make_shifts, model_from_config
 from tests.llama_cpp.compare_logits import (INSTALL, convert_to_f32_gguf, converter_path, f32_gguf_tolerance,
                                             gguf_tensor_names, llama_cpp_logits, transformers_logits)

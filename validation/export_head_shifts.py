@@ -24,8 +24,9 @@ from iti.config import ExportConfig  # noqa: E402
 def main() -> None:
     cfg = parse_config(ExportConfig, description=__doc__)
 
+    from iti.geometry import head_geometry
     from iti.head_shifts import HeadShifts
-    from iti.models import gguf_to_folder, head_geometry, load_config
+    from iti.models import gguf_to_folder, load_config
     from iti.pyvene_export import export_pyvene, import_pyvene, model_source
     from iti.report import report_table
 

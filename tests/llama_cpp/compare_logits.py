@@ -53,7 +53,7 @@ def f32_gguf_tolerance(config, logits: np.ndarray) -> float:
     layer's widest sum. (The KV cache is kept in float32 too: llama.cpp's default float16 cache adds
     about 1e-2 on SmolLM2.)
     """
-    from iti.models import head_geometry
+    from iti.geometry import head_geometry
 
     geo = head_geometry(config)
     widest = max(config.hidden_size, config.intermediate_size, geo.width)
