@@ -73,8 +73,7 @@ class ShiftProvenance:
 
 @dataclass
 class ShiftsMetadata:
-    """head_shifts.json: the format tag and version, the save id shared with the tensors file, α, the geometry
-    (flat, as iti.geometry.HeadGeometry's first three fields), the heads as the tensors list them, provenance."""
+    """head_shifts.json; the save id is shared with the tensors file, the geometry is flat (as HeadGeometry's)."""
     format: str
     version: int
     save_id: str
@@ -143,7 +142,7 @@ class HeadShifts:
         if not (np.isfinite(self.sigmas).all() and (self.sigmas >= 0).all()):
             raise UsageError("head shift sigmas must be finite and non-negative")
         # The shifts α·σ·θ are built in float32 (layer_offsets, exports).
-        check_alpha(self.alpha, "head shift alpha", self._reach(), float(np.finfo(np.float32).max), "float32")
+        self.check_fits("float32", float(np.finfo(np.float32).max), "head shift alpha")
         if not isinstance(self.provenance, ShiftProvenance):
             raise UsageError("head shift provenance must be a ShiftProvenance (or a dict of its fields)")
         try:
@@ -158,10 +157,6 @@ class HeadShifts:
     @property
     def geometry(self) -> HeadGeometry:
         return HeadGeometry(self.num_layers, self.num_heads, self.head_dim)
-
-    def _reach(self) -> float:
-        """The largest |σ·θ_i|: a head moves by at most |α| times it."""
-        return float(np.abs(self.sigmas[:, None] * self.directions.astype(np.float64)).max(initial=0.0))
 
     def head_list(self) -> list[tuple[int, int]]:
         return list(zip(self.layers.tolist(), self.heads.tolist()))
@@ -183,25 +178,24 @@ class HeadShifts:
             offsets[layer] = delta.reshape(self.num_heads * d).astype(np.float32)
         return offsets
 
-    def check_fits(self, dtype: str, largest: float) -> None:
+    def check_fits(self, dtype: str, largest: float, name: str = "alpha") -> None:
         """UsageError unless every α·σ·θ_i is a number of the model's `dtype` (at most `largest` in magnitude)."""
-        check_alpha(self.alpha, "alpha", self._reach(), largest, dtype)
+        reach = float(np.abs(self.sigmas[:, None] * self.directions.astype(np.float64)).max(initial=0.0))
+        check_alpha(self.alpha, name, reach, largest, dtype)
 
     def check_geometry(self, geometry: HeadGeometry) -> None:
-        """UsageError unless these shifts were made for a model of this geometry."""
         if self.geometry != geometry:
             raise UsageError(f"head shifts were made for {self.geometry} (layers×heads×head_dim) but the model has "
                              f"{geometry}; make head shifts from this model's activations")
 
     @property
     def model_source(self) -> str | None:
-        """The model these shifts were made from (hub id or path), as recorded when they were made."""
         return self.provenance.model_source
 
     def check_model(self, model_source: str, allow_other_model: bool = False) -> None:
         """UsageError when these shifts record a model other than `model_source`, unless allowed (for transfer
         experiments): geometry alone cannot tell two models of one family apart."""
-        made_for = self.model_source
+        made_for = self.provenance.model_source
         if allow_other_model or made_for is None or same_model_source(made_for, model_source):
             return
         raise UsageError(f"these head shifts were made for {made_for}, not {model_source}; apply them to the model "
@@ -210,8 +204,7 @@ class HeadShifts:
     def save(self, directory: str | os.PathLike) -> Path:
         """Write both files (under temporary names, renamed together); returns the directory. A random save id in
         both files lets `load` detect a pair from different saves."""
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
+        out = Path(directory)  # staged_files makes it
         save_id = uuid.uuid4().hex
         tensors = {name: np.ascontiguousarray(getattr(self, name)) for name in _ARRAY_FIELDS}
         written = ShiftsMetadata(_FORMAT, _VERSION, save_id, self.alpha, self.num_layers, self.num_heads,
