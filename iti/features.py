@@ -1,10 +1,8 @@
 """Feature sets on disk: their names, finding and reading them, and checking that they are what a run needs.
 
-get_activations writes, per model and dataset, `{model}_{dataset}[_limit_{N}]_{kind}.npy` (the public workflow's
-names; `_limit_{N}` for the first N questions) and a `_meta.json` that records what made them (docs/method.md §10):
-the model's fingerprint (iti.fingerprint), the rows' content before and after formatting, the prompt format, the
-limit and the seed. Every consumer checks the record against its own run and refuses a mismatch in one line that
-gives the get_activations command to run. NumPy only: sweeps check features on a login node without torch.
+get_activations writes `{model}_{dataset}[_limit_{N}]_{kind}.npy` (the public workflow's names) and a `_meta.json`
+recording what made them (docs/method.md §10). Every consumer checks that record against its own run and refuses a
+mismatch with the get_activations command to run. NumPy only: sweeps check features on a login node without torch.
 """
 from __future__ import annotations
 
@@ -56,7 +54,6 @@ class FeatureSet:
         return feature_path(self.features_dir, self.model_name, self.dataset, kind, self.limit)
 
     def files(self, kind: str = "head_wise") -> list[Path]:
-        """What load_features reads: the activations, their labels and their question ids."""
         return [self.path(k) for k in (kind, "labels", "question_ids")]
 
     def exists(self, kind: str = "head_wise") -> bool:
@@ -115,7 +112,6 @@ def _load_npy(found: FeatureSet, kind: str, mmap: bool = False) -> np.ndarray:
 
 
 def feature_files(wanted: FeatureSet, kind: str = "head_wise") -> list[Path]:
-    """FeatureSet.files of the set find_feature_set picks (of the wanted one when none exists)."""
     return (find_feature_set(wanted, kind) or wanted).files(kind)
 
 
@@ -169,8 +165,7 @@ class FeatureRecord:
 
 
 def read_record(found: FeatureSet) -> FeatureRecord:
-    """The set's `_meta.json`; one that is missing, unreadable or of another layout is a UsageError that
-    says to re-extract (nothing is guessed about features that do not say what made them)."""
+    """The set's `_meta.json`; missing, unreadable or of another layout, a UsageError saying to re-extract."""
     path, remake = found.path("meta"), found.remake
     if not path.exists():
         raise UsageError(f"{found.path('head_wise')} has no record of what made it ({path.name} is missing); "

@@ -1,7 +1,5 @@
-"""HeadShifts: the selected heads, their unit directions, spreads σ and strength α.
-
-Everything downstream (intervention hooks, baking, evaluation) consumes this one type. The shift of head (l, h) is
-α·σ·θ added to slice [h·d, (h+1)·d) of layer l's `o_proj` input (docs/method.md §4 and §7). On disk:
+"""HeadShifts, the one type intervention hooks, baking and evaluation consume: head (l, h) is shifted by α·σ·θ
+added to slice [h·d, (h+1)·d) of layer l's `o_proj` input (docs/method.md §4 and §7). On disk:
 `head_shifts.safetensors` (arrays) beside `head_shifts.json` (α, geometry, heads, provenance); no pickle.
 """
 from __future__ import annotations
@@ -98,8 +96,8 @@ def _indices(values, name: str) -> np.ndarray:
 
 @dataclass(eq=False)
 class HeadShifts:
-    """K selected heads (layers[i], heads[i]) with unit directions [K, d], spreads σ [K] and the
-    probe accuracy of each; alpha scales them all. Geometry: the model's L, H and head_dim d (`geometry`)."""
+    """K heads (layers[i], heads[i]) with unit directions [K, d], spreads σ [K] and probe accuracies [K]; alpha
+    scales them all; num_layers, num_heads and head_dim are the model's geometry."""
 
     layers: np.ndarray
     heads: np.ndarray
