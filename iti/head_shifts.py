@@ -200,8 +200,7 @@ class HeadShifts:
                          "they were made from, or pass --allow_other_model to use them anyway")
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write both files (under temporary names, renamed together); returns the directory. A random save id in
-        both files lets `load` detect a pair from different saves."""
+        """Both files, renamed into place together; a random save id in both lets `load` detect a mixed pair."""
         out = Path(directory)  # staged_files makes it
         save_id = uuid.uuid4().hex
         tensors = {name: np.ascontiguousarray(getattr(self, name)) for name in _ARRAY_FIELDS}
