@@ -117,8 +117,7 @@ def feature_files(wanted: FeatureSet, kind: str = "head_wise") -> list[Path]:
 
 def load_features(wanted: FeatureSet, kind: str = "head_wise", mmap: bool = True,
                   found: FeatureSet | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(activations, labels, question_ids) of the wanted questions, from `found` when the caller has found the set
-    already; a missing or damaged file names the command that makes it."""
+    """(activations, labels, question_ids) of the wanted questions, from `found` when the caller found the set."""
     found = found or require_feature_sets([wanted], kind)[0]
     acts = _load_npy(found, kind, mmap)
     labels, question_ids = _load_npy(found, "labels"), _load_npy(found, "question_ids")
@@ -141,8 +140,7 @@ def load_features(wanted: FeatureSet, kind: str = "head_wise", mmap: bool = True
 
 @dataclass(frozen=True)
 class FeatureRecord:
-    """A feature set's `_meta.json` (docs/method.md §10; written by iti.activations.save_features): the fields its
-    consumers read, then, in `other`, what they do not (residual width, kinds extracted, settings)."""
+    """A feature set's `_meta.json` (docs/method.md §10): the fields its consumers read; the rest stays in `other`."""
     record_version: int
     model_name: str
     dataset: str
@@ -214,9 +212,8 @@ def verify_feature_set(wanted: FeatureSet, found: FeatureSet | None = None) -> F
 def verify_against_data(wanted: FeatureSet, tqa_path: str | None = None, probe_text=qa_prompt,
                         model_fingerprint: dict | None = None, prompts: bool = True, found: FeatureSet | None = None,
                         source: Source | None = None) -> FeatureRecord:
-    """verify_feature_set, then the items this run would extract now (from `source`, else the dataset file) for the
-    set's limit and recorded seed; with `prompts` also the prompt format and the rows `probe_text` formats; and
-    the run's model (`model_fingerprint`, when given)."""
+    """verify_feature_set, then against this run (from `source`, else the dataset file): the items, with `prompts`
+    the prompt format and rows `probe_text` formats, and the model when `model_fingerprint` is given."""
     found = found or find_feature_set(wanted) or wanted
     record = verify_feature_set(wanted, found)
     source = source or load_source(wanted.dataset, tqa_path, wanted.dataset_path)

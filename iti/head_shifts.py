@@ -33,8 +33,7 @@ RESAVE = "save the head shifts again"
 
 @dataclass
 class ShiftProvenance:
-    """What made a set of head shifts: the model and data (from the run that built them), the recipe and split (from
-    iti.fitting.fit_head_shifts), and the probe report. What a file of another version records beyond is in `other`."""
+    """What made these head shifts (run, data, recipe, split, probe report); a later version's extras: `other`."""
 
     model_name: str | None = None
     model_source: str | None = None
@@ -191,8 +190,7 @@ class HeadShifts:
         return self.provenance.model_source
 
     def check_model(self, model_source: str, allow_other_model: bool = False) -> None:
-        """UsageError when these shifts record a model other than `model_source`, unless allowed (for transfer
-        experiments): geometry alone cannot tell two models of one family apart."""
+        """UsageError when these shifts record another model, unless allowed: geometry cannot tell one family apart."""
         made_for = self.provenance.model_source
         if allow_other_model or made_for is None or same_model_source(made_for, model_source):
             return
