@@ -1,7 +1,6 @@
-"""Writing outputs safely: every file (or folder) goes to a unique temporary name beside its target and
-is renamed into place, so a killed run never leaves a half-written file under a real name, and parallel
-runs writing the same file never see each other's partial output. Temporary names carry their writer
-(host and process id), so a later run can tell a killed writer's leftovers from a running one's."""
+"""Writing outputs safely: every file (or folder) goes to a unique temporary name beside its target and is renamed
+into place, so neither a killed run nor a parallel one leaves or sees a half-written file under a real name.
+Temporary names carry their writer (host, pid): a later run tells a killed writer's leftovers from a live one's."""
 from __future__ import annotations
 
 import csv

@@ -166,13 +166,12 @@ class HeadShifts:
     def layer_offsets(self) -> dict[int, np.ndarray]:
         """δ_l per layer with selected heads: float32 [H·d] holding α·σ·θ in each selected head's slice."""
         offsets: dict[int, np.ndarray] = {}
-        d = self.head_dim
         shifts = self.alpha * self.sigmas[:, None] * self.directions.astype(np.float64)
         for layer in sorted(set(self.layers.tolist())):
-            delta = np.zeros((self.num_heads, d))
+            delta = np.zeros((self.num_heads, self.head_dim))
             mine = self.layers == layer
             delta[self.heads[mine]] = shifts[mine]
-            offsets[layer] = delta.reshape(self.num_heads * d).astype(np.float32)
+            offsets[layer] = delta.reshape(-1).astype(np.float32)
         return offsets
 
     def check_fits(self, dtype: str, largest: float, name: str = "alpha") -> None:
