@@ -1,10 +1,8 @@
 """Feature sets on disk: their names, finding and reading them, and checking that they are what a run needs.
 
-get_activations writes, per model and dataset, `{model}_{dataset}[_limit_{N}]_{kind}.npy` (the public workflow's
-names; `_limit_{N}` for the first N questions) and a `_meta.json` that records what made them (docs/method.md §10):
-the model's fingerprint (iti.fingerprint), the rows' content before and after formatting, the prompt format, the
-limit and the seed. Every consumer checks the record against its own run and refuses a mismatch in one line that
-gives the get_activations command to run. NumPy only: sweeps check features on a login node without torch.
+get_activations writes `{model}_{dataset}[_limit_{N}]_{kind}.npy` (the public workflow's names) and a `_meta.json`
+recording what made them (docs/method.md §10). Every consumer checks that record against its own run and refuses a
+mismatch with the get_activations command to run. NumPy only: sweeps check features on a login node without torch.
 """
 from __future__ import annotations
 
@@ -36,7 +34,6 @@ def feature_stem(model_name: str, dataset: str, limit: int | None = None) -> str
 
 
 def feature_path(features_dir: str | Path, model_name: str, dataset: str, kind: str, limit: int | None = None) -> Path:
-    """The public workflow's names: {model}_{dataset}[_limit_{N}]_{head_wise|layer_wise|mlp_wise|labels}.npy."""
     suffix = "json" if kind in ("categories", "meta") else "npy"
     return Path(features_dir) / f"{feature_stem(model_name, dataset, limit)}_{kind}.{suffix}"
 
@@ -57,7 +54,6 @@ class FeatureSet:
         return feature_path(self.features_dir, self.model_name, self.dataset, kind, self.limit)
 
     def files(self, kind: str = "head_wise") -> list[Path]:
-        """What load_features reads: the activations, their labels and their question ids."""
         return [self.path(k) for k in (kind, "labels", "question_ids")]
 
     def exists(self, kind: str = "head_wise") -> bool:
@@ -79,9 +75,8 @@ class FeatureSet:
 
 
 def find_feature_set(wanted: FeatureSet, kind: str = "head_wise") -> FeatureSet | None:
-    """The set to read for `wanted`: itself when extracted; for a subset of N questions, else the smallest
-    extracted subset of more questions, else the full set (the first N questions of either are the
-    subset); None when none exists."""
+    """The set to read for `wanted`: itself, else (for the first N questions) the smallest extracted subset of more
+    questions, else the full set, whose first N questions are the subset; None when none exists."""
     if wanted.exists(kind) or wanted.limit is None:
         return wanted if wanted.exists(kind) else None
     pattern = re.compile(re.escape(f"{feature_stem(wanted.model_name, wanted.dataset)}_limit_") + r"(\d+)"
@@ -117,15 +112,12 @@ def _load_npy(found: FeatureSet, kind: str, mmap: bool = False) -> np.ndarray:
 
 
 def feature_files(wanted: FeatureSet, kind: str = "head_wise") -> list[Path]:
-    """FeatureSet.files of the set find_feature_set picks (of the wanted one when none exists)."""
     return (find_feature_set(wanted, kind) or wanted).files(kind)
 
 
 def load_features(wanted: FeatureSet, kind: str = "head_wise", mmap: bool = True,
                   found: FeatureSet | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(activations, labels, question_ids) of all questions, or of the first `limit` (the `_limit_{N}`
-    set, else the full set's first N questions), read from `found` when the caller has found the set already;
-    a missing or damaged file names the command that makes it."""
+    """(activations, labels, question_ids) of the wanted questions, from `found` when the caller found the set."""
     found = found or require_feature_sets([wanted], kind)[0]
     acts = _load_npy(found, kind, mmap)
     labels, question_ids = _load_npy(found, "labels"), _load_npy(found, "question_ids")
@@ -148,9 +140,7 @@ def load_features(wanted: FeatureSet, kind: str = "head_wise", mmap: bool = True
 
 @dataclass(frozen=True)
 class FeatureRecord:
-    """What made a feature set, as its `_meta.json` holds it (docs/method.md §10; written by
-    iti.activations.save_features): the fields its consumers read, then, in `other`, what they do not (the
-    residual width, the kinds extracted, the dataset's and the script's settings)."""
+    """A feature set's `_meta.json` (docs/method.md §10): the fields its consumers read; the rest stays in `other`."""
     record_version: int
     model_name: str
     dataset: str
@@ -173,8 +163,7 @@ class FeatureRecord:
 
 
 def read_record(found: FeatureSet) -> FeatureRecord:
-    """The set's `_meta.json`; one that is missing, unreadable or of another layout is a UsageError that
-    says to re-extract (nothing is guessed about features that do not say what made them)."""
+    """The set's `_meta.json`; missing, unreadable or of another layout, a UsageError saying to re-extract."""
     path, remake = found.path("meta"), found.remake
     if not path.exists():
         raise UsageError(f"{found.path('head_wise')} has no record of what made it ({path.name} is missing); "
@@ -191,9 +180,8 @@ def read_record(found: FeatureSet) -> FeatureRecord:
 
 
 def verify_feature_set(wanted: FeatureSet, found: FeatureSet | None = None) -> FeatureRecord:
-    """The record of the set read for `wanted` (`found`, else find_feature_set's), checked to be of that set: its
-    model, dataset and limit, and the arrays' shapes (only their headers are read: arrays copied over or written by
-    another program are not the features the record describes). A mismatch names the command that makes the set."""
+    """The record of the set read for `wanted`, checked against its model, dataset, limit and the arrays' shapes (from
+    their headers: arrays copied over are not the features the record describes); a mismatch names the remedy."""
     found = found or find_feature_set(wanted) or wanted
     record = read_record(found)
     rows, layers, heads, head_dim = record.row_count, record.num_layers, record.num_heads, record.head_dim
@@ -224,10 +212,8 @@ def verify_feature_set(wanted: FeatureSet, found: FeatureSet | None = None) -> F
 def verify_against_data(wanted: FeatureSet, tqa_path: str | None = None, probe_text=qa_prompt,
                         model_fingerprint: dict | None = None, prompts: bool = True, found: FeatureSet | None = None,
                         source: Source | None = None) -> FeatureRecord:
-    """verify_feature_set, then the items against those this run would extract now (from `source` when the run has
-    read them, else from `tqa_path` or the set's dataset file) for the set's limit and its record's seed (of
-    tqa_gen_end_q's extra questions); with `prompts` also the prompt format and the rows formatted by `probe_text`;
-    and the run's model (`model_fingerprint`, when given)."""
+    """verify_feature_set, then against this run (from `source`, else the dataset file): the items, with `prompts`
+    the prompt format and rows `probe_text` formats, and the model when `model_fingerprint` is given."""
     found = found or find_feature_set(wanted) or wanted
     record = verify_feature_set(wanted, found)
     source = source or load_source(wanted.dataset, tqa_path, wanted.dataset_path)

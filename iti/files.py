@@ -1,7 +1,6 @@
-"""Writing outputs safely: every file (or folder) goes to a unique temporary name beside its target and
-is renamed into place, so a killed run never leaves a half-written file under a real name, and parallel
-runs writing the same file never see each other's partial output. Temporary names carry their writer
-(host and process id), so a later run can tell a killed writer's leftovers from a running one's."""
+"""Writing outputs safely: every file (or folder) goes to a unique temporary name beside its target and is renamed
+into place, so neither a killed run nor a parallel one leaves or sees a half-written file under a real name.
+Temporary names carry their writer (host, pid): a later run tells a killed writer's leftovers from a live one's."""
 from __future__ import annotations
 
 import csv
@@ -116,13 +115,11 @@ def staged_folder(target: str | Path, replace: bool = False) -> Iterator[Path]:
 
 
 def check_replaceable(flag: str, folder: str | Path, overwrite: bool, ours: str, what: str) -> None:
-    """A folder a command writes into must be new or empty; with `overwrite`, it may hold files whose names all
-    match `ours` (a regex: what the command itself writes, called `what`), which are replaced. Anything else is
-    never touched, whatever the flags."""
-    present = sorted(p.name for p in Path(folder).expanduser().iterdir()) if Path(folder).expanduser().is_dir() else []
-    if not present:
-        return
-    if not overwrite:
+    """A folder a command writes into must be new or empty, or with `overwrite` hold only names matching `ours`
+    (the command's own outputs, called `what`); anything else is never touched, whatever the flags."""
+    where = Path(folder).expanduser()
+    present = sorted(p.name for p in where.iterdir()) if where.is_dir() else []
+    if present and not overwrite:
         raise UsageError(f"{flag} {folder} is not empty; it is kept: give a new or empty folder, or add --overwrite to "
                          f"replace {what} there")
     others = [name for name in present if not re.fullmatch(ours, name)]
@@ -141,26 +138,22 @@ def write_json(path: str | Path, data) -> Path:
 
 
 def write_csv(path: str | Path, frame) -> Path:
-    """A pandas DataFrame, without its index."""
     return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
 def save_npy(path: str | Path, array) -> Path:
-    """An .npy file that loads without pickle."""
     return atomic_write(path, lambda tmp: write_npy(tmp, array))
 
 
 def write_npy(path: Path, array) -> None:
-    """Write an .npy file in place (for a path that is itself temporary, e.g. from staged_files)."""
+    """An .npy file that loads without pickle, written in place (for an already temporary path)."""
     with open(path, "wb") as handle:
         np.lib.format.write_array(handle, np.asarray(array), allow_pickle=False)
 
 
 def reserve_space(path: Path) -> None:
-    """Allocate every block of the file at `path` (its current length) now. A memory-mapped file is
-    otherwise sparse, and a full disk then kills the process with SIGBUS at the first write to a page
-    it cannot back; reserved, it raises ENOSPC here. Where the platform or file system cannot
-    preallocate (no posix_fallocate, e.g. macOS), nothing is reserved."""
+    """Allocate the file's blocks now: a sparse memory-mapped file on a full disk dies of SIGBUS at a later
+    write, a reserved one raises ENOSPC here. Nothing is reserved where preallocation is unsupported."""
     if not hasattr(os, "posix_fallocate"):
         return
     handle = os.open(path, os.O_RDWR)
@@ -202,8 +195,7 @@ def why_not_a_file(path: Path) -> str:
 
 
 def read_text(path: str | Path, what: str, remedy: str = "save it as UTF-8") -> str:
-    """A text file as UTF-8, without a leading byte-order mark; a UsageError naming `what` (the option or kind of
-    file) and the file when it cannot be read, or the offset of its first byte that is not UTF-8."""
+    """A UTF-8 text file without its byte-order mark; unreadable or not UTF-8, a UsageError naming `what`."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -244,9 +236,8 @@ def read_jsonl(path: str | Path, what: str) -> list[tuple[int, object]]:
 
 
 def csv_rows(text: str, path: str | Path, columns: tuple[str, ...], remedy: str) -> list[tuple[int, dict[str, str]]]:
-    """(line it starts on, fields by column) of each row of a CSV file's `text`; blank lines hold no row. A header
-    without one of `columns`, a row of more or fewer fields than the header (a comma left unquoted, a field
-    lost) or a quote left open is a UsageError naming the file and the line, then `remedy`."""
+    """(line it starts on, fields by column) of each non-blank row of a CSV file's `text`; a missing column, a row
+    whose field count differs from the header's or an open quote is a UsageError naming the line, then `remedy`."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     rows, last_line = [], 0
     try:

@@ -1,7 +1,5 @@
-"""HeadShifts: the selected heads, their unit directions, spreads σ and strength α.
-
-Everything downstream (intervention hooks, baking, evaluation) consumes this one type. The shift of head (l, h) is
-α·σ·θ added to slice [h·d, (h+1)·d) of layer l's `o_proj` input (docs/method.md §4 and §7). On disk:
+"""HeadShifts, the one type intervention hooks, baking and evaluation consume: head (l, h) is shifted by α·σ·θ
+added to slice [h·d, (h+1)·d) of layer l's `o_proj` input (docs/method.md §4 and §7). On disk:
 `head_shifts.safetensors` (arrays) beside `head_shifts.json` (α, geometry, heads, provenance); no pickle.
 """
 from __future__ import annotations
@@ -35,8 +33,7 @@ RESAVE = "save the head shifts again"
 
 @dataclass
 class ShiftProvenance:
-    """What made a set of head shifts: the model and data (from the run that built them), the recipe and split (from
-    iti.fitting.fit_head_shifts), and the probe report. What a file of another version records beyond is in `other`."""
+    """What made these head shifts (run, data, recipe, split, probe report); a later version's extras: `other`."""
 
     model_name: str | None = None
     model_source: str | None = None
@@ -73,8 +70,7 @@ class ShiftProvenance:
 
 @dataclass
 class ShiftsMetadata:
-    """head_shifts.json: the format tag and version, the save id shared with the tensors file, α, the geometry
-    (flat, as iti.geometry.HeadGeometry's first three fields), the heads as the tensors list them, provenance."""
+    """head_shifts.json; the save id is shared with the tensors file, the geometry is flat (as HeadGeometry's)."""
     format: str
     version: int
     save_id: str
@@ -99,8 +95,8 @@ def _indices(values, name: str) -> np.ndarray:
 
 @dataclass(eq=False)
 class HeadShifts:
-    """K selected heads (layers[i], heads[i]) with unit directions [K, d], spreads σ [K] and the
-    probe accuracy of each; alpha scales them all. Geometry: the model's L, H and head_dim d (`geometry`)."""
+    """K heads (layers[i], heads[i]) with unit directions [K, d], spreads σ [K] and probe accuracies [K]; alpha
+    scales them all; num_layers, num_heads and head_dim are the model's geometry."""
 
     layers: np.ndarray
     heads: np.ndarray
@@ -143,7 +139,7 @@ class HeadShifts:
         if not (np.isfinite(self.sigmas).all() and (self.sigmas >= 0).all()):
             raise UsageError("head shift sigmas must be finite and non-negative")
         # The shifts α·σ·θ are built in float32 (layer_offsets, exports).
-        check_alpha(self.alpha, "head shift alpha", self._reach(), float(np.finfo(np.float32).max), "float32")
+        self.check_fits("float32", float(np.finfo(np.float32).max), "head shift alpha")
         if not isinstance(self.provenance, ShiftProvenance):
             raise UsageError("head shift provenance must be a ShiftProvenance (or a dict of its fields)")
         try:
@@ -159,10 +155,6 @@ class HeadShifts:
     def geometry(self) -> HeadGeometry:
         return HeadGeometry(self.num_layers, self.num_heads, self.head_dim)
 
-    def _reach(self) -> float:
-        """The largest |σ·θ_i|: a head moves by at most |α| times it."""
-        return float(np.abs(self.sigmas[:, None] * self.directions.astype(np.float64)).max(initial=0.0))
-
     def head_list(self) -> list[tuple[int, int]]:
         return list(zip(self.layers.tolist(), self.heads.tolist()))
 
@@ -174,44 +166,39 @@ class HeadShifts:
     def layer_offsets(self) -> dict[int, np.ndarray]:
         """δ_l per layer with selected heads: float32 [H·d] holding α·σ·θ in each selected head's slice."""
         offsets: dict[int, np.ndarray] = {}
-        d = self.head_dim
         shifts = self.alpha * self.sigmas[:, None] * self.directions.astype(np.float64)
         for layer in sorted(set(self.layers.tolist())):
-            delta = np.zeros((self.num_heads, d))
+            delta = np.zeros((self.num_heads, self.head_dim))
             mine = self.layers == layer
             delta[self.heads[mine]] = shifts[mine]
-            offsets[layer] = delta.reshape(self.num_heads * d).astype(np.float32)
+            offsets[layer] = delta.reshape(-1).astype(np.float32)
         return offsets
 
-    def check_fits(self, dtype: str, largest: float) -> None:
+    def check_fits(self, dtype: str, largest: float, name: str = "alpha") -> None:
         """UsageError unless every α·σ·θ_i is a number of the model's `dtype` (at most `largest` in magnitude)."""
-        check_alpha(self.alpha, "alpha", self._reach(), largest, dtype)
+        reach = float(np.abs(self.sigmas[:, None] * self.directions.astype(np.float64)).max(initial=0.0))
+        check_alpha(self.alpha, name, reach, largest, dtype)
 
     def check_geometry(self, geometry: HeadGeometry) -> None:
-        """UsageError unless these shifts were made for a model of this geometry."""
         if self.geometry != geometry:
             raise UsageError(f"head shifts were made for {self.geometry} (layers×heads×head_dim) but the model has "
                              f"{geometry}; make head shifts from this model's activations")
 
     @property
     def model_source(self) -> str | None:
-        """The model these shifts were made from (hub id or path), as recorded when they were made."""
         return self.provenance.model_source
 
     def check_model(self, model_source: str, allow_other_model: bool = False) -> None:
-        """UsageError when these shifts record a model other than `model_source`, unless allowed (for transfer
-        experiments): geometry alone cannot tell two models of one family apart."""
-        made_for = self.model_source
+        """UsageError when these shifts record another model, unless allowed: geometry cannot tell one family apart."""
+        made_for = self.provenance.model_source
         if allow_other_model or made_for is None or same_model_source(made_for, model_source):
             return
         raise UsageError(f"these head shifts were made for {made_for}, not {model_source}; apply them to the model "
                          "they were made from, or pass --allow_other_model to use them anyway")
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write both files (under temporary names, renamed together); returns the directory. A random save id in
-        both files lets `load` detect a pair from different saves."""
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
+        """Both files, renamed into place together; a random save id in both lets `load` detect a mixed pair."""
+        out = Path(directory)  # staged_files makes it
         save_id = uuid.uuid4().hex
         tensors = {name: np.ascontiguousarray(getattr(self, name)) for name in _ARRAY_FIELDS}
         written = ShiftsMetadata(_FORMAT, _VERSION, save_id, self.alpha, self.num_layers, self.num_heads,

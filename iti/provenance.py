@@ -1,8 +1,5 @@
-"""What made a number: code version, library versions, device, the exact feature files, model and options.
-
-Recorded in every validate_2fold summary (in the manner of lm-evaluation-harness), so a result
-can be traced to the commit, the data and the settings that produced it.
-"""
+"""What made a number: code version, library versions, device, the exact feature files, model and options,
+recorded in every validate_2fold summary so a result can be traced to the commit, data and settings behind it."""
 from __future__ import annotations
 
 import hashlib
@@ -53,8 +50,7 @@ def describe_device(device: str) -> str:
 
 
 def run_provenance(config: dict, feature_files: Iterable[Path], model_source: str, device: str) -> dict:
-    """The record for a run's summary: git commit and dirty flag, library versions, device, a
-    content hash of each features file read, the model source and the full configuration."""
+    """The record for a run's summary, with a content hash of each features file read."""
     return {
         "git": git_state(),
         "versions": {"python": platform.python_version(), **{name: _version(name) for name in RECORDED_PACKAGES}},
