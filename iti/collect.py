@@ -18,7 +18,6 @@ from iti.errors import UsageError
 from iti.evaluation import answer_scores, read_fold_answers
 from iti.identity import TABLE_NAME, Role, declared, digest, named_values, readable_name, short_digest, without
 from iti.metrics import METRICS, PER_QUESTION_OR_DERIVED, missing, shown, with_products
-from iti.records import record_json
 from iti.runs import RunFile, RunRecord, read_run
 from iti.statistics import paired_differences
 
@@ -93,7 +92,7 @@ def seed_averaged_answers(runs: list[RunRecord], tag: str) -> pd.DataFrame | Non
         return None
     per_seed = []
     for run in runs:
-        answers = pd.concat([read_fold_answers(record_json(fold), tag) for fold in run.folds], ignore_index=True)
+        answers = pd.concat([read_fold_answers(fold, tag) for fold in run.folds], ignore_index=True)
         scores = pd.DataFrame(answer_scores(answers, tag), index=answers["Question"])
         scores["Category"] = answers["Category"].to_numpy()
         per_seed.append(scores)

@@ -9,7 +9,7 @@ import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,9 @@ from iti.mc import evaluate_mc
 from iti.metrics import BY_NAME, METRICS, PER_QUESTION, missing, shown, with_products
 from iti.prompts import Prompting
 from iti.statistics import intervals
+
+if TYPE_CHECKING:
+    from iti.runs import FoldEntry
 
 # Per --metrics option scored by a judge: the judge kind, the answer files' column of its P(" yes"), and the
 # option that names the judge model.
@@ -124,24 +127,24 @@ def answer_scores(frame: pd.DataFrame, tag: str) -> dict[str, np.ndarray]:
             if column in frame}
 
 
-def read_fold_answers(fold: dict, tag: str) -> pd.DataFrame:
+def read_fold_answers(fold: FoldEntry, tag: str) -> pd.DataFrame:
     """The answer file of a fold of a run record as validate_2fold wrote it (a number in each row of each measured
     metric's column, one row per test question); any other file is a UsageError naming it, since intervals and
     categories over it would silently be over other questions, or none."""
-    path = Path(fold["files"]["answers"])
+    path = Path(fold.files.answers)
     text = read_text(path, "answer file", REMAKE_ANSWERS)
     try:
         frame = pd.read_csv(io.StringIO(text))
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as err:
         raise UsageError(f"answer file {path} is not a whole CSV table ({str(err).strip().splitlines()[0]}); "
                          f"{REMAKE_ANSWERS}") from None
-    measured = [column for name, column in score_columns(tag).items() if not missing(fold["results"].get(name))]
+    measured = [column for name, column in score_columns(tag).items() if not missing(fold.results.get(name))]
     absent = [column for column in ("Category", "Question", *measured) if column not in frame]
     if absent:
         raise UsageError(f"answer file {path} lacks the column(s) {', '.join(absent)} of the fold's answers; "
                          f"{REMAKE_ANSWERS}")
-    if len(frame) != len(fold["test"]):
-        raise UsageError(f"answer file {path} holds {len(frame)} answers, but its fold has {len(fold['test'])} test "
+    if len(frame) != len(fold.test):
+        raise UsageError(f"answer file {path} holds {len(frame)} answers, but its fold has {len(fold.test)} test "
                          f"questions; {REMAKE_ANSWERS}")
     unscored = [column for column in measured if not pd.api.types.is_numeric_dtype(frame[column])
                 or frame[column].isna().any()]

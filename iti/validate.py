@@ -34,9 +34,9 @@ from iti.fingerprint import model_fingerprint
 from iti.fitting import Features, Split, fit_head_shifts, recipe_of
 from iti.folds import all_fold_splits
 from iti.judges import JudgePanel, check_judge_source
-from iti.metrics import mean_over_folds, shown
 from iti.geometry import head_geometry
 from iti.identity import digest, short_digest
+from iti.metrics import mean_over_folds, shown
 from iti.models import input_device, load_model, resolve_model_source
 from iti.provenance import run_provenance
 from iti.records import record_json
@@ -71,7 +71,7 @@ def run_validation(cfg: ValidationConfig, progress: bool = True, log: Log = prin
     began = time.time()
     setup = set_up(cfg, log)
     for entry in setup.kept.values():  # before anything is written, so that a bad one leaves the record as it was
-        read_fold_answers(record_json(entry), cfg.output_name)
+        read_fold_answers(entry, cfg.output_name)
     folds: list[FoldEntry] = []
     for fold, split in enumerate(setup.splits):
         if fold in setup.kept:
@@ -239,7 +239,7 @@ def totals(setup: RunSetup, folds: list[FoldEntry], log: Log) -> dict[str, Any]:
     if table:
         log("Probe report:\n" + table)
     # From the answer files, so that folds kept from an earlier run count too.
-    answers = pd.concat([read_fold_answers(record_json(f), cfg.output_name) for f in folds], ignore_index=True)
+    answers = pd.concat([read_fold_answers(f, cfg.output_name) for f in folds], ignore_index=True)
     bootstrap, categories = pooled_statistics(answers, cfg.output_name)
     if cfg.selects:
         line = final_line("/".join(f"{f.alpha:g}" for f in folds), "/".join(str(f.K) for f in folds), final)
