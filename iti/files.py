@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import errno
 import glob
+import hashlib
 import io
 import json
 import math
@@ -13,6 +14,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,7 +43,15 @@ def temporaries_of(path: Path) -> list[Path]:
 
 def writer_running(temporary: Path) -> bool:
     """False only when the temporary's writer ran on this host and has exited; another host's cannot be told."""
-    owner = temporary.name[:-len(".tmp")].split(".")[-2]
+    return _owner_running(temporary.name[:-len(".tmp")].split(".")[-2])
+
+
+def _owner() -> str:
+    return f"{_host()}-{os.getpid()}"
+
+
+def _owner_running(owner: str) -> bool:
+    """Whether the process `{host}-{pid}` may still run: False only for one of this host that has exited."""
     host, _, pid = owner.rpartition("-")
     if host != _host() or not pid.isdigit():
         return True
@@ -61,23 +71,96 @@ def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+_SPECIAL_FILES = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a device"),
+                  (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"))
+
+
+def check_output_file(path: str | Path, what: str = "output") -> None:
+    """An output file may only replace a regular file (or take a free name): a folder, FIFO, device or socket
+    there, or a symbolic link that leads out of the output's folder, is a UsageError and is kept."""
+    path = Path(path)
+    _check_link_stays(path, what)
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # nothing there, or a dangling link in the folder: the new file takes its name
+        return
+    kind = next((name for test, name in _SPECIAL_FILES if test(mode)), None)
+    if kind is not None:
+        raise UsageError(f"{what} {path} is {kind}, not a regular file; it is kept: give the path of a regular file "
+                         "or of none")
+
+
+def check_output_folder(path: str | Path, what: str = "output folder") -> None:
+    """An output folder may only be a folder (or a free name), and not a symbolic link out of its parent."""
+    path = Path(path)
+    _check_link_stays(path, what)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{what} {path} is a file, not a folder; it is kept: give the path of a folder or of none")
+
+
+def _check_link_stays(path: Path, what: str) -> None:
+    if path.is_symlink():
+        target = path.resolve()
+        if target.parent != path.parent.resolve():
+            raise UsageError(f"{what} {path} is a symbolic link to {target}, outside its folder; it is kept: give "
+                             "a path in the folder you mean to write")
+
+
+@contextmanager
+def output_lock(path: str | Path, what: str = "output") -> Iterator[None]:
+    """Only one writer of `path` at a time: a lock file `.{name}.lock` beside it holds the writer (host-pid); a
+    second writer gets a UsageError naming the first. A lock whose writer has exited on this host is taken over."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(f".{path.name}.lock")
+    for _ in range(2):
+        try:
+            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                holder = lock.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError):
+                holder = ""
+            if holder and _owner_running(holder):
+                raise UsageError(f"{what} {path} is being written by another process ({holder}, as {lock.name} "
+                                 "says); wait until it ends (if no such process runs, remove that lock file)") \
+                    from None
+            lock.unlink(missing_ok=True)  # left by a writer that exited
+    else:
+        raise UsageError(f"{what} {path}: its lock {lock} keeps coming back; another process is starting to write "
+                         "it: wait until it ends")
+    try:
+        os.write(handle, _owner().encode())
+    finally:
+        os.close(handle)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None], what: str = "output") -> Path:
     """Call `write(tmp)` then rename tmp to `path`; on failure nothing is left behind."""
-    with staged_files([Path(path)]) as (tmp,):
+    with staged_files([Path(path)], what) as (tmp,):
         write(tmp)
     return Path(path)
 
 
 @contextmanager
-def staged_files(paths: list[Path]) -> Iterator[list[Path]]:
+def staged_files(paths: list[Path], what: str = "output") -> Iterator[list[Path]]:
     """Temporary paths for several files, renamed onto `paths` together once the block finishes; a block
-    that fails or is killed leaves none of the final names changed (and, failing, no temporary)."""
+    that fails or is killed leaves none of the final names changed (and, failing, no temporary). Each path
+    must be free or a regular file (check_output_file), before the block and again before the renames."""
     paths = [Path(p) for p in paths]
     for path in paths:
+        check_output_file(path, what)
         path.parent.mkdir(parents=True, exist_ok=True)
     temporary = [temporary_path(p) for p in paths]
     try:
         yield temporary
+        for path in paths:
+            check_output_file(path, what)
         for tmp, path in zip(temporary, paths):
             os.replace(tmp, path)
     finally:
@@ -90,6 +173,7 @@ def staged_folder(target: str | Path, replace: bool = False) -> Iterator[Path]:
     """A new folder beside `target`, renamed to `target` once the block finishes. An existing target is a
     FileExistsError unless `replace` (callers decide what they may replace): then it is deleted once the new is in."""
     target = Path(target)
+    check_output_folder(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Not tempfile.mkdtemp: its folders are private (0700) and outputs should follow the umask.
     staging = temporary_path(target)
@@ -129,8 +213,8 @@ def check_replaceable(flag: str, folder: str | Path, overwrite: bool, ours: str,
                          "folder")
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+def write_text(path: str | Path, text: str, what: str = "output") -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), what)
 
 
 def write_json(path: str | Path, data) -> Path:
@@ -164,6 +248,25 @@ def reserve_space(path: Path) -> None:
             raise
     finally:
         os.close(handle)
+
+
+def sha256_of(path: str | Path) -> str:
+    """The SHA-256 (hex) of a file's bytes, read in chunks (a feature file may be larger than memory)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def check_sha256(path: str | Path, recorded: str, what: str, remedy: str) -> str:
+    """The file's SHA-256 when it is `recorded` (the digest written beside it when it was made); otherwise a
+    UsageError naming the file: it changed or was damaged since, and what it holds is not what was recorded."""
+    try:
+        found = sha256_of(path)
+    except OSError as err:
+        raise UsageError(f"{what} {path} cannot be read ({err.strerror or err}); {remedy}") from None
+    if found != recorded:
+        raise UsageError(f"{what} {path} is not the file that was written there: its SHA-256 {found[:12]}... differs "
+                         f"from the {recorded[:12]}... recorded when it was made (changed or damaged since); {remedy}")
+    return found
 
 
 def plain(value):

@@ -2,12 +2,13 @@
 recorded in every validate_2fold summary so a result can be traced to the commit, data and settings behind it."""
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import platform
 import subprocess
 from pathlib import Path
 from typing import Iterable
+
+from iti.files import sha256_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECORDED_PACKAGES = ("torch", "transformers", "pyvene", "numpy")
@@ -34,11 +35,6 @@ def _version(package: str) -> str | None:
         return None
 
 
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def describe_device(device: str) -> str:
     """The device and, for a GPU, its name (the same code gives other float noise on other cards)."""
     if device.startswith("cuda"):
@@ -55,7 +51,7 @@ def run_provenance(config: dict, feature_files: Iterable[Path], model_source: st
         "git": git_state(),
         "versions": {"python": platform.python_version(), **{name: _version(name) for name in RECORDED_PACKAGES}},
         "device": describe_device(device),
-        "features_sha256": {str(path): file_sha256(Path(path)) for path in feature_files},
+        "features_sha256": {str(path): sha256_of(path) for path in feature_files},
         "model_source": model_source,
         "config": config,
     }
