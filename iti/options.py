@@ -14,6 +14,7 @@ from pathlib import Path
 
 from iti.constants import BUNDLED_MODEL, DTYPES, PROMPT_FORMATS
 from iti.errors import UsageError
+from iti.gguf_file import check_gguf_file
 from iti.identity import Role, spelled
 from iti.registry import DATASET_NAMES, check_dataset_name, check_model_name
 
@@ -27,7 +28,8 @@ LIMIT_TAG = re.compile(r"(^|_)limit_\d+$")
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?|\d+")
 # The largest |α|: float16's largest finite number (see check_alpha).
 MAX_ALPHA = 65504.0
-GGUF_MAGIC = b"GGUF"
+# Where a GGUF model's conversion to an ordinary folder is kept, and the variable that moves it.
+CACHE_VARIABLE = "ITI_CACHE"
 
 
 def option(default, help: str, role: Role, *, named: bool = False, split: bool = False, location: bool = False,
@@ -93,6 +95,13 @@ class ModelOptions(Options):
         """The name outputs carry: `{model_prefix}{model_name}`."""
         return f"{self.model_prefix}{self.model_name}"
 
+    @property
+    def converted_from_gguf(self) -> bool:
+        """Whether the model is a GGUF file, converted once into the cache folder before it loads."""
+        if self.model_path is None:
+            return self.output_name == BUNDLED_MODEL
+        return Path(self.model_path).expanduser().is_file()
+
     def _check(self) -> None:
         super()._check()
         check_plain_name("--model_name", self.model_name)
@@ -103,6 +112,8 @@ class ModelOptions(Options):
         check_device(str(self.device))
         if self.model_path is not None:
             check_model_path(self.model_path)
+        if self.converted_from_gguf:
+            cache_folder()
 
 
 @dataclass
@@ -183,11 +194,16 @@ def path_kind(flag: str, path: str | Path) -> str | None:
     return "folder" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"
 
 
+def nearest_existing(flag: str, path: Path) -> tuple[Path, str]:
+    """The path itself or its closest ancestor that exists, and its kind (see path_kind)."""
+    while (kind := path_kind(flag, path)) is None:
+        path = path.parent
+    return path, kind
+
+
 def check_writable(flag: str, path: str, folder: Path) -> None:
     """Files can be written in `folder`, or in the folder that can be made there."""
-    existing = folder
-    while (kind := path_kind(flag, existing)) is None:
-        existing = existing.parent
+    existing, kind = nearest_existing(flag, folder)
     if kind != "folder":
         raise UsageError(f"{flag} {path}: {existing} is a file, so no folder can be made there; give another path")
     try:
@@ -197,6 +213,24 @@ def check_writable(flag: str, path: str, folder: Path) -> None:
                          "write to") from None
     os.close(handle)
     os.unlink(probe)
+
+
+def cache_folder() -> Path:
+    """Where converted models are kept: $ITI_CACHE, else ~/.cache/iti. Set empty (it would mean the current folder)
+    or to a file, or a path under a file, it is a UsageError saying what to set."""
+    value = os.environ.get(CACHE_VARIABLE)
+    if value is None:
+        return Path.home() / ".cache" / "iti"
+    remedy = (f"set {CACHE_VARIABLE} to a folder for converted models (it may not exist yet), or unset it to use "
+              "~/.cache/iti")
+    if not value.strip():
+        raise UsageError(f"{CACHE_VARIABLE} is set but empty; {remedy}")
+    folder = Path(value).expanduser()
+    existing, kind = nearest_existing(CACHE_VARIABLE, folder)
+    if kind != "folder":
+        what = "a file" if kind == "file" else "not a file or folder"
+        raise UsageError(f"{CACHE_VARIABLE} {value} is not a folder ({existing} is {what}); {remedy}")
+    return folder
 
 
 def check_device(device: str) -> None:
@@ -235,19 +269,6 @@ def check_model_path(model_path: str) -> None:
     elif kind is None and (model_path.startswith((".", "/", "~")) or model_path.endswith(".gguf")
                            or model_path.count("/") != 1):
         raise UsageError(f"--model_path {model_path} does not exist (give a local folder, a .gguf file or a hub id)")
-
-
-def check_gguf_file(path: Path) -> None:
-    """A model given as a file must be GGUF (its first four bytes say so); anything else is refused here,
-    before transformers fails on it with a traceback."""
-    try:
-        with open(path, "rb") as handle:
-            magic = handle.read(len(GGUF_MAGIC))
-    except OSError as err:
-        raise UsageError(f"{path} cannot be read ({err.strerror}); give a readable .gguf file") from None
-    if magic != GGUF_MAGIC:
-        raise UsageError(f"{path} is a file but not a GGUF model (it does not start with {GGUF_MAGIC!r}); "
-                         "give --model_path a .gguf file, a model folder or a hub id")
 
 
 def check_dataset(dataset_path: str | None, dataset_name: str, min_items: int = 1,
