@@ -32,11 +32,11 @@ class HeadGeometry:
     def __str__(self) -> str:
         return f"{self.num_layers}×{self.num_heads}×{self.head_dim}"
 
-    def check_num_heads(self, num_heads: int) -> None:
+    def check_num_heads(self, num_heads: int, what: str = "--num_heads") -> None:
         """--num_heads picks at most every head of the model."""
         total = self.num_layers * self.num_heads
         if num_heads > total:
-            raise UsageError(f"--num_heads {num_heads} exceeds the model's {self.num_layers} layers x "
+            raise UsageError(f"{what} {num_heads} exceeds the model's {self.num_layers} layers x "
                              f"{self.num_heads} heads = {total}; pick at most {total}")
 
 

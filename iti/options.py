@@ -72,8 +72,8 @@ class Options:
                 if "choices" in f.metadata and item not in f.metadata["choices"]:
                     raise UsageError(f"{flag} {item} is not one of {', '.join(map(str, f.metadata['choices']))}")
                 check_range(flag, item, f.metadata["minimum"], f.metadata["maximum"])
-                if f.metadata["fraction"] and not 0 < item < 1:
-                    raise UsageError(f"{flag} {item} must lie strictly between 0 and 1, e.g. 0.2")
+                if f.metadata["fraction"]:
+                    check_fraction(flag, item)
                 if f.metadata["location"] or f.metadata["folder"] or f.metadata["file"]:
                     check_path(flag, item, f.metadata["folder"], f.metadata["file"])
 
@@ -143,6 +143,11 @@ def check_range(flag: str, value, minimum: float | None, maximum: float | None) 
         raise UsageError(f"{flag} {value} must be at least {spelled(minimum)}")
     if maximum is not None and value > maximum:
         raise UsageError(f"{flag} {value} must be at most {spelled(maximum)}")
+
+
+def check_fraction(flag: str, value: float) -> None:
+    if not 0 < value < 1:
+        raise UsageError(f"{flag} {value} must lie strictly between 0 and 1, e.g. 0.2")
 
 
 def check_alpha(alpha: float, what: str = "--alpha", reach: float = 0.0, largest: float = math.inf,

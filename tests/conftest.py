@@ -7,6 +7,9 @@ workflow's own ranking and splits); tests import it directly and import helpers 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 # One thread per process unless the caller says otherwise (the scripts the tests start inherit it):
@@ -307,3 +310,19 @@ def only_file(folder: Path, pattern: str) -> Path:
     """The one file in `folder` whose name matches the glob `pattern` (names that end in a hash, as collect_sweep's)."""
     [path] = folder.glob(pattern)
     return path
+
+
+@contextmanager
+def mounted_tmpfs(folder, options: str):
+    """A tmpfs mounted at `folder` for the block (root on Linux, as in CI); the test skips, saying why, elsewhere."""
+    if sys.platform != "linux" or os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root on Linux (CI runs so); not possible here")
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

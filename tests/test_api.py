@@ -303,3 +303,92 @@ def test_refusals_leave_no_hook_behind(tiny):
         with pytest.raises(UsageError, match="call the model"):
             layer(torch.zeros(1, 2, layer.in_features))
     assert hooks_on(model) == hooks
+
+
+@pytest.fixture(scope="module")
+def llama(tokenizer):
+    """One tiny model (3 layers x 4 heads of 12) for the argument checks, which fail before any forward."""
+    from tests.conftest import make_tiny_model
+
+    return make_tiny_model("llama", len(tokenizer)), tokenizer
+
+
+def base_model_of(model):
+    """The same architecture without its language-model head: no causal LM, it cannot generate."""
+    from transformers import AutoModel
+
+    return AutoModel.from_config(model.config)
+
+
+def features_of(model, tokenizer) -> Features:
+    return item_features(model, tokenizer, polite_items(4), progress=False)
+
+
+# What a notebook user may pass by mistake, and the phrase of the one-line UsageError each gets; `shifts` fit the model.
+MISUSES = {
+    "questions as one string": (lambda m, t, s: iti.generate(m, t, "Is 2 even?"),
+                                "questions is a str, not a list of questions (strings); give a list, e.g. "
+                                "['Is 2 even?']"),
+    "a question that is a number": (lambda m, t, s: iti.generate(m, t, ["Is 2 even?", 2]),
+                                    "questions[1] is an int, not one of the questions (strings)"),
+    "prompt_format misspelt": (lambda m, t, s: iti.generate(m, t, QUESTIONS, prompt_format="Chat"),
+                               "prompt_format 'Chat' is not one of raw, chat"),
+    "no token to generate": (lambda m, t, s: iti.generate(m, t, QUESTIONS, max_new_tokens=0),
+                             "max_new_tokens 0 must be at least 1"),
+    "batch_size as text": (lambda m, t, s: iti.generate(m, t, QUESTIONS, batch_size="8"),
+                           "batch_size '8' is a str, not a whole number"),
+    "model and tokenizer swapped": (lambda m, t, s: iti.generate(t, m, QUESTIONS),
+                                    "not a Hugging Face causal language model; give the model iti.load_model "
+                                    "returns"),
+    "a model without its language-model head": (lambda m, t, s: iti.apply(base_model_of(m), s),
+                                                "model is a LlamaModel, not a Hugging Face causal language model"),
+    "a tokenizer that is a name": (lambda m, t, s: iti.fit(m, "gpt2", polite_items(4)),
+                                   "tokenizer is a str, not a Hugging Face tokenizer"),
+    "alpha as text": (lambda m, t, s: iti.fit(m, t, polite_items(4), alpha="5"),
+                      "alpha '5' is a str, not a number; give a number, e.g. alpha=5.0"),
+    "alpha as a bool": (lambda m, t, s: iti.apply(m, s, alpha=True), "alpha True is a bool, not a number"),
+    "alpha not a number": (lambda m, t, s: iti.apply(m, s, alpha=float("nan")), "alpha nan is not a number"),
+    "alpha beyond float16": (lambda m, t, s: iti.fit(m, t, polite_items(4), alpha=1e300),
+                             "alpha 1e+300 must be at most 65504"),
+    "no head to shift": (lambda m, t, s: iti.fit(m, t, polite_items(4), num_heads=0),
+                         "num_heads 0 must be at least 1"),
+    "num_heads a fraction": (lambda m, t, s: iti.fit(m, t, polite_items(4), num_heads=2.5),
+                             "num_heads 2.5 is a float, not a whole number"),
+    "num_heads as a bool": (lambda m, t, s: iti.fit(m, t, polite_items(4), num_heads=True),
+                            "num_heads True is a bool, not a whole number"),
+    "more heads than the model has": (lambda m, t, s: iti.fit(m, t, polite_items(4), num_heads=13),
+                                      "num_heads 13 exceeds the model's 3 layers x 4 heads = 12; pick at most 12"),
+    "more heads than the features hold": (lambda m, t, s: iti.fit(m, t, features_of(m, t), num_heads=13),
+                                          "num_heads 13 exceeds the model's 3 layers x 4 heads = 12"),
+    "val_ratio leaving nothing to train": (lambda m, t, s: iti.fit(m, t, polite_items(4), val_ratio=1.0),
+                                           "val_ratio 1.0 must lie strictly between 0 and 1"),
+    "a negative seed": (lambda m, t, s: iti.fit(m, t, polite_items(4), seed=-1), "seed -1 must be at least 0"),
+    "items as one item": (lambda m, t, s: iti.fit(m, t, polite_items(1)[0]),
+                          "items is a dict, not a list of items (dicts or GenerationQuestion)"),
+    "items as questions": (lambda m, t, s: iti.fit(m, t, ["Is 2 even?"]),
+                           "items[0] is a str, not one of the items (dicts or GenerationQuestion)"),
+    "an item without answers": (lambda m, t, s: iti.fit(m, t, [{"question": "Is 2 even?"}]),
+                                "items in memory, record 1: no answers: expected `correct_answers` + "
+                                "`incorrect_answers`"),
+    "positions of another schedule": (lambda m, t, s: iti.apply(m, s, positions="answers"),
+                                      "positions 'answers' is not one of all, generation"),
+    "shifts in a list": (lambda m, t, s: iti.apply(m, [s]), "shifts is a list, not HeadShifts or the folder"),
+    "shifts of another model's geometry": (
+        lambda m, t, s: iti.generate(m, t, QUESTIONS, shifts=make_shifts(m, num_layers=4)),
+        "head shifts were made for 4×4×12 (layers×heads×head_dim) but the model has 3×4×12"),
+    "a model that is a number": (lambda m, t, s: iti.load_model(7), "name_or_path 7 is an int, not a model name"),
+    "a dtype of another spelling": (lambda m, t, s: iti.load_model("smollm2_135M_instruct", dtype="fp16"),
+                                    "dtype 'fp16' is not one of auto, float32, float16, bfloat16"),
+}
+
+
+@pytest.mark.parametrize("misuse", MISUSES)
+def test_wrong_arguments_are_one_line_usage_errors_that_leave_no_hook(llama, misuse):
+    model, tokenizer = llama
+    call, phrase = MISUSES[misuse]
+    hooks = hooks_on(model)
+    with pytest.raises(UsageError) as refused:
+        call(model, tokenizer, make_shifts(model))
+    message = str(refused.value)
+    assert phrase in message and "\n" not in message, message
+    assert hooks_on(model) == hooks

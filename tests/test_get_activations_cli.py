@@ -3,13 +3,12 @@ import json
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 
 from legacy.extraction import prompt_activations
-from tests.conftest import REPO_ROOT, tiny_model_folder
+from tests.conftest import REPO_ROOT, mounted_tmpfs, tiny_model_folder
 
 SCRIPT = REPO_ROOT / "get_activations" / "get_activations.py"
 
@@ -100,22 +99,6 @@ def test_no_truthfulqa_anywhere_says_where_it_looked(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(UsageError, match=r"looked in .*TruthfulQA and on the hub .*--tqa_path"):
         data.load_truthfulqa()
-
-
-@contextmanager
-def mounted_tmpfs(folder, options: str):
-    """A tmpfs mounted at `folder` for the block (root on Linux, as in CI); the test skips, saying why, elsewhere."""
-    if sys.platform != "linux" or os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root on Linux (CI runs so); not possible here")
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True,
-                             text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def error_lines(result) -> list[str]:
