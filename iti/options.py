@@ -178,6 +178,10 @@ def check_path(flag: str, path: str, folder: str | None = None, file: str | None
         raise UsageError(f"{flag} {path} does not exist; give {'an existing folder' if folder else 'a file'}")
     if file == "read" and not os.access(Path(path).expanduser(), os.R_OK):
         raise UsageError(f"{flag} {path} cannot be read (permission denied); check its permissions")
+    if file == "write":
+        from iti.files import check_output_file  # imports NumPy: only where an output file is named
+
+        check_output_file(Path(path).expanduser(), flag)
     if "write" in (folder, file):
         check_writable(flag, path, Path(path).expanduser() if folder else Path(path).expanduser().parent)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import importlib.util
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -590,6 +591,64 @@ def import_into_a_bake(*extra):
     return make
 
 
+# ----------------------------------------------------------------------------- issue 33: environment and outputs
+
+@pytest.fixture(autouse=True)
+def environment_kept():
+    """Cases set ITI_CACHE for the script they run: each case starts from the environment the suite had."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def gguf_cut(name: str, length: int, *extra: str):
+    """The bundled GGUF's first `length` bytes as --model_path: a download cut short. `extra`: more arguments
+    ({root}: the case's folder)."""
+    def make(root, tqa):
+        from iti.models import bundled_gguf_path
+
+        with open(bundled_gguf_path(), "rb") as handle:
+            (root / "model.gguf").write_bytes(handle.read(length))
+        return ["--model_path", str(root / "model.gguf"), "--features_dir", str(root / "features"),
+                *(arg.format(root=root) for arg in extra)]
+    make.__name__ = f"gguf_cut_{name}"
+    return make
+
+
+def cache_variable(name: str, value: str, *extra: str):
+    """ITI_CACHE set to `value` ({root}: the case's folder, holding a file notes.txt) for the bundled GGUF model."""
+    def make(root, tqa):
+        (root / "notes.txt").write_text("mine")
+        os.environ["ITI_CACHE"] = value.format(root=root)
+        return ["--features_dir", str(root / "features"), "--limit", "4", "--tqa_path", str(tqa),
+                *(arg.format(root=root) for arg in extra)]
+    make.__name__ = f"cache_{name}"
+    return make
+
+
+def text_output_a_fifo(root, tqa):
+    os.mkfifo(root / "pipe")
+    return ["--output", str(root / "pipe")]
+
+
+def text_output_a_device(root, tqa):
+    """A character device with /dev/full's numbers, made in the case's folder: no real device is written to."""
+    try:
+        os.mknod(root / "full", 0o600 | stat.S_IFCHR, os.makedev(1, 7))
+    except OSError as err:
+        pytest.skip(f"cannot make a device node here ({err.strerror}); root can (CI runs so)")
+    return ["--output", str(root / "full")]
+
+
+def text_output_a_link_leaving_its_folder(root, tqa):
+    (root / "elsewhere").mkdir()
+    (root / "elsewhere" / "text.txt").write_text("mine")
+    (root / "out").mkdir()
+    (root / "out" / "text.txt").symlink_to(root / "elsewhere" / "text.txt")
+    return ["--output", str(root / "out" / "text.txt")]
+
+
 CASES = [
     ("get_activations", gguf_that_is_not, "model.gguf is a file but not a GGUF model"),
     ("get_activations", csv_short_row, "TruthfulQA.csv line 5 has 2 fields, the header 7"),
@@ -743,6 +802,27 @@ CASES = [
     ("export_head_shifts", import_into_a_bake("--overwrite"),
      "--output_dir {root}/bake holds more than head shifts (config.json, model.safetensors); it is kept, whatever"),
     ("get_activations", path_with_a_newline, "--features_dir {root}/a\\nb is a file, not a folder"),
+    # issue 33: environment and outputs
+    ("get_activations", gguf_cut("in_its_data", 4 * 2**20),
+     f"truncated or not a GGUF file: {{root}}/model.gguf has {4 * 2**20} bytes, its tensor table needs"),
+    ("validate_2fold", gguf_cut("in_its_header", 1000, "--results_dir", "{root}/out"),
+     "truncated or not a GGUF file: {root}/model.gguf ends inside its header; give the whole file (download or "
+     "copy it again)"),
+    ("get_activations", gguf_cut("in_its_data_asked_to_check", 4 * 2**20, "--check_args"),
+     "truncated or not a GGUF file: {root}/model.gguf has"),
+    ("get_activations", cache_variable("set_empty", ""),
+     "ITI_CACHE is set but empty; set ITI_CACHE to a folder for converted models (it may not exist yet), or unset it "
+     "to use ~/.cache/iti"),
+    ("validate_2fold", cache_variable("a_file", "{root}/notes.txt", "--results_dir", "{root}/out"),
+     "ITI_CACHE {root}/notes.txt is not a folder ({root}/notes.txt is a file); set ITI_CACHE to a folder"),
+    ("get_activations", asked_to_check(cache_variable("under_a_file", "{root}/notes.txt/cache")),
+     "ITI_CACHE {root}/notes.txt/cache is not a folder ({root}/notes.txt is a file)"),
+    ("write_local_text", text_output_a_fifo,
+     "--output {root}/pipe is a named pipe (FIFO), not a regular file; it is kept: give the path of a regular file"),
+    ("write_local_text", asked_to_check(text_output_a_fifo), "--output {root}/pipe is a named pipe (FIFO)"),
+    ("write_local_text", text_output_a_device, "--output {root}/full is a device, not a regular file; it is kept"),
+    ("write_local_text", text_output_a_link_leaving_its_folder,
+     "--output {root}/out/text.txt is a symbolic link to {root}/elsewhere/text.txt, outside its folder; it is kept"),
 ]
 
 
