@@ -75,11 +75,14 @@ class _Header:
 def gguf_layout(path: Path) -> GGUFLayout:
     """The layout a GGUF file's header describes; ValueError when it describes none (a type GGUF does not define),
     _CutShort when the header itself runs past the end of the file."""
-    from gguf import GGML_QUANT_SIZES
+    from gguf import GGML_QUANT_SIZES, READER_SUPPORTED_VERSIONS
 
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
         header = _Header(data)
-        header.skip(4)  # the version
+        version = header.number("I")
+        if version not in READER_SUPPORTED_VERSIONS:
+            raise ValueError(f"GGUF version {version}; the gguf package reads versions "
+                             f"{', '.join(map(str, READER_SUPPORTED_VERSIONS))}")
         tensors, entries = header.number("Q"), header.number("Q")
         alignment = _DEFAULT_ALIGNMENT
         for _ in range(entries):

@@ -63,17 +63,17 @@ def cut_copy(source: Path, target: Path, length: int, header: int) -> Path:
     return target
 
 
-CUTS = {"inside its header": lambda size, start: 1000, "in half": lambda size, start: size // 2,
-        "one byte short": lambda size, start: size - 1}
+CUTS = {"inside its header": lambda size: 1000, "in half": lambda size: size // 2, "one byte short": lambda size: size - 1}
 
 
 @pytest.mark.parametrize("cut", CUTS)
 def test_a_truncated_gguf_is_one_line_and_leaves_nothing_in_the_cache(bundled_gguf, cut, tmp_path, monkeypatch):
     path, data_start, data_end, _ = bundled_gguf
-    length = CUTS[cut](data_end, data_start)
+    length = CUTS[cut](data_end)
     cut_file = cut_copy(path, tmp_path / "model.gguf", length, data_start + 4096)
     monkeypatch.setenv("ITI_CACHE", str(tmp_path / "cache"))
-    where = "ends inside its header" if length < data_start else f"has {length} bytes, its tensor table needs {data_end}"
+    where = ("ends inside its header" if length < data_start
+             else f"has {length} bytes, its tensor table needs {data_end}")
     expected = f"truncated or not a GGUF file: {cut_file} {where}; give the whole file (download or copy it again)"
     for load in (lambda: check_gguf_file(cut_file), lambda: models.gguf_to_folder(cut_file),
                  lambda: iti.load_model(str(cut_file), device="cpu")):
