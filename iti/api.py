@@ -20,24 +20,21 @@ from pathlib import Path
 import numpy as np
 
 from iti.activations import ActivationRecorder, extract_activations
+from iti.constants import DTYPES, PROMPT_FORMATS
 from iti.contrastive import dataset_from_records
 from iti.data import GenerationQuestion, items_prompt_set
 from iti.errors import UsageError
 from iti.fitting import Features, Recipe, fit_head_shifts, seeded_split
 from iti.generation import generate_answers
+from iti.geometry import HeadGeometry, head_geometry
 from iti.head_shifts import HeadShifts, ShiftProvenance
 from iti.intervention import AppliedShifts, ShiftedModel, shifts_at
-from iti.constants import DTYPES, PROMPT_FORMATS
-from iti.geometry import HeadGeometry, head_geometry
 from iti.models import resolve_model_source
 from iti.models import load_model as load_model_source
-from iti.options import check_alpha, check_fraction, check_range
+from iti.options import MAX_SEED, check_alpha, check_fraction, check_range
 from iti.prompts import Prompting, prompting_for
 from iti.registry import is_known_model
 from iti.report import ProbeReport
-
-# NumPy's generators take seeds of 0 to 2**32 - 1 (as the scripts' --seed).
-LARGEST_SEED = 2**32 - 1
 
 
 def load_model(name_or_path: str, device: str | int | None = "auto", dtype: str = "auto",
@@ -72,7 +69,7 @@ def fit(model, tokenizer, items_or_features: list[dict | GenerationQuestion] | F
     check_alpha(alpha, "alpha")
     _check_number("val_ratio", val_ratio)
     check_fraction("val_ratio", val_ratio)
-    _check_whole("seed", seed, 0, LARGEST_SEED)
+    _check_whole("seed", seed, 0, MAX_SEED)
     if not isinstance(items_or_features, Features):
         features = item_features(model, tokenizer, items_or_features, prompt_format, batch_size, progress)
     return fit_head_shifts(features, seeded_split(features.question_ids, val_ratio, seed),
@@ -138,7 +135,7 @@ def generate(model, tokenizer, questions: list[str], prompt_format: str = "raw",
 def _a(value) -> str:
     """The type of a value as a message names it: `a str`, `an int`."""
     name = type(value).__name__
-    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+    return f"{'an' if name[0].lower() in 'aeiou' else 'a'} {name}"
 
 
 def _check_number(name: str, value) -> None:

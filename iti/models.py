@@ -266,11 +266,11 @@ def load_model(source: str, device: str | int | None = "auto", dtype: str = "aut
     fails before its weights load."""
     from transformers import AutoModelForCausalLM
 
+    device = resolve_device(device)
     if source.endswith(".gguf"):
         if not Path(source).is_file():
             raise UsageError(f"GGUF file {source} does not exist")
         source = str(gguf_to_folder(source))
-    device = resolve_device(device)
     config = load_config(source, trust_remote_code)
     tokenizer = load_tokenizer(source, trust_remote_code)
     check_weight_files(source)

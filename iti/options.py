@@ -28,6 +28,8 @@ LIMIT_TAG = re.compile(r"(^|_)limit_\d+$")
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?|\d+")
 # The largest |α|: float16's largest finite number (see check_alpha).
 MAX_ALPHA = 65504.0
+# The largest seed: NumPy's generators take 0 to 2**32 - 1.
+MAX_SEED = 2**32 - 1
 # Where a GGUF model's conversion to an ordinary folder is kept, and the variable that moves it.
 CACHE_VARIABLE = "ITI_CACHE"
 
@@ -48,7 +50,7 @@ def option(default, help: str, role: Role, *, named: bool = False, split: bool =
 
 def seed_option(help: str, default: int | None = 42, **kwargs):
     """A seed: NumPy takes 0 to 2**32 - 1 (`np.random.seed`, the public split generator), so every seed does."""
-    return option(default, help, NUMBERS, minimum=0, maximum=2**32 - 1, **kwargs)
+    return option(default, help, NUMBERS, minimum=0, maximum=MAX_SEED, **kwargs)
 
 
 class Options:

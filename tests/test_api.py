@@ -377,6 +377,10 @@ MISUSES = {
         lambda m, t, s: iti.generate(m, t, QUESTIONS, shifts=make_shifts(m, num_layers=4)),
         "head shifts were made for 4×4×12 (layers×heads×head_dim) but the model has 3×4×12"),
     "a model that is a number": (lambda m, t, s: iti.load_model(7), "name_or_path 7 is an int, not a model name"),
+    "a device that is none": (lambda m, t, s: iti.load_model("smollm2_135M_instruct", device="gpu"),
+                              "--device gpu is not a device; use auto, cpu, cuda, cuda:N or a GPU index N"),
+    "a seed beyond NumPy's": (lambda m, t, s: iti.fit(m, t, polite_items(4), seed=2**32),
+                              "seed 4294967296 must be at most 4294967295"),
     "a dtype of another spelling": (lambda m, t, s: iti.load_model("smollm2_135M_instruct", dtype="fp16"),
                                     "dtype 'fp16' is not one of auto, float32, float16, bfloat16"),
 }
