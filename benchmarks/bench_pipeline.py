@@ -38,6 +38,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 from iti.cli import parse_config, run_main  # noqa: E402
 from iti.errors import UsageError  # noqa: E402
+from iti.files import write_text  # noqa: E402
 
 if TYPE_CHECKING:
     import numpy as np
@@ -661,9 +662,8 @@ def main(argv=None) -> None:
     summary = "summary: " + " ".join(f"{s}={results[s]['ratio']:.1f}x" for s in STAGES if s in results)
     log(summary)
     if options.output:
-        Path(options.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(options.output).write_text(json.dumps({"config": config, "results": results, "summary": summary},
-                                                   indent=2, default=_json_default) + "\n")
+        write_text(options.output, json.dumps({"config": config, "results": results, "summary": summary},
+                                              indent=2, default=_json_default) + "\n", "--output")
         log(f"figures -> {options.output}")
 
 
