@@ -13,7 +13,7 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-from iti.bake_folders import BAKE_RECORD, EDIT_WEIGHT, check_bake, readable_size
+from iti.bake_folders import BAKE_RECORD, EDIT_WEIGHT, BakeRecord, check_bake, readable_size
 from iti.errors import UsageError
 from iti.files import read_json
 from iti.head_shifts import METADATA_FILE, TENSORS_FILE, HeadShifts
@@ -60,8 +60,9 @@ def prepare_upload(folder: Path, repo_id: str) -> Upload:
     differ from the record."""
     kind = folder_kind(folder)
     present = files_in(folder)
+    record = check_bake(folder) if kind == MODEL else None  # the bytes, before the card reads any of them
     card = model_card(kind, repo_id, HeadShifts.load(folder), folder)
-    made = made_files(folder, kind)
+    made = made_files(folder, kind, record)
     missing = [name for name in made if name not in present]
     if missing:
         raise UsageError(f"{folder} lacks {', '.join(missing)}, which the {kind.replace('_', ' ')} consists of; make "
@@ -101,11 +102,10 @@ def files_in(folder: Path) -> list[str]:
     return sorted(names)
 
 
-def made_files(folder: Path, kind: str) -> list[str]:
-    """The files the bake wrote (its record, then the record itself), each checked to hold the bytes recorded; or
-    the head shifts' two files, and a pyvene export's config and state files."""
+def made_files(folder: Path, kind: str, record: BakeRecord | None) -> list[str]:
+    """The files the bake wrote (those its checked `record` lists, then the record itself); or the head shifts' two
+    files, and a pyvene export's config and state files."""
     if kind == MODEL:
-        record = check_bake(folder)
         if record is None:
             raise UsageError(f"{folder} holds a baked model but no {BAKE_RECORD}, the list of the files its bake "
                              f"wrote (bakes before it recorded none), so what belongs to the upload is unknown; bake "
