@@ -306,3 +306,23 @@ def test_too_little_space_is_one_line_before_writing_and_check_args_tells_it(set
         assert f"its file system has {(needed - 1) / 1e6:.1f} MB free" in error and list(tmp_path.iterdir()) == []
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(path)._replace(free=needed))
     assert _run_in_process(monkeypatch, capsys, [*args, "--check_args"]) == (0, "arguments ok\n")
+
+
+def test_check_args_counts_the_weights_of_a_model_in_the_hub_cache(setup, tmp_path, monkeypatch):
+    import shutil
+
+    import huggingface_hub.constants
+
+    from iti.bake_folders import stored_parameter_count
+    from iti.config import EditConfig
+    from iti.registry import HF_NAMES
+
+    hub_id = HF_NAMES["llama2_chat_7B"]
+    repo = tmp_path / f"models--{hub_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    shutil.copytree(setup["model_dir"], repo / "snapshots" / ("0" * 40))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    count = sum(p.numel() for p in setup["model"].parameters())
+    assert stored_parameter_count(EditConfig(model_name="llama2_chat_7B")) == count
+    assert stored_parameter_count(EditConfig(model_name="llama_7B")) is None  # not downloaded: checked once loaded
