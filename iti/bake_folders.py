@@ -182,7 +182,8 @@ def read_bake_record(folder: Path) -> BakeRecord | None:
     for entry in record.files:
         name = PurePosixPath(entry.name)
         if name.is_absolute() or ".." in name.parts or entry.name in ("", BAKE_RECORD):
-            raise UsageError(f"bake record {path} lists {entry.name!r}, which is no file of the bake's folder; {remedy}")
+            raise UsageError(f"bake record {path} lists {entry.name!r}, which is no file of the bake's folder; "
+                             f"{remedy}")
     return record
 
 

@@ -47,9 +47,10 @@ class Upload:
         visibility = "private" if private else "public"
         lines = [f"dry run: would upload {self.kind.replace('_', ' ')} {self.folder} to {visibility} repo {repo_id} "
                  f"({len(self.files) + 1} files, {readable_size(total)}):"]
-        lines += [f"  {path.relative_to(self.folder).as_posix()}  {readable_size(path.stat().st_size)}" for path in self.files]
-        lines += [f"  {CARD}  {readable_size(len(self.card.encode()))} (the model card this command writes, shown below; "
-                  "uploaded with the files)"]
+        lines += [f"  {path.relative_to(self.folder).as_posix()}  {readable_size(path.stat().st_size)}"
+                  for path in self.files]
+        lines += [f"  {CARD}  {readable_size(len(self.card.encode()))} (the model card this command writes, shown "
+                  "below; uploaded with the files)"]
         lines += [line for line in [self.left_out_line()] if line]
         return "\n".join([*lines, f"--- {CARD} ---", self.card])
 

@@ -6,12 +6,15 @@ AutoModelForCausalLM reload; Qwen2 and Mistral come back as Llama checkpoints wi
 from __future__ import annotations
 
 import copy
+import errno
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from iti.bake import bake_head_shifts, check_bakeable, save_baked_model
 from iti.errors import UsageError
@@ -312,32 +315,24 @@ def test_a_bake_with_a_flipped_byte_is_refused_at_load(model_and_shifts, tokeniz
         load_model(str(folder), device="cpu")
 
 
-class DiskFull:
-    """Free space as `shutil.disk_usage` reports it, and a weights save that writes part of its file, then fails as a
-    full disk does: safetensors' serializing error (the form transformers' save passes on) or a plain OSError."""
+def fill_disk(monkeypatch, free: int, fails_as: str | None) -> None:
+    """`free` bytes free as `shutil.disk_usage` reports it; with `fails_as`, a weights save that writes part of its
+    file, then fails as a full disk does: safetensors' serializing error ("safetensors", which transformers' save
+    passes on) or a plain OSError ("os")."""
+    import transformers.modeling_utils
 
-    def __init__(self, monkeypatch, free: int | None = None, fails_as: str | None = None):
-        import errno
-        import shutil
+    usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(path)._replace(free=free))
+    errors = {"safetensors": SafetensorError("Error while serializing: I/O error: No space left on device "
+                                             "(os error 28)"),
+              "os": OSError(errno.ENOSPC, "No space left on device")}
 
-        from safetensors import SafetensorError
+    def save_file(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\0" * 1000)
+        raise errors[fails_as]
 
-        import transformers.modeling_utils
-
-        usage = shutil.disk_usage
-        if free is not None:
-            monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(path)._replace(free=free))
-        errors = {"safetensors": SafetensorError("Error while serializing: I/O error: No space left on device "
-                                                 "(os error 28)"),
-                  "os": OSError(errno.ENOSPC, "No space left on device")}
-
-        def save_file(tensors, filename, metadata=None):
-            with open(filename, "wb") as handle:
-                handle.write(b"\0" * 1000)
-            raise errors[fails_as]
-
-        if fails_as is not None:
-            monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", save_file)
+    if fails_as is not None:
+        monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", save_file)
 
 
 def weight_bytes(folder) -> int:
@@ -346,11 +341,11 @@ def weight_bytes(folder) -> int:
         return sum(saved.get_tensor(name).numel() * saved.get_tensor(name).element_size() for name in saved.keys())
 
 
-@pytest.mark.parametrize("dtype, overwrite, fails_as", [(torch.float32, False, "safetensors"), (torch.float16, False, "os"),
-                                                        (torch.float32, True, "safetensors")])
-def test_a_full_disk_is_one_line_saying_the_space_needed_and_keeps_an_earlier_bake(model_and_shifts, tokenizer, tmp_path,
-                                                                                  monkeypatch, dtype, overwrite,
-                                                                                  fails_as):
+@pytest.mark.parametrize("dtype, overwrite, fails_as", [
+    (torch.float32, False, "safetensors"), (torch.float16, False, "os"), (torch.float32, True, "safetensors")])
+def test_a_full_disk_is_one_line_saying_the_space_needed_and_keeps_an_earlier_bake(model_and_shifts, tokenizer,
+                                                                                  tmp_path, monkeypatch, dtype,
+                                                                                  overwrite, fails_as):
     from iti.bake_folders import readable_size
 
     model, shifts = model_and_shifts
@@ -362,7 +357,7 @@ def test_a_full_disk_is_one_line_saying_the_space_needed_and_keeps_an_earlier_ba
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     for free, fails in ((needed - 1, None), (needed, fails_as)):  # refused before writing; the disk fills while writing
         with monkeypatch.context() as patches:
-            DiskFull(patches, free, fails)
+            fill_disk(patches, free, fails)
             with pytest.raises(UsageError) as refused:
                 save_baked_model(baked, tokenizer, shifts, target, overwrite)
         assert str(refused.value) == (f"the bake {target} needs about {readable_size(needed)} (the weights at their "

@@ -285,7 +285,8 @@ def test_a_second_bake_into_the_same_folder_refuses_while_the_first_writes(setup
 
     out = tmp_path / "baked"
     with output_lock(out, "bake"):
-        code, error = _run_in_process(monkeypatch, capsys, base_args(setup, "--num_heads", "3", "--output_dir", str(out)))
+        code, error = _run_in_process(monkeypatch, capsys,
+                                      base_args(setup, "--num_heads", "3", "--output_dir", str(out)))
     assert code == 2 and f"bake {out} is being written by another process" in error
     assert list(tmp_path.iterdir()) == []
 
