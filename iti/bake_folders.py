@@ -4,6 +4,7 @@ publishing check. Torch-free, so `--check_args` can ask it."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shlex
 import shutil
@@ -90,17 +91,10 @@ def stored_parameter_count(cfg) -> int | None:
     try:
         for path in files:
             with safe_open(str(path), framework="np") as weights:
-                count += sum(_product(weights.get_slice(name).get_shape()) for name in weights.keys())
+                count += sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
     except (OSError, SafetensorError):
         return None
     return count or None
-
-
-def _product(shape: list[int]) -> int:
-    size = 1
-    for extent in shape:
-        size *= extent
-    return size
 
 
 def _local_model_folder(cfg) -> Path | None:
