@@ -21,18 +21,28 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from iti.bake_folders import check_output_dir
+from iti.bake_folders import (
+    EDIT_WEIGHT,
+    check_output_dir,
+    check_space,
+    edit_weight_command,
+    free_space,
+    no_space,
+    record_bake,
+    space_needed,
+)
 from iti.config import EditConfig
 from iti.constants import EDITED_MODELS_DIR
 from iti.errors import UsageError
 from iti.features import FeatureSet, require_feature_sets
-from iti.files import staged_folder
+from iti.files import output_lock, staged_folder
 from iti.fingerprint import model_fingerprint
 from iti.fitting import fit_head_shifts, recipe_of, seeded_split
 from iti.geometry import head_geometry, text_config
@@ -241,19 +251,38 @@ def bake_dir(cfg: EditConfig, bake: dict) -> Path:
 
 
 def save_baked_model(model, tokenizer, shifts: HeadShifts, output_dir: str | os.PathLike,
-                     overwrite: bool = False) -> Path:
-    """Save a baked model (safetensors), its tokenizer and its head shifts in one folder, which appears whole or
-    not at all; an earlier bake is replaced only with `overwrite`, anything else never (check_output_dir)."""
+                     overwrite: bool = False, command: str = f"python {EDIT_WEIGHT}") -> Path:
+    """Save a baked model (safetensors), its tokenizer, its head shifts and last its record (bake.json: the files
+    and their SHA-256, `command` to make it again) in one folder, which appears whole or not at all; an earlier bake
+    is replaced only with `overwrite`, anything else never (check_output_dir). Too little space, found before
+    writing or while writing, is a UsageError; the earlier bake is then kept."""
     for layer in sorted(set(shifts.layers.tolist())):
         if get_o_proj(model, layer).bias is None:
             raise UsageError(f"layer {layer}'s o_proj has no bias: bake the head shifts (bake_head_shifts) before saving")
     out = Path(output_dir)
     check_output_dir(out, overwrite, shifts.provenance.identity)
-    with staged_folder(out, replace=overwrite) as staging:
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        shifts.save(staging)
+    needed = space_needed(sum(param.numel() * param.element_size() for param in model.parameters()))
+    check_space(out, needed)
+    try:
+        with staged_folder(out, replace=overwrite) as staging:
+            model.save_pretrained(staging, safe_serialization=True)
+            tokenizer.save_pretrained(staging)
+            shifts.save(staging)
+            record_bake(staging, command)
+    except Exception as err:
+        if not _out_of_space(err):
+            raise
+        # staged_folder has removed the partial folder by now, so the free space is what another try would have.
+        raise UsageError(no_space(out, needed, free_space(out))) from None
     return out
+
+
+def _out_of_space(err: Exception) -> bool:
+    """A full disk or quota: an OSError, or safetensors' error while serializing, which keeps only the OS's text."""
+    codes = (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(err, OSError):
+        return err.errno in codes
+    return type(err).__name__ == "SafetensorError" and any(f"(os error {code})" in str(err) for code in codes)
 
 
 @dataclass(frozen=True)
@@ -281,13 +310,14 @@ def bake_model(cfg: EditConfig) -> Bake:
     features = read_checked_features(cfg, probing, tuning, geometry, tokenizer, fingerprint, source)
     bake = bake_identity(cfg, short_digest(fingerprint), str(model.dtype), features.provenance.features)
     output_dir = Path(cfg.output_dir) if cfg.output_dir else bake_dir(cfg, bake)
-    check_output_dir(output_dir, cfg.overwrite, bake)
-    # The hub id of the model being edited, when there is one (for the model card).
-    base_model = (None if Path(source).exists() else source) if cfg.model_path else HF_NAMES.get(cfg.output_name)
-    made = dataclasses.replace(features.provenance, base_model=base_model, made_by="validation/edit_weight.py",
-                               identity=bake)
-    features = dataclasses.replace(features, provenance=made)
-    shifts, _ = fit_head_shifts(features, seeded_split(features.question_ids, cfg.val_ratio, cfg.seed),
-                                recipe_of(cfg, cfg.num_heads, cfg.alpha))
-    save_baked_model(bake_head_shifts(model, shifts), tokenizer, shifts, output_dir, cfg.overwrite)
+    with output_lock(output_dir, "bake"):  # a second bake into this folder refuses until this one ends
+        check_output_dir(output_dir, cfg.overwrite, bake)
+        # The hub id of the model being edited, when there is one (for the model card).
+        base_model = (None if Path(source).exists() else source) if cfg.model_path else HF_NAMES.get(cfg.output_name)
+        made = dataclasses.replace(features.provenance, base_model=base_model, made_by=EDIT_WEIGHT, identity=bake)
+        features = dataclasses.replace(features, provenance=made)
+        shifts, _ = fit_head_shifts(features, seeded_split(features.question_ids, cfg.val_ratio, cfg.seed),
+                                    recipe_of(cfg, cfg.num_heads, cfg.alpha))
+        save_baked_model(bake_head_shifts(model, shifts), tokenizer, shifts, output_dir, cfg.overwrite,
+                         edit_weight_command(cfg))
     return Bake(output_dir, shifts, plan)

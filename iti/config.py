@@ -261,11 +261,10 @@ class EditConfig(HeadShiftOptions):
                                     "folder of anything else is never touched)", EXECUTION)
 
     def _check(self) -> None:
-        super()._check()
-        if self.output_dir is not None:
-            from iti.bake_folders import check_output_dir
+        from iti.bake_folders import check_bake_target
 
-            check_output_dir(self.output_dir, self.overwrite)  # the bake's identity is checked once it is known
+        super()._check()
+        check_bake_target(self)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from typing import Iterator
 
 import torch
 
+from iti.bake_folders import check_bake
 from iti.constants import BUNDLED_MODEL, EDITED_MODELS_DIR, LOCAL_PREFIX
 from iti.errors import UsageError
 from iti.files import staged_folder
@@ -274,6 +275,7 @@ def load_model(source: str, device: str | int | None = "auto", dtype: str = "aut
     config = load_config(source, trust_remote_code)
     tokenizer = load_tokenizer(source, trust_remote_code)
     check_weight_files(source)
+    check_bake(source)
     torch_dtype = resolve_dtype(dtype, device, config)
     placement = {"device_map": "auto"} if device == "auto" else {}
     with loading(source, "weights"):

@@ -1,17 +1,23 @@
 """Publishing a baked model folder (validation/edit_weight.py's) or a head-shift folder on the Hugging Face hub, with
-a generated model card (base model, heads, α, data, seed, how to load) in place of any README.md."""
+a generated model card (base model, heads, α, data, seed, how to load) in place of any README.md.
+
+What goes is what was made, nothing else: a bake's files are those its record (bake.json) lists, each checked to hold
+the bytes recorded; head shifts are their two files (and an export's pyvene files). Every other file in the folder is
+left out and named; a symbolic link anywhere in it is refused, as it may lead to any file of the machine."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
+from iti.bake_folders import BAKE_RECORD, EDIT_WEIGHT, BakeRecord, check_bake, readable_size
 from iti.errors import UsageError
 from iti.files import read_json
 from iti.head_shifts import METADATA_FILE, TENSORS_FILE, HeadShifts
-from iti.pyvene_export import is_export
+from iti.pyvene_export import PYVENE_CONFIG, REEXPORT, is_export
 from iti.report import report_table
 
 MODEL, HEAD_SHIFTS = "model", "head_shifts"
@@ -20,27 +26,49 @@ CARD = "README.md"
 
 @dataclass(frozen=True)
 class Upload:
-    """What a push sends: the folder's files (hidden ones and any README.md left out) and the card written for it."""
+    """What a push sends: the files the bake or the head shifts consist of and the card written for them; and the
+    names of the folder's other files, which it leaves out."""
     folder: Path
     kind: str
     files: list[Path]
+    left_out: list[str]
     card: str
 
+    def left_out_line(self) -> str | None:
+        """The one line that names every file of the folder not uploaded, if any."""
+        if not self.left_out:
+            return None
+        made = "the bake" if self.kind == MODEL else "the head shifts"
+        return f"left out, not part of {made}: {', '.join(self.left_out)}"
+
     def dry_run_report(self, repo_id: str, private: bool) -> str:
-        """The files and the card that would be uploaded, with their sizes."""
+        """Exactly the files that would be uploaded, with their sizes, the card among them; the files left out."""
         total = sum(p.stat().st_size for p in self.files) + len(self.card.encode())
         visibility = "private" if private else "public"
         lines = [f"dry run: would upload {self.kind.replace('_', ' ')} {self.folder} to {visibility} repo {repo_id} "
-                 f"({len(self.files) + 1} files, {_size(total)}):"]
-        lines += [f"  {path.relative_to(self.folder).as_posix()}  {_size(path.stat().st_size)}" for path in self.files]
-        lines += [f"  {CARD}  {_size(len(self.card.encode()))} (generated model card)", f"--- {CARD} ---", self.card]
-        return "\n".join(lines)
+                 f"({len(self.files) + 1} files, {readable_size(total)}):"]
+        lines += [f"  {path.relative_to(self.folder).as_posix()}  {readable_size(path.stat().st_size)}"
+                  for path in self.files]
+        lines += [f"  {CARD}  {readable_size(len(self.card.encode()))} (the model card this command writes, shown "
+                  "below; uploaded with the files)"]
+        lines += [line for line in [self.left_out_line()] if line]
+        return "\n".join([*lines, f"--- {CARD} ---", self.card])
 
 
 def prepare_upload(folder: Path, repo_id: str) -> Upload:
-    """The folder's kind, files and card; a UsageError for a folder that is neither a bake nor head shifts."""
+    """The folder's kind, the files that make it (checked against the bake's record), the other files and the card;
+    a UsageError for a folder that is neither a bake nor head shifts, holds a symbolic link, or whose bake files
+    differ from the record."""
     kind = folder_kind(folder)
-    return Upload(folder, kind, files_to_upload(folder), model_card(kind, repo_id, HeadShifts.load(folder), folder))
+    present = files_in(folder)
+    record = check_bake(folder) if kind == MODEL else None  # the bytes, before the card reads any of them
+    card = model_card(kind, repo_id, HeadShifts.load(folder), folder)
+    made = made_files(folder, kind, record)
+    missing = [name for name in made if name not in present]
+    if missing:
+        raise UsageError(f"{folder} lacks {', '.join(missing)}, which the {kind.replace('_', ' ')} consists of; make "
+                         "the folder again")
+    return Upload(folder, kind, [folder / name for name in made], sorted(set(present) - set(made)), card)
 
 
 def folder_kind(folder: Path) -> str:
@@ -57,11 +85,38 @@ def folder_kind(folder: Path) -> str:
                      f"head shifts ({METADATA_FILE}, {TENSORS_FILE}); make one with `python validation/edit_weight.py`")
 
 
-def files_to_upload(folder: Path) -> list[Path]:
-    """Every file under the folder but hidden ones (temporaries) and the README the card replaces."""
-    relative = {path: path.relative_to(folder) for path in sorted(folder.rglob("*")) if path.is_file()}
-    return [path for path, rel in relative.items()
-            if not any(part.startswith(".") for part in rel.parts) and rel.as_posix() != CARD]
+def files_in(folder: Path) -> list[str]:
+    """Every file under `folder` (relative POSIX names); a UsageError naming the first symbolic link in it."""
+    names, links = [], []
+    for root, folders, files in os.walk(folder):
+        for name in folders + files:
+            path = Path(root, name)
+            if path.is_symlink():
+                links.append(path)
+            elif name in files:
+                names.append(path.relative_to(folder).as_posix())
+    if links:
+        more = f" and {len(links) - 1} more" if len(links) > 1 else ""
+        raise UsageError(f"{folder} holds a symbolic link, {links[0]} -> {os.readlink(links[0])}{more}; nothing is "
+                         "uploaded from a folder with links, which may lead to any file of this machine: remove it "
+                         "(or put the file itself there if it belongs to the upload)")
+    return sorted(names)
+
+
+def made_files(folder: Path, kind: str, record: BakeRecord | None) -> list[str]:
+    """The files the bake wrote (those its checked `record` lists, then the record itself); or the head shifts' two
+    files, and a pyvene export's config and state files."""
+    if kind == MODEL:
+        if record is None:
+            raise UsageError(f"{folder} holds a baked model but no {BAKE_RECORD}, the list of the files its bake "
+                             f"wrote (bakes before it recorded none), so what belongs to the upload is unknown; bake "
+                             f"it again with {EDIT_WEIGHT}")
+        return [entry.name for entry in record.files] + [BAKE_RECORD]
+    files = [TENSORS_FILE, METADATA_FILE]
+    if is_export(folder):
+        config = read_json(folder / PYVENE_CONFIG, "pyvene config", REEXPORT)
+        files += [PYVENE_CONFIG, *(f"intkey_{key}.bin" for key in config.get("sorted_keys", []))]
+    return files
 
 
 def saved_architecture(folder: Path) -> str:
@@ -198,12 +253,3 @@ def _first_line(err: Exception) -> str:
 def _is_network_error(err: Exception) -> bool:
     # huggingface_hub's HTTP client has been requests, httpx and httpx2; match any of their transport errors.
     return isinstance(err, OSError) or type(err).__module__.split(".")[0] in ("httpx", "httpx2", "requests", "urllib3")
-
-
-def _size(num_bytes: float) -> str:
-    for unit in ("B", "kB", "MB"):
-        if num_bytes < 1000:
-            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
-        num_bytes /= 1000
-    return f"{num_bytes:.1f} GB"
-

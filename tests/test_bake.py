@@ -6,12 +6,15 @@ AutoModelForCausalLM reload; Qwen2 and Mistral come back as Llama checkpoints wi
 from __future__ import annotations
 
 import copy
+import errno
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from iti.bake import bake_head_shifts, check_bakeable, save_baked_model
 from iti.errors import UsageError
@@ -289,3 +292,75 @@ def test_a_shift_beyond_the_models_dtype_is_refused_and_changes_nothing(apply):
         apply(model, shifts)
     assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
     assert apply(model, make_shifts(model, alpha=600.0, sigmas=[2.0, 2.0, 2.0])) is not None
+
+
+# ----------------------------------------------------------------------------- what a bake records, and a full disk
+
+def test_a_bake_with_a_flipped_byte_is_refused_at_load(model_and_shifts, tokenizer, tmp_path):
+    from iti.models import load_model
+
+    model, shifts = model_and_shifts
+    baked = bake_head_shifts(copy.deepcopy(model), shifts)
+    folder = save_baked_model(baked, tokenizer, shifts, tmp_path / "baked",
+                              command="python validation/edit_weight.py --num_heads 3")
+    load_model(str(folder), device="cpu", dtype="float32")
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x40  # inside some tensor: the header, and so safetensors, sees nothing wrong
+    weights.write_bytes(bytes(data))
+    with safe_open(str(weights), framework="pt") as damaged:
+        assert any(not torch.equal(damaged.get_tensor(name), baked.state_dict()[name]) for name in damaged.keys())
+    with pytest.raises(UsageError, match=f"baked model file {weights} is not the file that was written there.*bake it "
+                                         "again with `python validation/edit_weight.py --num_heads 3`"):
+        load_model(str(folder), device="cpu")
+
+
+def fill_disk(monkeypatch, free: int, fails_as: str | None) -> None:
+    """`free` bytes free as `shutil.disk_usage` reports it; with `fails_as`, a weights save that writes part of its
+    file, then fails as a full disk does: safetensors' serializing error ("safetensors", which transformers' save
+    passes on) or a plain OSError ("os")."""
+    import transformers.modeling_utils
+
+    usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(path)._replace(free=free))
+    errors = {"safetensors": SafetensorError("Error while serializing: I/O error: No space left on device "
+                                             "(os error 28)"),
+              "os": OSError(errno.ENOSPC, "No space left on device")}
+
+    def save_file(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\0" * 1000)
+        raise errors[fails_as]
+
+    if fails_as is not None:
+        monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", save_file)
+
+
+def weight_bytes(folder) -> int:
+    """The bytes of a saved bake's weights, counted from its file's tensors: what the space check must ask for."""
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as saved:
+        return sum(saved.get_tensor(name).numel() * saved.get_tensor(name).element_size() for name in saved.keys())
+
+
+@pytest.mark.parametrize("dtype, overwrite, fails_as", [
+    (torch.float32, False, "safetensors"), (torch.float16, False, "os"), (torch.float32, True, "safetensors")])
+def test_a_full_disk_is_one_line_saying_the_space_needed_and_keeps_an_earlier_bake(model_and_shifts, tokenizer,
+                                                                                  tmp_path, monkeypatch, dtype,
+                                                                                  overwrite, fails_as):
+    from iti.bake_folders import readable_size
+
+    model, shifts = model_and_shifts
+    baked = bake_head_shifts(copy.deepcopy(model), shifts).to(dtype)
+    needed = weight_bytes(save_baked_model(baked, tokenizer, shifts, tmp_path / "reference")) + 64 * 2**20
+    target = tmp_path / "baked"
+    if overwrite:
+        save_baked_model(bake_head_shifts(copy.deepcopy(model), shifts.scaled(1.0)), tokenizer, shifts, target)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for free, fails in ((needed - 1, None), (needed, fails_as)):  # refused before writing; the disk fills while writing
+        with monkeypatch.context() as patches:
+            fill_disk(patches, free, fails)
+            with pytest.raises(UsageError) as refused:
+                save_baked_model(baked, tokenizer, shifts, target, overwrite)
+        assert str(refused.value) == (f"the bake {target} needs about {readable_size(needed)} (the weights at their "
+                                      f"dtype and 67.1 MB for tokenizer, config and head shifts), its file system has "
+                                      f"{readable_size(free)} free: free some space there or give another --output_dir")
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before, "nothing left, nothing lost"

@@ -649,6 +649,58 @@ def text_output_a_link_leaving_its_folder(root, tqa):
     return ["--output", str(root / "out" / "text.txt")]
 
 
+# ----------------------------------------------------------------------------- issue 33: bakes and upload
+
+def recorded_bake(root: Path) -> Path:
+    """A bake's files as edit_weight leaves them (weights that only need to be files, a valid config) and its record."""
+    from iti.bake_folders import record_bake
+    from iti.head_shifts import HeadShifts
+
+    folder = root / "baked"
+    HeadShifts([0], [1], [[1.0, 0.0, 0.0, 0.0]], [1.0], [0.9], 5.0, 2, 2, 4).save(folder)
+    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / "tokenizer.json").write_text("{}")
+    (folder / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    record_bake(folder, "python validation/edit_weight.py --num_heads 1 --output_dir baked --overwrite")
+    return folder
+
+
+def push_args(folder: Path) -> list[str]:
+    return [str(folder), "--repo_id", "someone/honest_tiny", "--dry_run"]
+
+
+def push_with_a_link_to_a_secret(root, tqa):
+    folder = recorded_bake(root)
+    (folder / "passwd").symlink_to("/etc/passwd")
+    return push_args(folder)
+
+
+def push_of_changed_weights(root, tqa):
+    folder = recorded_bake(root)
+    (folder / "model.safetensors").write_bytes(b"weighs")
+    return push_args(folder)
+
+
+def push_of_a_bake_with_a_pipe_for_a_file(root, tqa):
+    folder = recorded_bake(root)
+    (folder / "tokenizer.json").unlink()
+    os.mkfifo(folder / "tokenizer.json")
+    return push_args(folder)
+
+
+def push_of_a_bake_without_its_record(root, tqa):
+    folder = recorded_bake(root)
+    (folder / "bake.json").unlink()
+    return push_args(folder)
+
+
+def push_of_a_record_reaching_out(root, tqa):
+    folder = recorded_bake(root)
+    record = (folder / "bake.json").read_text().replace('"tokenizer.json"', '"../../secret.txt"')
+    (folder / "bake.json").write_text(record)
+    return push_args(folder)
+
+
 CASES = [
     ("get_activations", gguf_that_is_not, "model.gguf is a file but not a GGUF model"),
     ("get_activations", csv_short_row, "TruthfulQA.csv line 5 has 2 fields, the header 7"),
@@ -823,6 +875,16 @@ CASES = [
     ("write_local_text", text_output_a_device, "--output {root}/full is a device, not a regular file; it is kept"),
     ("write_local_text", text_output_a_link_leaving_its_folder,
      "--output {root}/out/text.txt is a symbolic link to {root}/elsewhere/text.txt, outside its folder; it is kept"),
+    # issue 33: bakes and upload
+    ("push_hf", push_with_a_link_to_a_secret, "{root}/baked holds a symbolic link, {root}/baked/passwd -> /etc/passwd; "
+                                              "nothing is uploaded from a folder with links"),
+    ("push_hf", push_of_changed_weights, "baked model file {root}/baked/model.safetensors is not the file that was "
+                                         "written there"),
+    ("push_hf", push_of_a_bake_with_a_pipe_for_a_file, "baked model file {root}/baked/tokenizer.json is not a regular "
+                                                       "file; bake it again with `python validation/edit_weight.py "
+                                                       "--num_heads 1 --output_dir baked --overwrite`"),
+    ("push_hf", push_of_a_bake_without_its_record, "{root}/baked holds a baked model but no bake.json"),
+    ("push_hf", push_of_a_record_reaching_out, "lists '../../secret.txt', which is no file of the bake's folder"),
 ]
 
 

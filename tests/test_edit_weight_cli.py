@@ -6,8 +6,10 @@ heads are known without running probes; the baked biases are then computed here 
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -248,3 +250,80 @@ def test_bakes_of_other_settings_never_share_a_folder_and_overwrite_replaces_onl
     assert (Path(com) / "model.safetensors").stat().st_mtime_ns != weights
     with pytest.raises(UsageError, match="2 edited models in .* could be the bake with seed 42, K 3, alpha 15"):
         iti.models.find_bake("tiny_synthetic", (42, 3, 15.0))
+
+
+def _run_in_process(monkeypatch, capsys, args) -> tuple[int, str]:
+    """(exit code, stdout) of the script's main as its __main__ runs it; a failure's one error line as the output."""
+    script = _load_script()
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *args])
+    capsys.readouterr()
+    try:
+        script.run_main(script.main)
+    except SystemExit as stop:
+        captured = capsys.readouterr()
+        errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+        assert stop.code == 0 or (len(errors) == 1 and "Traceback" not in captured.err), captured.err
+        return stop.code, errors[0] if errors else captured.out
+    return 0, capsys.readouterr().out
+
+
+def test_the_record_names_the_command_that_remakes_the_same_bake(setup, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "baked"
+    code, _ = _run_in_process(monkeypatch, capsys, base_args(setup, "--num_heads", "3", "--limit", "25", "--output_dir",
+                                                              str(out)))
+    record = json.loads((out / "bake.json").read_text())
+    words = shlex.split(record["command"])
+    assert code == 0 and words[:2] == ["python", "validation/edit_weight.py"] and words[-1] == "--overwrite"
+    weights = next(entry["sha256"] for entry in record["files"] if entry["name"] == "model.safetensors")
+    (out / "model.safetensors").write_bytes(b"damaged")
+    code, _ = _run_in_process(monkeypatch, capsys, words[2:])
+    assert code == 0 and hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest() == weights
+
+
+def test_a_second_bake_into_the_same_folder_refuses_while_the_first_writes(setup, tmp_path, monkeypatch, capsys):
+    from iti.files import output_lock
+
+    out = tmp_path / "baked"
+    with output_lock(out, "bake"):
+        code, error = _run_in_process(monkeypatch, capsys,
+                                      base_args(setup, "--num_heads", "3", "--output_dir", str(out)))
+    assert code == 2 and f"bake {out} is being written by another process" in error
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("dtype, itemsize", [("float32", 4), ("float16", 2)])
+def test_too_little_space_is_one_line_before_writing_and_check_args_tells_it(setup, tmp_path, monkeypatch, capsys,
+                                                                            dtype, itemsize):
+    import shutil
+
+    needed = sum(p.numel() for p in setup["model"].parameters()) * itemsize + 64 * 2**20
+    usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(path)._replace(free=needed - 1))
+    out = tmp_path / "baked"
+    args = base_args(setup, "--num_heads", "3", "--dtype", dtype, "--output_dir", str(out))
+    for check_only in (["--check_args"], []):
+        code, error = _run_in_process(monkeypatch, capsys, [*args, *check_only])
+        assert code == 2 and f"the bake {out} needs about {needed / 1e6:.1f} MB" in error
+        assert f"its file system has {(needed - 1) / 1e6:.1f} MB free" in error and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(path)._replace(free=needed))
+    assert _run_in_process(monkeypatch, capsys, [*args, "--check_args"]) == (0, "arguments ok\n")
+
+
+def test_check_args_counts_the_weights_of_a_model_in_the_hub_cache(setup, tmp_path, monkeypatch):
+    import shutil
+
+    import huggingface_hub.constants
+
+    from iti.bake_folders import stored_parameter_count
+    from iti.config import EditConfig
+    from iti.registry import HF_NAMES
+
+    hub_id = HF_NAMES["llama2_chat_7B"]
+    repo = tmp_path / f"models--{hub_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    shutil.copytree(setup["model_dir"], repo / "snapshots" / ("0" * 40))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    count = sum(p.numel() for p in setup["model"].parameters())
+    assert stored_parameter_count(EditConfig(model_name="llama2_chat_7B")) == count
+    assert stored_parameter_count(EditConfig(model_name="llama_7B")) is None  # not downloaded: checked once loaded

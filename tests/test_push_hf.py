@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -154,3 +158,106 @@ def test_card_shows_the_probe_report(folders, tmp_path):
     card = result.stdout.split("--- README.md ---\n")[1]
     assert "| 1 | 10 (40) | 0.700 | 0.650 | 4 | 3 | 1 (0.750) | L2H0 (0.910) |" in card
     assert "| prompt format | chat |" in card and "- truthfulqa" not in card
+
+
+# ----------------------------------------------------------------------------- what goes: the files the bake wrote
+
+def _copy_of_bake(folders, tmp_path):
+    root, _ = folders
+    return Path(shutil.copytree(root / "baked", tmp_path / "bake"))
+
+
+def _recorded_names(folder) -> list[str]:
+    return [entry["name"] for entry in json.loads((folder / "bake.json").read_text())["files"]]
+
+
+def test_the_bake_record_lists_every_file_the_bake_wrote_with_its_bytes_digest(folders):
+    root, _ = folders
+    record = json.loads((root / "baked" / "bake.json").read_text())
+    files = sorted(p.name for p in (root / "baked").iterdir() if p.name != "bake.json")
+    assert [entry["name"] for entry in record["files"]] == files
+    for entry in record["files"]:
+        data = (root / "baked" / entry["name"]).read_bytes()
+        assert entry["size"] == len(data) and entry["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_stray_files_are_left_out_and_named_and_the_card_goes_with_the_bake(folders, tmp_path, monkeypatch):
+    from iti import publish
+
+    bake = _copy_of_bake(folders, tmp_path)
+    (bake / "credentials.env").write_text("HF_TOKEN=hf_secret\n")
+    (bake / "big.bin").write_bytes(b"\0" * 4096)
+    (bake / "README.md").write_text("my own notes\n")
+    (bake / "notes").mkdir()
+    (bake / "notes" / "todo.txt").write_text("later\n")
+    uploaded = [*_recorded_names(bake), "bake.json", "README.md"]
+    left_out = "left out, not part of the bake: README.md, big.bin, credentials.env, notes/todo.txt"
+
+    result = run_script(str(bake), "--repo_id", "someone/honest_tiny", "--dry_run", home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    listing = result.stdout.split("--- README.md ---\n")[0]
+    assert sorted(re.findall(r"^  (\S+)  ", listing, re.M)) == sorted(uploaded)
+    assert left_out in listing.splitlines() and "README.md  " in listing and "uploaded with the files" in listing
+
+    class FakeHub:
+        """Records the commit instead of sending it."""
+        commits = []
+
+        def __init__(self, token):
+            pass
+
+        def create_repo(self, repo_id, private, exist_ok):
+            pass
+
+        def create_commit(self, repo_id, operations, commit_message):
+            self.commits.append(operations)
+            return type("Commit", (), {"commit_url": f"https://hub/{repo_id}"})()
+
+    monkeypatch.setattr(publish, "HfApi", FakeHub)
+    monkeypatch.setattr(publish, "get_token", lambda: "hf_fake")
+    prepared = publish.prepare_upload(bake, "someone/honest_tiny")
+    assert prepared.left_out_line() == left_out
+    publish.upload(prepared, "someone/honest_tiny", private=False)
+    (operations,) = FakeHub.commits
+    assert sorted(op.path_in_repo for op in operations) == sorted(uploaded)
+    sent = {op.path_in_repo: op.path_or_fileobj for op in operations}
+    assert sent["README.md"] == prepared.card.encode() and b"my own notes" not in sent["README.md"]
+
+
+@pytest.mark.parametrize("link", ["stray", "recorded"])
+def test_a_symbolic_link_in_the_folder_is_refused(folders, tmp_path, link):
+    bake = _copy_of_bake(folders, tmp_path)
+    if link == "stray":
+        (bake / "passwd").symlink_to("/etc/passwd")
+    else:  # a file of the bake moved out and linked back: the same bytes, but an upload would follow the link
+        (bake / "config.json").rename(tmp_path / "config.json")
+        (bake / "config.json").symlink_to(tmp_path / "config.json")
+    message = _one_error(run_script(str(bake), "--repo_id", "someone/honest_tiny", "--dry_run", home=tmp_path / "home"))
+    assert f"{bake} holds a symbolic link, {bake}/" in message
+    assert "nothing is uploaded from a folder with links" in message
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json", "head_shifts.json"])
+def test_a_file_changed_since_the_bake_is_refused(folders, tmp_path, name):
+    bake = _copy_of_bake(folders, tmp_path)
+    data = bytearray((bake / name).read_bytes())
+    data[-2] ^= 0x01  # the last bytes: weights, or the JSON's closing lines
+    (bake / name).write_bytes(bytes(data))
+    message = _one_error(run_script(str(bake), "--repo_id", "someone/honest_tiny", "--dry_run", home=tmp_path / "home"))
+    assert f"baked model file {bake}/{name} is not the file that was written there" in message
+    assert "bake it again with `python validation/edit_weight.py`" in message
+
+
+def test_a_bake_without_its_record_is_refused_and_head_shifts_name_what_they_leave_out(folders, tmp_path):
+    from iti.publish import prepare_upload
+
+    bake = _copy_of_bake(folders, tmp_path)
+    (bake / "bake.json").unlink()
+    message = _one_error(run_script(str(bake), "--repo_id", "someone/honest_tiny", "--dry_run", home=tmp_path / "home"))
+    assert "holds a baked model but no bake.json" in message
+    root, _ = folders
+    shifts = Path(shutil.copytree(root / "shifts", tmp_path / "shifts"))
+    (shifts / "big.bin").write_bytes(b"\0" * 10)
+    prepared = prepare_upload(shifts, "someone/tiny_shifts")
+    assert [p.name for p in prepared.files] == ["head_shifts.safetensors", "head_shifts.json"]
+    assert prepared.left_out_line() == "left out, not part of the head shifts: big.bin"

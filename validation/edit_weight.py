@@ -4,7 +4,9 @@ Probes every head on all questions of --dataset_name (a seeded train/validation 
 fold), picks the --num_heads best heads, takes their directions and spreads σ (the latter from
 --activations_dataset), then sets each edited layer's o_proj bias to W_o·δ_l (docs/method.md §7;
 the public script stored δ_l itself, wrong whenever W_o ≠ I). The folder loads with a plain
-AutoModelForCausalLM.from_pretrained and holds the head shifts too (head_shifts.*). Qwen2 and Mistral,
+AutoModelForCausalLM.from_pretrained and holds the head shifts too (head_shifts.*), and last bake.json:
+every file written, with its SHA-256, and the command that remakes them (loading and push_hf.py check
+them). Its space is checked before writing; one bake writes a folder at a time. Qwen2 and Mistral,
 whose configs have no o_proj bias switch, are saved as Llama checkpoints (the same function); the
 last line printed says which architecture was saved and why.
 

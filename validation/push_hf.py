@@ -4,6 +4,9 @@ The kind is detected: a folder from validation/edit_weight.py (config.json, safe
 and head_shifts.*) is pushed as a model that loads with AutoModelForCausalLM; a folder holding
 only head_shifts.* is pushed as an artifact to apply to its base model at run time. A README.md
 model card (base model, heads, α, data, seed, how to load) is generated and replaces any README.
+Only the files the bake wrote (the list its bake.json records, each checked against its SHA-256) or
+the head-shift (and pyvene export) files go; every other file is left out and named, and a folder
+holding a symbolic link is refused.
 
 python validation/push_hf.py validation/results_dump/edited_models_dump/llama2_chat_7B_seed_42_top_48_heads_alpha_15_HASH \\
     --repo_id you/honest_llama2_chat_7B --private
@@ -28,6 +31,8 @@ def main() -> None:
     if args.dry_run:
         print(prepared.dry_run_report(args.repo_id, args.private))
         return
+    if prepared.left_out:
+        print(prepared.left_out_line())
     url = upload(prepared, args.repo_id, args.private)
     print(f"uploaded {len(prepared.files) + 1} files to {args.repo_id}: {url}")
 
