@@ -217,17 +217,18 @@ def file_digests(folder: Path, name: str, dataset: str, limit: int | None, kinds
             for kind in kinds}
 
 
-def record_changed_features(folder: Path, name: str, dataset: str, limit: int | None = None) -> None:
-    """After a test changed a set's arrays on purpose: its record lists their new SHA-256 (hashlib, here) and the id
-    they give, as if get_activations had written them."""
+def record_changed_features(meta_path: Path) -> None:
+    """After a test changed a set's arrays on purpose: its record (`meta_path`) lists their new SHA-256 (hashlib,
+    here) and the id they give, as if get_activations had written them."""
+    import hashlib
     import json
 
     from iti.activations import feature_id
-    from iti.features import feature_path
 
-    meta_path = feature_path(folder, name, dataset, "meta", limit)
     record = json.loads(meta_path.read_text())
-    record["sha256"] = file_digests(folder, name, dataset, limit, record["sha256"])
+    stem = meta_path.name[:-len("meta.json")]
+    record["sha256"] = {kind: hashlib.sha256((meta_path.parent / f"{stem}{kind}.npy").read_bytes()).hexdigest()
+                        for kind in record["sha256"]}
     record["id"] = feature_id(record)
     meta_path.write_text(json.dumps(record))
 

@@ -396,7 +396,7 @@ def labels_that_are_not_0_or_1(root, tqa):
     args = plotted_set(root, tqa)
     labels = feature_path(root / "features", MODEL, "tqa_mc2", "labels", 2)
     np.save(labels, np.full(len(np.load(labels)), 2))
-    record_changed_features(root / "features", MODEL, "tqa_mc2", 2)
+    record_changed_features(feature_path(root / "features", MODEL, "tqa_mc2", "meta", 2))
     return args
 
 
