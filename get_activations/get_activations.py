@@ -17,7 +17,7 @@ def main() -> None:
     configs = parse_configs(ActivationsConfig, "dataset_name", description=__doc__)
     import dataclasses
 
-    from iti.activations import feature_record, refuse_replacing, save_features
+    from iti.activations import extraction_locks, feature_record, refuse_replacing, save_features
     from iti.data import build_prompt_set
     from iti.features import FeatureSet
     from iti.models import load_model, resolve_model_source
@@ -29,23 +29,25 @@ def main() -> None:
     # data, fail at once; chat rows need the tokenizer and are built again after it.
     prompt_sets = [build_prompt_set(cfg.dataset_name, cfg.tqa_path, cfg.limit, cfg.seed, cfg.dataset_path)
                    for cfg in configs]
-    for cfg, prompt_set in zip(configs, prompt_sets):
+    targets = [FeatureSet(Path(cfg.features_dir), cfg.output_name, cfg.dataset_name, cfg.limit) for cfg in configs]
+    for cfg, prompt_set, target in zip(configs, prompt_sets, targets):
         if cfg.prompt_format == "raw":
-            target = FeatureSet(Path(cfg.features_dir), cfg.output_name, cfg.dataset_name, cfg.limit)
             refuse_replacing(target, feature_record(prompt_set, cfg.output_name, cfg.limit, cfg.prompt_format),
                              cfg.overwrite)
-    model, tokenizer = load_model(source, first.device, first.dtype, first.trust_remote_code)
-    prompting = prompting_for(first.prompt_format, tokenizer, source)
-    for cfg, prompt_set in zip(configs, prompt_sets):
-        if prompting.chat:
-            prompt_set = build_prompt_set(cfg.dataset_name, cfg.tqa_path, cfg.limit, cfg.seed, cfg.dataset_path,
-                                          prompting.probe_text)
-        config = {**dataclasses.asdict(cfg), "model_source": source, "dtype_used": str(model.dtype)}
-        paths = save_features(model, tokenizer, prompt_set, cfg.features_dir, cfg.output_name, cfg.batch_size,
-                              cfg.mlp, config, limit=cfg.limit, prompt_format=cfg.prompt_format,
-                              overwrite=cfg.overwrite)
-        print(f"{len(prompt_set)} rows of {prompt_set.num_questions} questions -> {paths['head_wise']} "
-              f"(and {', '.join(p.name for k, p in paths.items() if k != 'head_wise')})")
+    # Held from before the model loads to the end: a second extraction of one of these sets refuses at once.
+    with extraction_locks(targets):
+        model, tokenizer = load_model(source, first.device, first.dtype, first.trust_remote_code)
+        prompting = prompting_for(first.prompt_format, tokenizer, source)
+        for cfg, prompt_set in zip(configs, prompt_sets):
+            if prompting.chat:
+                prompt_set = build_prompt_set(cfg.dataset_name, cfg.tqa_path, cfg.limit, cfg.seed, cfg.dataset_path,
+                                              prompting.probe_text)
+            config = {**dataclasses.asdict(cfg), "model_source": source, "dtype_used": str(model.dtype)}
+            paths = save_features(model, tokenizer, prompt_set, cfg.features_dir, cfg.output_name, cfg.batch_size,
+                                  cfg.mlp, config, limit=cfg.limit, prompt_format=cfg.prompt_format,
+                                  overwrite=cfg.overwrite, locked=True)
+            print(f"{len(prompt_set)} rows of {prompt_set.num_questions} questions -> {paths['head_wise']} "
+                  f"(and {', '.join(p.name for k, p in paths.items() if k != 'head_wise')})")
 
 
 if __name__ == "__main__":

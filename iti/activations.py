@@ -6,8 +6,9 @@ import inspect
 import json
 import math
 import shutil
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -16,7 +17,8 @@ from tqdm.auto import tqdm
 from iti.batching import length_sorted_batches, pad_batch, pad_token_id
 from iti.errors import UsageError
 from iti.features import FEATURE_KINDS, RECORD_VERSION, FeatureSet, feature_path, read_record
-from iti.files import remove, reserve_space, staged_files, temporaries_of, write_npy, writer_running
+from iti.files import (output_lock, remove, reserve_space, sha256_of, staged_files, temporaries_of, write_npy,
+                       writer_running)
 from iti.fingerprint import differs, model_fingerprint
 from iti.geometry import head_geometry
 from iti.identity import short_digest
@@ -91,15 +93,20 @@ def extract_activations(recorder: ActivationRecorder, tokenizer, prompts: list[s
 
 def feature_record(prompt_set, model_name: str, limit: int | None, prompt_format: str,
                    fingerprint: dict | None = None) -> dict:
-    """What made a feature set (docs/method.md §10), as its `_meta.json` records it; `id` names the content (the
-    model as loaded, in its dtype, and the rows it read). Without `fingerprint` (before the model loads)
-    the record holds only what the data decides."""
+    """What made a feature set (docs/method.md §10), as its `_meta.json` records it, before anything is written: the
+    data, and the model as loaded when `fingerprint` is given (save_features adds the files' digests and the id)."""
     record = {"record_version": RECORD_VERSION, "model_name": model_name, "dataset": prompt_set.name, "limit": limit,
               "prompt_format": prompt_format, "seed": prompt_set.config.get("seed"), "items": prompt_set.items_digest,
               "rows": prompt_set.rows_digest(), "questions": prompt_set.num_questions, "row_count": len(prompt_set)}
     if fingerprint is not None:
-        record.update(model=fingerprint, id=short_digest({"model": fingerprint, "rows": record["rows"]}))
+        record["model"] = fingerprint
     return record
+
+
+def feature_id(record: dict) -> str:
+    """The `id` that names a feature set's content in every run's identity: the model as loaded (in its dtype), the
+    rows it read and the SHA-256 of every file written, so that any byte changed gives another id."""
+    return short_digest({key: record[key] for key in ("model", "rows", "sha256")})
 
 
 def replacing_conflict(existing: dict, record: dict) -> str | None:
@@ -156,16 +163,35 @@ def reserved_memmaps(paths: dict[str, Path], shapes: dict[str, tuple[int, ...]],
     return arrays
 
 
+@contextmanager
+def extraction_locks(targets: list[FeatureSet]) -> Iterator[None]:
+    """One writer per feature set: a second extraction of a set being written refuses in one line (iti.files)."""
+    with ExitStack() as stack:
+        for target in targets:
+            stack.enter_context(output_lock(target.path("head_wise"), "features"))
+        yield
+
+
 def save_features(model, tokenizer, prompt_set, features_dir: str | Path, model_name: str, batch_size: int = 16,
                   mlp: bool = False, config: dict | None = None, progress: bool = True, limit: int | None = None,
                   log: Callable[[str], None] = print, prompt_format: str = "raw",
-                  overwrite: bool = False) -> dict[str, Path]:
+                  overwrite: bool = False, locked: bool = False) -> dict[str, Path]:
     """Extract a prompt set's activations into features/ (named with `_limit_{N}` for a run on the first
-    N questions) with the record of what made them; files appear under their names only when complete.
-    Features of the same names made differently are refused unless `overwrite`."""
+    N questions) with the record of what made them and the SHA-256 of every file written; files appear under their
+    names only when complete. Features of the same names made differently are refused unless `overwrite`. The
+    only writer of the set while it runs: it holds the set's extraction_locks, unless the caller `locked` them."""
     features_dir = Path(features_dir)
-    record = feature_record(prompt_set, model_name, limit, prompt_format, model_fingerprint(model, tokenizer))
     target = FeatureSet(features_dir, model_name, prompt_set.name, limit)
+    with nullcontext() if locked else extraction_locks([target]):
+        return _extract_and_record(model, tokenizer, prompt_set, target, batch_size, mlp, config, progress, log,
+                                   prompt_format, overwrite)
+
+
+def _extract_and_record(model, tokenizer, prompt_set, target: FeatureSet, batch_size: int, mlp: bool,
+                        config: dict | None, progress: bool, log: Callable[[str], None], prompt_format: str,
+                        overwrite: bool) -> dict[str, Path]:
+    features_dir, model_name, limit = target.features_dir, target.model_name, target.limit
+    record = feature_record(prompt_set, model_name, limit, prompt_format, model_fingerprint(model, tokenizer))
     refuse_replacing(target, record, overwrite)
     features_dir.mkdir(parents=True, exist_ok=True)
     recorder = ActivationRecorder(model, mlp=mlp)
@@ -189,8 +215,10 @@ def save_features(model, tokenizer, prompt_set, features_dir: str | Path, model_
         write_npy(tmp["question_ids"], prompt_set.question_ids)
         if prompt_set.categories:
             tmp["categories"].write_text(json.dumps(prompt_set.categories))
-        meta = {**record, "num_layers": geo.num_layers, "num_heads": geo.num_heads, "head_dim": geo.head_dim,
-                "num_kv_heads": geo.num_kv_heads, "hidden_size": geo.hidden_size, "kinds": list(shapes),
-                "dataset_config": prompt_set.config, "config": config or {}}
+        # The bytes as written, hashed before they take their names: every reader checks them against these.
+        record["sha256"] = {kind: sha256_of(tmp[kind]) for kind in kinds if kind != "meta"}
+        meta = {**record, "id": feature_id(record), "num_layers": geo.num_layers, "num_heads": geo.num_heads,
+                "head_dim": geo.head_dim, "num_kv_heads": geo.num_kv_heads, "hidden_size": geo.hidden_size,
+                "kinds": list(shapes), "dataset_config": prompt_set.config, "config": config or {}}
         tmp["meta"].write_text(json.dumps(meta, indent=2))
     return finals

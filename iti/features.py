@@ -1,30 +1,37 @@
 """Feature sets on disk: their names, finding and reading them, and checking that they are what a run needs.
 
 get_activations writes `{model}_{dataset}[_limit_{N}]_{kind}.npy` (the public workflow's names) and a `_meta.json`
-recording what made them (docs/method.md §10). Every consumer checks that record against its own run and refuses a
-mismatch with the get_activations command to run. NumPy only: sweeps check features on a login node without torch.
+recording what made them and the SHA-256 of each file it wrote (docs/method.md §10). Every consumer checks that record
+against its own run, and the bytes it reads against their digests, and refuses a mismatch with the get_activations
+command to run. NumPy only: sweeps check features on a login node without torch.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
 from iti import records
 from iti.data import Source, load_source, prompt_set_of
 from iti.errors import UsageError
-from iti.files import read_json
+from iti.files import check_sha256, read_json
 from iti.fingerprint import differs
 from iti.geometry import HeadGeometry
 from iti.prompts import qa_prompt
 
+if TYPE_CHECKING:
+    from iti.config import ValidationConfig
+
 FEATURE_KINDS = ("head_wise", "layer_wise", "mlp_wise")
+ARRAY_KINDS = (*FEATURE_KINDS, "labels", "question_ids")
 # The record's layout; features recorded otherwise (or not at all) are re-extracted, never guessed at.
-RECORD_VERSION = 2
+RECORD_VERSION = 3
 
 
 def feature_stem(model_name: str, dataset: str, limit: int | None = None) -> str:
@@ -88,17 +95,19 @@ def find_feature_set(wanted: FeatureSet, kind: str = "head_wise") -> FeatureSet 
 
 
 def require_feature_sets(wanted: list[FeatureSet], kind: str = "head_wise") -> list[FeatureSet]:
-    """Before any model loads: the set found for each wanted one, or one UsageError listing the command for
-    every missing set, or naming a damaged file (its header and size are read, not its data)."""
+    """Before any model loads: the set found for each wanted one, its files' bytes checked against their record
+    (check_contents); or one UsageError listing the command for every missing set, or naming a damaged file."""
     found = [find_feature_set(w, kind) for w in wanted]
     missing = [w for w, f in zip(wanted, found) if f is None]
     if missing:
         names = ", ".join(str(w.path(kind)) for w in missing)
         commands = " && ".join(w.command() for w in missing)
         raise UsageError(f"missing features {names}: make them with `{commands}`")
-    for each in found:
+    for each in found:  # every set's headers first: a truncated file is named as such, whatever its record says
         for k in (kind, "labels", "question_ids"):
             _load_npy(each, k, mmap=True)
+    for each in found:
+        check_contents(each, (kind, "labels", "question_ids"))
     return found
 
 
@@ -111,14 +120,48 @@ def _load_npy(found: FeatureSet, kind: str, mmap: bool = False) -> np.ndarray:
                          f"remake it with `{found.command(overwrite=True)}`") from err
 
 
+# Per file checked in this process: (size, mtime_ns, inode) when it was hashed, and the digest it held then.
+_CHECKED: dict[Path, tuple[tuple[int, int, int], str]] = {}
+
+
+def check_contents(found: FeatureSet, kinds: Iterable[str], record: FeatureRecord | None = None) -> None:
+    """The files of these kinds hold the bytes their record's SHA-256 names (get_activations hashed what it wrote),
+    else a UsageError naming the file and the command that remakes it. Each file is hashed once a process while its
+    size, modification time and inode stay as they were when it was hashed."""
+    record = record or read_record(found)
+    for kind in kinds:
+        path = found.path(kind)
+        recorded = record.sha256.get(kind)
+        if recorded is None:
+            raise UsageError(f"{path} is not one of the files its record {found.path('meta').name} lists (placed "
+                             f"there afterwards?); {found.remake}")
+        try:
+            held = os.stat(path)
+        except OSError as err:
+            raise UsageError(f"features file {path} cannot be read ({err.strerror or err}); {found.remake}") from None
+        state = (held.st_size, held.st_mtime_ns, held.st_ino)
+        if _CHECKED.get(path.absolute()) != (state, recorded):
+            check_sha256(path, recorded, "features file", found.remake)
+            _CHECKED[path.absolute()] = (state, recorded)
+
+
+def checked_digests(found_sets: Iterable[FeatureSet]) -> dict[str, str]:
+    """The SHA-256 of each array file of these sets that this process checked, as it was when checked and read
+    (not a hash of what lies there now)."""
+    paths = (found.path(kind).absolute() for found in found_sets for kind in ARRAY_KINDS)
+    return {str(path): _CHECKED[path][1] for path in dict.fromkeys(paths) if path in _CHECKED}
+
+
 def feature_files(wanted: FeatureSet, kind: str = "head_wise") -> list[Path]:
     return (find_feature_set(wanted, kind) or wanted).files(kind)
 
 
 def load_features(wanted: FeatureSet, kind: str = "head_wise", mmap: bool = True,
                   found: FeatureSet | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(activations, labels, question_ids) of the wanted questions, from `found` when the caller found the set."""
+    """(activations, labels, question_ids) of the wanted questions, from `found` when the caller found the set; their
+    bytes checked against the record (check_contents: not hashed again when require_feature_sets checked them)."""
     found = found or require_feature_sets([wanted], kind)[0]
+    check_contents(found, (kind, "labels", "question_ids"))
     acts = _load_npy(found, kind, mmap)
     labels, question_ids = _load_npy(found, "labels"), _load_npy(found, "question_ids")
     if not len(acts) == len(labels) == len(question_ids):
@@ -138,6 +181,33 @@ def load_features(wanted: FeatureSet, kind: str = "head_wise", mmap: bool = True
     return np.asarray(acts[rows]), labels[rows], question_ids[rows]
 
 
+def feature_sets(cfg: ValidationConfig) -> tuple[FeatureSet, FeatureSet]:
+    """(probing set, tuning set), both extracted from the model being run. With --limit, the
+    `_limit_{N}` sets, else the first N questions of the full sets; but a generation-order probing set
+    must be the full one, since its first N questions are not the first N of the (MC-order) folds; so
+    must the tuning set for --sigma_questions dev, which takes the rows of MC-order questions."""
+    probe_limit = cfg.limit if cfg.dataset_name == "tqa_mc2" or cfg.custom else None
+    tuning_limit = cfg.limit if cfg.sigma_questions == "all" else None
+    common = dict(features_dir=Path(cfg.features_dir), model_name=cfg.output_name, model_path=cfg.model_path,
+                  prompt_format=cfg.prompt_format)
+    return (FeatureSet(dataset=cfg.dataset_name, limit=probe_limit, dataset_path=cfg.dataset_path, **common),
+            FeatureSet(dataset=cfg.tuning_dataset, limit=tuning_limit,
+                       dataset_path=cfg.dataset_path if cfg.tuning_dataset == cfg.dataset_name else None, **common))
+
+
+def recorded_ids(wanted: Iterable[FeatureSet]) -> list[str | None]:
+    """The recorded `id` of the set found for each wanted one (None where none is found or its record is unreadable):
+    what a run's identity names its features by, read without hashing a byte."""
+    ids = []
+    for each in wanted:
+        found = find_feature_set(each)
+        try:
+            ids.append(read_record(found).id if found is not None else None)
+        except UsageError:
+            ids.append(None)
+    return ids
+
+
 @dataclass(frozen=True)
 class FeatureRecord:
     """A feature set's `_meta.json` (docs/method.md §10): the fields its consumers read; the rest stays in `other`."""
@@ -155,6 +225,7 @@ class FeatureRecord:
     num_layers: int
     num_heads: int
     head_dim: int
+    sha256: dict[str, str]  # per kind (head_wise, labels, ...): the SHA-256 of the file get_activations wrote
     other: dict = field(default_factory=dict)
 
     @property

@@ -1,4 +1,4 @@
-"""What made a number: code version, library versions, device, the exact feature files, model and options,
+"""What made a number: code version, library versions, device, the exact feature files read, model and options,
 recorded in every validate_2fold summary so a result can be traced to the commit, data and settings behind it."""
 from __future__ import annotations
 
@@ -6,9 +6,6 @@ import importlib.metadata
 import platform
 import subprocess
 from pathlib import Path
-from typing import Iterable
-
-from iti.files import sha256_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECORDED_PACKAGES = ("torch", "transformers", "pyvene", "numpy")
@@ -45,13 +42,14 @@ def describe_device(device: str) -> str:
     return f"{device} ({platform.processor() or platform.machine()})"
 
 
-def run_provenance(config: dict, feature_files: Iterable[Path], model_source: str, device: str) -> dict:
-    """The record for a run's summary, with a content hash of each features file read."""
+def run_provenance(config: dict, features_read: dict[str, str], model_source: str, device: str) -> dict:
+    """The record for a run's summary; `features_read`: the SHA-256 of each features file, as checked when the run
+    read it (iti.features.checked_digests), not a hash of what lies there later."""
     return {
         "git": git_state(),
         "versions": {"python": platform.python_version(), **{name: _version(name) for name in RECORDED_PACKAGES}},
         "device": describe_device(device),
-        "features_sha256": {str(path): sha256_of(path) for path in feature_files},
+        "features_sha256": dict(features_read),
         "model_source": model_source,
         "config": config,
     }

@@ -3,7 +3,6 @@ checked against the run's model and data and indexed by question in the folds' o
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 
@@ -11,7 +10,8 @@ from iti.config import HeadShiftOptions, ValidationConfig
 from iti.contrastive import ContrastiveDataset
 from iti.data import Source, TruthfulQA, load_source
 from iti.errors import UsageError
-from iti.features import FeatureSet, find_feature_set, load_features, require_feature_sets, verify_against_data
+from iti.features import (FeatureSet, checked_digests, feature_sets, find_feature_set, load_features,
+                          require_feature_sets, verify_against_data)
 from iti.fitting import Features
 from iti.geometry import HeadGeometry
 from iti.head_shifts import ShiftProvenance
@@ -41,20 +41,6 @@ def evaluation_prompting(cfg: ValidationConfig, tokenizer, model_label: str) -> 
     instruction = cfg.instruction_prompt or ("none" if cfg.custom else "default")
     primer = {"yes": True, "no": False}.get(cfg.qa_primer, not cfg.custom or cfg.instruction_prompt is not None)
     return prompting_for(cfg.prompt_format, tokenizer, model_label, instruction_prompt=instruction, primer=primer)
-
-
-def feature_sets(cfg: ValidationConfig) -> tuple[FeatureSet, FeatureSet]:
-    """(probing set, tuning set), both extracted from the model being run. With --limit, the
-    `_limit_{N}` sets, else the first N questions of the full sets; but a generation-order probing set
-    must be the full one, since its first N questions are not the first N of the (MC-order) folds; so
-    must the tuning set for --sigma_questions dev, which takes the rows of MC-order questions."""
-    probe_limit = cfg.limit if cfg.dataset_name == "tqa_mc2" or cfg.custom else None
-    tuning_limit = cfg.limit if cfg.sigma_questions == "all" else None
-    common = dict(features_dir=Path(cfg.features_dir), model_name=cfg.output_name, model_path=cfg.model_path,
-                  prompt_format=cfg.prompt_format)
-    return (FeatureSet(dataset=cfg.dataset_name, limit=probe_limit, dataset_path=cfg.dataset_path, **common),
-            FeatureSet(dataset=cfg.tuning_dataset, limit=tuning_limit,
-                       dataset_path=cfg.dataset_path if cfg.tuning_dataset == cfg.dataset_name else None, **common))
 
 
 def mc_order_ids(question_ids: np.ndarray, dataset: str, tqa: TruthfulQA) -> np.ndarray:
@@ -107,11 +93,14 @@ def read_checked_features(cfg: HeadShiftOptions, probing: FeatureSet, tuning: Fe
 
 def load_run_features(cfg: ValidationConfig, source: Source, num_questions: int, wanted: list[FeatureSet],
                       found: list[FeatureSet], geometry: HeadGeometry, tokenizer, fingerprint: dict,
-                      model_source: str) -> Features:
+                      model_source: str) -> tuple[Features, dict[str, str]]:
     """validate_2fold's features (read_checked_features of the sets `found` for the `wanted` feature_sets), rows
-    indexed by item in the folds' order (TruthfulQA's MC order, a §9 file's order), covering every question."""
+    indexed by item in the folds' order (TruthfulQA's MC order, a §9 file's order), covering every question; and the
+    SHA-256 of each file read, as checked when it was read."""
     probing = wanted[0]
     features = read_checked_features(cfg, *wanted, geometry, tokenizer, fingerprint, model_source, found, source)
+    streams = find_feature_set(probing, "layer_wise")
+    digests = checked_digests([*found, *([streams] if streams else [])])
     question_ids, tuning_question_ids = features.question_ids, features.tuning_question_ids
     if isinstance(source, TruthfulQA):
         question_ids = mc_order_ids(question_ids, cfg.dataset_name, source)
@@ -123,4 +112,4 @@ def load_run_features(cfg: ValidationConfig, source: Source, num_questions: int,
                          f"questions with `{dataclasses.replace(probing, limit=None).command()}`")
     provenance = dataclasses.replace(features.provenance, sigma_questions=cfg.sigma_questions, num_fold=cfg.num_fold)
     return dataclasses.replace(features, question_ids=question_ids, tuning_question_ids=tuning_question_ids,
-                               provenance=provenance)
+                               provenance=provenance), digests

@@ -195,16 +195,23 @@ def _fold_files_present(files: FoldFiles) -> bool:
 
 
 def earlier_run_path(cfg: ValidationConfig, complete: bool = True) -> Path | None:
-    """The summary of a run made from these settings, as given (complete, unless `complete` is False): sweeps
-    and --resume ask this before anything is resolved (another device may resolve `--dtype auto`
-    otherwise); None if there is none."""
+    """The summary of a run made from these settings, as given (complete, unless `complete` is False), and from the
+    feature sets that lie there now (by the ids their records hold, which name their bytes; a set not there, or
+    unreadable, contradicts nothing): sweeps and --resume ask this before anything is resolved (another device may
+    resolve `--dtype auto` otherwise); None if there is none."""
+    from iti.features import feature_sets, recorded_ids
+
     folder = Path(cfg.results_dir) / "results_dump" / "summary_dump"
     wanted = declared(dataclasses.asdict(cfg), ValidationConfig)
+    ids = zip(("probing", "tuning"), recorded_ids(feature_sets(cfg))) if max(cfg.num_heads) > 0 else []
+    present = {role: set_id for role, set_id in ids if set_id is not None}
     for path in sorted(folder.glob(f"{readable_name(cfg)}_????????{METHOD_SUFFIX[cfg.method]}.json")):
         try:
             record = read_run(path)
         except UsageError:  # not a summary: no earlier run of these settings
             continue
-        if (record.complete or not complete) and declared(record.config, ValidationConfig) == wanted:
+        read = (record.identity or {}).get("features_dir") or {}
+        if ((record.complete or not complete) and declared(record.config, ValidationConfig) == wanted
+                and all(read.get(role) == set_id for role, set_id in present.items())):
             return path
     return None

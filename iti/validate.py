@@ -28,7 +28,7 @@ from iti.data import GenerationQuestion
 from iti.errors import UsageError
 from iti.evaluation import (JUDGED, EvalSpec, Evaluator, final_line, pooled_statistics, questions_frame,
                             read_fold_answers, summary_frame)
-from iti.features import feature_files, require_feature_sets
+from iti.features import require_feature_sets
 from iti.files import plain, write_csv
 from iti.fingerprint import model_fingerprint
 from iti.fitting import Features, Split, fit_head_shifts, recipe_of
@@ -118,8 +118,8 @@ def set_up(cfg: ValidationConfig, log: Log) -> RunSetup:
     model, tokenizer = load_model(source, cfg.device, cfg.dtype, cfg.trust_remote_code)
     geometry, fingerprint = head_geometry(model.config), model_fingerprint(model, tokenizer)
     geometry.check_num_heads(max(cfg.num_heads))
-    features = (load_run_features(cfg, read, len(dataset.items), wanted, found, geometry, tokenizer, fingerprint,
-                                  source) if wanted else None)
+    features, features_read = (load_run_features(cfg, read, len(dataset.items), wanted, found, geometry, tokenizer,
+                                                 fingerprint, source) if wanted else (None, {}))
 
     # Name the run from what was loaded.
     data = items_digest(dataset)
@@ -142,8 +142,7 @@ def set_up(cfg: ValidationConfig, log: Log) -> RunSetup:
                         owt_source=owt_source, questions=len(dataset.items), tqa_source=dataset.source,
                         tuning_dataset=cfg.tuning_dataset, prompt=prompting.prompt("{question}"), method=cfg.method,
                         intervenes=cfg.intervenes)
-    provenance = run_provenance(dataclasses.asdict(cfg), [path for each in found for path in feature_files(each)],
-                                source, str(input_device(model)))
+    provenance = run_provenance(dataclasses.asdict(cfg), features_read, source, str(input_device(model)))
     return RunSetup(cfg, run, dataset.items, splits, features, Evaluator(model, tokenizer, prompting, spec, judges, ce_kl),
                     resolved, notes, provenance, *run.finished_folds())
 

@@ -188,12 +188,13 @@ def write_features(folder: Path, name: str, prompt_set, acts, model, tokenizer, 
 def write_feature_files(folder: Path, name: str, prompt_set, acts, limit: int | None = None,
                         fingerprint: dict | None = None, drop: tuple[str, ...] = (), **fields) -> None:
     """`acts` of a prompt set and its labels and question ids under get_activations' names, with the record it
-    writes (a stand-in fingerprint unless given), `fields` set in it and the keys in `drop` left out."""
+    writes (a stand-in fingerprint unless given; each file's SHA-256 computed here, from its bytes), `fields` set in
+    it and the keys in `drop` left out."""
     import json
 
     import numpy as np
 
-    from iti.activations import feature_record
+    from iti.activations import feature_id, feature_record
     from iti.features import feature_path
 
     arrays = {"head_wise": np.asarray(acts, np.float32), "labels": prompt_set.labels,
@@ -202,9 +203,37 @@ def write_feature_files(folder: Path, name: str, prompt_set, acts, limit: int | 
     for kind, array in arrays.items():
         np.save(feature_path(folder, name, prompt_set.name, kind, limit), array)
     record = feature_record(prompt_set, name, limit, "raw", fingerprint or {"stand-in": True})
+    record["sha256"] = file_digests(folder, name, prompt_set.name, limit, arrays)
+    record["id"] = feature_id(record)
     record.update(fields)
     record = {key: value for key, value in record.items() if key not in drop}
     feature_path(folder, name, prompt_set.name, "meta", limit).write_text(json.dumps(record))
+
+
+def file_digests(folder: Path, name: str, dataset: str, limit: int | None, kinds) -> dict[str, str]:
+    """{kind: SHA-256 of the file's bytes}, by hashlib here: what the record of a test's own features holds."""
+    import hashlib
+
+    from iti.features import feature_path
+
+    return {kind: hashlib.sha256(feature_path(folder, name, dataset, kind, limit).read_bytes()).hexdigest()
+            for kind in kinds}
+
+
+def record_changed_features(meta_path: Path) -> None:
+    """After a test changed a set's arrays on purpose: its record (`meta_path`) lists their new SHA-256 (hashlib,
+    here) and the id they give, as if get_activations had written them."""
+    import hashlib
+    import json
+
+    from iti.activations import feature_id
+
+    record = json.loads(meta_path.read_text())
+    stem = meta_path.name[:-len("meta.json")]
+    record["sha256"] = {kind: hashlib.sha256((meta_path.parent / f"{stem}{kind}.npy").read_bytes()).hexdigest()
+                        for kind in record["sha256"]}
+    record["id"] = feature_id(record)
+    meta_path.write_text(json.dumps(record))
 
 
 def write_finished_run(folder: Path, name: str, intervenes: bool, mc2: list[float], model_name: str = "tiny") -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import json
 import os
 import stat
 import sys
@@ -17,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT, broken_tqa_copy, write_feature_files, write_finished_run
+from tests.conftest import (REPO_ROOT, broken_tqa_copy, file_digests, record_changed_features, write_feature_files,
+                            write_finished_run)
 
 SCRIPTS = {
     "get_activations": REPO_ROOT / "get_activations" / "get_activations.py",
@@ -32,9 +34,11 @@ SCRIPTS = {
 MODEL = "tiny"
 
 
-def write_feature_set(folder: Path, dataset: str, limit: int | None = None, questions: int = 6) -> None:
-    """A small valid set under get_activations' names (3 layers x 8 wide)."""
-    from iti.features import feature_path
+def write_feature_set(folder: Path, dataset: str, limit: int | None = None, questions: int = 6,
+                      record: bool = True) -> None:
+    """A small valid set under get_activations' names (3 layers x 4 heads x 2), with a record of its files' SHA-256
+    (computed here) standing in for the rest of what made it, unless not `record`."""
+    from iti.features import RECORD_VERSION, feature_path
 
     question_ids = np.repeat(np.arange(questions), 2)
     arrays = {"head_wise": np.zeros((len(question_ids), 3, 8), np.float32),
@@ -43,6 +47,12 @@ def write_feature_set(folder: Path, dataset: str, limit: int | None = None, ques
         path = feature_path(folder, MODEL, dataset, kind, limit)
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, array)
+    if record:
+        meta = {"record_version": RECORD_VERSION, "model_name": MODEL, "dataset": dataset, "limit": limit,
+                "prompt_format": "raw", "seed": None, "items": "stand-in", "rows": "stand-in", "id": "stand-in",
+                "model": {"stand-in": True}, "row_count": len(question_ids), "num_layers": 3, "num_heads": 4,
+                "head_dim": 2, "sha256": file_digests(folder, MODEL, dataset, limit, arrays)}
+        feature_path(folder, MODEL, dataset, "meta", limit).write_text(json.dumps(meta))
 
 
 def truncate(path: Path) -> None:
@@ -181,7 +191,7 @@ def dataset_name_like_a_subset(root, tqa):
 
 
 def features_without_a_record(root, tqa):
-    write_feature_set(root / "features", "tqa_mc2")
+    write_feature_set(root / "features", "tqa_mc2", record=False)
     return ["--model_name", MODEL, "--features_dir", str(root / "features"), "--output_dir", str(root / "plots"),
             "--tqa_path", str(tqa)]
 
@@ -387,6 +397,7 @@ def labels_that_are_not_0_or_1(root, tqa):
     args = plotted_set(root, tqa)
     labels = feature_path(root / "features", MODEL, "tqa_mc2", "labels", 2)
     np.save(labels, np.full(len(np.load(labels)), 2))
+    record_changed_features(feature_path(root / "features", MODEL, "tqa_mc2", "meta", 2))
     return args
 
 
@@ -701,6 +712,58 @@ def push_of_a_record_reaching_out(root, tqa):
     return push_args(folder)
 
 
+# ----------------------------------------------------------------------------- issue 33: feature content
+
+def flip_byte(path: Path, offset: int, mask: int = 0x01) -> None:
+    """One byte of the file changed in place (offset from the end when negative): the header still reads."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= mask
+    path.write_bytes(bytes(data))
+
+
+def validation_features_with_a_byte_flipped(kind: str):
+    def make(root, tqa):
+        write_feature_set(root / "features", "tqa_mc2")
+        write_feature_set(root / "features", "tqa_gen_end_q")
+        flip_byte(root / "features" / f"{MODEL}_tqa_mc2_{kind}.npy", -1)
+        return [*model_args(root), "--features_dir", str(root / "features"), "--results_dir", str(root / "out"),
+                "--tqa_path", str(tqa), "--limit", "4"]
+    make.__name__ = f"validation_features_with_a_byte_flipped_in_{kind}"
+    return make
+
+
+def edit_features_with_a_label_flipped(root, tqa):
+    write_feature_set(root / "features", "tqa_mc2")
+    write_feature_set(root / "features", "tqa_gen_end_q", limit=4)
+    labels = root / "features" / f"{MODEL}_tqa_gen_end_q_limit_4_labels.npy"
+    flipped = np.load(labels)
+    flipped[0] = 1 - flipped[0]  # still 0 or 1: only the record can tell
+    np.save(labels, flipped)
+    return [*model_args(root), "--features_dir", str(root / "features"), "--limit", "4",
+            "--output_dir", str(root / "baked")]
+
+
+def plotted_set_with_an_exponent_flipped(root, tqa):
+    args = plotted_set(root, tqa)
+    flip_byte(root / "features" / f"{MODEL}_tqa_mc2_limit_2_head_wise.npy", -1, 0x7f)  # 0.0 -> about 1.7e38
+    return args
+
+
+def set_being_extracted_by_another_process(root, tqa):
+    from iti.activations import extraction_locks
+    from iti.features import FeatureSet
+
+    lock = extraction_locks([FeatureSet(root / "features", MODEL, "tqa_mc2", 2)])
+    lock.__enter__()  # held by this process, alive, for the rest of the test
+    HELD_LOCKS.append(lock)
+    return [*model_args(root), "--tqa_path", str(tqa), "--limit", "2", "--features_dir", str(root / "features")]
+
+
+HELD_LOCKS = []
+REMADE_FULL_SET = ("re-extract them with `python get_activations/get_activations.py --model_name tiny --dataset_name "
+                   "tqa_mc2 --model_path {root}/model --features_dir {root}/features --overwrite`")
+
+
 CASES = [
     ("get_activations", gguf_that_is_not, "model.gguf is a file but not a GGUF model"),
     ("get_activations", csv_short_row, "TruthfulQA.csv line 5 has 2 fields, the header 7"),
@@ -885,6 +948,18 @@ CASES = [
                                                        "--num_heads 1 --output_dir baked --overwrite`"),
     ("push_hf", push_of_a_bake_without_its_record, "{root}/baked holds a baked model but no bake.json"),
     ("push_hf", push_of_a_record_reaching_out, "lists '../../secret.txt', which is no file of the bake's folder"),
+    # issue 33: feature content
+    *[("validate_2fold", validation_features_with_a_byte_flipped(kind),
+       f"features file {{root}}/features/tiny_tqa_mc2_{kind}.npy is not the file that was written there: its SHA-256 ")
+      for kind in ("labels", "question_ids")],
+    ("validate_2fold", validation_features_with_a_byte_flipped("head_wise"),
+     "recorded when it was made (changed or damaged since); " + REMADE_FULL_SET),
+    ("edit_weight", edit_features_with_a_label_flipped,
+     "tiny_tqa_gen_end_q_limit_4_labels.npy is not the file that was written there"),
+    ("plot_head_accuracies", plotted_set_with_an_exponent_flipped,
+     "tiny_tqa_mc2_limit_2_head_wise.npy is not the file that was written there"),
+    ("get_activations", set_being_extracted_by_another_process,
+     "features {root}/features/tiny_tqa_mc2_limit_2_head_wise.npy is being written by another process"),
 ]
 
 

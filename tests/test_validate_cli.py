@@ -19,7 +19,7 @@ from iti.records import record_json
 from iti.runs import read_run
 from iti.validate import ValidationConfig, run_validation
 from legacy.mc import answer_log_prob
-from tests.conftest import REPO_ROOT, make_tiny_model
+from tests.conftest import REPO_ROOT, make_tiny_model, record_changed_features
 
 SCRIPT = REPO_ROOT / "validation" / "validate_2fold.py"
 MODEL = "tiny"
@@ -460,7 +460,7 @@ SELECTION = dict(num_heads=(2, 4), alpha=(0.0, 5.0, 60.0), val_ratio=0.5, sigma_
 
 def poisoned_copy(setup, source, folder, questions):
     """The features with every row of `questions` (MC order) replaced by large noise and flipped labels (their
-    records kept: what they were made from is unchanged, what they hold is not)."""
+    records kept, but for the digests of what they hold now: what they were made from is unchanged)."""
     import shutil
 
     from iti.data import load_truthfulqa
@@ -478,6 +478,7 @@ def poisoned_copy(setup, source, folder, questions):
         labels[rows] = 1 - labels[rows]
         np.save(folder / f"{stem}head_wise.npy", acts)
         np.save(folder / f"{stem}labels.npy", labels)
+        record_changed_features(folder / f"{stem}meta.json")
     return folder
 
 
