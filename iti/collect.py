@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -151,6 +151,8 @@ def pair_with_baseline(runs: list[RunRecord], baseline: list[RunRecord]) -> Pair
     base = seed_averaged_answers([r for r in baseline if r.config["seed"] in seeds], answer_tag(baseline[0]))
     base = base.reindex(treated.index)
     metrics = [c for c in treated.columns if c != "Category" and c in base.columns]
+    if not metrics:
+        return "the two runs share no per-question score (CE and KL have none)"
     differences = paired_differences({m: treated[m].to_numpy() for m in metrics},
                                      {m: base[m].to_numpy() for m in metrics})
     return Paired(sorted(seeds), differences, treated, base)

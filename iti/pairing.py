@@ -85,21 +85,12 @@ def _data(record: RunRecord, digested: bool) -> str:
 
 
 def _folds_differ(run: RunRecord, baseline: RunRecord) -> str | None:
+    """How many folds, then each fold's test questions (the seed draws only the training questions)."""
     tests = [{fold.fold: fold.test for fold in record.folds} for record in (run, baseline)]
-    split = _split_settings(run, baseline)
-    made = f", made with {split[0]} against {split[1]}" if split else ""
     if len(tests[0]) != len(tests[1]):
-        return f"the folds differ: {len(tests[0])} against {len(tests[1])}{made}"
+        return f"the folds differ: {len(tests[0])} against {len(tests[1])}"
     for fold in sorted(tests[0]):
         if tests[0][fold] != tests[1].get(fold):
             lists = [short_digest(test.get(fold)) for test in tests]
-            return f"the folds differ: fold {fold} tests questions {lists[0]} against {lists[1]} (digests){made}"
+            return f"the folds differ: fold {fold} tests questions {lists[0]} against {lists[1]} (digests of the lists)"
     return None
-
-
-def _split_settings(run: RunRecord, baseline: RunRecord) -> list[str]:
-    """Per record, the settings that split the questions into folds in which the two differ; [] if they agree."""
-    names = ("num_fold", "seed", "split_rng")
-    values = [{name: record.config.get(name) for name in names} for record in (run, baseline)]
-    differing = [name for name in names if values[0][name] != values[1][name]]
-    return [" ".join(f"{name} {value[name]}" for name in differing) for value in values] if differing else []

@@ -94,10 +94,11 @@ def main() -> None:
             seeds = sorted(r.config["seed"] for r in members)
             reference = (instruction, primer) == BARE and not with_iti
             own = [run.record for run in variant(instruction, primer, False)]
-            for against, wanted in ((bare, not reference), (own, with_iti)):
+            for against, wanted, name in ((bare, not reference, "the bare question"),
+                                          (own, with_iti, "the same prompt")):
                 paired = pair_with_baseline(members, against) if against and wanted else None
                 if isinstance(paired, str):
-                    notes.append(f"note: {row[0]}: no paired difference, {paired}")
+                    notes.append(f"note: {row[0]} against {name}: no paired difference, {paired}")
                 row.append(paired_text(paired, seeds))
             rows.append(row)
     print("\n## Prompting and ITI\n")
