@@ -1,6 +1,7 @@
 """Completed validate_2fold runs as one table: runs that differ only by seed make one row, and a row with a
 baseline (an unshifted run that agrees with it on everything but the settings that act through the head shifts,
-and shares its seeds, hence its folds) gets the paired difference from it. Which runs belong together is read
+and shares its seeds, hence its folds) gets the paired difference from it, when the two pair (iti.pairing: the
+same model as loaded, data, questions and folds); a row without one says why. Which runs belong together is read
 from their identities (iti.identity); validation/sweeping/collect_sweep.py says what the table holds.
 """
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,13 @@ from iti.errors import UsageError
 from iti.evaluation import answer_scores, read_fold_answers
 from iti.identity import TABLE_NAME, Role, declared, digest, named_values, readable_name, short_digest, without
 from iti.metrics import METRICS, PER_QUESTION_OR_DERIVED, missing, shown, with_products
+from iti.pairing import why_unpaired
 from iti.runs import RunFile, RunRecord, read_run
-from iti.statistics import paired_differences
+from iti.statistics import Interval, paired_differences
 
 METRIC_NAMES = [metric.name for metric in METRICS]
+# What a baseline row's `unpaired` says: it is what the others pair with.
+UNSHIFTED = "unshifted: a baseline"
 
 
 def finished_runs(results_dir: Path) -> tuple[list[RunFile], list[str]]:
@@ -76,8 +81,11 @@ def _named_by(cfg: CollectConfig, config: dict[str, Any]) -> bool:
 def repeats_key(run: RunRecord, baseline: bool = False) -> str:
     """What runs that repeat each other share: their identity but the seed; for pairing a baseline, also
     without every setting that acts only through the head shifts (an unshifted run ignores them)."""
-    roles = (Role.SHIFTS,) if baseline else ()
-    return json.dumps(without(run.identity, ValidationConfig, roles, ("seed",)), sort_keys=True)
+    return json.dumps(_shared_settings(run, baseline), sort_keys=True)
+
+
+def _shared_settings(run: RunRecord, baseline: bool) -> dict[str, Any]:
+    return without(run.identity, ValidationConfig, (Role.SHIFTS,) if baseline else (), ("seed",))
 
 
 def absent_answer_files(runs: list[RunRecord]) -> list[Path]:
@@ -107,40 +115,81 @@ def grid_text(values: list | float) -> str:
 
 
 def _differing_settings(groups: list[list[RunFile]]) -> list[str]:
-    """Per group, the declared settings (not K, α, seed) in which the groups of the table differ."""
-    settings = [without(declared(runs[0].record.config, ValidationConfig), ValidationConfig,
-                        names=("num_heads", "alpha", "seed")) for runs in groups]
+    """Per group, the settings (not K, α, seed) in which the groups of the table differ: as given, but those that
+    change every number (the model, its dtype, the data) as resolved, so runs of two models never look alike."""
+    settings = [without({**declared(runs[0].record.config, ValidationConfig),
+                         **without(runs[0].record.identity, ValidationConfig, (Role.SHIFTS,))},
+                        ValidationConfig, names=("num_heads", "alpha", "seed")) for runs in groups]
     varying = sorted({name for values in settings for name in values
                       if len({json.dumps(other.get(name)) for other in settings}) > 1})
     return [", ".join(f"{name}={json.dumps(values[name])}" for name in varying) for values in settings]
 
 
-def pair_with_baseline(runs: list[RunRecord], baseline: list[RunRecord], tag: str):
-    """(seeds shared, per metric the paired Interval, the two seed-averaged answer frames), or None."""
+@dataclass(frozen=True)
+class Paired:
+    """A setting's paired differences from its baseline: the seeds both have, per metric the Interval, and the
+    two seed-averaged answer frames (index: the question)."""
+    seeds: list[int]
+    differences: dict[str, Interval]
+    treated: pd.DataFrame
+    base: pd.DataFrame
+
+
+def answer_tag(record: RunRecord) -> str:
+    """The model as the run's answer files name their score columns (`{tag} MC2`)."""
+    return f"{record.config.get('model_prefix') or ''}{record.config['model_name']}"
+
+
+def pair_with_baseline(runs: list[RunRecord], baseline: list[RunRecord]) -> Paired | str:
+    """The paired differences of `runs` (one setting's seeds) from `baseline` (unshifted runs) on the seeds both
+    have, each question's scores averaged over those seeds, folds pooled; or why there are none (iti.pairing)."""
+    reason = why_no_difference(runs, baseline)
+    if reason is not None:
+        return reason
     seeds = {r.config["seed"] for r in runs} & {r.config["seed"] for r in baseline}
-    if not seeds:
-        return None
-    treated = seed_averaged_answers([r for r in runs if r.config["seed"] in seeds], tag)
-    base = seed_averaged_answers([r for r in baseline if r.config["seed"] in seeds], tag)
-    if treated is None or base is None:
-        return None
+    treated = seed_averaged_answers([r for r in runs if r.config["seed"] in seeds], answer_tag(runs[0]))
+    base = seed_averaged_answers([r for r in baseline if r.config["seed"] in seeds], answer_tag(baseline[0]))
     base = base.reindex(treated.index)
-    metrics = [c for c in treated.columns if c != "Category"]
+    metrics = [c for c in treated.columns if c != "Category" and c in base.columns]
+    if not metrics:
+        return "the two runs share no per-question score (CE and KL have none)"
     differences = paired_differences({m: treated[m].to_numpy() for m in metrics},
                                      {m: base[m].to_numpy() for m in metrics})
-    return sorted(seeds), differences, treated, base
+    return Paired(sorted(seeds), differences, treated, base)
 
 
-def collect_table(runs: list[RunFile], tag: str) -> tuple[pd.DataFrame, list]:
-    """(table, pairs): one row per setting (seeds averaged) with its paired difference from its baseline, and per
-    row with one, (row index, the row's and the baseline's seed-averaged answers) for the per-category table."""
+def why_no_difference(runs: list[RunRecord], baseline: list[RunRecord]) -> str | None:
+    """Why `runs` get no paired difference from `baseline`: a run and the baseline's run of its seed do not pair,
+    no seed is shared, or an answer file is missing; None when there is one."""
+    by_seed = {r.config["seed"]: r for r in baseline}
+    shared = [r for r in runs if r.config["seed"] in by_seed]
+    for run in shared or runs[:1]:
+        reason = why_unpaired(run, by_seed.get(run.config["seed"], baseline[0]))
+        if reason is not None:
+            return reason
+    if not shared:
+        return (f"no baseline run of seed {' '.join(str(r.config['seed']) for r in runs)} (the baseline's: "
+                f"{' '.join(map(str, sorted(by_seed)))})")
+    paired = shared + [by_seed[r.config["seed"]] for r in shared]
+    absent = absent_answer_files(paired)
+    if absent:
+        return f"the answer file {absent[0]} is missing; run validate_2fold with that run's settings again to remake it"
+    if not all(r.folds for r in paired):
+        return "the records list no folds, hence no answers per question"
+    return None
+
+
+def collect_table(runs: list[RunFile]) -> tuple[pd.DataFrame, list[tuple[int, Paired]]]:
+    """(table, pairs): one row per setting (seeds averaged) with its paired difference from its baseline or why it
+    has none (`unpaired`), and per row with one, (row index, its Paired) for the per-category table."""
     groups: dict[str, list[RunFile]] = {}
     for run in runs:
         groups.setdefault(repeats_key(run.record), []).append(run)
     # Per pairing key, the plainest unshifted group: K = 0 wins over α = 0 with heads.
-    unshifted = sorted((members for members in groups.values() if not members[0].record.resolved.intervenes),
-                       key=lambda members: max(members[0].record.config["num_heads"]), reverse=True)
-    baselines = {repeats_key(members[0].record, baseline=True): [m.record for m in members] for members in unshifted}
+    unshifted = sorted(([m.record for m in members] for members in groups.values()
+                        if not members[0].record.resolved.intervenes),
+                       key=lambda records: max(records[0].config["num_heads"]), reverse=True)
+    baselines = {repeats_key(records[0], baseline=True): records for records in unshifted}
     ordered = sorted(groups.values(), key=lambda members: (len(members[0].record.config["num_heads"]) > 1,
                                                            members[0].record.config["num_heads"],
                                                            members[0].record.config["alpha"]))
@@ -157,39 +206,55 @@ def collect_table(runs: list[RunFile], tag: str) -> tuple[pd.DataFrame, list]:
                "json": "; ".join(str(m.path) for m in members)}
         for key in METRIC_NAMES:  # the std of one seed is NaN
             row[key], row[f"{key} std"] = finals[key].mean(), finals[key].std(ddof=1)
-        baseline = baselines.get(repeats_key(records[0], baseline=True)) if records[0].resolved.intervenes else None
-        paired = pair_with_baseline(records, baseline, tag) if baseline else None
-        if baseline and paired is None:
-            row["Δ missing"] = next(map(str, absent_answer_files(records + baseline)), math.nan)
-        elif paired is not None:
-            seeds, differences, treated, base = paired
-            row["paired seeds"] = " ".join(map(str, seeds))
-            for key, interval in differences.items():
-                row[f"Δ{key}"], row[f"Δ{key} low"], row[f"Δ{key} high"] = interval.value, interval.low, interval.high
-            pairs.append((len(rows), treated, base))
+        if not records[0].resolved.intervenes:
+            row["unpaired"] = UNSHIFTED
+        else:
+            baseline = baselines.get(repeats_key(records[0], baseline=True))
+            paired = pair_with_baseline(records, baseline) if baseline else _no_baseline(records, unshifted)
+            if isinstance(paired, str):
+                row["unpaired"] = paired
+            else:
+                row["paired seeds"] = " ".join(map(str, paired.seeds))
+                for key, interval in paired.differences.items():
+                    row[f"Δ{key}"], row[f"Δ{key} low"], row[f"Δ{key} high"] = (interval.value, interval.low,
+                                                                                interval.high)
+                pairs.append((len(rows), paired))
         rows.append(row)
     columns = ["K", "alpha", "chosen", "settings", "seeds", "limit"]
     columns += [name for key in METRIC_NAMES for name in (key, f"{key} std")]
     columns += ["paired seeds"] + [f"Δ{key}{end}" for key in PER_QUESTION_OR_DERIVED for end in ("", " low", " high")]
-    return pd.DataFrame(rows).reindex(columns=columns + ["Δ missing", "folds", "json"]), pairs
+    return pd.DataFrame(rows).reindex(columns=columns + ["unpaired", "folds", "json"]), pairs
 
 
-def missing_answer_notes(table: pd.DataFrame) -> list[str]:
-    """Per row whose Δ is empty because an answer file of it or its baseline is gone: which file, and what to do."""
-    return [f"note: K {row['K']}, α {row['alpha']}: {no_pair_reason(row['Δ missing'])}"
-            for _, row in table.iterrows() if isinstance(row["Δ missing"], str)]
+def _no_baseline(records: list[RunRecord], unshifted: list[list[RunRecord]]) -> str:
+    """Why a setting has no baseline among the table's runs: how the nearest unshifted runs differ from it."""
+    if not unshifted:
+        return "no unshifted run among these; run the same settings with --num_heads 0 to pair with"
+    mine = _shared_settings(records[0], baseline=True)
+
+    def differing(baseline: list[RunRecord]) -> list[str]:
+        theirs = _shared_settings(baseline[0], baseline=True)
+        return [name for name in sorted(mine.keys() | theirs.keys()) if mine.get(name) != theirs.get(name)]
+
+    nearest = min(unshifted, key=lambda baseline: len(differing(baseline)))
+    of_seed = {r.config["seed"]: r for r in nearest}.get(records[0].config["seed"], nearest[0])
+    theirs = _shared_settings(nearest[0], baseline=True)
+    return why_unpaired(records[0], of_seed) or "the nearest unshifted run differs in " + ", ".join(
+        f"{name} ({json.dumps(mine.get(name))} against {json.dumps(theirs.get(name))})" for name in differing(nearest))
 
 
-def no_pair_reason(absent: Path | str) -> str:
-    return (f"no paired difference, the answer file {absent} is missing; run validate_2fold with that run's settings "
-            "again to remake it")
+def unpaired_notes(table: pd.DataFrame) -> list[str]:
+    """Per row that changes the model but has no paired difference: why, and what to do."""
+    return [f"note: K {row['K']}, α {row['alpha']}: no paired difference, {row['unpaired']}"
+            for _, row in table.iterrows() if isinstance(row["unpaired"], str) and row["unpaired"] != UNSHIFTED]
 
 
-def category_table(table: pd.DataFrame, pairs: list, metric: str) -> pd.DataFrame:
+def category_table(table: pd.DataFrame, pairs: list[tuple[int, Paired]], metric: str) -> pd.DataFrame:
     """Per row with a baseline and per category: questions, the metric's mean in the run and the baseline,
     and their difference; categories sorted by the difference (largest first)."""
     rows = []
-    for index, treated, baseline in pairs:
+    for index, paired in pairs:
+        treated, baseline = paired.treated, paired.base
         for category, questions in treated.groupby("Category", sort=False).groups.items():
             run = with_products(treated.loc[questions].drop(columns="Category").mean().to_dict())
             base = with_products(baseline.loc[questions].drop(columns="Category").mean().to_dict())
@@ -218,6 +283,8 @@ def markdown(table: pd.DataFrame) -> str:
         if table[f"Δ{key}"].notna().any():
             columns[f"Δ{key} [95%]"] = [difference(v, lo, hi) for v, lo, hi in
                                         zip(table[f"Δ{key}"], table[f"Δ{key} low"], table[f"Δ{key} high"])]
+    if table["unpaired"].map(lambda v: isinstance(v, str) and v != UNSHIFTED).any():
+        columns["no Δ because"] = table["unpaired"].map(lambda v: "—" if missing(v) else v)
     return markdown_rows(list(columns), [list(cells) for cells in zip(*columns.values())])
 
 

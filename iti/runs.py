@@ -38,6 +38,7 @@ class Resolved:
     """What the run's options resolved to once the model and data were loaded."""
     model_source: str | None = None
     model_dtype: str | None = None
+    model_fingerprint: dict[str, Any] | None = None  # iti.fingerprint's record; identity.model_path is its digest
     judges: dict[str, str] | None = None
     owt_source: str | None = None
     questions: int | None = None

@@ -138,7 +138,8 @@ def set_up(cfg: ValidationConfig, log: Log) -> RunSetup:
     judges = JudgePanel(judge_sources, cfg.device, cfg.dtype, cfg.sequential_loading, cfg.batch_size) \
         if judge_sources else None
     ce_kl = CeKl(owt_texts, tokenizer, cfg.seed, cfg.batch_size, cfg.owt_samples) if metrics & {"ce", "kl"} else None
-    resolved = Resolved(model_source=source, model_dtype=str(model.dtype), judges=judge_sources,
+    resolved = Resolved(model_source=source, model_dtype=str(model.dtype), model_fingerprint=fingerprint,
+                        judges=judge_sources,
                         owt_source=owt_source, questions=len(dataset.items), tqa_source=dataset.source,
                         tuning_dataset=cfg.tuning_dataset, prompt=prompting.prompt("{question}"), method=cfg.method,
                         intervenes=cfg.intervenes)

@@ -454,6 +454,26 @@ def paired_runs_whose_answers_are(name: str, content: bytes):
     return make
 
 
+def runs_that_do_not_pair(name: str, **baseline_identity):
+    """compare_runs' arguments for a baseline and an ITI run of 3 questions whose recorded identities differ in
+    `baseline_identity` (`folds` for the baseline's test questions)."""
+    def make(root, tqa):
+        import json
+
+        runs = [write_finished_run(root, "base", False, [0.4, 0.5, 0.6]),
+                write_finished_run(root, "iti", True, [0.5, 0.6, 0.7])]
+        for path in runs:
+            record = json.loads(path.read_text())
+            record["identity"] = {"model_path": "0a0a0a0a", "dtype": "torch.float32", "tqa_path": "d" * 64}
+            if path == runs[0]:
+                record["folds"][0]["test"] = baseline_identity.pop("folds", record["folds"][0]["test"])
+                record["identity"].update(baseline_identity)
+            path.write_text(json.dumps(record))
+        return [str(path) for path in runs]
+    make.__name__ = f"runs_{name}"
+    return make
+
+
 # ----------------------------------------------------------------------------- options, paths and outputs
 
 def seed_beyond_numpy(root, tqa):
@@ -960,6 +980,18 @@ CASES = [
      "tiny_tqa_mc2_limit_2_head_wise.npy is not the file that was written there"),
     ("get_activations", set_being_extracted_by_another_process,
      "features {root}/features/tiny_tqa_mc2_limit_2_head_wise.npy is being written by another process"),
+    # issue 33: pairing
+    ("compare_runs", runs_that_do_not_pair("of_two_models", model_path="1b1b1b1b"),
+     "ITI (K=8, alpha=5, center_of_mass) and the baseline do not pair, the models differ: 0a0a0a0a against 1b1b1b1b; "
+     "compare runs of one model, in one dtype, on the same questions and folds"),
+    ("compare_runs", runs_that_do_not_pair("of_two_dtypes", model_path="1b1b1b1b", dtype="torch.float16"),
+     "ITI (K=8, alpha=5, center_of_mass) and the baseline do not pair, the models differ: 0a0a0a0a in torch.float32 "
+     "against 1b1b1b1b in torch.float16"),
+    ("compare_runs", runs_that_do_not_pair("on_other_data", tqa_path="e" * 64),
+     "ITI (K=8, alpha=5, center_of_mass) and the baseline do not pair, the data differ: TruthfulQA (dddddddd) "
+     "against TruthfulQA (eeeeeeee)"),
+    ("compare_runs", runs_that_do_not_pair("in_other_folds", folds=[2, 0, 1]),
+     "ITI (K=8, alpha=5, center_of_mass) and the baseline do not pair, the folds differ: fold 0 tests questions "),
 ]
 
 

@@ -38,7 +38,9 @@ def test_rows_columns_and_rounding(tmp_path):
         paths[-1].write_text(json.dumps(run))
     result = subprocess.run([sys.executable, str(SCRIPT), *map(str, paths)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    header, baseline, iti = result.stdout.strip().splitlines()
+    header, baseline, iti, why = result.stdout.strip().splitlines()
+    assert why == ("ITI (K=8, alpha=5, center_of_mass) − baseline: no paired difference, the records list no folds, "
+                   "hence no answers per question")
     assert header.split() == ["run", "MC1", "MC2", "MC3", "CE", "KL"]
     assert baseline.split() == ["baseline"] + [f"{runs[0]['final'][m]:.4f}" for m in ("MC1", "MC2", "MC3", "CE", "KL")]
     assert iti.startswith("ITI (K=8, alpha=5, center_of_mass)")

@@ -414,7 +414,7 @@ def collected(results_dir):
     from iti.config import CollectConfig
 
     cfg = CollectConfig(use_center_of_mass=True, limit=8, results_dir=str(results_dir))
-    return collect_table(selected_runs(cfg, finished_runs(results_dir)[0]), cfg.output_name)[0]
+    return collect_table(selected_runs(cfg, finished_runs(results_dir)[0]))[0]
 
 
 def per_question(records, column):

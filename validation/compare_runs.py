@@ -1,8 +1,10 @@
 """Print finished validate_2fold runs side by side: one row per run (baseline or ITI), one column per
 metric any run measured (a metric a run did not measure shows "—"), means over folds rounded to 4 decimals
-(the JSON files keep full precision). When one run is an unshifted baseline scored on the same questions,
-each ITI run's paired difference from it follows, with its 95% bootstrap interval over questions, and one
-plain sentence on whether the interval excludes 0.
+(the JSON files keep full precision). When one run is an unshifted baseline, each ITI run's paired difference
+from it follows, with its 95% bootstrap interval over questions, and one plain sentence on whether the interval
+excludes 0. Runs pair only when their records show the same model as loaded (fingerprint and dtype), data,
+questions and folds (iti.pairing): an ITI run that does not is named with the reason, and when none does the
+comparison is refused.
 
 python validation/compare_runs.py validation/results_dump/summary_dump/<baseline>.json \\
     validation/results_dump/summary_dump/<iti>.json
@@ -46,33 +48,36 @@ def comparison_table(records: list) -> str:
 
 
 def paired_lines(records: list) -> list[str]:
-    """Per ITI run paired with the baseline among `records`: its difference on the headline metric with the 95%
-    interval, and whether the interval excludes 0, or which answer file is missing for it (nothing when there is
-    no baseline or no per-question score)."""
-    from iti.collect import absent_answer_files, no_pair_reason, pair_with_baseline
+    """Per ITI run among `records`, against the first baseline it pairs with (iti.pairing): its difference on the
+    headline metric with the 95% interval and whether the interval excludes 0, or why it has none. Nothing
+    without a baseline; a UsageError when no ITI run pairs with any baseline given."""
+    from iti.collect import pair_with_baseline
+    from iti.errors import UsageError
+    from iti.pairing import why_unpaired
 
     baselines = [r for r in records if not r.resolved.intervenes]
-    if not baselines:
+    treated = [r for r in records if r.resolved.intervenes]
+    if not baselines or not treated:
         return []
-    lines = []
-    for record in records:
-        if not record.resolved.intervenes:
+    lines, unpaired = [], []
+    for record in treated:
+        reasons = [why_unpaired(record, baseline) for baseline in baselines]
+        if None not in reasons:
+            unpaired.append(f"{run_label(record)} and the baseline do not pair, {reasons[0]}")
+            lines.append(f"{run_label(record)} − baseline: not paired, {reasons[0]}")
             continue
-        absent = absent_answer_files([record, baselines[0]])
-        if absent:
-            lines.append(f"{run_label(record)} − baseline: {no_pair_reason(absent[0])}")
+        paired = pair_with_baseline([record], [baselines[reasons.index(None)]])
+        if isinstance(paired, str):
+            lines.append(f"{run_label(record)} − baseline: no paired difference, {paired}")
             continue
-        paired = pair_with_baseline([record], baselines[:1], record.config["model_prefix"]
-                                    + record.config["model_name"])
-        if paired is None or not paired[1]:
-            continue
-        _, differences, treated, _ = paired
-        metric = HEADLINE if HEADLINE in differences else next(iter(differences))
-        interval = differences[metric]
+        metric = HEADLINE if HEADLINE in paired.differences else next(iter(paired.differences))
+        interval = paired.differences[metric]
         lines.append(f"{run_label(record)} − baseline on {metric}: {interval.value:+.3f} "
                      f"[{interval.low:+.3f}, {interval.high:+.3f}] (95% paired bootstrap interval): "
                      f"{interval.verdict()} on "
-                     f"{len(treated)} questions; see iti_replication_results.md for the full run")
+                     f"{len(paired.treated)} questions; see iti_replication_results.md for the full run")
+    if len(unpaired) == len(treated):
+        raise UsageError(f"{unpaired[0]}; compare runs of one model, in one dtype, on the same questions and folds")
     return lines
 
 
@@ -90,8 +95,9 @@ def read_finished_run(path: Path):
 def main() -> None:
     cfg = parse_config(CompareConfig, description=__doc__)
     records = [read_finished_run(Path(path)) for path in cfg.summaries]
+    lines = paired_lines(records)
     print(comparison_table(records))
-    for line in paired_lines(records):
+    for line in lines:
         print(line)
 
 

@@ -47,7 +47,7 @@ def main() -> None:
     matplotlib.use("Agg")
 
     from iti.collect import (category_table, collect_table, difference, finished_runs, markdown_rows, mean_std,
-                             missing_answer_notes, pair_with_baseline)
+                             pair_with_baseline, unpaired_notes)
     from iti.errors import UsageError
     from iti.plots import category_differences
 
@@ -68,8 +68,8 @@ def main() -> None:
 
     # 1. The main comparison: default prompting, K and α chosen per fold, against the baseline.
     main_runs = variant(None, "auto", True) + variant(None, "auto", False)
-    table, pairs = collect_table(main_runs, model)
-    notes = missing_answer_notes(table)
+    table, pairs = collect_table(main_runs)
+    notes = unpaired_notes(table)
     print("## Main table\n")
     print(summary_table(table))
     print(verdicts(table, pairs))
@@ -93,9 +93,13 @@ def main() -> None:
             row += [mean_std(*mean_and_std(final[key])) for key in ("MC1", "MC2")]
             seeds = sorted(r.config["seed"] for r in members)
             reference = (instruction, primer) == BARE and not with_iti
-            row.append(paired_text(pair_with_baseline(members, bare, model), seeds) if bare and not reference else "—")
             own = [run.record for run in variant(instruction, primer, False)]
-            row.append(paired_text(pair_with_baseline(members, own, model), seeds) if with_iti and own else "—")
+            for against, wanted, name in ((bare, not reference, "the bare question"),
+                                          (own, with_iti, "the same prompt")):
+                paired = pair_with_baseline(members, against) if against and wanted else None
+                if isinstance(paired, str):
+                    notes.append(f"note: {row[0]} against {name}: no paired difference, {paired}")
+                row.append(paired_text(paired, seeds))
             rows.append(row)
     print("\n## Prompting and ITI\n")
     print(markdown_rows(["setting", "seeds", "MC1", "MC2", "ΔMC2 vs bare question [95%]",
@@ -106,8 +110,8 @@ def main() -> None:
         members = runs_where(runs, dataset_name=dataset)
         if members:
             print(f"\n## {dataset}\n")
-            custom, custom_pairs = collect_table(members, model)
-            notes += missing_answer_notes(custom)
+            custom, custom_pairs = collect_table(members)
+            notes += unpaired_notes(custom)
             print(summary_table(custom))
             print(verdicts(custom, custom_pairs))
 
@@ -135,12 +139,13 @@ def mean_and_std(values: list[float]) -> tuple[float, float]:
 
 
 def paired_text(paired, seeds: list[int]) -> str:
-    """The paired MC2 difference; the seeds it pairs on when the two sides share only some of the row's."""
-    from iti.collect import difference
+    """The paired MC2 difference (iti.collect.Paired; "—" for none, or a reason, which the notes give); the seeds
+    it pairs on when the two sides share only some of the row's."""
+    from iti.collect import Paired, difference
 
-    if paired is None or "MC2" not in paired[1]:
+    if not isinstance(paired, Paired) or "MC2" not in paired.differences:
         return "—"
-    interval, shared = paired[1]["MC2"], paired[0]
+    interval, shared = paired.differences["MC2"], paired.seeds
     text = difference(interval.value, interval.low, interval.high)
     if shared != seeds:
         text += f" (seed{'s' if len(shared) > 1 else ''} {' '.join(map(str, shared))} only)"
@@ -178,8 +183,8 @@ def verdicts(table, pairs) -> str:
     from iti.statistics import Interval
 
     lines = []
-    for index, treated, _ in pairs:
-        row, questions = table.loc[index], len(treated)
+    for index, paired in pairs:
+        row, questions = table.loc[index], len(paired.treated)
         if row["ΔMC2"] == row["ΔMC2"]:
             interval = Interval(row["ΔMC2"], row["ΔMC2 low"], row["ΔMC2 high"])
             lines.append(f"- {setting_label(row)} − baseline on MC2: {interval.value:+.3f} [{interval.low:+.3f}, "

@@ -11,7 +11,9 @@ others are rows of their own. Without --limit: the full runs, or if there are no
 seeds. A row with a baseline (an unshifted run with the same other settings and the same seeds, hence
 the same folds) also gets the paired difference from it, Δ, with a 95% bootstrap interval over questions
 (iti.statistics), from the per-question answer files: each question's scores averaged over the seeds,
-folds pooled. CE and KL are not per-question and get no Δ. Runs that chose K and α per fold are rows
+folds pooled. CE and KL are not per-question and get no Δ. Runs pair only when their records show the same
+model as loaded (fingerprint and dtype), data, questions and folds (iti.pairing); a row left without Δ says
+why in its `unpaired` column and in a note. Runs that chose K and α per fold are rows
 labelled with their grid and the choices (iti.collect).
 Writes `{results_dir}/results_dump/sweep_dump/{model}_{method}[_{dataset}][_limit_{N}][_seed_{S}]_{hash}.{csv,md,png}`,
 named by the flags that selected the runs and a hash of the runs themselves (tables of other selections or other
@@ -35,7 +37,7 @@ def main() -> None:
     matplotlib.use("Agg")
 
     from iti.collect import (category_markdown, category_table, category_tag, collect_table, finished_runs, markdown,
-                             missing_answer_notes, selected_runs, table_stem)
+                             selected_runs, table_stem, unpaired_notes)
     from iti.errors import UsageError
     from iti.files import write_text
     from iti.plots import category_differences, sweep_curves
@@ -51,8 +53,8 @@ def main() -> None:
     limit = runs[0].record.config.get("limit")
     if limit != cfg.limit:
         print(f"no full runs of {cfg.output_name}: the runs made with --limit {limit}")
-    table, pairs = collect_table(runs, cfg.output_name)
-    for note in missing_answer_notes(table):
+    table, pairs = collect_table(runs)
+    for note in unpaired_notes(table):
         print(note, file=sys.stderr)
     out_dir = results_dir / "results_dump" / "sweep_dump"
     stem = table_stem(cfg, runs)
