@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT, broken_tqa_copy, write_feature_files, write_finished_run
+from tests.conftest import (REPO_ROOT, broken_tqa_copy, flip_bit, tensor_offset, write_feature_files,
+                            write_finished_run)
 
 SCRIPTS = {
     "get_activations": REPO_ROOT / "get_activations" / "get_activations.py",
@@ -427,19 +428,38 @@ def baked_folder_with_config(name: str, config_text: str):
     return make
 
 
-REMAKE_ANSWERS = "delete it and run validate_2fold with the same settings again: that fold is then recomputed"
+REMAKE_ANSWERS = "move it away and run validate_2fold with the same settings again: that fold is then recomputed"
 
 
 def paired_runs_whose_answers_are(name: str, content: bytes):
     """compare_runs' arguments for a baseline and an ITI run of 3 questions, the ITI run's answer file replaced by
-    `content`."""
+    `content`; records of an earlier version, without digests, whose answers are read unverified."""
     def make(root, tqa):
-        runs = [write_finished_run(root, "base", False, [0.4, 0.5, 0.6]),
-                write_finished_run(root, "iti", True, [0.5, 0.6, 0.7])]
+        runs = [write_finished_run(root, "base", False, [0.4, 0.5, 0.6], digests=False),
+                write_finished_run(root, "iti", True, [0.5, 0.6, 0.7], digests=False)]
         (root / "iti_answers.csv").write_bytes(content)
         return [str(path) for path in runs]
     make.__name__ = f"answers_{name}"
     return make
+
+
+def paired_runs_with_a_changed_score(root, tqa):
+    """compare_runs' arguments for a baseline and an ITI run whose answer file had one digit changed (0.7 -> 0.6)
+    since the run recorded its digest: it still parses, and on its own would give another difference."""
+    runs = [write_finished_run(root, "base", False, [0.4, 0.5, 0.6]),
+            write_finished_run(root, "iti", True, [0.5, 0.6, 0.7])]
+    answers = root / "iti_answers.csv"
+    flip_bit(answers, answers.read_bytes().rindex(b"7"))
+    return [str(path) for path in runs]
+
+
+def shifts_with_a_flipped_bit(root, tqa):
+    """export_head_shifts' arguments for head shifts whose tensors file had the lowest bit of a probe accuracy
+    flipped since it was saved: it still parses, as numbers other than those saved."""
+    args = exportable_shifts(root)
+    tensors = root / "shifts" / "head_shifts.safetensors"
+    flip_bit(tensors, tensor_offset(tensors, "probe_accuracies"))
+    return args
 
 
 # ----------------------------------------------------------------------------- options, paths and outputs
@@ -743,6 +763,11 @@ CASES = [
     ("export_head_shifts", import_into_a_bake("--overwrite"),
      "--output_dir {root}/bake holds more than head shifts (config.json, model.safetensors); it is kept, whatever"),
     ("get_activations", path_with_a_newline, "--features_dir {root}/a\\nb is a file, not a folder"),
+    # issue 33: run files
+    ("compare_runs", paired_runs_with_a_changed_score,
+     "answer file {root}/iti_answers.csv is not the file that was written there: its SHA-256 "),
+    ("export_head_shifts", shifts_with_a_flipped_bit,
+     "head shifts file {root}/shifts/head_shifts.safetensors is not the file that was written there: its SHA-256 "),
 ]
 
 

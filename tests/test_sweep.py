@@ -1,5 +1,6 @@
 """Sweeps: the grid, which runs are done, the SLURM arrays (a stub sbatch, then a real local SLURM),
 and collect_sweep (the table holds each completed run's final means, the plot skips empty metrics)."""
+import hashlib
 import json
 import os
 import runpy
@@ -506,3 +507,32 @@ def test_a_missing_answer_file_leaves_the_difference_empty_and_says_which(seeds,
     assert capsys.readouterr().err.splitlines() == [
         f"note: K 3, α 20: no paired difference, the answer file {gone} is missing; run validate_2fold with that "
         "run's settings again to remake it"]
+
+
+def test_a_changed_answer_file_is_refused_naming_it(seeds, tmp_path, monkeypatch, capsys):
+    """One ITI run's answer file with one score changed since the run recorded its digest (it still parses, and
+    would give another Δ): collect_sweep refuses it in one line naming the file, instead of a silently other table."""
+    results, runs = seeds
+    copy = tmp_path / "results"
+    summaries = copy / "results_dump" / "summary_dump"
+    shutil.copytree(results / "results_dump" / "summary_dump", summaries)
+    treated = runs[(20.0, 3)][0]
+    record = json.loads(open(treated["json_path"]).read())
+    files = record["folds"][0]["files"]
+    changed = tmp_path / "answers.csv"
+    text = open(files["answers"]).read()
+    changed.write_text(text.replace(",0.", ",1.", 1))  # the first score in the file
+    assert changed.read_text() != text
+    files["sha256"][str(changed)] = files["sha256"].pop(files["answers"])
+    assert files["sha256"][str(changed)] == hashlib.sha256(text.encode()).hexdigest()
+    files["answers"] = str(changed)
+    (summaries / os.path.basename(treated["json_path"])).write_text(json.dumps(record))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        run_collect(monkeypatch, "--model_name", "tq", "--use_center_of_mass", "--limit", "6", "--results_dir",
+                    str(copy))
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"answer file {changed} is not the file that was written there" in err
+    assert not (copy / "results_dump" / "sweep_dump").exists() or not list((copy / "results_dump" /
+                                                                             "sweep_dump").glob("*.csv"))
