@@ -402,6 +402,17 @@ def shifts_of_an_alpha_beyond_float32(root, tqa):
     return exportable_shifts(root, lambda meta: meta.update(alpha=1e300))
 
 
+def record_tensors_digest(folder: Path) -> None:
+    import hashlib
+    import json
+
+    from iti.head_shifts import METADATA_FILE, TENSORS_FILE
+
+    meta = json.loads((folder / METADATA_FILE).read_text())
+    meta["tensors_sha256"] = hashlib.sha256((folder / TENSORS_FILE).read_bytes()).hexdigest()
+    (folder / METADATA_FILE).write_text(json.dumps(meta))
+
+
 def shifts_of_a_fractional_layer(root, tqa):
     from safetensors import safe_open
     from safetensors.numpy import save_file
@@ -413,6 +424,7 @@ def shifts_of_a_fractional_layer(root, tqa):
     with safe_open(str(path), framework="np") as tensors:
         arrays, metadata = {name: tensors.get_tensor(name) for name in tensors.keys()}, tensors.metadata()
     save_file({**arrays, "layers": np.array([0.7])}, str(path), metadata=metadata)
+    record_tensors_digest(root / "shifts")  # written so by a program that records it as save does
     return args
 
 
