@@ -135,3 +135,20 @@ def test_a_changed_answer_file_is_refused_naming_it(runs, tmp_path):
     [error] = result.stderr.strip().splitlines()
     assert error.startswith(f"error: answer file {changed} is not the file that was written there: its SHA-256 ")
     assert not (tmp_path / "figures").exists()
+
+
+def test_the_committed_runs_files_hold_the_bytes_their_records_digest():
+    """results/replication_runs/ holds runs whose records name their files under validation/ (where
+    iti_replication_results.md copies them): each fold's recorded digests are those of the committed files."""
+    from iti.runs import read_run
+
+    committed = REPO_ROOT / "results" / "replication_runs"
+    records = sorted((committed / "results_dump" / "summary_dump").glob("*.json"))
+    assert records
+    for path in records:
+        for fold in read_run(path).folds:
+            digests = fold.files.sha256
+            assert fold.files.answers in digests and fold.files.summary in digests
+            for name, recorded in digests.items():
+                local = committed / Path(name).relative_to("validation")
+                assert hashlib.sha256(local.read_bytes()).hexdigest() == recorded, local

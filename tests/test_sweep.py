@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -487,18 +488,26 @@ def test_tables_of_other_selections_or_runs_never_share_a_file(seeds, tmp_path, 
     assert not list(out_dir.glob(f"{newest}_by_category*"))
 
 
-def test_a_missing_answer_file_leaves_the_difference_empty_and_says_which(seeds, tmp_path, monkeypatch, capsys):
-    """One ITI run's answer file gone (deleted, or left on another machine): the row keeps its means, its Δ is
-    empty, and a note names the file and how to remake it."""
+def copy_with_a_changed_record(seeds, tmp_path, change) -> Path:
+    """The seeds' summaries copied to `tmp_path/results`, the first ITI run's first fold's `files` changed by
+    `change`; returns the copy's results folder."""
     results, runs = seeds
     copy = tmp_path / "results"
     summaries = copy / "results_dump" / "summary_dump"
     shutil.copytree(results / "results_dump" / "summary_dump", summaries)
     treated = runs[(20.0, 3)][0]
     record = json.loads(open(treated["json_path"]).read())
-    gone = tmp_path / "elsewhere" / "answers.csv"
-    record["folds"][0]["files"]["answers"] = str(gone)
+    change(record["folds"][0]["files"])
     (summaries / os.path.basename(treated["json_path"])).write_text(json.dumps(record))
+    return copy
+
+
+def test_a_missing_answer_file_leaves_the_difference_empty_and_says_which(seeds, tmp_path, monkeypatch, capsys):
+    """One ITI run's answer file gone (deleted, or left on another machine): the row keeps its means, its Δ is
+    empty, and a note names the file and how to remake it."""
+    _, runs = seeds
+    gone = tmp_path / "elsewhere" / "answers.csv"
+    copy = copy_with_a_changed_record(seeds, tmp_path, lambda files: files.update(answers=str(gone)))
     capsys.readouterr()
     run_collect(monkeypatch, "--model_name", "tq", "--use_center_of_mass", "--limit", "6", "--results_dir", str(copy))
     table = pd.read_csv(only_file(copy / "results_dump" / "sweep_dump", "tq_center_of_mass_limit_6_????????.csv"))
@@ -512,21 +521,17 @@ def test_a_missing_answer_file_leaves_the_difference_empty_and_says_which(seeds,
 def test_a_changed_answer_file_is_refused_naming_it(seeds, tmp_path, monkeypatch, capsys):
     """One ITI run's answer file with one score changed since the run recorded its digest (it still parses, and
     would give another Δ): collect_sweep refuses it in one line naming the file, instead of a silently other table."""
-    results, runs = seeds
-    copy = tmp_path / "results"
-    summaries = copy / "results_dump" / "summary_dump"
-    shutil.copytree(results / "results_dump" / "summary_dump", summaries)
-    treated = runs[(20.0, 3)][0]
-    record = json.loads(open(treated["json_path"]).read())
-    files = record["folds"][0]["files"]
     changed = tmp_path / "answers.csv"
-    text = open(files["answers"]).read()
-    changed.write_text(text.replace(",0.", ",1.", 1))  # the first score in the file
-    assert changed.read_text() != text
-    files["sha256"][str(changed)] = files["sha256"].pop(files["answers"])
-    assert files["sha256"][str(changed)] == hashlib.sha256(text.encode()).hexdigest()
-    files["answers"] = str(changed)
-    (summaries / os.path.basename(treated["json_path"])).write_text(json.dumps(record))
+
+    def with_a_changed_score(files):
+        text = open(files["answers"]).read()
+        changed.write_text(text.replace(",0.", ",1.", 1))  # the first score in the file
+        assert changed.read_text() != text
+        files["sha256"][str(changed)] = files["sha256"].pop(files["answers"])
+        assert files["sha256"][str(changed)] == hashlib.sha256(text.encode()).hexdigest()
+        files["answers"] = str(changed)
+
+    copy = copy_with_a_changed_record(seeds, tmp_path, with_a_changed_score)
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
         run_collect(monkeypatch, "--model_name", "tq", "--use_center_of_mass", "--limit", "6", "--results_dir",

@@ -161,7 +161,9 @@ def test_alpha_zero_mc2_equals_one_forward_per_answer(setup, tmp_path):
             assert row[f"{MODEL} MC2"] == pytest.approx(true.sum() / (true.sum() + false.sum()), abs=1e-5)
 
 
-def test_killed_run_leaves_earlier_folds_whole(setup, tmp_path, monkeypatch):
+def killed_in_second_fold(cfg: ValidationConfig, monkeypatch) -> list:
+    """Run `cfg` until its second fold's evaluation, where it is interrupted; from then on evaluations run and are
+    counted in the list returned (emptied)."""
     from iti.evaluation import Evaluator
 
     real = Evaluator.evaluate
@@ -175,7 +177,14 @@ def test_killed_run_leaves_earlier_folds_whole(setup, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Evaluator, "evaluate", dies_in_second_fold)
     with pytest.raises(KeyboardInterrupt):
-        run_validation(config(setup, tmp_path, num_heads=0, limit=4), progress=False, log=lambda _: None)
+        run_validation(cfg, progress=False, log=lambda _: None)
+    calls.clear()
+    monkeypatch.setattr(Evaluator, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_killed_run_leaves_earlier_folds_whole(setup, tmp_path, monkeypatch):
+    calls = killed_in_second_fold(config(setup, tmp_path, num_heads=0, limit=4), monkeypatch)
     dump = tmp_path / "results_dump"
     [json_path] = (dump / "summary_dump").glob(f"{MODEL}_seed_42_top_0_heads_alpha_5_limit_4_*_com.json")
     record = json.loads(json_path.read_text())
@@ -185,8 +194,6 @@ def test_killed_run_leaves_earlier_folds_whole(setup, tmp_path, monkeypatch):
     assert not list(tmp_path.rglob("*.tmp"))
 
     # The same settings again: the finished fold is kept, only the second one runs.
-    calls.clear()
-    monkeypatch.setattr(Evaluator, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
     resumed = run_validation(config(setup, tmp_path, num_heads=0, limit=4), progress=False, log=lambda _: None)
     assert len(calls) == 1 and resumed["complete"] and resumed["folds"][0] == record["folds"][0]
     # Execution settings do not change the run: its folds are kept, with --resume or without.
@@ -279,21 +286,8 @@ def test_each_fold_records_the_digest_of_every_file_it_wrote(setup, tmp_path):
 def test_a_changed_file_of_a_finished_fold_is_refused_until_moved_away(setup, tmp_path, monkeypatch):
     """A run killed in its second fold, then its first fold's answers changed by one digit: a rerun refuses to
     keep that fold or to overwrite the file, naming it; once the file is moved away, the fold is recomputed."""
-    from iti.evaluation import Evaluator
-
-    real = Evaluator.evaluate
-    calls = []
-
-    def dies_in_second_fold(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(Evaluator, "evaluate", dies_in_second_fold)
     cfg = config(setup, tmp_path, num_heads=0, limit=4)
-    with pytest.raises(KeyboardInterrupt):
-        run_validation(cfg, progress=False, log=lambda _: None)
+    calls = killed_in_second_fold(cfg, monkeypatch)
     [summary] = (tmp_path / "results_dump" / "summary_dump").glob("*.json")
     killed = json.loads(summary.read_text())
     answers = Path(killed["folds"][0]["files"]["answers"])
@@ -302,8 +296,6 @@ def test_a_changed_file_of_a_finished_fold_is_refused_until_moved_away(setup, tm
     assert changed != whole
     answers.write_bytes(changed)
 
-    calls.clear()
-    monkeypatch.setattr(Evaluator, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
     for resume in (False, True):
         with pytest.raises(UsageError, match=re.escape(f"fold 0's file {answers} is not the file that was written "
                                                        "there") + ".*; move it away and run again"):
