@@ -30,8 +30,8 @@ _VERSION = 1
 _UNIT_TOLERANCE = 1e-4
 _ARRAY_FIELDS = ("layers", "heads", "directions", "sigmas", "probe_accuracies")
 RESAVE = "save the head shifts again"
-REMAKE = ("it is not what was saved there: make the head shifts again (validate_2fold remakes a run's once that "
-          "folder is moved away; HeadShifts.save writes a library user's)")
+REMAKE = ("make them again with what made them (validate_2fold, once the fold's folder is moved away; edit_weight for "
+          "a bake; HeadShifts.save in the library)")
 
 
 @dataclass
