@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 # option that names the judge model.
 JUDGED = {"judge": ("truth", "GPT-judge", "judge_model"), "info": ("info", "GPT-info", "info_model")}
 # What to do with a fold's answer file that cannot be read back: a run of the same settings remakes a missing one.
-REMAKE_ANSWERS = "delete it and run validate_2fold with the same settings again: that fold is then recomputed"
+REMAKE_ANSWERS = "move it away and run validate_2fold with the same settings again: that fold is then recomputed"
 
 
 @dataclass(frozen=True)
@@ -129,9 +129,10 @@ def answer_scores(frame: pd.DataFrame, tag: str) -> dict[str, np.ndarray]:
 
 def read_fold_answers(fold: FoldEntry, tag: str) -> pd.DataFrame:
     """The answer file of a fold of a run record as validate_2fold wrote it (a number in each row of each measured
-    metric's column, one row per test question); any other file is a UsageError naming it, since intervals and
-    categories over it would silently be over other questions, or none."""
+    metric's column, one row per test question, the bytes its digest records); any other file is a UsageError
+    naming it, since intervals and categories over it would silently be over other questions, or none."""
     path = Path(fold.files.answers)
+    fold.files.check(fold.files.answers, "answer file", REMAKE_ANSWERS)
     text = read_text(path, "answer file", REMAKE_ANSWERS)
     try:
         frame = pd.read_csv(io.StringIO(text))

@@ -1,6 +1,7 @@
 """HeadShifts, the one type intervention hooks, baking and evaluation consume: head (l, h) is shifted by α·σ·θ
 added to slice [h·d, (h+1)·d) of layer l's `o_proj` input (docs/method.md §4 and §7). On disk:
-`head_shifts.safetensors` (arrays) beside `head_shifts.json` (α, geometry, heads, provenance); no pickle.
+`head_shifts.safetensors` (arrays) beside `head_shifts.json` (α, geometry, heads, provenance, the SHA-256 of the
+arrays file); no pickle.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from iti.errors import UsageError
-from iti.files import read_json, staged_files
+from iti.files import check_sha256, read_json, sha256_of, staged_files
 from iti.geometry import HeadGeometry
 from iti.options import check_alpha
 from iti.records import read_record, record_json
@@ -29,6 +30,8 @@ _VERSION = 1
 _UNIT_TOLERANCE = 1e-4
 _ARRAY_FIELDS = ("layers", "heads", "directions", "sigmas", "probe_accuracies")
 RESAVE = "save the head shifts again"
+REMAKE = ("make them again with what made them (validate_2fold, once the fold's folder is moved away; edit_weight for "
+          "a bake; HeadShifts.save in the library)")
 
 
 @dataclass
@@ -70,7 +73,9 @@ class ShiftProvenance:
 
 @dataclass
 class ShiftsMetadata:
-    """head_shifts.json; the save id is shared with the tensors file, the geometry is flat (as HeadGeometry's)."""
+    """head_shifts.json; the save id is shared with the tensors file, the geometry is flat (as HeadGeometry's).
+    `tensors_sha256` is the arrays file's digest, checked before it is read; folders saved before it was recorded
+    lack it, and their arrays are read unverified (the save id still pairs the two files)."""
     format: str
     version: int
     save_id: str
@@ -80,6 +85,7 @@ class ShiftsMetadata:
     head_dim: int
     heads: list[list[int]]
     provenance: ShiftProvenance
+    tensors_sha256: str | None = None
 
 
 def _indices(values, name: str) -> np.ndarray:
@@ -197,16 +203,18 @@ class HeadShifts:
                          "they were made from, or pass --allow_other_model to use them anyway")
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Both files, renamed into place together; a random save id in both lets `load` detect a mixed pair."""
+        """Both files, renamed into place together; a random save id in both lets `load` detect a mixed pair, and
+        the arrays file's SHA-256 in the metadata lets it detect changed bytes."""
         out = Path(directory)  # staged_files makes it
         save_id = uuid.uuid4().hex
         tensors = {name: np.ascontiguousarray(getattr(self, name)) for name in _ARRAY_FIELDS}
-        written = ShiftsMetadata(_FORMAT, _VERSION, save_id, self.alpha, self.num_layers, self.num_heads,
-                                 self.head_dim, [list(pair) for pair in self.head_list()], self.provenance)
-        # Provenance keeps only the fields set, as it always has.
-        metadata = {**record_json(written), "provenance": self.provenance.as_dict()}
-        with staged_files([out / TENSORS_FILE, out / METADATA_FILE]) as (tensors_tmp, metadata_tmp):
+        with staged_files([out / TENSORS_FILE, out / METADATA_FILE], "head shifts file") as (tensors_tmp, metadata_tmp):
             save_file(tensors, str(tensors_tmp), metadata={"format": _FORMAT, "save_id": save_id})
+            written = ShiftsMetadata(_FORMAT, _VERSION, save_id, self.alpha, self.num_layers, self.num_heads,
+                                     self.head_dim, [list(pair) for pair in self.head_list()], self.provenance,
+                                     sha256_of(tensors_tmp))
+            # Provenance keeps only the fields set, as it always has.
+            metadata = {**record_json(written), "provenance": self.provenance.as_dict()}
             metadata_tmp.write_text(json.dumps(metadata, indent=2) + "\n")
         return out
 
@@ -225,6 +233,8 @@ class HeadShifts:
         if values.get("version") != _VERSION:
             raise UsageError(f"head shifts version {values.get('version')} is not {_VERSION}; re-make them")
         metadata = read_record(ShiftsMetadata, values, str(metadata_path), RESAVE)
+        if metadata.tensors_sha256 is not None:
+            check_sha256(tensors_path, metadata.tensors_sha256, "head shifts file", REMAKE)
         try:
             with safe_open(str(tensors_path), framework="np") as f:
                 tensor_metadata = f.metadata() or {}

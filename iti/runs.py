@@ -8,6 +8,10 @@ Layout under `results_dir` (the public workflow's, with the identity hash added)
 - `results_dump/answer_dump/{name}_fold_{i}{method}.csv`: per test question the answer and every score;
 - `results_dump/summary_dump/{name}_fold_{i}{method}.csv` and `{name}{method}.json` (the record);
 - `results_dump/probe_report/{name}_fold_{i}{method}_{heads|layers}.csv`;
+Each fold's entry records the SHA-256 of every file it wrote (FoldFiles.sha256); readers and --resume check them
+before use, so a changed file is refused, never read or kept. Records of versions before that lack them, and their
+files are read unverified.
+
 where name = `{model}[_{dataset}]_seed_{seed}_top_{K}_heads_alpha_{α}[_limit_{N}]_{hash}` (iti.identity.readable_name),
 the hash naming every setting that changes the numbers as resolved (iti.identity), and method `_com`, `_random`
 or nothing.
@@ -21,7 +25,7 @@ from typing import Any
 
 from iti.config import ValidationConfig
 from iti.errors import UsageError
-from iti.files import read_json, write_json
+from iti.files import check_sha256, read_json, write_json
 from iti.identity import declared, flagged_fields, identity, readable_name, short_digest
 from iti.records import read_record, record_json
 
@@ -66,12 +70,23 @@ class Selection:
 
 @dataclass(kw_only=True)
 class FoldFiles:
+    """The files a fold wrote, and the SHA-256 of each (the head shifts' by the paths of the folder's files)."""
     splits: dict[str, str] | None = None
     head_shifts: str | None = None
     answers: str
     summary: str | None = None
     probe_report_heads: str | None = None
     probe_report_layers: str | None = None
+    sha256: dict[str, str] | None = None
+
+    def check(self, path: str, what: str, remedy: str) -> None:
+        """UsageError unless the file at `path` holds the bytes this fold wrote there (records without digests,
+        of earlier versions, are taken as they are)."""
+        if self.sha256 is None:
+            return
+        if path not in self.sha256:
+            raise UsageError(f"{what} {path} is not among the files its fold recorded the digests of; {remedy}")
+        check_sha256(path, self.sha256[path], what, remedy)
 
 
 @dataclass(kw_only=True)
@@ -171,9 +186,9 @@ class Run:
         return self.dump / folder / f"{self.name}_fold_{fold}{METHOD_SUFFIX[self.cfg.method]}{suffix}"
 
     def finished_folds(self) -> tuple[dict[int, FoldEntry], float]:
-        """The folds an earlier run of this identity completed (its files all present), by index, and the seconds
-        that run took (0 when none is kept). A record at this path of another identity (a hash collision, or not
-        ours) is never overwritten."""
+        """The folds an earlier run of this identity completed (its files all present, with the bytes it recorded),
+        by index, and the seconds that run took (0 when none is kept). A record at this path of another identity (a
+        hash collision, or not ours) is never overwritten, and neither is a file of a fold that changed since."""
         if not self.summary_path.exists():
             if self.cfg.resume:
                 raise UsageError(f"--resume: no earlier run of these settings at {self.summary_path}; drop --resume "
@@ -183,16 +198,28 @@ class Run:
         if previous.identity != self.identity:
             raise UsageError(f"{self.summary_path} holds another run (its recorded settings differ from these); it is "
                              "kept: move it away or give another --results_dir")
-        kept = {entry.fold: entry for entry in previous.folds if _fold_files_present(entry.files)}
+        kept = {entry.fold: entry for entry in previous.folds if _fold_files_kept(entry)}
         return kept, previous.seconds if kept else 0.0
 
     def write(self, record: RunRecord) -> None:
         write_json(self.summary_path, record_json(record))
 
 
-def _fold_files_present(files: FoldFiles) -> bool:
-    paths = [files.answers, files.summary, *(files.splits or {}).values()]
-    return all(p and Path(p).is_file() for p in paths) and (files.head_shifts is None or Path(files.head_shifts).is_dir())
+RECOMPUTE_FOLD = "move it away and run again: that fold is then recomputed (a changed file is never overwritten)"
+
+
+def _fold_files_kept(entry: FoldEntry) -> bool:
+    """Whether a fold's files are all there with the bytes it wrote; a UsageError when one is there with others.
+    Files of records without digests (earlier versions) are kept when present."""
+    files = entry.files
+    if files.sha256 is None:
+        paths = [files.answers, files.summary, *(files.splits or {}).values()]
+        return all(p and Path(p).is_file() for p in paths) and (files.head_shifts is None
+                                                                  or Path(files.head_shifts).is_dir())
+    present = [path for path in files.sha256 if Path(path).is_file()]
+    for path in present:
+        files.check(path, f"fold {entry.fold}'s file", RECOMPUTE_FOLD)
+    return len(present) == len(files.sha256)
 
 
 def earlier_run_path(cfg: ValidationConfig, complete: bool = True) -> Path | None:

@@ -10,7 +10,8 @@
 Features are read under the name of the model being run (`{model_prefix}{model_name}`, as get_activations
 writes them). `--limit N` keeps the first N questions (MC order) for the folds and the first N questions of
 the tuning set. Every file is written under a temporary name and renamed, so a killed run leaves earlier
-folds whole, and a rerun of the same identity keeps them.
+folds whole, and a rerun of the same identity keeps them (those whose files still hold the bytes recorded; a
+changed one is refused). One process at a time writes a run: a second of the same identity is refused.
 """
 from __future__ import annotations
 
@@ -29,12 +30,13 @@ from iti.errors import UsageError
 from iti.evaluation import (JUDGED, EvalSpec, Evaluator, final_line, pooled_statistics, questions_frame,
                             read_fold_answers, summary_frame)
 from iti.features import require_feature_sets
-from iti.files import plain, write_csv
+from iti.files import output_lock, plain, sha256_of, write_csv
 from iti.fingerprint import model_fingerprint
 from iti.fitting import Features, Split, fit_head_shifts, recipe_of
 from iti.folds import all_fold_splits
 from iti.judges import JudgePanel, check_judge_source
 from iti.geometry import head_geometry
+from iti.head_shifts import METADATA_FILE, TENSORS_FILE
 from iti.identity import digest, short_digest
 from iti.metrics import mean_over_folds, shown
 from iti.models import input_device, load_model, resolve_model_source
@@ -61,8 +63,6 @@ class RunSetup:
     resolved: Resolved
     notes: list[str]
     provenance: dict
-    kept: dict[int, FoldEntry]  # the folds an earlier run of this identity finished
-    kept_seconds: float  # what that run took
 
 
 def run_validation(cfg: ValidationConfig, progress: bool = True, log: Log = print) -> dict:
@@ -70,23 +70,34 @@ def run_validation(cfg: ValidationConfig, progress: bool = True, log: Log = prin
     its path as `json_path`."""
     began = time.time()
     setup = set_up(cfg, log)
-    for entry in setup.kept.values():  # before anything is written, so that a bad one leaves the record as it was
-        read_fold_answers(entry, cfg.output_name)
+    with output_lock(setup.run.summary_path, "validate_2fold run"):
+        record = run_folds(setup, began, progress, log)
+    return {**plain(record_json(record)), "json_path": str(setup.run.summary_path)}
+
+
+def run_folds(setup: RunSetup, began: float, progress: bool, log: Log) -> RunRecord:
+    """Every fold an earlier run of this identity did not leave, then the complete record; run by one process."""
+    kept, kept_seconds = setup.run.finished_folds()
+    for entry in kept.values():  # before anything is written, so that a bad one leaves the record as it was
+        read_fold_answers(entry, setup.cfg.output_name)
     folds: list[FoldEntry] = []
     for fold, split in enumerate(setup.splits):
-        if fold in setup.kept:
-            log(f"Fold {fold}: kept from {setup.run.summary_path} (same settings; delete that file to recompute)")
-            folds.append(setup.kept[fold])
+        if fold in kept:
+            unverified = " (recorded before runs kept file digests: not verified)" if kept[fold].files.sha256 is None \
+                else ""
+            log(f"Fold {fold}: kept from {setup.run.summary_path} (same settings; delete that file to recompute)"
+                f"{unverified}")
+            folds.append(kept[fold])
             continue
         folds.append(run_fold(setup, fold, split, progress, log))
         # Rewritten only once it holds something new: a rerun that fails never downgrades a complete record.
-        setup.run.write(run_record(setup, folds, setup.kept_seconds + time.time() - began))
+        setup.run.write(run_record(setup, folds, kept_seconds + time.time() - began))
     # The time that computed the record's folds: a rerun that keeps them all adds nothing to it.
-    computed = len(setup.kept) < len(setup.splits)
-    record = run_record(setup, folds, setup.kept_seconds + (time.time() - began if computed else 0.0),
+    computed = len(kept) < len(setup.splits)
+    record = run_record(setup, folds, kept_seconds + (time.time() - began if computed else 0.0),
                         totals(setup, folds, log))
     setup.run.write(record)
-    return {**plain(record_json(record)), "json_path": str(setup.run.summary_path)}
+    return record
 
 
 def set_up(cfg: ValidationConfig, log: Log) -> RunSetup:
@@ -145,7 +156,7 @@ def set_up(cfg: ValidationConfig, log: Log) -> RunSetup:
                         intervenes=cfg.intervenes)
     provenance = run_provenance(dataclasses.asdict(cfg), features_read, source, str(input_device(model)))
     return RunSetup(cfg, run, dataset.items, splits, features, Evaluator(model, tokenizer, prompting, spec, judges, ce_kl),
-                    resolved, notes, provenance, *run.finished_folds())
+                    resolved, notes, provenance)
 
 
 def run_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], progress: bool, log: Log) -> FoldEntry:
@@ -177,10 +188,12 @@ def run_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], prog
         log(f"Heads intervened: {sorted(shifts.head_list())}")
     frame, results = setup.evaluator.evaluate(shifts, [items[q] for q in test], progress=progress)
     answers = str(write_csv(run.fold_file(fold, "answer_dump"), frame))
-    files = FoldFiles(splits=splits, head_shifts=head_shifts, answers=answers,
-                      summary=str(write_csv(run.fold_file(fold, "summary_dump"),
-                                            summary_frame(cfg.output_name, fold, (k, alpha), results))),
-                      **reports)
+    summary = str(write_csv(run.fold_file(fold, "summary_dump"), summary_frame(cfg.output_name, fold, (k, alpha),
+                                                                               results)))
+    shift_files = [f"{head_shifts}/{name}" for name in (TENSORS_FILE, METADATA_FILE)] if head_shifts else []
+    written = [*splits.values(), *shift_files, *reports.values(), answers, summary]
+    files = FoldFiles(splits=splits, head_shifts=head_shifts, answers=answers, summary=summary, **reports,
+                      sha256={path: sha256_of(path) for path in written})
     log(f"FOLD {fold}: " + ", ".join(f"{key}: {shown(value)}" for key, value in results.items()))
     if selection is not None:
         selection.chosen_test = results[selection.metric]

@@ -236,11 +236,14 @@ def record_changed_features(meta_path: Path) -> None:
     meta_path.write_text(json.dumps(record))
 
 
-def write_finished_run(folder: Path, name: str, intervenes: bool, mc2: list[float], model_name: str = "tiny") -> Path:
+def write_finished_run(folder: Path, name: str, intervenes: bool, mc2: list[float], model_name: str = "tiny",
+                       digests: bool = True) -> Path:
     """A finished one-fold validate_2fold run as compare_runs and collect_sweep read it, measured on MC2 only: the
-    summary JSON `{name}.json` and its answer file `{name}_answers.csv` (question i, category "c", the i-th score);
-    returns the summary's path."""
+    summary JSON `{name}.json` and its answer file `{name}_answers.csv` (question i, category "c", the i-th score),
+    with the answer file's SHA-256 unless `digests` is False (a record of an earlier version); returns the
+    summary's path."""
     import dataclasses
+    import hashlib
     import json
 
     import pandas as pd
@@ -259,9 +262,28 @@ def write_finished_run(folder: Path, name: str, intervenes: bool, mc2: list[floa
               "resolved": {"intervenes": cfg.intervenes, "method": cfg.method},
               "folds": [{"fold": 0, "test": list(range(len(mc2))), "results": final,
                          "files": {"answers": str(answers)}}]}
+    if digests:
+        record["folds"][0]["files"]["sha256"] = {str(answers): hashlib.sha256(answers.read_bytes()).hexdigest()}
     path = folder / f"{name}.json"
     path.write_text(json.dumps(record))
     return path
+
+
+def flip_bit(path: Path, offset: int) -> None:
+    """Flip the lowest bit of the byte at `offset` of a file, in place: a one-bit corruption."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def tensor_offset(path: Path, name: str) -> int:
+    """Where tensor `name`'s first (least significant: little-endian) byte lies in a safetensors file."""
+    import json
+    import struct
+
+    raw = path.read_bytes()
+    header_length = struct.unpack("<Q", raw[:8])[0]
+    return 8 + header_length + json.loads(raw[8:8 + header_length])[name]["data_offsets"][0]
 
 
 # Prompts of different lengths for padded batches.

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import (REPO_ROOT, broken_tqa_copy, file_digests, record_changed_features, write_feature_files,
-                            write_finished_run)
+from tests.conftest import (REPO_ROOT, broken_tqa_copy, file_digests, flip_bit, record_changed_features, tensor_offset,
+                            write_feature_files, write_finished_run)
 
 SCRIPTS = {
     "get_activations": REPO_ROOT / "get_activations" / "get_activations.py",
@@ -413,6 +413,17 @@ def shifts_of_an_alpha_beyond_float32(root, tqa):
     return exportable_shifts(root, lambda meta: meta.update(alpha=1e300))
 
 
+def record_tensors_digest(folder: Path) -> None:
+    import hashlib
+    import json
+
+    from iti.head_shifts import METADATA_FILE, TENSORS_FILE
+
+    meta = json.loads((folder / METADATA_FILE).read_text())
+    meta["tensors_sha256"] = hashlib.sha256((folder / TENSORS_FILE).read_bytes()).hexdigest()
+    (folder / METADATA_FILE).write_text(json.dumps(meta))
+
+
 def shifts_of_a_fractional_layer(root, tqa):
     from safetensors import safe_open
     from safetensors.numpy import save_file
@@ -424,6 +435,7 @@ def shifts_of_a_fractional_layer(root, tqa):
     with safe_open(str(path), framework="np") as tensors:
         arrays, metadata = {name: tensors.get_tensor(name) for name in tensors.keys()}, tensors.metadata()
     save_file({**arrays, "layers": np.array([0.7])}, str(path), metadata=metadata)
+    record_tensors_digest(root / "shifts")  # written so by a program that records it as save does
     return args
 
 
@@ -439,15 +451,15 @@ def baked_folder_with_config(name: str, config_text: str):
     return make
 
 
-REMAKE_ANSWERS = "delete it and run validate_2fold with the same settings again: that fold is then recomputed"
+REMAKE_ANSWERS = "move it away and run validate_2fold with the same settings again: that fold is then recomputed"
 
 
 def paired_runs_whose_answers_are(name: str, content: bytes):
     """compare_runs' arguments for a baseline and an ITI run of 3 questions, the ITI run's answer file replaced by
-    `content`."""
+    `content`; records of an earlier version, without digests, whose answers are read unverified."""
     def make(root, tqa):
-        runs = [write_finished_run(root, "base", False, [0.4, 0.5, 0.6]),
-                write_finished_run(root, "iti", True, [0.5, 0.6, 0.7])]
+        runs = [write_finished_run(root, "base", False, [0.4, 0.5, 0.6], digests=False),
+                write_finished_run(root, "iti", True, [0.5, 0.6, 0.7], digests=False)]
         (root / "iti_answers.csv").write_bytes(content)
         return [str(path) for path in runs]
     make.__name__ = f"answers_{name}"
@@ -472,6 +484,25 @@ def runs_that_do_not_pair(name: str, **baseline_identity):
         return [str(path) for path in runs]
     make.__name__ = f"runs_{name}"
     return make
+
+
+def paired_runs_with_a_changed_score(root, tqa):
+    """compare_runs' arguments for a baseline and an ITI run whose answer file had one digit changed (0.7 -> 0.6)
+    since the run recorded its digest: it still parses, and on its own would give another difference."""
+    runs = [write_finished_run(root, "base", False, [0.4, 0.5, 0.6]),
+            write_finished_run(root, "iti", True, [0.5, 0.6, 0.7])]
+    answers = root / "iti_answers.csv"
+    flip_bit(answers, answers.read_bytes().rindex(b"7"))
+    return [str(path) for path in runs]
+
+
+def shifts_with_a_flipped_bit(root, tqa):
+    """export_head_shifts' arguments for head shifts whose tensors file had the lowest bit of a probe accuracy
+    flipped since it was saved: it still parses, as numbers other than those saved."""
+    args = exportable_shifts(root)
+    tensors = root / "shifts" / "head_shifts.safetensors"
+    flip_bit(tensors, tensor_offset(tensors, "probe_accuracies"))
+    return args
 
 
 # ----------------------------------------------------------------------------- options, paths and outputs
@@ -992,6 +1023,11 @@ CASES = [
      "against TruthfulQA (eeeeeeee)"),
     ("compare_runs", runs_that_do_not_pair("in_other_folds", folds=[2, 0, 1]),
      "ITI (K=8, alpha=5, center_of_mass) and the baseline do not pair, the folds differ: fold 0 tests questions "),
+    # issue 33: run files
+    ("compare_runs", paired_runs_with_a_changed_score,
+     "answer file {root}/iti_answers.csv is not the file that was written there: its SHA-256 "),
+    ("export_head_shifts", shifts_with_a_flipped_bit,
+     "head shifts file {root}/shifts/head_shifts.safetensors is not the file that was written there: its SHA-256 "),
 ]
 
 

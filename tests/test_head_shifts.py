@@ -1,7 +1,9 @@
 """HeadShifts: offsets against a hand loop, files, validation."""
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import struct
 
 import numpy as np
@@ -9,10 +11,10 @@ import pytest
 from safetensors.numpy import load_file
 
 from iti.errors import UsageError
-from iti.head_shifts import METADATA_FILE, TENSORS_FILE, HeadShifts
+from iti.head_shifts import METADATA_FILE, REMAKE, TENSORS_FILE, HeadShifts
 from iti.options import check_alpha
 from iti.geometry import HeadGeometry
-from tests.conftest import make_shifts
+from tests.conftest import flip_bit, make_shifts, make_tiny_model, tensor_offset
 
 L, H, D = 4, 3, 8
 GEOMETRY = HeadGeometry(num_layers=L, num_heads=H, head_dim=D, num_kv_heads=H, hidden_size=H * D)
@@ -90,8 +92,45 @@ def test_save_overwrites_and_mixed_saves_are_refused(tmp_path):
     assert_identical(HeadShifts.load(tmp_path / "a"), example_shifts(seed=1))
     example_shifts(seed=2).save(tmp_path / "b")
     (tmp_path / "a" / METADATA_FILE).write_text((tmp_path / "b" / METADATA_FILE).read_text())
+    with pytest.raises(UsageError, match=f"{tmp_path / 'a' / TENSORS_FILE} is not the file that was written there"):
+        HeadShifts.load(tmp_path / "a")
+    # Without the digest (folders saved before it was recorded), the save id still tells the pair apart.
+    without_digest(tmp_path / "a")
     with pytest.raises(UsageError, match="different saves"):
         HeadShifts.load(tmp_path / "a")
+
+
+def without_digest(folder) -> None:
+    """The folder as versions before the tensors file's digest was recorded saved it."""
+    meta = json.loads((folder / METADATA_FILE).read_text())
+    del meta["tensors_sha256"]
+    (folder / METADATA_FILE).write_text(json.dumps(meta))
+
+
+def test_save_records_the_digest_of_the_tensors_file(tmp_path):
+    example_shifts().save(tmp_path)
+    meta = json.loads((tmp_path / METADATA_FILE).read_text())
+    assert meta["tensors_sha256"] == hashlib.sha256((tmp_path / TENSORS_FILE).read_bytes()).hexdigest()
+
+
+def test_a_flipped_bit_in_the_tensors_file_is_refused_by_every_reader(tmp_path):
+    """The lowest bit of a probe accuracy: a file that still parses, with a value off by 1e-16, is refused by the
+    loader and iti.apply with a folder (export_head_shifts: tests/test_cli_errors.py), naming the file and what
+    remakes it."""
+    import iti
+
+    shifts = example_shifts()
+    shifts.save(tmp_path)
+    path = tmp_path / TENSORS_FILE
+    flip_bit(path, tensor_offset(path, "probe_accuracies"))
+    message = f"^head shifts file {path} is not the file that was written there: .*; {re.escape(REMAKE)}$"
+    with pytest.raises(UsageError, match=message):
+        HeadShifts.load(tmp_path)
+    with pytest.raises(UsageError, match=message):
+        iti.apply(make_tiny_model("llama", 32), tmp_path)
+    # A folder saved before digests were recorded is read as it is.
+    without_digest(tmp_path)
+    assert HeadShifts.load(tmp_path).probe_accuracies[0] != shifts.probe_accuracies[0]
 
 
 def test_load_errors(tmp_path):
@@ -144,6 +183,9 @@ def test_a_damaged_tensors_file_is_named(tmp_path):
     example_shifts().save(tmp_path)
     path = tmp_path / TENSORS_FILE
     path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(UsageError, match=f"{path} is not the file that was written there"):
+        HeadShifts.load(tmp_path)
+    without_digest(tmp_path)
     with pytest.raises(UsageError, match=f"{path} is not a readable safetensors file"):
         HeadShifts.load(tmp_path)
 

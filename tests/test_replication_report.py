@@ -3,9 +3,13 @@ on a few questions and a small grid): every number it prints is the runs' own, r
 summary files, and it writes the per-category figure."""
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,3 +112,43 @@ def test_no_runs_of_the_asked_questions_is_one_line(runs):
         f"error: no complete runs of tiny on all TruthfulQA questions in {root / 'results'}; run "
         "validation/replication/bundled_model.sh first"]
     assert not (root / "elsewhere").exists()
+
+
+def test_a_changed_answer_file_is_refused_naming_it(runs, tmp_path):
+    """An ITI run's answer file with one score changed since the run recorded its digest (it still parses): the
+    report stops in one line naming it, and writes no figure, instead of printing other numbers."""
+    root, records = runs
+    summaries = tmp_path / "results" / "results_dump" / "summary_dump"
+    shutil.copytree(root / "results" / "results_dump" / "summary_dump", summaries)
+    record = json.loads(Path(records["iti 1"]["json_path"]).read_text())
+    files = record["folds"][0]["files"]
+    text = Path(files["answers"]).read_text()
+    changed = tmp_path / "answers.csv"
+    changed.write_text(text.replace(",0.", ",1.", 1))
+    assert changed.read_text() != text
+    files["sha256"][str(changed)] = files["sha256"].pop(files["answers"])
+    assert files["sha256"][str(changed)] == hashlib.sha256(text.encode()).hexdigest()
+    files["answers"] = str(changed)
+    (summaries / Path(records["iti 1"]["json_path"]).name).write_text(json.dumps(record))
+    result = report(tmp_path)
+    assert result.returncode == 2, result.stderr
+    [error] = result.stderr.strip().splitlines()
+    assert error.startswith(f"error: answer file {changed} is not the file that was written there: its SHA-256 ")
+    assert not (tmp_path / "figures").exists()
+
+
+def test_the_committed_runs_files_hold_the_bytes_their_records_digest():
+    """results/replication_runs/ holds runs whose records name their files under validation/ (where
+    iti_replication_results.md copies them): each fold's recorded digests are those of the committed files."""
+    from iti.runs import read_run
+
+    committed = REPO_ROOT / "results" / "replication_runs"
+    records = sorted((committed / "results_dump" / "summary_dump").glob("*.json"))
+    assert records
+    for path in records:
+        for fold in read_run(path).folds:
+            digests = fold.files.sha256
+            assert fold.files.answers in digests and fold.files.summary in digests
+            for name, recorded in digests.items():
+                local = committed / Path(name).relative_to("validation")
+                assert hashlib.sha256(local.read_bytes()).hexdigest() == recorded, local

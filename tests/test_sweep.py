@@ -1,5 +1,6 @@
 """Sweeps: the grid, which runs are done, the SLURM arrays (a stub sbatch, then a real local SLURM),
 and collect_sweep (the table holds each completed run's final means, the plot skips empty metrics)."""
+import hashlib
 import json
 import os
 import runpy
@@ -7,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -486,18 +488,26 @@ def test_tables_of_other_selections_or_runs_never_share_a_file(seeds, tmp_path, 
     assert not list(out_dir.glob(f"{newest}_by_category*"))
 
 
-def test_a_missing_answer_file_leaves_the_difference_empty_and_says_which(seeds, tmp_path, monkeypatch, capsys):
-    """One ITI run's answer file gone (deleted, or left on another machine): the row keeps its means, its Δ is
-    empty, and a note names the file and how to remake it."""
+def copy_with_a_changed_record(seeds, tmp_path, change) -> Path:
+    """The seeds' summaries copied to `tmp_path/results`, the first ITI run's first fold's `files` changed by
+    `change`; returns the copy's results folder."""
     results, runs = seeds
     copy = tmp_path / "results"
     summaries = copy / "results_dump" / "summary_dump"
     shutil.copytree(results / "results_dump" / "summary_dump", summaries)
     treated = runs[(20.0, 3)][0]
     record = json.loads(open(treated["json_path"]).read())
-    gone = tmp_path / "elsewhere" / "answers.csv"
-    record["folds"][0]["files"]["answers"] = str(gone)
+    change(record["folds"][0]["files"])
     (summaries / os.path.basename(treated["json_path"])).write_text(json.dumps(record))
+    return copy
+
+
+def test_a_missing_answer_file_leaves_the_difference_empty_and_says_which(seeds, tmp_path, monkeypatch, capsys):
+    """One ITI run's answer file gone (deleted, or left on another machine): the row keeps its means, its Δ is
+    empty, and a note names the file and how to remake it."""
+    _, runs = seeds
+    gone = tmp_path / "elsewhere" / "answers.csv"
+    copy = copy_with_a_changed_record(seeds, tmp_path, lambda files: files.update(answers=str(gone)))
     capsys.readouterr()
     run_collect(monkeypatch, "--model_name", "tq", "--use_center_of_mass", "--limit", "6", "--results_dir", str(copy))
     table = pd.read_csv(only_file(copy / "results_dump" / "sweep_dump", "tq_center_of_mass_limit_6_????????.csv"))
@@ -506,3 +516,28 @@ def test_a_missing_answer_file_leaves_the_difference_empty_and_says_which(seeds,
     assert capsys.readouterr().err.splitlines() == [
         f"note: K 3, α 20: no paired difference, the answer file {gone} is missing; run validate_2fold with that "
         "run's settings again to remake it"]
+
+
+def test_a_changed_answer_file_is_refused_naming_it(seeds, tmp_path, monkeypatch, capsys):
+    """One ITI run's answer file with one score changed since the run recorded its digest (it still parses, and
+    would give another Δ): collect_sweep refuses it in one line naming the file, instead of a silently other table."""
+    changed = tmp_path / "answers.csv"
+
+    def with_a_changed_score(files):
+        text = open(files["answers"]).read()
+        changed.write_text(text.replace(",0.", ",1.", 1))  # the first score in the file
+        assert changed.read_text() != text
+        files["sha256"][str(changed)] = files["sha256"].pop(files["answers"])
+        assert files["sha256"][str(changed)] == hashlib.sha256(text.encode()).hexdigest()
+        files["answers"] = str(changed)
+
+    copy = copy_with_a_changed_record(seeds, tmp_path, with_a_changed_score)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        run_collect(monkeypatch, "--model_name", "tq", "--use_center_of_mass", "--limit", "6", "--results_dir",
+                    str(copy))
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"answer file {changed} is not the file that was written there" in err
+    assert not (copy / "results_dump" / "sweep_dump").exists() or not list((copy / "results_dump" /
+                                                                             "sweep_dump").glob("*.csv"))

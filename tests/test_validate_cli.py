@@ -1,7 +1,11 @@
 """validate_2fold end to end on a tiny model (every metric: tiny judges, a small OWT file), the
 α = 0 MC2 against one forward per answer, a run killed midway, and bad input."""
+import dataclasses
+import hashlib
 import json
+import os
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -157,7 +161,9 @@ def test_alpha_zero_mc2_equals_one_forward_per_answer(setup, tmp_path):
             assert row[f"{MODEL} MC2"] == pytest.approx(true.sum() / (true.sum() + false.sum()), abs=1e-5)
 
 
-def test_killed_run_leaves_earlier_folds_whole(setup, tmp_path, monkeypatch):
+def killed_in_second_fold(cfg: ValidationConfig, monkeypatch) -> list:
+    """Run `cfg` until its second fold's evaluation, where it is interrupted; from then on evaluations run and are
+    counted in the list returned (emptied)."""
     from iti.evaluation import Evaluator
 
     real = Evaluator.evaluate
@@ -171,7 +177,14 @@ def test_killed_run_leaves_earlier_folds_whole(setup, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Evaluator, "evaluate", dies_in_second_fold)
     with pytest.raises(KeyboardInterrupt):
-        run_validation(config(setup, tmp_path, num_heads=0, limit=4), progress=False, log=lambda _: None)
+        run_validation(cfg, progress=False, log=lambda _: None)
+    calls.clear()
+    monkeypatch.setattr(Evaluator, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_killed_run_leaves_earlier_folds_whole(setup, tmp_path, monkeypatch):
+    calls = killed_in_second_fold(config(setup, tmp_path, num_heads=0, limit=4), monkeypatch)
     dump = tmp_path / "results_dump"
     [json_path] = (dump / "summary_dump").glob(f"{MODEL}_seed_42_top_0_heads_alpha_5_limit_4_*_com.json")
     record = json.loads(json_path.read_text())
@@ -181,8 +194,6 @@ def test_killed_run_leaves_earlier_folds_whole(setup, tmp_path, monkeypatch):
     assert not list(tmp_path.rglob("*.tmp"))
 
     # The same settings again: the finished fold is kept, only the second one runs.
-    calls.clear()
-    monkeypatch.setattr(Evaluator, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
     resumed = run_validation(config(setup, tmp_path, num_heads=0, limit=4), progress=False, log=lambda _: None)
     assert len(calls) == 1 and resumed["complete"] and resumed["folds"][0] == record["folds"][0]
     # Execution settings do not change the run: its folds are kept, with --resume or without.
@@ -236,20 +247,93 @@ def test_baseline_needs_no_features(setup, tmp_path):
 
 def test_a_rerun_keeping_a_bad_answer_file_leaves_the_record_as_it_was(setup, tmp_path):
     """A rerun that keeps every fold recomputes only the intervals and categories, from the answer files: one cut
-    short, emptied or of another program is refused, naming it, and the complete summary on disk is kept."""
+    short, emptied or of another program is refused, naming it, and the complete summary on disk is kept; so with a
+    record of an earlier version, without digests, whose answer files are read as they are."""
     cfg = config(setup, tmp_path, num_heads=0, limit=4)
     record = run_validation(cfg, progress=False, log=lambda _: None)
     summary = Path(record["json_path"])
-    before = summary.read_bytes()
     answers = Path(record["folds"][1]["files"]["answers"])
     whole = answers.read_text()
-    for broken, message in ((whole.splitlines(keepends=True)[0] + whole.splitlines(keepends=True)[1],
-                             "holds 1 answers, but its fold has 2 test questions"),
-                            ("", "is not a whole CSV table"), ("Question,x\nQ,1\nR,2\n", "lacks the column(s)")):
-        answers.write_text(broken)
-        with pytest.raises(UsageError, match=re.escape(f"answer file {answers} {message}")):
-            run_validation(cfg, progress=False, log=lambda _: None)
-        assert summary.read_bytes() == before
+    for digests in (True, False):
+        if not digests:
+            for fold in record["folds"]:
+                del fold["files"]["sha256"]
+            summary.write_text(json.dumps({k: v for k, v in record.items() if k != "json_path"}))
+        before = summary.read_bytes()
+        for broken, message in ((whole.splitlines(keepends=True)[0] + whole.splitlines(keepends=True)[1],
+                                 "holds 1 answers, but its fold has 2 test questions"),
+                                ("", "is not a whole CSV table"), ("Question,x\nQ,1\nR,2\n", "lacks the column(s)")):
+            answers.write_text(broken)
+            expected = f"fold 1's file {answers} is not the file that was written there" if digests \
+                else f"answer file {answers} {message}"
+            with pytest.raises(UsageError, match=re.escape(expected)):
+                run_validation(cfg, progress=False, log=lambda _: None)
+            assert summary.read_bytes() == before
+
+
+def test_each_fold_records_the_digest_of_every_file_it_wrote(setup, tmp_path):
+    record = run_validation(config(setup, tmp_path, limit=4), progress=False, log=lambda _: None)
+    for fold in record["folds"]:
+        files = fold["files"]
+        shifts = [f"{files['head_shifts']}/{name}" for name in ("head_shifts.safetensors", "head_shifts.json")]
+        reports = [files[key] for key in ("probe_report_heads", "probe_report_layers") if files.get(key)]
+        assert reports
+        written = [*files["splits"].values(), *shifts, *reports, files["answers"], files["summary"]]
+        assert sorted(files["sha256"]) == sorted(written)
+        assert files["sha256"] == {path: hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in written}
+
+
+def test_a_changed_file_of_a_finished_fold_is_refused_until_moved_away(setup, tmp_path, monkeypatch):
+    """A run killed in its second fold, then its first fold's answers changed by one digit: a rerun refuses to
+    keep that fold or to overwrite the file, naming it; once the file is moved away, the fold is recomputed."""
+    cfg = config(setup, tmp_path, num_heads=0, limit=4)
+    calls = killed_in_second_fold(cfg, monkeypatch)
+    [summary] = (tmp_path / "results_dump" / "summary_dump").glob("*.json")
+    killed = json.loads(summary.read_text())
+    answers = Path(killed["folds"][0]["files"]["answers"])
+    whole = answers.read_bytes()
+    changed = whole.replace(b",0.", b",1.", 1)
+    assert changed != whole
+    answers.write_bytes(changed)
+
+    for resume in (False, True):
+        with pytest.raises(UsageError, match=re.escape(f"fold 0's file {answers} is not the file that was written "
+                                                       "there") + ".*; move it away and run again"):
+            run_validation(dataclasses.replace(cfg, resume=resume), progress=False, log=lambda _: None)
+        assert answers.read_bytes() == changed and json.loads(summary.read_text()) == killed and calls == []
+
+    answers.rename(tmp_path / "moved.csv")
+    record = run_validation(cfg, progress=False, log=lambda _: None)
+    assert len(calls) == 2 and record["complete"]
+    assert answers.read_bytes() == whole and (tmp_path / "moved.csv").read_bytes() == changed
+    assert record["folds"][0]["files"]["sha256"][str(answers)] == hashlib.sha256(whole).hexdigest()
+
+
+def test_a_second_process_running_the_same_run_is_refused(setup, tmp_path, monkeypatch, capsys):
+    """While one process writes a run (its lock held, here by this test), a second of the same identity stops in
+    one line, exit 2, and touches nothing; a run of other settings goes on beside it."""
+    from iti.files import output_lock
+
+    cfg = config(setup, tmp_path, num_heads=0, limit=4)
+    summary = Path(run_validation(cfg, progress=False, log=lambda _: None)["json_path"])
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    with output_lock(summary, "validate_2fold run"):
+        monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--model_name", MODEL, "--model_path", str(setup["model_dir"]),
+                                          "--features_dir", str(setup["features"]), "--results_dir", str(tmp_path),
+                                          "--tqa_path", str(setup["tqa_path"]), "--limit", "4", "--num_heads", "0",
+                                          "--alpha", "5", "--use_center_of_mass", "--metrics", "mc", "--device", "cpu",
+                                          "--batch_size", "4"])
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stop:
+            runpy.run_path(str(SCRIPT), run_name="__main__")
+        err = capsys.readouterr().err
+        [error] = [line for line in err.splitlines() if line.startswith("error:")]  # beside the loading bars
+        assert stop.value.code == 2 and "Traceback" not in err, err
+        assert error.startswith(f"error: validate_2fold run {summary} is being written by another process (")
+        assert f"-{os.getpid()}, as .{summary.name}.lock says)" in error
+        other = run_validation(dataclasses.replace(cfg, seed=7), progress=False, log=lambda _: None)
+        assert other["complete"]
+    assert all(path.read_bytes() == content for path, content in before.items())
 
 
 @pytest.mark.parametrize("overrides, message", [
