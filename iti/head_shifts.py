@@ -205,7 +205,7 @@ class HeadShifts:
     def save(self, directory: str | os.PathLike) -> Path:
         """Both files, renamed into place together; a random save id in both lets `load` detect a mixed pair, and
         the arrays file's SHA-256 in the metadata lets it detect changed bytes."""
-        out = Path(directory)  # staged_files makes it
+        out = Path(_folder_path(directory, "save"))  # staged_files makes it
         save_id = uuid.uuid4().hex
         tensors = {name: np.ascontiguousarray(getattr(self, name)) for name in _ARRAY_FIELDS}
         with staged_files([out / TENSORS_FILE, out / METADATA_FILE], "head shifts file") as (tensors_tmp, metadata_tmp):
@@ -221,7 +221,7 @@ class HeadShifts:
     @classmethod
     def load(cls, path: str | os.PathLike) -> HeadShifts:
         """Read head shifts from their directory, or from the path of either of its two files."""
-        location = Path(path)
+        location = Path(_folder_path(path, "load"))
         directory = location.parent if location.name in (TENSORS_FILE, METADATA_FILE) else location
         tensors_path, metadata_path = directory / TENSORS_FILE, directory / METADATA_FILE
         if not (tensors_path.is_file() and metadata_path.is_file()):
@@ -260,3 +260,11 @@ def same_model_source(first: str, second: str) -> bool:
     if all(p.exists() for p in paths):
         return paths[0].resolve() == paths[1].resolve()
     return first.rstrip("/") == second.rstrip("/")
+
+
+def _folder_path(path, verb: str) -> str | os.PathLike:
+    """`path` if it can name a folder; anything else (a number, a list) is one line, as the scripts say it."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise UsageError(f"HeadShifts.{verb} takes a folder's path (a str or os.PathLike), not {type(path).__name__} "
+                         f"{path!r}")
+    return path

@@ -249,3 +249,13 @@ def test_shifts_refuse_another_model_unless_told(tmp_path):
     local = example_shifts(provenance={"model_source": str(folder)})
     local.check_model(str(tmp_path / "." / "model"))
     assert HeadShifts.load(local.save(tmp_path / "shifts")).model_source == str(folder)
+
+
+@pytest.mark.parametrize("path", [5, ["shifts"], None])
+def test_load_and_save_take_only_a_path(tmp_path, path):
+    shifts = example_shifts(k=1)
+    with pytest.raises(UsageError, match=rf"^HeadShifts.load takes a folder's path .*, not {type(path).__name__} "):
+        HeadShifts.load(path)
+    with pytest.raises(UsageError, match=rf"^HeadShifts.save takes a folder's path .*, not {type(path).__name__} "):
+        shifts.save(path)
+    assert list(tmp_path.iterdir()) == []
