@@ -80,14 +80,19 @@ def check_output_file(path: str | Path, what: str = "output") -> None:
     there, or a symbolic link that leads out of the output's folder, is a UsageError and is kept."""
     path = Path(path)
     _check_link_stays(path, what)
-    try:
-        mode = path.stat().st_mode
-    except OSError:  # nothing there, or a dangling link in the folder: the new file takes its name
-        return
-    kind = next((name for test, name in _SPECIAL_FILES if test(mode)), None)
+    kind = _special_kind(path)
     if kind is not None:
         raise UsageError(f"{what} {path} is {kind}, not a regular file; it is kept: give the path of a regular file "
                          "or of none")
+
+
+def _special_kind(path: Path, kinds=_SPECIAL_FILES) -> str | None:
+    """What non-regular file stands at `path` (links followed), in words; None for a regular file or nothing."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # nothing there, or a dangling link
+        return None
+    return next((name for test, name in kinds if test(mode)), None)
 
 
 def check_output_folder(path: str | Path, what: str = "output folder") -> None:
@@ -300,6 +305,9 @@ def why_not_a_file(path: Path) -> str:
 def read_text(path: str | Path, what: str, remedy: str = "save it as UTF-8") -> str:
     """A UTF-8 text file without its byte-order mark; unreadable or not UTF-8, a UsageError naming `what`."""
     path = Path(path)
+    kind = _special_kind(path, _SPECIAL_FILES[1:])  # a folder is named by the read's own error below
+    if kind is not None:  # reading a FIFO would wait for a writer forever
+        raise UsageError(f"{what} {path} is {kind}, not a regular file; give a regular file")
     try:
         data = path.read_bytes()
     except OSError as err:  # any: missing, a folder, a symbolic link loop, forbidden, an I/O error

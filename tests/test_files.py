@@ -8,6 +8,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -180,3 +181,16 @@ def test_a_digest_check_passes_the_recorded_bytes_and_names_any_change(tmp_path)
     path.write_bytes(b"0123456788")
     with pytest.raises(UsageError, match=rf"labels {path} is not the file that was written there.*; remake them$"):
         check_sha256(path, recorded, "labels", "remake them")
+
+
+def test_reading_a_named_pipe_is_one_line_not_a_wait_for_a_writer(tmp_path):
+    pipe = tmp_path / "summary.json"
+    os.mkfifo(pipe)
+    # Should the read block after all, a writer comes and goes after a while, so the test fails, not hangs.
+    unblock = threading.Timer(10, lambda: os.close(os.open(pipe, os.O_WRONLY)))
+    unblock.start()
+    try:
+        with pytest.raises(UsageError, match=rf"^run record {pipe} is a named pipe \(FIFO\), not a regular file"):
+            read_json(pipe, "run record", "give the file")
+    finally:
+        unblock.cancel()
