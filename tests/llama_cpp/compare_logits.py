@@ -26,9 +26,9 @@ INSTALL = "bash tests/llama_cpp/install_llama_cpp.sh"
 
 def converter_path() -> Path:
     """Where install_llama_cpp.sh puts llama.cpp's HF-to-GGUF converter."""
-    from iti.models import cache_dir
+    from iti.options import cache_folder
 
-    return cache_dir() / "llama.cpp" / "convert_hf_to_gguf.py"
+    return cache_folder() / "llama.cpp" / "convert_hf_to_gguf.py"
 
 
 def convert_to_f32_gguf(converter: Path, folder: Path, out: Path) -> Path:
