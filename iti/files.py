@@ -264,6 +264,9 @@ def sha256_of(path: str | Path) -> str:
 def check_sha256(path: str | Path, recorded: str, what: str, remedy: str) -> str:
     """The file's SHA-256 when it is `recorded` (the digest written beside it when it was made); otherwise a
     UsageError naming the file: it changed or was damaged since, and what it holds is not what was recorded."""
+    kind = _special_kind(Path(path))
+    if kind is not None:  # a named pipe would never end the read
+        raise UsageError(f"{what} {path} is {kind}, not the regular file that was written there; {remedy}")
     try:
         found = sha256_of(path)
     except OSError as err:

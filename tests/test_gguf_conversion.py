@@ -1,6 +1,9 @@
-"""The bundled GGUF's conversion with its metadata parsed once equals transformers' own round trip, byte for byte; a
-GGUF file cut short, a cache that is no folder, cannot be written or has no room end in one line and leave nothing."""
+"""The bundled GGUF's conversion with its metadata parsed once equals transformers' own round trip, byte for byte, and
+records its files' digests, which a later load checks; a GGUF file cut short, a cache that is no folder, cannot be
+written or has no room end in one line and leave nothing."""
 import contextlib
+import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -22,7 +25,7 @@ def converted(cache, monkeypatch):
 
 
 @pytest.mark.slow
-def test_parsing_once_changes_no_byte_of_the_converted_folder(tmp_path, monkeypatch):
+def test_parsing_once_changes_no_byte_and_the_record_catches_a_changed_one(tmp_path, monkeypatch):
     parses = []
 
     class CountedReader(gguf.GGUFReader):
@@ -38,6 +41,19 @@ def test_parsing_once_changes_no_byte_of_the_converted_folder(tmp_path, monkeypa
     assert converted(tmp_path / "round_trip", monkeypatch) == once
     assert len(parses) > 1  # what parsing once saves: transformers reads the file again for each part
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(once)
+    # The record lists every other file with the SHA-256 of its bytes (hashlib here), and a later load checks them.
+    record = json.loads(once.pop(models.CONVERSION_RECORD))
+    assert record == {name: hashlib.sha256(data).hexdigest() for name, data in once.items()}
+    monkeypatch.setenv("ITI_CACHE", str(tmp_path / "once"))
+    folder = models.gguf_to_folder(models.bundled_gguf_path())
+    weights = folder / "model.safetensors"
+    flipped = bytearray(weights.read_bytes())
+    flipped[len(flipped) // 2] ^= 0x01
+    weights.write_bytes(bytes(flipped))
+    with pytest.raises(UsageError, match=rf"^converted model file {re.escape(str(weights))} is not the file that was "
+                                         rf"written there: .*; remove {re.escape(str(folder))} so that"):
+        models.gguf_to_folder(models.bundled_gguf_path())
+    assert weights.read_bytes() == bytes(flipped)
 
 
 @pytest.fixture(scope="module")
