@@ -78,6 +78,12 @@ class Evaluator:
                     results[metric.name] = metric.score(outputs)
         return frame, with_products(results)
 
+    def evaluate_settings(self, settings: list[HeadShifts | None], records: list[GenerationQuestion],
+                          spec: EvalSpec | None = None, progress: bool = True
+                          ) -> list[tuple[pd.DataFrame, dict[str, float]]]:
+        """`evaluate` of each setting on the same questions, in the order given."""
+        return [self.evaluate(shifts, records, spec, progress) for shifts in settings]
+
     def _passes(self, shifted: ShiftedModel, records: list[GenerationQuestion], spec: EvalSpec, frame: pd.DataFrame,
                 progress: bool) -> Iterator[tuple[str, list]]:
         """Per --metrics option asked, the outputs its metrics score (per question, or per document), in the
