@@ -2,6 +2,7 @@
 complete summary, and one SLURM job array for those (plus one for the features they need).
 
     python -m iti.sweep cells MODEL                                     the grid, one "name flags" line per run
+    python -m iti.sweep sweeps MODEL                                    the same grid, one line per one-process sweep
     python -m iti.sweep status MODEL [MODEL ...] [validate_2fold flags]   done and missing runs, by name
     python -m iti.sweep slurm MODEL [MODEL ...] [validate_2fold flags]    submit the missing runs (sweep_slurm.sh)
     python -m iti.sweep slurm_activations MODEL [MODEL ...] [get_activations flags]   the same for features
@@ -22,7 +23,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from iti.constants import REPO_ROOT
 from iti.errors import UsageError, exit_on_usage_error
@@ -54,6 +55,35 @@ class Task:
 def grid(models: Sequence[str], env: Mapping[str, str], baseline_once: bool) -> list[Task]:
     """models × seeds × α × K, named `{model}_a{α}_k{K}[_seed_{s}]` as the sweep logs are. With
     `baseline_once`, α = 0 (the unshifted model, whatever K is) is one run with K = 0."""
+    return [Task(readable_name({"model": model, "alpha": alpha, "num_heads": k, "seed": seed}, LOG_LABEL, LOG_SPELLING),
+                 ("--model_name", model, "--alpha", alpha, "--num_heads", k, *given({"--seed": seed})))
+            for model, seed, alpha, k in grid_cells(models, env, baseline_once)]
+
+
+def one_process_sweeps(models: Sequence[str], env: Mapping[str, str]) -> list[Task]:
+    """The sequential grid (`grid` with `baseline_once`) as `validate_2fold --sweep` processes, each the product of
+    its α and K values: per model and seed, the α values that take the same K values make one (with BASELINE_ONCE,
+    the α = 0 baseline, K = 0, is a process of its own). Named as the logs of one run, with each part's values
+    joined by `-`."""
+    ks_of: dict[tuple[str, str | None], dict[str, list[str]]] = {}
+    for model, seed, alpha, k in grid_cells(models, env, baseline_once=True):
+        ks_of.setdefault((model, seed), {}).setdefault(alpha, []).append(k)
+    tasks = []
+    for (model, seed), by_alpha in ks_of.items():
+        alphas_of: dict[tuple[str, ...], list[str]] = {}
+        for alpha, ks in by_alpha.items():
+            alphas_of.setdefault(tuple(ks), []).append(alpha)
+        for ks, alphas in alphas_of.items():
+            name = readable_name({"model": model, "alpha": tuple(alphas), "num_heads": ks, "seed": seed}, LOG_LABEL,
+                                 LOG_SPELLING)
+            tasks.append(Task(name, ("--model_name", model, "--alpha", *alphas, "--num_heads", *ks,
+                                     *given({"--seed": seed}), "--sweep")))
+    return tasks
+
+
+def grid_cells(models: Sequence[str], env: Mapping[str, str],
+               baseline_once: bool) -> list[tuple[str, str | None, str, str]]:
+    """(model, seed, α, K) of every run of the grid, as spelled in the environment (a value given twice, once)."""
     alphas = _numbers(env, "ALPHAS", DEFAULT_ALPHAS, float)
     ks = _numbers(env, "KS", DEFAULT_KS, int)
     seeds: list[str | None] = list(_numbers(env, "SEEDS", "", int)) or [None]
@@ -63,13 +93,10 @@ def grid(models: Sequence[str], env: Mapping[str, str], baseline_once: bool) -> 
     spaced = [model for model in models if not model or len(model.split()) != 1]
     if spaced:
         raise UsageError(f"model name {spaced[0]!r} holds spaces; give registry names or --model_path")
-    cells: dict[tuple, Task] = {}
+    cells: dict[tuple, tuple[str, str | None, str, str]] = {}
     for model, seed, alpha in itertools.product(models, seeds, alphas):
         for k in (["0"] if once == "1" and float(alpha) == 0 else ks):
-            name = readable_name({"model": model, "alpha": alpha, "num_heads": k, "seed": seed}, LOG_LABEL,
-                                 LOG_SPELLING)
-            argv = ("--model_name", model, "--alpha", alpha, "--num_heads", k, *given({"--seed": seed}))
-            cells.setdefault((model, seed, float(alpha), int(k)), Task(name, argv))
+            cells.setdefault((model, seed, float(alpha), int(k)), (model, seed, alpha, k))
     if not cells:
         raise UsageError(f"the grid has no cells (models: {' '.join(models) or 'none'}; ALPHAS={' '.join(alphas)!r}, "
                          f"KS={' '.join(ks)!r}): give at least one model, α and K, e.g. ALPHAS=\"0 5\" KS=\"16 32\"")
@@ -247,10 +274,19 @@ def log_dir(env: Mapping[str, str]) -> Path:
 
 def print_cells(models: list[str], flags: list[str], env: Mapping[str, str]) -> None:
     """The sequential scripts' grid: one `name flags` line per run (model names hold no spaces)."""
+    print_tasks("cells", models, flags, lambda: grid(models, env, baseline_once=True))
+
+
+def print_sweeps(models: list[str], flags: list[str], env: Mapping[str, str]) -> None:
+    """The same grid as one-process sweeps (sweep_alpha_k.sh): one `name flags` line per validate_2fold process."""
+    print_tasks("sweeps", models, flags, lambda: one_process_sweeps(models, env))
+
+
+def print_tasks(command: str, models: list[str], flags: list[str], tasks: Callable[[], list[Task]]) -> None:
     if len(models) != 1 or flags:
-        raise UsageError("usage: python -m iti.sweep cells MODEL_NAME (the grid from ALPHAS, KS, SEEDS)")
-    for cell in grid(models, env, baseline_once=True):
-        print(cell.name, *cell.argv)
+        raise UsageError(f"usage: python -m iti.sweep {command} MODEL_NAME (the grid from ALPHAS, KS, SEEDS)")
+    for task in tasks():
+        print(task.name, *task.argv)
 
 
 def none_missing(total: int, missing: Sequence, done: str) -> bool:
@@ -311,7 +347,7 @@ def submit_activations(models: list[str], flags: list[str], env: Mapping[str, st
     print(f"validation can wait for it: AFTER={job} bash validation/sweeping/sweep_slurm.sh ...")
 
 
-COMMANDS = {"cells": print_cells, "status": print_status, "slurm": submit_validation,
+COMMANDS = {"cells": print_cells, "sweeps": print_sweeps, "status": print_status, "slurm": submit_validation,
             "slurm_activations": submit_activations}
 
 

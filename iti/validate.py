@@ -1,12 +1,15 @@
 """validate_2fold: per fold, head shifts from the development questions, evaluation on the test questions.
 
     set_up: resolve the model and the data (local checks before anything loads a model), load the model and
-            the features checked against it, name the run (iti.runs) from what was loaded
-    per fold: write the split; choose (K, α) when several are given (iti.selection); fit the shifts
-            (iti.fitting); evaluate them on the test questions (iti.evaluation); write the fold's files
-    write: the record (iti.runs.RunRecord, built by `run_record` only) after every fold; once all are done, with
-            means over folds, bootstrap intervals, per-category means and the final line
+            the features checked against it, name each run (iti.runs) from what was loaded
+    per fold: write the split; choose (K, α) when several are given (iti.selection); train the probes once and
+            build each run's shifts from them (iti.fitting); evaluate them on the test questions (iti.evaluation);
+            write each run's fold files
+    write: each run's record (iti.runs.RunRecord, built by `run_record` only) after each of its folds; once all are
+            done, with means over folds, bootstrap intervals, per-category means and the final line
 
+A process makes one run, or with --sweep one per (K, α) (ValidationConfig.cells): each of those is the run that K
+and α make alone (its name, files, record and resume), all sharing the model, the features and each fold's probes.
 Features are read under the name of the model being run (`{model_prefix}{model_name}`, as get_activations
 writes them). `--limit N` keeps the first N questions (MC order) for the folds and the first N questions of
 the tuning set. Every file is written under a temporary name and renamed, so a killed run leaves earlier
@@ -17,7 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -32,11 +36,11 @@ from iti.evaluation import (JUDGED, EvalSpec, Evaluator, final_line, pooled_stat
 from iti.features import require_feature_sets
 from iti.files import output_lock, plain, sha256_of, write_csv
 from iti.fingerprint import model_fingerprint
-from iti.fitting import Features, Split, fit_head_shifts, recipe_of
+from iti.fitting import Features, ProbeFit, Split, fit_probes, recipe_of
 from iti.folds import all_fold_splits
 from iti.judges import JudgePanel, check_judge_source
 from iti.geometry import head_geometry
-from iti.head_shifts import METADATA_FILE, TENSORS_FILE
+from iti.head_shifts import METADATA_FILE, TENSORS_FILE, HeadShifts
 from iti.identity import digest, short_digest
 from iti.metrics import mean_over_folds, shown
 from iti.models import input_device, load_model, resolve_model_source
@@ -52,67 +56,92 @@ Log = Callable[[str], None]
 
 
 @dataclass
-class RunSetup:
-    """Everything a fold needs, loaded and checked once per run, and what the record says of the run."""
+class Cell:
+    """One run of the process: its options (one setting, or a selection's several), identity and files, what its
+    record says of the run, and its folds so far (kept from an earlier run of its identity, or computed now)."""
     cfg: ValidationConfig
     run: Run
+    resolved: Resolved
+    provenance: dict
+    kept: dict[int, FoldEntry] = field(default_factory=dict)
+    folds: list[FoldEntry] = field(default_factory=list)
+    seconds: float = 0.0  # the kept folds' time, and its share of this process's time (share_time)
+
+    @property
+    def reads_features(self) -> bool:
+        return max(self.cfg.num_heads) > 0
+
+    @property
+    def label(self) -> str:
+        return f"K {self.cfg.num_heads[0]}, alpha {self.cfg.alpha[0]:g}"
+
+
+@dataclass
+class RunSetup:
+    """Everything a fold needs, loaded and checked once per process, and the runs it makes."""
+    cfg: ValidationConfig
+    cells: list[Cell]
     items: list[GenerationQuestion]
     splits: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
     features: Features | None
     evaluator: Evaluator
-    resolved: Resolved
     notes: list[str]
-    provenance: dict
+    clock: float  # the time up to which this process's time is shared out among its runs
+
+
+@dataclass(frozen=True)
+class Fold:
+    """What a fold's runs share: its index, its questions by part (each part's split file), and its probes."""
+    index: int
+    parts: dict[str, np.ndarray]
+    splits: dict[str, str]
+    fit: ProbeFit | None
+    selection: Selection | None
 
 
 def run_validation(cfg: ValidationConfig, progress: bool = True, log: Log = print) -> dict:
     """The whole validate_2fold run; returns the JSON record as written (metrics not measured are None), and
-    its path as `json_path`."""
-    began = time.time()
+    its path as `json_path`. A --sweep of several settings is several runs: run_sweep."""
+    if len(cfg.cells) > 1:
+        raise UsageError(f"--sweep over {len(cfg.cells)} settings makes one run each: call run_sweep, which returns "
+                         "every run's record")
+    return run_sweep(cfg, progress, log)[0]
+
+
+def run_sweep(cfg: ValidationConfig, progress: bool = True, log: Log = print) -> list[dict]:
+    """Every run of `cfg` (cfg.cells), as run_validation returns one: set up once, then fold by fold."""
     setup = set_up(cfg, log)
-    with output_lock(setup.run.summary_path, "validate_2fold run"):
-        record = run_folds(setup, began, progress, log)
-    return {**plain(record_json(record)), "json_path": str(setup.run.summary_path)}
-
-
-def run_folds(setup: RunSetup, began: float, progress: bool, log: Log) -> RunRecord:
-    """Every fold an earlier run of this identity did not leave, then the complete record; run by one process."""
-    kept, kept_seconds = setup.run.finished_folds()
-    for entry in kept.values():  # before anything is written, so that a bad one leaves the record as it was
-        read_fold_answers(entry, setup.cfg.output_name)
-    folds: list[FoldEntry] = []
-    for fold, split in enumerate(setup.splits):
-        if fold in kept:
-            unverified = " (recorded before runs kept file digests: not verified)" if kept[fold].files.sha256 is None \
-                else ""
-            log(f"Fold {fold}: kept from {setup.run.summary_path} (same settings; delete that file to recompute)"
-                f"{unverified}")
-            folds.append(kept[fold])
-            continue
-        folds.append(run_fold(setup, fold, split, progress, log))
-        # Rewritten only once it holds something new: a rerun that fails never downgrades a complete record.
-        setup.run.write(run_record(setup, folds, kept_seconds + time.time() - began))
-    # The time that computed the record's folds: a rerun that keeps them all adds nothing to it.
-    computed = len(kept) < len(setup.splits)
-    record = run_record(setup, folds, kept_seconds + (time.time() - began if computed else 0.0),
-                        totals(setup, folds, log))
-    setup.run.write(record)
-    return record
+    with ExitStack() as locks:
+        for cell in setup.cells:
+            locks.enter_context(output_lock(cell.run.summary_path, "validate_2fold run"))
+        keep_finished_folds(setup)
+        for fold, questions in enumerate(setup.splits):
+            run_fold(setup, fold, questions, progress, log)
+        # The time that computed each record's folds: a rerun that keeps them all adds nothing to it.
+        share_time(setup, [cell for cell in setup.cells if len(cell.kept) < len(setup.splits)])
+        records = [run_record(setup, cell, totals(cell, log)) for cell in setup.cells]
+        for cell, record in zip(setup.cells, records):
+            cell.run.write(record)
+    return [{**plain(record_json(record)), "json_path": str(cell.run.summary_path)}
+            for cell, record in zip(setup.cells, records)]
 
 
 def set_up(cfg: ValidationConfig, log: Log) -> RunSetup:
     """Local checks first, then the judges (which may ask the hub) and the documents, then the model."""
+    began = time.time()
     # Resolve the model and the data, before anything loads a model.
     cfg.check()
-    metrics = set(cfg.metrics)
-    source = resolve_model_source(cfg.model_name, cfg.model_prefix, cfg.model_path,
-                                  (cfg.seed, cfg.num_heads[0], cfg.alpha[0]) if not cfg.selects else None)
+    metrics, cells = set(cfg.metrics), cfg.cells
+    source = one_model_source(cells)
     dataset, read = load_items(cfg)
     splits = all_fold_splits(len(dataset.items), cfg.num_fold, cfg.val_ratio, cfg.seed, cfg.split_rng)
     wanted = list(feature_sets(cfg)) if max(cfg.num_heads) > 0 else []
     found = require_feature_sets(wanted) if wanted else []
-    if cfg.resume and earlier_run_path(cfg, complete=False) is None:
-        raise UsageError(f"--resume: no earlier run of these settings in {cfg.results_dir}; drop --resume to start it")
+    for cell in cells:
+        if cfg.resume and earlier_run_path(cell, complete=False) is None:
+            named = f" (K {cell.num_heads[0]}, alpha {cell.alpha[0]:g})" if len(cells) > 1 else ""
+            raise UsageError(f"--resume: no earlier run of these settings{named} in {cfg.results_dir}; drop --resume "
+                             "to start it")
     judge_sources = {kind: check_judge_source(getattr(cfg, field), f"--{field}")
                      for option, (kind, _, field) in JUDGED.items() if option in metrics}
     notes, owt_texts, owt_source = [], None, None
@@ -132,36 +161,76 @@ def set_up(cfg: ValidationConfig, log: Log) -> RunSetup:
     features, features_read = (load_run_features(cfg, read, len(dataset.items), wanted, found, geometry, tokenizer,
                                                  fingerprint, source) if wanted else (None, {}))
 
-    # Name the run from what was loaded.
+    # Name each run from what was loaded; a run of no heads reads no features, as when it runs alone.
     data = items_digest(dataset)
-    run = Run.resolve(cfg, {
+    identity = {
         # The model as loaded (config, tokenizer, weight sample in its dtype): the same bits on any machine.
         "model_path": short_digest(fingerprint), "dtype": str(model.dtype),
         "dataset_path": data if cfg.custom else None, "tqa_path": None if cfg.custom else data,
         "owt_path": digest(owt_texts) if owt_texts is not None else owt_source,
-        "features_dir": features.provenance.features if features is not None else None,
         **{field: judge_sources.get(kind, getattr(cfg, field)) for kind, _, field in JUDGED.values()},
-    })
-
-    # How the test questions are scored.
+    }
     prompting = evaluation_prompting(cfg, tokenizer, source)
-    spec = EvalSpec(frozenset(metrics), cfg.output_name, cfg.batch_size, cfg.max_new_tokens, add_period=not cfg.custom)
-    judges = JudgePanel(judge_sources, cfg.device, cfg.dtype, cfg.sequential_loading, cfg.batch_size) \
-        if judge_sources else None
-    ce_kl = CeKl(owt_texts, tokenizer, cfg.seed, cfg.batch_size, cfg.owt_samples) if metrics & {"ce", "kl"} else None
     resolved = Resolved(model_source=source, model_dtype=str(model.dtype), model_fingerprint=fingerprint,
                         judges=judge_sources,
                         owt_source=owt_source, questions=len(dataset.items), tqa_source=dataset.source,
                         tuning_dataset=cfg.tuning_dataset, prompt=prompting.prompt("{question}"), method=cfg.method,
                         intervenes=cfg.intervenes)
-    provenance = run_provenance(dataclasses.asdict(cfg), features_read, source, str(input_device(model)))
-    return RunSetup(cfg, run, dataset.items, splits, features, Evaluator(model, tokenizer, prompting, spec, judges, ce_kl),
-                    resolved, notes, provenance)
+    device = str(input_device(model))
+
+    def cell_of(cell_cfg: ValidationConfig) -> Cell:
+        reads = max(cell_cfg.num_heads) > 0
+        return Cell(cell_cfg, Run.resolve(cell_cfg, {**identity, "features_dir": features.provenance.features
+                                                     if reads else None}),
+                    dataclasses.replace(resolved, intervenes=cell_cfg.intervenes),
+                    run_provenance(dataclasses.asdict(cell_cfg), features_read if reads else {}, source, device))
+
+    # How the test questions are scored.
+    spec = EvalSpec(frozenset(metrics), cfg.output_name, cfg.batch_size, cfg.max_new_tokens, add_period=not cfg.custom)
+    judges = JudgePanel(judge_sources, cfg.device, cfg.dtype, cfg.sequential_loading, cfg.batch_size) \
+        if judge_sources else None
+    ce_kl = CeKl(owt_texts, tokenizer, cfg.seed, cfg.batch_size, cfg.owt_samples) if metrics & {"ce", "kl"} else None
+    return RunSetup(cfg, [cell_of(cell) for cell in cells], dataset.items, splits, features,
+                    Evaluator(model, tokenizer, prompting, spec, judges, ce_kl), notes, began)
 
 
-def run_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], progress: bool, log: Log) -> FoldEntry:
-    """One fold, as the module docstring says; returns the fold's entry of the record."""
-    cfg, run, items = setup.cfg, setup.run, setup.items
+def one_model_source(cells: list[ValidationConfig]) -> str:
+    """The model every run evaluates (a `local_` name means the bake of each run's seed, K and α; a selection's,
+    the only one there is): a sweep loads one."""
+    sources = list(dict.fromkeys(resolve_model_source(cfg.model_name, cfg.model_prefix, cfg.model_path,
+                                                      (cfg.seed, cfg.num_heads[0], cfg.alpha[0])
+                                                      if not cfg.selects else None) for cfg in cells))
+    if len(sources) > 1:
+        raise UsageError(f"--sweep evaluates one loaded model, but its settings name {len(sources)} ({sources[0]}, "
+                         f"{sources[1]}, ...); run each setting without --sweep, or give --model_path")
+    return sources[0]
+
+
+def keep_finished_folds(setup: RunSetup) -> None:
+    """Each run's folds that an earlier run of its identity left, and that run's time; all are read back before
+    anything is written, so that a bad one leaves every record as it was."""
+    for cell in setup.cells:
+        cell.kept, cell.seconds = cell.run.finished_folds()
+        for entry in cell.kept.values():
+            read_fold_answers(entry, cell.cfg.output_name)
+
+
+def run_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], progress: bool, log: Log) -> None:
+    """One fold of every run that lacks it, as the module docstring says; each run's entry joins its folds and its
+    record is rewritten (only once it holds something new: a rerun that fails never downgrades a complete one)."""
+    cfg, items = setup.cfg, setup.items
+    cells = []
+    for cell in setup.cells:
+        if fold in cell.kept:
+            unverified = " (recorded before runs kept file digests: not verified)" \
+                if cell.kept[fold].files.sha256 is None else ""
+            log(f"Fold {fold}: kept from {cell.run.summary_path} (same settings; delete that file to recompute)"
+                f"{unverified}")
+            cell.folds.append(cell.kept[fold])
+        else:
+            cells.append(cell)
+    if not cells:
+        return
     train, val, test = questions
     log(f"Running fold {fold}")
     split = Split(train, val, test, sigma=np.concatenate([train, val]) if cfg.sigma_questions == "dev" else None,
@@ -170,37 +239,75 @@ def run_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], prog
     selection = None
     if cfg.selects:
         selection, parts["select"] = select_setting(setup, split, log)
-    k, alpha = (selection.chosen["K"], selection.chosen["alpha"]) if selection else cfg.settings[0]
-    splits = {part: str(write_csv(run.split_path(fold, part), questions_frame([items[q] for q in ids])))
+    settings = [(selection.chosen["K"], selection.chosen["alpha"]) if selection else cell.cfg.settings[0]
+                for cell in cells]
+    # The probes, the head ranking, the directions and σ do not depend on K or α: one fit serves every run.
+    fit = fit_probes(setup.features, split, recipe_of(cfg, *settings[0])) \
+        if any(cell.reads_features for cell in cells) else None
+    of_k = {k: fit.head_shifts(k, 1.0) for k in dict.fromkeys(k for k, _ in settings if k > 0)}
+    shifts = [of_k[k].scaled(alpha) if k > 0 else None for k, alpha in settings]
+    outcomes = evaluate_each(setup.evaluator, shifts, [items[q] for q in test], progress)
+    share_time(setup, cells)
+    splits = {part: str(write_csv(cells[0].run.split_path(fold, part), questions_frame([items[q] for q in ids])))
               for part, ids in parts.items()}
-    shifts, reports = None, {}
-    if setup.features is not None:
-        shifts, report = fit_head_shifts(setup.features, split, recipe_of(cfg, k, alpha))
-        for table, rows in (("heads", report.heads), ("layers", report.layers)):
+    shared = Fold(fold, parts, splits, fit, selection)
+    for cell, (k, alpha), cell_shifts, (frame, results) in zip(cells, settings, shifts, outcomes):
+        cell.folds.append(write_fold(setup, cell, shared, k, alpha, cell_shifts, frame, results, log))
+        cell.run.write(run_record(setup, cell))
+
+
+def evaluate_each(evaluator: Evaluator, settings: list[HeadShifts | None], records: list[GenerationQuestion],
+                  progress: bool) -> list[tuple[pd.DataFrame, dict[str, float]]]:
+    """Evaluator.evaluate_settings of these settings, each unshifted one (none, or α = 0) being the model as it is:
+    evaluated once for them all."""
+    keys = [None if shifts is None or shifts.alpha == 0 else i for i, shifts in enumerate(settings)]
+    distinct = list(dict.fromkeys(keys))
+    evaluated = evaluator.evaluate_settings([None if key is None else settings[key] for key in distinct], records,
+                                            progress=progress)
+    by_key = dict(zip(distinct, evaluated))
+    return [by_key[key] for key in keys]
+
+
+def share_time(setup: RunSetup, cells: list[Cell]) -> None:
+    """The time since the last share, in equal parts to the runs that it computed."""
+    now = time.time()
+    for cell in cells:
+        cell.seconds += (now - setup.clock) / len(cells)
+    setup.clock = now
+
+
+def write_fold(setup: RunSetup, cell: Cell, fold: Fold, k: int, alpha: float, shifts: HeadShifts | None,
+               frame: pd.DataFrame, results: dict[str, float], log: Log) -> FoldEntry:
+    """One run's files of a fold (its probe report, shifts, answers and summary), as that run alone writes them;
+    returns its entry of the record."""
+    run, index = cell.run, fold.index
+    reports = {}
+    if cell.reads_features:
+        for table, rows in (("heads", fold.fit.report.heads), ("layers", fold.fit.report.layers)):
             if table == "heads" or not rows.empty:
-                path = run.fold_file(fold, "probe_report", f"_{table}.csv")
-                reports[f"probe_report_{table}"] = str(write_csv(path, rows))
-    if k == 0:
-        shifts = None
+                reports[f"probe_report_{table}"] = str(write_csv(run.fold_file(index, "probe_report", f"_{table}.csv"),
+                                                                 rows))
     head_shifts = None
     if shifts is not None:
-        head_shifts = str(shifts.save(run.fold_file(fold, "head_shifts_dump", "")))
+        head_shifts = str(shifts.save(run.fold_file(index, "head_shifts_dump", "")))
         log(f"Heads intervened: {sorted(shifts.head_list())}")
-    frame, results = setup.evaluator.evaluate(shifts, [items[q] for q in test], progress=progress)
-    answers = str(write_csv(run.fold_file(fold, "answer_dump"), frame))
-    summary = str(write_csv(run.fold_file(fold, "summary_dump"), summary_frame(cfg.output_name, fold, (k, alpha),
-                                                                               results)))
+    answers = str(write_csv(run.fold_file(index, "answer_dump"), frame))
+    summary = str(write_csv(run.fold_file(index, "summary_dump"), summary_frame(cell.cfg.output_name, index,
+                                                                                (k, alpha), results)))
     shift_files = [f"{head_shifts}/{name}" for name in (TENSORS_FILE, METADATA_FILE)] if head_shifts else []
-    written = [*splits.values(), *shift_files, *reports.values(), answers, summary]
-    files = FoldFiles(splits=splits, head_shifts=head_shifts, answers=answers, summary=summary, **reports,
+    written = [*fold.splits.values(), *shift_files, *reports.values(), answers, summary]
+    files = FoldFiles(splits=dict(fold.splits), head_shifts=head_shifts, answers=answers, summary=summary, **reports,
                       sha256={path: sha256_of(path) for path in written})
-    log(f"FOLD {fold}: " + ", ".join(f"{key}: {shown(value)}" for key, value in results.items()))
-    if selection is not None:
-        selection.chosen_test = results[selection.metric]
-    return FoldEntry(fold=fold, train=train.tolist(), val=val.tolist(), test=test.tolist(), K=k, alpha=alpha,
-                     selection=selection, heads=shifts.head_list() if shifts is not None else [], results=results,
-                     files=files, probe_report=({"fold": fold, "K": k, "alpha": alpha, **shifts.provenance.probe_report}
-                                                if shifts is not None else None))
+    named = f" ({cell.label})" if len(setup.cells) > 1 else ""
+    log(f"FOLD {index}{named}: " + ", ".join(f"{key}: {shown(value)}" for key, value in results.items()))
+    if fold.selection is not None:
+        fold.selection.chosen_test = results[fold.selection.metric]
+    train, val, test = (fold.parts[part] for part in ("train", "val", "test"))
+    return FoldEntry(fold=index, train=train.tolist(), val=val.tolist(), test=test.tolist(), K=k, alpha=alpha,
+                     selection=fold.selection, heads=shifts.head_list() if shifts is not None else [],
+                     results=dict(results), files=files,
+                     probe_report=({"fold": index, "K": k, "alpha": alpha, **shifts.provenance.probe_report}
+                                   if shifts is not None else None))
 
 
 def select_setting(setup: RunSetup, split: Split, log: Log) -> tuple[Selection, np.ndarray]:
@@ -234,17 +341,17 @@ def select_setting(setup: RunSetup, split: Split, log: Log) -> tuple[Selection, 
                      table=table, chosen=chosen, note=note, edge_note=edge), selecting
 
 
-def run_record(setup: RunSetup, folds: list[FoldEntry], seconds: float, done: dict[str, Any] | None = None) -> RunRecord:
-    """The run's record, built here only: what set_up resolved, the folds so far and the time they took; `done`
-    (the totals once every fold is done) completes it."""
-    return RunRecord(config=dataclasses.asdict(setup.cfg), identity=setup.run.identity, name=setup.run.name,
-                     resolved=setup.resolved, notes=setup.notes, folds=list(folds), complete=done is not None,
-                     provenance=setup.provenance, seconds=seconds, **(done or {}))
+def run_record(setup: RunSetup, cell: Cell, done: dict[str, Any] | None = None) -> RunRecord:
+    """A run's record, built here only: what set_up resolved, its folds so far and the time they took; `done` (the
+    totals once every fold is done) completes it."""
+    return RunRecord(config=dataclasses.asdict(cell.cfg), identity=cell.run.identity, name=cell.run.name,
+                     resolved=cell.resolved, notes=setup.notes, folds=list(cell.folds), complete=done is not None,
+                     provenance=cell.provenance, seconds=cell.seconds, **(done or {}))
 
 
-def totals(setup: RunSetup, folds: list[FoldEntry], log: Log) -> dict[str, Any]:
-    """What completes the record: means over folds, the probe report table, intervals and categories, the final line."""
-    cfg = setup.cfg
+def totals(cell: Cell, log: Log) -> dict[str, Any]:
+    """What completes a record: means over folds, the probe report table, intervals and categories, the final line."""
+    cfg, folds = cell.cfg, cell.folds
     final = mean_over_folds([{key: np.nan if value is None else float(value) for key, value in f.results.items()}
                              for f in folds])
     reported = [f.probe_report for f in folds if f.probe_report]

@@ -6,7 +6,10 @@ python validation/validate_2fold.py --model_name smollm2_135M_instruct --num_hea
 
 Needs the activations of --dataset_name and --activations_dataset (get_activations/get_activations.py).
 Any contrastive dataset of your own: --dataset_path FILE (.jsonl, .csv) with --dataset_name naming it.
-The last line printed is the public workflow's summary line (means over folds).
+Several --num_heads or --alpha values: each fold chooses one setting; with --sweep, every (K, α) is a run of
+its own, all in this process (docs/sweeps.md).
+The last line printed is the public workflow's summary line (means over folds); with --sweep, each run's
+results file and summary line in turn.
 """
 import sys
 from pathlib import Path
@@ -19,11 +22,11 @@ from iti.config import ValidationConfig  # noqa: E402
 
 def main() -> None:
     cfg = parse_config(ValidationConfig, description=__doc__)
-    from iti.validate import run_validation
+    from iti.validate import run_sweep
 
-    record = run_validation(cfg)
-    print(f"results: {record['json_path']}")
-    print(record["final_line"])
+    for record in run_sweep(cfg):
+        print(f"results: {record['json_path']}")
+        print(record["final_line"])
 
 
 if __name__ == "__main__":
