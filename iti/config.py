@@ -240,6 +240,9 @@ class ValidationConfig(HeadShiftOptions):
         if self.selects and not needed <= set(self.metrics):
             raise UsageError(f"--select_metric {self.select_metric} needs --metrics {' '.join(sorted(needed))}; "
                              "add them or select by mc2")
+        if self.max_kl is not None and self.sweep:
+            raise UsageError(f"--max_kl {self.max_kl:g} bounds the KL of the setting each fold chooses, but --sweep "
+                             "chooses none (every K and α is a run, its KL in its record): drop one of them")
         if self.max_kl is not None and "kl" not in self.metrics:
             raise UsageError(f"--max_kl {self.max_kl:g} needs KL: add kl to --metrics")
         if self.sigma_questions == "dev" and not self.custom and self.tuning_dataset not in PROBING_DATASETS:

@@ -128,7 +128,7 @@ class RunRecord:
     final_line: str | None = None
     complete: bool
     provenance: dict[str, Any] | None = None
-    seconds: float = 0.0
+    seconds: float = 0.0  # what computed its folds; a run of a --sweep: its share of that process's time
     probe_report_table: str | None = None
     bootstrap: Bootstrap | None = None
     categories: dict[str, dict[str, float | None]] | None = None

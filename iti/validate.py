@@ -251,8 +251,8 @@ def run_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], prog
     splits = {part: str(write_csv(cells[0].run.split_path(fold, part), questions_frame([items[q] for q in ids])))
               for part, ids in parts.items()}
     shared = Fold(fold, parts, splits, fit, selection)
-    for cell, (k, alpha), cell_shifts, (frame, results) in zip(cells, settings, shifts, outcomes):
-        cell.folds.append(write_fold(setup, cell, shared, k, alpha, cell_shifts, frame, results, log))
+    for cell, setting, cell_shifts, evaluated in zip(cells, settings, shifts, outcomes):
+        cell.folds.append(write_fold(setup, cell, shared, setting, cell_shifts, evaluated, log))
         cell.run.write(run_record(setup, cell))
 
 
@@ -276,11 +276,11 @@ def share_time(setup: RunSetup, cells: list[Cell]) -> None:
     setup.clock = now
 
 
-def write_fold(setup: RunSetup, cell: Cell, fold: Fold, k: int, alpha: float, shifts: HeadShifts | None,
-               frame: pd.DataFrame, results: dict[str, float], log: Log) -> FoldEntry:
-    """One run's files of a fold (its probe report, shifts, answers and summary), as that run alone writes them;
-    returns its entry of the record."""
-    run, index = cell.run, fold.index
+def write_fold(setup: RunSetup, cell: Cell, fold: Fold, setting: tuple[int, float], shifts: HeadShifts | None,
+               evaluated: tuple[pd.DataFrame, dict[str, float]], log: Log) -> FoldEntry:
+    """One run's files of a fold (its probe report, shifts, answers and summary) for its setting (K, α) and what
+    evaluating it gave (answer frame, means), as that run alone writes them; returns its entry of the record."""
+    run, index, (k, alpha), (frame, results) = cell.run, fold.index, setting, evaluated
     reports = {}
     if cell.reads_features:
         for table, rows in (("heads", fold.fit.report.heads), ("layers", fold.fit.report.layers)):

@@ -815,6 +815,18 @@ REMADE_FULL_SET = ("re-extract them with `python get_activations/get_activations
                    "tqa_mc2 --model_path {root}/model --features_dir {root}/features --overwrite`")
 
 
+# issue 29: one-process sweep
+
+def sweep_resumed_without_earlier_runs(root, tqa):
+    return [*model_args(root), "--sweep", "--num_heads", "0", "--alpha", "0", "5", "--resume", "--limit", "4",
+            "--results_dir", str(root / "out"), "--tqa_path", str(tqa)]
+
+
+def sweep_with_a_kl_budget(root, tqa):
+    return [*model_args(root), "--sweep", "--num_heads", "2", "4", "--metrics", "mc", "kl", "--max_kl", "0.5",
+            "--check_args"]
+
+
 CASES = [
     ("get_activations", gguf_that_is_not, "model.gguf is a file but not a GGUF model"),
     ("get_activations", csv_short_row, "TruthfulQA.csv line 5 has 2 fields, the header 7"),
@@ -1028,6 +1040,11 @@ CASES = [
      "answer file {root}/iti_answers.csv is not the file that was written there: its SHA-256 "),
     ("export_head_shifts", shifts_with_a_flipped_bit,
      "head shifts file {root}/shifts/head_shifts.safetensors is not the file that was written there: its SHA-256 "),
+    # issue 29: one-process sweep
+    ("validate_2fold", sweep_resumed_without_earlier_runs,
+     "--resume: no earlier run of these settings (K 0, alpha 0) in {root}/out; drop --resume to start it"),
+    ("validate_2fold", sweep_with_a_kl_budget, "--max_kl 0.5 bounds the KL of the setting each fold chooses, but "
+                                               "--sweep chooses none"),
 ]
 
 

@@ -106,3 +106,26 @@ def test_progress_false_silences_every_probe_bar(features, backend, capsys):
     shown, _ = fit_head_shifts(layered, SPLIT, recipe)
     assert capsys.readouterr().err.count("train_probes") >= 2
     np.testing.assert_array_equal(quiet.directions, shown.directions)
+
+
+@pytest.mark.parametrize("method", ["center_of_mass", "probe", "random"])
+def test_one_probe_fit_gives_every_k_and_alpha_of_its_own_fit(features, method, monkeypatch):
+    """A sweep's shifts (iti.validate): the probes trained once, then each (K, α) built from them, largest K first,
+    equal bit for bit to a fit of that setting alone (heads, directions, σ, accuracies, provenance naming K); the
+    fewer heads of a smaller K are the best of the larger K's, in order (random heads are drawn per K)."""
+    import iti.fitting
+
+    fitted = []
+    real = iti.fitting.train_probes
+    monkeypatch.setattr(iti.fitting, "train_probes", lambda *a, **k: fitted.append(1) or real(*a, **k))
+    fit = iti.fitting.fit_probes(features, SPLIT, Recipe(6, 15.0, method), progress=False)
+    built = {(k, alpha): fit.head_shifts(k, alpha) for k in (6, 2) for alpha in (0.0, 15.0)}
+    assert len(fitted) == 1
+    for (k, alpha), shifts in built.items():
+        alone, _ = fit_head_shifts(features, SPLIT, Recipe(k, alpha, method), progress=False)
+        for name in ("layers", "heads", "directions", "sigmas", "probe_accuracies"):
+            np.testing.assert_array_equal(getattr(shifts, name), getattr(alone, name))
+        assert shifts.alpha == alone.alpha == alpha and shifts.provenance == alone.provenance
+        assert shifts.provenance.K == k
+    if method != "random":
+        assert built[2, 15.0].head_list() == built[6, 15.0].head_list()[:2]
