@@ -131,13 +131,14 @@ class HeadShiftOptions(DatasetOptions):
 class ValidationConfig(HeadShiftOptions):
     num_heads: tuple[int, ...] = option((48,), "K, heads to shift; 0 evaluates the model as it is. Several values "
                                                "(with --alpha): each fold picks one setting on its validation "
-                                               "questions (--select_metric), or with --sweep each is a run", SHIFTS, named=True, minimum=0)
+                                               "questions (--select_metric), or with --sweep each is a run", SHIFTS,
+                                        named=True, minimum=0)
     alpha: tuple[float, ...] = option((15.0,), "α, the shift strength; 0 evaluates the model as it is; several "
                                                "values: see --num_heads", SHIFTS, named=True)
-    sweep: bool = option(False, "with several --num_heads or --alpha: run every (K, α) instead of choosing one, each as "
-                                "the run of that K and α alone (its own name, files, record and resume), all in this "
-                                "one process: the model loaded, the features read and the probes trained once per "
-                                "fold", EXECUTION)
+    sweep: bool = option(False, "with several --num_heads or --alpha: run every (K, α) instead of choosing one, "
+                                "each as the run of that K and α alone (its own name, files, record and resume), all "
+                                "in this one process: the model loaded, the features read and the probes trained once "
+                                "per fold", EXECUTION)
     select_metric: str = option("mc2", "with several K or α: the validation score each fold maximises "
                                        "(true*info needs --metrics judge info)", SHIFTS, choices=SELECT_METRICS)
     max_kl: float | None = option(None, "with several K or α: only settings whose KL wrt the original model stays "

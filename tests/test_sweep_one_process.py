@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,11 @@ import pandas as pd
 import pytest
 
 from iti import sweep as sweeps
+from iti.errors import UsageError
 from iti.head_shifts import HeadShifts
-from iti.identity import identity
+from iti.identity import identity, readable_name
 from iti.runs import Run
-from iti.validate import ValidationConfig, run_sweep, run_validation
+from iti.validate import ValidationConfig, one_model_source, run_sweep, run_validation
 from tests.conftest import REPO_ROOT, only_file
 from tests.test_validate_cli import MODEL, config, setup  # noqa: F401 (setup: the tiny model's fixture)
 
@@ -138,8 +140,6 @@ def test_a_sweep_of_one_setting_is_the_single_run():
 
 
 def test_run_validation_of_several_cells_points_to_run_sweep(setup, tmp_path):  # noqa: F811
-    from iti.errors import UsageError
-
     with pytest.raises(UsageError, match="makes one run each: call run_sweep"):
         run_validation(sweep_config(setup, tmp_path), progress=False, log=quiet)
     assert not tmp_path.joinpath("results_dump").exists()
@@ -193,7 +193,7 @@ def test_a_killed_sweep_resumes_with_the_rest(setup, tmp_path, monkeypatch):  # 
 
 def test_collect_sweep_reads_the_cells(setup, counted_sweep, tmp_path):  # noqa: F811
     swept_dir, records, _ = counted_sweep
-    result = subprocess.run([os.sys.executable, str(REPO_ROOT / "validation" / "sweeping" / "collect_sweep.py"),
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "validation" / "sweeping" / "collect_sweep.py"),
                              "--model_name", MODEL, "--model_path", str(setup["model_dir"]), "--use_center_of_mass",
                              "--limit", "6", "--results_dir", str(swept_dir)], cwd=REPO_ROOT, capture_output=True,
                             text=True, timeout=600)
@@ -233,7 +233,7 @@ def test_the_sequential_script_runs_one_process_per_seed(setup, tmp_path):  # no
 
 def test_sweeps_command_prints_the_processes():
     env = {"ALPHAS": "0 5 10", "KS": "4 8", "SEEDS": "1"}
-    out = subprocess.run([os.sys.executable, "-m", "iti.sweep", "sweeps", "m"], cwd=REPO_ROOT, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "iti.sweep", "sweeps", "m"], cwd=REPO_ROOT, capture_output=True,
                          text=True, env={**os.environ, **env}, check=True).stdout
     assert out.splitlines() == ["m_a0_k0_seed_1 --model_name m --alpha 0 --num_heads 0 --seed 1 --sweep",
                                 "m_a5-10_k4-8_seed_1 --model_name m --alpha 5 10 --num_heads 4 8 --seed 1 --sweep"]
@@ -247,3 +247,23 @@ def test_sweeps_command_prints_the_processes():
             ks = argv[argv.index("--num_heads") + 1:argv.index("--seed")]
             swept |= {(a, k) for a in alphas for k in ks}
         assert swept == cells
+
+
+def test_a_sweep_whose_cells_name_different_bakes_is_refused(tmp_path, monkeypatch):
+    """A `local_` model is the bake of each run's seed, K and α: a sweep over two K of it would be two models."""
+    import iti.models
+
+    base = "llama2_chat_7B"
+    monkeypatch.setattr(iti.models, "EDITED_MODELS_DIR", tmp_path)
+    for k in (4, 8):
+        (tmp_path / f"{readable_name({'model': base, 'seed': 42, 'num_heads': k, 'alpha': 5.0})}_0123abcd").mkdir()
+    swept = ValidationConfig(model_name=base, model_prefix="local_", num_heads=(4, 8), alpha=(5.0,), sweep=True)
+    with pytest.raises(UsageError, match="--sweep evaluates one loaded model, but its settings name 2 "):
+        one_model_source(swept.cells)
+    assert one_model_source(dataclasses.replace(swept, num_heads=(8,)).cells) == str(
+        tmp_path / f"{base}_seed_42_top_8_heads_alpha_5_0123abcd")
+    # The same model given by folder: one model for every cell.
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    given = dataclasses.replace(swept, model_path=str(tmp_path / "model"))
+    assert one_model_source(given.cells) == str(tmp_path / "model")
