@@ -16,7 +16,8 @@ from typing import Callable
 import numpy as np
 
 from iti.errors import UsageError
-from iti.fitting import Features, Recipe, Split, fit_head_shifts
+from iti.fitting import Features, Recipe, Split, fit_probes
+from iti.head_shifts import HeadShifts
 from iti.folds import held_for_selection, train_val_split
 from iti.metrics import BY_NAME
 
@@ -38,23 +39,18 @@ def selection_split(split: Split, select_ratio: float, val_ratio: float, seed: i
 
 
 def score_settings(features: Features, split: Split, settings: list[tuple[int, float]], recipe: Recipe,
-                   score: Callable[[object], dict[str, float]]) -> list[dict]:
-    """Per (K, α): the shifts built from `split` (probes, heads and directions fitted once per K, scaled per
-    α) and `score(shifts)`'s values, one table row each, in the given order. K = 0 or α = 0 is the unshifted
-    model, scored once for all such rows."""
+                   score: Callable[[list[HeadShifts | None]], list[dict[str, float]]]) -> list[dict]:
+    """Per (K, α): the shifts built from `split` (the probes fitted once: heads, directions and σ do not depend on
+    K or α, which only picks the first K heads and scales) and their values, one table row each, in the given
+    order. `score` gets every setting's shifts in one call (None for K = 0 or α = 0: the unshifted model), so
+    they can be evaluated together."""
     # Without the residual streams: these shifts' probe reports need no best layer.
     features = dataclasses.replace(features, layer_acts=None)
-    fitted = {k: fit_head_shifts(features, split, dataclasses.replace(recipe, num_heads=k, alpha=1.0))[0]
-              for k in sorted({k for k, alpha in settings if k > 0 and alpha != 0})}
-    unshifted: dict[str, float] = {}
-    table = []
-    for k, alpha in settings:
-        if k > 0 and alpha != 0:
-            values = score(fitted[k].scaled(alpha))
-        else:
-            values = unshifted = unshifted or score(None)
-        table.append({"K": k, "alpha": alpha, **values})
-    return table
+    shifted = [k for k, alpha in settings if k > 0 and alpha != 0]
+    fit = fit_probes(features, split, recipe) if shifted else None
+    of_k = {k: fit.head_shifts(k, 1.0) for k in dict.fromkeys(shifted)}
+    shifts = [of_k[k].scaled(alpha) if k > 0 and alpha != 0 else None for k, alpha in settings]
+    return [{"K": k, "alpha": alpha, **values} for (k, alpha), values in zip(settings, score(shifts))]
 
 
 def choose_setting(table: list[dict], metric: str, max_kl: float | None = None) -> tuple[dict, str | None]:

@@ -257,13 +257,13 @@ def run_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], prog
 
 
 def evaluate_each(evaluator: Evaluator, settings: list[HeadShifts | None], records: list[GenerationQuestion],
-                  progress: bool) -> list[tuple[pd.DataFrame, dict[str, float]]]:
+                  progress: bool, spec: EvalSpec | None = None) -> list[tuple[pd.DataFrame, dict[str, float]]]:
     """Evaluator.evaluate_settings of these settings, each unshifted one (none, or α = 0) being the model as it is:
     evaluated once for them all."""
     keys = [None if shifts is None or shifts.alpha == 0 else i for i, shifts in enumerate(settings)]
     distinct = list(dict.fromkeys(keys))
     evaluated = evaluator.evaluate_settings([None if key is None else settings[key] for key in distinct], records,
-                                            progress=progress)
+                                            spec, progress)
     by_key = dict(zip(distinct, evaluated))
     return [by_key[key] for key in keys]
 
@@ -320,12 +320,13 @@ def select_setting(setup: RunSetup, split: Split, log: Log) -> tuple[Selection, 
     inner, selecting = selection_split(split, cfg.select_ratio, cfg.val_ratio, cfg.seed)
     scored = [setup.items[q] for q in selecting]
 
-    def score(shifts) -> dict[str, float]:
-        results = setup.evaluator.evaluate(shifts, scored, scoring, progress=False)[1]
-        return {metric: results[metric], "KL": results["KL"]}
+    def score(settings: list[HeadShifts | None]) -> list[dict[str, float]]:
+        return [{metric: results[metric], "KL": results["KL"]}
+                for _, results in evaluate_each(setup.evaluator, settings, scored, False, scoring)]
 
     table = score_settings(setup.features, inner, cfg.settings, recipe_of(cfg, 1, 1.0), score) if setup.features \
-        else [{"K": k, "alpha": a, **score(None)} for k, a in cfg.settings]
+        else [{"K": k, "alpha": a, **values}
+              for (k, a), values in zip(cfg.settings, score([None] * len(cfg.settings)))]
     for row in table:
         log(f"selection: K {row['K']}, alpha {row['alpha']:g}: {metric} {row[metric]:.4f}"
             + (f", KL {row['KL']:.4f}" if cfg.max_kl is not None else ""))

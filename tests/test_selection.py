@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from iti.errors import UsageError
-from iti.fitting import Features, Recipe, Split
+from iti.fitting import Features, Recipe, Split, fit_head_shifts
 from iti.selection import choose_setting, edge_note, score_settings, selection_split
 
 TABLE = [
@@ -85,6 +85,11 @@ def synthetic_features(honest_questions, misleading_questions, seed: int = 0) ->
     return Features(acts, labels, ids, acts, ids, NUM_HEADS)
 
 
+def each(score):
+    """score_settings' scorer (every setting's shifts in one call) from a scorer of one setting's shifts."""
+    return lambda settings: [score(shifts) for shifts in settings]
+
+
 def separation(features: Features, questions: np.ndarray):
     """score(shifts): Σ over the shifted heads of direction · (mean true row − mean false row) on `questions`'
     rows: how far the shifts move these questions' activations toward their true answers."""
@@ -110,9 +115,9 @@ def test_honest_selection_picks_what_does_better_on_fresh_questions():
     features = synthetic_features(np.r_[inner.train, inner.val], np.r_[selecting, FOLD.test])
     settings = [(1, 1.0), (5, 1.0)]
     recipe = Recipe(1, 1.0, "center_of_mass")
-    optimistic = score_settings(features, FOLD, settings, recipe, separation(features, FOLD.val))
-    honest = score_settings(features, inner, settings, recipe, separation(features, selecting))
-    fresh = score_settings(features, FOLD, settings, recipe, separation(features, FOLD.test))
+    optimistic = score_settings(features, FOLD, settings, recipe, each(separation(features, FOLD.val)))
+    honest = score_settings(features, inner, settings, recipe, each(separation(features, selecting)))
+    fresh = score_settings(features, FOLD, settings, recipe, each(separation(features, FOLD.test)))
     assert choose_setting(optimistic, "MC2")[0]["K"] == 5
     assert choose_setting(honest, "MC2")[0]["K"] == 1
     assert fresh[0]["MC2"] > fresh[1]["MC2"]
@@ -137,7 +142,7 @@ def test_no_set_aside_row_enters_the_shifts_scored(method):
         def score(shifts):
             seen.setdefault(name, []).append(shifts)
             return {"MC2": 0.0, "KL": 0.0}
-        return score
+        return each(score)
 
     settings = [(2, 1.0), (2, 5.0), (6, 1.0)]
     for name, features in (("clean", clean), ("poisoned", poisoned)):
@@ -154,3 +159,28 @@ def test_no_set_aside_row_enters_the_shifts_scored(method):
     score_settings(touched, inner, settings, Recipe(1, 1.0, method), recorder("touched"))
     assert any(not np.array_equal(a.directions, b.directions) or a.head_list() != b.head_list()
                for a, b in zip(seen["clean"], seen["touched"]))
+
+
+def test_every_setting_is_scored_in_one_call_as_a_run_of_that_setting_builds_it():
+    """The scorer gets all settings at once (so they can share a batch): None for the unshifted ones, and for the
+    others the shifts fit_head_shifts builds for that (K, α) alone, bit for bit."""
+    inner, _ = selection_split(FOLD, 0.2, 0.2, seed=42)
+    features = synthetic_features(np.arange(300), np.array([], dtype=np.int64))
+    settings = [(2, 0.0), (2, 5.0), (6, 1.0), (0, 5.0), (2, 1.0)]
+    calls = []
+
+    def score(shifts_of_settings):
+        calls.append(shifts_of_settings)
+        return [{"MC2": float(i), "KL": 0.0} for i in range(len(shifts_of_settings))]
+
+    table = score_settings(features, inner, settings, Recipe(1, 1.0, "center_of_mass"), score)
+    assert len(calls) == 1 and [(row["K"], row["alpha"], row["MC2"]) for row in table] == \
+        [(k, a, float(i)) for i, (k, a) in enumerate(settings)]
+    for (k, alpha), shifts in zip(settings, calls[0]):
+        if k == 0 or alpha == 0:
+            assert shifts is None
+            continue
+        alone = fit_head_shifts(features, inner, Recipe(k, alpha, "center_of_mass"))[0]
+        assert shifts.head_list() == alone.head_list() and shifts.alpha == alone.alpha
+        np.testing.assert_array_equal(shifts.directions, alone.directions)
+        np.testing.assert_array_equal(shifts.sigmas, alone.sigmas)
