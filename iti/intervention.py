@@ -4,16 +4,17 @@ Each edited layer gets one pyvene intervention on `<layer>.<o_proj>.input` that 
 offset δ_l (all its selected heads' α·σ·θ, laid out in [heads·head_dim]) at the positions of the
 schedule (docs/method.md §5). One ShiftedModel may hold several settings of head shifts (issue 29: a K × α grid
 in one batch): each intervention keeps every setting's δ_l as a row of one table, and each row of a batch names
-its setting. Positions and settings travel with each call as data, one table row per position (`offset_rows`):
+its setting. Positions and settings travel with each call as data, as the table row to add at each position:
 
 - scoring answers, CE and KL: a [batch, seq] table row per position: 0 (unshifted) outside the positions to shift
-  (answer tokens; every real token), the row's setting at them, so each padded row has its own positions and
+  (answer tokens; every real token), 1 + the row's setting at them, so each padded row has its own positions and
   padding gets nothing; it is handed to every intervention through pyvene's per-call `subspaces` argument;
-- generation with a KV cache: a [batch] table row per batch row, added at the last position of every forward,
+- generation with a KV cache: a [batch] table row per batch row (1 + its setting), added at the last position of every forward,
   i.e. the prompt's last token, then each new token (prompts left-padded so that every row ends there).
 
-Row 0 of the table is zeros and a row of a setting holds its δ_l exactly, so a row of a batch computes exactly
-what the same row computes under a ShiftedModel of its setting alone (x + 0 = x).
+Row 0 of the table is zeros and a row of a setting holds its δ_l exactly (zeros where it leaves the layer alone),
+so a row of a batch computes bit for bit what it computes in the same batch under a ShiftedModel of its setting
+alone (x + 0 = x); a setting of one ShiftedModel is the one-setting case of the same code.
 
 ShiftedModel serves the scripts; the library path (iti.apply) installs the same offsets as AppliedShifts.
 """
