@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import os
 from dataclasses import dataclass
 
@@ -145,15 +146,20 @@ def score_answers_per_setting(shifted: ShiftedModel, tokenizer, prompts: list[st
                 continue
             prefix = _shared_length(group)
             prefix_cache = _extend_cache(model, copy.deepcopy(common_cache), group[0].ids[common:prefix], common)
-            pairs = [(setting, answer) for setting in settings for answer in range(len(group))]
+            for setting in settings:
+                scores[setting][question] = [math.nan] * len(group)
+            # Longest answers first, each answer's settings side by side: a batch's rows are of about one length,
+            # so they carry little padding.
+            by_length = sorted(range(len(group)), key=lambda answer: -len(group[answer].ids))
+            pairs = [(setting, answer) for answer in by_length for setting in settings]
             for start in range(0, len(pairs), batch_size):
                 chunk = pairs[start:start + batch_size]
                 chunk_rows = [group[answer] for _, answer in chunk]
                 shared = _shared_length(chunk_rows)
                 cache = _extend_cache(model, copy.deepcopy(prefix_cache), chunk_rows[0].ids[prefix:shared], prefix)
                 values = _score_batch(shifted, chunk_rows, [setting for setting, _ in chunk], cache, shared)
-                for (setting, _), value in zip(chunk, values):
-                    scores[setting][question].append(value)
+                for (setting, answer), value in zip(chunk, values):
+                    scores[setting][question][answer] = value
                 bar.update(len(chunk))
     return scores
 
