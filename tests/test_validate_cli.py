@@ -166,7 +166,7 @@ def killed_in_second_fold(cfg: ValidationConfig, monkeypatch) -> list:
     counted in the list returned (emptied)."""
     from iti.evaluation import Evaluator
 
-    real = Evaluator.evaluate
+    real = Evaluator.evaluate_settings
     calls = []
 
     def dies_in_second_fold(*args, **kwargs):
@@ -175,11 +175,11 @@ def killed_in_second_fold(cfg: ValidationConfig, monkeypatch) -> list:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(Evaluator, "evaluate", dies_in_second_fold)
+    monkeypatch.setattr(Evaluator, "evaluate_settings", dies_in_second_fold)
     with pytest.raises(KeyboardInterrupt):
         run_validation(cfg, progress=False, log=lambda _: None)
     calls.clear()
-    monkeypatch.setattr(Evaluator, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(Evaluator, "evaluate_settings", lambda *a, **k: calls.append(1) or real(*a, **k))
     return calls
 
 
@@ -658,13 +658,13 @@ def test_choice_never_reads_a_test_question(setup, selection_features, selection
     clean = selection_run["folds"][0]
     poisoned = poisoned_copy(setup, selection_features, tmp_path / "poisoned", clean["test"])
     evaluated = []
-    real = Evaluator.evaluate
+    real = Evaluator.evaluate_settings
 
-    def recording(self, shifts, records, *args, **kwargs):
-        evaluated.append([r.question for r in records])
-        return real(self, shifts, records, *args, **kwargs)
+    def recording(self, settings, records, *args, **kwargs):
+        evaluated.append((len(settings), [r.question for r in records]))
+        return real(self, settings, records, *args, **kwargs)
 
-    monkeypatch.setattr(Evaluator, "evaluate", recording)
+    monkeypatch.setattr(Evaluator, "evaluate_settings", recording)
     again = run_validation(config(setup, tmp_path / "results", features_dir=str(poisoned), **SELECTION),
                            progress=False, log=lambda _: None)["folds"][0]
     assert again["selection"]["table"] == clean["selection"]["table"]
@@ -673,8 +673,9 @@ def test_choice_never_reads_a_test_question(setup, selection_features, selection
     split = Split(np.array(clean["train"]), np.array(clean["val"]), fold=0)
     inner, selecting = selection_split(split, 0.25, 0.5, 42)
     scored, test = [questions[q].question for q in selecting], [questions[q].question for q in clean["test"]]
-    # Five settings on the set-aside questions (α = 0 is the unshifted model, scored once), then the test fold.
-    assert evaluated[:6] == [scored] * 5 + [test]
+    # Five settings on the set-aside questions in one call (α = 0 is the unshifted model, scored once), then the
+    # chosen setting on the test fold.
+    assert evaluated[:2] == [(5, scored), (1, test)]
 
     control = poisoned_copy(setup, selection_features, tmp_path / "control", inner.train)
     moved = run_validation(config(setup, tmp_path / "control_results", features_dir=str(control), **SELECTION),
