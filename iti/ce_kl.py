@@ -3,6 +3,8 @@
 Documents drawn with the run's seed, each cut to its first 128 tokens, the shift at every position. Per document:
 CE is the mean next-token cross-entropy of the shifted model; KL is Σ over positions and vocabulary of
 p_orig·log(p_orig/p_shifted) divided by the positions. Right-padded batches; padding is neither shifted nor counted.
+Several settings of head shifts (one ShiftedModel) share the unshifted reference; per batch of documents, the rows
+of (setting, document) run in forwards of at most the batch size, so a full batch is one setting's documents.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from iti.batching import length_sorted_batches, pad_batch, pad_token_id
 from iti.constants import OWT_SAMPLES
 from iti.errors import UsageError
 from iti.files import read_jsonl, read_text
-from iti.intervention import ShiftedModel
+from iti.intervention import ShiftedModel, only_setting
 from iti.models import input_device, softmax_precision
 
 OWT_HUB_ID = "stas/openwebtext-10k"
@@ -85,32 +87,65 @@ def reference_logits(model, token_rows: list[list[int]], pad_id: int, batch_size
 
 
 @torch.inference_mode()
-def ce_and_kl(shifted: ShiftedModel, token_rows: list[list[int]], pad_id: int, batch_size: int = 8,
-              with_kl: bool = True, progress: bool = True,
-              reference: list[torch.Tensor] | None = None) -> tuple[list[float], list[float] | None]:
-    """Per row (document), in batch order: the shifted model's CE and KL(original ‖ shifted); KL None unless
-    `with_kl`. `reference`: reference_logits of these rows and batch size, else computed here when KL needs it."""
-    ce, kl = [], []
+def ce_and_kl_per_setting(shifted: ShiftedModel, token_rows: list[list[int]], pad_id: int, batch_size: int = 8,
+                          with_kl: bool = True, progress: bool = True, reference: list[torch.Tensor] | None = None
+                          ) -> list[tuple[list[float], list[float] | None]]:
+    """Per setting of `shifted`, per row (document) in batch order: CE and KL(original ‖ shifted); KL None unless
+    `with_kl`, exactly 0 for a setting that shifts nothing. `reference`: reference_logits of these rows and batch
+    size, else computed here when KL needs it."""
+    settings = range(len(shifted.settings))
+    shifting = [s for s in settings if shifted.shifts_setting(s)]
+    plain = [s for s in settings if not shifted.shifts_setting(s)]
+    ce: list[list[float]] = [[] for _ in settings]
+    kl: list[list[float]] = [[] for _ in settings]
     batches = length_sorted_batches([len(r) for r in token_rows], batch_size)
-    if reference is None and with_kl and shifted.active:
+    if reference is None and with_kl and shifting:
         reference = reference_logits(shifted.model, token_rows, pad_id, batch_size, progress=False)
     for number, batch in enumerate(tqdm(batches, desc="CE/KL", disable=not progress)):
         ids, mask = pad_batch([token_rows[i] for i in batch], pad_id)
-        # An inactive shift leaves the model its own original: the reference logits are its logits.
-        logits = reference[number] if reference is not None and not shifted.active \
-            else shifted(ids, mask, shift_mask=mask).logits
-        original = reference[number].to(logits.device) if with_kl and shifted.active else None
-        # Row by row, so float32 log-probabilities of one [seq, vocab] slice exist at a time.
-        for b, length in enumerate(mask.sum(1).tolist()):
-            log_p = torch.log_softmax(softmax_precision(logits[b, :length]), dim=-1)
-            targets = ids[b, 1:length].to(log_p.device)
-            ce.append(float(-log_p[torch.arange(length - 1, device=log_p.device), targets].double().mean()))
-            if original is not None:
-                log_q = torch.log_softmax(softmax_precision(original[b, :length]), dim=-1)
-                kl.append(float((log_q.exp() * (log_q - log_p)).double().sum() / length))
-            elif with_kl:
-                kl.append(0.0)
-    return ce, (kl if with_kl else None)
+        lengths = mask.sum(1).tolist()
+        original = reference[number] if reference is not None else None
+        if plain:
+            # A setting that shifts nothing is the original model: the reference logits are its logits.
+            logits = original if original is not None else shifted(ids, mask, settings=torch.full((len(batch),),
+                                                                                                  plain[0])).logits
+            values = [_ce(_log_probs(logits[b, :length]), ids[b, 1:length]) for b, length in enumerate(lengths)]
+            for s in plain:
+                ce[s] += values
+                kl[s] += [0.0] * len(values)
+        pairs = [(s, b) for s in shifting for b in range(len(batch))]
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start:start + batch_size]
+            rows = [b for _, b in chunk]
+            width = max(lengths[b] for b in rows)
+            logits = shifted(ids[rows, :width], mask[rows, :width], shift_mask=mask[rows, :width],
+                             settings=torch.tensor([s for s, _ in chunk])).logits
+            for j, (s, b) in enumerate(chunk):
+                length = lengths[b]
+                # Row by row, so float32 log-probabilities of one [seq, vocab] slice exist at a time.
+                log_p = _log_probs(logits[j, :length])
+                ce[s].append(_ce(log_p, ids[b, 1:length]))
+                if with_kl:
+                    log_q = _log_probs(original[b, :length].to(log_p.device))
+                    kl[s].append(float((log_q.exp() * (log_q - log_p)).double().sum() / length))
+    return [(ce[s], kl[s] if with_kl else None) for s in settings]
+
+
+def _log_probs(logits: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(softmax_precision(logits), dim=-1)
+
+
+def _ce(log_p: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean next-token cross-entropy of one row, from its [length, vocab] log-probabilities."""
+    targets = targets.to(log_p.device)
+    return float(-log_p[torch.arange(len(targets), device=log_p.device), targets].double().mean())
+
+
+def ce_and_kl(shifted: ShiftedModel, token_rows: list[list[int]], pad_id: int, batch_size: int = 8,
+              with_kl: bool = True, progress: bool = True,
+              reference: list[torch.Tensor] | None = None) -> tuple[list[float], list[float] | None]:
+    """ce_and_kl_per_setting of a ShiftedModel of one setting."""
+    return only_setting(ce_and_kl_per_setting(shifted, token_rows, pad_id, batch_size, with_kl, progress, reference))
 
 
 class CeKl:
@@ -130,14 +165,22 @@ class CeKl:
             self._reference = (model, reference_logits(model, self.rows, self.pad_id, self.batch_size, progress))
         return self._reference[1]
 
-    def per_document(self, shifted: ShiftedModel, options: set[str], progress: bool = True) -> dict[str, list[float]]:
-        """{"ce": […], "kl": […]}: per sampled document, for the --metrics options asked; empty without documents."""
+    def per_setting(self, shifted: ShiftedModel, options: set[str], progress: bool = True) -> list[dict[str, list[float]]]:
+        """Per setting of `shifted`, {"ce": […], "kl": […]}: per sampled document, for the --metrics options asked;
+        empty without documents."""
         wanted = {"ce", "kl"} & set(options)
+        settings = range(len(shifted.settings))
         if not wanted:
-            return {}
+            return [{} for _ in settings]
         if self.rows is None:
-            return {name: [] for name in sorted(wanted)}
+            return [{name: [] for name in sorted(wanted)} for _ in settings]
         with_kl = "kl" in wanted
-        reference = None if shifted.active and not with_kl else self.reference(shifted.model, progress)
-        ce, kl = ce_and_kl(shifted, self.rows, self.pad_id, self.batch_size, with_kl, progress, reference)
-        return {"ce": ce, **({"kl": kl} if with_kl else {})}
+        plain = not all(shifted.shifts_setting(s) for s in settings)
+        reference = self.reference(shifted.model, progress) if with_kl or plain else None
+        per_setting = ce_and_kl_per_setting(shifted, self.rows, self.pad_id, self.batch_size, with_kl, progress,
+                                            reference)
+        return [{"ce": ce, **({"kl": kl} if with_kl else {})} for ce, kl in per_setting]
+
+    def per_document(self, shifted: ShiftedModel, options: set[str], progress: bool = True) -> dict[str, list[float]]:
+        """per_setting of a ShiftedModel of one setting."""
+        return only_setting(self.per_setting(shifted, options, progress))

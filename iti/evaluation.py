@@ -18,11 +18,11 @@ from iti.ce_kl import CeKl
 from iti.data import GenerationQuestion
 from iti.errors import UsageError
 from iti.files import read_text
-from iti.generation import generate_answers
+from iti.generation import generate_answers_per_setting
 from iti.head_shifts import HeadShifts
 from iti.intervention import ShiftedModel
 from iti.judges import JudgePanel
-from iti.mc import evaluate_mc
+from iti.mc import evaluate_mc_per_setting
 from iti.metrics import BY_NAME, METRICS, PER_QUESTION, missing, shown, with_products
 from iti.prompts import Prompting
 from iti.statistics import intervals
@@ -63,52 +63,73 @@ class Evaluator:
     def evaluate(self, shifts: HeadShifts | None, records: list[GenerationQuestion], spec: EvalSpec | None = None,
                  progress: bool = True) -> tuple[pd.DataFrame, dict[str, float]]:
         """(answer frame, means) of these questions; metrics not asked (or not computable) are NaN."""
-        spec = spec or self.spec
-        frame = questions_frame(records)
-        results = {metric.name: math.nan for metric in METRICS}
-        # α = 0 adds nothing, so the plain model is that baseline (KL exactly 0).
-        shifted = ShiftedModel(self.model, shifts if shifts is not None and shifts.alpha != 0 else None)
-        for option, outputs in self._passes(shifted, records, spec, frame, progress):
-            for metric in (m for m in METRICS if m.option == option):
-                if metric.per_question:
-                    column = f"{spec.tag} {metric.column}"
-                    frame[column] = [metric.score(output) for output in outputs]
-                    results[metric.name] = float(frame[column].mean())
-                else:
-                    results[metric.name] = metric.score(outputs)
-        return frame, with_products(results)
+        return self.evaluate_settings([shifts], records, spec, progress)[0]
 
     def evaluate_settings(self, settings: list[HeadShifts | None], records: list[GenerationQuestion],
                           spec: EvalSpec | None = None, progress: bool = True
                           ) -> list[tuple[pd.DataFrame, dict[str, float]]]:
-        """`evaluate` of each setting on the same questions, in the order given."""
-        return [self.evaluate(shifts, records, spec, progress) for shifts in settings]
+        """`evaluate` of each setting on the same questions, in the order given, computed together: rows of every
+        setting share batches, MC prefixes and the CE/KL reference, and each judge scores every setting's answers
+        in one call (so loads once)."""
+        if not settings:
+            return []
+        spec = spec or self.spec
+        # α = 0 adds nothing, so the plain model is that baseline (KL exactly 0). A setting given twice (the plain
+        # model, above all) is computed once.
+        effective = [None if shifts is None or shifts.alpha == 0 or shifts.k == 0 else shifts for shifts in settings]
+        distinct = list({id(shifts): shifts for shifts in effective}.values())
+        slots = [next(i for i, shifts in enumerate(distinct) if shifts is setting) for setting in effective]
+        frames = [questions_frame(records) for _ in distinct]
+        results = [{metric.name: math.nan for metric in METRICS} for _ in distinct]
+        shifted = ShiftedModel(self.model, distinct)
+        for option, per_setting in self._passes(shifted, records, spec, frames, progress):
+            for frame, setting_results, outputs in zip(frames, results, per_setting):
+                for metric in (m for m in METRICS if m.option == option):
+                    if metric.per_question:
+                        column = f"{spec.tag} {metric.column}"
+                        frame[column] = [metric.score(output) for output in outputs]
+                        setting_results[metric.name] = float(frame[column].mean())
+                    else:
+                        setting_results[metric.name] = metric.score(outputs)
+        return [(frames[i].copy(), with_products(results[i])) for i in slots]
 
-    def _passes(self, shifted: ShiftedModel, records: list[GenerationQuestion], spec: EvalSpec, frame: pd.DataFrame,
-                progress: bool) -> Iterator[tuple[str, list]]:
-        """Per --metrics option asked, the outputs its metrics score (per question, or per document), in the
-        answer files' column order; a pass adds its own columns to `frame` before its metrics' columns."""
+    def _passes(self, shifted: ShiftedModel, records: list[GenerationQuestion], spec: EvalSpec,
+                frames: list[pd.DataFrame], progress: bool) -> Iterator[tuple[str, list[list]]]:
+        """Per --metrics option asked, per setting of `shifted` the outputs its metrics score (per question, or per
+        document), in the answer files' column order; a pass adds its own columns to each setting's frame before
+        its metrics' columns."""
         tag = spec.tag
         if "mc" in spec.metrics:
-            mc = evaluate_mc(shifted, self.tokenizer, records, self.prompting, batch_size=spec.batch_size,
-                             progress=progress, add_period=spec.add_period)
-            frame[f"{tag} lprob max"] = [max(r.true_scores) for r in mc]
-            frame[f"{tag} lprob diff"] = [max(r.true_scores) - max(r.false_scores) for r in mc]
-            frame[f"{tag} lprob scores-true"] = [json.dumps(r.true_scores) for r in mc]
-            frame[f"{tag} lprob scores-false"] = [json.dumps(r.false_scores) for r in mc]
-            yield "mc", mc
+            per_setting = evaluate_mc_per_setting(shifted, self.tokenizer, records, self.prompting,
+                                                  batch_size=spec.batch_size, progress=progress,
+                                                  add_period=spec.add_period)
+            for frame, mc in zip(frames, per_setting):
+                frame[f"{tag} lprob max"] = [max(r.true_scores) for r in mc]
+                frame[f"{tag} lprob diff"] = [max(r.true_scores) - max(r.false_scores) for r in mc]
+                frame[f"{tag} lprob scores-true"] = [json.dumps(r.true_scores) for r in mc]
+                frame[f"{tag} lprob scores-false"] = [json.dumps(r.false_scores) for r in mc]
+            yield "mc", per_setting
         if self.ce_kl is not None:
-            yield from self.ce_kl.per_document(shifted, set(spec.metrics), progress).items()
+            per_setting = self.ce_kl.per_setting(shifted, set(spec.metrics), progress)
+            for option in per_setting[0]:
+                yield option, [values[option] for values in per_setting]
         if self.judges is not None and spec.metrics & set(JUDGED):
             questions = [r.question for r in records]
-            frame[tag] = generate_answers(shifted, self.tokenizer, questions, self.prompting,
-                                          max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size,
-                                          progress=progress)
-            scores = self.judges.score(questions, frame[tag].tolist(), shifted.model, progress=progress)
+            answers = generate_answers_per_setting(shifted, self.tokenizer, questions, self.prompting,
+                                                   max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size,
+                                                   progress=progress)
+            for frame, setting_answers in zip(frames, answers):
+                frame[tag] = setting_answers
+            # Every setting's answers in one call: each judge loads once for all of them.
+            scores = self.judges.score(questions * len(answers), [a for setting in answers for a in setting],
+                                       shifted.model, progress=progress)
             for option, (kind, column, _) in JUDGED.items():
                 if kind in scores:
-                    frame[f"{tag} {column}"] = scores[kind]
-                    yield option, scores[kind]
+                    per_setting = [scores[kind][i * len(questions):(i + 1) * len(questions)]
+                                   for i in range(len(answers))]
+                    for frame, values in zip(frames, per_setting):
+                        frame[f"{tag} {column}"] = values
+                    yield option, per_setting
 
 
 def questions_frame(records: list[GenerationQuestion]) -> pd.DataFrame:

@@ -7,12 +7,15 @@ shift goes on the answer's tokens only (docs/method.md §5).
 Fast path, equal to one forward per answer: every row is tokenized in full (a merge of tokens across the
 prompt/answer boundary is the tokenizer's, per row). The prefix common to all rows runs once; per question, the
 tokens its rows share (up to the position before their first answer token) extend a copy of that cache, and the
-question's rows run as one right-padded batch on it.
+question's rows run as one right-padded batch on it. With several settings of head shifts (one ShiftedModel), the
+prefix is the same for all of them (unshifted: the shift starts at the answer), so every setting's rows of a
+question run on copies of the one prefix cache, rows of (setting, answer) batched together.
 """
 from __future__ import annotations
 
 import copy
 import inspect
+import math
 import os
 from dataclasses import dataclass
 
@@ -22,7 +25,7 @@ from tqdm.auto import tqdm
 from iti.batching import pad_batch
 from iti.data import GenerationQuestion
 from iti.errors import UsageError
-from iti.intervention import ShiftedModel
+from iti.intervention import ShiftedModel, only_setting
 from iti.models import input_device, softmax_precision
 from iti.prompts import ANSWER_SEPARATOR, Prompting, answer_prompt
 
@@ -97,8 +100,9 @@ def _extend_cache(model, cache, ids: list[int], past: int):
 
 
 @torch.inference_mode()
-def _score_batch(shifted: ShiftedModel, rows: list[_Row], cache, past: int) -> list[float]:
-    """Summed answer log-probabilities of rows that share their first `past` tokens (held in `cache`)."""
+def _score_batch(shifted: ShiftedModel, rows: list[_Row], settings: list[int], cache, past: int) -> list[float]:
+    """Summed answer log-probabilities of rows (each under its setting) that share their first `past` tokens (held
+    in `cache`)."""
     suffixes = [row.ids[past:] for row in rows]
     ids, suffix_mask = pad_batch(suffixes, 0)
     mask = torch.cat([torch.ones(len(rows), past, dtype=torch.long), suffix_mask], dim=1)
@@ -109,7 +113,7 @@ def _score_batch(shifted: ShiftedModel, rows: list[_Row], cache, past: int) -> l
     if cache is not None:
         cache.batch_repeat_interleave(len(rows))
         kwargs = {"cache": cache, "use_cache": True}
-    logits = shifted(ids, mask, shift_mask=shift, **kwargs).logits
+    logits = shifted(ids, mask, shift_mask=shift, settings=torch.tensor(settings), **kwargs).logits
     log_probs = torch.log_softmax(softmax_precision(logits), dim=-1).cpu()
     scores = []
     for b, (row, suffix) in enumerate(zip(rows, suffixes)):
@@ -120,45 +124,76 @@ def _score_batch(shifted: ShiftedModel, rows: list[_Row], cache, past: int) -> l
     return scores
 
 
-def score_answers(shifted: ShiftedModel, tokenizer, prompts: list[str], answers: list[list[str]],
-                  batch_size: int = 32, progress: bool = True, separator: str = ANSWER_SEPARATOR) -> list[list[float]]:
-    """Summed log-probability of each answer (`answers[i]` those of `prompts[i]`) after `{prompt}{separator}`, the
-    shift on answer tokens only; equal, up to float noise, to one forward of the full text per answer."""
+def score_answers_per_setting(shifted: ShiftedModel, tokenizer, prompts: list[str], answers: list[list[str]],
+                              batch_size: int = 32, progress: bool = True,
+                              separator: str = ANSWER_SEPARATOR) -> list[list[list[float]]]:
+    """Per setting of `shifted`, the summed log-probability of each answer (`answers[i]` those of `prompts[i]`)
+    after `{prompt}{separator}`, the shift on answer tokens only; equal, up to float noise, to one forward of the
+    full text per answer and setting. At most `batch_size` rows of (setting, answer) per forward."""
     model = shifted.model
+    settings = range(len(shifted.settings))
     rows = [[tokenize_answer(tokenizer, prompt, answer, separator) for answer in group]
             for prompt, group in zip(prompts, answers)]
+    scores: list[list[list[float]]] = [[[] for _ in prompts] for _ in settings]
     every_row = [row for group in rows for row in group]
     if not every_row:
-        return [[] for _ in prompts]
+        return scores
     common = _shared_length(every_row)
     common_cache = _extend_cache(model, None, every_row[0].ids[:common], 0)
-    scores: list[list[float]] = []
-    with tqdm(total=len(every_row), desc="MC answers", unit="answer", disable=not progress) as bar:
-        for group in rows:
-            group_scores: list[float] = []
-            for start in range(0, len(group), batch_size):
-                chunk = group[start:start + batch_size]
-                shared = _shared_length(chunk)
-                cache = copy.deepcopy(common_cache)
-                cache = _extend_cache(model, cache, chunk[0].ids[common:shared], common)
-                group_scores += _score_batch(shifted, chunk, cache, shared)
+    with tqdm(total=len(every_row) * len(settings), desc="MC answers", unit="answer", disable=not progress) as bar:
+        for question, group in enumerate(rows):
+            if not group:
+                continue
+            prefix = _shared_length(group)
+            prefix_cache = _extend_cache(model, copy.deepcopy(common_cache), group[0].ids[common:prefix], common)
+            for setting in settings:
+                scores[setting][question] = [math.nan] * len(group)
+            # Longest answers first, each answer's settings side by side: a batch's rows are of about one length,
+            # so they carry little padding.
+            by_length = sorted(range(len(group)), key=lambda answer: -len(group[answer].ids))
+            pairs = [(setting, answer) for answer in by_length for setting in settings]
+            for start in range(0, len(pairs), batch_size):
+                chunk = pairs[start:start + batch_size]
+                chunk_rows = [group[answer] for _, answer in chunk]
+                shared = _shared_length(chunk_rows)
+                cache = _extend_cache(model, copy.deepcopy(prefix_cache), chunk_rows[0].ids[prefix:shared], prefix)
+                values = _score_batch(shifted, chunk_rows, [setting for setting, _ in chunk], cache, shared)
+                for (setting, answer), value in zip(chunk, values):
+                    scores[setting][question][answer] = value
                 bar.update(len(chunk))
-            scores.append(group_scores)
     return scores
 
 
-def evaluate_mc(shifted: ShiftedModel, tokenizer, records: list[GenerationQuestion], prompting: Prompting = Prompting(),
-                batch_size: int = 32, progress: bool = True, add_period: bool = True) -> list[MCResult]:
-    """Each question's reference answers scored (generation-order fields, or any §9 item): what MC1/MC2/MC3 read."""
+def score_answers(shifted: ShiftedModel, tokenizer, prompts: list[str], answers: list[list[str]],
+                  batch_size: int = 32, progress: bool = True, separator: str = ANSWER_SEPARATOR) -> list[list[float]]:
+    """score_answers_per_setting of a ShiftedModel of one setting."""
+    return only_setting(score_answers_per_setting(shifted, tokenizer, prompts, answers, batch_size, progress,
+                                                  separator))
+
+
+def evaluate_mc_per_setting(shifted: ShiftedModel, tokenizer, records: list[GenerationQuestion],
+                            prompting: Prompting = Prompting(), batch_size: int = 32, progress: bool = True,
+                            add_period: bool = True) -> list[list[MCResult]]:
+    """Per setting of `shifted`, each question's reference answers scored (generation-order fields, or any §9
+    item): what MC1/MC2/MC3 read."""
     references = [mc_references(record, add_period) for record in records]
     prompts = [prompting.prompt(ref.question) for ref in references]
     # The best answer is one of the true answers in TruthfulQA; scored on its own only if it is not.
     candidates = [ref.true + ref.false + ([] if ref.best in ref.true else [ref.best]) for ref in references]
-    all_scores = score_answers(shifted, tokenizer, prompts, candidates, batch_size, progress, prompting.answer_separator)
-    results = []
-    for ref, scores in zip(references, all_scores):
-        true_scores = scores[:len(ref.true)]
-        false_scores = scores[len(ref.true):len(ref.true) + len(ref.false)]
-        best = true_scores[ref.true.index(ref.best)] if ref.best in ref.true else scores[-1]
-        results.append(MCResult(true_scores, false_scores, best))
-    return results
+    per_setting = score_answers_per_setting(shifted, tokenizer, prompts, candidates, batch_size, progress,
+                                            prompting.answer_separator)
+    return [[_mc_result(ref, scores) for ref, scores in zip(references, all_scores)] for all_scores in per_setting]
+
+
+def _mc_result(ref: MCReferences, scores: list[float]) -> MCResult:
+    true_scores = scores[:len(ref.true)]
+    false_scores = scores[len(ref.true):len(ref.true) + len(ref.false)]
+    best = true_scores[ref.true.index(ref.best)] if ref.best in ref.true else scores[-1]
+    return MCResult(true_scores, false_scores, best)
+
+
+def evaluate_mc(shifted: ShiftedModel, tokenizer, records: list[GenerationQuestion], prompting: Prompting = Prompting(),
+                batch_size: int = 32, progress: bool = True, add_period: bool = True) -> list[MCResult]:
+    """evaluate_mc_per_setting of a ShiftedModel of one setting."""
+    return only_setting(evaluate_mc_per_setting(shifted, tokenizer, records, prompting, batch_size, progress,
+                                                add_period))
