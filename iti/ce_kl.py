@@ -165,7 +165,8 @@ class CeKl:
             self._reference = (model, reference_logits(model, self.rows, self.pad_id, self.batch_size, progress))
         return self._reference[1]
 
-    def per_setting(self, shifted: ShiftedModel, options: set[str], progress: bool = True) -> list[dict[str, list[float]]]:
+    def per_setting(self, shifted: ShiftedModel, options: set[str],
+                    progress: bool = True) -> list[dict[str, list[float]]]:
         """Per setting of `shifted`, {"ce": […], "kl": […]}: per sampled document, for the --metrics options asked;
         empty without documents."""
         wanted = {"ce", "kl"} & set(options)

@@ -9,8 +9,9 @@ its setting. Positions and settings travel with each call as data, as the table 
 - scoring answers, CE and KL: a [batch, seq] table row per position: 0 (unshifted) outside the positions to shift
   (answer tokens; every real token), 1 + the row's setting at them, so each padded row has its own positions and
   padding gets nothing; it is handed to every intervention through pyvene's per-call `subspaces` argument;
-- generation with a KV cache: a [batch] table row per batch row (1 + its setting), added at the last position of every forward,
-  i.e. the prompt's last token, then each new token (prompts left-padded so that every row ends there).
+- generation with a KV cache: a [batch] table row per batch row (1 + its setting), added at the last position of
+  every forward, i.e. the prompt's last token, then each new token (prompts left-padded so that every row ends
+  there).
 
 Row 0 of the table is zeros and a row of a setting holds its δ_l exactly (zeros where it leaves the layer alone),
 so a row of a batch computes bit for bit what it computes in the same batch under a ShiftedModel of its setting

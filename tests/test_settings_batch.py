@@ -108,7 +108,7 @@ def answer_terms(tokenizer, prompts, answers) -> np.ndarray:
 
 
 def test_mc_scores_of_every_setting_equal_each_setting_alone(tiny, tqa):
-    """batch_size 4 over 5 settings × 5 answers: chunks cut through settings and mix them."""
+    """batch_size 4 over 5 settings × 5 answers: batches mix settings and answers and cut through both."""
     model, tokenizer = tiny
     settings = grid(model)
     prompts, answers = mc_inputs(tqa)
@@ -229,4 +229,5 @@ def test_evaluate_settings_equals_evaluate_of_each_and_loads_each_judge_once(tin
 def test_no_settings_no_results(tiny, tqa):
     model, tokenizer = tiny
     spec = EvalSpec(frozenset({"mc"}), "tiny")
-    assert Evaluator(model, tokenizer, Prompting("none"), spec).evaluate_settings([], tqa.generation_in_mc_order()[:1]) == []
+    evaluator = Evaluator(model, tokenizer, Prompting("none"), spec)
+    assert evaluator.evaluate_settings([], tqa.generation_in_mc_order()[:1]) == []
