@@ -13,7 +13,14 @@ python benchmarks/bench_pipeline.py --device cpu                       # the bun
 python benchmarks/bench_pipeline.py --device cuda --random_llama2_7b   # LLaMA-2-7B geometry, random fp16 weights
 python benchmarks/bench_pipeline.py --memory                           # also: peak memory of all 5,882 tqa_mc2 rows
 
-Each way is warmed up once (on a small input) before it is timed. No timing is asserted anywhere.
+The sweep and selection stages (run only when --stages names them) time a grid of (K, α) two ways: a
+validate_2fold process per cell against one validate_2fold --sweep, and per setting a probe fit and an
+evaluation against one fit and one Evaluator.evaluate_settings; each compares what the two ways computed.
+
+    python benchmarks/bench_pipeline.py --stages sweep,selection --num_questions 20   # ~22 min on 2 CPU cores
+
+Each way is warmed up once (on a small input) before it is timed, except the grids, timed once as they
+come (a cold process per cell is what they measure). No timing is asserted anywhere.
 """
 from __future__ import annotations
 
