@@ -13,7 +13,14 @@ python benchmarks/bench_pipeline.py --device cpu                       # the bun
 python benchmarks/bench_pipeline.py --device cuda --random_llama2_7b   # LLaMA-2-7B geometry, random fp16 weights
 python benchmarks/bench_pipeline.py --memory                           # also: peak memory of all 5,882 tqa_mc2 rows
 
-Each way is warmed up once (on a small input) before it is timed. No timing is asserted anywhere.
+The sweep and selection stages (run only when --stages names them) time a grid of (K, α) two ways: a
+validate_2fold process per cell against one validate_2fold --sweep, and per setting a probe fit and an
+evaluation against one fit and one Evaluator.evaluate_settings; each compares what the two ways computed.
+
+    python benchmarks/bench_pipeline.py --stages sweep,selection --num_questions 20   # ~22 min on 2 CPU cores
+
+Each way is warmed up once (on a small input) before it is timed, except the grids, timed once as they
+come (a cold process per cell is what they measure). No timing is asserted anywhere.
 """
 from __future__ import annotations
 
@@ -452,11 +459,184 @@ def ce_kl(bench: Bench) -> dict:
                   {"intervention": bench.intervention.label, "text": "validation/write_local_text.py prose"})
 
 
+# ----------------------------------------------------------------------------- grids of (K, α)
+
+def grid_settings(options: BenchOptions) -> list[tuple[int, float]]:
+    """Every (K, α) of --grid_k × --grid_alpha, K major (the order of validate_2fold's --sweep cells)."""
+    return [(k, alpha) for k in options.grid_ks() for alpha in options.grid_alphas()]
+
+
+def validate_command(options: BenchOptions, features_dir: Path, results_dir: Path, settings: list[str]) -> list[str]:
+    """validate_2fold on the sweep's questions (MC only) with these setting flags, writing under `results_dir`."""
+    command = [sys.executable, str(REPO_ROOT / "validation" / "validate_2fold.py"), "--use_center_of_mass",
+               "--model_name", options.model_name, "--device", options.device, "--dtype", options.dtype,
+               "--limit", str(options.sweep_questions), "--metrics", "mc", "--seed", str(options.seed),
+               "--batch_size", str(options.batch_size), "--features_dir", str(features_dir),
+               "--results_dir", str(results_dir), *settings]
+    return command + script_source_flags(options)
+
+
+def script_source_flags(options: BenchOptions) -> list[str]:
+    return [flag for name, value in (("--model_path", options.model_path), ("--tqa_path", options.tqa_path))
+            if value is not None for flag in (name, value)]
+
+
+def run_script(command: list[str]) -> None:
+    """A script of the repository in a process of its own (this process's environment, threads included)."""
+    env = {**os.environ, "TQDM_DISABLE": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[1:3])} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+
+
+def answer_files(results_dir: Path) -> dict[str, Path]:
+    """Every answer file of a results folder, by file name."""
+    return {path.name: path for path in sorted((results_dir / "results_dump" / "answer_dump").glob("*.csv"))}
+
+
+def compare_answer_files(slow: dict[str, Path], fast: dict[str, Path]) -> dict:
+    """How far two results folders' answer files (the same names) differ: per question, every answer's MC log
+    probability and MC1/MC2/MC3."""
+    import numpy as np
+    import pandas as pd
+
+    if sorted(slow) != sorted(fast):
+        raise RuntimeError(f"the two ways wrote different answer files: {sorted(set(slow) ^ set(fast))}")
+    logprob_gap, metric_gap, questions = 0.0, {"MC1": 0.0, "MC2": 0.0, "MC3": 0.0}, 0
+    for name in slow:
+        a, b = pd.read_csv(slow[name]), pd.read_csv(fast[name])
+        if list(a.columns) != list(b.columns) or len(a) != len(b):
+            raise RuntimeError(f"{name}: the two ways wrote different columns or questions")
+        questions += len(a)
+        for column in a.columns:
+            if "lprob scores" in column:
+                pairs = [(json.loads(x), json.loads(y)) for x, y in zip(a[column], b[column])]
+                logprob_gap = max([logprob_gap] + [float(np.max(np.abs(np.subtract(x, y)))) for x, y in pairs])
+            metric = column.rsplit(" ", 1)[-1]
+            if metric in metric_gap:
+                metric_gap[metric] = max(metric_gap[metric], float(np.max(np.abs(a[column] - b[column]))))
+    return {"answer_files": len(slow), "questions_scored": questions, "same_file_names": True,
+            "max_abs_logprob_diff": logprob_gap, **{f"max_abs_{m.lower()}_diff": v for m, v in metric_gap.items()}}
+
+
+def sweep(bench: Bench) -> dict:
+    """The (K, α) grid on --sweep_questions questions, 2 folds, MC: a validate_2fold process per cell (as the sweep
+    scripts ran it) against one validate_2fold --sweep; both write every cell's run, compared file by file."""
+    import tempfile
+
+    options = bench.options
+    settings = grid_settings(options)
+    with tempfile.TemporaryDirectory(prefix="bench_sweep_") as folder:
+        work = Path(folder)
+        features = work / "features"
+        log(f"[sweep] extracting tqa_mc2 and tqa_gen_end_q of {options.sweep_questions} questions (untimed) ...")
+        run_script([sys.executable, str(REPO_ROOT / "get_activations" / "get_activations.py"), "--model_name",
+                    options.model_name, "--device", options.device, "--dtype", options.dtype, "--dataset_name",
+                    "tqa_mc2", "tqa_gen_end_q", "--limit", str(options.sweep_questions), "--batch_size",
+                    str(options.batch_size), "--features_dir", str(features), *script_source_flags(options)])
+
+        def one_process_per_cell():
+            for k, alpha in settings:
+                run_script(validate_command(options, features, work / "per_cell",
+                                            ["--num_heads", str(k), "--alpha", f"{alpha:g}"]))
+
+        def one_process():
+            run_script(validate_command(options, features, work / "one_process",
+                                        ["--sweep", "--num_heads", *map(str, options.grid_ks()),
+                                         "--alpha", *(f"{a:g}" for a in options.grid_alphas())]))
+
+        _, slow_s = timed_once(one_process_per_cell)
+        _, fast_s = timed_once(one_process)
+        agreement = {"cells": len(settings), **compare_answer_files(answer_files(work / "per_cell"),
+                                                                    answer_files(work / "one_process"))}
+    return report("sweep", slow_s, fast_s, agreement,
+                  f"a validate_2fold process per cell ({len(settings)})", "one validate_2fold --sweep process",
+                  {"grid": grid_label(options), "questions": options.sweep_questions, "folds": 2, "metrics": "mc"})
+
+
+def timed_once(call: Callable[[], Any]) -> tuple[Any, float]:
+    """(result, wall time) of one call: a whole grid of processes is too long to repeat."""
+    began = time.perf_counter()
+    result = call()
+    return result, time.perf_counter() - began
+
+
+def grid_label(options: BenchOptions) -> str:
+    return (f"K {{{', '.join(map(str, options.grid_ks()))}}} x alpha "
+            f"{{{', '.join(f'{a:g}' for a in options.grid_alphas())}}}")
+
+
+def selection(bench: Bench) -> dict:
+    """A selection grid on the benchmark's questions (MC, and KL on --selection_kl_samples documents): per (K, α) a
+    fit_head_shifts and an Evaluator.evaluate (selection before issue 29) against iti.selection.score_settings,
+    one probe fit and one Evaluator.evaluate_settings call."""
+    from iti.ce_kl import CeKl
+    from iti.evaluation import EvalSpec, Evaluator
+    from iti.fitting import Features, Recipe, fit_head_shifts, seeded_split
+    from iti.geometry import head_geometry
+    from iti.local_text import MIN_CHARS, reference_paragraphs
+    from iti.prompts import Prompting
+    from iti.selection import score_settings
+
+    options, records = bench.options, bench.records
+    rows = bench.head_wise()
+    features = Features(rows, bench.mc2.labels, bench.mc2.question_ids, rows, bench.mc2.question_ids,
+                        head_geometry(bench.model.config).num_heads)
+    split = seeded_split(bench.mc2.question_ids, VAL_RATIO, options.seed)
+    settings = grid_settings(options)
+    recipe = Recipe(1, 1.0, "center_of_mass", seed=options.seed,
+                    device="cuda" if options.device.startswith("cuda") else "cpu")
+    metrics = {"mc"} | ({"kl"} if options.selection_kl_samples else set())
+    compared = ("MC1", "MC2", "MC3") + (("KL",) if "kl" in metrics else ())
+    texts = reference_paragraphs(MIN_CHARS) if options.selection_kl_samples else None
+
+    def evaluator() -> Evaluator:
+        """A fresh one per way, so each pays its own unshifted CE/KL reference."""
+        spec = EvalSpec(frozenset(metrics), "bench", options.batch_size)
+        return Evaluator(bench.model, bench.tokenizer, Prompting(), spec,
+                         ce_kl=CeKl(texts, bench.tokenizer, options.seed, min(options.batch_size, 8),
+                                    options.selection_kl_samples))
+
+    def values(results: dict[str, float]) -> dict[str, float]:
+        return {name: results[name] for name in compared}
+
+    def setting_by_setting():
+        scoring, table = evaluator(), []
+        for k, alpha in settings:
+            shifts = (fit_head_shifts(features, split, dataclasses.replace(recipe, num_heads=k, alpha=alpha),
+                                      progress=False)[0] if k > 0 and alpha != 0 else None)
+            table.append({"K": k, "alpha": alpha, **values(scoring.evaluate(shifts, records, progress=False)[1])})
+        return table
+
+    def one_engine():
+        scoring = evaluator()
+
+        def score(shifts):
+            return [values(results) for _, results in scoring.evaluate_settings(shifts, records, progress=False)]
+
+        return score_settings(features, split, settings, recipe, score)
+
+    slow_table, slow_s = timed_once(setting_by_setting)
+    fast_table, fast_s = timed_once(one_engine)
+    agreement = {"settings": len(settings), "questions": len(records),
+                 "same_settings_in_order": [(r["K"], r["alpha"]) for r in slow_table]
+                                           == [(r["K"], r["alpha"]) for r in fast_table],
+                 **{f"max_abs_{name.lower()}_diff": max(abs(a[name] - b[name]) for a, b in zip(slow_table, fast_table))
+                    for name in compared}}
+    return report("selection", slow_s, fast_s, agreement, "per (K, alpha): fit_head_shifts + Evaluator.evaluate",
+                  "score_settings: one probe fit, one Evaluator.evaluate_settings",
+                  {"grid": grid_label(options), "metrics": ", ".join(sorted(metrics)),
+                   "kl_documents": options.selection_kl_samples, "table_one_at_a_time": slow_table,
+                   "table_fast": fast_table})
+
+
 @dataclass(frozen=True)
 class Stage:
     run: Callable[[Bench], dict]
     needs_model: bool = True
     needs_shifts: bool = False  # runs the model with the random head shifts
+    by_default: bool = True  # run without --stages (the grids take several minutes more)
 
 
 # Every stage, in the order of the summary line.
@@ -468,6 +648,8 @@ STAGES: dict[str, Stage] = {
     "generation": Stage(generation, needs_shifts=True),
     "judge": Stage(judge),
     "ce_kl": Stage(ce_kl, needs_shifts=True),
+    "sweep": Stage(sweep, needs_model=False, by_default=False),  # its processes load the model
+    "selection": Stage(selection, by_default=False),
 }
 
 
@@ -492,7 +674,8 @@ class BenchOptions:
     device: str = _option("cpu", "cpu (default), cuda, cuda:N")
     dtype: str = _option("auto", None, choices=["auto", "float32", "float16", "bfloat16"])
     batch_size: int = _option(16, None)
-    stages: str = _option(",".join(STAGES), "comma-separated subset of " + ",".join(STAGES))
+    stages: str = _option(",".join(name for name, stage in STAGES.items() if stage.by_default),
+                          "comma-separated subset of " + ",".join(STAGES))
     output: str | None = _option(None, "write every figure and the configuration to this JSON file")
     memory: bool = _option(False, "also measure peak memory of extracting all 5,882 tqa_mc2 rows")
     memory_limit: int | None = _option(None, argparse.SUPPRESS)  # questions, for smoke tests
@@ -508,6 +691,16 @@ class BenchOptions:
                                       "1, the default, is its fastest on small fits and on a busy machine)")
     threads: int = _option(0, "torch threads (0: torch's default)")
     repeats: int = _option(1, "time each model stage this many times, keep the fastest")
+    grid_k: str = _option("4,8,16,32", "K values of the sweep and selection grids (comma-separated)")
+    grid_alpha: str = _option("0,2,5,10,15", "alpha values of the sweep and selection grids (comma-separated)")
+    sweep_questions: int = _option(20, "questions (validate_2fold --limit, 2 folds) of the sweep stage")
+    selection_kl_samples: int = _option(4, "documents of 128 tokens for the selection stage's KL (0: MC only)")
+
+    def grid_ks(self) -> list[int]:
+        return [int(value) for value in self.grid_k.split(",")]
+
+    def grid_alphas(self) -> list[float]:
+        return [float(value) for value in self.grid_alpha.split(",")]
 
     def stage_names(self) -> list[str]:
         return [s.strip() for s in self.stages.split(",") if s.strip()]
@@ -516,7 +709,12 @@ class BenchOptions:
         unknown = [s for s in self.stage_names() if s not in STAGES]
         if unknown:
             raise UsageError(f"unknown stage(s) {unknown}; pick from {', '.join(STAGES)}")
-        probing = [s for s in self.stage_names() if s == "probes" or STAGES[s].needs_shifts]
+        try:
+            self.grid_ks(), self.grid_alphas()
+        except ValueError:
+            raise UsageError(f"--grid_k {self.grid_k!r} / --grid_alpha {self.grid_alpha!r}: give comma-separated "
+                             "integers and numbers, e.g. --grid_k 4,8 --grid_alpha 0,5") from None
+        probing = [s for s in self.stage_names() if s in ("probes", "selection") or STAGES[s].needs_shifts]
         if probing and self.num_questions < 2:
             raise UsageError(f"the {', '.join(probing)} stage(s) hold out a fifth of the questions to validate the "
                              "probes: use --num_questions 2 or more")

@@ -115,3 +115,41 @@ def test_shifted_stages_need_two_questions():
 
     with pytest.raises(UsageError, match="the mc stage"):
         bench_pipeline.main(["--stages", "mc", "--num_questions", "1"])
+
+
+def test_the_grid_stages_agree_both_ways(model_dir, tqa_path, tmp_path, capsys):
+    """sweep: a validate_2fold process per cell and one --sweep process write the same answer files; selection:
+    a fit and an evaluation per setting and score_settings' one fit and one evaluate_settings give the same table."""
+    output = tmp_path / "grid.json"
+    bench_pipeline.main([
+        "--model_path", str(model_dir), "--tqa_path", str(tqa_path), "--stages", "sweep,selection",
+        "--grid_k", "1,2", "--grid_alpha", "0,4", "--sweep_questions", "6", "--num_questions", "4",
+        "--selection_kl_samples", "2", "--batch_size", "4", "--output", str(output),
+    ])
+    summary = capsys.readouterr().out.strip().splitlines()[-2]
+    assert re.fullmatch(r"summary: sweep=[0-9.]+x selection=[0-9.]+x", summary), summary
+
+    results = json.loads(output.read_text())["results"]
+    sweep = results["sweep"]["agreement"]
+    # 4 cells × 2 folds, each fold file holding its half of the 6 questions.
+    assert sweep["same_file_names"] and sweep["answer_files"] == 8 and sweep["questions_scored"] == 4 * 6
+    # Float32 log-probabilities of a few tokens, from batches padded differently.
+    assert sweep["max_abs_logprob_diff"] < 1e-3 and sweep["max_abs_mc1_diff"] == 0
+    assert sweep["max_abs_mc2_diff"] < 1e-4 and sweep["max_abs_mc3_diff"] < 1e-4
+
+    selection = results["selection"]
+    agreement = selection["agreement"]
+    assert agreement["settings"] == 4 and agreement["same_settings_in_order"]
+    assert agreement["max_abs_mc1_diff"] == 0 and agreement["max_abs_mc2_diff"] < 1e-4
+    assert agreement["max_abs_mc3_diff"] < 1e-4
+    # KL of the shifted settings is measurably above 0 (so the comparison means something); α = 0 is exactly 0.
+    kl = {(row["K"], row["alpha"]): row["KL"] for row in selection["table_one_at_a_time"]}
+    assert kl[(1, 0.0)] == 0 and kl[(2, 4.0)] > 0
+    assert agreement["max_abs_kl_diff"] < 1e-4 * kl[(2, 4.0)] + 1e-7
+
+
+def test_a_bad_grid_is_a_usage_error():
+    from iti.errors import UsageError
+
+    with pytest.raises(UsageError, match="--grid_k"):
+        bench_pipeline.main(["--stages", "sweep", "--grid_k", "4,eight"])
