@@ -71,34 +71,27 @@ class Evaluator:
         """`evaluate` of each setting on the same questions, in the order given, computed together: rows of every
         setting share batches, MC prefixes and the CE/KL reference, and each judge scores every setting's answers
         in one call (so loads once)."""
-        if not settings:
-            return []
-        spec = spec or self.spec
-        # α = 0 adds nothing, so the plain model is that baseline (KL exactly 0). A setting given twice (the plain
-        # model, above all) is computed once.
-        effective = [None if shifts is None or shifts.alpha == 0 or shifts.k == 0 else shifts for shifts in settings]
-        distinct = list({id(shifts): shifts for shifts in effective}.values())
-        slots = [next(i for i, shifts in enumerate(distinct) if shifts is setting) for setting in effective]
-        frames = [questions_frame(records) for _ in distinct]
-        results = [{metric.name: math.nan for metric in METRICS} for _ in distinct]
-        shifted = ShiftedModel(self.model, distinct)
-        for option, per_setting in self._passes(shifted, records, spec, frames, progress):
-            for frame, setting_results, outputs in zip(frames, results, per_setting):
-                for metric in (m for m in METRICS if m.option == option):
-                    if metric.per_question:
-                        column = f"{spec.tag} {metric.column}"
-                        frame[column] = [metric.score(output) for output in outputs]
-                        setting_results[metric.name] = float(frame[column].mean())
-                    else:
-                        setting_results[metric.name] = metric.score(outputs)
-        return [(frames[i].copy(), with_products(results[i])) for i in slots]
+        return self.evaluate_groups([(settings, records)], spec, progress)[0]
 
-    def _passes(self, shifted: ShiftedModel, records: list[GenerationQuestion], spec: EvalSpec,
-                frames: list[pd.DataFrame], progress: bool) -> Iterator[tuple[str, list[list]]]:
-        """Per --metrics option asked, per setting of `shifted` the outputs its metrics score (per question, or per
-        document), in the answer files' column order; a pass adds its own columns to each setting's frame before
-        its metrics' columns."""
-        tag = spec.tag
+    def evaluate_groups(self, groups: list[tuple[list[HeadShifts | None], list[GenerationQuestion]]],
+                        spec: EvalSpec | None = None, progress: bool = True
+                        ) -> list[list[tuple[pd.DataFrame, dict[str, float]]]]:
+        """`evaluate_settings` of each (settings, questions) group (a sweep's folds), in order; each judge scores
+        every group's answers in one call, so a judge loaded only while it scores loads once for them all."""
+        spec = spec or self.spec
+        tables = [SettingsTable.of(settings, records) for settings, records in groups]
+        for table in (table for table in tables if table.distinct):
+            for option, per_setting in self._passes(table, spec, progress):
+                table.fill(option, per_setting, spec.tag)
+        if self.judges is not None and spec.metrics & set(JUDGED):
+            self._judge(tables, spec, progress)
+        return [table.outcomes() for table in tables]
+
+    def _passes(self, table: SettingsTable, spec: EvalSpec, progress: bool) -> Iterator[tuple[str, list[list]]]:
+        """Per --metrics option asked but the judges', per distinct setting of `table` the outputs its metrics score
+        (per question, or per document), in the answer files' column order; a pass adds its own columns to each
+        setting's frame before its metrics' columns. Answers to be judged are generated into the frames."""
+        tag, records, frames, shifted = spec.tag, table.records, table.frames, ShiftedModel(self.model, table.distinct)
         if "mc" in spec.metrics:
             per_setting = evaluate_mc_per_setting(shifted, self.tokenizer, records, self.prompting,
                                                   batch_size=spec.batch_size, progress=progress,
@@ -114,22 +107,66 @@ class Evaluator:
             for option in per_setting[0]:
                 yield option, [values[option] for values in per_setting]
         if self.judges is not None and spec.metrics & set(JUDGED):
-            questions = [r.question for r in records]
-            answers = generate_answers_per_setting(shifted, self.tokenizer, questions, self.prompting,
-                                                   max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size,
-                                                   progress=progress)
+            answers = generate_answers_per_setting(shifted, self.tokenizer, [r.question for r in records],
+                                                   self.prompting, max_new_tokens=spec.max_new_tokens,
+                                                   batch_size=spec.batch_size, progress=progress)
             for frame, setting_answers in zip(frames, answers):
                 frame[tag] = setting_answers
-            # Every setting's answers in one call: each judge loads once for all of them.
-            scores = self.judges.score(questions * len(answers), [a for setting in answers for a in setting],
-                                       shifted.model, progress=progress)
-            for option, (kind, column, _) in JUDGED.items():
-                if kind in scores:
-                    per_setting = [scores[kind][i * len(questions):(i + 1) * len(questions)]
-                                   for i in range(len(answers))]
-                    for frame, values in zip(frames, per_setting):
-                        frame[f"{tag} {column}"] = values
-                    yield option, per_setting
+
+    def _judge(self, tables: list[SettingsTable], spec: EvalSpec, progress: bool) -> None:
+        """Every generated answer of every table, judged in one call per judge."""
+        pairs = [(question, answer) for table in tables for frame in table.frames
+                 for question, answer in zip(frame["Question"], frame[spec.tag])]
+        scores = self.judges.score([question for question, _ in pairs], [answer for _, answer in pairs], self.model,
+                                   progress=progress)
+        for option, (kind, column, _) in JUDGED.items():
+            if kind not in scores:
+                continue
+            start = 0
+            for table in tables:
+                per_setting = []
+                for frame in table.frames:
+                    per_setting.append(scores[kind][start:start + len(frame)])
+                    frame[f"{spec.tag} {column}"] = per_setting[-1]
+                    start += len(frame)
+                table.fill(option, per_setting, spec.tag)
+
+
+@dataclass
+class SettingsTable:
+    """Settings evaluated together on the same questions: each distinct effective setting's answer frame and
+    means, and which of them each given setting is."""
+    records: list[GenerationQuestion]
+    distinct: list[HeadShifts | None]
+    slots: list[int]
+    frames: list[pd.DataFrame]
+    results: list[dict[str, float]]
+
+    @classmethod
+    def of(cls, settings: list[HeadShifts | None], records: list[GenerationQuestion]) -> SettingsTable:
+        # α = 0 adds nothing, so the plain model is that baseline (KL exactly 0). A setting given twice (the plain
+        # model, above all) is computed once.
+        effective = [None if shifts is None or shifts.alpha == 0 or shifts.k == 0 else shifts for shifts in settings]
+        distinct = list({id(shifts): shifts for shifts in effective}.values())
+        slots = [next(i for i, shifts in enumerate(distinct) if shifts is setting) for setting in effective]
+        return cls(records, distinct, slots, [questions_frame(records) for _ in distinct],
+                   [{metric.name: math.nan for metric in METRICS} for _ in distinct])
+
+    def fill(self, option: str, per_setting: list[list], tag: str) -> None:
+        """The means (and per-question columns) of the metrics of --metrics option `option` from each distinct
+        setting's outputs."""
+        for frame, setting_results, outputs in zip(self.frames, self.results, per_setting):
+            for metric in (m for m in METRICS if m.option == option):
+                if metric.per_question:
+                    column = f"{tag} {metric.column}"
+                    frame[column] = [metric.score(output) for output in outputs]
+                    setting_results[metric.name] = float(frame[column].mean())
+                else:
+                    setting_results[metric.name] = metric.score(outputs)
+
+    def outcomes(self) -> list[tuple[pd.DataFrame, dict[str, float]]]:
+        """(answer frame, means) of each given setting, in the order given."""
+        return [(self.frames[i].copy(), with_products(self.results[i])) for i in self.slots]
 
 
 def questions_frame(records: list[GenerationQuestion]) -> pd.DataFrame:

@@ -2,9 +2,10 @@
 
     set_up: resolve the model and the data (local checks before anything loads a model), load the model and
             the features checked against it, name each run (iti.runs) from what was loaded
-    per fold: write the split; choose (K, α) when several are given (iti.selection); train the probes once and
-            build each run's shifts from them (iti.fitting); evaluate them on the test questions (iti.evaluation);
-            write each run's fold files
+    per fold: choose (K, α) when several are given (iti.selection); train the probes once and build each run's
+            shifts from them (iti.fitting); evaluate them on the test questions (iti.evaluation); write the split
+            and each run's fold files. With judges loaded one at a time, every fold is evaluated first and then
+            judged (one load per judge for all), before any fold is written.
     write: each run's record (iti.runs.RunRecord, built by `run_record` only) after each of its folds; once all are
             done, with means over folds, bootstrap intervals, per-category means and the final line
 
@@ -115,8 +116,15 @@ def run_sweep(cfg: ValidationConfig, progress: bool = True, log: Log = print) ->
         for cell in setup.cells:
             locks.enter_context(output_lock(cell.run.summary_path, "validate_2fold run"))
         keep_finished_folds(setup)
-        for fold, questions in enumerate(setup.splits):
-            run_fold(setup, fold, questions, progress, log)
+        plans = (plan_fold(setup, fold, questions, log) for fold, questions in enumerate(setup.splits))
+        # A judge loaded only while it scores (--sequential_loading) loads once for every fold's answers; otherwise
+        # each fold is written once evaluated, so that a killed run keeps it.
+        if setup.evaluator.judges is not None and setup.evaluator.judges.sequential:
+            evaluate_folds(setup, [plan for plan in plans if plan], progress, log)
+        else:
+            for plan in plans:
+                if plan:
+                    evaluate_folds(setup, [plan], progress, log)
         # The time that computed each record's folds: a rerun that keeps them all adds nothing to it.
         share_time(setup, [cell for cell in setup.cells if len(cell.kept) < len(setup.splits)])
         records = [run_record(setup, cell, totals(cell, log)) for cell in setup.cells]
@@ -215,10 +223,19 @@ def keep_finished_folds(setup: RunSetup) -> None:
             read_fold_answers(entry, cell.cfg.output_name)
 
 
-def run_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], progress: bool, log: Log) -> None:
-    """One fold of every run that lacks it, as the module docstring says; each run's entry joins its folds and its
-    record is rewritten (only once it holds something new: a rerun that fails never downgrades a complete one)."""
-    cfg, items = setup.cfg, setup.items
+@dataclass
+class FoldPlan:
+    """A fold's runs that lack it, with what they share and each one's setting and shifts, ready to evaluate."""
+    cells: list[Cell]
+    fold: Fold
+    settings: list[tuple[int, float]]
+    shifts: list[HeadShifts | None]
+
+
+def plan_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], log: Log) -> FoldPlan | None:
+    """The runs that lack this fold (None if no run does), its choice of setting when several are given, and the
+    probes trained once for them all."""
+    cfg = setup.cfg
     cells = []
     for cell in setup.cells:
         if fold in cell.kept:
@@ -230,7 +247,7 @@ def run_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], prog
         else:
             cells.append(cell)
     if not cells:
-        return
+        return None
     train, val, test = questions
     log(f"Running fold {fold}")
     split = Split(train, val, test, sigma=np.concatenate([train, val]) if cfg.sigma_questions == "dev" else None,
@@ -246,14 +263,24 @@ def run_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], prog
         if any(cell.reads_features for cell in cells) else None
     of_k = {k: fit.head_shifts(k, 1.0) for k in dict.fromkeys(k for k, _ in settings if k > 0)}
     shifts = [of_k[k].scaled(alpha) if k > 0 else None for k, alpha in settings]
-    outcomes = evaluate_each(setup.evaluator, shifts, [items[q] for q in test], progress)
-    share_time(setup, cells)
-    splits = {part: str(write_csv(cells[0].run.split_path(fold, part), questions_frame([items[q] for q in ids])))
-              for part, ids in parts.items()}
-    shared = Fold(fold, parts, splits, fit, selection)
-    for cell, setting, cell_shifts, evaluated in zip(cells, settings, shifts, outcomes):
-        cell.folds.append(write_fold(setup, cell, shared, setting, cell_shifts, evaluated, log))
-        cell.run.write(run_record(setup, cell))
+    return FoldPlan(cells, Fold(fold, parts, {}, fit, selection), settings, shifts)
+
+
+def evaluate_folds(setup: RunSetup, plans: list[FoldPlan], progress: bool, log: Log) -> None:
+    """Each planned fold's settings on its test questions, evaluated together (Evaluator.evaluate_groups: the judges
+    score every fold's answers in one call), then each run's files of each fold written."""
+    items = setup.items
+    outcomes = setup.evaluator.evaluate_groups([(plan.shifts, [items[q] for q in plan.fold.parts["test"]])
+                                                for plan in plans], progress=progress)
+    for plan, evaluated in zip(plans, outcomes):
+        share_time(setup, plan.cells)
+        splits = {part: str(write_csv(plan.cells[0].run.split_path(plan.fold.index, part),
+                                      questions_frame([items[q] for q in ids])))
+                  for part, ids in plan.fold.parts.items()}
+        shared = dataclasses.replace(plan.fold, splits=splits)
+        for cell, setting, cell_shifts, outcome in zip(plan.cells, plan.settings, plan.shifts, evaluated):
+            cell.folds.append(write_fold(setup, cell, shared, setting, cell_shifts, outcome, log))
+            cell.run.write(run_record(setup, cell))
 
 
 def evaluate_each(evaluator: Evaluator, settings: list[HeadShifts | None], records: list[GenerationQuestion],

@@ -19,6 +19,7 @@ from iti.identity import identity, readable_name
 from iti.runs import Run
 from iti.validate import ValidationConfig, one_model_source, run_sweep, run_validation
 from tests.conftest import REPO_ROOT, only_file
+from tests.test_settings_batch import sum_rtol
 from tests.test_validate_cli import MODEL, config, setup  # noqa: F401 (setup: the tiny model's fixture)
 
 GRID = dict(num_heads=(0, 2, 4), alpha=(0.0, 5.0), metrics=("mc", "ce", "kl"), limit=6)
@@ -34,14 +35,15 @@ def quiet(_):
 
 @pytest.fixture(scope="module")
 def counted_sweep(setup, tmp_path_factory):  # noqa: F811
-    """The grid swept in one process, with the model loads, probe trainings and evaluate_settings calls counted."""
+    """The grid swept in one process, with the model loads, probe trainings and evaluations (settings per fold)
+    counted."""
     import iti.fitting
     import iti.validate
     from iti.evaluation import Evaluator
 
     results = tmp_path_factory.mktemp("one_process")
     counts = {"loads": 0, "probe fits": 0, "evaluations": []}
-    real = (iti.validate.load_model, iti.fitting.train_probes, Evaluator.evaluate_settings)
+    real = (iti.validate.load_model, iti.fitting.train_probes, Evaluator.evaluate_groups)
 
     def load_model(*args, **kwargs):
         counts["loads"] += 1
@@ -51,14 +53,14 @@ def counted_sweep(setup, tmp_path_factory):  # noqa: F811
         counts["probe fits"] += 1
         return real[1](*args, **kwargs)
 
-    def evaluate_settings(self, settings, *args, **kwargs):
-        counts["evaluations"].append(len(settings))
-        return real[2](self, settings, *args, **kwargs)
+    def evaluate_groups(self, groups, *args, **kwargs):
+        counts["evaluations"].extend(len(settings) for settings, _ in groups)
+        return real[2](self, groups, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(iti.validate, "load_model", load_model)
         patch.setattr(iti.fitting, "train_probes", train_probes)
-        patch.setattr(Evaluator, "evaluate_settings", evaluate_settings)
+        patch.setattr(Evaluator, "evaluate_groups", evaluate_groups)
         records = run_sweep(sweep_config(setup, results), progress=False, log=quiet)
     return results, records, counts
 
@@ -76,8 +78,8 @@ def test_one_model_load_and_one_probe_fit_per_fold(counted_sweep):
     assert [(r["config"]["num_heads"], r["config"]["alpha"]) for r in records] == [
         ([k], [a]) for k in GRID["num_heads"] for a in GRID["alpha"]]
     assert counts["loads"] == 1 and counts["probe fits"] == 2
-    # Per fold one call: the unshifted model once (K = 0, α = 0) and the two shifted cells.
-    assert counts["evaluations"] == [3, 3]
+    # Per fold one call with every cell (the unshifted ones, K = 0 or α = 0, are then computed once).
+    assert counts["evaluations"] == [6, 6]
     assert all(record["complete"] for record in records)
 
 
@@ -171,10 +173,10 @@ def test_a_killed_sweep_resumes_with_the_rest(setup, tmp_path, monkeypatch):  # 
     assert not any(record["complete"] for record in killed.values())
 
     evaluated, fits, logged = [], [], []
-    real_evaluate, real_fit = Evaluator.evaluate_settings, iti.fitting.train_probes
-    monkeypatch.setattr(Evaluator, "evaluate_settings",
-                        lambda self, settings, *a, **k: evaluated.append([s.k for s in settings])
-                        or real_evaluate(self, settings, *a, **k))
+    real_evaluate, real_fit = Evaluator.evaluate_groups, iti.fitting.train_probes
+    monkeypatch.setattr(Evaluator, "evaluate_groups",
+                        lambda self, groups, *a, **k: evaluated.extend([s.k for s in settings] for settings, _ in groups)
+                        or real_evaluate(self, groups, *a, **k))
     monkeypatch.setattr(iti.fitting, "train_probes", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
     resumed = run_sweep(cfg, progress=False, log=logged.append)
     assert evaluated == [[4]] and len(fits) == 1  # the second fold of the K = 4 cell alone
@@ -189,6 +191,34 @@ def test_a_killed_sweep_resumes_with_the_rest(setup, tmp_path, monkeypatch):  # 
     again = run_sweep(cfg, progress=False, log=quiet)
     assert evaluated == [] and [r["seconds"] for r in again] == [r["seconds"] for r in resumed]
     assert [r["final"] for r in again] == [r["final"] for r in resumed]
+
+
+def test_the_judges_load_once_per_sweep(setup, tmp_path, monkeypatch):  # noqa: F811
+    """With judges loaded one at a time (the default), every fold's answers of every cell are judged in one call
+    per judge: one load each for the whole sweep. Kept loaded instead, each fold is written as it is evaluated; both
+    ways give every answer the same judge scores."""
+    import iti.judges
+
+    judge = str(setup["judge_dir"])
+    grid = dict(GRID, num_heads=(0, 2, 4), alpha=(5.0,), metrics=("mc", "judge", "info"), judge_model=judge,
+                info_model=judge, max_new_tokens=4)
+    loads, real_load = [], iti.judges.load_model
+    monkeypatch.setattr(iti.judges, "load_model", lambda source, *a, **k: loads.append(source) or
+                        real_load(source, *a, **k))
+    once = run_sweep(sweep_config(setup, tmp_path / "sequential", **grid), progress=False, log=quiet)
+    assert loads == [judge, judge]  # the truth judge, then the info judge
+    kept = run_sweep(sweep_config(setup, tmp_path / "kept", sequential_loading=False, **grid), progress=False,
+                     log=quiet)
+    assert len(loads) == 4
+    columns = [f"{MODEL} {name}" for name in ("GPT-judge", "GPT-info")]
+    for sequential, loaded in zip(once, kept):
+        assert len(sequential["folds"]) == 2
+        for fold, other in zip(sequential["folds"], loaded["folds"]):
+            answers, other_answers = pd.read_csv(fold["files"]["answers"]), pd.read_csv(other["files"]["answers"])
+            assert answers[MODEL].tolist() == other_answers[MODEL].tolist()
+            # The same judge on the same (question, answer) rows, batched with other rows: a probability from float32
+            # sums over the judge's prompt (under 128 tokens).
+            np.testing.assert_allclose(answers[columns], other_answers[columns], rtol=0, atol=sum_rtol(128))
 
 
 def test_collect_sweep_reads_the_cells(setup, counted_sweep, tmp_path):  # noqa: F811

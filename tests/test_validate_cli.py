@@ -166,7 +166,7 @@ def killed_in_second_fold(cfg: ValidationConfig, monkeypatch) -> list:
     counted in the list returned (emptied)."""
     from iti.evaluation import Evaluator
 
-    real = Evaluator.evaluate_settings
+    real = Evaluator.evaluate_groups
     calls = []
 
     def dies_in_second_fold(*args, **kwargs):
@@ -175,11 +175,11 @@ def killed_in_second_fold(cfg: ValidationConfig, monkeypatch) -> list:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(Evaluator, "evaluate_settings", dies_in_second_fold)
+    monkeypatch.setattr(Evaluator, "evaluate_groups", dies_in_second_fold)
     with pytest.raises(KeyboardInterrupt):
         run_validation(cfg, progress=False, log=lambda _: None)
     calls.clear()
-    monkeypatch.setattr(Evaluator, "evaluate_settings", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(Evaluator, "evaluate_groups", lambda *a, **k: calls.append(1) or real(*a, **k))
     return calls
 
 
@@ -658,13 +658,13 @@ def test_choice_never_reads_a_test_question(setup, selection_features, selection
     clean = selection_run["folds"][0]
     poisoned = poisoned_copy(setup, selection_features, tmp_path / "poisoned", clean["test"])
     evaluated = []
-    real = Evaluator.evaluate_settings
+    real = Evaluator.evaluate_groups
 
-    def recording(self, settings, records, *args, **kwargs):
-        evaluated.append((len(settings), [r.question for r in records]))
-        return real(self, settings, records, *args, **kwargs)
+    def recording(self, groups, *args, **kwargs):
+        evaluated.extend((len(settings), [r.question for r in records]) for settings, records in groups)
+        return real(self, groups, *args, **kwargs)
 
-    monkeypatch.setattr(Evaluator, "evaluate_settings", recording)
+    monkeypatch.setattr(Evaluator, "evaluate_groups", recording)
     again = run_validation(config(setup, tmp_path / "results", features_dir=str(poisoned), **SELECTION),
                            progress=False, log=lambda _: None)["folds"][0]
     assert again["selection"]["table"] == clean["selection"]["table"]
