@@ -184,3 +184,67 @@ def test_every_setting_is_scored_in_one_call_as_a_run_of_that_setting_builds_it(
         assert shifts.head_list() == alone.head_list() and shifts.alpha == alone.alpha
         np.testing.assert_array_equal(shifts.directions, alone.directions)
         np.testing.assert_array_equal(shifts.sigmas, alone.sigmas)
+
+
+# ----------------------------------------------------------------------------- the price of every setting, end to end
+
+from tests.test_validate_cli import SELECTION, config, selection_features, setup  # noqa: E402, F401 (fixtures)
+
+
+def test_every_setting_s_kl_is_that_setting_s_kl_alone_and_the_log_shows_the_front(setup, selection_features,
+                                                                                     tmp_path, monkeypatch):
+    """A selection run with CE and KL: each row's KL (scored in one call with the others) equals the KL of its
+    shifts evaluated alone, as a run of that one setting evaluates them, and the plain-hook reference's (legacy,
+    one document per forward); the fold lines show each row's price and front mark, and the final lines the
+    budget that chose."""
+    from iti.evaluation import Evaluator
+    from iti.front import front_flags
+    from iti.validate import run_validation
+    from legacy.ce_kl import ce_kl as reference_ce_kl
+
+    scored = []
+    real = Evaluator.evaluate_settings
+
+    def recording(self, settings, records, *args, **kwargs):
+        if len(settings) > 1:  # a fold's selection: the one call that scores every setting
+            scored.append((self, settings))
+        return real(self, settings, records, *args, **kwargs)
+
+    monkeypatch.setattr(Evaluator, "evaluate_settings", recording)
+    lines = []
+    budget = 0.15
+    record = run_validation(config(setup, tmp_path, features_dir=str(selection_features), metrics=("mc", "ce", "kl"),
+                                   owt_path=str(setup["owt"]), max_kl=budget, **SELECTION),
+                            progress=False, log=lines.append)
+    monkeypatch.setattr(Evaluator, "evaluate_settings", real)
+    assert len(scored) == len(record["folds"])
+    # Logits of float32 forwards batched and padded differently agree to a few float32 ulps; KL (and CE) weigh
+    # log-probability errors of that size by probabilities that sum to one, per position and then per document.
+    tolerance = 64 * np.finfo(np.float32).eps
+    for fold, (evaluator, settings) in zip(record["folds"], scored):
+        table = {(row["K"], row["alpha"]): row for row in fold["selection"]["table"]}
+        assert all(row["KL"] == 0.0 for (_, alpha), row in table.items() if alpha == 0)
+        shifted = [shifts for shifts in settings if shifts is not None]
+        assert {(shifts.k, shifts.alpha) for shifts in shifted} == {key for key in table if key[1] != 0}
+        rows = evaluator.ce_kl.rows
+        for shifts in shifted:
+            row = table[(shifts.k, shifts.alpha)]
+            alone = evaluator.evaluate(shifts, [], evaluator.spec.only({"ce", "kl"}), progress=False)[1]
+            ce, kl = reference_ce_kl(setup["model"], rows, shifts, progress=False)
+            assert row["KL"] == pytest.approx(alone["KL"], abs=tolerance) and row["CE"] == pytest.approx(alone["CE"],
+                                                                                                       abs=tolerance)
+            assert row["KL"] == pytest.approx(kl, abs=tolerance) and row["CE"] == pytest.approx(ce, abs=tolerance)
+        assert max(row["KL"] for row in table.values()) > 100 * tolerance  # the shifts move the model: KL can differ
+        rows_of_fold = fold["selection"]["table"]
+        assert [row["front"] for row in rows_of_fold] == front_flags(rows_of_fold, "MC2")
+        for row in rows_of_fold:
+            shown = (f"selection: K {row['K']}, alpha {row['alpha']:g}: MC2 {row['MC2']:.4f}, KL {row['KL']:.4f}, "
+                     f"CE {row['CE']:.4f}" + (" (front)" if row["front"] else ""))
+            assert shown in lines
+        assert fold["selection"]["max_kl"] == budget
+        chosen = fold["selection"]["chosen"]
+        assert chosen["KL"] <= budget or fold["selection"]["note"]
+    assert any(f"set-aside questions under KL <= {budget:g} (--max_kl): K " in text for text in lines)
+    assert f"chosen under KL <= {budget:g} (--max_kl): " + "; ".join(
+        f"fold {f['fold']}: K {f['K']}, alpha {f['alpha']:g}" for f in record["folds"]) in lines
+    assert f"trade-off figure: {record['tradeoff_figure']}" in lines
