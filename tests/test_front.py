@@ -10,7 +10,8 @@ import pytest
 
 from iti import plots
 from iti.front import front_flags, with_front
-from tests.conftest import REPO_ROOT, make_tiny_model
+from tests.conftest import REPO_ROOT
+from tests.test_validate_cli import MODEL, config, setup  # noqa: F401 (a fixture)
 
 COLLECT = REPO_ROOT / "validation" / "sweeping" / "collect_sweep.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -110,38 +111,24 @@ def test_tradeoff_figure_draws_every_setting_the_fronts_and_the_choices(tmp_path
 
 
 @pytest.fixture(scope="module")
-def kl_sweep(tmp_path_factory, tokenizer, tqa_path):
-    """Three runs of a tiny model on 4 questions with MC2 and KL: the baseline and two settings, and one run that
-    chose among a grid (not a point of the sweep's figure)."""
-    from iti.activations import save_features
-    from iti.data import build_prompt_set
-    from iti.validate import ValidationConfig, run_validation
+def kl_sweep(setup, tmp_path_factory):
+    """Runs of a tiny model on 6 questions with MC2 and KL: the baseline, two settings, and one run that chose among
+    a grid (not a point of the sweep's figure)."""
+    from iti.validate import run_validation
 
-    root = tmp_path_factory.mktemp("kl_sweep")
-    model = make_tiny_model("gqa", len(tokenizer))
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    for dataset in ("tqa_mc2", "tqa_gen_end_q"):
-        save_features(model, tokenizer, build_prompt_set(dataset, tqa_path, limit=6), root / "features", "tq",
-                      progress=False, limit=6)
-    owt = root / "owt.txt"
-    owt.write_text("\n\n".join(f"Document {i}: the river rose {i} feet overnight and the bridge was closed."
-                               for i in range(4)) + "\n")
-    records = []
-    for k, alpha in ((0, 0.0), (2, 4.0), (2, 40.0), ((2, 3), (4.0, 40.0))):
-        cfg = ValidationConfig(model_name="tq", model_path=str(root / "model"), features_dir=str(root / "features"),
-                               results_dir=str(root / "results"), tqa_path=str(tqa_path), limit=6, num_heads=k,
-                               alpha=alpha, use_center_of_mass=True, metrics=("mc", "kl"), owt_path=str(owt),
-                               device="cpu", val_ratio=0.5, select_ratio=0.34)
-        records.append(run_validation(cfg, progress=False, log=lambda _: None))
-    return root, records
+    results = tmp_path_factory.mktemp("kl_sweep")
+    records = [run_validation(config(setup, results, num_heads=k, alpha=alpha, metrics=("mc", "kl"),
+                                     owt_path=str(setup["owt"]), val_ratio=0.5, select_ratio=0.34),
+                              progress=False, log=lambda _: None)
+               for k, alpha in ((0, 0.0), (2, 4.0), (2, 40.0), ((2, 3), (4.0, 40.0)))]
+    return results, records
 
 
 def test_collect_sweep_draws_each_run_of_one_setting(kl_sweep, saved_figures, monkeypatch, capsys):
     root, records = kl_sweep
-    monkeypatch.setattr(sys, "argv", [str(COLLECT), "--model_name", "tq", "--model_path", "hub/tq",
-                                      "--use_center_of_mass", "--limit", "6", "--results_dir",
-                                      str(root / "results"), "--metrics", "mc", "kl"])
+    monkeypatch.setattr(sys, "argv", [str(COLLECT), "--model_name", MODEL, "--model_path", "hub/tiny",
+                                      "--use_center_of_mass", "--limit", "6", "--results_dir", str(root),
+                                      "--metrics", "mc", "kl"])
     runpy.run_path(str(COLLECT), run_name="__main__")
     out = capsys.readouterr().out
     written = next(text for text in out.splitlines() if text.startswith("trade-off of MC2 against KL -> "))
@@ -156,7 +143,7 @@ def test_collect_sweep_draws_each_run_of_one_setting(kl_sweep, saved_figures, mo
     front = np.column_stack(line(figure.axes[0], "ITI front").get_data())
     flags = front_flags([{"MC2": r["final"]["MC2"], "KL": r["final"]["KL"]} for r in single], "MC2")
     np.testing.assert_allclose(front, sorted(e for e, on in zip(expected, flags) if on))
-    table = pd.read_csv(next((root / "results" / "results_dump" / "sweep_dump").glob("*[0-9a-f].csv")))
+    table = pd.read_csv(next((root / "results_dump" / "sweep_dump").glob("*[0-9a-f].csv")))
     assert len(table) == 4  # the grid's run is a row of the table, not a point of the figure
 
 
