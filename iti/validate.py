@@ -6,7 +6,8 @@
             build each run's shifts from them (iti.fitting); evaluate them on the test questions (iti.evaluation);
             write each run's fold files
     write: each run's record (iti.runs.RunRecord, built by `run_record` only) after each of its folds; once all are
-            done, with means over folds, bootstrap intervals, per-category means and the final line
+            done, with means over folds, bootstrap intervals, per-category means and the final line (and a
+            selection's trade-off figure beside it: each setting's score against its KL, iti.plots)
 
 A process makes one run, or with --sweep one per (K, α) (ValidationConfig.cells): each of those is the run that K
 and α make alone (its name, files, record and resume), all sharing the model, the features and each fold's probes.

@@ -10,6 +10,7 @@ import pytest
 
 from iti import plots
 from iti.front import front_flags, with_front
+from iti.runs import read_run
 from tests.conftest import REPO_ROOT
 from tests.test_validate_cli import MODEL, config, setup  # noqa: F401 (a fixture)
 
@@ -154,6 +155,7 @@ def test_selection_run_writes_its_figure_and_says_its_budget(kl_sweep):
     assert grid["tradeoff_figure"][:-len("_tradeoff.png")] == grid["json_path"][:-len(".json")]
     assert open(grid["tradeoff_figure"], "rb").read().startswith(PNG_SIGNATURE)
     assert all(record["tradeoff_figure"] is None for record in records[:3])
+    assert read_run(grid["json_path"]).tradeoff_figure == grid["tradeoff_figure"]  # the record reads back
     for fold in grid["folds"]:
         table = fold["selection"]["table"]
         assert fold["selection"]["max_kl"] is None

@@ -6,7 +6,7 @@ import pytest
 
 from iti.errors import UsageError
 from iti.fitting import Features, Recipe, Split, fit_head_shifts
-from iti.selection import choose_setting, edge_note, score_settings, selection_split
+from iti.selection import budget_text, choose_setting, edge_note, score_settings, selection_split, table_line
 
 TABLE = [
     {"K": 8, "alpha": 0.0, "MC2": 0.50, "KL": 0.0},
@@ -47,6 +47,14 @@ def test_edge_notes_name_the_side_of_the_grid():
     assert "K 8 is the smallest tried" in edge_note({"K": 8, "alpha": 5.0}, settings)
     assert edge_note({"K": 8, "alpha": 0.0}, [(8, 0.0), (8, 5.0), (8, 15.0)]) is None
     assert edge_note({"K": 8, "alpha": 5.0}, [(8, 0.0), (8, 5.0), (8, 15.0)]) is None
+
+
+def test_the_log_line_shows_the_price_and_the_front_or_a_dash_where_unmeasured():
+    measured = dict(TABLE[1], CE=2.5, front=True)
+    assert table_line(measured, "MC2") == "selection: K 8, alpha 5: MC2 0.5600, KL 0.2000, CE 2.5000 (front)"
+    unmeasured = dict(TABLE[1], KL=math.nan, CE=math.nan, front=None)
+    assert table_line(unmeasured, "MC2") == "selection: K 8, alpha 5: MC2 0.5600, KL —, CE —"
+    assert budget_text(0.5) == "under KL <= 0.5 (--max_kl)" and budget_text(None) == "with no KL budget (no --max_kl)"
 
 
 NUM_LAYERS, NUM_HEADS, HEAD_DIM = 2, 4, 6
