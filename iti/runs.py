@@ -61,8 +61,8 @@ class Selection:
     max_kl: float | None
     select_ratio: float
     counts: dict[str, int]
-    table: list[dict[str, float | None]]
-    chosen: dict[str, float | None]
+    table: list[dict[str, float | bool | None]]  # per (K, α): its score, KL, CE and whether it is on the front
+    chosen: dict[str, float | bool | None]
     note: str | None
     edge_note: str | None
     chosen_test: float | None = None
@@ -132,6 +132,7 @@ class RunRecord:
     probe_report_table: str | None = None
     bootstrap: Bootstrap | None = None
     categories: dict[str, dict[str, float | None]] | None = None
+    tradeoff_figure: str | None = None  # a selection run's folds' scores against KL (iti.plots.tradeoff_figure)
     other: dict[str, Any] = field(default_factory=dict)  # what a later version adds, kept as read
 
 

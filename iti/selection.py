@@ -19,7 +19,7 @@ from iti.errors import UsageError
 from iti.fitting import Features, Recipe, Split, fit_probes
 from iti.head_shifts import HeadShifts
 from iti.folds import held_for_selection, train_val_split
-from iti.metrics import BY_NAME
+from iti.metrics import BY_NAME, shown
 
 # Seeds the set-aside draw apart from the fold's own split (with the run's seed), so that split, and the
 # shifts rebuilt from it, are those of a single-setting run.
@@ -84,3 +84,15 @@ def edge_note(chosen: dict, settings: list[tuple[int, float]]) -> str | None:
             sides.append(f"{key} {chosen[key]:g} is the smallest tried")
     return (f"the choice lies on the grid's edge ({'; '.join(sides)}): a better setting may lie beyond the grid"
             if sides else None)
+
+
+def budget_text(max_kl: float | None) -> str:
+    """Which budget a choice was made under, as the log and the final lines say it."""
+    return f"under KL <= {max_kl:g} (--max_kl)" if max_kl is not None else "with no KL budget (no --max_kl)"
+
+
+def table_line(row: dict, metric: str) -> str:
+    """One setting of a selection table as the fold's log shows it: its score, its price, and whether it is on the
+    front (iti.front)."""
+    return (f"selection: K {row['K']}, alpha {row['alpha']:g}: {metric} {shown(row[metric])}, KL {shown(row['KL'])}, "
+            f"CE {shown(row['CE'])}" + (" (front)" if row["front"] else ""))

@@ -7,7 +7,8 @@
             and each run's fold files. With judges loaded one at a time, every fold is evaluated first and then
             judged (one load per judge for all), before any fold is written.
     write: each run's record (iti.runs.RunRecord, built by `run_record` only) after each of its folds; once all are
-            done, with means over folds, bootstrap intervals, per-category means and the final line
+            done, with means over folds, bootstrap intervals, per-category means and the final line (and a
+            selection's trade-off figure beside it: each setting's score against its KL, iti.plots)
 
 A process makes one run, or with --sweep one per (K, α) (ValidationConfig.cells): each of those is the run that K
 and α make alone (its name, files, record and resume), all sharing the model, the features and each fold's probes.
@@ -39,18 +40,20 @@ from iti.files import output_lock, plain, sha256_of, write_csv
 from iti.fingerprint import model_fingerprint
 from iti.fitting import Features, ProbeFit, Split, fit_probes, recipe_of
 from iti.folds import all_fold_splits
+from iti.front import with_front
 from iti.judges import JudgePanel, check_judge_source
 from iti.geometry import head_geometry
 from iti.head_shifts import METADATA_FILE, TENSORS_FILE, HeadShifts
 from iti.identity import digest, short_digest
-from iti.metrics import mean_over_folds, shown
+from iti.metrics import mean_over_folds, missing, shown
 from iti.models import input_device, load_model, resolve_model_source
+from iti.plots import tradeoff_figure
 from iti.provenance import run_provenance
 from iti.records import record_json
 from iti.report import report_table
 from iti.run_inputs import evaluation_prompting, feature_sets, items_digest, load_items, load_run_features
 from iti.runs import Bootstrap, FoldEntry, FoldFiles, Resolved, Run, RunRecord, Selection, earlier_run_path
-from iti.selection import choose_setting, edge_note, score_settings, selection_split
+from iti.selection import budget_text, choose_setting, edge_note, score_settings, selection_split, table_line
 from iti.statistics import BOOTSTRAP_LEVEL, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 
 Log = Callable[[str], None]
@@ -342,27 +345,28 @@ def select_setting(setup: RunSetup, split: Split, log: Log) -> tuple[Selection, 
     the others (iti.selection), and choose one; also returns the questions scored."""
     cfg = setup.cfg
     metric = SELECT_METRIC_NAMES[cfg.select_metric]
-    scoring = setup.evaluator.spec.only(selection_options(cfg.select_metric) | ({"kl"} if cfg.max_kl is not None
-                                                                                 else set()))
+    # Every setting's price beside its score, whenever the run measures CE or KL (spec §11).
+    scoring = setup.evaluator.spec.only(selection_options(cfg.select_metric) | ({"ce", "kl"} & set(cfg.metrics)))
     inner, selecting = selection_split(split, cfg.select_ratio, cfg.val_ratio, cfg.seed)
     scored = [setup.items[q] for q in selecting]
 
     def score(settings: list[HeadShifts | None]) -> list[dict[str, float]]:
-        return [{metric: results[metric], "KL": results["KL"]}
+        return [{metric: results[metric], "KL": results["KL"], "CE": results["CE"]}
                 for _, results in evaluate_each(setup.evaluator, settings, scored, False, scoring)]
 
     table = score_settings(setup.features, inner, cfg.settings, recipe_of(cfg, 1, 1.0), score) if setup.features \
         else [{"K": k, "alpha": a, **values}
               for (k, a), values in zip(cfg.settings, score([None] * len(cfg.settings)))]
+    table = with_front(table, metric)
     for row in table:
-        log(f"selection: K {row['K']}, alpha {row['alpha']:g}: {metric} {row[metric]:.4f}"
-            + (f", KL {row['KL']:.4f}" if cfg.max_kl is not None else ""))
+        log(table_line(row, metric))
     chosen, note = choose_setting(table, metric, cfg.max_kl)
     edge = edge_note(chosen, cfg.settings)
     for message in (note, edge):
         if message:
             log(f"note: {message}")
-    log(f"chosen on {len(scored)} set-aside questions: K {chosen['K']}, alpha {chosen['alpha']:g}")
+    log(f"chosen on {len(scored)} set-aside questions {budget_text(cfg.max_kl)}: K {chosen['K']}, "
+        f"alpha {chosen['alpha']:g}")
     return Selection(scheme="three-way split of the development questions", metric=metric, max_kl=cfg.max_kl,
                      select_ratio=cfg.select_ratio, counts={"train": len(inner.train), "val": len(inner.val),
                                                             "select": len(selecting)},
@@ -389,10 +393,29 @@ def totals(cell: Cell, log: Log) -> dict[str, Any]:
     # From the answer files, so that folds kept from an earlier run count too.
     answers = pd.concat([read_fold_answers(f, cfg.output_name) for f in folds], ignore_index=True)
     bootstrap, categories = pooled_statistics(answers, cfg.output_name)
+    figure = None
     if cfg.selects:
         line = final_line("/".join(f"{f.alpha:g}" for f in folds), "/".join(str(f.K) for f in folds), final)
+        log(f"chosen {budget_text(cfg.max_kl)}: " + "; ".join(f"fold {f.fold}: K {f.K}, alpha {f.alpha:g}"
+                                                               for f in folds))
+        figure = write_tradeoff_figure(cell, log)
     else:
         line = final_line(cfg.alpha[0], cfg.num_heads[0], final)
-    return dict(final=final, final_line=line, probe_report_table=table, categories=categories,
+    return dict(final=final, final_line=line, probe_report_table=table, categories=categories, tradeoff_figure=figure,
                 bootstrap=Bootstrap(intervals=bootstrap, level=BOOTSTRAP_LEVEL, resamples=BOOTSTRAP_RESAMPLES,
                                     seed=BOOTSTRAP_SEED, over="test questions, folds pooled"))
+
+
+def write_tradeoff_figure(cell: Cell, log: Log) -> str | None:
+    """A selection run's folds, each setting's score against its KL (iti.plots.tradeoff_figure), beside its record;
+    None, and a note, when no setting's KL was measured."""
+    folds = [{"fold": f.fold, "iti": f.selection.table, "control": None, "chosen": f.selection.chosen,
+              "control_chosen": None} for f in cell.folds]
+    if all(missing(row.get("KL")) for fold in folds for row in fold["iti"]):
+        log("note: no trade-off figure: no setting's KL was measured (give kl in --metrics and --owt_path)")
+        return None
+    record = cell.run.summary_path
+    path = tradeoff_figure(record.with_name(f"{record.stem}_tradeoff.png"), cell.folds[0].selection.metric, folds,
+                           cell.cfg.max_kl)
+    log(f"trade-off figure: {path}")
+    return str(path)

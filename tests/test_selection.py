@@ -6,7 +6,7 @@ import pytest
 
 from iti.errors import UsageError
 from iti.fitting import Features, Recipe, Split, fit_head_shifts
-from iti.selection import choose_setting, edge_note, score_settings, selection_split
+from iti.selection import budget_text, choose_setting, edge_note, score_settings, selection_split, table_line
 
 TABLE = [
     {"K": 8, "alpha": 0.0, "MC2": 0.50, "KL": 0.0},
@@ -47,6 +47,14 @@ def test_edge_notes_name_the_side_of_the_grid():
     assert "K 8 is the smallest tried" in edge_note({"K": 8, "alpha": 5.0}, settings)
     assert edge_note({"K": 8, "alpha": 0.0}, [(8, 0.0), (8, 5.0), (8, 15.0)]) is None
     assert edge_note({"K": 8, "alpha": 5.0}, [(8, 0.0), (8, 5.0), (8, 15.0)]) is None
+
+
+def test_the_log_line_shows_the_price_and_the_front_or_a_dash_where_unmeasured():
+    measured = dict(TABLE[1], CE=2.5, front=True)
+    assert table_line(measured, "MC2") == "selection: K 8, alpha 5: MC2 0.5600, KL 0.2000, CE 2.5000 (front)"
+    unmeasured = dict(TABLE[1], KL=math.nan, CE=math.nan, front=None)
+    assert table_line(unmeasured, "MC2") == "selection: K 8, alpha 5: MC2 0.5600, KL —, CE —"
+    assert budget_text(0.5) == "under KL <= 0.5 (--max_kl)" and budget_text(None) == "with no KL budget (no --max_kl)"
 
 
 NUM_LAYERS, NUM_HEADS, HEAD_DIM = 2, 4, 6
@@ -184,3 +192,67 @@ def test_every_setting_is_scored_in_one_call_as_a_run_of_that_setting_builds_it(
         assert shifts.head_list() == alone.head_list() and shifts.alpha == alone.alpha
         np.testing.assert_array_equal(shifts.directions, alone.directions)
         np.testing.assert_array_equal(shifts.sigmas, alone.sigmas)
+
+
+# ----------------------------------------------------------------------------- the price of every setting, end to end
+
+from tests.test_validate_cli import SELECTION, config, selection_features, setup  # noqa: E402, F401 (fixtures)
+
+
+def test_every_setting_s_kl_is_that_setting_s_kl_alone_and_the_log_shows_the_front(setup, selection_features,
+                                                                                     tmp_path, monkeypatch):
+    """A selection run with CE and KL: each row's KL (scored in one call with the others) equals the KL of its
+    shifts evaluated alone, as a run of that one setting evaluates them, and the plain-hook reference's (legacy,
+    one document per forward); the fold lines show each row's price and front mark, and the final lines the
+    budget that chose."""
+    from iti.evaluation import Evaluator
+    from iti.front import front_flags
+    from iti.validate import run_validation
+    from legacy.ce_kl import ce_kl as reference_ce_kl
+
+    scored = []
+    real = Evaluator.evaluate_settings
+
+    def recording(self, settings, records, *args, **kwargs):
+        if len(settings) > 1:  # a fold's selection: the one call that scores every setting
+            scored.append((self, settings))
+        return real(self, settings, records, *args, **kwargs)
+
+    monkeypatch.setattr(Evaluator, "evaluate_settings", recording)
+    lines = []
+    budget = 0.15
+    record = run_validation(config(setup, tmp_path, features_dir=str(selection_features), metrics=("mc", "ce", "kl"),
+                                   owt_path=str(setup["owt"]), max_kl=budget, **SELECTION),
+                            progress=False, log=lines.append)
+    monkeypatch.setattr(Evaluator, "evaluate_settings", real)
+    assert len(scored) == len(record["folds"])
+    # Logits of float32 forwards batched and padded differently agree to a few float32 ulps; KL (and CE) weigh
+    # log-probability errors of that size by probabilities that sum to one, per position and then per document.
+    tolerance = 64 * np.finfo(np.float32).eps
+    for fold, (evaluator, settings) in zip(record["folds"], scored):
+        table = {(row["K"], row["alpha"]): row for row in fold["selection"]["table"]}
+        assert all(row["KL"] == 0.0 for (_, alpha), row in table.items() if alpha == 0)
+        shifted = [shifts for shifts in settings if shifts is not None]
+        assert {(shifts.k, shifts.alpha) for shifts in shifted} == {key for key in table if key[1] != 0}
+        rows = evaluator.ce_kl.rows
+        for shifts in shifted:
+            row = table[(shifts.k, shifts.alpha)]
+            alone = evaluator.evaluate(shifts, [], evaluator.spec.only({"ce", "kl"}), progress=False)[1]
+            ce, kl = reference_ce_kl(setup["model"], rows, shifts, progress=False)
+            assert row["KL"] == pytest.approx(alone["KL"], abs=tolerance) and row["CE"] == pytest.approx(alone["CE"],
+                                                                                                       abs=tolerance)
+            assert row["KL"] == pytest.approx(kl, abs=tolerance) and row["CE"] == pytest.approx(ce, abs=tolerance)
+        assert max(row["KL"] for row in table.values()) > 100 * tolerance  # the shifts move the model: KL can differ
+        rows_of_fold = fold["selection"]["table"]
+        assert [row["front"] for row in rows_of_fold] == front_flags(rows_of_fold, "MC2")
+        for row in rows_of_fold:
+            shown = (f"selection: K {row['K']}, alpha {row['alpha']:g}: MC2 {row['MC2']:.4f}, KL {row['KL']:.4f}, "
+                     f"CE {row['CE']:.4f}" + (" (front)" if row["front"] else ""))
+            assert shown in lines
+        assert fold["selection"]["max_kl"] == budget
+        chosen = fold["selection"]["chosen"]
+        assert chosen["KL"] <= budget or fold["selection"]["note"]
+    assert any(f"set-aside questions under KL <= {budget:g} (--max_kl): K " in text for text in lines)
+    assert f"chosen under KL <= {budget:g} (--max_kl): " + "; ".join(
+        f"fold {f['fold']}: K {f['K']}, alpha {f['alpha']:g}" for f in record["folds"]) in lines
+    assert f"trade-off figure: {record['tradeoff_figure']}" in lines

@@ -17,8 +17,10 @@ why in its `unpaired` column and in a note. Runs that chose K and α per fold ar
 labelled with their grid and the choices (iti.collect).
 Writes `{results_dir}/results_dump/sweep_dump/{model}_{method}[_{dataset}][_limit_{N}][_seed_{S}]_{hash}.{csv,md,png}`,
 named by the flags that selected the runs and a hash of the runs themselves (tables of other selections or other
-runs never replace each other); `--by_category` adds `…_by_category_{metric}.{csv,md}` and one plot per setting
-of the per-category differences from the baseline (categories sorted by the difference), under the same stem.
+runs never replace each other), and `…_tradeoff.png`: the --select_metric (MC2 unless given) against KL, each run of
+one setting a point (means over folds and seeds), the front (ITI_SPEC §11) drawn; `--by_category` adds
+`…_by_category_{metric}.{csv,md}` and one plot per setting of the per-category differences from the baseline
+(categories sorted by the difference), under the same stem.
 """
 import sys
 from pathlib import Path
@@ -26,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from iti.cli import parse_config, run_main  # noqa: E402
-from iti.config import CollectConfig  # noqa: E402
+from iti.config import SELECT_METRIC_NAMES, CollectConfig  # noqa: E402
 
 
 def main() -> None:
@@ -40,7 +42,7 @@ def main() -> None:
                              selected_runs, table_stem, unpaired_notes)
     from iti.errors import UsageError
     from iti.files import write_text
-    from iti.plots import category_differences, sweep_curves
+    from iti.plots import category_differences, sweep_curves, sweep_tradeoff
 
     results_dir = Path(cfg.results_dir)
     finished, unreadable = finished_runs(results_dir)
@@ -61,9 +63,13 @@ def main() -> None:
     write_text(out_dir / f"{stem}.csv", table.to_csv(index=False))
     write_text(out_dir / f"{stem}.md", markdown(table))
     plotted = sweep_curves(table, out_dir / f"{stem}.png")
+    metric = SELECT_METRIC_NAMES[cfg.select_metric]
+    tradeoff = sweep_tradeoff(table, metric, out_dir / f"{stem}_tradeoff.png")
     print(markdown(table))
     print(f"{len(table)} settings -> {out_dir / stem}.csv, .md"
           + (f", .png ({', '.join(plotted)})" if plotted else " (no metric to plot)"))
+    print(f"trade-off of {metric} against KL -> {tradeoff}" if tradeoff else
+          f"no trade-off figure: no run of one setting measured both {metric} and KL")
     if cfg.by_category:
         categories = category_table(table, pairs, cfg.category_metric)
         if categories.empty:
