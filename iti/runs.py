@@ -132,6 +132,8 @@ class RunRecord:
     probe_report_table: str | None = None
     bootstrap: Bootstrap | None = None
     categories: dict[str, dict[str, float | None]] | None = None
+    # What moved the scores: {"length", "truth": {"coef", "low", "high"}, "questions", "answers"} (iti.effect_parts)
+    effect_parts: dict[str, Any] | None = None
     other: dict[str, Any] = field(default_factory=dict)  # what a later version adds, kept as read
 
 
