@@ -45,9 +45,13 @@ class EvalSpec:
     batch_size: int = 16
     max_new_tokens: int = 50
     add_period: bool = True   # TruthfulQA's convention for its reference answers (docs/method.md §9)
+    # MC answer frames also hold the unshifted model's scores of the same answers (the truth and length parts,
+    # iti.effect_parts): scored beside the settings', sharing their prompt prefixes.
+    unshifted_scores: bool = False
 
     def only(self, metrics) -> EvalSpec:
-        return replace(self, metrics=frozenset(metrics))
+        """These metrics alone (and no unshifted scores beside them)."""
+        return replace(self, metrics=frozenset(metrics), unshifted_scores=False)
 
 
 @dataclass
@@ -93,15 +97,23 @@ class Evaluator:
         setting's frame before its metrics' columns. Answers to be judged are generated into the frames."""
         tag, records, frames, shifted = spec.tag, table.records, table.frames, ShiftedModel(self.model, table.distinct)
         if "mc" in spec.metrics:
-            per_setting = evaluate_mc_per_setting(shifted, self.tokenizer, records, self.prompting,
+            settings = shifted.settings
+            # The unshifted model's scores: those of an unshifted setting among these, or of one scored beside them.
+            plain = next((i for i, setting in enumerate(settings) if setting is None), len(settings))
+            scored = ShiftedModel(shifted.model, [*settings, None]) \
+                if spec.unshifted_scores and plain == len(settings) else shifted
+            per_setting = evaluate_mc_per_setting(scored, self.tokenizer, records, self.prompting,
                                                   batch_size=spec.batch_size, progress=progress,
                                                   add_period=spec.add_period)
             for frame, mc in zip(frames, per_setting):
                 frame[f"{tag} lprob max"] = [max(r.true_scores) for r in mc]
                 frame[f"{tag} lprob diff"] = [max(r.true_scores) - max(r.false_scores) for r in mc]
-                frame[f"{tag} lprob scores-true"] = [json.dumps(r.true_scores) for r in mc]
-                frame[f"{tag} lprob scores-false"] = [json.dumps(r.false_scores) for r in mc]
-            yield "mc", per_setting
+                _add_answer_lists(frame, tag, "lprob scores", [(r.true_scores, r.false_scores) for r in mc])
+                _add_answer_lists(frame, tag, "tokens", [(r.true_tokens, r.false_tokens) for r in mc])
+                if spec.unshifted_scores:
+                    _add_answer_lists(frame, tag, "unshifted lprob scores",
+                                      [(r.true_scores, r.false_scores) for r in per_setting[plain]])
+            yield "mc", per_setting[:len(settings)]
         if self.ce_kl is not None:
             per_setting = self.ce_kl.per_setting(shifted, set(spec.metrics), progress)
             for option in per_setting[0]:
@@ -167,6 +179,18 @@ class SettingsTable:
     def outcomes(self) -> list[tuple[pd.DataFrame, dict[str, float]]]:
         """(answer frame, means) of each given setting, in the order given."""
         return [(self.frames[i].copy(), with_products(self.results[i])) for i in self.slots]
+
+
+def answer_list_columns(tag: str, name: str) -> tuple[str, str]:
+    """The answer frame's columns of a per-answer value (`name`: "lprob scores", "unshifted lprob scores",
+    "tokens"): each row a JSON list of the true answers' values, and one of the false answers'."""
+    return f"{tag} {name}-true", f"{tag} {name}-false"
+
+
+def _add_answer_lists(frame: pd.DataFrame, tag: str, name: str, values: list[tuple[list, list]]) -> None:
+    """Per question (true answers' values, false answers' values), as answer_list_columns."""
+    for column, side in zip(answer_list_columns(tag, name), (0, 1)):
+        frame[column] = [json.dumps(pair[side]) for pair in values]
 
 
 def questions_frame(records: list[GenerationQuestion]) -> pd.DataFrame:

@@ -56,16 +56,23 @@ def mc_references(record: GenerationQuestion, add_period: bool = True) -> MCRefe
 
 @dataclass
 class MCResult:
-    """One question's summed answer log-probabilities, what iti.metrics scores as MC1, MC2 and MC3."""
+    """One question's summed answer log-probabilities, what iti.metrics scores as MC1, MC2 and MC3, and each
+    answer's token count (the tokens scored)."""
     true_scores: list[float]
     false_scores: list[float]
     best_score: float
+    true_tokens: list[int]
+    false_tokens: list[int]
 
 
 @dataclass
 class _Row:
     ids: list[int]
     first: int  # index of the first answer token; the row ends with the last answer token
+
+    @property
+    def answer_tokens(self) -> int:
+        return len(self.ids) - self.first
 
 
 def tokenize_answer(tokenizer, prompt: str, answer: str, separator: str = ANSWER_SEPARATOR) -> _Row:
@@ -130,11 +137,22 @@ def score_answers_per_setting(shifted: ShiftedModel, tokenizer, prompts: list[st
     """Per setting of `shifted`, the summed log-probability of each answer (`answers[i]` those of `prompts[i]`)
     after `{prompt}{separator}`, the shift on answer tokens only; equal, up to float noise, to one forward of the
     full text per answer and setting. At most `batch_size` rows of (setting, answer) per forward."""
+    return _score_rows_per_setting(shifted, answer_rows(tokenizer, prompts, answers, separator), batch_size, progress)
+
+
+def answer_rows(tokenizer, prompts: list[str], answers: list[list[str]],
+                separator: str = ANSWER_SEPARATOR) -> list[list[_Row]]:
+    """tokenize_answer of each answer after its prompt."""
+    return [[tokenize_answer(tokenizer, prompt, answer, separator) for answer in group]
+            for prompt, group in zip(prompts, answers)]
+
+
+def _score_rows_per_setting(shifted: ShiftedModel, rows: list[list[_Row]], batch_size: int,
+                            progress: bool) -> list[list[list[float]]]:
+    """score_answers_per_setting of answers tokenized (answer_rows)."""
     model = shifted.model
     settings = range(len(shifted.settings))
-    rows = [[tokenize_answer(tokenizer, prompt, answer, separator) for answer in group]
-            for prompt, group in zip(prompts, answers)]
-    scores: list[list[list[float]]] = [[[] for _ in prompts] for _ in settings]
+    scores: list[list[list[float]]] = [[[] for _ in rows] for _ in settings]
     every_row = [row for group in rows for row in group]
     if not every_row:
         return scores
@@ -180,16 +198,17 @@ def evaluate_mc_per_setting(shifted: ShiftedModel, tokenizer, records: list[Gene
     prompts = [prompting.prompt(ref.question) for ref in references]
     # The best answer is one of the true answers in TruthfulQA; scored on its own only if it is not.
     candidates = [ref.true + ref.false + ([] if ref.best in ref.true else [ref.best]) for ref in references]
-    per_setting = score_answers_per_setting(shifted, tokenizer, prompts, candidates, batch_size, progress,
-                                            prompting.answer_separator)
-    return [[_mc_result(ref, scores) for ref, scores in zip(references, all_scores)] for all_scores in per_setting]
+    rows = answer_rows(tokenizer, prompts, candidates, prompting.answer_separator)
+    tokens = [[row.answer_tokens for row in group] for group in rows]
+    per_setting = _score_rows_per_setting(shifted, rows, batch_size, progress)
+    return [[_mc_result(ref, scores, counts) for ref, scores, counts in zip(references, all_scores, tokens)]
+            for all_scores in per_setting]
 
 
-def _mc_result(ref: MCReferences, scores: list[float]) -> MCResult:
-    true_scores = scores[:len(ref.true)]
-    false_scores = scores[len(ref.true):len(ref.true) + len(ref.false)]
-    best = true_scores[ref.true.index(ref.best)] if ref.best in ref.true else scores[-1]
-    return MCResult(true_scores, false_scores, best)
+def _mc_result(ref: MCReferences, scores: list[float], tokens: list[int]) -> MCResult:
+    true, false = slice(0, len(ref.true)), slice(len(ref.true), len(ref.true) + len(ref.false))
+    best = scores[ref.true.index(ref.best)] if ref.best in ref.true else scores[-1]
+    return MCResult(scores[true], scores[false], best, tokens[true], tokens[false])
 
 
 def evaluate_mc(shifted: ShiftedModel, tokenizer, records: list[GenerationQuestion], prompting: Prompting = Prompting(),

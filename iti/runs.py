@@ -133,6 +133,8 @@ class RunRecord:
     bootstrap: Bootstrap | None = None
     categories: dict[str, dict[str, float | None]] | None = None
     tradeoff_figure: str | None = None  # a selection run's folds' scores against KL (iti.plots.tradeoff_figure)
+    # What moved the scores: {"length", "truth": {"coef", "low", "high"}, "questions", "answers"} (iti.effect_parts)
+    effect_parts: dict[str, Any] | None = None
     other: dict[str, Any] = field(default_factory=dict)  # what a later version adds, kept as read
 
 

@@ -32,6 +32,7 @@ import pandas as pd
 from iti.ce_kl import CeKl, load_owt_texts
 from iti.config import SELECT_METRIC_NAMES, ValidationConfig, selection_options
 from iti.data import GenerationQuestion
+from iti.effect_parts import parts_line, parts_of_frame
 from iti.errors import UsageError
 from iti.evaluation import (JUDGED, EvalSpec, Evaluator, final_line, pooled_statistics, questions_frame,
                             read_fold_answers, summary_frame)
@@ -197,7 +198,8 @@ def set_up(cfg: ValidationConfig, log: Log) -> RunSetup:
                     run_provenance(dataclasses.asdict(cell_cfg), features_read if reads else {}, source, device))
 
     # How the test questions are scored.
-    spec = EvalSpec(frozenset(metrics), cfg.output_name, cfg.batch_size, cfg.max_new_tokens, add_period=not cfg.custom)
+    spec = EvalSpec(frozenset(metrics), cfg.output_name, cfg.batch_size, cfg.max_new_tokens, add_period=not cfg.custom,
+                    unshifted_scores=True)
     judges = JudgePanel(judge_sources, cfg.device, cfg.dtype, cfg.sequential_loading, cfg.batch_size) \
         if judge_sources else None
     ce_kl = CeKl(owt_texts, tokenizer, cfg.seed, cfg.batch_size, cfg.owt_samples) if metrics & {"ce", "kl"} else None
@@ -394,6 +396,9 @@ def totals(cell: Cell, log: Log) -> dict[str, Any]:
     answers = pd.concat([read_fold_answers(f, cfg.output_name) for f in folds], ignore_index=True)
     bootstrap, categories = pooled_statistics(answers, cfg.output_name)
     figure = None
+    parts = parts_of_frame(answers, cfg.output_name) if any(f.K and f.alpha for f in folds) else None
+    if parts:
+        log(parts_line(parts))
     if cfg.selects:
         line = final_line("/".join(f"{f.alpha:g}" for f in folds), "/".join(str(f.K) for f in folds), final)
         log(f"chosen {budget_text(cfg.max_kl)}: " + "; ".join(f"fold {f.fold}: K {f.K}, alpha {f.alpha:g}"
@@ -402,6 +407,7 @@ def totals(cell: Cell, log: Log) -> dict[str, Any]:
     else:
         line = final_line(cfg.alpha[0], cfg.num_heads[0], final)
     return dict(final=final, final_line=line, probe_report_table=table, categories=categories, tradeoff_figure=figure,
+                effect_parts=parts,
                 bootstrap=Bootstrap(intervals=bootstrap, level=BOOTSTRAP_LEVEL, resamples=BOOTSTRAP_RESAMPLES,
                                     seed=BOOTSTRAP_SEED, over="test questions, folds pooled"))
 
