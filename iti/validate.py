@@ -29,6 +29,8 @@ import pandas as pd
 
 from iti.ce_kl import CeKl, load_owt_texts
 from iti.config import SELECT_METRIC_NAMES, ValidationConfig, selection_options
+from iti.control import (chance_levels, chance_line, control_differences, control_selection, control_settings,
+                         read_control_answers, with_control)
 from iti.data import GenerationQuestion
 from iti.errors import UsageError
 from iti.evaluation import (JUDGED, EvalSpec, Evaluator, final_line, pooled_statistics, questions_frame,
@@ -119,7 +121,7 @@ def run_sweep(cfg: ValidationConfig, progress: bool = True, log: Log = print) ->
             run_fold(setup, fold, questions, progress, log)
         # The time that computed each record's folds: a rerun that keeps them all adds nothing to it.
         share_time(setup, [cell for cell in setup.cells if len(cell.kept) < len(setup.splits)])
-        records = [run_record(setup, cell, totals(cell, log)) for cell in setup.cells]
+        records = [run_record(setup, cell, totals(cell, setup.items, log)) for cell in setup.cells]
         for cell, record in zip(setup.cells, records):
             cell.run.write(record)
     return [{**plain(record_json(record)), "json_path": str(cell.run.summary_path)}
@@ -213,6 +215,8 @@ def keep_finished_folds(setup: RunSetup) -> None:
         cell.kept, cell.seconds = cell.run.finished_folds()
         for entry in cell.kept.values():
             read_fold_answers(entry, cell.cfg.output_name)
+            if entry.control is not None:
+                read_control_answers(entry, cell.cfg.output_name)
 
 
 def run_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], progress: bool, log: Log) -> None:
@@ -236,23 +240,32 @@ def run_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], prog
     split = Split(train, val, test, sigma=np.concatenate([train, val]) if cfg.sigma_questions == "dev" else None,
                   fold=fold)
     parts = {"train": train, "val": val, "test": test}
-    selection = None
+    selection = control = None
     if cfg.selects:
-        selection, parts["select"] = select_setting(setup, split, log)
+        selection, parts["select"], control = select_setting(setup, split, log)
     settings = [(selection.chosen["K"], selection.chosen["alpha"]) if selection else cell.cfg.settings[0]
                 for cell in cells]
+    # --control: each run's control setting (its own choice, or the run's one setting), evaluated with ITI's.
+    controlled = [(control.chosen["K"], control.chosen["alpha"]) if control else setting for setting in settings] \
+        if cfg.control != "none" else []
     # The probes, the head ranking, the directions and σ do not depend on K or α: one fit serves every run.
     fit = fit_probes(setup.features, split, recipe_of(cfg, *settings[0])) \
         if any(cell.reads_features for cell in cells) else None
-    of_k = {k: fit.head_shifts(k, 1.0) for k in dict.fromkeys(k for k, _ in settings if k > 0)}
-    shifts = [of_k[k].scaled(alpha) if k > 0 else None for k, alpha in settings]
-    outcomes = evaluate_each(setup.evaluator, shifts, [items[q] for q in test], progress)
+    of_k = {k: fit.head_shifts(k, 1.0) for k in dict.fromkeys(k for k, _ in settings + controlled if k > 0)}
+    shifts, controls = ([of_k[k].scaled(alpha) if k > 0 else None for k, alpha in chosen]
+                        for chosen in (settings, controlled))
+    controls = control_settings(controls, setup.features, split, cfg.seed)
+    outcomes = evaluate_each(setup.evaluator, shifts + controls, [items[q] for q in test], progress)
+    outcomes, control_outcomes = outcomes[:len(shifts)], outcomes[len(shifts):]
     share_time(setup, cells)
     splits = {part: str(write_csv(cells[0].run.split_path(fold, part), questions_frame([items[q] for q in ids])))
               for part, ids in parts.items()}
     shared = Fold(fold, parts, splits, fit, selection)
-    for cell, setting, cell_shifts, evaluated in zip(cells, settings, shifts, outcomes):
-        cell.folds.append(write_fold(setup, cell, shared, setting, cell_shifts, evaluated, log))
+    for i, (cell, setting, cell_shifts, evaluated) in enumerate(zip(cells, settings, shifts, outcomes)):
+        entry = write_fold(setup, cell, shared, setting, cell_shifts, evaluated, log)
+        if controlled:
+            entry = with_control(entry, cell.run, control, controlled[i], controls[i], control_outcomes[i], log)
+        cell.folds.append(entry)
         cell.run.write(run_record(setup, cell))
 
 
@@ -310,9 +323,10 @@ def write_fold(setup: RunSetup, cell: Cell, fold: Fold, setting: tuple[int, floa
                                    if shifts is not None else None))
 
 
-def select_setting(setup: RunSetup, split: Split, log: Log) -> tuple[Selection, np.ndarray]:
+def select_setting(setup: RunSetup, split: Split, log: Log) -> tuple[Selection, np.ndarray, Selection | None]:
     """Score every (K, α) on questions set aside from the fold's development questions, with shifts built from
-    the others (iti.selection), and choose one; also returns the questions scored."""
+    the others (iti.selection), and choose one; also returns the questions scored, and with --control the
+    control's own choice (its settings scored in the same pass)."""
     cfg = setup.cfg
     metric = SELECT_METRIC_NAMES[cfg.select_metric]
     scoring = setup.evaluator.spec.only(selection_options(cfg.select_metric) | ({"kl"} if cfg.max_kl is not None
@@ -320,9 +334,14 @@ def select_setting(setup: RunSetup, split: Split, log: Log) -> tuple[Selection, 
     inner, selecting = selection_split(split, cfg.select_ratio, cfg.val_ratio, cfg.seed)
     scored = [setup.items[q] for q in selecting]
 
+    control_rows = []
+
     def score(settings: list[HeadShifts | None]) -> list[dict[str, float]]:
-        return [{metric: results[metric], "KL": results["KL"]}
-                for _, results in evaluate_each(setup.evaluator, settings, scored, False, scoring)]
+        controls = control_settings(settings, setup.features, inner, cfg.seed) if cfg.control != "none" else []
+        rows = [{metric: results[metric], "KL": results["KL"]}
+                for _, results in evaluate_each(setup.evaluator, settings + controls, scored, False, scoring)]
+        control_rows.extend(rows[len(settings):])
+        return rows[:len(settings)]
 
     table = score_settings(setup.features, inner, cfg.settings, recipe_of(cfg, 1, 1.0), score) if setup.features \
         else [{"K": k, "alpha": a, **values}
@@ -336,10 +355,13 @@ def select_setting(setup: RunSetup, split: Split, log: Log) -> tuple[Selection, 
         if message:
             log(f"note: {message}")
     log(f"chosen on {len(scored)} set-aside questions: K {chosen['K']}, alpha {chosen['alpha']:g}")
-    return Selection(scheme="three-way split of the development questions", metric=metric, max_kl=cfg.max_kl,
-                     select_ratio=cfg.select_ratio, counts={"train": len(inner.train), "val": len(inner.val),
-                                                            "select": len(selecting)},
-                     table=table, chosen=chosen, note=note, edge_note=edge), selecting
+    selection = Selection(scheme="three-way split of the development questions", metric=metric, max_kl=cfg.max_kl,
+                          select_ratio=cfg.select_ratio, counts={"train": len(inner.train), "val": len(inner.val),
+                                                                 "select": len(selecting)},
+                          table=table, chosen=chosen, note=note, edge_note=edge)
+    control = control_selection(selection, [{"K": row["K"], "alpha": row["alpha"], **values} for row, values
+                                            in zip(table, control_rows)], cfg.settings, log) if control_rows else None
+    return selection, selecting, control
 
 
 def run_record(setup: RunSetup, cell: Cell, done: dict[str, Any] | None = None) -> RunRecord:
@@ -350,8 +372,9 @@ def run_record(setup: RunSetup, cell: Cell, done: dict[str, Any] | None = None) 
                      provenance=cell.provenance, seconds=cell.seconds, **(done or {}))
 
 
-def totals(cell: Cell, log: Log) -> dict[str, Any]:
-    """What completes a record: means over folds, the probe report table, intervals and categories, the final line."""
+def totals(cell: Cell, items: list[GenerationQuestion], log: Log) -> dict[str, Any]:
+    """What completes a record: means over folds, the probe report table, intervals and categories, the final line;
+    the chance levels of its questions (`items`: the run's) and with --control, ITI − control."""
     cfg, folds = cell.cfg, cell.folds
     final = mean_over_folds([{key: np.nan if value is None else float(value) for key, value in f.results.items()}
                              for f in folds])
@@ -362,10 +385,15 @@ def totals(cell: Cell, log: Log) -> dict[str, Any]:
     # From the answer files, so that folds kept from an earlier run count too.
     answers = pd.concat([read_fold_answers(f, cfg.output_name) for f in folds], ignore_index=True)
     bootstrap, categories = pooled_statistics(answers, cfg.output_name)
+    chance = chance_levels([items[q] for f in folds for q in f.test], not cfg.custom) if "mc" in cfg.metrics else None
+    if chance:
+        log(chance_line(chance))
+    control = control_differences(answers, folds, cfg.output_name, log) if cfg.control != "none" else None
     if cfg.selects:
         line = final_line("/".join(f"{f.alpha:g}" for f in folds), "/".join(str(f.K) for f in folds), final)
     else:
         line = final_line(cfg.alpha[0], cfg.num_heads[0], final)
-    return dict(final=final, final_line=line, probe_report_table=table, categories=categories,
+    return dict(final=final, final_line=line, probe_report_table=table, categories=categories, chance=chance,
+                control=control,
                 bootstrap=Bootstrap(intervals=bootstrap, level=BOOTSTRAP_LEVEL, resamples=BOOTSTRAP_RESAMPLES,
                                     seed=BOOTSTRAP_SEED, over="test questions, folds pooled"))
