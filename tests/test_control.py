@@ -209,3 +209,122 @@ def test_a_control_needs_a_shift(setup, tmp_path):
                                                    "ones, but no setting shifts anything")):
         run_validation(config(setup, tmp_path, num_heads=0, control="random_direction"), progress=False,
                        log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def control_run(setup, selection_features, tmp_path_factory):
+    """The test_validate_cli selection run with --control random_direction: its record, the questions and number of
+    settings of each evaluate_settings call, and its log lines."""
+    from iti.evaluation import Evaluator
+
+    evaluated, lines = [], []
+    real = Evaluator.evaluate_settings
+
+    def recording(self, settings, records, *args, **kwargs):
+        evaluated.append((len(settings), [r.question for r in records]))
+        return real(self, settings, records, *args, **kwargs)
+
+    cfg = config(setup, tmp_path_factory.mktemp("control"), features_dir=str(selection_features),
+                 control="random_direction", **SELECTION)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Evaluator, "evaluate_settings", recording)
+        record = run_validation(cfg, progress=False, log=lines.append)
+    return cfg, record, evaluated, lines
+
+
+def test_the_control_chooses_among_the_same_settings_on_the_same_questions(setup, control_run):
+    from iti.fitting import Split
+    from iti.selection import choose_setting, selection_split
+    from tests.test_validate_cli import setup_records
+
+    _, record, evaluated, _ = control_run
+    questions = setup_records(setup)
+    calls = iter(evaluated)
+    for fold in record["folds"]:
+        selection, control = fold["selection"], fold["control"]
+        own = control["selection"]
+        assert [(r["K"], r["alpha"]) for r in own["table"]] == [(r["K"], r["alpha"]) for r in selection["table"]]
+        assert [r["MC2"] for r in own["table"]] != [r["MC2"] for r in selection["table"]]
+        assert own["counts"] == selection["counts"] and own["metric"] == "MC2"
+        assert own["chosen"] == choose_setting(own["table"], "MC2")[0]
+        assert (control["K"], control["alpha"]) == (own["chosen"]["K"], own["chosen"]["alpha"])
+        # The same ranked heads: the top K of the fold's ranking, of which ITI's are the top K too.
+        shorter, longer = sorted((control["heads"], fold["heads"]), key=len)
+        assert len(control["heads"]) == control["K"] and longer[:len(shorter)] == shorter
+        # ITI's grid and the control's in one call on the set-aside questions (the unshifted model once), then
+        # both choices in one call on the test questions.
+        split = Split(np.array(fold["train"]), np.array(fold["val"]), sigma=np.r_[fold["train"], fold["val"]],
+                      fold=fold["fold"])
+        _, selecting = selection_split(split, 0.25, 0.5, 42)
+        shifted = sum(1 for row in selection["table"] if row["alpha"] != 0)
+        assert next(calls) == (2 * shifted + 1, [questions[q].question for q in selecting])
+        chosen = [fold["alpha"], control["alpha"]]
+        assert next(calls) == (sum(a != 0 for a in chosen) + (0 in chosen), [questions[q].question
+                                                                         for q in fold["test"]])
+        files = fold["files"]
+        answers = pd.read_csv(files["control_answers"])
+        assert answers["Question"].tolist() == [questions[q].question for q in fold["test"]]
+        assert control["results"]["MC2"] == pytest.approx(answers[f"{MODEL} MC2"].mean())
+        assert own["chosen_test"] == control["results"]["MC2"]
+        assert files["sha256"][files["control_answers"]] == hashlib.sha256(
+            Path(files["control_answers"]).read_bytes()).hexdigest()
+
+
+def test_the_record_holds_iti_minus_control_and_chance(setup, control_run):
+    """ITI − control: the mean of the per-question differences and its percentile interval over 1000 resamples of
+    the pooled test questions (seed 0), by hand; the chance levels from the questions' answer counts."""
+    from tests.test_validate_cli import setup_records
+
+    _, record, _, lines = control_run
+    iti, control = (pd.concat([pd.read_csv(f["files"][key]) for f in record["folds"]], ignore_index=True)
+                    for key in ("answers", "control_answers"))
+    for name in ("MC1", "MC2", "MC3"):
+        gap = iti[f"{MODEL} {name}"].to_numpy() - control[f"{MODEL} {name}"].to_numpy()
+        draws = np.random.default_rng(0).integers(0, len(gap), size=(1000, len(gap)))
+        low, high = np.quantile(gap[draws].mean(axis=1), [0.025, 0.975])
+        assert record["control"][name] == pytest.approx({"value": gap.mean(), "low": low, "high": high})
+        shown = record["control"][name]
+        assert f"ITI − control: {name} {shown['value']:+.4f} [{shown['low']:+.4f}, {shown['high']:+.4f}]" in lines
+    questions = setup_records(setup)[:12]
+    assert record["chance"] == pytest.approx({
+        "MC1": np.mean([1 / (1 + len(q.incorrect_answers)) for q in questions]),
+        "MC2": np.mean([len(q.correct_answers) / (len(q.correct_answers) + len(q.incorrect_answers))
+                        for q in questions]),
+        "MC3": np.mean([1 / (1 + len(q.incorrect_answers)) for q in questions])})
+    assert any(line.startswith("chance (every answer equally likely): MC1 ") for line in lines)
+
+
+def test_a_single_setting_control_is_that_setting_with_random_directions(setup, tmp_path):
+    record = run_validation(config(setup, tmp_path, limit=4, control="random_direction"), progress=False,
+                            log=lambda _: None)
+    plain = run_validation(config(setup, tmp_path, limit=4), progress=False, log=lambda _: None)
+    assert plain["control"] is None and plain["folds"][0]["control"] is None and plain["chance"] is not None
+    assert record["name"] != plain["name"]
+    for fold, alone in zip(record["folds"], plain["folds"]):
+        control = fold["control"]
+        assert control["selection"] is None and (control["K"], control["alpha"]) == (fold["K"], fold["alpha"])
+        # ITI's numbers as without the control (its rows now share batches with the control's: float rounding).
+        assert control["heads"] == fold["heads"]
+        assert {k: v for k, v in fold["results"].items() if v is not None} == pytest.approx(
+            {k: v for k, v in alone["results"].items() if v is not None}, rel=1e-5)
+        mc2 = [pd.read_csv(fold["files"][key])[f"{MODEL} MC2"].tolist() for key in ("answers", "control_answers")]
+        assert mc2[0] != mc2[1]
+
+
+def test_resume_keeps_the_control_files_and_refuses_a_changed_one(control_run):
+    cfg, record, _, _ = control_run
+    written = {path: Path(path).read_bytes() for fold in record["folds"] for path in fold["files"]["sha256"]}
+    lines = []
+    again = run_validation(dataclasses.replace(cfg, resume=True), progress=False, log=lines.append)
+    assert sum(line.startswith("Fold ") and "kept from" in line for line in lines) == 2
+    assert again["folds"] == record["folds"] and again["control"] == record["control"]
+    assert all(Path(path).read_bytes() == content for path, content in written.items())
+    answers = Path(record["folds"][0]["files"]["control_answers"])
+    whole = answers.read_bytes()
+    answers.write_bytes(whole.replace(b",0.", b",1.", 1))
+    try:
+        with pytest.raises(UsageError, match=re.escape(f"fold 0's file {answers} is not the file that was written "
+                                                       "there")):
+            run_validation(cfg, progress=False, log=lambda _: None)
+    finally:
+        answers.write_bytes(whole)
