@@ -252,9 +252,9 @@ def run_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], prog
     fit = fit_probes(setup.features, split, recipe_of(cfg, *settings[0])) \
         if any(cell.reads_features for cell in cells) else None
     of_k = {k: fit.head_shifts(k, 1.0) for k in dict.fromkeys(k for k, _ in settings + controlled if k > 0)}
-    shifts, controls = ([of_k[k].scaled(alpha) if k > 0 else None for k, alpha in chosen]
-                        for chosen in (settings, controlled))
-    controls = control_settings(controls, setup.features, split, cfg.seed)
+    shifts = [of_k[k].scaled(alpha) if k > 0 else None for k, alpha in settings]
+    controls = control_settings([of_k[k].scaled(alpha) if k > 0 else None for k, alpha in controlled],
+                                setup.features, split, cfg.seed)
     outcomes = evaluate_each(setup.evaluator, shifts + controls, [items[q] for q in test], progress)
     outcomes, control_outcomes = outcomes[:len(shifts)], outcomes[len(shifts):]
     share_time(setup, cells)
