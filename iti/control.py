@@ -111,10 +111,11 @@ def read_control_answers(entry: FoldEntry, tag: str) -> pd.DataFrame:
 
 def control_differences(answers: pd.DataFrame, folds: list[FoldEntry], tag: str,
                         log: Log) -> dict[str, dict[str, float]]:
-    """Per metric both scored, ITI − control over the test questions (`answers`: ITI's, folds pooled in order) with
-    its paired bootstrap interval; one line each."""
+    """Per metric both scored per question, ITI − control over the test questions (`answers`: ITI's, folds pooled
+    in order) with its paired bootstrap interval; one line each (none for a run of CE and KL alone)."""
     control = pd.concat([read_control_answers(fold, tag) for fold in folds], ignore_index=True)
-    differences = paired_differences(answer_scores(answers, tag), answer_scores(control, tag))
+    iti_scores, control_scores = answer_scores(answers, tag), answer_scores(control, tag)
+    differences = paired_differences(iti_scores, control_scores) if iti_scores else {}
     for name, interval in differences.items():
         log(f"ITI − control: {name} {interval.value:+.4f} [{interval.low:+.4f}, {interval.high:+.4f}]")
     return {name: interval.as_dict() for name, interval in differences.items()}

@@ -17,8 +17,7 @@ import pandas as pd
 import pytest
 
 from iti.config import ValidationConfig
-from iti.control import (chance_levels, control_differences, control_settings, control_shifts,
-                         random_unit_directions)
+from iti.control import chance_levels, control_differences, control_settings, control_shifts
 from iti.errors import UsageError
 from iti.fitting import Features, Recipe, Split, fit_head_shifts
 from iti.items import GenerationQuestion
@@ -182,6 +181,13 @@ def test_a_planted_length_preference_is_caught_by_the_control(tmp_path):
         answers = pd.concat([pd.read_csv(f.files.answers) for f in folds], ignore_index=True)
         return control_differences(answers, folds, MODEL, log=lambda _: None)
 
+    unscored = tmp_path / "unscored.csv"  # a run of CE and KL alone: no score per question to pair
+    pd.DataFrame({"Category": ["c"], "Question": ["Q0"]}).to_csv(unscored, index=False)
+    ce_kl_only = FoldEntry(fold=0, test=[0], results={"KL": 0.1}, files=FoldFiles(answers=str(unscored),
+                                                                                  control_answers=str(unscored)),
+                           control=ControlFold(method="random_direction", K=3, alpha=5.0, heads=[],
+                                               results={"KL": 0.2}))
+    assert control_differences(pd.read_csv(unscored), [ce_kl_only], MODEL, log=print) == {}
     over_unshifted = differences(0.0, None)["MC2"]
     assert over_unshifted["low"] > 0
     caught = differences(0.0, control)["MC2"]
