@@ -150,8 +150,8 @@ class ValidationConfig(HeadShiftOptions):
                                  split=True, fraction=True)
     control: str = option("none", "random_direction: beside ITI, the same selection (or single setting) with a seeded "
                                   "random unit direction at each of the same heads, σ measured along it; the record "
-                                  "gives ITI − control per question with its paired 95% interval", SHIFTS,
-                          choices=CONTROLS, added=True)
+                                  "gives ITI − control over the test questions with a paired bootstrap interval",
+                          SHIFTS, choices=CONTROLS, added=True)
     sigma_questions: str = option("all", "rows of the tuning set that set σ: all (the public workflow's, default) "
                                          "or dev (only the fold's development questions)", SHIFTS,
                                   choices=SIGMA_QUESTIONS)

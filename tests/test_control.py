@@ -334,3 +334,11 @@ def test_resume_keeps_the_control_files_and_refuses_a_changed_one(control_run):
             run_validation(cfg, progress=False, log=lambda _: None)
     finally:
         answers.write_bytes(whole)
+
+
+def test_the_option_is_a_flag_with_help():
+    from iti.cli import build_parser
+
+    text = build_parser(ValidationConfig, "").format_help()
+    assert "--control {none,random_direction}" in text
+    assert ValidationConfig().control == "none"
