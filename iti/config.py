@@ -46,6 +46,8 @@ METRICS = METRIC_OPTIONS
 # --select_metric choices: the metrics scored per question or derived from them.
 SELECT_METRIC_NAMES = {name.lower(): name for name in PER_QUESTION_OR_DERIVED}
 SELECT_METRICS = tuple(SELECT_METRIC_NAMES)
+# --control choices: none, or the random-direction control of docs/method.md §11 (iti.control).
+CONTROLS = ("none", "random_direction")
 
 
 @dataclass
@@ -146,6 +148,10 @@ class ValidationConfig(HeadShiftOptions):
     select_ratio: float = option(0.2, "with several K or α: share of each fold's development questions set aside to "
                                       "score the settings; the shifts scored are built from the others", SHIFTS,
                                  split=True, fraction=True)
+    control: str = option("none", "random_direction: beside ITI, the same selection (or single setting) with a seeded "
+                                  "random unit direction at each of the same heads, σ measured along it; the record "
+                                  "gives ITI − control over the test questions with a paired bootstrap interval",
+                          SHIFTS, choices=CONTROLS, added=True)
     sigma_questions: str = option("all", "rows of the tuning set that set σ: all (the public workflow's, default) "
                                          "or dev (only the fold's development questions)", SHIFTS,
                                   choices=SIGMA_QUESTIONS)
@@ -246,6 +252,9 @@ class ValidationConfig(HeadShiftOptions):
                              "chooses none (every K and α is a run, its KL in its record): drop one of them")
         if self.max_kl is not None and "kl" not in self.metrics:
             raise UsageError(f"--max_kl {self.max_kl:g} needs KL: add kl to --metrics")
+        if self.control != "none" and not self.intervenes:
+            raise UsageError(f"--control {self.control} compares the shifts with random ones, but no setting shifts "
+                             "anything (K 0 or alpha 0 only); drop --control or give K and alpha above 0")
         if self.sigma_questions == "dev" and not self.custom and self.tuning_dataset not in PROBING_DATASETS:
             raise UsageError(f"--sigma_questions dev needs a TruthfulQA tuning set (one of "
                              f"{', '.join(PROBING_DATASETS)}), not {self.tuning_dataset}")

@@ -119,22 +119,27 @@ class ProbeFit:
             directions = (unit(mean_differences(features.acts, features.labels, np.concatenate(self.rows[:2]), heads,
                                                 features.num_heads))
                           if recipe.method == "center_of_mass" else probe_directions(self.probes, heads))
-        tuning = features.tuning_acts
-        if split.sigma is not None:
-            tuning = np.asarray(tuning[rows_of_questions(features.tuning_question_ids, split.sigma)])
-            if len(tuning) == 0:
-                raise UsageError("the tuning features hold no row of the questions that set σ; extract them for "
-                                 "every question")
         pairs = np.asarray(heads, dtype=np.int64).reshape(-1, 2)
         return HeadShifts(
             layers=pairs[:, 0], heads=pairs[:, 1], directions=directions,
-            sigmas=projection_stds(tuning, heads, directions, features.num_heads),
+            sigmas=projection_stds(sigma_rows(features, split), heads, directions, features.num_heads),
             probe_accuracies=self.probes.val_accuracies[pairs[:, 0], pairs[:, 1]], alpha=alpha,
             num_layers=num_layers, num_heads=features.num_heads, head_dim=head_dim,
             provenance=dataclasses.replace(
                 features.provenance, K=k, method=recipe.method, probe_backend=recipe.probe_backend, seed=recipe.seed,
                 fold=split.fold, train_questions=int(len(split.train)), val_questions=int(len(split.val)),
                 probe_report=self.report.summary(heads)))
+
+
+def sigma_rows(features: Features, split: Split) -> np.ndarray:
+    """The tuning rows whose projections set σ: those of split.sigma's questions, or all of them."""
+    if split.sigma is None:
+        return features.tuning_acts
+    tuning = np.asarray(features.tuning_acts[rows_of_questions(features.tuning_question_ids, split.sigma)])
+    if len(tuning) == 0:
+        raise UsageError("the tuning features hold no row of the questions that set σ; extract them for every "
+                         "question")
+    return tuning
 
 
 def fit_probes(features: Features, split: Split, recipe: Recipe, progress: bool = True) -> ProbeFit:

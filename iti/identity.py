@@ -88,14 +88,24 @@ def identity(config, resolved: Mapping[str, Any] | None = None, names: Iterable[
     """{field: value} over `names` (default: every NUMBERS and SHIFTS field), each as resolved where `resolved` says."""
     resolved = resolved or {}
     names = identity_fields(type(config)) if names is None else names
-    return {name: json_value(resolved[name] if name in resolved else getattr(config, name)) for name in names}
+    added = added_defaults(type(config))
+    values = {name: json_value(resolved[name] if name in resolved else getattr(config, name)) for name in names}
+    return {name: value for name, value in values.items() if name not in added or value != added[name]}
+
+
+def added_defaults(config_cls) -> dict[str, Any]:
+    """The options added after runs were recorded (metadata `added`) with their defaults: an identity leaves such an
+    option out while it holds its default (a record made before it lacks it), so those runs keep their names."""
+    return {f.name: json_value(f.default) for f in dataclasses.fields(config_cls) if f.metadata.get("added", False)}
 
 
 def declared(record: Mapping[str, Any], config_cls) -> dict[str, Any]:
     """The identity fields of a config as written in a record (`dataclasses.asdict`), without the locations (paths
     and sources whose content only a run resolves): what a sweep can compare without loading anything."""
-    locations = set(flagged_fields(config_cls, "location"))
-    return {name: json_value(record.get(name)) for name in identity_fields(config_cls) if name not in locations}
+    locations, added = set(flagged_fields(config_cls, "location")), added_defaults(config_cls)
+    values = {name: json_value(record.get(name, added.get(name))) for name in identity_fields(config_cls)
+              if name not in locations}
+    return {name: value for name, value in values.items() if name not in added or value != added[name]}
 
 
 def without(values: Mapping[str, Any], config_cls, roles: Iterable[Role] = (), names: Iterable[str] = ()) -> dict:

@@ -77,6 +77,7 @@ class FoldFiles:
     summary: str | None = None
     probe_report_heads: str | None = None
     probe_report_layers: str | None = None
+    control_answers: str | None = None  # --control: the control's answers on the test questions
     sha256: dict[str, str] | None = None
 
     def check(self, path: str, what: str, remedy: str) -> None:
@@ -87,6 +88,18 @@ class FoldFiles:
         if path not in self.sha256:
             raise UsageError(f"{what} {path} is not among the files its fold recorded the digests of; {remedy}")
         check_sha256(path, self.sha256[path], what, remedy)
+
+
+@dataclass(kw_only=True)
+class ControlFold:
+    """A fold's --control (iti.control): its own choice among the same settings (a selection run), the setting it
+    used, its heads (ITI's, for its K) and its means over the test questions (answers: FoldFiles.control_answers)."""
+    method: str
+    selection: Selection | None = None
+    K: int
+    alpha: float
+    heads: list[list[int]]
+    results: dict[str, float | None]
 
 
 @dataclass(kw_only=True)
@@ -103,6 +116,7 @@ class FoldEntry:
     results: dict[str, float | None]
     files: FoldFiles
     probe_report: dict[str, Any] | None = None
+    control: ControlFold | None = None
 
 
 @dataclass(kw_only=True)
@@ -135,6 +149,9 @@ class RunRecord:
     tradeoff_figure: str | None = None  # a selection run's folds' scores against KL (iti.plots.tradeoff_figure)
     # What moved the scores: {"length", "truth": {"coef", "low", "high"}, "questions", "answers"} (iti.effect_parts)
     effect_parts: dict[str, Any] | None = None
+    # --control: per metric, ITI − control over the test questions (folds pooled) with its paired bootstrap interval
+    control: dict[str, dict[str, float]] | None = None
+    chance: dict[str, float] | None = None  # MC1, MC2, MC3 of every answer equally likely, on the run's questions
     other: dict[str, Any] = field(default_factory=dict)  # what a later version adds, kept as read
 
 

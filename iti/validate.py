@@ -31,6 +31,8 @@ import pandas as pd
 
 from iti.ce_kl import CeKl, load_owt_texts
 from iti.config import SELECT_METRIC_NAMES, ValidationConfig, selection_options
+from iti.control import (chance_levels, chance_line, control_differences, control_selection, control_settings,
+                         read_control_answers, with_control)
 from iti.data import GenerationQuestion
 from iti.effect_parts import parts_line, parts_of_frame
 from iti.errors import UsageError
@@ -131,7 +133,7 @@ def run_sweep(cfg: ValidationConfig, progress: bool = True, log: Log = print) ->
                     evaluate_folds(setup, [plan], progress, log)
         # The time that computed each record's folds: a rerun that keeps them all adds nothing to it.
         share_time(setup, [cell for cell in setup.cells if len(cell.kept) < len(setup.splits)])
-        records = [run_record(setup, cell, totals(cell, log)) for cell in setup.cells]
+        records = [run_record(setup, cell, totals(cell, setup.items, log)) for cell in setup.cells]
         for cell, record in zip(setup.cells, records):
             cell.run.write(record)
     return [{**plain(record_json(record)), "json_path": str(cell.run.summary_path)}
@@ -226,6 +228,8 @@ def keep_finished_folds(setup: RunSetup) -> None:
         cell.kept, cell.seconds = cell.run.finished_folds()
         for entry in cell.kept.values():
             read_fold_answers(entry, cell.cfg.output_name)
+            if entry.control is not None:
+                read_control_answers(entry, cell.cfg.output_name)
 
 
 @dataclass
@@ -235,6 +239,9 @@ class FoldPlan:
     fold: Fold
     settings: list[tuple[int, float]]
     shifts: list[HeadShifts | None]
+    control: Selection | None         # with --control: the control's own choice, in a selection run
+    controlled: list[tuple[int, float]]  # with --control: each run's control setting
+    controls: list[HeadShifts | None]    # and its shifts along random directions
 
 
 def plan_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], log: Log) -> FoldPlan | None:
@@ -258,33 +265,45 @@ def plan_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], log
     split = Split(train, val, test, sigma=np.concatenate([train, val]) if cfg.sigma_questions == "dev" else None,
                   fold=fold)
     parts = {"train": train, "val": val, "test": test}
-    selection = None
+    selection = control = None
     if cfg.selects:
-        selection, parts["select"] = select_setting(setup, split, log)
+        selection, parts["select"], control = select_setting(setup, split, log)
     settings = [(selection.chosen["K"], selection.chosen["alpha"]) if selection else cell.cfg.settings[0]
                 for cell in cells]
+    # --control: each run's control setting (its own choice, or the run's one setting), evaluated with ITI's.
+    controlled = [(control.chosen["K"], control.chosen["alpha"]) if control else setting for setting in settings] \
+        if cfg.control != "none" else []
     # The probes, the head ranking, the directions and σ do not depend on K or α: one fit serves every run.
     fit = fit_probes(setup.features, split, recipe_of(cfg, *settings[0])) \
         if any(cell.reads_features for cell in cells) else None
-    of_k = {k: fit.head_shifts(k, 1.0) for k in dict.fromkeys(k for k, _ in settings if k > 0)}
+    of_k = {k: fit.head_shifts(k, 1.0) for k in dict.fromkeys(k for k, _ in settings + controlled if k > 0)}
     shifts = [of_k[k].scaled(alpha) if k > 0 else None for k, alpha in settings]
-    return FoldPlan(cells, Fold(fold, parts, {}, fit, selection), settings, shifts)
+    controls = control_settings([of_k[k].scaled(alpha) if k > 0 else None for k, alpha in controlled],
+                                setup.features, split, cfg.seed)
+    return FoldPlan(cells, Fold(fold, parts, {}, fit, selection), settings, shifts, control, controlled, controls)
 
 
 def evaluate_folds(setup: RunSetup, plans: list[FoldPlan], progress: bool, log: Log) -> None:
-    """Each planned fold's settings on its test questions, evaluated together (Evaluator.evaluate_groups: the judges
-    score every fold's answers in one call), then each run's files of each fold written."""
+    """Each planned fold's settings (and their controls) on its test questions, evaluated together
+    (Evaluator.evaluate_groups: the judges score every fold's answers in one call), then each run's files of each
+    fold written."""
     items = setup.items
-    outcomes = setup.evaluator.evaluate_groups([(plan.shifts, [items[q] for q in plan.fold.parts["test"]])
-                                                for plan in plans], progress=progress)
+    outcomes = setup.evaluator.evaluate_groups([(plan.shifts + plan.controls,
+                                                 [items[q] for q in plan.fold.parts["test"]]) for plan in plans],
+                                               progress=progress)
     for plan, evaluated in zip(plans, outcomes):
         share_time(setup, plan.cells)
         splits = {part: str(write_csv(plan.cells[0].run.split_path(plan.fold.index, part),
                                       questions_frame([items[q] for q in ids])))
                   for part, ids in plan.fold.parts.items()}
         shared = dataclasses.replace(plan.fold, splits=splits)
-        for cell, setting, cell_shifts, outcome in zip(plan.cells, plan.settings, plan.shifts, evaluated):
-            cell.folds.append(write_fold(setup, cell, shared, setting, cell_shifts, outcome, log))
+        ours, controls = evaluated[:len(plan.shifts)], evaluated[len(plan.shifts):]
+        for i, (cell, setting, cell_shifts, outcome) in enumerate(zip(plan.cells, plan.settings, plan.shifts, ours)):
+            entry = write_fold(setup, cell, shared, setting, cell_shifts, outcome, log)
+            if plan.controlled:
+                entry = with_control(entry, cell.run, plan.control, plan.controlled[i], plan.controls[i], controls[i],
+                                     log)
+            cell.folds.append(entry)
             cell.run.write(run_record(setup, cell))
 
 
@@ -342,9 +361,10 @@ def write_fold(setup: RunSetup, cell: Cell, fold: Fold, setting: tuple[int, floa
                                    if shifts is not None else None))
 
 
-def select_setting(setup: RunSetup, split: Split, log: Log) -> tuple[Selection, np.ndarray]:
+def select_setting(setup: RunSetup, split: Split, log: Log) -> tuple[Selection, np.ndarray, Selection | None]:
     """Score every (K, α) on questions set aside from the fold's development questions, with shifts built from
-    the others (iti.selection), and choose one; also returns the questions scored."""
+    the others (iti.selection), and choose one; also returns the questions scored, and with --control the
+    control's own choice (its settings scored in the same pass)."""
     cfg = setup.cfg
     metric = SELECT_METRIC_NAMES[cfg.select_metric]
     # Every setting's price beside its score, whenever the run measures CE or KL (spec §11).
@@ -352,9 +372,14 @@ def select_setting(setup: RunSetup, split: Split, log: Log) -> tuple[Selection, 
     inner, selecting = selection_split(split, cfg.select_ratio, cfg.val_ratio, cfg.seed)
     scored = [setup.items[q] for q in selecting]
 
+    control_rows = []
+
     def score(settings: list[HeadShifts | None]) -> list[dict[str, float]]:
-        return [{metric: results[metric], "KL": results["KL"], "CE": results["CE"]}
-                for _, results in evaluate_each(setup.evaluator, settings, scored, False, scoring)]
+        controls = control_settings(settings, setup.features, inner, cfg.seed) if cfg.control != "none" else []
+        rows = [{metric: results[metric], "KL": results["KL"], "CE": results["CE"]}
+                for _, results in evaluate_each(setup.evaluator, settings + controls, scored, False, scoring)]
+        control_rows.extend(rows[len(settings):])
+        return rows[:len(settings)]
 
     table = score_settings(setup.features, inner, cfg.settings, recipe_of(cfg, 1, 1.0), score) if setup.features \
         else [{"K": k, "alpha": a, **values}
@@ -369,10 +394,13 @@ def select_setting(setup: RunSetup, split: Split, log: Log) -> tuple[Selection, 
             log(f"note: {message}")
     log(f"chosen on {len(scored)} set-aside questions {budget_text(cfg.max_kl)}: K {chosen['K']}, "
         f"alpha {chosen['alpha']:g}")
-    return Selection(scheme="three-way split of the development questions", metric=metric, max_kl=cfg.max_kl,
-                     select_ratio=cfg.select_ratio, counts={"train": len(inner.train), "val": len(inner.val),
-                                                            "select": len(selecting)},
-                     table=table, chosen=chosen, note=note, edge_note=edge), selecting
+    selection = Selection(scheme="three-way split of the development questions", metric=metric, max_kl=cfg.max_kl,
+                          select_ratio=cfg.select_ratio, counts={"train": len(inner.train), "val": len(inner.val),
+                                                                 "select": len(selecting)},
+                          table=table, chosen=chosen, note=note, edge_note=edge)
+    control = control_selection(selection, [{"K": row["K"], "alpha": row["alpha"], **values} for row, values
+                                            in zip(table, control_rows)], cfg.settings, log) if control_rows else None
+    return selection, selecting, control
 
 
 def run_record(setup: RunSetup, cell: Cell, done: dict[str, Any] | None = None) -> RunRecord:
@@ -383,8 +411,9 @@ def run_record(setup: RunSetup, cell: Cell, done: dict[str, Any] | None = None) 
                      provenance=cell.provenance, seconds=cell.seconds, **(done or {}))
 
 
-def totals(cell: Cell, log: Log) -> dict[str, Any]:
-    """What completes a record: means over folds, the probe report table, intervals and categories, the final line."""
+def totals(cell: Cell, items: list[GenerationQuestion], log: Log) -> dict[str, Any]:
+    """What completes a record: means over folds, the probe report table, intervals and categories, the final line;
+    the chance levels of its questions (`items`: the run's) and with --control, ITI − control."""
     cfg, folds = cell.cfg, cell.folds
     final = mean_over_folds([{key: np.nan if value is None else float(value) for key, value in f.results.items()}
                              for f in folds])
@@ -399,6 +428,10 @@ def totals(cell: Cell, log: Log) -> dict[str, Any]:
     parts = parts_of_frame(answers, cfg.output_name) if any(f.K and f.alpha for f in folds) else None
     if parts:
         log(parts_line(parts))
+    chance = chance_levels([items[q] for f in folds for q in f.test], not cfg.custom) if "mc" in cfg.metrics else None
+    if chance:
+        log(chance_line(chance))
+    control = control_differences(answers, folds, cfg.output_name, log) if cfg.control != "none" else None
     if cfg.selects:
         line = final_line("/".join(f"{f.alpha:g}" for f in folds), "/".join(str(f.K) for f in folds), final)
         log(f"chosen {budget_text(cfg.max_kl)}: " + "; ".join(f"fold {f.fold}: K {f.K}, alpha {f.alpha:g}"
@@ -407,7 +440,7 @@ def totals(cell: Cell, log: Log) -> dict[str, Any]:
     else:
         line = final_line(cfg.alpha[0], cfg.num_heads[0], final)
     return dict(final=final, final_line=line, probe_report_table=table, categories=categories, tradeoff_figure=figure,
-                effect_parts=parts,
+                effect_parts=parts, chance=chance, control=control,
                 bootstrap=Bootstrap(intervals=bootstrap, level=BOOTSTRAP_LEVEL, resamples=BOOTSTRAP_RESAMPLES,
                                     seed=BOOTSTRAP_SEED, over="test questions, folds pooled"))
 
@@ -415,8 +448,10 @@ def totals(cell: Cell, log: Log) -> dict[str, Any]:
 def write_tradeoff_figure(cell: Cell, log: Log) -> str | None:
     """A selection run's folds, each setting's score against its KL (iti.plots.tradeoff_figure), beside its record;
     None, and a note, when no setting's KL was measured."""
-    folds = [{"fold": f.fold, "iti": f.selection.table, "control": None, "chosen": f.selection.chosen,
-              "control_chosen": None} for f in cell.folds]
+    folds = [{"fold": f.fold, "iti": f.selection.table, "chosen": f.selection.chosen,
+              "control": f.control.selection.table if f.control and f.control.selection else None,
+              "control_chosen": f.control.selection.chosen if f.control and f.control.selection else None}
+             for f in cell.folds]
     if all(missing(row.get("KL")) for fold in folds for row in fold["iti"]):
         log("note: no trade-off figure: no setting's KL was measured (give kl in --metrics and --owt_path)")
         return None
