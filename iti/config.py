@@ -46,6 +46,8 @@ METRICS = METRIC_OPTIONS
 # --select_metric choices: the metrics scored per question or derived from them.
 SELECT_METRIC_NAMES = {name.lower(): name for name in PER_QUESTION_OR_DERIVED}
 SELECT_METRICS = tuple(SELECT_METRIC_NAMES)
+# Where validation/export_head_shifts.py writes head shifts for: pyvene's IntervenableModel, lm-eval's steered model.
+EXPORT_FORMATS = ("pyvene", "lm_eval")
 
 
 @dataclass
@@ -323,8 +325,11 @@ class ExportConfig(ModelOptions):
     output_dir: str | None = option(None, "where the pyvene folder (export) or the head shifts (import) go", EXECUTION,
                                     folder="write")
     allow_other_model: bool = option(False, "apply head shifts made for another model of the same geometry", EXECUTION)
-    overwrite: bool = option(False, "replace what --output_dir holds when that is only what this command writes (a "
-                                    "pyvene export; head shifts when importing)", EXECUTION)
+    overwrite: bool = option(False, "replace what --output_dir holds when that is only what this command writes (an "
+                                    "export; head shifts when importing)", EXECUTION)
+    format: str = option("pyvene", "what to export to: a pyvene folder (IntervenableModel.load) or an "
+                                   "lm-evaluation-harness steer file (lm_eval --model steered)", EXECUTION,
+                         choices=EXPORT_FORMATS)
 
     def _check(self) -> None:
         from iti.files import check_replaceable
@@ -336,10 +341,14 @@ class ExportConfig(ModelOptions):
                              "(import from pyvene)")
         if self.output_dir is None:
             raise UsageError("--output_dir is needed: the folder to write")
+        if self.import_from and self.format != "pyvene":
+            raise UsageError(f"--import_from reads pyvene folders only; drop --format {self.format}")
         shifts = "|".join(map(re.escape, (TENSORS_FILE, METADATA_FILE)))
-        # An export: pyvene's IntervenableModel.save files (config.json, one intkey_* state per layer) and the shifts.
-        ours = (shifts, "head shifts") if self.import_from else (rf"{shifts}|config\.json|intkey_.+\.(bin|safetensors)",
-                                                                 "a pyvene export")
+        # An export: pyvene's IntervenableModel.save files (config.json, one intkey_* state per layer) or lm-eval's
+        # steer file and its README, and the shifts.
+        exports = {"pyvene": (rf"{shifts}|config\.json|intkey_.+\.(bin|safetensors)", "a pyvene export"),
+                   "lm_eval": (rf"{shifts}|steer\.pt|README\.md", "an lm-eval steer export")}
+        ours = (shifts, "head shifts") if self.import_from else exports[self.format]
         check_replaceable("--output_dir", self.output_dir, self.overwrite, *ours)
 
 
