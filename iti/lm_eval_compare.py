@@ -18,7 +18,6 @@ import dataclasses
 import json
 import math
 import numbers
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,23 +185,35 @@ def evaluated(lm, cfg: LmEvalCompareConfig, manager) -> dict:
                            task_manager=manager, log_samples=True, bootstrap_iters=0)
 
 
-def steered_model(model, tokenizer, steer_path: Path, batch_size: int):
-    """lm-eval's steered model around `model`, every hookpoint of the steer file checked to be one of its modules."""
-    from lm_eval.models.hf_steered import SteeredModel
+def check_steer_file(path: Path, model_config) -> None:
+    """The steer file read as tensors only (torch's weights-only loader: a file holding other pickled objects, which
+    lm-eval's own loader would run, is refused), each entry a vector added to or clamped on a module the model has,
+    as wide as that module's output: what lm-eval would otherwise find only at the first forward pass."""
+    import torch
+    from transformers import AutoModelForCausalLM
 
     try:
-        lm = SteeredModel(pretrained=model, tokenizer=tokenizer, steer_path=str(steer_path), batch_size=batch_size)
-    except (KeyError, TypeError, AttributeError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise UsageError(f"--steer_file {steer_path} is not an lm-eval steer file ({type(err).__name__}: {err}); "
+        steer = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # whatever the loader stops at: no zip, no pickle, an object that is no tensor
+        raise UsageError(f"--steer_file {path} is not a steer file of tensors ({type(err).__name__}); "
                          f"{MAKE_STEER_FILE}") from None
-    modules = {name for name, _ in model.base_model.named_modules()}
-    absent = [hookpoint for hookpoint in lm.hook_to_steer if hookpoint not in modules]
-    if not lm.hook_to_steer or absent:
-        what = f"steers {absent[0]}, which is no module of" if absent else "steers nothing in"
-        raise UsageError(f"--steer_file {steer_path} {what} {type(model).__name__} (hookpoints are module names of "
-                         "model.base_model, e.g. layers.0.self_attn.o_proj); write it for this model: "
-                         f"{MAKE_STEER_FILE}")
-    return lm
+    with torch.device("meta"):  # the modules' names and widths, not their weights
+        modules = dict(AutoModelForCausalLM.from_config(model_config).base_model.named_modules())
+    if not isinstance(steer, dict) or not steer:
+        raise UsageError(f"--steer_file {path} maps no hookpoint to a steering vector; {MAKE_STEER_FILE}")
+    for hookpoint, entry in steer.items():
+        vector = entry.get("steering_vector") if isinstance(entry, dict) else None
+        if not isinstance(vector, torch.Tensor) or entry.get("action") not in ("add", "clamp"):
+            raise UsageError(f"--steer_file {path}: {hookpoint} holds no steering_vector tensor with action add or "
+                             f"clamp, as lm-eval's steered model reads them; {MAKE_STEER_FILE}")
+        if hookpoint not in modules:
+            raise UsageError(f"--steer_file {path} steers {hookpoint}, which is no module of this "
+                             f"{model_config.model_type} model (hookpoints are module names of model.base_model, e.g. "
+                             f"layers.0.self_attn.o_proj); write it for this model: {MAKE_STEER_FILE}")
+        width = getattr(modules[hookpoint], "out_features", None)
+        if width is not None and vector.shape[-1] != width:
+            raise UsageError(f"--steer_file {path}: the vector for {hookpoint} has {vector.shape[-1]} values, the "
+                             f"module's output {width}; write it for this model: {MAKE_STEER_FILE}")
 
 
 def item_scores(samples: list[dict]) -> tuple[dict[tuple[str, str], dict[int, float]], set[tuple[str, str]]]:
@@ -303,7 +314,9 @@ def compare(cfg: LmEvalCompareConfig) -> tuple[Path, list[PairedMetric], list[st
     from iti.files import output_lock, staged_folder, write_csv, write_json, write_text
     from iti.head_shifts import HeadShifts
     from iti.lm_eval_steer import STEER_FILE, write_steer_file
-    from iti.models import load_model
+    from lm_eval.models.hf_steered import SteeredModel
+
+    from iti.models import gguf_to_folder, load_config, load_model
 
     shifts = HeadShifts.load(cfg.head_shifts) if cfg.head_shifts is not None else None
     source = unshifted_source(cfg, shifts)
@@ -311,13 +324,16 @@ def compare(cfg: LmEvalCompareConfig) -> tuple[Path, list[PairedMetric], list[st
     folder = comparison_folder(cfg, source, shift)
     check_new_folder(folder, cfg.overwrite)
     manager = task_manager(cfg)
+    model_folder = str(gguf_to_folder(source)) if source.endswith(".gguf") else source
+    if shifts is None:
+        check_steer_file(Path(cfg.steer_file), load_config(model_folder, cfg.trust_remote_code))
     with output_lock(folder, "comparison folder"), staged_folder(folder, replace=cfg.overwrite) as staging:
-        model, tokenizer = load_model(source, cfg.device, cfg.dtype, cfg.trust_remote_code)
+        model, tokenizer = load_model(model_folder, cfg.device, cfg.dtype, cfg.trust_remote_code)
         steer_path = Path(cfg.steer_file) if shifts is None else write_steer_file(shifts, model, staging / STEER_FILE)
-        shifted_lm = steered_model(model, tokenizer, steer_path, cfg.batch_size)
-        runs = {"unshifted": evaluated(HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size), cfg,
-                                       manager),
-                "shifted": evaluated(shifted_lm, cfg, manager)}
+        runs = {"unshifted": HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size),
+                "shifted": SteeredModel(pretrained=model, tokenizer=tokenizer, steer_path=str(steer_path),
+                                        batch_size=cfg.batch_size)}
+        runs = {run: evaluated(lm, cfg, manager) for run, lm in runs.items()}
         table, notes = paired_metrics(runs["unshifted"], runs["shifted"])
         for run, name in SAMPLE_FILES.items():
             write_text(staging / name, samples_text(runs[run]))
