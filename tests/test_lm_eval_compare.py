@@ -177,14 +177,18 @@ def test_a_head_shift_folder_steers_as_its_steer_file_by_hand(model_dir, head_sh
                                    [ll for ll, _ in by_hand[doc_id]["filtered_resps"]], rtol=0, atol=1e-4)
 
 
-def test_a_comparison_made_before_is_kept(model_dir, steered, tmp_path):
+def test_a_comparison_made_before_is_kept(model_dir, steered):
+    """Without --overwrite a comparison's folder is kept; with it, a folder holding a file it did not write is kept
+    too."""
     folder, _ = steered
+    (folder / "my_notes.txt").write_text("mine")
     before = {path.name: path.read_bytes() for path in folder.iterdir()}
-    code, _, err = run_script("--steer_file", str(folder.parent.parent / "by_hand.pt"), "--model_path",
-                              str(model_dir), "--tasks", TASK, "--include_path", str(TASKS),
-                              "--output_dir", str(folder.parent))
-    assert code == 2 and err.count("\n") == 1 and "--overwrite" in err, err
-    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+    args = ["--steer_file", str(folder.parent.parent / "by_hand.pt"), "--model_path", str(model_dir), "--tasks", TASK,
+            "--include_path", str(TASKS), "--output_dir", str(folder.parent)]
+    for extra, phrase in (([], "add --overwrite"), (["--overwrite"], "my_notes.txt")):
+        code, _, err = run_script(*args, *extra)
+        assert code == 2 and err.count("\n") == 1 and phrase in err, err
+        assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
 
 
 def bad_steer(tmp_path: Path) -> Path:
