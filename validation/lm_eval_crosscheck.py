@@ -16,8 +16,10 @@ absorbed into the tolerance. Exit status 1 when anything disagrees.
 python validation/lm_eval_crosscheck.py --limit 5
 python validation/lm_eval_crosscheck.py --limit 5 --head_shifts validation/results_dump/head_shifts_dump/RUN_fold_0_com
 """
+import dataclasses
 import sys
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -98,18 +100,25 @@ def logit_scale(model, tokenizer, text: str) -> float:
         return float(model(input_ids=ids).logits.abs().max())
 
 
-def lm_eval_samples(lm, limit: int, tqa_path: str | None) -> dict[str, list[dict]]:
-    """lm-eval's logged samples of the reference tasks on the first `limit` questions, by question."""
-    from lm_eval import simple_evaluate
+@cache
+def task_manager(tqa_path: str | None):
+    """Our task folder alone: indexing lm-eval's thousands of built-in tasks would take longer than the check."""
     from lm_eval.tasks import TaskManager
 
     from iti.lm_eval_steer import TASKS_DIR
 
-    metadata = {"tqa_path": tqa_path} if tqa_path else None
-    results = simple_evaluate(model=lm, tasks=list(REFERENCE_TASKS), limit=limit, log_samples=True,
-                              task_manager=TaskManager(include_path=str(TASKS_DIR), metadata=metadata),
-                              verbosity="ERROR")
-    return {task: sorted(results["samples"][task], key=lambda sample: sample["doc_id"]) for task in REFERENCE_TASKS}
+    return TaskManager(include_path=str(TASKS_DIR), include_defaults=False,
+                       metadata={"tqa_path": tqa_path} if tqa_path else None)
+
+
+def lm_eval_samples(lm, questions: list[int], tqa_path: str | None) -> dict[str, list[dict]]:
+    """lm-eval's logged samples of the reference tasks on `questions` (MC-order indices), in that order."""
+    from lm_eval import simple_evaluate
+
+    results = simple_evaluate(model=lm, tasks=list(REFERENCE_TASKS), samples={t: questions for t in REFERENCE_TASKS},
+                              log_samples=True, task_manager=task_manager(tqa_path), verbosity="ERROR")
+    by_question = {task: {s["doc_id"]: s for s in results["samples"][task]} for task in REFERENCE_TASKS}
+    return {task: [samples[q] for q in questions] for task, samples in by_question.items()}
 
 
 def boundary_difference(lm, tokenizer, prompt: str, answer: str, context: str, continuation: str) -> str | None:
@@ -128,21 +137,21 @@ def boundary_difference(lm, tokenizer, prompt: str, answer: str, context: str, c
 
 def check_questions(lm, samples: dict[str, list[dict]], results, records, tokenizer, dtype, num_layers: int,
                     scale: float) -> list[QuestionCheck]:
-    """lm-eval's samples against our MCResults (`results`, of `records`), answer by answer and question by
-    question."""
+    """lm-eval's samples against our MCResults (`results`, of `records`; both in the samples' order), answer by
+    answer and question by question."""
     from iti.mc import mc_references, tokenize_answer
     from iti.metrics import mc1, mc2
     from iti.prompts import Prompting
 
     prompting = Prompting(instruction_prompt="none")
     checks = []
-    for index, (record, result) in enumerate(zip(records, results)):
+    for position, (record, result) in enumerate(zip(records, results)):
         ref, prompt = mc_references(record), prompting.prompt(record.question)
         ours = {"truthfulqa_refs_mc1": [result.best_score, *result.false_scores],
                 "truthfulqa_refs_mc2": result.true_scores + result.false_scores}
         answers = []
         for task, scores in ours.items():
-            sample = samples[task][index]
+            sample = samples[task][position]
             for (context, continuation), theirs, score in zip(sample["arguments"], sample["filtered_resps"], scores):
                 answer = continuation.strip()
                 row = tokenize_answer(tokenizer, prompt, answer)
@@ -150,26 +159,11 @@ def check_questions(lm, samples: dict[str, list[dict]], results, records, tokeni
                 answers.append(AnswerCheck(task, answer, score, float(theirs[0]),
                                            answer_tolerance(dtype, num_layers, tokens, scale),
                                            boundary_difference(lm, tokenizer, prompt, answer, context, continuation)))
-        checks.append(QuestionCheck(index, ref.question, answers,
-                                    (mc1(result), float(samples["truthfulqa_refs_mc1"][index]["acc"])),
-                                    (mc2(result), float(samples["truthfulqa_refs_mc2"][index]["acc"])),
+        checks.append(QuestionCheck(samples[REFERENCE_TASKS[0]][position]["doc_id"], ref.question, answers,
+                                    (mc1(result), float(samples["truthfulqa_refs_mc1"][position]["acc"])),
+                                    (mc2(result), float(samples["truthfulqa_refs_mc2"][position]["acc"])),
                                     result.best_score - max(result.false_scores)))
     return checks
-
-
-def lm_eval_gaps(first: dict[str, list[dict]], second: dict[str, list[dict]], lm, dtype, num_layers: int,
-                 scale: float) -> list[str]:
-    """Where two lm-eval runs of the reference tasks (the same questions) score an answer apart beyond the
-    tolerance (both split it alike: the same tokenizer and code)."""
-    gaps = []
-    for task in REFERENCE_TASKS:
-        for one, other in zip(first[task], second[task]):
-            for (context, continuation), a, b in zip(one["arguments"], one["filtered_resps"], other["filtered_resps"]):
-                tolerance = answer_tolerance(dtype, num_layers, len(lm._encode_pair(context, continuation)[1]), scale)
-                if abs(a[0] - b[0]) > tolerance:
-                    gaps.append(f"{task} question {one['doc_id']} {continuation.strip()!r}: {a[0]:.6f} vs {b[0]:.6f} "
-                                f"(tolerance {tolerance:.2g})")
-    return gaps
 
 
 def report(title: str, checks: list[QuestionCheck]) -> list[str]:
@@ -189,62 +183,122 @@ def report(title: str, checks: list[QuestionCheck]) -> list[str]:
     return problems
 
 
+@dataclass
+class CrossCheck:
+    """The questions (MC-order indices and their records) scored both ways, on models of one tokenizer, dtype and
+    depth; `scale` is the largest |logit| of the plain model on the first prompt (answer_tolerance)."""
+    tokenizer: object
+    questions: list[int]
+    records: list
+    tqa_path: str | None
+    dtype: object
+    num_layers: int
+    scale: float
+
+    @classmethod
+    def of(cls, model, tokenizer, questions: list[int], tqa_path: str | None = None) -> "CrossCheck":
+        from iti.data import load_truthfulqa
+        from iti.geometry import head_geometry
+        from iti.prompts import Prompting
+
+        everything = load_truthfulqa(tqa_path).generation_in_mc_order()
+        records = [everything[q] for q in questions]
+        scale = logit_scale(model, tokenizer, Prompting(instruction_prompt="none").prompt(records[0].question))
+        return cls(tokenizer, questions, records, tqa_path, model.dtype, head_geometry(model.config).num_layers, scale)
+
+    def ours(self, model):
+        """validate_2fold's MC results of `model` (unshifted) with --instruction_prompt none."""
+        from iti.intervention import ShiftedModel
+        from iti.mc import evaluate_mc
+        from iti.prompts import Prompting
+
+        prompting = Prompting(instruction_prompt="none")
+        return evaluate_mc(ShiftedModel(model, None), self.tokenizer, self.records, prompting, progress=False)
+
+    def covering(self, model) -> "CrossCheck":
+        """The same check with its logit scale widened to `model`'s (a shifted model's logits may be larger)."""
+        from iti.prompts import Prompting
+
+        prompt = Prompting(instruction_prompt="none").prompt(self.records[0].question)
+        return dataclasses.replace(self, scale=max(self.scale, logit_scale(model, self.tokenizer, prompt)))
+
+    def samples(self, lm) -> dict[str, list[dict]]:
+        return lm_eval_samples(lm, self.questions, self.tqa_path)
+
+    def against_ours(self, lm, model) -> tuple[dict[str, list[dict]], list[QuestionCheck]]:
+        """lm-eval's samples with `lm`, and each question checked against our scores of `model`."""
+        samples = self.samples(lm)
+        return samples, check_questions(lm, samples, self.ours(model), self.records, self.tokenizer, self.dtype,
+                                        self.num_layers, self.scale)
+
+    def gaps(self, lm, first: dict[str, list[dict]], second: dict[str, list[dict]]) -> list[str]:
+        """Where two lm-eval runs (both split every answer alike: one tokenizer, one code) score an answer apart
+        beyond the tolerance."""
+        found = []
+        for task in REFERENCE_TASKS:
+            for one, other in zip(first[task], second[task]):
+                for (context, continuation), a, b in zip(one["arguments"], one["filtered_resps"],
+                                                         other["filtered_resps"]):
+                    tokens = len(lm._encode_pair(context, continuation)[1])
+                    tolerance = answer_tolerance(self.dtype, self.num_layers, tokens, self.scale)
+                    if abs(a[0] - b[0]) > tolerance:
+                        found.append(f"{task} question {one['doc_id']} {continuation.strip()!r}: {a[0]:.6f} vs "
+                                     f"{b[0]:.6f} (tolerance {tolerance:.2g})")
+        return found
+
+
+def baked_and_steered(model, tokenizer, shifts, scratch: Path, batch_size: int):
+    """`shifts` baked into a folder under `scratch` (reloaded from it) and lm-eval's steered model of `model` with
+    their exported steer file."""
+    import copy
+
+    from lm_eval.models.hf_steered import SteeredModel
+
+    from iti.bake import bake_head_shifts, save_baked_model
+    from iti.lm_eval_steer import write_steer_file
+    from iti.models import load_model
+
+    steer_path = write_steer_file(shifts, model, scratch / "steer.pt")
+    baked_dir = save_baked_model(bake_head_shifts(copy.deepcopy(model), shifts), tokenizer, shifts, scratch / "baked")
+    baked, _ = load_model(str(baked_dir), "cpu", str(model.dtype).removeprefix("torch."))
+    steered = SteeredModel(pretrained=model, tokenizer=tokenizer, steer_path=str(steer_path), batch_size=batch_size)
+    return baked_dir, baked, steered
+
+
 def main() -> None:
     cfg = parse_config(LmEvalCheckConfig, description=__doc__)
 
-    import copy
     import tempfile
 
-    from lm_eval.models.hf_steered import SteeredModel
     from lm_eval.models.huggingface import HFLM
 
-    from iti.bake import bake_head_shifts, save_baked_model
-    from iti.data import load_truthfulqa
     from iti.geometry import head_geometry
     from iti.head_shifts import HeadShifts
-    from iti.intervention import ShiftedModel
-    from iti.lm_eval_steer import write_steer_file
-    from iti.mc import evaluate_mc
     from iti.models import gguf_to_folder, load_model, resolve_model_source
-    from iti.prompts import Prompting
 
     source = resolve_model_source(cfg.model_name, cfg.model_prefix, cfg.model_path)
     folder = str(gguf_to_folder(source)) if source.endswith(".gguf") else source
     model, tokenizer = load_model(folder, "cpu", cfg.dtype, cfg.trust_remote_code)
-    records = load_truthfulqa(cfg.tqa_path).generation_in_mc_order()[:cfg.limit]
-    prompting = Prompting(instruction_prompt="none")
-    num_layers = head_geometry(model.config).num_layers
-    scale = logit_scale(model, tokenizer, prompting.prompt(records[0].question))
-
-    def ours(on_model):
-        return evaluate_mc(ShiftedModel(on_model, None), tokenizer, records, prompting, progress=False)
-
-    def checked(lm, on_model, title):
-        samples = lm_eval_samples(lm, cfg.limit, cfg.tqa_path)
-        checks = check_questions(lm, samples, ours(on_model), records, tokenizer, model.dtype, num_layers, scale)
-        return samples, report(title, checks)
-
-    plain = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size)
-    _, problems = checked(plain, model, f"{folder}: validate_2fold's MC (--instruction_prompt none) vs lm-eval hf")
-    if cfg.head_shifts is not None:
-        shifts = HeadShifts.load(cfg.head_shifts)
+    shifts = None if cfg.head_shifts is None else HeadShifts.load(cfg.head_shifts)
+    if shifts is not None:
         shifts.check_geometry(head_geometry(model.config))
+    check = CrossCheck.of(model, tokenizer, list(range(cfg.limit)), cfg.tqa_path)
+    plain = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size)
+    problems = report(f"{folder}: validate_2fold's MC (--instruction_prompt none) vs lm-eval hf",
+                      check.against_ours(plain, model)[1])
+    if shifts is not None:
         with tempfile.TemporaryDirectory() as scratch:
-            steer_path = write_steer_file(shifts, model, Path(scratch) / "steer.pt")
-            baked_dir = save_baked_model(bake_head_shifts(copy.deepcopy(model), shifts), tokenizer, shifts,
-                                         Path(scratch) / "baked")
-            baked, _ = load_model(str(baked_dir), "cpu", cfg.dtype)
-            steered = SteeredModel(pretrained=model, tokenizer=tokenizer, steer_path=str(steer_path),
-                                   batch_size=cfg.batch_size)
-            steered_samples, found = checked(steered, baked, f"{cfg.head_shifts} baked: validate_2fold's MC on the "
-                                                             "baked folder vs lm-eval steered with the exported file")
+            baked_dir, baked, steered = baked_and_steered(model, tokenizer, shifts, Path(scratch), cfg.batch_size)
+            check = check.covering(baked)
+            steered_samples, checks = check.against_ours(steered, baked)
+            problems += report(f"{cfg.head_shifts}: validate_2fold's MC on the baked folder vs lm-eval steered with "
+                               "the exported steer file", checks)
             baked_lm = HFLM(pretrained=str(baked_dir), dtype=str(model.dtype).removeprefix("torch."), device="cpu",
                             batch_size=cfg.batch_size)
-            gaps = lm_eval_gaps(steered_samples, lm_eval_samples(baked_lm, cfg.limit, cfg.tqa_path), plain,
-                                model.dtype, num_layers, scale)
+            gaps = check.gaps(plain, steered_samples, check.samples(baked_lm))
             print(f"\nlm-eval steered vs lm-eval hf on the baked folder: "
                   f"{'every answer agrees' if not gaps else f'{len(gaps)} answers differ'}")
-            problems += found + gaps
+            problems += gaps
     for problem in problems:
         print(f"DISAGREES: {problem}")
     print("\nall agree within the tolerance" if not problems else f"\n{len(problems)} disagreements")
