@@ -116,7 +116,7 @@ def lm_eval_samples(lm, questions: list[int], tqa_path: str | None) -> dict[str,
     from lm_eval import simple_evaluate
 
     results = simple_evaluate(model=lm, tasks=list(REFERENCE_TASKS), samples={t: questions for t in REFERENCE_TASKS},
-                              log_samples=True, task_manager=task_manager(tqa_path), verbosity="ERROR")
+                              log_samples=True, task_manager=task_manager(tqa_path))
     by_question = {task: {s["doc_id"]: s for s in results["samples"][task]} for task in REFERENCE_TASKS}
     return {task: [samples[q] for q in questions] for task, samples in by_question.items()}
 
