@@ -360,6 +360,16 @@ def selection_options(select_metric: str) -> set[str]:
 
 
 @dataclass
+class LmEvalCheckConfig(ModelOptions):
+    limit: int = option(5, "the first N TruthfulQA questions (MC order) to score both ways", EXECUTION, minimum=1)
+    head_shifts: str | None = option(None, "also check these head shifts (a head-shift folder): lm-eval steered with "
+                                           "their steer file vs the baked model", EXECUTION, folder="existing")
+    tqa_path: str | None = option(None, "a TruthfulQA folder (TruthfulQA.csv, data/mc_task.json); default "
+                                        "./TruthfulQA, else the hub", EXECUTION, folder="existing")
+    batch_size: int = option(8, "lm-eval's batch size", EXECUTION, minimum=1)
+
+
+@dataclass
 class CompareConfig(Options):
     summaries: tuple[str, ...] = option((), "summary JSON files of validate_2fold runs", EXECUTION, file="read",
                                         positional=True)
