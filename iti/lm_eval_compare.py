@@ -51,8 +51,8 @@ class LmEvalCompareConfig(ModelOptions):
                                           "--format lm_eval, instead of --head_shifts", NUMBERS, file="read")
     tasks: tuple[str, ...] = option((), "lm-eval tasks or groups (names as `lm_eval ls tasks` lists them, and those "
                                         "of --include_path)", NUMBERS)
-    include_path: str | None = option(None, "a folder of lm-eval task YAMLs of your own (validation/lm_eval_tasks: "
-                                            "TruthfulQA from the local copy)", NUMBERS, folder="existing")
+    include_path: tuple[str, ...] = option((), "folders of lm-eval task YAMLs of your own (validation/lm_eval_tasks: "
+                                                "TruthfulQA from the local copy)", NUMBERS, folder="existing")
     limit: int | None = option(None, "only the first N items of each task", NUMBERS, minimum=1)
     num_fewshot: int | None = option(None, "few-shot examples per prompt (default: each task's own)", NUMBERS,
                                      minimum=0)
@@ -123,7 +123,7 @@ def comparison_folder(cfg: LmEvalCompareConfig, source: str, shift: Shift) -> Pa
     from iti.identity import short_digest
 
     identity = {"model_source": source, "dtype": cfg.dtype, "shift_sha256": shift.sha256, "tasks": list(cfg.tasks),
-                "include_path": None if cfg.include_path is None else str(Path(cfg.include_path).resolve()),
+                "include_path": [str(Path(folder).resolve()) for folder in cfg.include_path],
                 "limit": cfg.limit, "num_fewshot": cfg.num_fewshot,
                 "lm_eval": importlib.metadata.version("lm_eval")}
     tasks = "-".join(cfg.tasks)
@@ -163,14 +163,15 @@ def task_manager(cfg: LmEvalCompareConfig):
     thousand take seconds to index), else with lm-eval's own; a name neither knows is a UsageError."""
     from lm_eval.tasks import TaskManager
 
-    if cfg.include_path is not None:
-        local = TaskManager(include_path=cfg.include_path, include_defaults=False)
+    folders = list(cfg.include_path) or None
+    if folders:
+        local = TaskManager(include_path=folders, include_defaults=False)
         if set(cfg.tasks) <= set(local.all_tasks):
             return local
-    manager = TaskManager(include_path=cfg.include_path)
+    manager = TaskManager(include_path=folders)
     unknown = [task for task in cfg.tasks if task not in manager.all_tasks]
     if unknown:
-        where = "lm-eval's tasks" + ("" if cfg.include_path is None else f" or {cfg.include_path}'s")
+        where = "lm-eval's tasks" + (f" or those in {', '.join(folders)}" if folders else "")
         raise UsageError(f"--tasks {unknown[0]} is not among {where}; list them with `lm_eval ls tasks`, or give the "
                          "folder of its YAML with --include_path")
     return manager
