@@ -21,11 +21,14 @@ import numbers
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iti.constants import RESULTS_DIR
 from iti.errors import UsageError
 from iti.options import EXECUTION, NUMBERS, ModelOptions, check_plain_name, option
+
+if TYPE_CHECKING:
+    from iti.statistics import Interval
 
 LM_EVAL_DIR = RESULTS_DIR / "results_dump" / "lm_eval_dump"
 TABLE_JSON = "differences.json"
@@ -79,8 +82,8 @@ class LmEvalCompareConfig(ModelOptions):
 
 @dataclass(frozen=True)
 class Shift:
-    """What the shifted run applies: the steer file lm-eval reads, what it was made from, and the SHA-256 of each
-    input file, which name the comparison."""
+    """What the shifted run applies, as the comparison names and records it: a label for the folder name, the file or
+    folder given, and the SHA-256 of each of its files."""
     label: str
     source: str
     sha256: dict[str, str]
@@ -95,7 +98,7 @@ class PairedMetric:
     items: int
     unshifted: float
     shifted: float
-    difference: Any  # iti.statistics.Interval
+    difference: Interval
 
     def row(self) -> dict[str, Any]:
         """The table's columns (COLUMNS)."""
@@ -310,13 +313,12 @@ def compare(cfg: LmEvalCompareConfig) -> tuple[Path, list[PairedMetric], list[st
         import lm_eval  # noqa: F401
     except ImportError:
         raise UsageError(f"lm-evaluation-harness is not installed; {INSTALL}") from None
+    from lm_eval.models.hf_steered import SteeredModel
     from lm_eval.models.huggingface import HFLM
 
     from iti.files import output_lock, staged_folder, write_csv, write_json, write_text
     from iti.head_shifts import HeadShifts
     from iti.lm_eval_steer import STEER_FILE, write_steer_file
-    from lm_eval.models.hf_steered import SteeredModel
-
     from iti.models import gguf_to_folder, load_config, load_model
 
     shifts = HeadShifts.load(cfg.head_shifts) if cfg.head_shifts is not None else None
