@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import importlib.util
 import json
 import math
 import os
@@ -779,6 +780,10 @@ class BenchOptions:
         if probing and self.num_questions < 2:
             raise UsageError(f"the {', '.join(probing)} stage(s) hold out a fifth of the questions to validate the "
                              "probes: use --num_questions 2 or more")
+        if "lm_eval" in self.stage_names() and importlib.util.find_spec("lm_eval") is None:
+            from iti.lm_eval_compare import INSTALL
+
+            raise UsageError(f"the lm_eval stage needs lm-evaluation-harness; {INSTALL}")
 
 
 # ----------------------------------------------------------------------------- model, memory
