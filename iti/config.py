@@ -362,6 +362,8 @@ def selection_options(select_metric: str) -> set[str]:
 @dataclass
 class LmEvalCheckConfig(ModelOptions):
     limit: int = option(5, "the first N TruthfulQA questions (MC order) to score both ways", EXECUTION, minimum=1)
+    questions: tuple[int, ...] = option((), "these questions (MC-order indices from 0) instead of the first --limit",
+                                        EXECUTION, minimum=0)
     head_shifts: str | None = option(None, "also check these head shifts (a head-shift folder): lm-eval steered with "
                                            "their steer file vs the baked model", EXECUTION, folder="existing")
     tqa_path: str | None = option(None, "a TruthfulQA folder (TruthfulQA.csv, data/mc_task.json); default "
