@@ -322,11 +322,11 @@ class ExportConfig(ModelOptions):
                                      folder="existing")
     import_from: str | None = option(None, "a pyvene folder (IntervenableModel.save) to import as head shifts "
                                            "instead", NUMBERS, folder="existing")
-    output_dir: str | None = option(None, "where the pyvene folder (export) or the head shifts (import) go", EXECUTION,
-                                    folder="write")
+    output_dir: str | None = option(None, "where the export (a pyvene folder, or the lm-eval steer file and its "
+                                          "README) or the head shifts (import) go", EXECUTION, folder="write")
     allow_other_model: bool = option(False, "apply head shifts made for another model of the same geometry", EXECUTION)
     overwrite: bool = option(False, "replace what --output_dir holds when that is only what this command writes (an "
-                                    "export; head shifts when importing)", EXECUTION)
+                                    "export of the same --format; head shifts when importing)", EXECUTION)
     format: str = option("pyvene", "what to export to: a pyvene folder (IntervenableModel.load) or an "
                                    "lm-evaluation-harness steer file (lm_eval --model steered)", EXECUTION,
                          choices=EXPORT_FORMATS)
@@ -362,6 +362,8 @@ def selection_options(select_metric: str) -> set[str]:
 @dataclass
 class LmEvalCheckConfig(ModelOptions):
     limit: int = option(5, "the first N TruthfulQA questions (MC order) to score both ways", EXECUTION, minimum=1)
+    questions: tuple[int, ...] = option((), "these questions (MC-order indices from 0) instead of the first --limit",
+                                        EXECUTION, minimum=0)
     head_shifts: str | None = option(None, "also check these head shifts (a head-shift folder): lm-eval steered with "
                                            "their steer file vs the baked model", EXECUTION, folder="existing")
     tqa_path: str | None = option(None, "a TruthfulQA folder (TruthfulQA.csv, data/mc_task.json); default "

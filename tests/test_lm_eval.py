@@ -7,8 +7,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,9 +14,9 @@ import torch
 from iti.bake import bake_head_shifts
 from iti.lm_eval_steer import README_FILE, STEER_FILE, steer_vectors, write_steer_file
 from tests.conftest import REPO_ROOT, family_config, logit_tolerance, make_shifts, model_from_config, right_padded_batch
+from tests.test_pyvene_export import run_export, shifts_of_a_saved_qwen2  # noqa: F401 (a fixture)
 
 SCRIPT = REPO_ROOT / "validation" / "lm_eval_crosscheck.py"
-EXPORT = REPO_ROOT / "validation" / "export_head_shifts.py"
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
 
 
@@ -91,17 +89,10 @@ def test_steer_vectors_are_w_o_delta_on_lm_eval_hookpoints(tiny):
                                                                                                        None)
 
 
-def test_export_script_writes_the_steer_folder(tokenizer, tmp_path):
-    model_dir = tmp_path / "qwen2"
-    model = model_from_config(family_config("qwen2", len(tokenizer)))
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    shifts = make_shifts(model, alpha=4.0)
-    shifts.provenance.model_source = str(model_dir)
-    shifts.save(tmp_path / "shifts")
-    run = subprocess.run([sys.executable, str(EXPORT), "--head_shifts", str(tmp_path / "shifts"), "--format", "lm_eval",
-                          "--output_dir", str(tmp_path / "export")], cwd=REPO_ROOT, capture_output=True, text=True,
-                         timeout=300)
+def test_export_script_writes_the_steer_folder(shifts_of_a_saved_qwen2, tmp_path):
+    model, model_dir, shifts = shifts_of_a_saved_qwen2
+    run = run_export("--head_shifts", str(tmp_path / "shifts"), "--format", "lm_eval", "--output_dir",
+                     str(tmp_path / "export"))
     assert run.returncode == 0, run.stderr
     folder = tmp_path / "export"
     assert sorted(p.name for p in folder.iterdir()) == sorted([README_FILE, STEER_FILE, "head_shifts.json",
@@ -113,16 +104,14 @@ def test_export_script_writes_the_steer_folder(tokenizer, tmp_path):
     assert list(written) == list(expected)
     for hookpoint, entry in expected.items():
         torch.testing.assert_close(written[hookpoint]["steering_vector"], entry["steering_vector"], rtol=0, atol=0)
-    again = subprocess.run([sys.executable, str(EXPORT), "--head_shifts", str(tmp_path / "shifts"), "--format",
-                            "lm_eval", "--output_dir", str(folder), "--check_args"], cwd=REPO_ROOT, capture_output=True,
-                           text=True, timeout=120)
+    again = run_export("--head_shifts", str(tmp_path / "shifts"), "--format", "lm_eval", "--output_dir", str(folder),
+                       "--check_args")
     assert again.returncode == 2 and "--overwrite" in again.stderr and len(again.stderr.strip().splitlines()) == 1
 
 
 def test_import_refuses_the_lm_eval_format(tmp_path):
-    run = subprocess.run([sys.executable, str(EXPORT), "--import_from", str(tmp_path), "--format", "lm_eval",
-                          "--output_dir", str(tmp_path / "out"), "--check_args"], cwd=REPO_ROOT, capture_output=True,
-                         text=True, timeout=120)
+    run = run_export("--import_from", str(tmp_path), "--format", "lm_eval", "--output_dir", str(tmp_path / "out"),
+                     "--check_args")
     assert run.returncode == 2 and "pyvene folders only" in run.stderr and "Traceback" not in run.stderr
 
 

@@ -52,7 +52,7 @@ def main() -> None:
         from iti.lm_eval_steer import STEER_FILE, export_lm_eval, lm_eval_command
         from iti.models import load_model
 
-        model, _ = load_model(folder, device="cpu", trust_remote_code=cfg.trust_remote_code)
+        model, _ = load_model(folder, cfg.device, cfg.dtype, cfg.trust_remote_code)
         out = export_lm_eval(shifts, model, folder, cfg.output_dir)
         print(f"exported {shifts.k} head shifts over {layers} layers of {source} -> {out / STEER_FILE}; evaluate with "
               f"{lm_eval_command(folder, (out / STEER_FILE).resolve())}")

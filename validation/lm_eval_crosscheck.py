@@ -14,6 +14,7 @@ characters), the answer is reported with both token lists and the gap, and left 
 absorbed into the tolerance. Exit status 1 when anything disagrees.
 
 python validation/lm_eval_crosscheck.py --limit 5
+python validation/lm_eval_crosscheck.py --questions 208 262   # answers that start with a digit: boundary reported
 python validation/lm_eval_crosscheck.py --limit 5 --head_shifts validation/results_dump/head_shifts_dump/RUN_fold_0_com
 """
 import dataclasses
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from iti.cli import parse_config, run_main  # noqa: E402
 from iti.config import LmEvalCheckConfig  # noqa: E402
+from iti.errors import UsageError  # noqa: E402
 
 REFERENCE_TASKS = ("truthfulqa_refs_mc1", "truthfulqa_refs_mc2")
 # A relative error of a few float ulps per layer (see answer_tolerance).
@@ -167,7 +169,8 @@ def check_questions(lm, samples: dict[str, list[dict]], results, records, tokeni
 
 
 def report(title: str, checks: list[QuestionCheck]) -> list[str]:
-    """Print one line per question (and one per answer split differently); return the problems."""
+    """Print one line per question (and one per answer split differently, with the gap that split makes); return
+    the problems."""
     print(f"\n{title}")
     print(f"{'q':>3}  {'MC1 ours/lm-eval':>16}  {'MC2 ours':>9}  {'MC2 lm-eval':>11}  {'max |gap|':>9}  question")
     problems = []
@@ -180,6 +183,10 @@ def report(title: str, checks: list[QuestionCheck]) -> list[str]:
             print(f"     boundary differs, {answer.task} {answer.text[:40]!r}: {answer.boundary}; scores "
                   f"{answer.ours:.6f} vs {answer.theirs:.6f} (gap {answer.ours - answer.theirs:+.4g})")
         problems += [f"question {check.index}: {problem}" for problem in check.problems()]
+    split = [check.index for check in checks if check.boundary_answers]
+    if split:
+        print(f"questions {', '.join(map(str, split))}: their MC1/MC2 differ by the boundary tokens above (the "
+              "answers split alike are still compared)")
     return problems
 
 
@@ -202,6 +209,9 @@ class CrossCheck:
         from iti.prompts import Prompting
 
         everything = load_truthfulqa(tqa_path).generation_in_mc_order()
+        if max(questions) >= len(everything):
+            raise UsageError(f"question {max(questions)} is beyond TruthfulQA's {len(everything)} questions (MC order, "
+                             f"from 0); give indices below {len(everything)}")
         records = [everything[q] for q in questions]
         scale = logit_scale(model, tokenizer, Prompting(instruction_prompt="none").prompt(records[0].question))
         return cls(tokenizer, questions, records, tqa_path, model.dtype, head_geometry(model.config).num_layers, scale)
@@ -282,7 +292,7 @@ def main() -> None:
     shifts = None if cfg.head_shifts is None else HeadShifts.load(cfg.head_shifts)
     if shifts is not None:
         shifts.check_geometry(head_geometry(model.config))
-    check = CrossCheck.of(model, tokenizer, list(range(cfg.limit)), cfg.tqa_path)
+    check = CrossCheck.of(model, tokenizer, list(cfg.questions) or list(range(cfg.limit)), cfg.tqa_path)
     plain = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size)
     problems = report(f"{folder}: validate_2fold's MC (--instruction_prompt none) vs lm-eval hf",
                       check.against_ours(plain, model)[1])
