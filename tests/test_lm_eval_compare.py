@@ -245,3 +245,30 @@ def test_the_options_parse_without_importing_torch_or_lm_eval(tmp_path):
              "print(sorted({'torch', 'lm_eval'} & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def lm_eval_run(task: str, items: dict[str, list], aggregates: dict[str, object]) -> dict:
+    """lm-eval's results as simple_evaluate returns them with log_samples, for one task whose items score
+    `items[metric][i]` (filter "none") and whose reported values are `aggregates[metric]`."""
+    metrics = list(items)
+    count = len(next(iter(items.values())))
+    samples = [{"doc_id": i, "filter": "none", "metrics": metrics, **{m: items[m][i] for m in metrics}}
+               for i in range(count)]
+    return {"samples": {task: samples},
+            "results": {task: {f"{metric},none": value for metric, value in aggregates.items()}}}
+
+
+def test_metrics_lm_eval_does_not_average_get_a_note_not_a_difference():
+    from iti.errors import UsageError
+    from iti.lm_eval_compare import paired_metrics
+
+    scores = {"acc": [1.0, 0.0, 1.0], "bleu": [("ref", "a"), ("ref", "b"), ("ref", "c")], "ppl": [2.0, 3.0, 4.0]}
+    unshifted = lm_eval_run("t", scores, {"acc": 2 / 3, "bleu": 10.0, "ppl": 2.9})
+    shifted = lm_eval_run("t", {**scores, "acc": [1.0, 1.0, 1.0]}, {"acc": 1.0, "bleu": 12.0, "ppl": 2.9})
+    table, notes = paired_metrics(unshifted, shifted)
+    assert [(m.metric, m.items, m.difference.value) for m in table] == [("acc", 3, pytest.approx(1 / 3))]
+    assert len(notes) == 2 and "t bleu" in notes[0] and "no number" in notes[0]
+    assert "t ppl" in notes[1] and "no mean" in notes[1]
+    fewer = lm_eval_run("t", {"acc": [1.0, 0.0]}, {"acc": 0.5})
+    with pytest.raises(UsageError, match="other items of t"):
+        paired_metrics(unshifted, fewer)
