@@ -151,6 +151,8 @@ def test_a_boundary_split_differently_is_reported_not_compared(crosscheck, bundl
                                           " People live long.") is None
     found = crosscheck.boundary_difference(lm, tokenizer, prompt, "78 years.", prompt + "\nA:", " 78 years.")
     assert found is not None and "5 tokens" in found and "4 tokens" in found
+    other_text = crosscheck.boundary_difference(lm, tokenizer, prompt, "78 years.", prompt + "\nA:", " 79 years.")
+    assert other_text.startswith(f"the texts differ from character {len(prompt) + 5}")
     answer = crosscheck.AnswerCheck("t", "78 years.", -1.0, -9.0, 1e-3, found)
     question = crosscheck.QuestionCheck(0, "q", [answer], (0.0, 0.0), (0.1, 0.9), 0.0)
     assert question.problems() == [], "a boundary answer is reported apart, not counted as a disagreement"

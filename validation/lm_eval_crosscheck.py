@@ -127,7 +127,14 @@ def boundary_difference(lm, tokenizer, prompt: str, answer: str, context: str, c
     """How lm-eval's tokens of (context, continuation) differ from ours of (prompt, answer), or None. lm-eval's
     split is its own _encode_pair, the one its loglikelihood scores with."""
     from iti.mc import tokenize_answer
+    from iti.prompts import answer_prompt
 
+    text = answer_prompt(prompt, answer)[0]
+    if context + continuation != text:
+        at = next((i for i, (a, b) in enumerate(zip(context + continuation, text)) if a != b),
+                  min(len(text), len(context + continuation)))
+        return f"the texts differ from character {at}: lm-eval {(context + continuation)[at:at + 30]!r}, ours " \
+               f"{text[at:at + 30]!r}"
     context_ids, continuation_ids = lm._encode_pair(context, continuation)
     row = tokenize_answer(tokenizer, prompt, answer)
     if row.ids == context_ids + continuation_ids and row.first == len(context_ids):
@@ -149,13 +156,15 @@ def check_questions(lm, samples: dict[str, list[dict]], results, records, tokeni
     checks = []
     for position, (record, result) in enumerate(zip(records, results)):
         ref, prompt = mc_references(record), prompting.prompt(record.question)
-        ours = {"truthfulqa_refs_mc1": [result.best_score, *result.false_scores],
-                "truthfulqa_refs_mc2": result.true_scores + result.false_scores}
+        # Each task's choices, in its order, with our scores: MC1 the best answer then the false ones, MC2 the true
+        # then the false ones (validate_references in validation/lm_eval_tasks/truthfulqa_local.py).
+        ours = {"truthfulqa_refs_mc1": zip([ref.best, *ref.false], [result.best_score, *result.false_scores]),
+                "truthfulqa_refs_mc2": zip(ref.true + ref.false, result.true_scores + result.false_scores)}
         answers = []
-        for task, scores in ours.items():
+        for task, scored in ours.items():
             sample = samples[task][position]
-            for (context, continuation), theirs, score in zip(sample["arguments"], sample["filtered_resps"], scores):
-                answer = continuation.strip()
+            for (context, continuation), theirs, (answer, score) in zip(sample["arguments"], sample["filtered_resps"],
+                                                                        scored, strict=True):
                 row = tokenize_answer(tokenizer, prompt, answer)
                 tokens = len(row.ids) - row.first
                 answers.append(AnswerCheck(task, answer, score, float(theirs[0]),
