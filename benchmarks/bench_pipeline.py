@@ -19,6 +19,13 @@ evaluation against one fit and one Evaluator.evaluate_settings; each compares wh
 
     python benchmarks/bench_pipeline.py --stages sweep,selection --num_questions 20   # ~22 min on 2 CPU cores
 
+The lm_eval stage (run only when --stages names it; needs the lm_eval extra) times MC1 and MC2 of the first
+--lm_eval_questions TruthfulQA questions two ways: lm-evaluation-harness's `hf` model on its truthfulqa mc1 and mc2
+tasks (validation/lm_eval_tasks: its prompt and metric code on the answers validate_2fold scores) against
+validate_2fold's scorer with the same prompt, on the same loaded model; the ratio is the harness's time over ours.
+
+    HF_DATASETS_OFFLINE=1 python benchmarks/bench_pipeline.py --stages lm_eval --lm_eval_questions 40
+
 Each way is warmed up once (on a small input) before it is timed, except the grids, timed once as they
 come (a cold process per cell is what they measure). No timing is asserted anywhere.
 """
@@ -27,6 +34,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import importlib.util
 import json
 import math
 import os
@@ -631,6 +639,58 @@ def selection(bench: Bench) -> dict:
                    "table_fast": fast_table})
 
 
+# lm-eval's truthfulqa_mc1 and _mc2 (its prompt and metric code) on the answers validate_2fold scores, from the local
+# TruthfulQA (validation/lm_eval_tasks).
+LM_EVAL_TASKS = ("truthfulqa_refs_mc1", "truthfulqa_refs_mc2")
+
+
+def lm_eval_harness(bench: Bench) -> dict:
+    """MC1 and MC2 of the first --lm_eval_questions TruthfulQA questions on the benchmark's model, two ways: lm-eval's
+    `hf` model on its truthfulqa mc1 and mc2 tasks (LM_EVAL_TASKS) against validate_2fold's scorer (Evaluator, MC,
+    `--instruction_prompt none`: lm-eval's prompt, the primer without an instruction); per question, how far the two
+    ways' MC1 and MC2 differ."""
+    import numpy as np
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from iti.data import load_truthfulqa
+    from iti.evaluation import EvalSpec, Evaluator
+    from iti.lm_eval_steer import TASKS_DIR
+    from iti.prompts import Prompting
+
+    options = bench.options
+    records = load_truthfulqa(options.tqa_path).generation_in_mc_order()[:options.lm_eval_questions]
+    metadata = {} if options.tqa_path is None else {"tqa_path": options.tqa_path}
+    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata=metadata)
+    harness = HFLM(pretrained=bench.model, tokenizer=bench.tokenizer, batch_size=options.batch_size)
+    scorer = Evaluator(bench.model, bench.tokenizer, Prompting(instruction_prompt="none"),
+                       EvalSpec(frozenset({"mc"}), "bench", options.batch_size))
+
+    def slow(count):
+        return simple_evaluate(harness, tasks=list(LM_EVAL_TASKS), limit=count, task_manager=manager,
+                               log_samples=True, bootstrap_iters=0)["samples"]
+
+    def fast(count):
+        return scorer.evaluate(None, records[:count], progress=False)[0]
+
+    slow(1)
+    fast(1)
+    harness_samples, slow_s = bench.timed(lambda: slow(len(records)))
+    frame, fast_s = bench.timed(lambda: fast(len(records)))
+    agreement = {"questions": len(records),
+                 "lm_eval_requests": sum(len(s["arguments"]) for task in LM_EVAL_TASKS for s in harness_samples[task])}
+    for task, metric in zip(LM_EVAL_TASKS, ("MC1", "MC2")):
+        harness_scores = np.array([s["acc"] for s in sorted(harness_samples[task], key=lambda s: s["doc_id"])])
+        ours = frame[f"bench {metric}"].to_numpy(dtype=float)
+        agreement |= {f"max_abs_{metric.lower()}_diff": float(np.abs(harness_scores - ours).max()),
+                      f"mean_{metric.lower()}_lm_eval": float(harness_scores.mean()),
+                      f"mean_{metric.lower()}_ours": float(ours.mean())}
+    return report("lm_eval", slow_s, fast_s, agreement,
+                  f"lm-eval hf model, {' + '.join(LM_EVAL_TASKS)}, batch {options.batch_size}",
+                  f"validate_2fold's MC scorer (Evaluator), batch {options.batch_size}")
+
+
 @dataclass(frozen=True)
 class Stage:
     run: Callable[[Bench], dict]
@@ -650,6 +710,7 @@ STAGES: dict[str, Stage] = {
     "ce_kl": Stage(ce_kl, needs_shifts=True),
     "sweep": Stage(sweep, needs_model=False, by_default=False),  # its processes load the model
     "selection": Stage(selection, by_default=False),
+    "lm_eval": Stage(lm_eval_harness, by_default=False),  # needs lm-evaluation-harness (the lm_eval extra)
 }
 
 
@@ -695,6 +756,7 @@ class BenchOptions:
     grid_alpha: str = _option("0,2,5,10,15", "alpha values of the sweep and selection grids (comma-separated)")
     sweep_questions: int = _option(20, "questions (validate_2fold --limit, 2 folds) of the sweep stage")
     selection_kl_samples: int = _option(4, "documents of 128 tokens for the selection stage's KL (0: MC only)")
+    lm_eval_questions: int = _option(40, "first N TruthfulQA questions (MC order) of the lm_eval stage")
 
     def grid_ks(self) -> list[int]:
         return [int(value) for value in self.grid_k.split(",")]
@@ -718,6 +780,10 @@ class BenchOptions:
         if probing and self.num_questions < 2:
             raise UsageError(f"the {', '.join(probing)} stage(s) hold out a fifth of the questions to validate the "
                              "probes: use --num_questions 2 or more")
+        if "lm_eval" in self.stage_names() and importlib.util.find_spec("lm_eval") is None:
+            from iti.lm_eval_compare import INSTALL
+
+            raise UsageError(f"the lm_eval stage needs lm-evaluation-harness; {INSTALL}")
 
 
 # ----------------------------------------------------------------------------- model, memory

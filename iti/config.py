@@ -48,6 +48,8 @@ SELECT_METRIC_NAMES = {name.lower(): name for name in PER_QUESTION_OR_DERIVED}
 SELECT_METRICS = tuple(SELECT_METRIC_NAMES)
 # --control choices: none, or the random-direction control of docs/method.md §11 (iti.control).
 CONTROLS = ("none", "random_direction")
+# Where validation/export_head_shifts.py writes head shifts for: pyvene's IntervenableModel, lm-eval's steered model.
+EXPORT_FORMATS = ("pyvene", "lm_eval")
 
 
 @dataclass
@@ -329,11 +331,14 @@ class ExportConfig(ModelOptions):
                                      folder="existing")
     import_from: str | None = option(None, "a pyvene folder (IntervenableModel.save) to import as head shifts "
                                            "instead", NUMBERS, folder="existing")
-    output_dir: str | None = option(None, "where the pyvene folder (export) or the head shifts (import) go", EXECUTION,
-                                    folder="write")
+    output_dir: str | None = option(None, "where the export (a pyvene folder, or the lm-eval steer file and its "
+                                          "README) or the head shifts (import) go", EXECUTION, folder="write")
     allow_other_model: bool = option(False, "apply head shifts made for another model of the same geometry", EXECUTION)
-    overwrite: bool = option(False, "replace what --output_dir holds when that is only what this command writes (a "
-                                    "pyvene export; head shifts when importing)", EXECUTION)
+    overwrite: bool = option(False, "replace what --output_dir holds when that is only what this command writes (an "
+                                    "export of the same --format; head shifts when importing)", EXECUTION)
+    format: str = option("pyvene", "what to export to: a pyvene folder (IntervenableModel.load) or an "
+                                   "lm-evaluation-harness steer file (lm_eval --model steered)", EXECUTION,
+                         choices=EXPORT_FORMATS)
 
     def _check(self) -> None:
         from iti.files import check_replaceable
@@ -345,10 +350,14 @@ class ExportConfig(ModelOptions):
                              "(import from pyvene)")
         if self.output_dir is None:
             raise UsageError("--output_dir is needed: the folder to write")
+        if self.import_from and self.format != "pyvene":
+            raise UsageError(f"--import_from reads pyvene folders only; drop --format {self.format}")
         shifts = "|".join(map(re.escape, (TENSORS_FILE, METADATA_FILE)))
-        # An export: pyvene's IntervenableModel.save files (config.json, one intkey_* state per layer) and the shifts.
-        ours = (shifts, "head shifts") if self.import_from else (rf"{shifts}|config\.json|intkey_.+\.(bin|safetensors)",
-                                                                 "a pyvene export")
+        # An export: pyvene's IntervenableModel.save files (config.json, one intkey_* state per layer) or lm-eval's
+        # steer file and its README, and the shifts.
+        exports = {"pyvene": (rf"{shifts}|config\.json|intkey_.+\.(bin|safetensors)", "a pyvene export"),
+                   "lm_eval": (rf"{shifts}|steer\.pt|README\.md", "an lm-eval steer export")}
+        ours = (shifts, "head shifts") if self.import_from else exports[self.format]
         check_replaceable("--output_dir", self.output_dir, self.overwrite, *ours)
 
 
@@ -357,6 +366,18 @@ def selection_options(select_metric: str) -> set[str]:
     metric = BY_NAME[SELECT_METRIC_NAMES[select_metric]]
     names = metric.product_of or (metric.name,)
     return {BY_NAME[name].option for name in names}
+
+
+@dataclass
+class LmEvalCheckConfig(ModelOptions):
+    limit: int = option(5, "the first N TruthfulQA questions (MC order) to score both ways", EXECUTION, minimum=1)
+    questions: tuple[int, ...] = option((), "these questions (MC-order indices from 0) instead of the first --limit",
+                                        EXECUTION, minimum=0)
+    head_shifts: str | None = option(None, "also check these head shifts (a head-shift folder): lm-eval steered with "
+                                           "their steer file vs the baked model", EXECUTION, folder="existing")
+    tqa_path: str | None = option(None, "a TruthfulQA folder (TruthfulQA.csv, data/mc_task.json); default "
+                                        "./TruthfulQA, else the hub", EXECUTION, folder="existing")
+    batch_size: int = option(8, "lm-eval's batch size", EXECUTION, minimum=1)
 
 
 @dataclass

@@ -153,3 +153,25 @@ def test_a_bad_grid_is_a_usage_error():
 
     with pytest.raises(UsageError, match="--grid_k"):
         bench_pipeline.main(["--stages", "sweep", "--grid_k", "4,eight"])
+
+
+def test_the_lm_eval_stage_scores_as_validate_2fold(model_dir, tqa_path, tmp_path, capsys):
+    """lm-eval's truthfulqa mc1/mc2 on validate_2fold's answers and validate_2fold's scorer give each question the same
+    MC1 and, to float32 rounding of differently padded batches, the same MC2."""
+    from iti.data import load_truthfulqa
+    from iti.mc import mc_references
+
+    pytest.importorskip("lm_eval")
+    output = tmp_path / "lm_eval.json"
+    bench_pipeline.main(["--model_path", str(model_dir), "--tqa_path", str(tqa_path), "--stages", "lm_eval",
+                         "--lm_eval_questions", "3", "--batch_size", "4", "--output", str(output)])
+    summary = capsys.readouterr().out.strip().splitlines()[-2]
+    assert re.fullmatch(r"summary: lm_eval=[0-9.]+x", summary), summary
+    result = json.loads(output.read_text())["results"]["lm_eval"]
+    assert result["one_at_a_time_s"] > 0 and result["fast_s"] > 0
+    agreement = result["agreement"]
+    # One request per answer: MC1 the best answer and the false ones, MC2 the true ones and the false ones.
+    refs = [mc_references(record) for record in load_truthfulqa(tqa_path).generation_in_mc_order()[:3]]
+    assert agreement["questions"] == 3
+    assert agreement["lm_eval_requests"] == sum(1 + len(ref.true) + 2 * len(ref.false) for ref in refs)
+    assert agreement["max_abs_mc1_diff"] == 0 and agreement["max_abs_mc2_diff"] < 1e-4

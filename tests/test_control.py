@@ -121,11 +121,14 @@ def test_chance_levels_against_every_ranking():
         per_order = []
         for order in itertools.permutations(range(answers)):
             scores = [float(-rank) for rank in order]
-            result = MCResult(scores[:len(q.correct_answers)], scores[len(q.correct_answers):], scores[0])
+            true, false = scores[:len(q.correct_answers)], scores[len(q.correct_answers):]
+            result = MCResult(true, false, scores[0], [1] * len(true), [1] * len(false))
             per_order.append((mc1(result), mc3(result)))
         brute["MC1"].append(np.mean([m1 for m1, _ in per_order]))
         brute["MC3"].append(np.mean([m3 for _, m3 in per_order]))
-        brute["MC2"].append(mc2(MCResult([0.0] * len(q.correct_answers), [0.0] * len(q.incorrect_answers), 0.0)))
+        ones = ([1] * len(q.correct_answers), [1] * len(q.incorrect_answers))
+        brute["MC2"].append(mc2(MCResult([0.0] * len(q.correct_answers), [0.0] * len(q.incorrect_answers), 0.0,
+                                         *ones)))
     chance = chance_levels(questions)
     assert chance == pytest.approx({name: np.mean(values) for name, values in brute.items()}, rel=1e-12)
 
@@ -147,7 +150,8 @@ def planted_scores(questions: list[tuple[list[int], list[int]]], shifts, truth: 
         scores = -0.2 * lengths + rng.normal(0, 0.5, len(lengths))
         if shifts is not None and shifts.alpha * shifts.sigmas.mean() > 1:
             scores += 0.15 * lengths + truth * (np.arange(len(lengths)) < len(true_lengths))
-        result = MCResult(list(scores[:len(true_lengths)]), list(scores[len(true_lengths):]), scores[0])
+        result = MCResult(list(scores[:len(true_lengths)]), list(scores[len(true_lengths):]), scores[0],
+                          true_lengths, false_lengths)
         rows.append({"Category": "c", "Question": f"Q{len(rows)}", f"{MODEL} MC1": mc1(result),
                      f"{MODEL} MC2": mc2(result), f"{MODEL} MC3": mc3(result)})
     return pd.DataFrame(rows)
@@ -220,20 +224,20 @@ def test_a_control_needs_a_shift(setup, tmp_path):
 @pytest.fixture(scope="module")
 def control_run(setup, selection_features, tmp_path_factory):
     """The test_validate_cli selection run with --control random_direction: its record, the questions and number of
-    settings of each evaluate_settings call, and its log lines."""
+    settings of each group of questions evaluated, and its log lines."""
     from iti.evaluation import Evaluator
 
     evaluated, lines = [], []
-    real = Evaluator.evaluate_settings
+    real = Evaluator.evaluate_groups
 
-    def recording(self, settings, records, *args, **kwargs):
-        evaluated.append((len(settings), [r.question for r in records]))
-        return real(self, settings, records, *args, **kwargs)
+    def recording(self, groups, *args, **kwargs):
+        evaluated.extend((len(settings), [r.question for r in records]) for settings, records in groups)
+        return real(self, groups, *args, **kwargs)
 
     cfg = config(setup, tmp_path_factory.mktemp("control"), features_dir=str(selection_features),
                  control="random_direction", **SELECTION)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Evaluator, "evaluate_settings", recording)
+        patch.setattr(Evaluator, "evaluate_groups", recording)
         record = run_validation(cfg, progress=False, log=lines.append)
     return cfg, record, evaluated, lines
 
@@ -258,15 +262,13 @@ def test_the_control_chooses_among_the_same_settings_on_the_same_questions(setup
         shorter, longer = sorted((control["heads"], fold["heads"]), key=len)
         assert len(control["heads"]) == control["K"] and longer[:len(shorter)] == shorter
         # ITI's grid and the control's in one call on the set-aside questions (the unshifted model once), then
-        # both choices in one call on the test questions.
+        # both choices in one call on the test questions (an unshifted one is computed once: evaluate_settings).
         split = Split(np.array(fold["train"]), np.array(fold["val"]), sigma=np.r_[fold["train"], fold["val"]],
                       fold=fold["fold"])
         _, selecting = selection_split(split, 0.25, 0.5, 42)
         shifted = sum(1 for row in selection["table"] if row["alpha"] != 0)
         assert next(calls) == (2 * shifted + 1, [questions[q].question for q in selecting])
-        chosen = [fold["alpha"], control["alpha"]]
-        assert next(calls) == (sum(a != 0 for a in chosen) + (0 in chosen), [questions[q].question
-                                                                         for q in fold["test"]])
+        assert next(calls) == (2, [questions[q].question for q in fold["test"]])
         files = fold["files"]
         answers = pd.read_csv(files["control_answers"])
         assert answers["Question"].tolist() == [questions[q].question for q in fold["test"]]

@@ -7,9 +7,13 @@ the one the head shifts record (their model_source) unless --model_path names an
 have the same geometry and, without --allow_other_model, be that same model; --model_name is used
 only for shifts that record no model. Import: such a folder (or one pyvene wrote) back into head
 shifts, for the model its head shifts record or the one --model_path / --model_name names.
+--format lm_eval exports instead an lm-evaluation-harness steer file (steer.pt: per edited layer, W_o·δ added to
+o_proj's output, which equals the baked model) with a README holding the `lm_eval --model steered` command.
 
 python validation/export_head_shifts.py --head_shifts validation/results_dump/head_shifts_dump/RUN_fold_0_com \\
     --output_dir exported/RUN_fold_0
+python validation/export_head_shifts.py --head_shifts validation/results_dump/head_shifts_dump/RUN_fold_0_com \\
+    --format lm_eval --output_dir exported/RUN_fold_0_lm_eval
 python validation/export_head_shifts.py --import_from exported/RUN_fold_0 --output_dir imported/RUN_fold_0
 """
 import sys
@@ -43,9 +47,19 @@ def main() -> None:
         return
     shifts.check_model(source, cfg.allow_other_model)
     shifts.check_geometry(geometry)
-    out = export_pyvene(shifts, model_config, cfg.output_dir)
-    print(f"exported {shifts.k} head shifts over {len(set(shifts.layers.tolist()))} layers of {source} -> {out}; "
-          f"apply with pyvene.IntervenableModel.load({str(out)!r}, model)")
+    layers = len(set(shifts.layers.tolist()))
+    if cfg.format == "lm_eval":
+        from iti.lm_eval_steer import STEER_FILE, export_lm_eval, lm_eval_command
+        from iti.models import load_model
+
+        model, _ = load_model(folder, cfg.device, cfg.dtype, cfg.trust_remote_code)
+        out = export_lm_eval(shifts, model, folder, cfg.output_dir)
+        print(f"exported {shifts.k} head shifts over {layers} layers of {source} -> {out / STEER_FILE}; evaluate with "
+              f"{lm_eval_command(folder, (out / STEER_FILE).resolve())}")
+    else:
+        out = export_pyvene(shifts, model_config, cfg.output_dir)
+        print(f"exported {shifts.k} head shifts over {layers} layers of {source} -> {out}; "
+              f"apply with pyvene.IntervenableModel.load({str(out)!r}, model)")
     report = shifts.provenance.probe_report
     if report:
         print(report_table([report], shifts.alpha, shifts.k))

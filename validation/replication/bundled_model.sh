@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The runs behind iti_replication_results.md, on the bundled SmolLM2-135M-Instruct, CPU, all 817 TruthfulQA
-# questions, 2 folds, seeds 1-3. K and α are chosen per fold from a grid fixed in advance (K in {16, 48},
-# α in {0, 5, 10, 15}) on development questions set aside from those that build the shifts (iti/selection.py).
+# questions, 2 folds, seeds 1-3. K and α are chosen per fold on development questions set aside from those that
+# build the shifts (iti/selection.py), from a grid and budgets fixed before any run (issue 30): K in
+# {8, 16, 32, 48, 64} × α in {0, 2, 5, 10, 15, 20}, once with no budget and once under KL <= 0.5 (near the
+# paper's 0.40), each with the random-direction control (--control random_direction) scored over the same grid.
+# The prompting comparison keeps the earlier grid (K in {16, 48}, α in {0, 5, 10, 15}).
 #
 #   bash validation/replication/bundled_model.sh            # everything, one run after another
 #   SEEDS="2" PARTS="main" bash validation/replication/bundled_model.sh   # a share of it (e.g. one per core)
 #
-# PARTS: main (selection and its baseline, MC then CE and KL of the choice), prompts (the paper's prompting
+# PARTS: main (selection under each budget with its control, and the baseline; MC, CE and KL), prompts (the paper's prompting
 # comparison: no instruction, instruction only, each with and without ITI; instruction + primer is `main`),
 # matched (the length-matched polite_replies set). Finished runs are kept: running again skips nothing that is
 # missing and redoes nothing that is complete (validate_2fold keeps a complete run of the same identity).
@@ -27,16 +30,18 @@ run() { echo "==> $* ($(date +%T))"; /usr/bin/time -f "    took %e s" "$PYTHON" 
 [ -e $TEXT ] || run validation/write_local_text.py --output $TEXT
 
 COMMON=(validation/validate_2fold.py --model_name $MODEL --use_center_of_mass --device cpu --owt_path $TEXT)
-GRID=(--num_heads 16 48 --alpha 0 5 10 15)
+GRID=(--num_heads 8 16 32 48 64 --alpha 0 2 5 10 15 20 --control random_direction)
+PROMPTS_GRID=(--num_heads 16 48 --alpha 0 5 10 15)
 for seed in $SEEDS; do
   if [[ " $PARTS " == *" main "* ]]; then
     run "${COMMON[@]}" --seed "$seed" "${GRID[@]}" --metrics mc ce kl
+    run "${COMMON[@]}" --seed "$seed" "${GRID[@]}" --max_kl 0.5 --metrics mc ce kl
     run "${COMMON[@]}" --seed "$seed" --num_heads 0 --metrics mc ce kl
   fi
   if [[ " $PARTS " == *" prompts "* ]]; then
     for prompt in "--instruction_prompt none --qa_primer no" "--instruction_prompt default --qa_primer no"; do
       # shellcheck disable=SC2086
-      run "${COMMON[@]}" --seed "$seed" "${GRID[@]}" --metrics mc $prompt
+      run "${COMMON[@]}" --seed "$seed" "${PROMPTS_GRID[@]}" --metrics mc $prompt
       # shellcheck disable=SC2086
       run "${COMMON[@]}" --seed "$seed" --num_heads 0 --metrics mc $prompt
     done
