@@ -30,14 +30,10 @@ def lm_eval_offline():
         if os.environ.get("CI", "").lower() in ("true", "1"):
             pytest.fail(f"CI: {message}", pytrace=False)
         pytest.skip(message)
-    saved = {key: os.environ.get(key) for key in OFFLINE}
-    os.environ.update(OFFLINE)
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key)
-        else:
-            os.environ[key] = value
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in OFFLINE.items():
+            patch.setenv(key, value)
+        yield
 
 
 @pytest.fixture(scope="module")
