@@ -30,14 +30,10 @@ def lm_eval_offline():
         if os.environ.get("CI", "").lower() in ("true", "1"):
             pytest.fail(f"CI: {message}", pytrace=False)
         pytest.skip(message)
-    saved = {key: os.environ.get(key) for key in OFFLINE}
-    os.environ.update(OFFLINE)
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key)
-        else:
-            os.environ[key] = value
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in OFFLINE.items():
+            patch.setenv(key, value)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -116,12 +112,12 @@ def test_import_refuses_the_lm_eval_format(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def plain_check(crosscheck, bundled):
+def plain_check(crosscheck, bundled, tqa_path):
     """Questions 0 and 2 (MC order: few answers each, to stay fast) scored both ways on the bundled model."""
     from lm_eval.models.huggingface import HFLM
 
     model, tokenizer = bundled
-    check = crosscheck.CrossCheck.of(model, tokenizer, [0, 2])
+    check = crosscheck.CrossCheck.of(model, tokenizer, [0, 2], str(tqa_path))
     samples, checks = check.against_ours(HFLM(pretrained=model, tokenizer=tokenizer, batch_size=8), model)
     return check, samples, checks
 
@@ -165,7 +161,7 @@ def test_steered_lm_eval_equals_the_baked_folder_in_lm_eval_and_ours(crosscheck,
 
     model, tokenizer = bundled
     check, plain_samples, _ = plain_check
-    check = crosscheck.CrossCheck.of(model, tokenizer, [0])
+    check = crosscheck.CrossCheck.of(model, tokenizer, [0], check.tqa_path)
     shifts = make_shifts(model, pairs=[(3, 1), (15, 4), (29, 0)], alpha=8.0)
     baked_dir, baked, steered = crosscheck.baked_and_steered(model, tokenizer, shifts, tmp_path, batch_size=8)
     check = check.covering(baked)
