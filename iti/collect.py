@@ -122,7 +122,7 @@ def _differing_settings(groups: list[list[RunFile]]) -> list[str]:
                         ValidationConfig, names=("num_heads", "alpha", "seed")) for runs in groups]
     varying = sorted({name for values in settings for name in values
                       if len({json.dumps(other.get(name)) for other in settings}) > 1})
-    return [", ".join(f"{name}={json.dumps(values[name])}" for name in varying) for values in settings]
+    return [", ".join(f"{name}={json.dumps(values.get(name))}" for name in varying) for values in settings]
 
 
 @dataclass(frozen=True)

@@ -272,7 +272,7 @@ def price_lines(table, labels: list[str]) -> str:
             continue
         ce = f"CE {base_ce[0]:.2f} → {row['CE']:.2f}" if base_ce and not missing(row["CE"]) else f"CE {row['CE']:.2f}"
         lines.append(f"- Price of {label}: KL {row['KL']:.2f} and {ce} on the reference prose (means over seeds), "
-                     f"{row['KL'] / PAPER_KL:.1f} times the paper's KL; {PAPER_PRICE}.")
+                     f"{row['KL'] / PAPER_KL:.2g} times the paper's KL; {PAPER_PRICE}.")
     return "\n".join(lines) + ("\n" if lines else "")
 
 
@@ -424,19 +424,20 @@ def scores_table(records: list, baselines: list) -> str:
 def differences_table(records: list, baselines: list) -> str:
     """ITI − baseline and ITI − control per seed (the control's: the record's own) and pooled over seeds, and the
     pooled MC2 difference from the control in words beside the paper's random-direction row."""
-    from iti.collect import Paired, markdown_rows, pair_with_baseline
+    from iti.collect import Paired, difference, markdown_rows, pair_with_baseline
+
+    def signed(interval: dict | None) -> str:
+        return "—" if interval is None else difference(interval["value"], interval["low"], interval["high"])
 
     def cells(paired) -> list[str]:
-        if isinstance(paired, Paired):
-            return [interval_text(paired.differences[name].as_dict()) if name in paired.differences else "—"
-                    for name in MC]
-        return ["—"] * len(MC)
+        differences = paired.differences if isinstance(paired, Paired) else {}
+        return [signed(differences[name].as_dict() if name in differences else None) for name in MC]
 
     rows, words = [], []
     for record in records:
         own = record.control or {}
         rows.append([f"seed {record.config['seed']}", *cells(pair_with_baseline([record], baselines)),
-                     *(interval_text(own.get(name)) for name in MC)])
+                     *(signed(own.get(name)) for name in MC)])
     controls = [view for view in map(control_view, records) if view is not None]
     against_control = pair_with_baseline(records, controls) if controls else None
     if len(records) > 1:
