@@ -92,6 +92,9 @@ def main() -> None:
     table, pairs = collect_table(main_iti + baseline)
     labels = row_labels(table, main_iti + baseline)
     notes = unpaired_notes(table)
+    if not main_iti:
+        notes.append(f"note: no selection runs on the main grid, {grid_words(grid)}: give the runs' grid with "
+                     "--num_heads and --alpha, or run validation/replication/bundled_model.sh")
     print("## Main table\n")
     print(summary_table(table, labels))
     print(verdicts(table, pairs, labels))
@@ -106,8 +109,8 @@ def main() -> None:
     pairs_shown = [(index, paired) for index, paired in pairs if table.at[index, "json"].split("; ")[0] in first]
     categories = category_table(table, pairs_shown, "MC2")
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    [figure] = category_differences(categories, "MC2", lambda k, alpha: args.output_dir / figure_name(model, args))
-    print(f"\n(per-category figure{'' if len(budgets) < 2 else ', ' + budget_words(budgets[0])}: {figure})")
+    for figure in category_differences(categories, "MC2", lambda k, alpha: args.output_dir / figure_name(model, args)):
+        print(f"\n(per-category figure{'' if len(budgets) < 2 else ', ' + budget_words(budgets[0])}: {figure})")
 
     baselines = [run.record for run in baseline]
     for budget in budgets:
