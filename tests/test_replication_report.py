@@ -275,7 +275,10 @@ def test_priced_runs_get_their_budget_sections_with_the_records_values(priced_ru
             assert iti[2:5] == [shown_interval(record["bootstrap"]["intervals"][m]) for m in ("MC1", "MC2", "MC3")]
             assert iti[5:7] == [f"{record['final'][key]:.4f}" for key in ("CE", "KL")]
             control = seed_means([record], "control_answers")
-            assert cells_of(scores, f"control, seed {seed}")[3] == interval(control[f"{tag} MC2"].to_numpy())
+            row = cells_of(scores, f"control, seed {seed}")
+            assert row[3] == interval(control[f"{tag} MC2"].to_numpy())
+            assert row[5:7] == [f"{np.mean([fold['control']['results'][key] for fold in record['folds']]):.4f}"
+                                for key in ("CE", "KL")]
         pooled = seed_means(seeds)
         assert cells_of(scores, "ITI, seeds pooled")[3] == interval(pooled[f"{tag} MC2"].to_numpy())
         chance = seeds[0]["chance"]

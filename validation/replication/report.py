@@ -310,17 +310,15 @@ def control_view(record):
     None for a run without a control in every fold."""
     import dataclasses
 
-    import numpy as np
-
-    from iti.metrics import missing
+    from iti.metrics import mean_over_folds
 
     if not record.folds or not all(fold.control and fold.files.control_answers for fold in record.folds):
         return None
     folds = [dataclasses.replace(fold, files=dataclasses.replace(fold.files, answers=fold.files.control_answers),
                                  results=fold.control.results) for fold in record.folds]
-    measured = {key: [fold.results[key] for fold in folds if not missing(fold.results.get(key))]
-                for key in folds[0].results}
-    final = {key: float(np.mean(values)) if values else None for key, values in measured.items()}
+    # As validate_2fold's totals take a run's means over folds (a metric not measured is NaN).
+    final = mean_over_folds([{key: float("nan") if value is None else float(value)
+                              for key, value in fold.results.items()} for fold in folds])
     return dataclasses.replace(record, folds=folds, final=final, bootstrap=None, control=None, effect_parts=None,
                                tradeoff_figure=None)
 
