@@ -639,14 +639,9 @@ def selection(bench: Bench) -> dict:
                    "table_fast": fast_table})
 
 
-# lm-eval's truthfulqa_mc1 and _mc2 (its prompt and metric code) on the answers validate_2fold scores, from the local
-# TruthfulQA (validation/lm_eval_tasks).
-LM_EVAL_TASKS = ("truthfulqa_refs_mc1", "truthfulqa_refs_mc2")
-
-
 def lm_eval_harness(bench: Bench) -> dict:
     """MC1 and MC2 of the first --lm_eval_questions TruthfulQA questions on the benchmark's model, two ways: lm-eval's
-    `hf` model on its truthfulqa mc1 and mc2 tasks (LM_EVAL_TASKS) against validate_2fold's scorer (Evaluator, MC,
+    `hf` model on its truthfulqa mc1 and mc2 tasks (REFERENCE_TASKS) against validate_2fold's scorer (Evaluator, MC,
     `--instruction_prompt none`: lm-eval's prompt, the primer without an instruction); per question, how far the two
     ways' MC1 and MC2 differ."""
     import numpy as np
@@ -656,7 +651,7 @@ def lm_eval_harness(bench: Bench) -> dict:
 
     from iti.data import load_truthfulqa
     from iti.evaluation import EvalSpec, Evaluator
-    from iti.lm_eval_steer import TASKS_DIR
+    from iti.lm_eval_steer import REFERENCE_TASKS, TASKS_DIR
     from iti.prompts import Prompting
 
     options = bench.options
@@ -668,7 +663,7 @@ def lm_eval_harness(bench: Bench) -> dict:
                        EvalSpec(frozenset({"mc"}), "bench", options.batch_size))
 
     def slow(count):
-        return simple_evaluate(harness, tasks=list(LM_EVAL_TASKS), limit=count, task_manager=manager,
+        return simple_evaluate(harness, tasks=list(REFERENCE_TASKS), limit=count, task_manager=manager,
                                log_samples=True, bootstrap_iters=0)["samples"]
 
     def fast(count):
@@ -678,16 +673,16 @@ def lm_eval_harness(bench: Bench) -> dict:
     fast(1)
     harness_samples, slow_s = bench.timed(lambda: slow(len(records)))
     frame, fast_s = bench.timed(lambda: fast(len(records)))
-    agreement = {"questions": len(records),
-                 "lm_eval_requests": sum(len(s["arguments"]) for task in LM_EVAL_TASKS for s in harness_samples[task])}
-    for task, metric in zip(LM_EVAL_TASKS, ("MC1", "MC2")):
+    requests = sum(len(sample["arguments"]) for task in REFERENCE_TASKS for sample in harness_samples[task])
+    agreement = {"questions": len(records), "lm_eval_requests": requests}
+    for task, metric in zip(REFERENCE_TASKS, ("MC1", "MC2")):
         harness_scores = np.array([s["acc"] for s in sorted(harness_samples[task], key=lambda s: s["doc_id"])])
         ours = frame[f"bench {metric}"].to_numpy(dtype=float)
         agreement |= {f"max_abs_{metric.lower()}_diff": float(np.abs(harness_scores - ours).max()),
                       f"mean_{metric.lower()}_lm_eval": float(harness_scores.mean()),
                       f"mean_{metric.lower()}_ours": float(ours.mean())}
     return report("lm_eval", slow_s, fast_s, agreement,
-                  f"lm-eval hf model, {' + '.join(LM_EVAL_TASKS)}, batch {options.batch_size}",
+                  f"lm-eval hf model, {' + '.join(REFERENCE_TASKS)}, batch {options.batch_size}",
                   f"validate_2fold's MC scorer (Evaluator), batch {options.batch_size}")
 
 

@@ -325,15 +325,21 @@ class HeadAccuracyConfig(Options):
 
 
 @dataclass
-class ExportConfig(ModelOptions):
-    head_shifts: str | None = option(None, "head shifts to export: a folder from validate_2fold "
+class AppliedShiftOptions(ModelOptions):
+    """A command that applies a head-shift folder to the model (or, in its place, another source of shifts that the
+    command adds): the folder, and whether shifts made for another model may be applied (HeadShifts.check_model)."""
+    head_shifts: str | None = option(None, "the head shifts: a folder from validate_2fold "
                                            "(results_dump/head_shifts_dump/...) or edit_weight", NUMBERS,
                                      folder="existing")
+    allow_other_model: bool = option(False, "apply head shifts made for another model of the same geometry", EXECUTION)
+
+
+@dataclass
+class ExportConfig(AppliedShiftOptions):
     import_from: str | None = option(None, "a pyvene folder (IntervenableModel.save) to import as head shifts "
                                            "instead", NUMBERS, folder="existing")
     output_dir: str | None = option(None, "where the export (a pyvene folder, or the lm-eval steer file and its "
                                           "README) or the head shifts (import) go", EXECUTION, folder="write")
-    allow_other_model: bool = option(False, "apply head shifts made for another model of the same geometry", EXECUTION)
     overwrite: bool = option(False, "replace what --output_dir holds when that is only what this command writes (an "
                                     "export of the same --format; head shifts when importing)", EXECUTION)
     format: str = option("pyvene", "what to export to: a pyvene folder (IntervenableModel.load) or an "

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from iti.config import AppliedShiftOptions
 from iti.constants import RESULTS_DIR
 from iti.errors import UsageError
-from iti.options import EXECUTION, NUMBERS, ModelOptions, check_plain_name, option
+from iti.options import EXECUTION, NUMBERS, check_plain_name, option
 
 if TYPE_CHECKING:
     from iti.statistics import Interval
@@ -46,10 +47,7 @@ MEAN_TOLERANCE = 1e-9
 
 
 @dataclass
-class LmEvalCompareConfig(ModelOptions):
-    head_shifts: str | None = option(None, "a head-shift folder (validate_2fold's results_dump/head_shifts_dump/..., "
-                                           "or edit_weight's); lm-eval runs it through its steer file", NUMBERS,
-                                     folder="existing")
+class LmEvalCompareConfig(AppliedShiftOptions):
     steer_file: str | None = option(None, "an lm-eval steer file (.pt), e.g. the steer.pt of export_head_shifts.py "
                                           "--format lm_eval, instead of --head_shifts", NUMBERS, file="read")
     tasks: tuple[str, ...] = option((), "lm-eval tasks or groups (names as `lm_eval ls tasks` lists them, and those "
@@ -62,7 +60,6 @@ class LmEvalCompareConfig(ModelOptions):
     batch_size: int = option(16, "requests per forward pass", EXECUTION, minimum=1)
     output_dir: str = option(str(LM_EVAL_DIR), "where the comparison's folder goes (named from the inputs)", EXECUTION,
                              folder="write")
-    allow_other_model: bool = option(False, "apply head shifts made for another model of the same geometry", EXECUTION)
     overwrite: bool = option(False, "make this comparison again, replacing its folder (only ever a folder this "
                                     "command wrote)", EXECUTION)
 

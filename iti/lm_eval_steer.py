@@ -26,6 +26,9 @@ STEER_FILE = "steer.pt"
 README_FILE = "README.md"
 # Our task YAMLs (TruthfulQA from the local copy); lm-eval finds them through --include_path.
 TASKS_DIR = REPO_ROOT / "validation" / "lm_eval_tasks"
+# lm-eval's truthfulqa_mc1 and _mc2 (its prompt and metric code) on the answers validate_2fold scores, in MC order:
+# the tasks of TASKS_DIR whose MC1/MC2 can be compared with ours question by question.
+REFERENCE_TASKS = ("truthfulqa_refs_mc1", "truthfulqa_refs_mc2")
 
 
 def hookpoint_of(model, module: torch.nn.Module) -> str:

@@ -29,7 +29,6 @@ from iti.cli import parse_config, run_main  # noqa: E402
 from iti.config import LmEvalCheckConfig  # noqa: E402
 from iti.errors import UsageError  # noqa: E402
 
-REFERENCE_TASKS = ("truthfulqa_refs_mc1", "truthfulqa_refs_mc2")
 # A relative error of a few float ulps per layer (see answer_tolerance).
 ULPS_PER_LAYER = 4
 
@@ -117,6 +116,8 @@ def lm_eval_samples(lm, questions: list[int], tqa_path: str | None) -> dict[str,
     """lm-eval's logged samples of the reference tasks on `questions` (MC-order indices), in that order."""
     from lm_eval import simple_evaluate
 
+    from iti.lm_eval_steer import REFERENCE_TASKS
+
     results = simple_evaluate(model=lm, tasks=list(REFERENCE_TASKS), samples={t: questions for t in REFERENCE_TASKS},
                               log_samples=True, task_manager=task_manager(tqa_path))
     by_question = {task: {s["doc_id"]: s for s in results["samples"][task]} for task in REFERENCE_TASKS}
@@ -148,6 +149,7 @@ def check_questions(lm, samples: dict[str, list[dict]], results, records, tokeni
                     scale: float) -> list[QuestionCheck]:
     """lm-eval's samples against our MCResults (`results`, of `records`; both in the samples' order), answer by
     answer and question by question."""
+    from iti.lm_eval_steer import REFERENCE_TASKS
     from iti.mc import mc_references, tokenize_answer
     from iti.metrics import mc1, mc2
     from iti.prompts import Prompting
@@ -253,6 +255,8 @@ class CrossCheck:
     def gaps(self, lm, first: dict[str, list[dict]], second: dict[str, list[dict]]) -> list[str]:
         """Where two lm-eval runs (both split every answer alike: one tokenizer, one code) score an answer apart
         beyond the tolerance."""
+        from iti.lm_eval_steer import REFERENCE_TASKS
+
         found = []
         for task in REFERENCE_TASKS:
             for one, other in zip(first[task], second[task]):
