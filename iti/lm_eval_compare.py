@@ -39,7 +39,7 @@ SAMPLE_FILES = {"unshifted": "samples_unshifted.jsonl", "shifted": "samples_shif
 OWN_FILES = r"differences\.(json|csv)|samples_(unshifted|shifted)\.jsonl|steer\.pt"
 COLUMNS = ["task", "metric", "filter", "items", "unshifted", "shifted", "difference", "low", "high"]
 STEER_SUFFIXES = (".pt", ".pth")  # the torch files lm-eval's steered model reads
-INSTALL = 'install it with pip install -e ".[lm_eval]"'
+INSTALL = 'install it with pip install -e ".[lm-eval]"'
 MAKE_STEER_FILE = "write one with validation/export_head_shifts.py --format lm_eval"
 # The mean of the items' scores against lm-eval's own aggregate: a mean summed in another order differs in the last
 # bits only; anything more is another aggregation.

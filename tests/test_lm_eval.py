@@ -26,7 +26,7 @@ def lm_eval_offline():
     try:
         import lm_eval  # noqa: F401
     except ImportError:
-        message = "lm_eval is not installed: pip install -e '.[lm_eval]'"
+        message = "lm_eval is not installed: pip install -e '.[lm-eval]'"
         if os.environ.get("CI", "").lower() in ("true", "1"):
             pytest.fail(f"CI: {message}", pytrace=False)
         pytest.skip(message)
