@@ -228,7 +228,7 @@ def test_every_setting_s_kl_is_that_setting_s_kl_alone_and_the_log_shows_the_fro
     assert len(scored) == len(record["folds"])
     # Logits of float32 forwards batched and padded differently agree to a few float32 ulps; KL (and CE) weigh
     # log-probability errors of that size by probabilities that sum to one, per position and then per document.
-    tolerance = 64 * np.finfo(np.float32).eps
+    tolerance = 64 * float(np.finfo(np.float32).eps)
     for fold, (evaluator, settings) in zip(record["folds"], scored):
         table = {(row["K"], row["alpha"]): row for row in fold["selection"]["table"]}
         assert all(row["KL"] == 0.0 for (_, alpha), row in table.items() if alpha == 0)

@@ -209,7 +209,7 @@ def test_evaluate_settings_equals_evaluate_of_each_and_loads_each_judge_once(tin
         assert list(frame.columns) == list(alone_frame.columns)
         assert frame["tiny"].tolist() == alone_frame["tiny"].tolist()
         # Every number is a float32 sum of at most 128 terms (CE's documents are the longest), or made of such.
-        rtol = sum_rtol(128)
+        rtol = float(sum_rtol(128))
         for column in frame.columns:
             if frame[column].dtype.kind == "f":
                 np.testing.assert_allclose(frame[column], alone_frame[column], rtol=rtol, atol=rtol)
