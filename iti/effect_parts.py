@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from iti.evaluation import answer_list_columns
-from iti.statistics import BOOTSTRAP_LEVEL, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+from iti.statistics import (BOOTSTRAP_LEVEL, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, percentile_bounds,
+                            question_draws)
 
 # The regressors, in the order of the coefficients.
 PARTS = ("length", "truth")
@@ -87,14 +88,13 @@ def effect_parts(answers: ScoredAnswers, resamples: int = BOOTSTRAP_RESAMPLES, s
     of the questions), and how many questions and answers they are fitted on."""
     xx, xd = question_sums(answers)
     count = len(xx)
-    draws = np.random.default_rng(seed).integers(0, count, size=(resamples, count))
+    draws = question_draws(count, resamples, seed)
     # How often each resample drew each question.
     weights = np.bincount((draws + count * np.arange(resamples)[:, None]).ravel(),
                           minlength=resamples * count).reshape(resamples, count).astype(np.float64)
     sampled = least_squares((weights @ xx.reshape(count, 4)).reshape(resamples, 2, 2), weights @ xd)
     point = least_squares(xx.sum(axis=0), xd.sum(axis=0))
-    tail = (1 - level) / 2
-    low, high = np.quantile(sampled, [tail, 1 - tail], axis=0)
+    low, high = percentile_bounds(sampled, level)
     parts = {name: {"coef": float(point[i]), "low": float(low[i]), "high": float(high[i])}
              for i, name in enumerate(PARTS)}
     return {**parts, "questions": count, "answers": len(answers.question)}

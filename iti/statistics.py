@@ -45,9 +45,20 @@ def resampled_means(scores: Mapping[str, np.ndarray], resamples: int = BOOTSTRAP
     """Per metric, its mean in each of `resamples` draws of the questions with replacement. Every metric uses the
     same draws, and two calls with the same seed and number of questions draw the same questions: that is what
     pairs a run with its baseline."""
-    num_questions = _num_questions(scores)
-    draws = np.random.default_rng(seed).integers(0, num_questions, size=(resamples, num_questions))
+    draws = question_draws(_num_questions(scores), resamples, seed)
     return {name: np.asarray(values, dtype=np.float64)[draws].mean(axis=1) for name, values in scores.items()}
+
+
+def question_draws(num_questions: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """[resamples, num_questions]: the questions each bootstrap draw takes, with replacement."""
+    return np.random.default_rng(seed).integers(0, num_questions, size=(resamples, num_questions))
+
+
+def percentile_bounds(samples: np.ndarray, level: float = BOOTSTRAP_LEVEL) -> tuple[np.ndarray, np.ndarray]:
+    """The lower and upper percentile bounds of the central `level` of `samples` (over its first axis)."""
+    tail = (1 - level) / 2
+    low, high = np.quantile(samples, [tail, 1 - tail], axis=0)
+    return low, high
 
 
 def intervals(scores: Mapping[str, np.ndarray], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
@@ -79,8 +90,7 @@ def _estimates(scores: Mapping[str, np.ndarray], resamples: int, seed: int) -> t
 
 
 def _interval(value: float, samples: np.ndarray, level: float) -> Interval:
-    tail = (1 - level) / 2
-    low, high = np.quantile(samples, [tail, 1 - tail])
+    low, high = percentile_bounds(samples, level)
     return Interval(float(value), float(low), float(high))
 
 
