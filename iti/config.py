@@ -146,7 +146,9 @@ class ValidationConfig(HeadShiftOptions):
     select_metric: str = option("mc2", "with several K or α: the validation score each fold maximises "
                                        "(true*info needs --metrics judge info)", SHIFTS, choices=SELECT_METRICS)
     max_kl: float | None = option(None, "with several K or α: only settings whose KL wrt the original model stays "
-                                        "within this budget may be chosen (needs kl in --metrics)", SHIFTS, minimum=0)
+                                        "within this budget may be chosen (needs kl in --metrics). A run that "
+                                        "differs from another only in this reads that run's scored settings instead "
+                                        "of scoring them again", SHIFTS, minimum=0, choice_only=True)
     select_ratio: float = option(0.2, "with several K or α: share of each fold's development questions set aside to "
                                       "score the settings; the shifts scored are built from the others", SHIFTS,
                                  split=True, fraction=True)

@@ -32,7 +32,8 @@ def identity_fields(config_cls, roles: Iterable[Role] = IDENTITY_ROLES) -> tuple
 
 def flagged_fields(config_cls, flag: str) -> tuple[str, ...]:
     """The fields whose metadata sets `flag`: "split" (they decide which questions each fold trains, validates and
-    tests on), "named" (spelled out in readable file names; the rest enter through the hash) or "location"."""
+    tests on), "named" (spelled out in readable file names; the rest enter through the hash), "location" or
+    "choice_only" (they change which scored setting a selection chooses, never a score)."""
     return tuple(f.name for f in dataclasses.fields(config_cls) if f.metadata.get(flag, False))
 
 

@@ -66,6 +66,8 @@ class Selection:
     note: str | None
     edge_note: str | None
     chosen_test: float | None = None
+    # The record of the run whose table this is, when read from a run that differs only in --max_kl (scored_tables)
+    scored_in: str | None = None
 
 
 @dataclass(kw_only=True)
@@ -240,6 +242,33 @@ def _fold_files_kept(entry: FoldEntry) -> bool:
     for path in present:
         files.check(path, f"fold {entry.fold}'s file", RECOMPUTE_FOLD)
     return len(present) == len(files.sha256)
+
+
+def scored_tables(run: Run, fold: int) -> tuple[Path, Selection, Selection | None] | None:
+    """A fold's scored settings from a run that differs from `run` only in options that choose among them (the
+    "choice_only" fields: --max_kl), so a run under another budget chooses from the same table without scoring it
+    again: (that run's record, its fold's selection, its control's selection or None), or None when no such run
+    has scored the fold (with the control, when `run` has one)."""
+    def scoring(identity: dict) -> dict:
+        return {name: value for name, value in identity.items() if name not in flagged_fields(ValidationConfig,
+                                                                                              "choice_only")}
+
+    wanted, controlled = scoring(run.identity), run.cfg.control != "none"
+    pattern = f"{readable_name(run.cfg)}_????????{METHOD_SUFFIX[run.cfg.method]}.json"
+    for path in sorted(run.summary_path.parent.glob(pattern)):
+        if path == run.summary_path:
+            continue
+        try:
+            record = read_run(path)
+        except UsageError:  # not a summary: nothing scored there
+            continue
+        if record.identity is None or scoring(record.identity) != wanted:
+            continue
+        for entry in record.folds:
+            control = entry.control.selection if entry.control else None
+            if entry.fold == fold and entry.selection is not None and (control is not None or not controlled):
+                return path, entry.selection, control
+    return None
 
 
 def earlier_run_path(cfg: ValidationConfig, complete: bool = True) -> Path | None:

@@ -55,7 +55,8 @@ from iti.provenance import run_provenance
 from iti.records import record_json
 from iti.report import report_table
 from iti.run_inputs import evaluation_prompting, feature_sets, items_digest, load_items, load_run_features
-from iti.runs import Bootstrap, FoldEntry, FoldFiles, Resolved, Run, RunRecord, Selection, earlier_run_path
+from iti.runs import (Bootstrap, FoldEntry, FoldFiles, Resolved, Run, RunRecord, Selection, earlier_run_path,
+                      scored_tables)
 from iti.selection import budget_text, choose_setting, edge_note, score_settings, selection_split, table_line
 from iti.statistics import BOOTSTRAP_LEVEL, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 
@@ -371,6 +372,7 @@ def select_setting(setup: RunSetup, split: Split, log: Log) -> tuple[Selection, 
     scoring = setup.evaluator.spec.only(selection_options(cfg.select_metric) | ({"ce", "kl"} & set(cfg.metrics)))
     inner, selecting = selection_split(split, cfg.select_ratio, cfg.val_ratio, cfg.seed)
     scored = [setup.items[q] for q in selecting]
+    counts = {"train": len(inner.train), "val": len(inner.val), "select": len(selecting)}
 
     control_rows = []
 
@@ -381,9 +383,16 @@ def select_setting(setup: RunSetup, split: Split, log: Log) -> tuple[Selection, 
         control_rows.extend(rows[len(settings):])
         return rows[:len(settings)]
 
-    table = score_settings(setup.features, inner, cfg.settings, recipe_of(cfg, 1, 1.0), score) if setup.features \
-        else [{"K": k, "alpha": a, **values}
-              for (k, a), values in zip(cfg.settings, score([None] * len(cfg.settings)))]
+    earlier = scored_tables(setup.cells[0].run, split.fold or 0)
+    if earlier is not None and earlier[1].counts == counts:
+        scored_in, table, control_rows = str(earlier[0]), earlier[1].table, earlier[2].table if earlier[2] else []
+        log(f"every setting's scores on these {len(selecting)} set-aside questions: read from {scored_in} (a run "
+            "that differs from this one only in --max_kl)")
+    else:
+        scored_in = None
+        table = score_settings(setup.features, inner, cfg.settings, recipe_of(cfg, 1, 1.0), score) \
+            if setup.features else [{"K": k, "alpha": a, **values}
+                                    for (k, a), values in zip(cfg.settings, score([None] * len(cfg.settings)))]
     table = with_front(table, metric)
     for row in table:
         log(table_line(row, metric))
@@ -395,9 +404,8 @@ def select_setting(setup: RunSetup, split: Split, log: Log) -> tuple[Selection, 
     log(f"chosen on {len(scored)} set-aside questions {budget_text(cfg.max_kl)}: K {chosen['K']}, "
         f"alpha {chosen['alpha']:g}")
     selection = Selection(scheme="three-way split of the development questions", metric=metric, max_kl=cfg.max_kl,
-                          select_ratio=cfg.select_ratio, counts={"train": len(inner.train), "val": len(inner.val),
-                                                                 "select": len(selecting)},
-                          table=table, chosen=chosen, note=note, edge_note=edge)
+                          select_ratio=cfg.select_ratio, counts=counts, table=table, chosen=chosen, note=note,
+                          edge_note=edge, scored_in=scored_in)
     control = control_selection(selection, [{"K": row["K"], "alpha": row["alpha"], **values} for row, values
                                             in zip(table, control_rows)], cfg.settings, log) if control_rows else None
     return selection, selecting, control

@@ -256,3 +256,46 @@ def test_every_setting_s_kl_is_that_setting_s_kl_alone_and_the_log_shows_the_fro
     assert f"chosen under KL <= {budget:g} (--max_kl): " + "; ".join(
         f"fold {f['fold']}: K {f['K']}, alpha {f['alpha']:g}" for f in record["folds"]) in lines
     assert f"trade-off figure: {record['tradeoff_figure']}" in lines
+
+
+def test_a_run_under_another_budget_chooses_from_the_table_already_scored(setup, selection_features, tmp_path,
+                                                                          monkeypatch):
+    """A selection run that differs from a finished one only in --max_kl scores no setting again: it reads that
+    run's table (ITI's and the control's) for each fold, says where from, and chooses from it by its own budget."""
+    from iti.evaluation import Evaluator
+    from iti.runs import read_run
+    from iti.selection import choose_setting
+    from iti.validate import run_validation
+
+    options = dict(features_dir=str(selection_features), metrics=("mc", "ce", "kl"), owt_path=str(setup["owt"]),
+                   control="random_direction", **SELECTION)
+    unbounded = run_validation(config(setup, tmp_path, **options), progress=False, log=lambda line: None)
+    kls = sorted(row["KL"] for fold in unbounded["folds"] for row in fold["selection"]["table"] if row["KL"] > 0)
+    budget = kls[len(kls) // 2]  # some shifted settings fit, some do not
+
+    scored = []
+    real = Evaluator.evaluate_settings
+
+    def recording(self, settings, records, *args, **kwargs):
+        if len(settings) > 1:  # a fold's selection: the one call that scores every setting
+            scored.append(settings)
+        return real(self, settings, records, *args, **kwargs)
+
+    monkeypatch.setattr(Evaluator, "evaluate_settings", recording)
+    lines = []
+    bounded = run_validation(config(setup, tmp_path, max_kl=budget, **options), progress=False, log=lines.append)
+    assert scored == []
+    source = str(next((tmp_path / "results_dump" / "summary_dump").glob(f"{unbounded['name']}*.json")))
+    assert read_run(source).identity == unbounded["identity"]
+    for before, after in zip(unbounded["folds"], bounded["folds"]):
+        for kind in ("selection", "control"):
+            was = before[kind] if kind == "selection" else before["control"]["selection"]
+            now = after[kind] if kind == "selection" else after["control"]["selection"]
+            assert now["table"] == was["table"] and now["counts"] == was["counts"]
+            assert now["scored_in"] == source and now["max_kl"] == budget
+            assert now["chosen"] == choose_setting(was["table"], "MC2", budget)[0]
+        assert (after["K"], after["alpha"]) == (after["selection"]["chosen"]["K"], after["selection"]["chosen"]["alpha"])
+    assert any((before["K"], before["alpha"]) != (after["K"], after["alpha"])
+               for before, after in zip(unbounded["folds"], bounded["folds"]))  # the budget changed a choice
+    assert sum(f"read from {source} (a run that differs from this one only in --max_kl)" in line
+               for line in lines) == len(bounded["folds"])
