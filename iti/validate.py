@@ -123,7 +123,7 @@ def run_sweep(cfg: ValidationConfig, progress: bool = True, log: Log = print) ->
         for cell in setup.cells:
             locks.enter_context(output_lock(cell.run.summary_path, "validate_2fold run"))
         keep_finished_folds(setup)
-        plans = (plan_fold(setup, fold, questions, log) for fold, questions in enumerate(setup.splits))
+        plans = (plan_fold(setup, fold, questions, progress, log) for fold, questions in enumerate(setup.splits))
         # A judge loaded only while it scores (--sequential_loading) loads once for every fold's answers; otherwise
         # each fold is written once evaluated, so that a killed run keeps it.
         if setup.evaluator.judges is not None and setup.evaluator.judges.sequential:
@@ -245,7 +245,8 @@ class FoldPlan:
     controls: list[HeadShifts | None]    # and its shifts along random directions
 
 
-def plan_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], log: Log) -> FoldPlan | None:
+def plan_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], progress: bool,
+              log: Log) -> FoldPlan | None:
     """The runs that lack this fold (None if no run does), its choice of setting when several are given, and the
     probes trained once for them all."""
     cfg = setup.cfg
@@ -268,7 +269,7 @@ def plan_fold(setup: RunSetup, fold: int, questions: tuple[np.ndarray, ...], log
     parts = {"train": train, "val": val, "test": test}
     selection = control = None
     if cfg.selects:
-        selection, parts["select"], control = select_setting(setup, split, log)
+        selection, parts["select"], control = select_setting(setup, split, progress, log)
     settings = [(selection.chosen["K"], selection.chosen["alpha"]) if selection else cell.cfg.settings[0]
                 for cell in cells]
     # --control: each run's control setting (its own choice, or the run's one setting), evaluated with ITI's.
@@ -362,7 +363,8 @@ def write_fold(setup: RunSetup, cell: Cell, fold: Fold, setting: tuple[int, floa
                                    if shifts is not None else None))
 
 
-def select_setting(setup: RunSetup, split: Split, log: Log) -> tuple[Selection, np.ndarray, Selection | None]:
+def select_setting(setup: RunSetup, split: Split, progress: bool,
+                   log: Log) -> tuple[Selection, np.ndarray, Selection | None]:
     """Score every (K, α) on questions set aside from the fold's development questions, with shifts built from
     the others (iti.selection), and choose one; also returns the questions scored, and with --control the
     control's own choice (its settings scored in the same pass)."""
@@ -379,7 +381,7 @@ def select_setting(setup: RunSetup, split: Split, log: Log) -> tuple[Selection, 
     def score(settings: list[HeadShifts | None]) -> list[dict[str, float]]:
         controls = control_settings(settings, setup.features, inner, cfg.seed) if cfg.control != "none" else []
         rows = [{metric: results[metric], "KL": results["KL"], "CE": results["CE"]}
-                for _, results in evaluate_each(setup.evaluator, settings + controls, scored, False, scoring)]
+                for _, results in evaluate_each(setup.evaluator, settings + controls, scored, progress, scoring)]
         control_rows.extend(rows[len(settings):])
         return rows[:len(settings)]
 
