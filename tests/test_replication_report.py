@@ -313,6 +313,14 @@ def test_priced_runs_get_their_budget_sections_with_the_records_values(priced_ru
             assert Path(record["tradeoff_figure"]).stat().st_size > 0
     assert (root / "figures" / "tiny_limit_20_K2-4_alpha2-8_tradeoff_over_seeds.png").stat().st_size > 0
 
+    # A budget run chose from the tables of the run that differs from it only in its budget; the run times say so.
+    times = section(text, "## Run times")
+    for seed in (1, 2):
+        unbounded, bounded = (Path(records[f"{name} {seed}"]["json_path"]).name for name in ("iti", "budget"))
+        assert cells_of(times, unbounded)[3] == "scored here"
+        assert cells_of(times, bounded)[3] == f"read from {unbounded}"
+        assert cells_of(times, Path(records[f"baseline {seed}"]["json_path"]).name)[3] == "—"
+
 
 def least_squares_parts(records: list[dict], tag: str) -> tuple[float, float]:
     """numpy's least squares of every answer's change (shifted − unshifted) on its token count and truth label, each

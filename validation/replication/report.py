@@ -172,9 +172,19 @@ def main() -> None:
         print(note, file=sys.stderr)
 
     print("\n## Run times\n")
-    print(markdown_rows(["run", "seed", "minutes"], [[run.path.name, str(run.record.config["seed"]),
-                                                      f"{run.record.seconds / 60:.1f}"] for run in sorted(
-        runs, key=lambda run: run.path)]))
+    print(markdown_rows(["run", "seed", "minutes", "selection tables"],
+                        [[run.path.name, str(run.record.config["seed"]), f"{run.record.seconds / 60:.1f}",
+                          tables_source(run.record)] for run in sorted(runs, key=lambda run: run.path)]))
+
+
+def tables_source(record) -> str:
+    """Where a selection run's tables came from: scored by the run, or read from a run that differs only in its
+    KL budget (iti.runs.scored_tables), whose minutes include them."""
+    sources = {Path(fold.selection.scored_in).name for fold in record.folds
+               if fold.selection is not None and fold.selection.scored_in}
+    if not any(fold.selection is not None for fold in record.folds):
+        return "—"
+    return "read from " + ", ".join(sorted(sources)) if sources else "scored here"
 
 
 def figure_name(model: str, args, what: str = "iti_minus_baseline_by_category") -> str:
