@@ -161,6 +161,8 @@ def pair_with_baseline(runs: list[RunRecord], baseline: list[RunRecord]) -> Pair
 def why_no_difference(runs: list[RunRecord], baseline: list[RunRecord]) -> str | None:
     """Why `runs` get no paired difference from `baseline`: a run and the baseline's run of its seed do not pair,
     no seed is shared, or an answer file is missing; None when there is one."""
+    if not baseline:
+        return "no baseline run (--num_heads 0 with the same other settings) to pair with"
     by_seed = {r.config["seed"]: r for r in baseline}
     shared = [r for r in runs if r.config["seed"] in by_seed]
     for run in shared or runs[:1]:

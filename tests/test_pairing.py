@@ -66,6 +66,13 @@ def test_the_same_record_pairs_and_execution_settings_do_not_matter():
         is None  # one model (one fingerprint) moved: it pairs
 
 
+def test_no_baseline_run_is_said_not_raised():
+    from iti.collect import pair_with_baseline
+
+    assert pair_with_baseline([record()], []) == "no baseline run (--num_heads 0 with the same other settings) to " \
+                                                 "pair with"
+
+
 def test_another_model():
     assert why(record(**{"identity.model_path": "1b1b1b1b", "resolved.model_source": "/models/n"}), record()) == \
         "the models differ: 1b1b1b1b (/models/n) against 0a0a0a0a (/models/m)"

@@ -134,7 +134,8 @@ def main() -> None:
         for with_iti in (False, True):
             members = [run.record for run in variant(instruction, primer, with_iti)]
             if with_iti and not members and (instruction, primer) == (None, "auto") and grid != prompts_grid:
-                members, default_from_main = [run.record for run in variant(None, "auto", True, grid)], True
+                members = [run.record for run in variant(None, "auto", True, grid)]
+                default_from_main = bool(members)
             if not members:
                 continue
             final = {key: [r.final[key] for r in members] for key in SHOWN}
