@@ -5,6 +5,12 @@
 # {8, 16, 32, 48, 64} × α in {0, 2, 5, 10, 15, 20}, once with no budget and once under KL <= 0.5 (near the
 # paper's 0.40), each with the random-direction control (--control random_direction) scored over the same grid.
 # The prompting comparison keeps the earlier grid (K in {16, 48}, α in {0, 5, 10, 15}).
+# The KL <= 0.5 run reads each fold's scored grid (ITI's and the control's) from the no-budget run's record, which
+# differs from it only in its budget, and evaluates its own choices on the test questions.
+# Cost on one core of a 2-core AVX-512 EPYC, two runs side by side (2026-12-07): the no-budget grid with its control
+# took 97 and 98 min for fold 0 of seeds 1 and 2 (MC on 82 set-aside questions and CE/KL on 100 documents for 51
+# settings, then the test questions) while a test suite shared the cores for about half of it; count 1.5-2 h per
+# fold, 3-4 h per seed. The KL <= 0.5 run then evaluates only its choices on the test questions.
 #
 #   bash validation/replication/bundled_model.sh            # everything, one run after another
 #   SEEDS="2" PARTS="main" bash validation/replication/bundled_model.sh   # a share of it (e.g. one per core)
