@@ -299,3 +299,9 @@ def test_a_run_under_another_budget_chooses_from_the_table_already_scored(setup,
                for before, after in zip(unbounded["folds"], bounded["folds"]))  # the budget changed a choice
     assert sum(f"read from {source} (a run that differs from this one only in --max_kl)" in line
                for line in lines) == len(bounded["folds"])
+
+    # A run that differs in anything else (here: no control) scores its own table.
+    alone = run_validation(config(setup, tmp_path, max_kl=budget, **{**options, "control": "none"}), progress=False,
+                           log=lambda line: None)
+    assert len(scored) == len(alone["folds"])
+    assert all(fold["selection"]["scored_in"] is None for fold in alone["folds"])
