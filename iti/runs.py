@@ -19,6 +19,7 @@ or nothing.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,25 +245,30 @@ def _fold_files_kept(entry: FoldEntry) -> bool:
     return len(present) == len(files.sha256)
 
 
+def summaries_named_like(cfg: ValidationConfig) -> Iterator[tuple[Path, RunRecord]]:
+    """(path, record) of each readable run record in the run's summary folder whose name differs from the run's only
+    in its identity hash; files there that are not summaries are passed over."""
+    folder = Path(cfg.results_dir) / "results_dump" / "summary_dump"
+    for path in sorted(folder.glob(f"{readable_name(cfg)}_????????{METHOD_SUFFIX[cfg.method]}.json")):
+        try:
+            yield path, read_run(path)
+        except UsageError:
+            continue
+
+
 def scored_tables(run: Run, fold: int) -> tuple[Path, Selection, Selection | None] | None:
     """A fold's scored settings from a run that differs from `run` only in options that choose among them (the
     "choice_only" fields: --max_kl), so a run under another budget chooses from the same table without scoring it
     again: (that run's record, its fold's selection, its control's selection or None), or None when no such run
     has scored the fold (with the control, when `run` has one)."""
+    choosing = flagged_fields(ValidationConfig, "choice_only")
+
     def scoring(identity: dict) -> dict:
-        return {name: value for name, value in identity.items() if name not in flagged_fields(ValidationConfig,
-                                                                                              "choice_only")}
+        return {name: value for name, value in identity.items() if name not in choosing}
 
     wanted, controlled = scoring(run.identity), run.cfg.control != "none"
-    pattern = f"{readable_name(run.cfg)}_????????{METHOD_SUFFIX[run.cfg.method]}.json"
-    for path in sorted(run.summary_path.parent.glob(pattern)):
-        if path == run.summary_path:
-            continue
-        try:
-            record = read_run(path)
-        except UsageError:  # not a summary: nothing scored there
-            continue
-        if record.identity is None or scoring(record.identity) != wanted:
+    for path, record in summaries_named_like(run.cfg):
+        if path == run.summary_path or record.identity is None or scoring(record.identity) != wanted:
             continue
         for entry in record.folds:
             control = entry.control.selection if entry.control else None
@@ -278,15 +284,10 @@ def earlier_run_path(cfg: ValidationConfig, complete: bool = True) -> Path | Non
     resolve `--dtype auto` otherwise); None if there is none."""
     from iti.features import feature_sets, recorded_ids
 
-    folder = Path(cfg.results_dir) / "results_dump" / "summary_dump"
     wanted = declared(dataclasses.asdict(cfg), ValidationConfig)
     ids = zip(("probing", "tuning"), recorded_ids(feature_sets(cfg))) if max(cfg.num_heads) > 0 else []
     present = {role: set_id for role, set_id in ids if set_id is not None}
-    for path in sorted(folder.glob(f"{readable_name(cfg)}_????????{METHOD_SUFFIX[cfg.method]}.json")):
-        try:
-            record = read_run(path)
-        except UsageError:  # not a summary: no earlier run of these settings
-            continue
+    for path, record in summaries_named_like(cfg):
         read = (record.identity or {}).get("features_dir") or {}
         if ((record.complete or not complete) and declared(record.config, ValidationConfig) == wanted
                 and all(read.get(role) == set_id for role, set_id in present.items())):

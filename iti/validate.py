@@ -387,7 +387,8 @@ def select_setting(setup: RunSetup, split: Split, progress: bool,
 
     earlier = scored_tables(setup.cells[0].run, split.fold or 0)
     if earlier is not None and earlier[1].counts == counts:
-        scored_in, table, control_rows = str(earlier[0]), earlier[1].table, earlier[2].table if earlier[2] else []
+        source, read, read_control = earlier
+        scored_in, table, control_rows = str(source), read.table, read_control.table if read_control else []
         log(f"every setting's scores on these {len(selecting)} set-aside questions: read from {scored_in} (a run "
             "that differs from this one only in --max_kl)")
     else:
