@@ -171,7 +171,44 @@ def read_run(path: str | Path) -> RunRecord:
     record = read_record(RunRecord, read_json(path, "validate_2fold summary", REMEDY), what, REMEDY)
     if record.complete and record.final is None:
         raise UsageError(f"{what}: complete, but final is missing; {REMEDY}")
-    return record
+    return relocated(record, Path(path))
+
+
+def relocated(record: RunRecord, path: Path) -> RunRecord:
+    """The record with each path under the results_dir it was written to moved under the results folder the record
+    lies in now (`path` is `<results folder>/results_dump/summary_dump/<name>.json`) where that file is there: a
+    results folder copied or moved whole, to another machine or into the repository, finds its own files, and
+    summaries copied alone still find theirs where they were written. Digests check the bytes either way."""
+    written = record.config.get("results_dir")
+    if written is None or path.parent.parent.name != "results_dump":
+        return record
+    root = path.parent.parent.parent
+
+    def moved(recorded: str | None) -> str | None:
+        if recorded is None:
+            return None
+        try:
+            here = root / Path(recorded).relative_to(written)
+        except ValueError:
+            return recorded
+        return str(here) if here.exists() else recorded
+
+    def files(entry: FoldFiles) -> FoldFiles:
+        one_path = [one.name for one in dataclasses.fields(FoldFiles) if one.name not in ("splits", "sha256")]
+        return dataclasses.replace(
+            entry, **{name: moved(getattr(entry, name)) for name in one_path},
+            splits=None if entry.splits is None else {part: moved(p) for part, p in entry.splits.items()},
+            sha256=None if entry.sha256 is None else {moved(p): digest for p, digest in entry.sha256.items()})
+
+    def selection(chosen: Selection | None) -> Selection | None:
+        return None if chosen is None else dataclasses.replace(chosen, scored_in=moved(chosen.scored_in))
+
+    folds = [dataclasses.replace(
+        fold, files=files(fold.files), selection=selection(fold.selection),
+        control=None if fold.control is None else dataclasses.replace(fold.control,
+                                                                      selection=selection(fold.control.selection)))
+        for fold in record.folds]
+    return dataclasses.replace(record, folds=folds, tradeoff_figure=moved(record.tradeoff_figure))
 
 
 # ----------------------------------------------------------------------------- the run's files

@@ -144,8 +144,9 @@ def test_a_changed_answer_file_is_refused_naming_it(runs, tmp_path):
 
 
 def test_the_committed_runs_files_hold_the_bytes_their_records_digest():
-    """results/replication_runs/ holds runs whose records name their files under validation/ (where
-    iti_replication_results.md copies them): each fold's recorded digests are those of the committed files."""
+    """results/replication_runs/ holds runs whose records name their files under the results_dir they were written
+    to (validation/, or a machine's absolute path): read where they lie now, each fold's recorded digests are those
+    of the committed files."""
     from iti.runs import read_run
 
     committed = REPO_ROOT / "results" / "replication_runs"
@@ -156,8 +157,8 @@ def test_the_committed_runs_files_hold_the_bytes_their_records_digest():
             digests = fold.files.sha256
             assert fold.files.answers in digests and fold.files.summary in digests
             for name, recorded in digests.items():
-                local = committed / Path(name).relative_to("validation")
-                assert hashlib.sha256(local.read_bytes()).hexdigest() == recorded, local
+                assert Path(name).is_relative_to(committed), name
+                assert hashlib.sha256(Path(name).read_bytes()).hexdigest() == recorded, name
 
 
 # ----------------------------------------------------------------------------- runs that price every setting
@@ -340,3 +341,23 @@ def least_squares_parts(records: list[dict], tag: str) -> tuple[float, float]:
     (length, truth), *_ = np.linalg.lstsq(demeaned[["tokens", "truth"]].to_numpy(), demeaned["change"].to_numpy(),
                                           rcond=None)
     return float(truth), float(length)
+
+
+def test_a_results_folder_moved_whole_is_read_where_it_lies(priced_runs, tmp_path):
+    """The priced runs' folder copied elsewhere and the original moved away: the report reads every file (answers,
+    the control's answers, each checked against its digest) from the copy and prints the same tables, its links
+    into the copy."""
+    root, _, _ = priced_runs
+    before = report(root, "priced", PRICED_GRID)
+    assert before.returncode == 0, before.stderr
+    shutil.copytree(root / "priced", tmp_path / "priced")
+    away = root / "priced_moved_away"
+    (root / "priced").rename(away)
+    try:
+        after = report(tmp_path, "priced", PRICED_GRID)
+    finally:
+        away.rename(root / "priced")
+    assert after.returncode == 0, after.stderr
+    assert str(root) not in after.stdout
+    assert "_tradeoff.png" in after.stdout
+    assert after.stdout == before.stdout.replace(str(root), str(tmp_path))
