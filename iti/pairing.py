@@ -63,25 +63,26 @@ def _model(record: RunRecord, fingerprinted: bool) -> tuple[str, str | None]:
 
 def _questions_differ(run: RunRecord, baseline: RunRecord) -> str | None:
     """The data, then the number of questions, then the folds' test questions: the first that differs."""
-    data = [_data(record, run.identity is not None and baseline.identity is not None) for record in (run, baseline)]
+    digested = run.identity is not None and baseline.identity is not None
+    (data, shown), (other, other_shown) = (_data(record, digested) for record in (run, baseline))
     counts = run.resolved.questions, baseline.resolved.questions
     if None not in counts and counts[0] != counts[1]:
-        return f"the questions differ: {counts[0]} of {data[0]} against {counts[1]} of {data[1]}"
-    if data[0] != data[1]:
-        return f"the data differ: {data[0]} against {data[1]}"
+        return f"the questions differ: {counts[0]} of {shown} against {counts[1]} of {other_shown}"
+    if data != other:
+        return f"the data differ: {shown} against {other_shown}"
     return _folds_differ(run, baseline)
 
 
-def _data(record: RunRecord, digested: bool) -> str:
-    """The evaluated items: their digest (and the file they came from) where both records have one, else the
-    file as named."""
+def _data(record: RunRecord, digested: bool) -> tuple[str, str]:
+    """The evaluated items as compared, and as shown: their digest (shown with the file they came from, which may
+    lie anywhere) where both records have one, else the file as named."""
     config = record.config
     named = config.get("dataset_path") or config.get("tqa_path") or "TruthfulQA"
     if not digested:
-        return named
+        return named, named
     items = record.identity.get("dataset_path") or record.identity.get("tqa_path")
     source = record.resolved.tqa_source or named
-    return f"{source} ({items[:8]})" if items else source
+    return (items, f"{source} ({items[:8]})") if items else (source, source)
 
 
 def _folds_differ(run: RunRecord, baseline: RunRecord) -> str | None:

@@ -134,6 +134,10 @@ def test_other_data():
         "the data differ: /data/mine.jsonl (eeeeeeee) against /data/tqa (dddddddd)"
 
 
+def test_the_same_data_read_from_another_place_pairs():
+    assert why(record(**{"resolved.tqa_source": "/elsewhere/TruthfulQA"}), record()) is None
+
+
 def test_other_questions():
     assert why(record(**{"resolved.questions": 6, "identity.tqa_path": "f" * 64}), record()) == \
         "the questions differ: 6 of /data/tqa (ffffffff) against 4 of /data/tqa (dddddddd)"
