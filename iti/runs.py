@@ -180,9 +180,10 @@ def relocated(record: RunRecord, path: Path) -> RunRecord:
     results folder copied or moved whole, to another machine or into the repository, finds its own files, and
     summaries copied alone still find theirs where they were written. Digests check the bytes either way."""
     written = record.config.get("results_dir")
-    if written is None or path.parent.parent.name != "results_dump":
+    if not isinstance(written, str) or path.parent.parent.name != "results_dump":
         return record
     root = path.parent.parent.parent
+    one_path = [one.name for one in dataclasses.fields(FoldFiles) if one.name not in ("splits", "sha256")]
 
     def moved(recorded: str | None) -> str | None:
         if recorded is None:
@@ -194,7 +195,6 @@ def relocated(record: RunRecord, path: Path) -> RunRecord:
         return str(here) if here.exists() else recorded
 
     def files(entry: FoldFiles) -> FoldFiles:
-        one_path = [one.name for one in dataclasses.fields(FoldFiles) if one.name not in ("splits", "sha256")]
         return dataclasses.replace(
             entry, **{name: moved(getattr(entry, name)) for name in one_path},
             splits=None if entry.splits is None else {part: moved(p) for part, p in entry.splits.items()},

@@ -9,8 +9,9 @@
 # differs from it only in its budget, and evaluates its own choices on the test questions.
 # Cost on one core of a 2-core AVX-512 EPYC, two runs side by side (2026-12-07): the no-budget grid with its control
 # took 97 and 98 min for fold 0 of seeds 1 and 2 (MC on 82 set-aside questions and CE/KL on 100 documents for 51
-# settings, then the test questions) while a test suite shared the cores for about half of it; count 1.5-2 h per
-# fold, 3-4 h per seed. The KL <= 0.5 run then evaluates only its choices on the test questions.
+# settings, then the test questions) while a test suite shared the cores for about half of it, and 76 and 80 min
+# for fold 1 without it; count 1.5 h per fold, 3 h per seed. The KL <= 0.5 run then evaluates only its choices on
+# the test questions (27 min for both folds).
 #
 #   bash validation/replication/bundled_model.sh            # everything, one run after another
 #   SEEDS="2" PARTS="main" bash validation/replication/bundled_model.sh   # a share of it (e.g. one per core)
